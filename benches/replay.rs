@@ -1,0 +1,73 @@
+//! Replay throughput: decode + engine, single thread, in events/s.
+//!
+//! - `replay/handbook_sample`: the shipped 10-day handbook sample with the
+//!   shipped rules.
+//! - `replay/abc_10m`, `replay/abc_6h`: 1 M synthetic events over 10 k keys
+//!   with "A, then one or more B, then C within 10 min / 6 h".
+
+#![allow(missing_docs)] // criterion_group! generates an undocumented function.
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+use tripline::engine::{Engine, Outputs, RuleSet};
+
+#[path = "support/stream.rs"]
+mod stream;
+
+fn rules(paths: &[&str]) -> Arc<RuleSet> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let ps: Vec<_> = paths.iter().map(|p| root.join(p)).collect();
+    let refs: Vec<&Path> = ps.iter().map(|p| p.as_path()).collect();
+    RuleSet::load(&refs, None, Default::default()).expect("rules compile")
+}
+
+fn run(rs: &Arc<RuleSet>, lines: &[&[u8]]) -> u64 {
+    let mut engine = Engine::new(rs.clone());
+    let mut out = Outputs::default();
+    let mut alerts = 0u64;
+    for (i, l) in lines.iter().enumerate() {
+        if let Ok(ev) = rs.decoder.decode(l, i as u64) {
+            engine.on_event(ev, &mut out);
+        }
+        alerts += out.alerts.len() as u64;
+        out.alerts.clear();
+        out.late.clear();
+    }
+    engine.finish(&mut out);
+    alerts + out.alerts.len() as u64
+}
+
+fn bench(c: &mut Criterion) {
+    let mut g = c.benchmark_group("replay");
+    g.sample_size(10);
+
+    let mut text = String::new();
+    let f = std::fs::File::open(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/handbook-sample.jsonl.gz"),
+    )
+    .expect("sample present");
+    flate2::read::GzDecoder::new(f)
+        .read_to_string(&mut text)
+        .expect("gunzip");
+    let lines: Vec<&[u8]> = text.lines().map(str::as_bytes).collect();
+    let rs = rules(&["rules"]);
+    g.throughput(Throughput::Elements(lines.len() as u64));
+    g.bench_function("handbook_sample", |b| b.iter(|| run(&rs, &lines)));
+
+    let synthetic: Vec<String> = stream::lines(1_000_000, 10_000, 42).collect();
+    let lines: Vec<&[u8]> = synthetic.iter().map(|l| l.as_bytes()).collect();
+    g.throughput(Throughput::Elements(lines.len() as u64));
+    for (name, file) in [
+        ("abc_10m", "benches/abc_10m.tl"),
+        ("abc_6h", "benches/abc_6h.tl"),
+    ] {
+        let rs = rules(&[file]);
+        g.bench_function(name, |b| b.iter(|| run(&rs, &lines)));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

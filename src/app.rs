@@ -1,0 +1,320 @@
+//! Wiring for the command line: `check` validates rules, `replay` runs them
+//! over a file of events, `test` runs the examples rule files carry.
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+use tripline::engine::{Engine, EngineOptions, Outputs, RuleSet};
+use tripline::event::{FieldPath, TimeFormat, format_time};
+use tripline::rules::{CompileError, StreamDef, parse_duration};
+
+/// Real-time complex-event processing and fraud detection.
+#[derive(Parser, Debug)]
+#[command(name = "tripline", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Validate rule files; print every error with file:line:col (exit 1 on any).
+    Check {
+        /// Rule files or directories of `.tl` files.
+        #[arg(required = true)]
+        rules: Vec<PathBuf>,
+        #[command(flatten)]
+        stream: StreamArgs,
+    },
+    /// Run rules over a file of JSON events (one per line); alerts go to stdout.
+    Replay {
+        /// Rule files or directories.
+        #[arg(long, short, required = true, num_args = 1..)]
+        rules: Vec<PathBuf>,
+        /// Events: a .jsonl or .jsonl.gz file, or `-` for standard input.
+        #[arg(long, short)]
+        events: String,
+        /// At end of input, advance the watermark to the end so that pending
+        /// deadlines (windows, trailing `not then`) fire.
+        #[arg(long)]
+        flush: bool,
+        /// Most live partial matches per rule and key.
+        #[arg(long, default_value_t = 10_000)]
+        max_partials: usize,
+        #[command(flatten)]
+        stream: StreamArgs,
+    },
+    /// Run the examples in rule files (events in, alert counts out).
+    Test {
+        /// Rule files or directories.
+        #[arg(required = true)]
+        rules: Vec<PathBuf>,
+    },
+}
+
+/// The stream definition from flags (overrides a `stream` block).
+#[derive(Args, Debug)]
+struct StreamArgs {
+    /// Key field path (e.g. `CUSTOMER_ID` or `card.id`).
+    #[arg(long)]
+    key: Option<String>,
+    /// Event-time field path.
+    #[arg(long)]
+    time: Option<String>,
+    /// How the time field is written: auto, epoch_ms, epoch_s.
+    #[arg(long)]
+    time_format: Option<String>,
+    /// Allowed lateness, e.g. `30s`.
+    #[arg(long)]
+    lateness: Option<String>,
+}
+
+impl StreamArgs {
+    fn to_def(&self) -> Result<Option<StreamDef>> {
+        let (key, time) = match (&self.key, &self.time) {
+            (Some(k), Some(t)) => (k, t),
+            (None, None) if self.lateness.is_none() && self.time_format.is_none() => {
+                return Ok(None);
+            }
+            _ => bail!("--key and --time go together (or define a `stream` block in the rules)"),
+        };
+        let mut def = StreamDef::new(key, time)
+            .with_context(|| format!("bad field path in --key {key} / --time {time}"))?;
+        if let Some(l) = &self.lateness {
+            def.lateness_ms = parse_duration(l)
+                .with_context(|| format!("bad --lateness `{l}` (e.g. 30s, 5m)"))?;
+        }
+        if let Some(f) = &self.time_format {
+            def.time_format = match f.as_str() {
+                "auto" => TimeFormat::Auto,
+                "epoch_ms" => TimeFormat::EpochMillis,
+                "epoch_s" => TimeFormat::EpochSeconds,
+                _ => bail!("bad --time-format `{f}` (auto, epoch_ms, epoch_s)"),
+            };
+        }
+        let _ = FieldPath::parse(key);
+        Ok(Some(def))
+    }
+}
+
+/// Runs a command.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Check { rules, stream } => check(&rules, stream.to_def()?),
+        Command::Replay {
+            rules,
+            events,
+            flush,
+            max_partials,
+            stream,
+        } => {
+            let options = EngineOptions {
+                max_partials_per_key: max_partials,
+                ..EngineOptions::default()
+            };
+            let Some(rs) = load(&rules, stream.to_def()?, options)? else {
+                return Ok(ExitCode::from(1));
+            };
+            replay(rs, &events, flush)
+        }
+        Command::Test { rules } => test_examples(&rules),
+    }
+}
+
+fn load(
+    paths: &[PathBuf],
+    stream: Option<StreamDef>,
+    options: EngineOptions,
+) -> Result<Option<Arc<RuleSet>>> {
+    let refs: Vec<&Path> = paths.iter().map(|p| p.as_path()).collect();
+    match RuleSet::load(&refs, stream, options) {
+        Ok(rs) => Ok(Some(rs)),
+        Err(CompileError::Rules(d)) => {
+            eprintln!("{d}");
+            Ok(None)
+        }
+        Err(e) => bail!("{e}"),
+    }
+}
+
+fn check(paths: &[PathBuf], stream: Option<StreamDef>) -> Result<ExitCode> {
+    let Some(rs) = load(paths, stream, EngineOptions::default())? else {
+        return Ok(ExitCode::from(1));
+    };
+    for r in &rs.rules {
+        println!(
+            "ok  {:<28} key {:<14} {} stages, {} automaton states",
+            r.def.name,
+            r.def.key.to_string(),
+            r.def.stage_names.len(),
+            r.matcher.nfa.states.len()
+        );
+    }
+    println!(
+        "{} rules, {} examples, rule set {:016x}",
+        rs.rules.len(),
+        rs.def.examples.len(),
+        rs.def.hash
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn open_events(path: &str) -> Result<Box<dyn BufRead>> {
+    let raw: Box<dyn Read> = if path == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::fs::File::open(path).with_context(|| format!("cannot open {path}"))?)
+    };
+    let raw: Box<dyn Read> = if path.ends_with(".gz") {
+        Box::new(flate2::read::MultiGzDecoder::new(raw))
+    } else {
+        raw
+    };
+    Ok(Box::new(BufReader::with_capacity(1 << 16, raw)))
+}
+
+/// Counters of one replay.
+#[derive(Default)]
+struct Summary {
+    lines: u64,
+    invalid: u64,
+    late: u64,
+    errors: u64,
+}
+
+fn replay(rs: Arc<RuleSet>, events: &str, flush: bool) -> Result<ExitCode> {
+    let mut input = open_events(events)?;
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
+    let mut err = std::io::stderr().lock();
+    let mut engine = Engine::new(rs.clone());
+    let mut outputs = Outputs::default();
+    let mut per_rule = vec![0u64; rs.rules.len()];
+    let mut summary = Summary::default();
+    let mut line = Vec::with_capacity(1024);
+    let started = Instant::now();
+    loop {
+        line.clear();
+        let n = input
+            .read_until(b'\n', &mut line)
+            .context("reading events")?;
+        if n == 0 {
+            break;
+        }
+        summary.lines += 1;
+        if line.iter().all(|b| b.is_ascii_whitespace()) {
+            continue;
+        }
+        match rs.decoder.decode(&line, summary.lines) {
+            Ok(ev) => engine.on_event(ev, &mut outputs),
+            Err(e) => {
+                summary.invalid += 1;
+                writeln!(err, "line {}: {e}", summary.lines)?;
+            }
+        }
+        drain(
+            &mut outputs,
+            &mut out,
+            &mut err,
+            &rs,
+            &mut per_rule,
+            &mut summary,
+        )?;
+    }
+    if flush {
+        engine.finish(&mut outputs);
+        drain(
+            &mut outputs,
+            &mut out,
+            &mut err,
+            &rs,
+            &mut per_rule,
+            &mut summary,
+        )?;
+    }
+    out.flush()?;
+    let secs = started.elapsed().as_secs_f64();
+    let stats = engine.stats();
+    let by_rule: Vec<String> = rs
+        .rules
+        .iter()
+        .zip(&per_rule)
+        .map(|(r, n)| format!("{}={n}", r.name))
+        .collect();
+    writeln!(
+        err,
+        "replay: {} lines, {} events, {} invalid, {} late, {} rule errors, {} alerts ({}), {} buffered at end; {:.3} s, {:.0} events/s",
+        summary.lines,
+        stats.events,
+        summary.invalid,
+        summary.late,
+        summary.errors,
+        stats.alerts,
+        by_rule.join(", "),
+        engine.buffered(),
+        secs,
+        stats.events as f64 / secs.max(1e-9),
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn drain(
+    outputs: &mut Outputs,
+    out: &mut impl Write,
+    err: &mut impl Write,
+    rs: &RuleSet,
+    per_rule: &mut [u64],
+    summary: &mut Summary,
+) -> Result<()> {
+    for a in outputs.alerts.drain(..) {
+        if let Some(i) = rs.rules.iter().position(|r| r.name == a.rule) {
+            per_rule[i] += 1;
+        }
+        serde_json::to_writer(&mut *out, &a)?;
+        out.write_all(b"\n")?;
+    }
+    for l in outputs.late.drain(..) {
+        summary.late += 1;
+        writeln!(
+            err,
+            "line {}: late event: time {} is at or before the watermark {}",
+            l.event.seq,
+            format_time(l.event.time),
+            format_time(l.watermark)
+        )?;
+    }
+    for e in outputs.errors.drain(..) {
+        summary.errors += 1;
+        writeln!(err, "rule {} key {}: {}", e.rule, e.key, e.message)?;
+    }
+    Ok(())
+}
+
+fn test_examples(paths: &[PathBuf]) -> Result<ExitCode> {
+    let Some(rs) = load(paths, None, EngineOptions::default())? else {
+        return Ok(ExitCode::from(1));
+    };
+    let (mut passed, mut failed) = (0, 0);
+    for ex in &rs.def.examples {
+        match tripline::engine::run_example(&rs, ex) {
+            Ok(()) => {
+                passed += 1;
+                println!("PASS {} ({})", ex.name, ex.file);
+            }
+            Err(why) => {
+                failed += 1;
+                println!("FAIL {} ({}): {why}", ex.name, ex.file);
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

@@ -1,0 +1,428 @@
+//! The engine: events in, alerts out, deterministically. It buffers events
+//! until the watermark releases them in event-time order, keeps per-key state
+//! (each rule's partial matches and window aggregates), fires deadlines from
+//! a timer queue, and returns late events to the caller for dead-lettering.
+//!
+//! Events at or before the watermark are late. With allowed lateness `L`,
+//! events up to `max seen - L` are released at once (ties keep arrival order),
+//! so in-order input is never buffered.
+
+mod alert;
+mod ruleset;
+
+pub use alert::{Alert, AlertKind};
+pub use ruleset::{CompiledRule, EngineOptions, Keying, RuleSet};
+
+use crate::event::{Event, EventTime, Value, ValueKey};
+use crate::pattern::eval::{Scope, eval};
+use crate::pattern::{MatcherState, Output, Scratch};
+use crate::time::{TimerQueue, WatermarkTracker};
+use crate::window::WindowState;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// A rule that failed for one key (its state was trimmed; processing goes on).
+#[derive(Clone, Debug)]
+pub struct RuleError {
+    /// Rule.
+    pub rule: Arc<str>,
+    /// Key.
+    pub key: Value,
+    /// What happened.
+    pub message: String,
+}
+
+/// An event that arrived at or before the watermark.
+#[derive(Clone, Debug)]
+pub struct LateEvent {
+    /// The event.
+    pub event: Event,
+    /// The watermark it missed.
+    pub watermark: EventTime,
+}
+
+/// What processing produced.
+#[derive(Debug, Default)]
+pub struct Outputs {
+    /// Alerts, in the order they fired.
+    pub alerts: Vec<Alert>,
+    /// Late events (to dead-letter).
+    pub late: Vec<LateEvent>,
+    /// Rule errors.
+    pub errors: Vec<RuleError>,
+}
+
+/// Counters.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EngineStats {
+    /// Events processed (released by the watermark).
+    pub events: u64,
+    /// Late events.
+    pub late: u64,
+    /// Alerts emitted.
+    pub alerts: u64,
+    /// Rule errors.
+    pub rule_errors: u64,
+}
+
+/// The state of one key for the rules of one keying.
+#[derive(Clone, Debug)]
+struct KeyState {
+    key: Value,
+    /// Per rule of the keying: matcher state.
+    matchers: Vec<MatcherState>,
+    /// Per rule of the keying: window states and their current values.
+    windows: Vec<Vec<WindowState>>,
+    values: Vec<Vec<Value>>,
+    timer: Option<EventTime>,
+}
+
+/// Runs a rule set over a stream of events.
+pub struct Engine {
+    rules: Arc<RuleSet>,
+    keys: Vec<HashMap<ValueKey, KeyState>>,
+    buffer: BTreeMap<(EventTime, u64), Event>,
+    watermark: WatermarkTracker,
+    timers: TimerQueue<(u32, ValueKey)>,
+    scratch: Scratch,
+    matcher_out: Vec<Output>,
+    stats: EngineStats,
+}
+
+impl Engine {
+    /// An engine for `rules` with its stream's lateness.
+    pub fn new(rules: Arc<RuleSet>) -> Engine {
+        let lateness = rules.def.stream.lateness_ms;
+        Engine {
+            keys: rules.keyings.iter().map(|_| HashMap::new()).collect(),
+            buffer: BTreeMap::new(),
+            watermark: WatermarkTracker::new(1, lateness, 0),
+            timers: TimerQueue::default(),
+            scratch: Scratch::default(),
+            matcher_out: Vec::new(),
+            stats: EngineStats::default(),
+            rules,
+        }
+    }
+
+    /// The rule set.
+    pub fn rules(&self) -> &Arc<RuleSet> {
+        &self.rules
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> EngineStats {
+        self.stats
+    }
+
+    /// The current watermark.
+    pub fn watermark(&self) -> EventTime {
+        self.watermark.current()
+    }
+
+    /// Keys with state, per keying.
+    pub fn key_count(&self) -> usize {
+        self.keys.iter().map(|k| k.len()).sum()
+    }
+
+    /// Events waiting for the watermark.
+    pub fn buffered(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// Takes one event. Late events go to `out.late`.
+    pub fn on_event(&mut self, event: Event, out: &mut Outputs) {
+        if self.watermark.is_late(event.time) {
+            self.stats.late += 1;
+            out.late.push(LateEvent {
+                watermark: self.watermark.current(),
+                event,
+            });
+            return;
+        }
+        let w = self.watermark.observe(0, event.time, 0);
+        let frontier = w.saturating_add(1);
+        if self.buffer.is_empty() && event.time <= frontier {
+            self.dispatch(event, out);
+            self.fire_timers(frontier, out);
+        } else {
+            self.buffer.insert((event.time, event.seq), event);
+            self.release(frontier, out);
+        }
+    }
+
+    /// Moves the watermark to `w` (from outside: idle inputs, end of input).
+    pub fn advance_watermark(&mut self, w: EventTime, out: &mut Outputs) {
+        let w = self.watermark.advance_to(w);
+        self.release(w.saturating_add(1), out);
+    }
+
+    /// End of input: releases every buffered event and fires every deadline.
+    pub fn finish(&mut self, out: &mut Outputs) {
+        self.advance_watermark(i64::MAX - 1, out);
+    }
+
+    fn release(&mut self, frontier: EventTime, out: &mut Outputs) {
+        while let Some(e) = self.buffer.first_entry() {
+            if e.key().0 > frontier {
+                break;
+            }
+            let ev = e.remove();
+            self.fire_timers(ev.time, out);
+            self.dispatch(ev, out);
+        }
+        self.fire_timers(frontier, out);
+    }
+
+    fn fire_timers(&mut self, upto: EventTime, out: &mut Outputs) {
+        while let Some((at, (keying, key))) = self.timers.pop_due(upto) {
+            let rules = self.rules.clone();
+            let Some(ks) = self.keys[keying as usize].get_mut(&key) else {
+                continue;
+            };
+            ks.timer = None;
+            for (local, &ri) in rules.keyings[keying as usize].rules.iter().enumerate() {
+                let rule = &rules.rules[ri];
+                self.matcher_out.clear();
+                rule.matcher
+                    .advance_time(&mut ks.matchers[local], at, &mut self.matcher_out);
+                emit(
+                    rule,
+                    ks,
+                    local,
+                    at,
+                    &mut self.matcher_out,
+                    out,
+                    &mut self.stats,
+                );
+            }
+            Self::reschedule(&rules, keying as usize, &key, ks, &mut self.timers);
+            if is_idle(ks) {
+                self.keys[keying as usize].remove(&key);
+            }
+        }
+    }
+
+    fn reschedule(
+        rules: &RuleSet,
+        keying: usize,
+        key: &ValueKey,
+        ks: &mut KeyState,
+        timers: &mut TimerQueue<(u32, ValueKey)>,
+    ) {
+        let next = rules.keyings[keying]
+            .rules
+            .iter()
+            .enumerate()
+            .filter_map(|(local, &ri)| {
+                ks.matchers[local].next_deadline(&rules.rules[ri].matcher.nfa)
+            })
+            .min();
+        if next != ks.timer {
+            if let Some(old) = ks.timer {
+                timers.remove(old, &(keying as u32, key.clone()));
+            }
+            if let Some(n) = next {
+                timers.insert(n, (keying as u32, key.clone()));
+            }
+            ks.timer = next;
+        }
+    }
+
+    fn dispatch(&mut self, event: Event, out: &mut Outputs) {
+        self.stats.events += 1;
+        let event = Arc::new(event);
+        let rules = self.rules.clone();
+        for (ki, keying) in rules.keyings.iter().enumerate() {
+            let key_value = event.field(keying.slot);
+            if key_value.is_null() {
+                continue;
+            }
+            let key = ValueKey::from(key_value);
+            let ks = self.keys[ki]
+                .entry(key.clone())
+                .or_insert_with(|| KeyState {
+                    key: key_value.clone(),
+                    matchers: keying
+                        .rules
+                        .iter()
+                        .map(|&r| rules.rules[r].matcher.new_state())
+                        .collect(),
+                    windows: keying
+                        .rules
+                        .iter()
+                        .map(|&r| {
+                            rules.rules[r]
+                                .def
+                                .windows
+                                .iter()
+                                .map(|w| WindowState::new(w.func, &w.window, w.arg.is_none()))
+                                .collect()
+                        })
+                        .collect(),
+                    values: keying
+                        .rules
+                        .iter()
+                        .map(|&r| vec![Value::Null; rules.rules[r].def.windows.len()])
+                        .collect(),
+                    timer: None,
+                });
+            for (local, &ri) in keying.rules.iter().enumerate() {
+                let rule = &rules.rules[ri];
+                for (wi, spec) in rule.def.windows.iter().enumerate() {
+                    let ws = &mut ks.windows[local][wi];
+                    ws.advance(event.time);
+                    let v = match &spec.arg {
+                        Some(a) => eval(
+                            a,
+                            Scope {
+                                event: &event,
+                                path: &[],
+                                windows: &[],
+                            },
+                        ),
+                        None => Value::Bool(true),
+                    };
+                    ws.update(event.time, v);
+                    ks.values[local][wi] = ws.value();
+                }
+                self.matcher_out.clear();
+                rule.matcher.advance_time(
+                    &mut ks.matchers[local],
+                    event.time,
+                    &mut self.matcher_out,
+                );
+                let r = rule.matcher.process(
+                    &mut ks.matchers[local],
+                    &event,
+                    &ks.values[local],
+                    &mut self.scratch,
+                    &mut self.matcher_out,
+                );
+                if let Err(e) = r {
+                    self.stats.rule_errors += 1;
+                    out.errors.push(RuleError {
+                        rule: rule.name.clone(),
+                        key: ks.key.clone(),
+                        message: e.to_string(),
+                    });
+                }
+                emit(
+                    rule,
+                    ks,
+                    local,
+                    event.time,
+                    &mut self.matcher_out,
+                    out,
+                    &mut self.stats,
+                );
+            }
+            Self::reschedule(&rules, ki, &key, ks, &mut self.timers);
+            if is_idle(ks) {
+                self.keys[ki].remove(&key);
+            }
+        }
+    }
+}
+
+fn is_idle(ks: &KeyState) -> bool {
+    ks.timer.is_none()
+        && ks.matchers.iter().all(|m| m.is_idle())
+        && ks.windows.iter().flatten().all(|w| w.is_empty())
+}
+
+fn emit(
+    rule: &CompiledRule,
+    ks: &KeyState,
+    local: usize,
+    at: EventTime,
+    produced: &mut Vec<Output>,
+    out: &mut Outputs,
+    stats: &mut EngineStats,
+) {
+    for o in produced.drain(..) {
+        let (kind, path, at) = match o {
+            Output::Match(p) => (AlertKind::Match, p, at),
+            Output::Timeout { path, at } => (AlertKind::Timeout, path, at),
+        };
+        let mut matches: Vec<(Arc<str>, Vec<Arc<Event>>)> = Vec::new();
+        let mut by_stage: Vec<(u16, Vec<Arc<Event>>)> = Vec::new();
+        for (stage, ev) in &path {
+            match by_stage.iter_mut().find(|(s, _)| s == stage) {
+                Some((_, v)) => v.push(ev.clone()),
+                None => by_stage.push((*stage, vec![ev.clone()])),
+            }
+        }
+        by_stage.sort_by_key(|(s, _)| *s);
+        for (stage, evs) in by_stage {
+            matches.push((rule.stage_names[stage as usize].clone(), evs));
+        }
+        let values = match path.last() {
+            Some((_, last)) => rule
+                .def
+                .payload
+                .iter()
+                .map(|(name, e)| {
+                    let v = eval(
+                        e,
+                        Scope {
+                            event: last,
+                            path: &path,
+                            windows: &ks.values[local],
+                        },
+                    );
+                    (Arc::from(name.as_str()), v)
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        let id = Alert::compute_id(&rule.name, &ks.key, kind, &matches);
+        stats.alerts += 1;
+        out.alerts.push(Alert {
+            id,
+            rule: rule.name.clone(),
+            key: ks.key.clone(),
+            event_time: at,
+            severity: rule.def.severity,
+            score: rule.def.score,
+            kind,
+            matches,
+            values,
+        });
+    }
+}
+
+/// Runs a rule file's example through a fresh engine (watermark flushed at
+/// the end) and compares alert counts per rule.
+pub fn run_example(rules: &Arc<RuleSet>, ex: &crate::rules::ExampleDef) -> Result<(), String> {
+    let mut engine = Engine::new(rules.clone());
+    let mut out = Outputs::default();
+    for (i, line) in ex
+        .events
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let ev = rules
+            .decoder
+            .decode(line.as_bytes(), i as u64 + 1)
+            .map_err(|e| format!("event {}: {e}", i + 1))?;
+        engine.on_event(ev, &mut out);
+    }
+    engine.finish(&mut out);
+    if let Some(l) = out.late.first() {
+        return Err(format!("event {} is late", l.event.seq));
+    }
+    let mut problems = Vec::new();
+    for (rule, want) in &ex.expect {
+        let got = out.alerts.iter().filter(|a| &*a.rule == rule).count() as u64;
+        if got != *want {
+            problems.push(format!("{rule}: expected {want} alerts, got {got}"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}

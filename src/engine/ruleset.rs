@@ -1,0 +1,150 @@
+//! The compiled rule set: checked rules, their automata, the decoder for the
+//! fields they read, and which key each rule groups by. Immutable; shared
+//! (`Arc`) by every key and swapped whole on reload.
+
+use crate::event::{Decoder, Slot};
+use crate::pattern::{Matcher, nfa};
+use crate::rules::{CompileError, Compiler, RuleDef, RuleSetDef, StreamDef};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Engine limits and defaults.
+#[derive(Clone, Copy, Debug)]
+pub struct EngineOptions {
+    /// Most live partial matches per rule and key.
+    pub max_partials_per_key: usize,
+    /// Largest accepted record (bytes).
+    pub max_record_bytes: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            max_partials_per_key: 10_000,
+            max_record_bytes: 1 << 20,
+        }
+    }
+}
+
+/// One rule, compiled.
+#[derive(Debug)]
+pub struct CompiledRule {
+    /// The checked rule.
+    pub def: RuleDef,
+    /// Its name, shared by its alerts.
+    pub name: Arc<str>,
+    /// Stage names by id, shared by its alerts.
+    pub stage_names: Vec<Arc<str>>,
+    /// The matcher.
+    pub matcher: Matcher,
+    /// Index into [`RuleSet::keyings`].
+    pub keying: usize,
+}
+
+/// Rules that group events by the same key field.
+#[derive(Debug)]
+pub struct Keying {
+    /// The key field's slot.
+    pub slot: Slot,
+    /// Indices into [`RuleSet::rules`].
+    pub rules: Vec<usize>,
+}
+
+/// A compiled rule set.
+#[derive(Debug)]
+pub struct RuleSet {
+    /// The checked definitions.
+    pub def: RuleSetDef,
+    /// Rules in definition order.
+    pub rules: Vec<CompiledRule>,
+    /// Key fields in use.
+    pub keyings: Vec<Keying>,
+    /// Decoder for the fields the rules read.
+    pub decoder: Decoder,
+    /// Options it was built with.
+    pub options: EngineOptions,
+}
+
+impl RuleSet {
+    /// Compiles checked rules.
+    pub fn build(def: RuleSetDef, options: EngineOptions) -> Arc<RuleSet> {
+        let mut keyings: Vec<Keying> = Vec::new();
+        let mut rules = Vec::new();
+        for (i, r) in def.rules.iter().enumerate() {
+            let keying = match keyings.iter().position(|k| k.slot == r.key_slot) {
+                Some(k) => k,
+                None => {
+                    keyings.push(Keying {
+                        slot: r.key_slot,
+                        rules: Vec::new(),
+                    });
+                    keyings.len() - 1
+                }
+            };
+            keyings[keying].rules.push(i);
+            let nfa = Arc::new(nfa::compile(
+                &r.pattern,
+                r.within,
+                r.stage_names.len(),
+                r.inclusive_aggregates,
+            ));
+            rules.push(CompiledRule {
+                name: Arc::from(r.name.as_str()),
+                stage_names: r
+                    .stage_names
+                    .iter()
+                    .map(|s| Arc::from(s.as_str()))
+                    .collect(),
+                matcher: Matcher::new(nfa, r.skip, r.report_timeouts, options.max_partials_per_key),
+                keying,
+                def: r.clone(),
+            });
+        }
+        let schema = Arc::new(def.schema.clone());
+        let key_slots: Vec<Slot> = keyings.iter().map(|k| k.slot).collect();
+        let decoder = Decoder::new(
+            schema,
+            def.time_slot,
+            key_slots,
+            def.stream.time_format,
+            options.max_record_bytes,
+        );
+        Arc::new(RuleSet {
+            def,
+            rules,
+            keyings,
+            decoder,
+            options,
+        })
+    }
+
+    /// Reads, checks and compiles rule files or directories.
+    pub fn load(
+        paths: &[&Path],
+        stream: Option<StreamDef>,
+        options: EngineOptions,
+    ) -> Result<Arc<RuleSet>, CompileError> {
+        let mut c = Compiler::new();
+        if let Some(s) = stream {
+            c.stream(s);
+        }
+        for p in paths {
+            c.add_path(p);
+        }
+        Ok(RuleSet::build(c.compile()?, options))
+    }
+
+    /// Compiles rules from source text (for tests and the API).
+    pub fn from_source(
+        name: &str,
+        text: &str,
+        stream: Option<StreamDef>,
+    ) -> Result<Arc<RuleSet>, CompileError> {
+        let mut c = Compiler::new();
+        if let Some(s) = stream {
+            c.stream(s);
+        }
+        c.add_source(name, text);
+        Ok(RuleSet::build(c.compile()?, EngineOptions::default()))
+    }
+}

@@ -1,0 +1,343 @@
+//! Decoding one JSON record into an [`Event`]: a single pass over the bytes
+//! that keeps only the fields the schema names, never panics, and reports a
+//! typed [`DecodeError`] the caller can dead-letter with its reason.
+
+use super::schema::{Schema, Slot, TrieNode};
+use super::timefmt::{TimeFormat, epoch_to_millis, parse_time_str};
+use super::{Event, Value};
+use compact_str::CompactString;
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use smallvec::SmallVec;
+use std::fmt;
+use std::sync::Arc;
+
+/// Why a record could not become an event.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    /// The record is larger than the configured limit.
+    #[error("record of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// The record's size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The bytes are not UTF-8.
+    #[error("record is not valid UTF-8 (at byte {0})")]
+    NotUtf8(usize),
+    /// The bytes are not JSON.
+    #[error("malformed JSON: {0}")]
+    Json(String),
+    /// The JSON is not an object.
+    #[error("record is a JSON {0}, expected an object")]
+    NotAnObject(&'static str),
+    /// The key field is absent or null.
+    #[error("key field `{0}` is missing")]
+    MissingKey(String),
+    /// The key field is not a string, number or boolean.
+    #[error("key field `{0}` must be a string or number")]
+    BadKey(String),
+    /// The time field is absent or null.
+    #[error("time field `{0}` is missing")]
+    MissingTime(String),
+    /// The time field cannot be read as a time.
+    #[error("time field `{field}` has unreadable value {value}")]
+    BadTime {
+        /// The time field.
+        field: String,
+        /// Its value.
+        value: String,
+    },
+}
+
+/// Decodes records against a schema. Cheap to clone; shared by all keys.
+#[derive(Clone, Debug)]
+pub struct Decoder {
+    schema: Arc<Schema>,
+    time_slot: Slot,
+    key_slots: Vec<Slot>,
+    time_format: TimeFormat,
+    max_record_bytes: usize,
+}
+
+impl Decoder {
+    /// A decoder reading `time_slot` as the event time and requiring every
+    /// slot in `key_slots` to hold a key.
+    pub fn new(
+        schema: Arc<Schema>,
+        time_slot: Slot,
+        key_slots: Vec<Slot>,
+        time_format: TimeFormat,
+        max_record_bytes: usize,
+    ) -> Decoder {
+        Decoder {
+            schema,
+            time_slot,
+            key_slots,
+            time_format,
+            max_record_bytes,
+        }
+    }
+
+    /// The schema.
+    pub fn schema(&self) -> &Arc<Schema> {
+        &self.schema
+    }
+
+    /// Decodes one record; `seq` is its position in the input (for ordering ties).
+    pub fn decode(&self, bytes: &[u8], seq: u64) -> Result<Event, DecodeError> {
+        if bytes.len() > self.max_record_bytes {
+            return Err(DecodeError::TooLarge {
+                size: bytes.len(),
+                limit: self.max_record_bytes,
+            });
+        }
+        let text = std::str::from_utf8(bytes).map_err(|e| DecodeError::NotUtf8(e.valid_up_to()))?;
+        let text = text.trim_end_matches(['\n', '\r']);
+        let mut fields: SmallVec<[Value; 8]> = SmallVec::from_elem(Value::Null, self.schema.len());
+        let mut de = serde_json::Deserializer::from_str(text);
+        let top = ObjectSeed {
+            node: &self.schema.root,
+            slots: &mut fields,
+            top: true,
+        };
+        match top
+            .deserialize(&mut de)
+            .and_then(|kind| de.end().map(|_| kind))
+        {
+            Ok(None) => {}
+            Ok(Some(kind)) => return Err(DecodeError::NotAnObject(kind)),
+            Err(e) => return Err(DecodeError::Json(e.to_string())),
+        }
+        for &k in &self.key_slots {
+            match &fields[k as usize] {
+                Value::Null => {
+                    return Err(DecodeError::MissingKey(self.schema.path(k).to_string()));
+                }
+                Value::Str(_) | Value::Num(_) | Value::Bool(_) => {}
+            }
+        }
+        let time = self.read_time(&fields[self.time_slot as usize])?;
+        Ok(Event {
+            time,
+            seq,
+            fields,
+            raw: Arc::from(text),
+        })
+    }
+
+    fn read_time(&self, v: &Value) -> Result<i64, DecodeError> {
+        let field = || self.schema.path(self.time_slot).to_string();
+        let parsed = match v {
+            Value::Null => return Err(DecodeError::MissingTime(field())),
+            Value::Str(s) => parse_time_str(s),
+            Value::Num(n) => epoch_to_millis(*n, self.time_format),
+            Value::Bool(_) => None,
+        };
+        parsed.ok_or_else(|| DecodeError::BadTime {
+            field: field(),
+            value: v.to_string(),
+        })
+    }
+}
+
+/// Visits an object, storing the fields whose path is in the trie. Returns
+/// `Some(kind)` when the top-level value is not an object.
+struct ObjectSeed<'a> {
+    node: &'a TrieNode,
+    slots: &'a mut [Value],
+    top: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for ObjectSeed<'_> {
+    type Value = Option<&'static str>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ObjectSeed<'_> {
+    type Value = Option<&'static str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while let Some(child) = map.next_key_seed(KeySeed(self.node))? {
+            match child {
+                Some(node) => {
+                    map.next_value_seed(FieldSeed {
+                        node,
+                        slots: &mut *self.slots,
+                    })?;
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(self.top.then_some("array"))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(self.top.then_some("boolean"))
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(self.top.then_some("number"))
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(self.top.then_some("number"))
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(self.top.then_some("number"))
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(self.top.then_some("string"))
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(self.top.then_some("null"))
+    }
+}
+
+/// Finds a key among the trie node's children without allocating.
+struct KeySeed<'a>(&'a TrieNode);
+
+impl<'de, 'a> DeserializeSeed<'de> for KeySeed<'a> {
+    type Value = Option<&'a TrieNode>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de, 'a> Visitor<'de> for KeySeed<'a> {
+    type Value = Option<&'a TrieNode>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object key")
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(self.0.child(v))
+    }
+}
+
+/// A field's value: a scalar stored in its slot, or an object to descend into.
+struct FieldSeed<'a> {
+    node: &'a TrieNode,
+    slots: &'a mut [Value],
+}
+
+impl FieldSeed<'_> {
+    fn store(self, v: Value) {
+        if let Some(s) = self.node.slot {
+            self.slots[s as usize] = v;
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for FieldSeed<'_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for FieldSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<(), E> {
+        self.store(Value::Bool(v));
+        Ok(())
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
+        self.store(Value::Num(v as f64));
+        Ok(())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
+        self.store(Value::Num(v as f64));
+        Ok(())
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<(), E> {
+        self.store(Value::Num(v));
+        Ok(())
+    }
+    fn visit_str<E>(self, v: &str) -> Result<(), E> {
+        self.store(Value::Str(CompactString::from(v)));
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        ObjectSeed {
+            node: self.node,
+            slots: self.slots,
+            top: false,
+        }
+        .visit_map(map)
+        .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::FieldPath;
+
+    fn decoder() -> Decoder {
+        let mut s = Schema::default();
+        let key = s.intern(&FieldPath::parse("card.id").unwrap());
+        let time = s.intern(&FieldPath::single("ts"));
+        s.intern(&FieldPath::single("amount"));
+        Decoder::new(Arc::new(s), time, vec![key], TimeFormat::Auto, 1024)
+    }
+
+    #[test]
+    fn keeps_named_fields_and_skips_the_rest() {
+        let e = decoder()
+            .decode(br#"{"x":[1,{"y":2}],"card":{"id":"c1","z":1},"ts":"2018-04-01T00:00:31","amount":5.5}"#, 7)
+            .unwrap();
+        assert_eq!(e.fields[0], Value::from("c1"));
+        assert_eq!(e.fields[2], Value::Num(5.5));
+        assert_eq!(e.time, 1_522_540_831_000);
+        assert_eq!(e.seq, 7);
+    }
+
+    #[test]
+    fn reports_each_kind_of_bad_record() {
+        let d = decoder();
+        let err = |b: &[u8]| d.decode(b, 0).unwrap_err();
+        assert!(matches!(err(b"{\"card\":"), DecodeError::Json(_)));
+        assert!(matches!(err(b"[1,2]"), DecodeError::NotAnObject("array")));
+        assert!(matches!(err(b"{\"ts\":1}"), DecodeError::MissingKey(k) if k == "card.id"));
+        assert!(matches!(
+            err(b"{\"card\":{\"id\":1}}"),
+            DecodeError::MissingTime(_)
+        ));
+        assert!(matches!(
+            err(b"{\"card\":{\"id\":1},\"ts\":\"soon\"}"),
+            DecodeError::BadTime { .. }
+        ));
+        assert!(matches!(err(&[b'{'; 2000]), DecodeError::TooLarge { .. }));
+        assert!(matches!(err(b"{\"a\":\"\xff\"}"), DecodeError::NotUtf8(_)));
+        assert!(matches!(err(b"{} {}"), DecodeError::Json(_)));
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        let mut deep = Vec::new();
+        for _ in 0..200 {
+            deep.extend_from_slice(b"{\"a\":");
+        }
+        assert!(decoder().decode(&deep, 0).is_err());
+    }
+}

@@ -1,0 +1,114 @@
+//! Event-time parsing: RFC 3339, ISO-8601 without a zone (read as UTC), and
+//! epoch numbers in milliseconds or seconds.
+
+use serde::{Deserialize, Serialize};
+
+/// Event time in milliseconds since the Unix epoch, UTC.
+pub type EventTime = i64;
+
+/// How a stream's time field is written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeFormat {
+    /// Strings are RFC 3339 or zone-less ISO-8601 (UTC); numbers are epoch
+    /// seconds when below 10^11 in magnitude, else epoch milliseconds.
+    #[default]
+    Auto,
+    /// Numbers are epoch milliseconds.
+    EpochMillis,
+    /// Numbers are epoch seconds (fractions allowed).
+    EpochSeconds,
+}
+
+/// Below this magnitude an epoch number is read as seconds under `Auto`
+/// (10^11 s is the year 5138; 10^11 ms is 1973).
+const AUTO_SECONDS_LIMIT: f64 = 1e11;
+
+/// Parses a timestamp string. Accepts `2018-04-01T00:00:31Z`,
+/// `2018-04-01T00:00:31.250+02:00`, `2018-04-01T00:00:31` and
+/// `2018-04-01 00:00:31` (the last two as UTC), and a bare date.
+pub fn parse_time_str(s: &str) -> Option<EventTime> {
+    let s = s.trim();
+    if let Ok(ts) = s.parse::<jiff::Timestamp>() {
+        return Some(ts.as_millisecond());
+    }
+    if let Ok(dt) = s.parse::<jiff::civil::DateTime>() {
+        return dt
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .ok()
+            .map(|z| z.timestamp().as_millisecond());
+    }
+    if let Ok(d) = s.parse::<jiff::civil::Date>() {
+        return d
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .ok()
+            .map(|z| z.timestamp().as_millisecond());
+    }
+    None
+}
+
+/// Converts an epoch number to milliseconds under `format`.
+pub fn epoch_to_millis(n: f64, format: TimeFormat) -> Option<EventTime> {
+    if !n.is_finite() {
+        return None;
+    }
+    let ms = match format {
+        TimeFormat::EpochMillis => n,
+        TimeFormat::EpochSeconds => n * 1000.0,
+        TimeFormat::Auto if n.abs() < AUTO_SECONDS_LIMIT => n * 1000.0,
+        TimeFormat::Auto => n,
+    };
+    // i64 milliseconds cover ±292 million years; reject what would saturate.
+    if ms.abs() > 9.0e15 {
+        return None;
+    }
+    Some(ms.round() as i64)
+}
+
+/// Formats event time as RFC 3339 UTC with milliseconds when they are non-zero.
+pub fn format_time(t: EventTime) -> String {
+    match jiff::Timestamp::from_millisecond(t) {
+        Ok(ts) if t % 1000 == 0 => ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        Ok(ts) => ts.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+        Err(_) => t.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_accepted_forms() {
+        assert_eq!(parse_time_str("1970-01-01T00:00:01Z"), Some(1000));
+        assert_eq!(parse_time_str("1970-01-01T00:00:01"), Some(1000));
+        assert_eq!(parse_time_str("1970-01-01 00:00:01"), Some(1000));
+        assert_eq!(parse_time_str("1970-01-01T01:00:00+01:00"), Some(0));
+        assert_eq!(parse_time_str("1970-01-01T00:00:00.250Z"), Some(250));
+        assert_eq!(parse_time_str("1970-01-02"), Some(86_400_000));
+        assert_eq!(parse_time_str("yesterday"), None);
+        assert_eq!(parse_time_str(""), None);
+    }
+
+    #[test]
+    fn epoch_numbers_follow_the_format() {
+        assert_eq!(epoch_to_millis(1.5, TimeFormat::Auto), Some(1500));
+        assert_eq!(
+            epoch_to_millis(1_522_540_831_000.0, TimeFormat::Auto),
+            Some(1_522_540_831_000)
+        );
+        assert_eq!(epoch_to_millis(5.0, TimeFormat::EpochMillis), Some(5));
+        assert_eq!(epoch_to_millis(f64::NAN, TimeFormat::Auto), None);
+        assert_eq!(epoch_to_millis(1e300, TimeFormat::EpochMillis), None);
+    }
+
+    #[test]
+    fn formats_round_trip() {
+        assert_eq!(format_time(1000), "1970-01-01T00:00:01Z");
+        assert_eq!(format_time(1250), "1970-01-01T00:00:01.250Z");
+        assert_eq!(
+            parse_time_str(&format_time(1_522_540_831_250)),
+            Some(1_522_540_831_250)
+        );
+    }
+}

@@ -1,0 +1,501 @@
+//! Runs a compiled [`Nfa`] for one key: the per-key [`MatcherState`] holds
+//! the partial matches, each a pointer into a shared chain of taken events
+//! (prefixes are shared between branches, as in Flink's shared buffer).
+//!
+//! Invariants: `partials` is ordered by start event (the start state last);
+//! events reach [`Matcher::process`] in event-time order, preceded by
+//! [`Matcher::advance_time`] to their timestamp.
+
+use super::eval::{MatchPath, Scope, holds};
+use super::nfa::{Action, Cond, CondId, Nfa, StateId, StateKind};
+use crate::event::{Event, Value};
+use crate::rules::{SkipDef, StageId};
+use std::sync::Arc;
+
+/// A link in the chain of events a partial match has taken.
+#[derive(Debug)]
+pub struct Node {
+    /// Stage that took the event.
+    pub stage: StageId,
+    /// The event.
+    pub event: Arc<Event>,
+    /// The events taken before it.
+    pub prev: Option<Arc<Node>>,
+}
+
+/// Identity of an event for ordering partial matches: (time, arrival).
+pub type EventKey = (i64, u64);
+
+fn key_of(e: &Event) -> EventKey {
+    (e.time, e.seq)
+}
+
+/// One partial match.
+#[derive(Clone, Debug)]
+pub struct Partial {
+    /// Current state.
+    pub state: StateId,
+    /// Last taken event (None before the first).
+    pub node: Option<Arc<Node>>,
+    /// Time of the first taken event.
+    pub start_ts: i64,
+    /// Time of the last taken event.
+    pub prev_ts: i64,
+    /// The first taken event.
+    pub start: Option<EventKey>,
+}
+
+impl Partial {
+    fn order(&self) -> EventKey {
+        self.start.unwrap_or((i64::MAX, u64::MAX))
+    }
+
+    /// The taken events, oldest first.
+    pub fn path(&self) -> Vec<(StageId, Arc<Event>)> {
+        let mut v = Vec::new();
+        let mut n = self.node.as_ref();
+        while let Some(node) = n {
+            v.push((node.stage, node.event.clone()));
+            n = node.prev.as_ref();
+        }
+        v.reverse();
+        v
+    }
+}
+
+/// The per-key state of one rule's matcher.
+#[derive(Clone, Debug)]
+pub struct MatcherState {
+    /// Live partial matches, ordered by start event (start state last).
+    pub partials: Vec<Partial>,
+    /// Completed matches held back until earlier-started partial matches
+    /// resolve (skip strategies only).
+    pub completed: Vec<Partial>,
+}
+
+impl MatcherState {
+    /// Whether only the start state is left (nothing to keep for this key).
+    pub fn is_idle(&self) -> bool {
+        self.completed.is_empty() && self.partials.iter().all(|p| p.start.is_none())
+    }
+
+    /// The earliest time at which a partial match here can time out.
+    pub fn next_deadline(&self, nfa: &Nfa) -> Option<i64> {
+        self.partials
+            .iter()
+            .filter(|p| p.start.is_some())
+            .filter_map(|p| {
+                let w = (nfa.window > 0).then(|| p.start_ts.saturating_add(nfa.window));
+                let g = nfa.states[p.state as usize]
+                    .stage
+                    .and_then(|s| nfa.gaps[s as usize])
+                    .map(|g| p.prev_ts.saturating_add(g));
+                match (w, g) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            })
+            .min()
+    }
+}
+
+/// What the matcher produced.
+#[derive(Clone, Debug)]
+pub enum Output {
+    /// A complete match: the events, oldest first, with their stages.
+    Match(Vec<(StageId, Arc<Event>)>),
+    /// A partial match that ran out of time (only when timeouts are reported).
+    Timeout {
+        /// The events taken so far.
+        path: Vec<(StageId, Arc<Event>)>,
+        /// When it timed out.
+        at: i64,
+    },
+}
+
+/// Too many partial matches for one key.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error(
+    "{live} live partial matches exceed the limit of {limit}; the {dropped} latest-started were dropped"
+)]
+pub struct PartialLimitExceeded {
+    /// How many there were.
+    pub live: usize,
+    /// The limit.
+    pub limit: usize,
+    /// How many were dropped.
+    pub dropped: usize,
+}
+
+/// Reusable per-event buffers, so matching does not allocate per event.
+#[derive(Default)]
+pub struct Scratch {
+    cache: Vec<u8>,
+    stack: Vec<StateId>,
+    edges: Vec<(Action, StateId, StateId)>,
+}
+
+/// Runs one rule's NFA. Immutable and shared by all keys.
+#[derive(Clone, Debug)]
+pub struct Matcher {
+    /// The automaton.
+    pub nfa: Arc<Nfa>,
+    skip: SkipDef,
+    report_timeouts: bool,
+    max_partials: usize,
+}
+
+struct Ctx<'a> {
+    event: &'a Arc<Event>,
+    windows: &'a [Value],
+    path: Option<Vec<(StageId, Arc<Event>)>>,
+    node: Option<&'a Arc<Node>>,
+}
+
+impl Matcher {
+    /// A matcher for `nfa`.
+    pub fn new(
+        nfa: Arc<Nfa>,
+        skip: SkipDef,
+        report_timeouts: bool,
+        max_partials: usize,
+    ) -> Matcher {
+        Matcher {
+            nfa,
+            skip,
+            report_timeouts,
+            max_partials,
+        }
+    }
+
+    /// A fresh per-key state.
+    pub fn new_state(&self) -> MatcherState {
+        MatcherState {
+            partials: vec![Partial {
+                state: self.nfa.start,
+                node: None,
+                start_ts: 0,
+                prev_ts: 0,
+                start: None,
+            }],
+            completed: Vec::new(),
+        }
+    }
+
+    fn is_start(&self, p: &Partial) -> bool {
+        self.nfa.states[p.state as usize].kind == StateKind::Start
+    }
+
+    /// Moves time to `now`: prunes partial matches whose window or gap has
+    /// run out, completes pending (trailing `not then`) matches.
+    pub fn advance_time(&self, st: &mut MatcherState, now: i64, out: &mut Vec<Output>) {
+        let nfa = &*self.nfa;
+        let mut potential = Vec::new();
+        let mut kept = Vec::with_capacity(st.partials.len());
+        for p in st.partials.drain(..) {
+            if self.is_start(&p) {
+                kept.push(p);
+                continue;
+            }
+            let gap = nfa.states[p.state as usize]
+                .stage
+                .and_then(|s| nfa.gaps[s as usize]);
+            let gap_out = gap.is_some_and(|g| g > 0 && now.saturating_sub(p.prev_ts) >= g);
+            let window_out = nfa.window > 0 && now.saturating_sub(p.start_ts) >= nfa.window;
+            if !(gap_out || window_out) {
+                kept.push(p);
+                continue;
+            }
+            if nfa.states[p.state as usize].kind == StateKind::Pending {
+                potential.push(p);
+                continue;
+            }
+            if self.report_timeouts {
+                let at = if gap_out {
+                    p.prev_ts + gap.unwrap_or(0)
+                } else {
+                    p.start_ts + nfa.window
+                };
+                out.push(Output::Timeout { path: p.path(), at });
+            }
+        }
+        st.partials = kept;
+        self.emit_by_skip(st, potential, out);
+    }
+
+    /// Feeds one event (after `advance_time` to its time).
+    pub fn process(
+        &self,
+        st: &mut MatcherState,
+        event: &Arc<Event>,
+        windows: &[Value],
+        scratch: &mut Scratch,
+        out: &mut Vec<Output>,
+    ) -> Result<(), PartialLimitExceeded> {
+        let nfa = &*self.nfa;
+        scratch.cache.clear();
+        scratch.cache.resize(nfa.preds.len(), 0);
+        let mut next: Vec<Partial> = Vec::with_capacity(st.partials.len() + 1);
+        let mut potential: Vec<Partial> = Vec::new();
+        let old = std::mem::take(&mut st.partials);
+        for p in &old {
+            let start_before = next.len();
+            let stopped = self.next_states(p, event, windows, scratch, &mut next, &mut potential);
+            if stopped {
+                // A negation fired on this branch: discard the partial matches it
+                // produced (matches it completed on this event stand).
+                next.truncate(start_before);
+                if self.is_start(p) {
+                    next.push(p.clone());
+                }
+            }
+        }
+        // Keep the order by start event; ties keep creation order.
+        next.sort_by_key(|p| p.order());
+        st.partials = next;
+        if self.skip == SkipDef::NoSkip {
+            for m in potential {
+                out.push(Output::Match(m.path()));
+            }
+        } else {
+            self.emit_by_skip(st, potential, out);
+        }
+        if st.partials.len() > self.max_partials {
+            let live = st.partials.len();
+            // Keep the start state so matching can go on.
+            let start = st.partials.pop();
+            st.partials.truncate(self.max_partials.saturating_sub(1));
+            st.partials.extend(start);
+            return Err(PartialLimitExceeded {
+                live,
+                limit: self.max_partials,
+                dropped: live - st.partials.len(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Computes the successors of `p` on `event`. Returns true if the branch
+    /// reached a stop state.
+    fn next_states(
+        &self,
+        p: &Partial,
+        event: &Arc<Event>,
+        windows: &[Value],
+        scratch: &mut Scratch,
+        next: &mut Vec<Partial>,
+        potential: &mut Vec<Partial>,
+    ) -> bool {
+        let nfa = &*self.nfa;
+        let mut ctx = Ctx {
+            event,
+            windows,
+            path: None,
+            node: p.node.as_ref(),
+        };
+        // The decision graph: follow proceed edges depth-first, collecting
+        // take and ignore edges whose guards hold.
+        scratch.edges.clear();
+        scratch.stack.clear();
+        scratch.stack.push(p.state);
+        while let Some(s) = scratch.stack.pop() {
+            for t in &nfa.states[s as usize].transitions {
+                if !self.check(t.cond, &mut ctx, &mut scratch.cache) {
+                    continue;
+                }
+                match t.action {
+                    Action::Proceed => scratch.stack.push(t.target),
+                    a => scratch.edges.push((a, s, t.target)),
+                }
+            }
+        }
+        let is_start = self.is_start(p);
+        let mut stopped = false;
+        let mut push = |q: Partial, next: &mut Vec<Partial>, potential: &mut Vec<Partial>| match nfa
+            .states[q.state as usize]
+            .kind
+        {
+            StateKind::Final => potential.push(q),
+            StateKind::Stop => stopped = true,
+            _ => next.push(q),
+        };
+        let edges = std::mem::take(&mut scratch.edges);
+        for &(action, source, target) in &edges {
+            match action {
+                Action::Ignore => {
+                    if !is_start {
+                        push(
+                            Partial {
+                                state: target,
+                                ..p.clone()
+                            },
+                            next,
+                            potential,
+                        );
+                    }
+                }
+                Action::Take => {
+                    let stage = nfa.states[source as usize].stage.unwrap_or(0);
+                    let node = Arc::new(Node {
+                        stage,
+                        event: event.clone(),
+                        prev: p.node.clone(),
+                    });
+                    let (start_ts, start) = if is_start {
+                        (event.time, Some(key_of(event)))
+                    } else {
+                        (p.start_ts, p.start)
+                    };
+                    let q = Partial {
+                        state: target,
+                        node: Some(node),
+                        start_ts,
+                        prev_ts: event.time,
+                        start,
+                    };
+                    // If the new state can proceed straight to the end, it is also a match.
+                    let fin = self.final_after_proceed(target, &mut ctx, &mut scratch.cache);
+                    let done = fin.map(|f| Partial {
+                        state: f,
+                        ..q.clone()
+                    });
+                    push(q, next, potential);
+                    if let Some(d) = done {
+                        push(d, next, potential);
+                    }
+                }
+                Action::Proceed => {}
+            }
+        }
+        scratch.edges = edges;
+        if is_start {
+            next.push(p.clone());
+        }
+        stopped
+    }
+
+    fn final_after_proceed(
+        &self,
+        from: StateId,
+        ctx: &mut Ctx<'_>,
+        cache: &mut [u8],
+    ) -> Option<StateId> {
+        let nfa = &*self.nfa;
+        let mut stack = vec![from];
+        while let Some(s) = stack.pop() {
+            for t in &nfa.states[s as usize].transitions {
+                if t.action == Action::Proceed && self.check(t.cond, ctx, cache) {
+                    if nfa.states[t.target as usize].kind == StateKind::Final {
+                        return Some(t.target);
+                    }
+                    stack.push(t.target);
+                }
+            }
+        }
+        None
+    }
+
+    fn check(&self, c: CondId, ctx: &mut Ctx<'_>, cache: &mut [u8]) -> bool {
+        match &self.nfa.conds[c as usize] {
+            Cond::True => true,
+            Cond::Not(x) => !self.check(*x, ctx, cache),
+            Cond::And(a, b) => self.check(*a, ctx, cache) && self.check(*b, ctx, cache),
+            Cond::Or(a, b) => self.check(*a, ctx, cache) || self.check(*b, ctx, cache),
+            Cond::Pred(p) => {
+                let p = *p as usize;
+                if self.nfa.pred_depends_on_match[p] {
+                    if ctx.path.is_none() {
+                        let mut v = Vec::new();
+                        let mut n = ctx.node;
+                        while let Some(node) = n {
+                            v.push((node.stage, node.event.clone()));
+                            n = node.prev.as_ref();
+                        }
+                        v.reverse();
+                        ctx.path = Some(v);
+                    }
+                    let path: &MatchPath = ctx.path.as_deref().unwrap_or(&[]);
+                    if self.nfa.inclusive {
+                        let mut with_candidate = path.to_vec();
+                        with_candidate.push((self.nfa.pred_stage[p], ctx.event.clone()));
+                        return holds(
+                            &self.nfa.preds[p],
+                            Scope {
+                                event: ctx.event,
+                                path: &with_candidate,
+                                windows: ctx.windows,
+                            },
+                        );
+                    }
+                    return holds(
+                        &self.nfa.preds[p],
+                        Scope {
+                            event: ctx.event,
+                            path,
+                            windows: ctx.windows,
+                        },
+                    );
+                }
+                match cache[p] {
+                    1 => false,
+                    2 => true,
+                    _ => {
+                        let r = holds(
+                            &self.nfa.preds[p],
+                            Scope {
+                                event: ctx.event,
+                                path: &[],
+                                windows: ctx.windows,
+                            },
+                        );
+                        cache[p] = 1 + r as u8;
+                        r
+                    }
+                }
+            }
+        }
+    }
+
+    /// Emits completed matches that no earlier-started partial match can
+    /// precede, applying the skip strategy to what remains.
+    fn emit_by_skip(&self, st: &mut MatcherState, potential: Vec<Partial>, out: &mut Vec<Output>) {
+        if potential.is_empty() && st.completed.is_empty() {
+            return;
+        }
+        st.completed.extend(potential);
+        st.completed.sort_by_key(|p| p.order());
+        while let Some(first) = st.completed.first() {
+            let earliest_partial = st.partials.first().map(|p| p.order());
+            if earliest_partial.is_some_and(|e| first.order() > e) {
+                break;
+            }
+            let m = st.completed.remove(0);
+            let path = m.path();
+            if let Some(pruning) = self.pruning_key(&path) {
+                let prune = |p: &Partial| match (p.start, self.skip) {
+                    (None, _) => false,
+                    (Some(s), SkipDef::ToFirst(..) | SkipDef::ToLast(..)) => s < pruning,
+                    (Some(s), _) => s <= pruning,
+                };
+                st.partials.retain(|p| !prune(p));
+                st.completed.retain(|p| !prune(p));
+            }
+            out.push(Output::Match(path));
+        }
+    }
+
+    fn pruning_key(&self, path: &[(StageId, Arc<Event>)]) -> Option<EventKey> {
+        let keys = |stage: StageId| {
+            path.iter()
+                .filter(move |(s, _)| *s == stage)
+                .map(|(_, e)| key_of(e))
+        };
+        match self.skip {
+            SkipDef::NoSkip => None,
+            SkipDef::ToNext => path.iter().map(|(_, e)| key_of(e)).min(),
+            SkipDef::PastLast => path.iter().map(|(_, e)| key_of(e)).max(),
+            SkipDef::ToFirst(s, _) => keys(s).min(),
+            SkipDef::ToLast(s, _) => keys(s).max(),
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! The syntax tree of a rule file, as parsed (names unresolved).
+
+use super::diag::Span;
+
+/// A name and where it is written.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ident {
+    /// The name.
+    pub name: String,
+    /// Where.
+    pub span: Span,
+}
+
+/// A parsed file.
+#[derive(Clone, Debug, Default)]
+pub struct FileAst {
+    /// Rules in file order.
+    pub rules: Vec<RuleAst>,
+    /// Stream definitions.
+    pub streams: Vec<StreamAst>,
+    /// Examples (events in, expected alerts out).
+    pub examples: Vec<ExampleAst>,
+}
+
+/// `stream NAME { key ..; time ..; ... }`.
+#[derive(Clone, Debug)]
+pub struct StreamAst {
+    /// Its name.
+    pub name: Ident,
+    /// Key field path.
+    pub key: Option<(String, Span)>,
+    /// Time field path.
+    pub time: Option<(String, Span)>,
+    /// Optional event-type field path.
+    pub event_type: Option<(String, Span)>,
+    /// `time format auto|epoch_ms|epoch_s`.
+    pub time_format: Option<(String, Span)>,
+    /// Allowed lateness (ms).
+    pub lateness: Option<(i64, Span)>,
+    /// Idle timeout (ms).
+    pub idle: Option<(i64, Span)>,
+    /// Declared fields, for checking names in rules.
+    pub fields: Vec<(String, Span)>,
+}
+
+/// `example NAME { events """...""" expect RULE N ... }`.
+#[derive(Clone, Debug)]
+pub struct ExampleAst {
+    /// Its name.
+    pub name: Ident,
+    /// The events, one JSON object per line.
+    pub events: Option<(String, Span)>,
+    /// Expected alert counts per rule.
+    pub expect: Vec<(Ident, u64)>,
+}
+
+/// Alert severity.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Informational.
+    Low,
+    /// Worth a look.
+    Medium,
+    /// Act soon.
+    High,
+    /// Act now.
+    Critical,
+}
+
+/// After-match skip strategy, as written.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SkipAst {
+    /// Every match is kept.
+    NoSkip,
+    /// Drop partial matches that started at or before the match's first event.
+    ToNext,
+    /// Drop partial matches that started at or before the match's last event.
+    PastLast,
+    /// Drop partial matches that started before the first event of a stage.
+    ToFirst(Ident, bool),
+    /// Drop partial matches that started before the last event of a stage.
+    ToLast(Ident, bool),
+}
+
+/// `rule NAME { ... }`.
+#[derive(Clone, Debug)]
+pub struct RuleAst {
+    /// Its name.
+    pub name: Ident,
+    /// The key field, overriding the stream's.
+    pub key: Option<(String, Span)>,
+    /// Stream name.
+    pub stream: Option<Ident>,
+    /// Free text.
+    pub description: Option<String>,
+    /// Severity of its alerts.
+    pub severity: Option<(Severity, Span)>,
+    /// Score contribution of each alert.
+    pub score: Option<(f64, Span)>,
+    /// Window of the whole pattern (ms).
+    pub within: Option<(i64, Span)>,
+    /// After-match skip.
+    pub skip: Option<(SkipAst, Span)>,
+    /// Emit timed-out partial matches as alerts too.
+    pub report_timeouts: bool,
+    /// Stage conditions see the candidate event in their own stage's
+    /// aggregates (MATCH_RECOGNIZE running semantics).
+    pub inclusive_aggregates: bool,
+    /// The pattern.
+    pub pattern: Option<PatternAst>,
+    /// Computed values added to the alert.
+    pub payload: Vec<(Ident, Expr)>,
+    /// The whole rule.
+    pub span: Span,
+}
+
+/// A sequence of stages.
+#[derive(Clone, Debug)]
+pub struct PatternAst {
+    /// Stages in order.
+    pub stages: Vec<StageAst>,
+    /// Where.
+    pub span: Span,
+}
+
+/// How a stage relates to the one before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Contiguity {
+    /// `next`: the very next event.
+    Strict,
+    /// `then`: skipping events that do not match.
+    Relaxed,
+    /// `then any`: skipping any events (every matching event forks).
+    Any,
+    /// `not next`: the next event must not match.
+    NotNext,
+    /// `not then`: no matching event until the next stage.
+    NotFollow,
+}
+
+/// One stage.
+#[derive(Clone, Debug)]
+pub struct StageAst {
+    /// Its name.
+    pub name: Ident,
+    /// Relation to the previous stage (`Relaxed` for the first).
+    pub contiguity: Contiguity,
+    /// Where the connector is written.
+    pub contiguity_span: Span,
+    /// The condition or nested group.
+    pub body: StageBody,
+    /// Quantifier and modifiers.
+    pub quant: QuantAst,
+    /// Where the stage is.
+    pub span: Span,
+}
+
+/// A stage's body.
+#[derive(Clone, Debug)]
+pub enum StageBody {
+    /// A condition on one event.
+    Cond(Expr),
+    /// A parenthesised sub-pattern.
+    Group(PatternAst),
+}
+
+/// Quantifier and modifiers as written.
+#[derive(Clone, Debug, Default)]
+pub struct QuantAst {
+    /// `repeat N`, `repeat N..M`, `repeat N..`.
+    pub repeat: Option<(u32, Option<u32>, Span)>,
+    /// `optional`.
+    pub optional: Option<Span>,
+    /// `greedy`.
+    pub greedy: Option<Span>,
+    /// `consecutive` (strict) or `combinations` (any) between the events a loop takes.
+    pub inner: Option<(Contiguity, Span)>,
+    /// `until COND`.
+    pub until: Option<Expr>,
+    /// `gap DUR`: at most this long after the previous stage's event.
+    pub gap: Option<(i64, Span)>,
+}
+
+/// An expression.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Expr {
+    /// What.
+    pub kind: ExprKind,
+    /// Where.
+    pub span: Span,
+}
+
+/// Unary operators.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnOp {
+    /// `not`
+    Not,
+    /// `-`
+    Neg,
+}
+
+/// Binary operators.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BinOp {
+    /// `or`
+    Or,
+    /// `and`
+    And,
+    /// `==`
+    Eq,
+    /// `!=`
+    Ne,
+    /// `<`
+    Lt,
+    /// `<=`
+    Le,
+    /// `>`
+    Gt,
+    /// `>=`
+    Ge,
+    /// `+`
+    Add,
+    /// `-`
+    Sub,
+    /// `*`
+    Mul,
+    /// `/`
+    Div,
+    /// `%`
+    Rem,
+}
+
+/// A window for a per-key aggregate.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WindowAst {
+    /// `over 30d`: (t - 30d, t].
+    Sliding(i64),
+    /// `over 30d ending 7d ago`: (t - 37d, t - 7d].
+    Ending(i64, i64),
+    /// `over tumbling 1h`: the current aligned bin.
+    Tumbling(i64),
+    /// `over session 30m`: events since the last gap longer than 30m.
+    Session(i64),
+}
+
+/// Expression kinds.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ExprKind {
+    /// A number (durations are numbers of milliseconds).
+    Num(f64),
+    /// A string.
+    Str(String),
+    /// A boolean.
+    Bool(bool),
+    /// `null`.
+    Null,
+    /// A dotted name: a field path, or `stage.field`.
+    Path(Vec<Ident>),
+    /// Unary operator.
+    Unary(UnOp, Box<Expr>),
+    /// Binary operator.
+    Binary(BinOp, Box<Expr>, Box<Expr>),
+    /// `x in [..]` / `x not in [..]`.
+    In(Box<Expr>, Vec<Expr>, bool),
+    /// `x matches "regex"`.
+    Matches(Box<Expr>, String, Span),
+    /// `x is null` / `x is not null`.
+    IsNull(Box<Expr>, bool),
+    /// A function or aggregate call.
+    Call(Box<Call>),
+    /// `call(..).field`: a field of the event a call returns (`first(s).price`).
+    Member(Box<Expr>, Vec<Ident>),
+}
+
+/// A call: `f(args)`, `count(*)`, `count(distinct x over 1d)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Call {
+    /// Function name (lower-cased).
+    pub name: Ident,
+    /// Arguments.
+    pub args: Vec<Expr>,
+    /// `*` as the argument.
+    pub star: bool,
+    /// `distinct` before the argument.
+    pub distinct: bool,
+    /// `over WINDOW`.
+    pub window: Option<(WindowAst, Span)>,
+}

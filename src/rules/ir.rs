@@ -1,0 +1,350 @@
+//! The checked form of rules: names resolved to slots and stage ids, every
+//! construct validated. The pattern compiler and the engine consume this.
+
+use super::ast::{BinOp, Contiguity, Severity, UnOp, WindowAst};
+use crate::event::{FieldPath, Schema, Slot, TimeFormat, Value};
+use std::sync::Arc;
+
+/// Index of a stage within its rule (groups included).
+pub type StageId = u16;
+
+/// How the input stream is read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StreamDef {
+    /// Its name.
+    pub name: String,
+    /// Key field.
+    pub key: FieldPath,
+    /// Event-time field.
+    pub time: FieldPath,
+    /// Optional event-type field.
+    pub event_type: Option<FieldPath>,
+    /// How the time field is written.
+    pub time_format: TimeFormat,
+    /// How late (in event time) an event may arrive and still be processed.
+    pub lateness_ms: i64,
+    /// After this long without events an input counts as idle (0 = never).
+    pub idle_ms: i64,
+    /// Declared fields; when given, rules may name only these.
+    pub fields: Option<Vec<FieldPath>>,
+}
+
+impl StreamDef {
+    /// A stream keyed by `key` with time in `time`, no lateness.
+    pub fn new(key: &str, time: &str) -> Option<StreamDef> {
+        Some(StreamDef {
+            name: "events".into(),
+            key: FieldPath::parse(key)?,
+            time: FieldPath::parse(time)?,
+            event_type: None,
+            time_format: TimeFormat::Auto,
+            lateness_ms: 0,
+            idle_ms: 0,
+            fields: None,
+        })
+    }
+}
+
+/// Scalar functions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Func {
+    /// `abs(x)`
+    Abs,
+    /// `round(x)`
+    Round,
+    /// `floor(x)`
+    Floor,
+    /// `ceil(x)`
+    Ceil,
+    /// `sqrt(x)`
+    Sqrt,
+    /// `ln(x)`
+    Ln,
+    /// `least(a, b, ..)` (also `min` with 2+ arguments)
+    Least,
+    /// `greatest(a, b, ..)` (also `max` with 2+ arguments)
+    Greatest,
+    /// `coalesce(a, b, ..)`
+    Coalesce,
+    /// `contains(s, sub)`
+    Contains,
+    /// `starts_with(s, prefix)`
+    StartsWith,
+    /// `ends_with(s, suffix)`
+    EndsWith,
+    /// `lower(s)`
+    Lower,
+    /// `upper(s)`
+    Upper,
+    /// `len(s)`
+    Len,
+    /// `hour(t)`: hour of day (UTC) of a time in ms; no argument: the event's.
+    Hour,
+    /// `weekday(t)`: 1 = Monday .. 7 = Sunday (UTC).
+    Weekday,
+    /// `event_time()`: the current event's time in ms.
+    EventTime,
+    /// `if(cond, then, else)`: evaluates only the branch taken.
+    If,
+}
+
+/// Aggregates over the events of a partial match.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AggFunc {
+    /// Number of events (with an argument: of non-null values).
+    Count,
+    /// Sum.
+    Sum,
+    /// Mean.
+    Avg,
+    /// Minimum.
+    Min,
+    /// Maximum.
+    Max,
+    /// The value at the first event (optionally the n-th from the first).
+    First,
+    /// The value at the last event (optionally the n-th from the last).
+    Last,
+}
+
+/// Aggregates over a per-key window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum WinFunc {
+    /// Events (or non-null values) in the window.
+    Count,
+    /// Distinct non-null values.
+    CountDistinct,
+    /// Sum.
+    Sum,
+    /// Mean.
+    Avg,
+    /// Minimum.
+    Min,
+    /// Maximum.
+    Max,
+    /// Population standard deviation.
+    Stddev,
+}
+
+/// A per-key window aggregate used by a rule.
+#[derive(Clone, Debug)]
+pub struct WindowSpec {
+    /// The aggregate.
+    pub func: WinFunc,
+    /// The value aggregated (None: count events).
+    pub arg: Option<CExpr>,
+    /// The window.
+    pub window: WindowAst,
+}
+
+/// A resolved expression.
+#[derive(Clone, Debug)]
+pub enum CExpr {
+    /// A constant.
+    Lit(Value),
+    /// A field of the event in scope.
+    Field(Slot),
+    /// A field of the last event accepted into a stage (null if none).
+    StageLast(StageId, Slot),
+    /// Unary operator.
+    Unary(UnOp, Box<CExpr>),
+    /// Binary operator.
+    Binary(BinOp, Box<CExpr>, Box<CExpr>),
+    /// Membership.
+    In(Box<CExpr>, Vec<CExpr>, bool),
+    /// Regex match (unanchored unless the pattern anchors).
+    Matches(Box<CExpr>, Arc<regex_automata::meta::Regex>),
+    /// `is null` (true) / `is not null` (false).
+    IsNull(Box<CExpr>, bool),
+    /// A scalar function.
+    Func(Func, Vec<CExpr>),
+    /// An aggregate over the events of the partial match.
+    MatchAgg(Box<MatchAgg>),
+    /// A per-key window aggregate, by index into the rule's windows.
+    Window(u16),
+}
+
+/// An aggregate over matched events.
+#[derive(Clone, Debug)]
+pub struct MatchAgg {
+    /// Which aggregate.
+    pub func: AggFunc,
+    /// The stage, or every stage in match order.
+    pub stage: Option<StageId>,
+    /// Evaluated on each event (None: the event itself, for `count`).
+    pub arg: Option<CExpr>,
+    /// For first/last: how many events from the end.
+    pub offset: usize,
+}
+
+impl CExpr {
+    /// Whether the value depends on the partial match (and so cannot be
+    /// cached per event across partial matches).
+    pub fn depends_on_match(&self) -> bool {
+        match self {
+            CExpr::Lit(_) | CExpr::Field(_) | CExpr::Window(_) => false,
+            CExpr::StageLast(..) | CExpr::MatchAgg(_) => true,
+            CExpr::Unary(_, e) | CExpr::IsNull(e, _) | CExpr::Matches(e, _) => e.depends_on_match(),
+            CExpr::Binary(_, a, b) => a.depends_on_match() || b.depends_on_match(),
+            CExpr::In(e, items, _) => {
+                e.depends_on_match() || items.iter().any(|i| i.depends_on_match())
+            }
+            CExpr::Func(_, args) => args.iter().any(|a| a.depends_on_match()),
+        }
+    }
+}
+
+/// The quantifier of a stage, normalised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuantKind {
+    /// Exactly once.
+    Single,
+    /// `from..=to` times (bounded).
+    Times,
+    /// `from` or more times.
+    Looping,
+}
+
+/// Quantifier of a stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuantDef {
+    /// Shape.
+    pub kind: QuantKind,
+    /// Minimum count (≥ 1).
+    pub from: u32,
+    /// Maximum count (== from for Single and Looping).
+    pub to: u32,
+    /// May be skipped.
+    pub optional: bool,
+    /// Takes as many events as it can before the next stage may start.
+    pub greedy: bool,
+    /// Contiguity between the events the loop takes.
+    pub inner: Contiguity,
+}
+
+impl QuantDef {
+    /// Exactly once, not optional.
+    pub const ONE: QuantDef = QuantDef {
+        kind: QuantKind::Single,
+        from: 1,
+        to: 1,
+        optional: false,
+        greedy: false,
+        inner: Contiguity::Relaxed,
+    };
+}
+
+/// A stage's body.
+#[derive(Clone, Debug)]
+pub enum StageBodyDef {
+    /// The condition an event must meet.
+    Cond(CExpr),
+    /// A nested sequence.
+    Group(PatternDef),
+}
+
+/// One stage of a pattern.
+#[derive(Clone, Debug)]
+pub struct StageDef {
+    /// Name.
+    pub name: String,
+    /// Id (index into [`RuleDef::stage_names`]).
+    pub id: StageId,
+    /// Relation to the previous stage.
+    pub contiguity: Contiguity,
+    /// Condition or group.
+    pub body: StageBodyDef,
+    /// Quantifier.
+    pub quant: QuantDef,
+    /// Loop ends at the first event meeting this.
+    pub until: Option<CExpr>,
+    /// Most time allowed since the previous stage's event (ms).
+    pub gap: Option<i64>,
+}
+
+/// A sequence of stages.
+#[derive(Clone, Debug, Default)]
+pub struct PatternDef {
+    /// In order.
+    pub stages: Vec<StageDef>,
+}
+
+/// After-match skip strategy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SkipDef {
+    /// Keep every match.
+    NoSkip,
+    /// Drop partial matches starting at or before the match's first event.
+    ToNext,
+    /// Drop partial matches starting at or before the match's last event.
+    PastLast,
+    /// Drop partial matches starting before the stage's first event; `true`: a
+    /// match without the stage is an error.
+    ToFirst(StageId, bool),
+    /// Drop partial matches starting before the stage's last event.
+    ToLast(StageId, bool),
+}
+
+/// A checked rule.
+#[derive(Clone, Debug)]
+pub struct RuleDef {
+    /// Name.
+    pub name: String,
+    /// Free text.
+    pub description: Option<String>,
+    /// Key field.
+    pub key: FieldPath,
+    /// Key slot.
+    pub key_slot: Slot,
+    /// Alert severity.
+    pub severity: Severity,
+    /// Score contribution per alert.
+    pub score: f64,
+    /// Whole-pattern window (ms).
+    pub within: Option<i64>,
+    /// After-match skip.
+    pub skip: SkipDef,
+    /// Emit timed-out partial matches.
+    pub report_timeouts: bool,
+    /// A stage's condition sees the candidate event as the last event of its
+    /// own stage in match aggregates.
+    pub inclusive_aggregates: bool,
+    /// The pattern.
+    pub pattern: PatternDef,
+    /// Stage names by id.
+    pub stage_names: Vec<String>,
+    /// Payload values.
+    pub payload: Vec<(String, CExpr)>,
+    /// Window aggregates used by conditions and payload.
+    pub windows: Vec<WindowSpec>,
+}
+
+/// One example: events in, alert counts out.
+#[derive(Clone, Debug)]
+pub struct ExampleDef {
+    /// Name.
+    pub name: String,
+    /// File it is in.
+    pub file: String,
+    /// JSON lines.
+    pub events: String,
+    /// Expected alerts per rule.
+    pub expect: Vec<(String, u64)>,
+}
+
+/// A checked rule set: what the engine compiles and runs.
+#[derive(Clone, Debug)]
+pub struct RuleSetDef {
+    /// The stream.
+    pub stream: StreamDef,
+    /// Rules.
+    pub rules: Vec<RuleDef>,
+    /// Examples.
+    pub examples: Vec<ExampleDef>,
+    /// Fields read.
+    pub schema: Schema,
+    /// Slot of the time field.
+    pub time_slot: Slot,
+    /// Hash of the sources and stream definition; versions per-key state.
+    pub hash: u64,
+}

@@ -1,0 +1,16 @@
+//! The rule language: lexer, parser, syntax tree, semantic checks and
+//! diagnostics. Its output, a [`RuleSetDef`], is the checked form the pattern
+//! compiler and the engine build on. See `docs/rules.md` for the language.
+
+pub mod ast;
+mod check;
+mod diag;
+pub mod ir;
+mod lexer;
+mod parser;
+
+pub use check::{CompileError, Compiler, Limits};
+pub use diag::{Diagnostic, Diagnostics, SourceMap, Span};
+pub use ir::*;
+pub use lexer::parse_duration;
+pub use parser::{parse_expr, parse_file};

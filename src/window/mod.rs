@@ -1,0 +1,377 @@
+//! Per-key window aggregates: sliding windows (optionally ending in the
+//! past, for labels that arrive late), tumbling bins and sessions. Each is
+//! maintained incrementally as the key's events arrive in event-time order —
+//! adding the new event and evicting what left the window, never rescanning.
+//!
+//! Invariant: `update(t, v)` is called with non-decreasing `t`.
+
+use crate::event::{EventTime, Value, ValueKey};
+use crate::rules::WinFunc;
+use crate::rules::ast::WindowAst;
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, VecDeque};
+
+/// Running aggregate over a multiset of values with removal.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Accum {
+    count: u64,
+    non_null: u64,
+    sum: f64,
+    sum_sq: f64,
+    /// Monotonic deques of (seq, value) for min and max.
+    mins: VecDeque<(u64, f64)>,
+    maxs: VecDeque<(u64, f64)>,
+    distinct: HashMap<ValueKey, u32>,
+}
+
+impl Accum {
+    fn add(&mut self, func: WinFunc, seq: u64, v: &Value) {
+        self.count += 1;
+        if v.is_null() {
+            return;
+        }
+        self.non_null += 1;
+        match func {
+            WinFunc::CountDistinct => *self.distinct.entry(ValueKey::from(v)).or_insert(0) += 1,
+            WinFunc::Min => {
+                if let Some(x) = v.as_f64() {
+                    while self.mins.back().is_some_and(|b| b.1 >= x) {
+                        self.mins.pop_back();
+                    }
+                    self.mins.push_back((seq, x));
+                }
+            }
+            WinFunc::Max => {
+                if let Some(x) = v.as_f64() {
+                    while self.maxs.back().is_some_and(|b| b.1 <= x) {
+                        self.maxs.pop_back();
+                    }
+                    self.maxs.push_back((seq, x));
+                }
+            }
+            _ => {
+                if let Some(x) = v.as_f64() {
+                    self.sum += x;
+                    self.sum_sq += x * x;
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, func: WinFunc, seq: u64, v: &Value) {
+        self.count -= 1;
+        if v.is_null() {
+            return;
+        }
+        self.non_null -= 1;
+        match func {
+            WinFunc::CountDistinct => {
+                let k = ValueKey::from(v);
+                if let Some(c) = self.distinct.get_mut(&k) {
+                    *c -= 1;
+                    if *c == 0 {
+                        self.distinct.remove(&k);
+                    }
+                }
+            }
+            WinFunc::Min => {
+                if self.mins.front().is_some_and(|f| f.0 == seq) {
+                    self.mins.pop_front();
+                }
+            }
+            WinFunc::Max => {
+                if self.maxs.front().is_some_and(|f| f.0 == seq) {
+                    self.maxs.pop_front();
+                }
+            }
+            _ => {
+                if let Some(x) = v.as_f64() {
+                    self.sum -= x;
+                    self.sum_sq -= x * x;
+                }
+            }
+        }
+        if self.count == 0 {
+            // Drop accumulated rounding error whenever the window empties.
+            self.sum = 0.0;
+            self.sum_sq = 0.0;
+        }
+    }
+
+    fn value(&self, func: WinFunc, counts_events: bool) -> Value {
+        let n = self.non_null as f64;
+        match func {
+            WinFunc::Count if counts_events => Value::Num(self.count as f64),
+            WinFunc::Count => Value::Num(n),
+            WinFunc::CountDistinct => Value::Num(self.distinct.len() as f64),
+            WinFunc::Sum => Value::Num(self.sum),
+            WinFunc::Avg if self.non_null == 0 => Value::Null,
+            WinFunc::Avg => Value::Num(self.sum / n),
+            WinFunc::Stddev if self.non_null == 0 => Value::Null,
+            WinFunc::Stddev => {
+                let mean = self.sum / n;
+                Value::Num((self.sum_sq / n - mean * mean).max(0.0).sqrt())
+            }
+            WinFunc::Min => self.mins.front().map_or(Value::Null, |m| Value::Num(m.1)),
+            WinFunc::Max => self.maxs.front().map_or(Value::Null, |m| Value::Num(m.1)),
+        }
+    }
+}
+
+/// One window aggregate's state for one key.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WindowState {
+    func: WinFunc,
+    counts_events: bool,
+    kind: Kind,
+    /// Events not yet inside the window (it ends in the past): (time, seq, value).
+    pending: VecDeque<(EventTime, u64, Value)>,
+    /// Events inside the window.
+    active: VecDeque<(EventTime, u64, Value)>,
+    acc: Accum,
+    seq: u64,
+    /// Tumbling bin start / session last event time.
+    mark: Option<EventTime>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+enum Kind {
+    /// Events with `now - len - ago < t <= now - ago`.
+    Sliding { len: i64, ago: i64 },
+    /// Events in the bin containing `now`.
+    Tumbling { width: i64 },
+    /// Events since the last gap longer than `gap`.
+    Session { gap: i64 },
+}
+
+impl WindowState {
+    /// Empty state for `func` over `window`; `counts_events` when the aggregate
+    /// counts events rather than values.
+    pub fn new(func: WinFunc, window: &WindowAst, counts_events: bool) -> WindowState {
+        let kind = match *window {
+            WindowAst::Sliding(len) => Kind::Sliding { len, ago: 0 },
+            WindowAst::Ending(len, ago) => Kind::Sliding { len, ago },
+            WindowAst::Tumbling(width) => Kind::Tumbling { width },
+            WindowAst::Session(gap) => Kind::Session { gap },
+        };
+        WindowState {
+            func,
+            counts_events,
+            kind,
+            pending: VecDeque::new(),
+            active: VecDeque::new(),
+            acc: Accum::default(),
+            seq: 0,
+            mark: None,
+        }
+    }
+
+    fn clear(&mut self) {
+        self.active.clear();
+        self.pending.clear();
+        self.acc = Accum::default();
+    }
+
+    /// Moves the window to end at `now` (relative to its `ago`).
+    pub fn advance(&mut self, now: EventTime) {
+        if let Kind::Sliding { len, ago } = self.kind {
+            let upper = now.saturating_sub(ago);
+            while self.pending.front().is_some_and(|p| p.0 <= upper) {
+                if let Some((t, s, v)) = self.pending.pop_front() {
+                    self.acc.add(self.func, s, &v);
+                    self.active.push_back((t, s, v));
+                }
+            }
+            let lower = upper.saturating_sub(len);
+            while self.active.front().is_some_and(|a| a.0 <= lower) {
+                if let Some((_, s, v)) = self.active.pop_front() {
+                    self.acc.remove(self.func, s, &v);
+                }
+            }
+        }
+    }
+
+    /// Adds an event at `t` with value `v` (after `advance(t)`).
+    pub fn update(&mut self, t: EventTime, v: Value) {
+        self.seq += 1;
+        let seq = self.seq;
+        match self.kind {
+            Kind::Sliding { ago, .. } => {
+                if ago == 0 {
+                    self.acc.add(self.func, seq, &v);
+                    self.active.push_back((t, seq, v));
+                } else {
+                    self.pending.push_back((t, seq, v));
+                }
+            }
+            Kind::Tumbling { width } => {
+                let bin = t - t.rem_euclid(width);
+                if self.mark != Some(bin) {
+                    self.clear();
+                    self.mark = Some(bin);
+                }
+                self.acc.add(self.func, seq, &v);
+                self.active.push_back((t, seq, v));
+                // Only min/max need the values; others keep the accumulator alone.
+                if !matches!(self.func, WinFunc::Min | WinFunc::Max) {
+                    self.active.clear();
+                }
+            }
+            Kind::Session { gap } => {
+                if self.mark.is_some_and(|m| t - m > gap) {
+                    self.clear();
+                }
+                self.mark = Some(t);
+                self.acc.add(self.func, seq, &v);
+                if !matches!(self.func, WinFunc::Min | WinFunc::Max) {
+                    self.active.clear();
+                } else {
+                    self.active.push_back((t, seq, v));
+                }
+            }
+        }
+    }
+
+    /// The aggregate's current value.
+    pub fn value(&self) -> Value {
+        self.acc.value(self.func, self.counts_events)
+    }
+
+    /// Whether the state holds nothing (safe to drop for an idle key).
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty() && self.active.is_empty() && self.acc.count == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(func: WinFunc, w: WindowAst, events: &[(i64, f64)]) -> Vec<Value> {
+        let mut s = WindowState::new(func, &w, false);
+        events
+            .iter()
+            .map(|&(t, v)| {
+                s.advance(t);
+                s.update(t, Value::Num(v));
+                s.value()
+            })
+            .collect()
+    }
+
+    /// The definition, computed by rescanning: what the incremental state must equal.
+    fn naive(func: WinFunc, len: i64, ago: i64, events: &[(i64, f64)], i: usize) -> Value {
+        let now = events[i].0;
+        let vals: Vec<f64> = events[..=i]
+            .iter()
+            .filter(|(t, _)| *t > now - ago - len && *t <= now - ago)
+            .map(|e| e.1)
+            .collect();
+        let n = vals.len() as f64;
+        match func {
+            WinFunc::Count => Value::Num(n),
+            WinFunc::Sum => Value::Num(vals.iter().sum()),
+            WinFunc::Avg if vals.is_empty() => Value::Null,
+            WinFunc::Avg => Value::Num(vals.iter().sum::<f64>() / n),
+            WinFunc::Min => vals
+                .iter()
+                .cloned()
+                .reduce(f64::min)
+                .map_or(Value::Null, Value::Num),
+            WinFunc::Max => vals
+                .iter()
+                .cloned()
+                .reduce(f64::max)
+                .map_or(Value::Null, Value::Num),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn sliding_and_past_windows_equal_a_rescan() {
+        let mut events: Vec<(i64, f64)> = (0..300)
+            .map(|i| (i * 7 + (i % 5) * 3, ((i * 37) % 23) as f64))
+            .collect();
+        events.sort_by_key(|e| e.0);
+        for func in [
+            WinFunc::Count,
+            WinFunc::Sum,
+            WinFunc::Avg,
+            WinFunc::Min,
+            WinFunc::Max,
+        ] {
+            for (len, ago) in [(50, 0), (100, 30), (10, 200)] {
+                let w = if ago == 0 {
+                    WindowAst::Sliding(len)
+                } else {
+                    WindowAst::Ending(len, ago)
+                };
+                let got = run(func, w, &events);
+                for (i, g) in got.iter().enumerate() {
+                    let want = naive(func, len, ago, &events, i);
+                    let close = match (g, &want) {
+                        (Value::Num(a), Value::Num(b)) => (a - b).abs() < 1e-9,
+                        (a, b) => a == b,
+                    };
+                    assert!(
+                        close,
+                        "{func:?} len {len} ago {ago} at {i}: {g:?} vs {want:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tumbling_session_distinct_stddev() {
+        let t = run(
+            WinFunc::Sum,
+            WindowAst::Tumbling(10),
+            &[(1, 1.0), (9, 2.0), (10, 4.0), (19, 1.0)],
+        );
+        assert_eq!(
+            t,
+            vec![
+                Value::Num(1.0),
+                Value::Num(3.0),
+                Value::Num(4.0),
+                Value::Num(5.0)
+            ]
+        );
+        let s = run(
+            WinFunc::Count,
+            WindowAst::Session(5),
+            &[(0, 1.0), (5, 1.0), (11, 1.0), (12, 1.0)],
+        );
+        assert_eq!(
+            s,
+            vec![
+                Value::Num(1.0),
+                Value::Num(2.0),
+                Value::Num(1.0),
+                Value::Num(2.0)
+            ]
+        );
+        let d = run(
+            WinFunc::CountDistinct,
+            WindowAst::Sliding(3),
+            &[(0, 1.0), (1, 1.0), (2, 2.0), (4, 2.0), (6, 3.0)],
+        );
+        assert_eq!(
+            d,
+            vec![
+                Value::Num(1.0),
+                Value::Num(1.0),
+                Value::Num(2.0),
+                Value::Num(1.0),
+                Value::Num(2.0)
+            ]
+        );
+        let sd = run(
+            WinFunc::Stddev,
+            WindowAst::Sliding(100),
+            &[(0, 2.0), (1, 4.0)],
+        );
+        assert_eq!(sd[1], Value::Num(1.0));
+    }
+}
