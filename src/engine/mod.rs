@@ -18,7 +18,8 @@ use crate::pattern::eval::{Scope, eval};
 use crate::pattern::{MatcherState, Output, Scratch};
 use crate::time::{TimerQueue, WatermarkTracker};
 use crate::window::WindowState;
-use std::collections::{BTreeMap, HashMap};
+use hashbrown::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// A rule that failed for one key (its state was trimmed; processing goes on).
@@ -87,6 +88,7 @@ pub struct Engine {
     scratch: Scratch,
     matcher_out: Vec<Output>,
     stats: EngineStats,
+    since_sweep: u32,
 }
 
 impl Engine {
@@ -101,6 +103,7 @@ impl Engine {
             scratch: Scratch::default(),
             matcher_out: Vec::new(),
             stats: EngineStats::default(),
+            since_sweep: 0,
             rules,
         }
     }
@@ -210,14 +213,8 @@ impl Engine {
         ks: &mut KeyState,
         timers: &mut TimerQueue<(u32, ValueKey)>,
     ) {
-        let next = rules.keyings[keying]
-            .rules
-            .iter()
-            .enumerate()
-            .filter_map(|(local, &ri)| {
-                ks.matchers[local].next_deadline(&rules.rules[ri].matcher.nfa)
-            })
-            .min();
+        let next = ks.matchers.iter().filter_map(|m| m.next_deadline()).min();
+        let _ = (rules, keying);
         if next != ks.timer {
             if let Some(old) = ks.timer {
                 timers.remove(old, &(keying as u32, key.clone()));
@@ -318,12 +315,26 @@ impl Engine {
                 );
             }
             Self::reschedule(&rules, ki, &key, ks, &mut self.timers);
-            if is_idle(ks) {
-                self.keys[ki].remove(&key);
-            }
+        }
+        self.since_sweep += 1;
+        if self.since_sweep >= SWEEP_EVERY {
+            self.sweep_idle_keys();
+        }
+    }
+
+    /// Drops the state of keys that hold nothing (no partial match, no window
+    /// content, no timer). Done in sweeps rather than per event, so a key that
+    /// is busy but momentarily idle keeps its allocations.
+    pub fn sweep_idle_keys(&mut self) {
+        self.since_sweep = 0;
+        for keys in &mut self.keys {
+            keys.retain(|_, ks| !is_idle(ks));
         }
     }
 }
+
+/// Events between sweeps of idle key state.
+const SWEEP_EVERY: u32 = 1 << 16;
 
 fn is_idle(ks: &KeyState) -> bool {
     ks.timer.is_none()

@@ -29,8 +29,13 @@ const AUTO_SECONDS_LIMIT: f64 = 1e11;
 /// `2018-04-01 00:00:31` (the last two as UTC), and a bare date.
 pub fn parse_time_str(s: &str) -> Option<EventTime> {
     let s = s.trim();
-    if let Ok(ts) = s.parse::<jiff::Timestamp>() {
-        return Some(ts.as_millisecond());
+    // Pick the parser by shape: trying one that fails builds an error, which
+    // costs more than the parse.
+    if has_zone(s) {
+        return s
+            .parse::<jiff::Timestamp>()
+            .ok()
+            .map(|ts| ts.as_millisecond());
     }
     if let Ok(dt) = s.parse::<jiff::civil::DateTime>() {
         return dt
@@ -45,6 +50,19 @@ pub fn parse_time_str(s: &str) -> Option<EventTime> {
             .map(|z| z.timestamp().as_millisecond());
     }
     None
+}
+
+/// Whether a timestamp string ends with a zone designator (`Z`, `+hh:mm`, `-hhmm`).
+fn has_zone(s: &str) -> bool {
+    let b = s.as_bytes();
+    if b.last().is_some_and(|c| *c == b'Z' || *c == b'z') {
+        return true;
+    }
+    // An offset sign after the time part (position > 10 skips the date's dashes).
+    b.iter()
+        .enumerate()
+        .skip(11)
+        .any(|(_, c)| *c == b'+' || *c == b'-')
 }
 
 /// Converts an epoch number to milliseconds under `format`.

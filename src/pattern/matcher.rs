@@ -71,6 +71,9 @@ pub struct MatcherState {
     /// Completed matches held back until earlier-started partial matches
     /// resolve (skip strategies only).
     pub completed: Vec<Partial>,
+    /// Earliest time a partial match can time out (`i64::MAX`: none); kept
+    /// current by the matcher so idle keys are skipped without a scan.
+    pub deadline: i64,
 }
 
 impl MatcherState {
@@ -80,7 +83,11 @@ impl MatcherState {
     }
 
     /// The earliest time at which a partial match here can time out.
-    pub fn next_deadline(&self, nfa: &Nfa) -> Option<i64> {
+    pub fn next_deadline(&self) -> Option<i64> {
+        (self.deadline != i64::MAX).then_some(self.deadline)
+    }
+
+    fn compute_deadline(&self, nfa: &Nfa) -> Option<i64> {
         self.partials
             .iter()
             .filter(|p| p.start.is_some())
@@ -131,6 +138,8 @@ pub struct PartialLimitExceeded {
 #[derive(Default)]
 pub struct Scratch {
     cache: Vec<u8>,
+    next: Vec<Partial>,
+    potential: Vec<Partial>,
     stack: Vec<StateId>,
     edges: Vec<(Action, StateId, StateId)>,
 }
@@ -179,6 +188,7 @@ impl Matcher {
                 start: None,
             }],
             completed: Vec::new(),
+            deadline: i64::MAX,
         }
     }
 
@@ -190,6 +200,9 @@ impl Matcher {
     /// run out, completes pending (trailing `not then`) matches.
     pub fn advance_time(&self, st: &mut MatcherState, now: i64, out: &mut Vec<Output>) {
         let nfa = &*self.nfa;
+        if now < st.deadline {
+            return;
+        }
         let mut potential = Vec::new();
         let mut kept = Vec::with_capacity(st.partials.len());
         for p in st.partials.drain(..) {
@@ -221,6 +234,7 @@ impl Matcher {
         }
         st.partials = kept;
         self.emit_by_skip(st, potential, out);
+        st.deadline = st.compute_deadline(nfa).unwrap_or(i64::MAX);
     }
 
     /// Feeds one event (after `advance_time` to its time).
@@ -235,9 +249,11 @@ impl Matcher {
         let nfa = &*self.nfa;
         scratch.cache.clear();
         scratch.cache.resize(nfa.preds.len(), 0);
-        let mut next: Vec<Partial> = Vec::with_capacity(st.partials.len() + 1);
-        let mut potential: Vec<Partial> = Vec::new();
-        let old = std::mem::take(&mut st.partials);
+        let mut next: Vec<Partial> = std::mem::take(&mut scratch.next);
+        next.clear();
+        let mut potential: Vec<Partial> = std::mem::take(&mut scratch.potential);
+        potential.clear();
+        let mut old = std::mem::take(&mut st.partials);
         for p in &old {
             let start_before = next.len();
             let stopped = self.next_states(p, event, windows, scratch, &mut next, &mut potential);
@@ -251,15 +267,21 @@ impl Matcher {
             }
         }
         // Keep the order by start event; ties keep creation order.
-        next.sort_by_key(|p| p.order());
+        if !next.is_sorted_by_key(|p| p.order()) {
+            next.sort_by_key(|p| p.order());
+        }
         st.partials = next;
+        old.clear();
+        scratch.next = old;
         if self.skip == SkipDef::NoSkip {
-            for m in potential {
+            for m in potential.drain(..) {
                 out.push(Output::Match(m.path()));
             }
+            scratch.potential = potential;
         } else {
             self.emit_by_skip(st, potential, out);
         }
+        st.deadline = st.compute_deadline(nfa).unwrap_or(i64::MAX);
         if st.partials.len() > self.max_partials {
             let live = st.partials.len();
             // Keep the start state so matching can go on.

@@ -1276,11 +1276,21 @@ impl RuleChecker<'_> {
             ));
             return None;
         }
-        self.windows.push(WindowSpec {
+        let spec = WindowSpec {
             func,
             arg,
             window: w.clone(),
-        });
+        };
+        // The same aggregate written twice (condition and payload) shares one state.
+        let same = |a: &WindowSpec| {
+            a.func == spec.func
+                && a.window == spec.window
+                && format!("{:?}", a.arg) == format!("{:?}", spec.arg)
+        };
+        if let Some(i) = self.windows.iter().position(same) {
+            return Some(CExpr::Window(i as u16));
+        }
+        self.windows.push(spec);
         Some(CExpr::Window((self.windows.len() - 1) as u16))
     }
 }

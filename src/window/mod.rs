@@ -132,6 +132,10 @@ pub struct WindowState {
     seq: u64,
     /// Tumbling bin start / session last event time.
     mark: Option<EventTime>,
+    /// Time of the oldest pending / active entry (`i64::MAX` when empty), so
+    /// `advance` reads no deque when nothing moves.
+    pending_front: EventTime,
+    active_front: EventTime,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
@@ -163,6 +167,8 @@ impl WindowState {
             acc: Accum::default(),
             seq: 0,
             mark: None,
+            pending_front: i64::MAX,
+            active_front: i64::MAX,
         }
     }
 
@@ -170,12 +176,17 @@ impl WindowState {
         self.active.clear();
         self.pending.clear();
         self.acc = Accum::default();
+        self.pending_front = i64::MAX;
+        self.active_front = i64::MAX;
     }
 
     /// Moves the window to end at `now` (relative to its `ago`).
     pub fn advance(&mut self, now: EventTime) {
         if let Kind::Sliding { len, ago } = self.kind {
             let upper = now.saturating_sub(ago);
+            if self.pending_front > upper && self.active_front > upper.saturating_sub(len) {
+                return;
+            }
             while self.pending.front().is_some_and(|p| p.0 <= upper) {
                 if let Some((t, s, v)) = self.pending.pop_front() {
                     self.acc.add(self.func, s, &v);
@@ -188,6 +199,8 @@ impl WindowState {
                     self.acc.remove(self.func, s, &v);
                 }
             }
+            self.pending_front = self.pending.front().map_or(i64::MAX, |p| p.0);
+            self.active_front = self.active.front().map_or(i64::MAX, |a| a.0);
         }
     }
 
@@ -200,8 +213,10 @@ impl WindowState {
                 if ago == 0 {
                     self.acc.add(self.func, seq, &v);
                     self.active.push_back((t, seq, v));
+                    self.active_front = self.active_front.min(t);
                 } else {
                     self.pending.push_back((t, seq, v));
+                    self.pending_front = self.pending_front.min(t);
                 }
             }
             Kind::Tumbling { width } => {
