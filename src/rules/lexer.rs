@@ -216,8 +216,10 @@ fn lex_string(text: &str, i: &mut usize, quote: u8) -> Tok {
                 b'\'' => '\'',
                 b'"' => '"',
                 _ => {
-                    *i += 2;
-                    return Tok::Bad(format!("unknown escape `\\{}`", e as char));
+                    // Step over the whole escaped character: it may be multi-byte.
+                    let ch = text[*i + 1..].chars().next().unwrap_or('?');
+                    *i += 1 + ch.len_utf8();
+                    return Tok::Bad(format!("unknown escape `\\{ch}`"));
                 }
             };
             s.push(r);
@@ -290,5 +292,7 @@ mod tests {
         assert!(matches!(toks("'open")[0], Tok::Bad(_)));
         assert!(matches!(toks("5parsecs")[0], Tok::Bad(_)));
         assert!(matches!(toks("é")[0], Tok::Bad(_)));
+        // An unknown escape of a multi-byte character (found by tests/no_panic.rs).
+        assert!(matches!(toks("'\\é' x")[0], Tok::Bad(_)));
     }
 }

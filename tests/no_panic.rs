@@ -1,0 +1,170 @@
+//! The entry points the fuzz targets drive, on random input in every test run:
+//! the rule compiler and the event decoder return errors, never panic.
+
+use proptest::prelude::*;
+use tripline::engine::{Engine, Outputs, RuleSet};
+use tripline::rules::{Compiler, StreamDef};
+
+/// Fragments of the rule language, so random input reaches deep into the parser.
+const WORDS: &[&str] = &[
+    "rule",
+    "r",
+    "{",
+    "}",
+    "(",
+    ")",
+    "[",
+    "]",
+    "pattern",
+    "a",
+    "b",
+    ":",
+    "then",
+    "next",
+    "not",
+    "any",
+    "repeat",
+    "1",
+    "2..3",
+    "3..",
+    "optional",
+    "greedy",
+    "consecutive",
+    "combinations",
+    "until",
+    "gap",
+    "5s",
+    "within",
+    "10m",
+    "skip",
+    "to",
+    "first",
+    "last",
+    "past",
+    "event",
+    "or",
+    "fail",
+    "and",
+    "in",
+    "matches",
+    "'x'",
+    "\"y\"",
+    "==",
+    "<",
+    "+",
+    "*",
+    "/",
+    "-",
+    "sum",
+    "count",
+    "avg",
+    "over",
+    "ending",
+    "ago",
+    "distinct",
+    "first(a).v",
+    "v",
+    "a.v",
+    ",",
+    "payload",
+    "=",
+    "severity",
+    "high",
+    "score",
+    "stream",
+    "key",
+    "time",
+    "example",
+    "events",
+    "\"\"\"",
+    "expect",
+    "#",
+    "\n",
+    "`q`",
+    "aggregates",
+    "include",
+    "current",
+    "report",
+    "timeouts",
+    "session",
+    "tumbling",
+    "null",
+    "is",
+    "true",
+    "%",
+    "1e400",
+    "9999999999999999999999ms",
+];
+
+fn compile_and_run(text: &str) {
+    let mut c = Compiler::new();
+    c.stream(StreamDef::new("k", "t").expect("paths"));
+    c.add_source("p.tl", text);
+    match c.compile() {
+        Ok(def) => {
+            let rs = RuleSet::build(def, Default::default());
+            let mut engine = Engine::new(rs.clone());
+            let mut out = Outputs::default();
+            for (i, l) in [
+                r#"{"k":1,"t":1,"v":1}"#,
+                r#"{"k":1,"t":2,"v":2}"#,
+                r#"{"k":2,"t":3,"v":"x"}"#,
+            ]
+            .iter()
+            .enumerate()
+            {
+                if let Ok(ev) = rs.decoder.decode(l.as_bytes(), i as u64) {
+                    engine.on_event(ev, &mut out);
+                }
+            }
+            engine.finish(&mut out);
+        }
+        Err(e) => assert!(!e.to_string().is_empty()),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn rule_compiler_never_panics_on_token_soup(words in prop::collection::vec(prop::sample::select(WORDS), 0..60)) {
+        compile_and_run(&words.join(" "));
+    }
+
+    #[test]
+    fn rule_compiler_never_panics_on_bytes(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+        compile_and_run(&String::from_utf8_lossy(&bytes));
+    }
+
+    #[test]
+    fn decoder_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..300), prefix in prop::sample::select(vec!["", "{\"k\":1,\"t\":", "{\"k\":{\"", "[", "{\"t\":\"2018-"])) {
+        let rs = RuleSet::from_source("d.tl", "stream s { key k time t } rule r { pattern { a: v > 1 } }", None).expect("compiles");
+        let mut input = prefix.as_bytes().to_vec();
+        input.extend_from_slice(&bytes);
+        let _ = rs.decoder.decode(&input, 0);
+    }
+}
+
+#[test]
+fn pathological_inputs_are_errors() {
+    let rs = RuleSet::from_source(
+        "d.tl",
+        "stream s { key k time t } rule r { pattern { a: v > 1 } }",
+        None,
+    )
+    .unwrap();
+    for input in [
+        "{\"k\":1,\"t\":1e999}".to_string(),
+        format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000)),
+        format!("{{\"k\":\"{}\",\"t\":1}}", "x".repeat(2_000_000)),
+        "{\"k\":1,\"t\":\"2018-13-45T99:99:99\"}".to_string(),
+        "{\"k\":null,\"t\":1}".to_string(),
+        "{\"k\":1,\"t\":-9223372036854775808}".to_string(),
+    ] {
+        assert!(
+            rs.decoder.decode(input.as_bytes(), 0).is_err(),
+            "{}",
+            &input[..input.len().min(60)]
+        );
+    }
+}
