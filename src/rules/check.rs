@@ -622,13 +622,11 @@ impl RuleChecker<'_> {
                 ));
                 ok = false;
             }
-            let Some(quant) = self.quant(s) else {
-                ok = false;
-                continue;
-            };
+            // Resolve every part even when one fails, so all errors are reported.
+            let quant = self.quant(s);
             let until = match &q.until {
                 Some(u) => {
-                    if quant.kind != QuantKind::Looping {
+                    if quant.is_some_and(|q| q.kind != QuantKind::Looping) {
                         self.err(
                             Diagnostic::error(u.span, "`until` applies only to open-ended repeats")
                                 .with_hint("use `repeat N..` with `until`"),
@@ -640,20 +638,14 @@ impl RuleChecker<'_> {
                 None => None,
             };
             let body = match &s.body {
-                StageBody::Cond(e) => match self.expr(e, Ctx::Event) {
-                    Some(c) => StageBodyDef::Cond(c),
-                    None => {
-                        ok = false;
-                        continue;
-                    }
-                },
-                StageBody::Group(g) => match self.pattern(&g.stages, next_id, false) {
-                    Some(p) => StageBodyDef::Group(p),
-                    None => {
-                        ok = false;
-                        continue;
-                    }
-                },
+                StageBody::Cond(e) => self.expr(e, Ctx::Event).map(StageBodyDef::Cond),
+                StageBody::Group(g) => self
+                    .pattern(&g.stages, next_id, false)
+                    .map(StageBodyDef::Group),
+            };
+            let (Some(quant), Some(body)) = (quant, body) else {
+                ok = false;
+                continue;
             };
             out.push(StageDef {
                 name: s.name.name.clone(),

@@ -1,0 +1,49 @@
+//! Every `tl` block in `docs/rules.md` compiles and its examples hold; every
+//! `tl-error` block is rejected with at least one diagnostic.
+
+use std::path::Path;
+use tripline::engine::{RuleSet, run_example};
+
+fn blocks(doc: &str, lang: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut lines = doc.lines().enumerate();
+    while let Some((n, l)) = lines.next() {
+        if l.trim() == format!("```{lang}") {
+            let body: Vec<&str> = lines
+                .by_ref()
+                .map(|(_, l)| l)
+                .take_while(|l| l.trim() != "```")
+                .collect();
+            out.push((n + 1, body.join("\n")));
+        }
+    }
+    out
+}
+
+#[test]
+fn rule_language_doc_examples_hold() {
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/rules.md"))
+        .unwrap();
+    let ok = blocks(&doc, "tl");
+    assert!(ok.len() >= 8, "found {} tl blocks", ok.len());
+    let mut examples = 0;
+    for (line, src) in &ok {
+        let rs = RuleSet::from_source(&format!("docs/rules.md:{line}"), src, None)
+            .unwrap_or_else(|e| panic!("block at docs/rules.md:{line} does not compile:\n{e}"));
+        for ex in &rs.def.examples {
+            examples += 1;
+            if let Err(e) = run_example(&rs, ex) {
+                panic!("example `{}` at docs/rules.md:{line}: {e}", ex.name);
+            }
+        }
+    }
+    assert!(examples >= 7, "only {examples} examples ran");
+    for (line, src) in blocks(&doc, "tl-error") {
+        let err = match RuleSet::from_source("doc.tl", &src, None) {
+            Ok(_) => panic!("block at docs/rules.md:{line} should be rejected"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("did you mean"), "{err}");
+        assert!(err.contains("3 errors"), "all errors in one pass: {err}");
+    }
+}
