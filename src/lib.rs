@@ -14,6 +14,8 @@
 //!   Flink CEP semantics, and the per-key [`pattern::Matcher`].
 //! - [`window`]: incremental per-key window aggregates.
 //! - [`time`]: watermarks and event-time timers.
+//! - [`state`]: the versioned snapshot format and the [`state::StateStore`]
+//!   interface with its in-memory reference store.
 //! - [`engine`]: the [`engine::Engine`] that buffers events until the
 //!   watermark releases them, keeps per-key state and emits
 //!   [`engine::Alert`]s.
@@ -24,5 +26,6 @@ pub mod engine;
 pub mod event;
 pub mod pattern;
 pub mod rules;
+pub mod state;
 pub mod time;
 pub mod window;

@@ -9,6 +9,7 @@
 
 mod alert;
 mod ruleset;
+mod snapshot;
 
 pub use alert::{Alert, AlertKind};
 pub use ruleset::{CompiledRule, EngineOptions, Keying, RuleSet};

@@ -10,7 +10,6 @@ use std::fmt;
 
 /// A scalar value: what an event field or an expression evaluates to.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
 pub enum Value {
     /// Missing field, JSON `null`, or an undefined result (e.g. `avg` of nothing).
     #[default]

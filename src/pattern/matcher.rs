@@ -106,6 +106,176 @@ impl MatcherState {
     }
 }
 
+/// A matcher state in flat, serializable form: the shared event chains
+/// become a node table, events are referenced by index into the key's event
+/// table (so an event shared by many partial matches is stored once).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MatcherSnapshot {
+    /// (stage, event index, previous node index).
+    pub nodes: Vec<(StageId, u32, Option<u32>)>,
+    /// Partial matches.
+    pub partials: Vec<PartialSnapshot>,
+    /// Held-back completed matches.
+    pub completed: Vec<PartialSnapshot>,
+}
+
+/// A partial match in flat form.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PartialSnapshot {
+    /// State id.
+    pub state: StateId,
+    /// Node index of the last taken event.
+    pub node: Option<u32>,
+    /// First event time.
+    pub start_ts: i64,
+    /// Last event time.
+    pub prev_ts: i64,
+    /// First event (time, arrival).
+    pub start: Option<EventKey>,
+}
+
+/// Why a snapshot does not fit the compiled rules.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("invalid matcher snapshot: {0}")]
+pub struct SnapshotMismatch(pub String);
+
+/// Interns events by identity while flattening.
+#[derive(Default)]
+pub struct EventTable {
+    /// The events, in first-seen order.
+    pub events: Vec<Arc<Event>>,
+    index: std::collections::HashMap<*const Event, u32>,
+}
+
+impl EventTable {
+    fn intern(&mut self, e: &Arc<Event>) -> u32 {
+        let ptr = Arc::as_ptr(e);
+        if let Some(i) = self.index.get(&ptr) {
+            return *i;
+        }
+        let i = self.events.len() as u32;
+        self.events.push(e.clone());
+        self.index.insert(ptr, i);
+        i
+    }
+}
+
+impl MatcherState {
+    /// Flattens this state, interning its events into `events`.
+    pub fn to_snapshot(&self, events: &mut EventTable) -> MatcherSnapshot {
+        let mut nodes: Vec<(StageId, u32, Option<u32>)> = Vec::new();
+        let mut index: std::collections::HashMap<*const Node, u32> =
+            std::collections::HashMap::new();
+        let mut node_of = |n: &Option<Arc<Node>>| -> Option<u32> {
+            // Walk back to the first node not yet numbered, then number forwards,
+            // so a node's predecessor always has a smaller index.
+            let mut chain = Vec::new();
+            let mut cur = n.as_ref();
+            while let Some(node) = cur {
+                if index.contains_key(&Arc::as_ptr(node)) {
+                    break;
+                }
+                chain.push(node.clone());
+                cur = node.prev.as_ref();
+            }
+            for node in chain.into_iter().rev() {
+                let prev = node.prev.as_ref().map(|p| index[&Arc::as_ptr(p)]);
+                let ev = events.intern(&node.event);
+                index.insert(Arc::as_ptr(&node), nodes.len() as u32);
+                nodes.push((node.stage, ev, prev));
+            }
+            n.as_ref().map(|node| index[&Arc::as_ptr(node)])
+        };
+        let mut flat = |p: &Partial| PartialSnapshot {
+            state: p.state,
+            node: node_of(&p.node),
+            start_ts: p.start_ts,
+            prev_ts: p.prev_ts,
+            start: p.start,
+        };
+        let partials = self.partials.iter().map(&mut flat).collect();
+        let completed = self.completed.iter().map(&mut flat).collect();
+        MatcherSnapshot {
+            nodes,
+            partials,
+            completed,
+        }
+    }
+
+    /// Rebuilds a state from its flat form, checking every index against the
+    /// automaton and the event table.
+    pub fn from_snapshot(
+        s: &MatcherSnapshot,
+        events: &[Arc<Event>],
+        nfa: &Nfa,
+    ) -> Result<MatcherState, SnapshotMismatch> {
+        let bad = |m: String| Err(SnapshotMismatch(m));
+        let mut nodes: Vec<Arc<Node>> = Vec::with_capacity(s.nodes.len());
+        for (i, &(stage, ev, prev)) in s.nodes.iter().enumerate() {
+            if (stage as usize) >= nfa.gaps.len() {
+                return bad(format!("node {i} names stage {stage}"));
+            }
+            let Some(event) = events.get(ev as usize) else {
+                return bad(format!("node {i} names event {ev}"));
+            };
+            let prev = match prev {
+                None => None,
+                Some(p) if (p as usize) < i => Some(nodes[p as usize].clone()),
+                Some(p) => return bad(format!("node {i} points forward to {p}")),
+            };
+            nodes.push(Arc::new(Node {
+                stage,
+                event: event.clone(),
+                prev,
+            }));
+        }
+        let mut unflat = |p: &PartialSnapshot| -> Result<Partial, SnapshotMismatch> {
+            if (p.state as usize) >= nfa.states.len() {
+                return Err(SnapshotMismatch(format!("state {} out of range", p.state)));
+            }
+            let node = match p.node {
+                None => None,
+                Some(n) => Some(
+                    nodes
+                        .get(n as usize)
+                        .cloned()
+                        .ok_or_else(|| SnapshotMismatch(format!("node {n} out of range")))?,
+                ),
+            };
+            Ok(Partial {
+                state: p.state,
+                node,
+                start_ts: p.start_ts,
+                prev_ts: p.prev_ts,
+                start: p.start,
+            })
+        };
+        let partials = s
+            .partials
+            .iter()
+            .map(&mut unflat)
+            .collect::<Result<Vec<_>, _>>()?;
+        let completed = s
+            .completed
+            .iter()
+            .map(&mut unflat)
+            .collect::<Result<Vec<_>, _>>()?;
+        if !partials
+            .iter()
+            .any(|p| p.state == nfa.start && p.start.is_none())
+        {
+            return bad("no start state".into());
+        }
+        let mut st = MatcherState {
+            partials,
+            completed,
+            deadline: i64::MAX,
+        };
+        st.deadline = st.compute_deadline(nfa).unwrap_or(i64::MAX);
+        Ok(st)
+    }
+}
+
 /// What the matcher produced.
 #[derive(Clone, Debug)]
 pub enum Output {

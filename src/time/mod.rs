@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 pub const MIN_WATERMARK: EventTime = i64::MIN;
 
 /// Tracks the watermark of one or more inputs (e.g. Kafka partitions).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct WatermarkTracker {
     lateness: i64,
     idle_after: i64,
@@ -19,7 +19,7 @@ pub struct WatermarkTracker {
     current: EventTime,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Input {
     max_seen: Option<EventTime>,
     /// Processing-time (ms) of the last event, for idleness.

@@ -59,16 +59,16 @@ impl Accum {
     }
 
     fn remove(&mut self, func: WinFunc, seq: u64, v: &Value) {
-        self.count -= 1;
+        self.count = self.count.saturating_sub(1);
         if v.is_null() {
             return;
         }
-        self.non_null -= 1;
+        self.non_null = self.non_null.saturating_sub(1);
         match func {
             WinFunc::CountDistinct => {
                 let k = ValueKey::from(v);
                 if let Some(c) = self.distinct.get_mut(&k) {
-                    *c -= 1;
+                    *c = c.saturating_sub(1);
                     if *c == 0 {
                         self.distinct.remove(&k);
                     }

@@ -1,0 +1,134 @@
+//! Checkpoint/restore equivalence: a straight run equals a run that is
+//! checkpointed and restored (into a new engine) at random points. And a
+//! damaged snapshot is an error, never a panic.
+
+use proptest::prelude::*;
+use std::sync::Arc;
+use tripline::engine::{Engine, Outputs, RuleSet};
+use tripline::state::{MemoryStore, SnapshotError, StateStore};
+
+const RULES: &str = r#"
+stream s { key k time t time format epoch_ms lateness 30ms }
+rule seq { within 40ms pattern { a: v == 0 then b: v == 1 repeat 1.. then c: v == 2 } payload { n = count(b) } }
+rule absent { within 30ms pattern { a: v == 0 not then b: v == 1 } }
+rule burst { within 25ms skip past last pattern { x: true repeat 3 } payload { n = count(over 30ms), d = count(distinct v over 1s) } }
+rule late_label { key g pattern { x: count(over 50ms ending 20ms ago) >= 2 and avg(v over 50ms ending 20ms ago) > 0.5 } }
+rule timeouts { within 15ms report timeouts pattern { a: v == 1 next b: v == 1 } }
+"#;
+
+fn rules() -> Arc<RuleSet> {
+    RuleSet::from_source("c.tl", RULES, None).expect("compiles")
+}
+
+fn lines(raw: &[(u8, u8, i64)]) -> Vec<String> {
+    let mut t = 0;
+    raw.iter()
+        .map(|(k, v, dt)| {
+            t += dt;
+            format!("{{\"k\":{k},\"g\":{},\"t\":{t},\"v\":{v}}}", (k + v) % 2)
+        })
+        .collect()
+}
+
+fn feed(engine: &mut Engine, rs: &RuleSet, lines: &[String], from: usize, out: &mut Outputs) {
+    for (i, l) in lines.iter().enumerate() {
+        let ev = rs
+            .decoder
+            .decode(l.as_bytes(), (from + i) as u64)
+            .expect("decodes");
+        engine.on_event(ev, out);
+    }
+}
+
+fn alert_lines(out: &Outputs) -> Vec<String> {
+    out.alerts.iter().map(|a| a.to_json_line()).collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    #[test]
+    fn restore_anywhere_equals_straight_run(
+        raw in prop::collection::vec((0u8..3, 0u8..3, 0i64..8), 1..80),
+        cuts in prop::collection::vec(0usize..80, 0..4),
+    ) {
+        let rs = rules();
+        let input = lines(&raw);
+        let mut straight = Engine::new(rs.clone());
+        let mut want = Outputs::default();
+        feed(&mut straight, &rs, &input, 0, &mut want);
+        straight.finish(&mut want);
+
+        let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (input.len() + 1)).collect();
+        cuts.sort();
+        cuts.dedup();
+        let mut got = Outputs::default();
+        let mut engine = Engine::new(rs.clone());
+        let mut at = 0;
+        for cut in cuts.into_iter().chain(std::iter::once(input.len())) {
+            feed(&mut engine, &rs, &input[at..cut], at, &mut got);
+            at = cut;
+            let mut store = MemoryStore::default();
+            engine.checkpoint(&mut store).expect("checkpoint");
+            engine = Engine::restore(rs.clone(), &store).expect("restore");
+        }
+        engine.finish(&mut got);
+        prop_assert_eq!(alert_lines(&got), alert_lines(&want));
+        prop_assert_eq!(got.late.len(), want.late.len());
+    }
+
+    #[test]
+    fn damaged_snapshots_are_errors_not_panics(
+        raw in prop::collection::vec((0u8..3, 0u8..3, 0i64..8), 1..40),
+        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+        truncate in any::<bool>(),
+    ) {
+        let rs = rules();
+        let input = lines(&raw);
+        let mut engine = Engine::new(rs.clone());
+        let mut out = Outputs::default();
+        feed(&mut engine, &rs, &input, 0, &mut out);
+        let mut store = MemoryStore::default();
+        engine.checkpoint(&mut store).unwrap();
+        let entries = store.scan_prefix(b"").unwrap();
+        let mut damaged = MemoryStore::default();
+        for (k, mut v) in entries {
+            for (idx, byte) in &flips {
+                let i = idx.index(v.len());
+                v[i] ^= byte | 1;
+            }
+            if truncate {
+                v.truncate(v.len() / 2);
+            }
+            damaged.write(vec![(k, Some(v))]).unwrap();
+        }
+        // Either an error naming the problem, or a state the engine can run on.
+        if let Ok(mut e) = Engine::restore(rs.clone(), &damaged) {
+            let mut out = Outputs::default();
+            feed(&mut e, &rs, &input, 1000, &mut out);
+            e.finish(&mut out);
+        }
+    }
+}
+
+#[test]
+fn snapshot_of_other_rules_is_refused() {
+    let rs = rules();
+    let mut engine = Engine::new(rs.clone());
+    let mut out = Outputs::default();
+    feed(
+        &mut engine,
+        &rs,
+        &lines(&[(1, 0, 1), (1, 1, 2)]),
+        0,
+        &mut out,
+    );
+    let mut store = MemoryStore::default();
+    engine.checkpoint(&mut store).unwrap();
+    let other = RuleSet::from_source("c.tl", &RULES.replace("40ms", "41ms"), None).unwrap();
+    match Engine::restore(other, &store) {
+        Err(SnapshotError::RuleSetChanged { .. }) => {}
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("a snapshot of other rules must be refused"),
+    }
+}
