@@ -5,6 +5,11 @@ use std::process::ExitCode;
 
 mod app;
 
+// The engine allocates per event (the event, its text, match nodes); mimalloc's
+// thread-local free lists make that markedly cheaper than the system allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = app::Cli::parse();
     match app::run(cli) {

@@ -20,7 +20,7 @@ use crate::pattern::{MatcherState, Output, Scratch};
 use crate::time::{TimerQueue, WatermarkTracker};
 use crate::window::WindowState;
 use hashbrown::HashMap;
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 /// A rule that failed for one key (its state was trimmed; processing goes on).
@@ -83,7 +83,9 @@ struct KeyState {
 pub struct Engine {
     rules: Arc<RuleSet>,
     keys: Vec<HashMap<ValueKey, KeyState>>,
-    buffer: BTreeMap<(EventTime, u64), Event>,
+    /// Events waiting for the watermark, sorted by (time, arrival). Input is
+    /// mostly in order, so a deque with rare mid-insertions beats a tree.
+    buffer: VecDeque<Arc<Event>>,
     watermark: WatermarkTracker,
     timers: TimerQueue<(u32, ValueKey)>,
     scratch: Scratch,
@@ -98,7 +100,7 @@ impl Engine {
         let lateness = rules.def.stream.lateness_ms;
         Engine {
             keys: rules.keyings.iter().map(|_| HashMap::new()).collect(),
-            buffer: BTreeMap::new(),
+            buffer: VecDeque::new(),
             watermark: WatermarkTracker::new(1, lateness, 0),
             timers: TimerQueue::default(),
             scratch: Scratch::default(),
@@ -146,11 +148,18 @@ impl Engine {
         }
         let w = self.watermark.observe(0, event.time, 0);
         let frontier = w.saturating_add(1);
+        let event = Arc::new(event);
         if self.buffer.is_empty() && event.time <= frontier {
             self.dispatch(event, out);
             self.fire_timers(frontier, out);
         } else {
-            self.buffer.insert((event.time, event.seq), event);
+            let key = (event.time, event.seq);
+            if self.buffer.back().is_none_or(|b| (b.time, b.seq) <= key) {
+                self.buffer.push_back(event);
+            } else {
+                let at = self.buffer.partition_point(|b| (b.time, b.seq) <= key);
+                self.buffer.insert(at, event);
+            }
             self.release(frontier, out);
         }
     }
@@ -167,11 +176,10 @@ impl Engine {
     }
 
     fn release(&mut self, frontier: EventTime, out: &mut Outputs) {
-        while let Some(e) = self.buffer.first_entry() {
-            if e.key().0 > frontier {
+        while self.buffer.front().is_some_and(|e| e.time <= frontier) {
+            let Some(ev) = self.buffer.pop_front() else {
                 break;
-            }
-            let ev = e.remove();
+            };
             self.fire_timers(ev.time, out);
             self.dispatch(ev, out);
         }
@@ -184,6 +192,10 @@ impl Engine {
             let Some(ks) = self.keys[keying as usize].get_mut(&key) else {
                 continue;
             };
+            if ks.timer != Some(at) {
+                // A stale entry: the key's deadline moved after it was queued.
+                continue;
+            }
             ks.timer = None;
             for (local, &ri) in rules.keyings[keying as usize].rules.iter().enumerate() {
                 let rule = &rules.rules[ri];
@@ -214,22 +226,21 @@ impl Engine {
         ks: &mut KeyState,
         timers: &mut TimerQueue<(u32, ValueKey)>,
     ) {
+        // Timers are deleted lazily: a key keeps its queued entry when its
+        // deadline moves later (the entry fires, finds nothing due, and
+        // re-queues), so most events cost no tree operation.
         let next = ks.matchers.iter().filter_map(|m| m.next_deadline()).min();
-        let _ = (rules, keying);
-        if next != ks.timer {
-            if let Some(old) = ks.timer {
-                timers.remove(old, &(keying as u32, key.clone()));
-            }
-            if let Some(n) = next {
-                timers.insert(n, (keying as u32, key.clone()));
-            }
-            ks.timer = next;
+        let _ = rules;
+        if let Some(n) = next
+            && ks.timer.is_none_or(|t| n < t)
+        {
+            timers.insert(n, (keying as u32, key.clone()));
+            ks.timer = Some(n);
         }
     }
 
-    fn dispatch(&mut self, event: Event, out: &mut Outputs) {
+    fn dispatch(&mut self, event: Arc<Event>, out: &mut Outputs) {
         self.stats.events += 1;
-        let event = Arc::new(event);
         let rules = self.rules.clone();
         for (ki, keying) in rules.keyings.iter().enumerate() {
             let key_value = event.field(keying.slot);

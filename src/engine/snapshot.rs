@@ -85,7 +85,7 @@ impl Engine {
         }
         let meta = Meta {
             watermark: self.watermark.clone(),
-            buffered: self.buffer.values().map(EventSnapshot::of).collect(),
+            buffered: self.buffer.iter().map(|e| EventSnapshot::of(e)).collect(),
             stats: (
                 self.stats.events,
                 self.stats.late,
@@ -139,7 +139,16 @@ impl Engine {
         engine.watermark = meta.watermark;
         for e in meta.buffered {
             let e = e.into_event(slots)?;
-            engine.buffer.insert((e.time, e.seq), e);
+            if engine
+                .buffer
+                .back()
+                .is_some_and(|b| (b.time, b.seq) > (e.time, e.seq))
+            {
+                return Err(SnapshotError::Corrupt(
+                    "buffered events out of order".into(),
+                ));
+            }
+            engine.buffer.push_back(Arc::new(e));
         }
         engine.stats = EngineStats {
             events: meta.stats.0,

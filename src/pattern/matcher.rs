@@ -311,7 +311,7 @@ pub struct Scratch {
     next: Vec<Partial>,
     potential: Vec<Partial>,
     stack: Vec<StateId>,
-    edges: Vec<(Action, StateId, StateId)>,
+    edges: Vec<(Action, StateId, StateId, Option<StateId>)>,
 }
 
 /// Runs one rule's NFA. Immutable and shared by all keys.
@@ -424,15 +424,17 @@ impl Matcher {
         let mut potential: Vec<Partial> = std::mem::take(&mut scratch.potential);
         potential.clear();
         let mut old = std::mem::take(&mut st.partials);
-        for p in &old {
+        for p in old.drain(..) {
             let start_before = next.len();
+            let was_start = self.is_start(&p);
             let stopped = self.next_states(p, event, windows, scratch, &mut next, &mut potential);
             if stopped {
                 // A negation fired on this branch: discard the partial matches it
-                // produced (matches it completed on this event stand).
+                // produced (matches it completed on this event stand); the start
+                // state is never lost.
                 next.truncate(start_before);
-                if self.is_start(p) {
-                    next.push(p.clone());
+                if was_start {
+                    next.push(self.new_state().partials.remove(0));
                 }
             }
         }
@@ -441,7 +443,6 @@ impl Matcher {
             next.sort_by_key(|p| p.order());
         }
         st.partials = next;
-        old.clear();
         scratch.next = old;
         if self.skip == SkipDef::NoSkip {
             for m in potential.drain(..) {
@@ -471,7 +472,7 @@ impl Matcher {
     /// reached a stop state.
     fn next_states(
         &self,
-        p: &Partial,
+        p: Partial,
         event: &Arc<Event>,
         windows: &[Value],
         scratch: &mut Scratch,
@@ -479,29 +480,40 @@ impl Matcher {
         potential: &mut Vec<Partial>,
     ) -> bool {
         let nfa = &*self.nfa;
-        let mut ctx = Ctx {
-            event,
-            windows,
-            path: None,
-            node: p.node.as_ref(),
-        };
-        // The decision graph: follow proceed edges depth-first, collecting
-        // take and ignore edges whose guards hold.
-        scratch.edges.clear();
-        scratch.stack.clear();
-        scratch.stack.push(p.state);
-        while let Some(s) = scratch.stack.pop() {
-            for t in &nfa.states[s as usize].transitions {
-                if !self.check(t.cond, &mut ctx, &mut scratch.cache) {
-                    continue;
+        let is_start = self.is_start(&p);
+        {
+            let mut ctx = Ctx {
+                event,
+                windows,
+                path: None,
+                node: p.node.as_ref(),
+            };
+            // The decision graph: follow proceed edges depth-first, collecting
+            // take and ignore edges whose guards hold.
+            scratch.edges.clear();
+            scratch.stack.clear();
+            scratch.stack.push(p.state);
+            while let Some(s) = scratch.stack.pop() {
+                for t in &nfa.states[s as usize].transitions {
+                    if !self.check(t.cond, &mut ctx, &mut scratch.cache) {
+                        continue;
+                    }
+                    match t.action {
+                        Action::Proceed => scratch.stack.push(t.target),
+                        a => scratch.edges.push((a, s, t.target, None)),
+                    }
                 }
-                match t.action {
-                    Action::Proceed => scratch.stack.push(t.target),
-                    a => scratch.edges.push((a, s, t.target)),
+            }
+            // A state reached by a take that can proceed straight to the end is
+            // also a match; its guards see the match as it was before the take.
+            for i in 0..scratch.edges.len() {
+                if scratch.edges[i].0 == Action::Take {
+                    let target = scratch.edges[i].2;
+                    scratch.edges[i].3 =
+                        self.final_after_proceed(target, &mut ctx, &mut scratch.cache);
                 }
             }
         }
-        let is_start = self.is_start(p);
         let mut stopped = false;
         let mut push = |q: Partial, next: &mut Vec<Partial>, potential: &mut Vec<Partial>| match nfa
             .states[q.state as usize]
@@ -511,57 +523,59 @@ impl Matcher {
             StateKind::Stop => stopped = true,
             _ => next.push(q),
         };
-        let edges = std::mem::take(&mut scratch.edges);
-        for &(action, source, target) in &edges {
+        // Successors share `p`'s chain: clone it for all uses but the last,
+        // which takes it (a clone of a cold node is a cache miss and an atomic).
+        let mut uses = scratch
+            .edges
+            .iter()
+            .filter(|e| e.0 == Action::Take || !is_start)
+            .count()
+            + is_start as usize;
+        let mut p = Some(p);
+        let mut take_p = || {
+            uses -= 1;
+            if uses == 0 { p.take() } else { p.clone() }
+        };
+        for &(action, source, target, fin) in &scratch.edges {
             match action {
-                Action::Ignore => {
-                    if !is_start {
-                        push(
-                            Partial {
-                                state: target,
-                                ..p.clone()
-                            },
-                            next,
-                            potential,
-                        );
+                Action::Ignore if !is_start => {
+                    if let Some(q) = take_p() {
+                        push(Partial { state: target, ..q }, next, potential);
                     }
                 }
                 Action::Take => {
+                    let Some(q) = take_p() else { continue };
                     let stage = nfa.states[source as usize].stage.unwrap_or(0);
-                    let node = Arc::new(Node {
-                        stage,
-                        event: event.clone(),
-                        prev: p.node.clone(),
-                    });
                     let (start_ts, start) = if is_start {
                         (event.time, Some(key_of(event)))
                     } else {
-                        (p.start_ts, p.start)
+                        (q.start_ts, q.start)
                     };
-                    let q = Partial {
+                    let taken = Partial {
                         state: target,
-                        node: Some(node),
+                        node: Some(Arc::new(Node {
+                            stage,
+                            event: event.clone(),
+                            prev: q.node,
+                        })),
                         start_ts,
                         prev_ts: event.time,
                         start,
                     };
-                    // If the new state can proceed straight to the end, it is also a match.
-                    let fin = self.final_after_proceed(target, &mut ctx, &mut scratch.cache);
                     let done = fin.map(|f| Partial {
                         state: f,
-                        ..q.clone()
+                        ..taken.clone()
                     });
-                    push(q, next, potential);
+                    push(taken, next, potential);
                     if let Some(d) = done {
                         push(d, next, potential);
                     }
                 }
-                Action::Proceed => {}
+                _ => {}
             }
         }
-        scratch.edges = edges;
-        if is_start {
-            next.push(p.clone());
+        if is_start && let Some(q) = take_p() {
+            next.push(q);
         }
         stopped
     }
