@@ -1,6 +1,7 @@
 //! Model-based property tests.
 //!
-//! 1. The NFA matcher against a brute-force reference: for random patterns
+//! 1. The NFA matcher, and the lazy symbol-DFA mode for patterns with a
+//!    window, against a brute-force reference: for random patterns
 //!    (stages with strict / relaxed / any contiguity, optional stages, bounded
 //!    and open repeats with every inner contiguity, a window) and random
 //!    streams, the set of matches equals the set of assignments of events to
@@ -11,7 +12,7 @@
 use proptest::prelude::*;
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use tripline::engine::{Engine, Outputs, RuleSet};
+use tripline::engine::{Engine, EngineOptions, Outputs, RuleSet};
 use tripline::pattern::{Output, Scratch};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -223,9 +224,25 @@ fn reference_matches(
     out
 }
 
-fn nfa_matches(stages: &[Stage], events: &[(u8, i64)], within: Option<i64>) -> BTreeSet<Match> {
+fn nfa_matches(
+    stages: &[Stage],
+    events: &[(u8, i64)],
+    within: Option<i64>,
+    lazy: bool,
+) -> BTreeSet<Match> {
     let src = render(stages, within);
-    let rs = RuleSet::from_source("p.tl", &src, None).unwrap_or_else(|e| panic!("{e}\n{src}"));
+    let options = EngineOptions {
+        lazy_regular_rules: lazy,
+        ..EngineOptions::default()
+    };
+    let rs = RuleSet::from_source_with("p.tl", &src, None, options)
+        .unwrap_or_else(|e| panic!("{e}\n{src}"));
+    // Patterns with a window are regular over their predicates: the symbol DFA must be used.
+    assert_eq!(
+        rs.rules[0].matcher.lazy.is_some(),
+        lazy && within.is_some(),
+        "{src}"
+    );
     let m = &rs.rules[0].matcher;
     let mut st = m.new_state();
     let mut scratch = Scratch::default();
@@ -272,8 +289,10 @@ proptest! {
         within in prop::option::of(2i64..8),
     ) {
         let want = reference_matches(&stages, &evs, within);
-        let got = nfa_matches(&stages, &evs, within);
-        prop_assert_eq!(got, want, "pattern:\n{}events: {:?}", render(&stages, within), evs);
+        let streaming = nfa_matches(&stages, &evs, within, false);
+        prop_assert_eq!(&streaming, &want, "explicit matcher\npattern:\n{}events: {:?}", render(&stages, within), evs);
+        let lazy = nfa_matches(&stages, &evs, within, true);
+        prop_assert_eq!(&lazy, &want, "symbol DFA + lazy matcher\npattern:\n{}events: {:?}", render(&stages, within), evs);
     }
 }
 

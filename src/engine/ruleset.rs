@@ -3,6 +3,7 @@
 //! (`Arc`) by every key and swapped whole on reload.
 
 use crate::event::{Decoder, Slot};
+use crate::pattern::lazy::SymbolDfa;
 use crate::pattern::{Matcher, nfa};
 use crate::rules::{CompileError, Compiler, RuleDef, RuleSetDef, StreamDef};
 use std::path::Path;
@@ -15,6 +16,9 @@ pub struct EngineOptions {
     pub max_partials_per_key: usize,
     /// Largest accepted record (bytes).
     pub max_record_bytes: usize,
+    /// Run rules that are regular over their predicates lazily, on a symbol
+    /// DFA (same output; see `pattern::lazy`).
+    pub lazy_regular_rules: bool,
 }
 
 impl Default for EngineOptions {
@@ -22,6 +26,7 @@ impl Default for EngineOptions {
         EngineOptions {
             max_partials_per_key: 10_000,
             max_record_bytes: 1 << 20,
+            lazy_regular_rules: true,
         }
     }
 }
@@ -82,12 +87,18 @@ impl RuleSet {
                 }
             };
             keyings[keying].rules.push(i);
-            let nfa = Arc::new(nfa::compile(
+            let nfa = nfa::compile(
                 &r.pattern,
                 r.within,
                 r.stage_names.len(),
                 r.inclusive_aggregates,
-            ));
+            );
+            let lazy = if options.lazy_regular_rules {
+                SymbolDfa::build(r, &nfa)
+            } else {
+                None
+            };
+            let nfa = Arc::new(nfa);
             rules.push(CompiledRule {
                 name: Arc::from(r.name.as_str()),
                 stage_names: r
@@ -95,7 +106,8 @@ impl RuleSet {
                     .iter()
                     .map(|s| Arc::from(s.as_str()))
                     .collect(),
-                matcher: Matcher::new(nfa, r.skip, r.report_timeouts, options.max_partials_per_key),
+                matcher: Matcher::new(nfa, r.skip, r.report_timeouts, options.max_partials_per_key)
+                    .with_lazy(lazy),
                 keying,
                 def: r.clone(),
             });
@@ -140,11 +152,21 @@ impl RuleSet {
         text: &str,
         stream: Option<StreamDef>,
     ) -> Result<Arc<RuleSet>, CompileError> {
+        Self::from_source_with(name, text, stream, EngineOptions::default())
+    }
+
+    /// Compiles rules from source text with `options`.
+    pub fn from_source_with(
+        name: &str,
+        text: &str,
+        stream: Option<StreamDef>,
+        options: EngineOptions,
+    ) -> Result<Arc<RuleSet>, CompileError> {
         let mut c = Compiler::new();
         if let Some(s) = stream {
             c.stream(s);
         }
         c.add_source(name, text);
-        Ok(RuleSet::build(c.compile()?, EngineOptions::default()))
+        Ok(RuleSet::build(c.compile()?, options))
     }
 }

@@ -182,8 +182,13 @@ impl Engine {
             for (m, &ri) in snap.matchers.iter().zip(keying_rules) {
                 let nfa = &rules.rules[ri].matcher.nfa;
                 matchers.push(
-                    MatcherState::from_snapshot(m, &events, nfa)
-                        .map_err(|e| SnapshotError::Corrupt(e.to_string()))?,
+                    MatcherState::from_snapshot(
+                        m,
+                        &events,
+                        nfa,
+                        rules.rules[ri].matcher.lazy.as_deref(),
+                    )
+                    .map_err(|e| SnapshotError::Corrupt(e.to_string()))?,
                 );
             }
             for (w, &ri) in snap.windows.iter().zip(keying_rules) {

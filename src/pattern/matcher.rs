@@ -7,6 +7,7 @@
 //! [`Matcher::advance_time`] to their timestamp.
 
 use super::eval::{MatchPath, Scope, holds};
+use super::lazy::{LazyState, SymbolDfa};
 use super::nfa::{Action, Cond, CondId, Nfa, StateId, StateKind};
 use crate::event::{Event, Value};
 use crate::rules::{SkipDef, StageId};
@@ -74,12 +75,16 @@ pub struct MatcherState {
     /// Earliest time a partial match can time out (`i64::MAX`: none); kept
     /// current by the matcher so idle keys are skipped without a scan.
     pub deadline: i64,
+    /// Lazy mode: the symbol DFA's state and the window's events.
+    pub lazy: Option<LazyState>,
 }
 
 impl MatcherState {
     /// Whether only the start state is left (nothing to keep for this key).
     pub fn is_idle(&self) -> bool {
-        self.completed.is_empty() && self.partials.iter().all(|p| p.start.is_none())
+        self.completed.is_empty()
+            && self.partials.iter().all(|p| p.start.is_none())
+            && self.lazy.as_ref().is_none_or(|l| l.recent.is_empty())
     }
 
     /// The earliest time at which a partial match here can time out.
@@ -117,6 +122,8 @@ pub struct MatcherSnapshot {
     pub partials: Vec<PartialSnapshot>,
     /// Held-back completed matches.
     pub completed: Vec<PartialSnapshot>,
+    /// Lazy mode: the window's events (event index, symbol).
+    pub recent: Option<Vec<(u32, u8)>>,
 }
 
 /// A partial match in flat form.
@@ -195,10 +202,17 @@ impl MatcherState {
         };
         let partials = self.partials.iter().map(&mut flat).collect();
         let completed = self.completed.iter().map(&mut flat).collect();
+        let recent = self.lazy.as_ref().map(|l| {
+            l.recent
+                .iter()
+                .map(|(e, sym)| (events.intern(e), *sym))
+                .collect()
+        });
         MatcherSnapshot {
             nodes,
             partials,
             completed,
+            recent,
         }
     }
 
@@ -208,6 +222,7 @@ impl MatcherState {
         s: &MatcherSnapshot,
         events: &[Arc<Event>],
         nfa: &Nfa,
+        lazy: Option<&SymbolDfa>,
     ) -> Result<MatcherState, SnapshotMismatch> {
         let bad = |m: String| Err(SnapshotMismatch(m));
         let mut nodes: Vec<Arc<Node>> = Vec::with_capacity(s.nodes.len());
@@ -266,10 +281,26 @@ impl MatcherState {
         {
             return bad("no start state".into());
         }
+        let lazy = match (lazy, &s.recent) {
+            (None, None) => None,
+            (Some(dfa), Some(recent)) => {
+                let mut ls = dfa.new_state();
+                for &(e, sym) in recent {
+                    let ev = events.get(e as usize).ok_or_else(|| {
+                        SnapshotMismatch(format!("recent event {e} out of range"))
+                    })?;
+                    ls.recent.push_back((ev.clone(), sym));
+                }
+                dfa.resync(&mut ls);
+                Some(ls)
+            }
+            _ => return bad("lazy state does not match the rule".into()),
+        };
         let mut st = MatcherState {
             partials,
             completed,
             deadline: i64::MAX,
+            lazy,
         };
         st.deadline = st.compute_deadline(nfa).unwrap_or(i64::MAX);
         Ok(st)
@@ -322,6 +353,8 @@ pub struct Matcher {
     skip: SkipDef,
     report_timeouts: bool,
     max_partials: usize,
+    /// Present when the rule runs lazily.
+    pub lazy: Option<Arc<SymbolDfa>>,
 }
 
 struct Ctx<'a> {
@@ -344,7 +377,14 @@ impl Matcher {
             skip,
             report_timeouts,
             max_partials,
+            lazy: None,
         }
+    }
+
+    /// Runs lazily with `dfa` (see [`super::lazy`]).
+    pub fn with_lazy(mut self, dfa: Option<SymbolDfa>) -> Matcher {
+        self.lazy = dfa.map(Arc::new);
+        self
     }
 
     /// A fresh per-key state.
@@ -359,6 +399,7 @@ impl Matcher {
             }],
             completed: Vec::new(),
             deadline: i64::MAX,
+            lazy: self.lazy.as_ref().map(|d| d.new_state()),
         }
     }
 
@@ -416,9 +457,80 @@ impl Matcher {
         scratch: &mut Scratch,
         out: &mut Vec<Output>,
     ) -> Result<(), PartialLimitExceeded> {
+        match (&self.lazy, st.lazy.as_mut()) {
+            (Some(dfa), Some(ls)) => self.process_lazy(dfa, ls, event, windows, scratch, out),
+            _ => self.process_streaming(st, event, windows, scratch, out, None),
+        }
+    }
+
+    /// Lazy mode: one DFA step; the explicit matcher runs over the window's
+    /// events only when a match ends here, and only its matches that end at
+    /// this event are kept.
+    fn process_lazy(
+        &self,
+        dfa: &SymbolDfa,
+        ls: &mut LazyState,
+        event: &Arc<Event>,
+        windows: &[Value],
+        scratch: &mut Scratch,
+        out: &mut Vec<Output>,
+    ) -> Result<(), PartialLimitExceeded> {
+        let nfa = &*self.nfa;
+        let mut symbol = 0u8;
+        for (p, pred) in nfa.preds.iter().enumerate() {
+            let scope = Scope {
+                event,
+                path: &[],
+                windows,
+            };
+            if holds(pred, scope) {
+                symbol |= 1 << p;
+            }
+        }
+        if !dfa.step(ls, event, symbol) {
+            return Ok(());
+        }
+        let mut replay = MatcherState {
+            lazy: None,
+            ..self.new_state()
+        };
+        let mut produced = Vec::new();
+        let mut result = Ok(());
+        let last = ls.recent.len() - 1;
+        for (i, (e, sym)) in ls.recent.iter().enumerate() {
+            produced.clear();
+            self.advance_time(&mut replay, e.time, &mut produced);
+            if let Err(err) =
+                self.process_streaming(&mut replay, e, &[], scratch, &mut produced, Some(*sym))
+            {
+                result = Err(err);
+            }
+            if i == last {
+                out.append(&mut produced);
+            }
+        }
+        result
+    }
+
+    /// The explicit matcher. `preset` gives the predicates' results as a
+    /// symbol (lazy replay), instead of evaluating them.
+    fn process_streaming(
+        &self,
+        st: &mut MatcherState,
+        event: &Arc<Event>,
+        windows: &[Value],
+        scratch: &mut Scratch,
+        out: &mut Vec<Output>,
+        preset: Option<u8>,
+    ) -> Result<(), PartialLimitExceeded> {
         let nfa = &*self.nfa;
         scratch.cache.clear();
-        scratch.cache.resize(nfa.preds.len(), 0);
+        match preset {
+            None => scratch.cache.resize(nfa.preds.len(), 0),
+            Some(sym) => scratch
+                .cache
+                .extend((0..nfa.preds.len()).map(|p| 1 + ((sym >> p) & 1))),
+        }
         let mut next: Vec<Partial> = std::mem::take(&mut scratch.next);
         next.clear();
         let mut potential: Vec<Partial> = std::mem::take(&mut scratch.potential);

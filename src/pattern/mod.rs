@@ -1,7 +1,10 @@
 //! Patterns: a rule's stages compiled to an NFA ([`nfa`]), the per-key
-//! matcher that runs it ([`matcher`]), and expression evaluation ([`eval`]).
+//! matcher that runs it ([`matcher`]), a symbol DFA (regex-automata) that
+//! lets regular rules run lazily ([`lazy`]), and expression evaluation
+//! ([`eval`]).
 
 pub mod eval;
+pub mod lazy;
 pub mod matcher;
 pub mod nfa;
 
