@@ -6,6 +6,7 @@ use crate::event::{Event, Value};
 use crate::rules::ast::{BinOp, UnOp};
 use crate::rules::{AggFunc, CExpr, Func, MatchAgg, StageId};
 use compact_str::CompactString;
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// The events of a partial match, oldest first, with the stage each was taken by.
@@ -65,7 +66,7 @@ pub fn eval(e: &CExpr, s: Scope<'_>) -> Value {
                 _ => Value::Null,
             }
         }
-        CExpr::Binary(op, a, b) => binary(*op, &eval(a, s), &eval(b, s)),
+        CExpr::Binary(op, a, b) => binary(*op, &operand(a, s), &operand(b, s)),
         CExpr::In(x, items, neg) => {
             let v = eval(x, s);
             if v.is_null() {
@@ -81,6 +82,20 @@ pub fn eval(e: &CExpr, s: Scope<'_>) -> Value {
         CExpr::IsNull(x, is) => Value::Bool(eval(x, s).is_null() == *is),
         CExpr::Func(f, args) => func(*f, args, s),
         CExpr::MatchAgg(a) => match_agg(a, s),
+    }
+}
+
+/// Evaluates `e`, borrowing constants and fields instead of cloning them:
+/// most conditions compare a field with a constant.
+fn operand<'a>(e: &'a CExpr, s: Scope<'a>) -> Cow<'a, Value> {
+    match e {
+        CExpr::Lit(v) => Cow::Borrowed(v),
+        CExpr::Field(slot) => Cow::Borrowed(s.event.field(*slot)),
+        CExpr::Window(i) => s
+            .windows
+            .get(*i as usize)
+            .map_or(Cow::Owned(Value::Null), Cow::Borrowed),
+        _ => Cow::Owned(eval(e, s)),
     }
 }
 
