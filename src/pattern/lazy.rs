@@ -15,7 +15,9 @@
 //!
 //! Eligible rules: no skip strategy, a `within`, no negation, group, `until`,
 //! greedy or timeout reporting, at most 8 stage conditions, none of which
-//! reads the match. Others use the explicit matcher alone. The DFA's
+//! reads the match, and a DFA within the size limit (counted repeats of
+//! overlapping conditions can blow up determinization). Others use the
+//! explicit matcher alone. The DFA's
 //! language equals the matcher's (tested in `tests/matcher_props.rs`), so
 //! the output does not depend on the mode.
 
