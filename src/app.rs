@@ -45,6 +45,11 @@ enum Command {
         /// Most live partial matches per rule and key.
         #[arg(long, default_value_t = 10_000)]
         max_partials: usize,
+        /// `auto`: rules regular over their conditions run on a symbol DFA and
+        /// match lazily; `explicit`: every rule keeps explicit partial matches.
+        /// The output is the same.
+        #[arg(long, default_value = "auto", value_parser = ["auto", "explicit"])]
+        matcher: String,
         #[command(flatten)]
         stream: StreamArgs,
     },
@@ -110,10 +115,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             events,
             flush,
             max_partials,
+            matcher,
             stream,
         } => {
             let options = EngineOptions {
                 max_partials_per_key: max_partials,
+                lazy_regular_rules: matcher == "auto",
                 ..EngineOptions::default()
             };
             let Some(rs) = load(&rules, stream.to_def()?, options)? else {
@@ -196,6 +203,7 @@ fn replay(rs: Arc<RuleSet>, events: &str, flush: bool) -> Result<ExitCode> {
     let mut per_rule = vec![0u64; rs.rules.len()];
     let mut summary = Summary::default();
     let mut line = Vec::with_capacity(1024);
+    let mut buf = Vec::with_capacity(1024);
     let started = Instant::now();
     loop {
         line.clear();
@@ -217,6 +225,7 @@ fn replay(rs: Arc<RuleSet>, events: &str, flush: bool) -> Result<ExitCode> {
             }
         }
         drain(
+            &mut buf,
             &mut outputs,
             &mut out,
             &mut err,
@@ -228,6 +237,7 @@ fn replay(rs: Arc<RuleSet>, events: &str, flush: bool) -> Result<ExitCode> {
     if flush {
         engine.finish(&mut outputs);
         drain(
+            &mut buf,
             &mut outputs,
             &mut out,
             &mut err,
@@ -262,7 +272,9 @@ fn replay(rs: Arc<RuleSet>, events: &str, flush: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn drain(
+    buf: &mut Vec<u8>,
     outputs: &mut Outputs,
     out: &mut impl Write,
     err: &mut impl Write,
@@ -274,8 +286,10 @@ fn drain(
         if let Some(i) = rs.rules.iter().position(|r| r.name == a.rule) {
             per_rule[i] += 1;
         }
-        serde_json::to_writer(&mut *out, &a)?;
-        out.write_all(b"\n")?;
+        buf.clear();
+        a.write_json(buf);
+        buf.push(b'\n');
+        out.write_all(buf)?;
     }
     for l in outputs.late.drain(..) {
         summary.late += 1;

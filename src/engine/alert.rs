@@ -5,7 +5,6 @@
 
 use crate::event::{Event, EventTime, Value, format_time};
 use crate::rules::ast::Severity;
-use serde::ser::{Serialize, SerializeMap, Serializer};
 use std::sync::Arc;
 
 /// Why an alert was raised.
@@ -64,69 +63,129 @@ impl Alert {
         format!("{:032x}", h.digest128())
     }
 
-    /// One line of JSON.
+    /// One line of JSON (no trailing newline).
     pub fn to_json_line(&self) -> String {
-        serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+        let mut out = Vec::with_capacity(256);
+        self.write_json(&mut out);
+        // Everything written is UTF-8: serde_json output and event text that was
+        // validated as UTF-8 when it was decoded.
+        String::from_utf8(out).unwrap_or_default()
     }
-}
 
-struct RawEvents<'a>(&'a [Arc<Event>]);
-
-impl Serialize for RawEvents<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeSeq;
-        let mut seq = s.serialize_seq(Some(self.0.len()))?;
-        for e in self.0 {
-            // The record as it was read; it was valid JSON when decoded.
-            match serde_json::value::RawValue::from_string(e.raw.to_string()) {
-                Ok(raw) => seq.serialize_element(&raw)?,
-                Err(_) => seq.serialize_element(&*e.raw)?,
+    /// Writes the alert as JSON. Matched events are written as they were
+    /// read: their text was valid JSON when decoded, so it is copied, not
+    /// re-parsed.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        // serde_json only fails on non-string keys or writer errors; neither
+        // can happen for strings and values written to a Vec.
+        let put = |v: &dyn erased::Json, out: &mut Vec<u8>| v.write(out);
+        out.extend_from_slice(b"{\"id\":");
+        put(&self.id.as_str(), out);
+        out.extend_from_slice(b",\"rule\":");
+        put(&&*self.rule, out);
+        out.extend_from_slice(b",\"key\":");
+        put(&self.key.to_json(), out);
+        out.extend_from_slice(b",\"event_time\":");
+        put(&format_time(self.event_time).as_str(), out);
+        out.extend_from_slice(b",\"severity\":");
+        put(&self.severity, out);
+        out.extend_from_slice(b",\"score\":");
+        put(&crate::event::json_number(self.score), out);
+        out.extend_from_slice(match self.kind {
+            AlertKind::Match => b",\"kind\":\"match\",\"matches\":{",
+            AlertKind::Timeout => b",\"kind\":\"timeout\",\"matches\":{",
+        });
+        for (i, (stage, events)) in self.matches.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
             }
+            put(&&**stage, out);
+            out.extend_from_slice(b":[");
+            for (j, e) in events.iter().enumerate() {
+                if j > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(e.raw.as_bytes());
+            }
+            out.push(b']');
         }
-        seq.end()
+        out.extend_from_slice(b"},\"values\":{");
+        for (i, (name, v)) in self.values.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            put(&&**name, out);
+            out.push(b':');
+            put(&v.to_json(), out);
+        }
+        out.extend_from_slice(b"}}");
     }
 }
 
-struct Pairs<'a, T>(&'a [(Arc<str>, T)]);
+mod erased {
+    /// A value serde_json can write.
+    pub trait Json {
+        fn write(&self, out: &mut Vec<u8>);
+    }
 
-impl Serialize for Pairs<'_, Vec<Arc<Event>>> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(self.0.len()))?;
-        for (k, v) in self.0 {
-            m.serialize_entry(&**k, &RawEvents(v))?;
+    impl<T: serde::Serialize + ?Sized> Json for T {
+        fn write(&self, out: &mut Vec<u8>) {
+            let _ = serde_json::to_writer(out, self);
         }
-        m.end()
     }
 }
 
-impl Serialize for Pairs<'_, Value> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(self.0.len()))?;
-        for (k, v) in self.0 {
-            m.serialize_entry(&**k, &v.to_json())?;
-        }
-        m.end()
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smallvec::smallvec;
 
-impl Serialize for Alert {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(9))?;
-        m.serialize_entry("id", &self.id)?;
-        m.serialize_entry("rule", &*self.rule)?;
-        m.serialize_entry("key", &self.key.to_json())?;
-        m.serialize_entry("event_time", &format_time(self.event_time))?;
-        m.serialize_entry("severity", &self.severity)?;
-        m.serialize_entry("score", &crate::event::json_number(self.score))?;
-        m.serialize_entry(
-            "kind",
-            match self.kind {
-                AlertKind::Match => "match",
-                AlertKind::Timeout => "timeout",
-            },
-        )?;
-        m.serialize_entry("matches", &Pairs(&self.matches))?;
-        m.serialize_entry("values", &Pairs(&self.values))?;
-        m.end()
+    #[test]
+    fn json_is_valid_ordered_and_carries_events_verbatim() {
+        let ev = |raw: &str, t| {
+            Arc::new(Event {
+                time: t,
+                seq: 0,
+                fields: smallvec![],
+                raw: Arc::from(raw),
+            })
+        };
+        let a = Alert {
+            id: "00ff".into(),
+            rule: Arc::from("r\"1"),
+            key: Value::from("k\n"),
+            event_time: 1500,
+            severity: Severity::High,
+            score: 2.5,
+            kind: AlertKind::Timeout,
+            matches: vec![
+                (Arc::from("a"), vec![ev(r#"{"x": 1,  "y":"é"}"#, 1000)]),
+                (
+                    Arc::from("b"),
+                    vec![ev(r#"{"x":2}"#, 1200), ev(r#"{"x":3}"#, 1500)],
+                ),
+            ],
+            values: vec![
+                (Arc::from("n"), Value::Num(3.0)),
+                (Arc::from("s"), Value::Null),
+            ],
+        };
+        let line = a.to_json_line();
+        let v: serde_json::Value = serde_json::from_str(&line).expect("valid JSON");
+        assert_eq!(v["rule"], "r\"1");
+        assert_eq!(v["key"], "k\n");
+        assert_eq!(v["event_time"], "1970-01-01T00:00:01.500Z");
+        assert_eq!(v["severity"], "high");
+        assert_eq!(v["kind"], "timeout");
+        assert_eq!(v["matches"]["b"][1]["x"], 3);
+        assert_eq!(v["values"]["n"], 3);
+        assert!(v["values"]["s"].is_null());
+        assert!(
+            line.contains(r#"{"x": 1,  "y":"é"}"#),
+            "events verbatim: {line}"
+        );
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        assert_eq!(keys.len(), 9);
+        assert!(line.starts_with(r#"{"id":"00ff","rule":"#), "{line}");
     }
 }

@@ -45,6 +45,9 @@ pub struct SymbolDfa {
     pub bit_preds: Vec<u32>,
     /// The rule's window (ms).
     pub window: i64,
+    /// Symbol bits of the stages a match can start with: a replay starts at
+    /// the first recent event that has one.
+    pub start_mask: u8,
 }
 
 /// Per-key state in lazy mode.
@@ -172,11 +175,19 @@ impl SymbolDfa {
             .build_from_nfa(&tnfa)
             .ok()?;
         let start = dfa.universal_start_state(Anchored::No)?;
+        let mut start_mask = 0u8;
+        for (i, s) in stages.iter().enumerate() {
+            start_mask |= 1 << bit_of_stage[i];
+            if !s.quant.optional {
+                break;
+            }
+        }
         Some(SymbolDfa {
             dfa,
             start,
             bit_preds: bit_of_stage,
             window,
+            start_mask,
         })
     }
 

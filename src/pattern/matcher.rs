@@ -497,7 +497,13 @@ impl Matcher {
         let mut produced = Vec::new();
         let mut result = Ok(());
         let last = ls.recent.len() - 1;
-        for (i, (e, sym)) in ls.recent.iter().enumerate() {
+        // No match starts before the first event that meets a first stage.
+        let from = ls
+            .recent
+            .iter()
+            .position(|(_, s)| s & dfa.start_mask != 0)
+            .unwrap_or(last);
+        for (i, (e, sym)) in ls.recent.iter().enumerate().skip(from) {
             produced.clear();
             self.advance_time(&mut replay, e.time, &mut produced);
             if let Err(err) =
