@@ -10,10 +10,16 @@ use support::conformance::run_file;
 #[test]
 fn flink_cep_conformance_corpus() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let deviations = std::fs::read_to_string(root.join("tests/conformance_deviations.md")).unwrap_or_default();
+    let deviations =
+        std::fs::read_to_string(root.join("tests/conformance_deviations.md")).unwrap_or_default();
     let mut files = vec![root.join("tests/data/flink_cep_cases.jsonl")];
     if let Ok(extra) = std::env::var("TRIPLINE_CONFORMANCE_CASES") {
-        files.extend(extra.split(':').filter(|s| !s.is_empty()).map(PathBuf::from));
+        files.extend(
+            extra
+                .split(':')
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from),
+        );
     }
     let mut failed = Vec::new();
     let mut total = 0;
@@ -23,7 +29,12 @@ fn flink_cep_conformance_corpus() {
         for r in &results {
             if let Err(why) = &r.outcome {
                 let listed = deviations.contains(&format!("`{}`", r.id));
-                eprintln!("{} {}: {}", if listed { "DEVIATION" } else { "FAIL" }, r.id, why);
+                eprintln!(
+                    "{} {}: {}",
+                    if listed { "DEVIATION" } else { "FAIL" },
+                    r.id,
+                    why
+                );
                 if !listed {
                     failed.push(r.id.clone());
                 }
