@@ -977,6 +977,23 @@ impl RuleChecker<'_> {
 
     fn call(&mut self, c: &Call, ctx: Ctx, span: Span) -> Option<CExpr> {
         let name = c.name.name.as_str();
+        if name == "event_type" {
+            if !c.args.is_empty() || c.star || c.window.is_some() {
+                self.err(Diagnostic::error(span, "`event_type()` takes no argument"));
+                return None;
+            }
+            let Some(path) = self.stream.event_type.clone() else {
+                self.err(
+                    Diagnostic::error(
+                        span,
+                        format!("stream `{}` declares no event type field", self.stream.name),
+                    )
+                    .with_hint("add `type FIELD` to the stream block"),
+                );
+                return None;
+            };
+            return Some(CExpr::Field(self.schema.intern(&path)));
+        }
         if let Some((w, wsp)) = &c.window {
             return self.window_call(c, w, *wsp, ctx);
         }
