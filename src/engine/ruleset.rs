@@ -9,6 +9,24 @@ use crate::rules::{CompileError, Compiler, RuleDef, RuleSetDef, StreamDef};
 use std::path::Path;
 use std::sync::Arc;
 
+/// The (stage, condition predicate) of a pattern that is one mandatory stage
+/// with a plain condition.
+fn single_stage(r: &RuleDef, nfa: &nfa::Nfa) -> Option<(u16, u32)> {
+    let [s] = r.pattern.stages.as_slice() else {
+        return None;
+    };
+    let plain = matches!(s.body, crate::rules::StageBodyDef::Cond(_))
+        && s.quant == crate::rules::QuantDef::ONE
+        && s.until.is_none()
+        && s.gap.is_none()
+        && !r.inclusive_aggregates;
+    if !plain {
+        return None;
+    }
+    let pred = nfa.pred_stage.iter().position(|st| *st == s.id)?;
+    Some((s.id, pred as u32))
+}
+
 /// Engine limits and defaults.
 #[derive(Clone, Copy, Debug)]
 pub struct EngineOptions {
@@ -93,7 +111,8 @@ impl RuleSet {
                 r.stage_names.len(),
                 r.inclusive_aggregates,
             );
-            let lazy = if options.lazy_regular_rules {
+            let single = single_stage(r, &nfa);
+            let lazy = if single.is_none() && options.lazy_regular_rules {
                 SymbolDfa::build(r, &nfa)
             } else {
                 None
@@ -107,7 +126,8 @@ impl RuleSet {
                     .map(|s| Arc::from(s.as_str()))
                     .collect(),
                 matcher: Matcher::new(nfa, r.skip, r.report_timeouts, options.max_partials_per_key)
-                    .with_lazy(lazy),
+                    .with_lazy(lazy)
+                    .with_single_stage(single),
                 keying,
                 def: r.clone(),
             });

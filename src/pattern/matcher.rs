@@ -355,6 +355,10 @@ pub struct Matcher {
     max_partials: usize,
     /// Present when the rule runs lazily.
     pub lazy: Option<Arc<SymbolDfa>>,
+    /// A pattern of one mandatory stage: its (stage, predicate). Every event
+    /// meeting the condition is a match on its own and nothing is ever
+    /// pending, so the automaton is not stepped.
+    single: Option<(StageId, u32)>,
 }
 
 struct Ctx<'a> {
@@ -378,7 +382,14 @@ impl Matcher {
             report_timeouts,
             max_partials,
             lazy: None,
+            single: None,
         }
+    }
+
+    /// Marks the pattern as one mandatory stage with condition predicate `pred`.
+    pub fn with_single_stage(mut self, single: Option<(StageId, u32)>) -> Matcher {
+        self.single = single;
+        self
     }
 
     /// Runs lazily with `dfa` (see [`super::lazy`]).
@@ -457,6 +468,17 @@ impl Matcher {
         scratch: &mut Scratch,
         out: &mut Vec<Output>,
     ) -> Result<(), PartialLimitExceeded> {
+        if let Some((stage, pred)) = self.single {
+            let scope = Scope {
+                event,
+                path: &[],
+                windows,
+            };
+            if holds(&self.nfa.preds[pred as usize], scope) {
+                out.push(Output::Match(vec![(stage, event.clone())]));
+            }
+            return Ok(());
+        }
         match (&self.lazy, st.lazy.as_mut()) {
             (Some(dfa), Some(ls)) => self.process_lazy(dfa, ls, event, windows, scratch, out),
             _ => self.process_streaming(st, event, windows, scratch, out, None),
