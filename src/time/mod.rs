@@ -5,7 +5,8 @@
 //! across inputs it is the minimum over the inputs that are not idle.
 
 use crate::event::EventTime;
-use std::collections::BTreeSet;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 
 /// The watermark before any event: everything is on time.
 pub const MIN_WATERMARK: EventTime = i64::MIN;
@@ -98,16 +99,19 @@ impl WatermarkTracker {
     }
 }
 
-/// Event-time timers: `(deadline, owner)`, fired in deadline order.
+/// Event-time timers: `(deadline, owner)`, fired in deadline order (ties by
+/// owner, so firing order is deterministic). Owners cancel lazily: a fired
+/// timer whose owner no longer wants it is ignored by the owner, which is
+/// why there is no `remove`.
 #[derive(Clone, Debug)]
 pub struct TimerQueue<K: Ord + Clone> {
-    set: BTreeSet<(EventTime, K)>,
+    heap: BinaryHeap<Reverse<(EventTime, K)>>,
 }
 
 impl<K: Ord + Clone> Default for TimerQueue<K> {
     fn default() -> Self {
         TimerQueue {
-            set: BTreeSet::new(),
+            heap: BinaryHeap::new(),
         }
     }
 }
@@ -115,31 +119,26 @@ impl<K: Ord + Clone> Default for TimerQueue<K> {
 impl<K: Ord + Clone> TimerQueue<K> {
     /// Registers a timer.
     pub fn insert(&mut self, at: EventTime, owner: K) {
-        self.set.insert((at, owner));
-    }
-
-    /// Removes a timer.
-    pub fn remove(&mut self, at: EventTime, owner: &K) {
-        self.set.remove(&(at, owner.clone()));
+        self.heap.push(Reverse((at, owner)));
     }
 
     /// Pops the earliest timer due at or before `w`.
     pub fn pop_due(&mut self, w: EventTime) -> Option<(EventTime, K)> {
-        if self.set.first().is_some_and(|(t, _)| *t <= w) {
-            self.set.pop_first()
+        if self.heap.peek().is_some_and(|Reverse((t, _))| *t <= w) {
+            self.heap.pop().map(|Reverse(e)| e)
         } else {
             None
         }
     }
 
-    /// Number of timers.
+    /// Number of timers (including ones their owners no longer want).
     pub fn len(&self) -> usize {
-        self.set.len()
+        self.heap.len()
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.set.is_empty()
+        self.heap.is_empty()
     }
 }
 
