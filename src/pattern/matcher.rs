@@ -425,27 +425,30 @@ impl Matcher {
         if now < st.deadline {
             return;
         }
-        let mut potential = Vec::new();
-        let mut kept = Vec::with_capacity(st.partials.len());
-        for p in st.partials.drain(..) {
-            if self.is_start(&p) {
-                kept.push(p);
-                continue;
+        let expired = |p: &Partial| -> Option<bool> {
+            // Some(gap ran out) for a partial match that timed out.
+            if self.is_start(p) {
+                return None;
             }
             let gap = nfa.states[p.state as usize]
                 .stage
                 .and_then(|s| nfa.gaps[s as usize]);
             let gap_out = gap.is_some_and(|g| g > 0 && now.saturating_sub(p.prev_ts) >= g);
             let window_out = nfa.window > 0 && now.saturating_sub(p.start_ts) >= nfa.window;
-            if !(gap_out || window_out) {
-                kept.push(p);
-                continue;
-            }
+            (gap_out || window_out).then_some(gap_out)
+        };
+        let mut potential = Vec::new();
+        // Remove in place: the survivors keep their order and their buffer.
+        for p in st.partials.extract_if(.., |p| expired(p).is_some()) {
             if nfa.states[p.state as usize].kind == StateKind::Pending {
                 potential.push(p);
                 continue;
             }
             if self.report_timeouts {
+                let gap = nfa.states[p.state as usize]
+                    .stage
+                    .and_then(|s| nfa.gaps[s as usize]);
+                let gap_out = expired(&p) == Some(true);
                 let at = if gap_out {
                     p.prev_ts + gap.unwrap_or(0)
                 } else {
@@ -454,7 +457,6 @@ impl Matcher {
                 out.push(Output::Timeout { path: p.path(), at });
             }
         }
-        st.partials = kept;
         self.emit_by_skip(st, potential, out);
         st.deadline = st.compute_deadline(nfa).unwrap_or(i64::MAX);
     }
