@@ -6,10 +6,12 @@
 #[path = "../tests/support/conformance.rs"]
 mod conformance;
 
-fn main() {
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
     let Some(path) = std::env::args().nth(1) else {
         eprintln!("usage: conformance <cases.jsonl>");
-        std::process::exit(2);
+        return ExitCode::from(2);
     };
     let results = conformance::run_file(std::path::Path::new(&path));
     let mut failed = 0;
@@ -23,5 +25,9 @@ fn main() {
         }
     }
     println!("{} passed, {} failed", results.len() - failed, failed);
-    std::process::exit(if failed == 0 { 0 } else { 1 });
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

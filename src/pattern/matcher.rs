@@ -151,7 +151,7 @@ pub struct SnapshotMismatch(pub String);
 pub struct EventTable {
     /// The events, in first-seen order.
     pub events: Vec<Arc<Event>>,
-    index: std::collections::HashMap<*const Event, u32>,
+    index: hashbrown::HashMap<*const Event, u32>,
 }
 
 impl EventTable {
@@ -171,8 +171,7 @@ impl MatcherState {
     /// Flattens this state, interning its events into `events`.
     pub fn to_snapshot(&self, events: &mut EventTable) -> MatcherSnapshot {
         let mut nodes: Vec<(StageId, u32, Option<u32>)> = Vec::new();
-        let mut index: std::collections::HashMap<*const Node, u32> =
-            std::collections::HashMap::new();
+        let mut index: hashbrown::HashMap<*const Node, u32> = hashbrown::HashMap::new();
         let mut node_of = |n: &Option<Arc<Node>>| -> Option<u32> {
             // Walk back to the first node not yet numbered, then number forwards,
             // so a node's predecessor always has a smaller index.

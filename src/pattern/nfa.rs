@@ -11,7 +11,7 @@
 
 use crate::rules::ast::Contiguity;
 use crate::rules::{CExpr, PatternDef, QuantKind, StageBodyDef, StageDef, StageId};
-use std::collections::HashMap;
+use hashbrown::HashMap;
 
 /// Index of a state.
 pub type StateId = u32;

@@ -7,7 +7,7 @@ use super::diag::{Diagnostic, Diagnostics, SourceMap, Span, suggest};
 use super::ir::*;
 use super::parser::parse_file;
 use crate::event::{FieldPath, Schema, TimeFormat, Value};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -139,7 +139,7 @@ impl Compiler {
         let time_slot = schema.intern(&stream.time);
         let _ = key_slot;
         let mut rules = Vec::new();
-        let mut names: HashMap<String, Span> = HashMap::new();
+        let mut names: BTreeMap<String, Span> = BTreeMap::new();
         let files = std::mem::take(&mut self.files);
         for (_, file) in &files {
             for r in &file.rules {

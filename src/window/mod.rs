@@ -9,7 +9,7 @@ use crate::event::{EventTime, Value, ValueKey};
 use crate::rules::WinFunc;
 use crate::rules::ast::WindowAst;
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 /// Running aggregate over a multiset of values with removal.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -21,7 +21,7 @@ struct Accum {
     /// Monotonic deques of (seq, value) for min and max.
     mins: VecDeque<(u64, f64)>,
     maxs: VecDeque<(u64, f64)>,
-    distinct: HashMap<ValueKey, u32>,
+    distinct: BTreeMap<ValueKey, u32>,
 }
 
 impl Accum {

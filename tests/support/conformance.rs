@@ -9,7 +9,7 @@
 #![allow(dead_code)]
 
 use serde_json::Value as J;
-use std::collections::HashMap;
+use std::collections::BTreeMap as HashMap;
 use std::sync::Arc;
 use tripline::engine::RuleSet;
 use tripline::event::Event;
