@@ -1,0 +1,568 @@
+//! Semantic checks of expressions: field and stage references, functions,
+//! match aggregates and per-key window aggregates.
+
+use super::*;
+
+const SCALAR_FUNCS: &[(&str, Func, usize, usize)] = &[
+    ("abs", Func::Abs, 1, 1),
+    ("round", Func::Round, 1, 1),
+    ("floor", Func::Floor, 1, 1),
+    ("ceil", Func::Ceil, 1, 1),
+    ("sqrt", Func::Sqrt, 1, 1),
+    ("ln", Func::Ln, 1, 1),
+    ("least", Func::Least, 2, 64),
+    ("greatest", Func::Greatest, 2, 64),
+    ("coalesce", Func::Coalesce, 1, 64),
+    ("contains", Func::Contains, 2, 2),
+    ("starts_with", Func::StartsWith, 2, 2),
+    ("ends_with", Func::EndsWith, 2, 2),
+    ("lower", Func::Lower, 1, 1),
+    ("upper", Func::Upper, 1, 1),
+    ("len", Func::Len, 1, 1),
+    ("hour", Func::Hour, 0, 1),
+    ("weekday", Func::Weekday, 0, 1),
+    ("event_time", Func::EventTime, 0, 0),
+    ("if", Func::If, 3, 3),
+];
+
+const AGG_NAMES: &[&str] = &[
+    "count", "sum", "avg", "min", "max", "first", "last", "stddev",
+];
+
+impl RuleChecker<'_> {
+    pub(super) fn check_declared(&mut self, p: &FieldPath, sp: Span) {
+        if p.0.len() > 1
+            && self.stage_id(&p.0[0]).is_none()
+            && let Some(s) = suggest(&p.0[0], self.stages.iter().map(|s| s.name.as_str()))
+        {
+            let d = Diagnostic::error(sp, format!("unknown stage `{}`", p.0[0]));
+            self.err(d.with_hint(format!("did you mean `{s}`?")));
+            return;
+        }
+        if let Some(fields) = &self.stream.fields
+            && !fields.contains(p)
+        {
+            let name = p.to_string();
+            let cands: Vec<String> = fields.iter().map(|f| f.to_string()).collect();
+            let mut cands_ref: Vec<&str> = cands.iter().map(|s| s.as_str()).collect();
+            let stage_names: Vec<String> = self.stages.iter().map(|s| s.name.clone()).collect();
+            cands_ref.extend(stage_names.iter().map(|s| s.as_str()));
+            let d = Diagnostic::error(sp, format!("unknown field `{name}`"));
+            let d = match suggest(&name, cands_ref) {
+                Some(s) => d.with_hint(format!("did you mean `{s}`?")),
+                None => d.with_hint(format!(
+                    "stream `{}` declares: {}",
+                    self.stream.name,
+                    cands.join(", ")
+                )),
+            };
+            self.err(d);
+        }
+    }
+
+    pub(super) fn field(&mut self, parts: &[Ident]) -> Option<CExpr> {
+        let path = FieldPath(parts.iter().map(|p| p.name.as_str().into()).collect());
+        let sp = parts[0].span.to(parts[parts.len() - 1].span);
+        self.check_declared(&path, sp);
+        Some(CExpr::Field(self.schema.intern(&path)))
+    }
+
+    pub(super) fn expr(&mut self, e: &Expr, ctx: Ctx) -> Option<CExpr> {
+        Some(match &e.kind {
+            ExprKind::Num(n) => CExpr::Lit(Value::Num(*n)),
+            ExprKind::Str(s) => CExpr::Lit(Value::from(s.as_str())),
+            ExprKind::Bool(b) => CExpr::Lit(Value::Bool(*b)),
+            ExprKind::Null => CExpr::Lit(Value::Null),
+            ExprKind::Path(parts) => return self.path(parts, ctx, e.span),
+            ExprKind::Unary(op, x) => CExpr::Unary(*op, Box::new(self.expr(x, ctx)?)),
+            ExprKind::Binary(op, a, b) => {
+                let a = self.expr(a, ctx);
+                let b = self.expr(b, ctx);
+                CExpr::Binary(*op, Box::new(a?), Box::new(b?))
+            }
+            ExprKind::In(x, items, neg) => {
+                let x = self.expr(x, ctx);
+                let items: Vec<Option<CExpr>> = items.iter().map(|i| self.expr(i, ctx)).collect();
+                CExpr::In(
+                    Box::new(x?),
+                    items.into_iter().collect::<Option<Vec<_>>>()?,
+                    *neg,
+                )
+            }
+            ExprKind::Matches(x, re, sp) => {
+                let x = self.expr(x, ctx)?;
+                match regex_automata::meta::Regex::new(re) {
+                    Ok(r) => CExpr::Matches(Box::new(x), Arc::new(r)),
+                    Err(err) => {
+                        self.err(Diagnostic::error(
+                            *sp,
+                            format!("invalid regular expression: {err}"),
+                        ));
+                        return None;
+                    }
+                }
+            }
+            ExprKind::IsNull(x, is) => CExpr::IsNull(Box::new(self.expr(x, ctx)?), *is),
+            ExprKind::Call(c) => return self.call(c, ctx, e.span),
+            ExprKind::Member(inner, path) => return self.member(inner, path, ctx, e.span),
+        })
+    }
+
+    pub(super) fn path(&mut self, parts: &[Ident], ctx: Ctx, span: Span) -> Option<CExpr> {
+        let head = &parts[0].name;
+        if let Some(id) = self.stage_id(head) {
+            if self.stages[id as usize].negated {
+                self.err(Diagnostic::error(
+                    parts[0].span,
+                    format!("stage `{head}` is a negation: it never holds events"),
+                ));
+                return None;
+            }
+            if parts.len() == 1 {
+                self.err(
+                    Diagnostic::error(span, format!("stage `{head}` is not a value")).with_hint(
+                        format!("name a field: `{head}.FIELD`, or count it: `count({head})`"),
+                    ),
+                );
+                return None;
+            }
+            let field = self.field(&parts[1..])?;
+            let CExpr::Field(slot) = field else {
+                return None;
+            };
+            return match ctx {
+                Ctx::Event => Some(CExpr::StageLast(id, slot)),
+                Ctx::AggArg(Some(s)) if s == id => Some(CExpr::Field(slot)),
+                Ctx::AggArg(_) => {
+                    self.err(Diagnostic::error(
+                        span,
+                        "an aggregate may read only the stage it aggregates over",
+                    ));
+                    None
+                }
+                Ctx::WindowArg => {
+                    self.err(
+                        Diagnostic::error(
+                            span,
+                            "a window aggregate reads the key's events, not a stage's",
+                        )
+                        .with_hint("drop the stage name"),
+                    );
+                    None
+                }
+            };
+        }
+        if parts.len() == 1 && self.stream.fields.is_some() {
+            // Unknown single names may be misspelt stage names too.
+            let known = self
+                .stream
+                .fields
+                .as_ref()
+                .is_some_and(|f| f.contains(&FieldPath::single(head)));
+            if !known {
+                let stage_names: Vec<String> = self.stages.iter().map(|s| s.name.clone()).collect();
+                let fields: Vec<String> = self
+                    .stream
+                    .fields
+                    .iter()
+                    .flatten()
+                    .map(|f| f.to_string())
+                    .collect();
+                let d = Diagnostic::error(span, format!("unknown field or stage `{head}`"));
+                self.err(hint_closest(
+                    d,
+                    head,
+                    stage_names.iter().chain(fields.iter()).map(|s| s.as_str()),
+                ));
+                return None;
+            }
+        }
+        self.field(parts)
+    }
+
+    /// Stage named in an aggregate argument, if exactly one.
+    pub(super) fn agg_stage(&mut self, args: &[Expr]) -> Result<Option<StageId>, ()> {
+        let mut found: Vec<(StageId, Span)> = Vec::new();
+        for a in args {
+            self.stage_refs(a, &mut found);
+        }
+        found.sort_by_key(|f| f.0);
+        found.dedup_by_key(|f| f.0);
+        match found.len() {
+            0 => Ok(None),
+            1 => Ok(Some(found[0].0)),
+            _ => {
+                self.err(Diagnostic::error(
+                    found[1].1,
+                    "an aggregate may read only one stage",
+                ));
+                Err(())
+            }
+        }
+    }
+
+    pub(super) fn stage_refs(&self, e: &Expr, out: &mut Vec<(StageId, Span)>) {
+        match &e.kind {
+            ExprKind::Path(p) => {
+                if let Some(id) = self.stage_id(&p[0].name) {
+                    out.push((id, p[0].span));
+                }
+            }
+            ExprKind::Unary(_, x) | ExprKind::IsNull(x, _) | ExprKind::Matches(x, _, _) => {
+                self.stage_refs(x, out)
+            }
+            ExprKind::Binary(_, a, b) => {
+                self.stage_refs(a, out);
+                self.stage_refs(b, out);
+            }
+            ExprKind::In(x, items, _) => {
+                self.stage_refs(x, out);
+                for i in items {
+                    self.stage_refs(i, out);
+                }
+            }
+            ExprKind::Call(_) | ExprKind::Member(..) => {}
+            _ => {}
+        }
+    }
+
+    pub(super) fn call(&mut self, c: &Call, ctx: Ctx, span: Span) -> Option<CExpr> {
+        let name = c.name.name.as_str();
+        if name == "event_type" {
+            if !c.args.is_empty() || c.star || c.window.is_some() {
+                self.err(Diagnostic::error(span, "`event_type()` takes no argument"));
+                return None;
+            }
+            let Some(path) = self.stream.event_type.clone() else {
+                self.err(
+                    Diagnostic::error(
+                        span,
+                        format!("stream `{}` declares no event type field", self.stream.name),
+                    )
+                    .with_hint("add `type FIELD` to the stream block"),
+                );
+                return None;
+            };
+            return Some(CExpr::Field(self.schema.intern(&path)));
+        }
+        if let Some((w, wsp)) = &c.window {
+            return self.window_call(c, w, *wsp, ctx);
+        }
+        if c.distinct {
+            self.err(
+                Diagnostic::error(c.name.span, "`distinct` needs a window")
+                    .with_hint("e.g. `count(distinct TERMINAL_ID over 1d)`"),
+            );
+            return None;
+        }
+        if (name == "min" || name == "max") && c.args.len() >= 2 {
+            let f = if name == "min" {
+                Func::Least
+            } else {
+                Func::Greatest
+            };
+            let args = self.args(&c.args, ctx)?;
+            return Some(CExpr::Func(f, args));
+        }
+        if AGG_NAMES.contains(&name) {
+            if name == "stddev" {
+                self.err(
+                    Diagnostic::error(span, "`stddev` needs a window")
+                        .with_hint("e.g. `stddev(TX_AMOUNT over 30d)`"),
+                );
+                return None;
+            }
+            if matches!(ctx, Ctx::AggArg(_) | Ctx::WindowArg) {
+                self.err(Diagnostic::error(span, "aggregates cannot be nested"));
+                return None;
+            }
+            return self.match_agg(c, span);
+        }
+        let Some(&(_, f, lo, hi)) = SCALAR_FUNCS.iter().find(|(n, ..)| *n == name) else {
+            let d = Diagnostic::error(c.name.span, format!("unknown function `{name}`"));
+            let all = SCALAR_FUNCS
+                .iter()
+                .map(|f| f.0)
+                .chain(AGG_NAMES.iter().copied());
+            self.err(hint_closest(d, name, all));
+            return None;
+        };
+        if c.star || c.args.len() < lo || c.args.len() > hi {
+            let want = if lo == hi {
+                format!("{lo}")
+            } else {
+                format!("{lo} to {hi}")
+            };
+            self.err(Diagnostic::error(
+                span,
+                format!("`{name}` takes {want} argument(s)"),
+            ));
+            return None;
+        }
+        let args = self.args(&c.args, ctx)?;
+        Some(CExpr::Func(f, args))
+    }
+
+    pub(super) fn args(&mut self, args: &[Expr], ctx: Ctx) -> Option<Vec<CExpr>> {
+        let v: Vec<Option<CExpr>> = args.iter().map(|a| self.expr(a, ctx)).collect();
+        v.into_iter().collect()
+    }
+
+    pub(super) fn match_agg(&mut self, c: &Call, span: Span) -> Option<CExpr> {
+        let func = match c.name.name.as_str() {
+            "count" => AggFunc::Count,
+            "sum" => AggFunc::Sum,
+            "avg" => AggFunc::Avg,
+            "min" => AggFunc::Min,
+            "max" => AggFunc::Max,
+            "first" => AggFunc::First,
+            "last" => AggFunc::Last,
+            _ => return None,
+        };
+        if c.star {
+            if func != AggFunc::Count {
+                self.err(Diagnostic::error(span, "`*` works only with `count`"));
+                return None;
+            }
+            return Some(CExpr::MatchAgg(Box::new(MatchAgg {
+                func,
+                stage: None,
+                arg: None,
+                offset: 0,
+            })));
+        }
+        let mut args: &[Expr] = &c.args;
+        let mut offset = 0usize;
+        if matches!(func, AggFunc::First | AggFunc::Last) && args.len() == 2 {
+            match &args[1].kind {
+                ExprKind::Num(n) if *n >= 0.0 && n.fract() == 0.0 && *n < 1e6 => {
+                    offset = *n as usize
+                }
+                _ => {
+                    self.err(Diagnostic::error(
+                        args[1].span,
+                        "the offset must be a whole number ≥ 0",
+                    ));
+                    return None;
+                }
+            }
+            args = &args[..1];
+        }
+        if args.len() > 1 {
+            self.err(Diagnostic::error(
+                span,
+                format!("`{}` takes one argument", c.name.name),
+            ));
+            return None;
+        }
+        if args.is_empty() {
+            if func == AggFunc::Count {
+                return Some(CExpr::MatchAgg(Box::new(MatchAgg {
+                    func,
+                    stage: None,
+                    arg: None,
+                    offset: 0,
+                })));
+            }
+            self.err(Diagnostic::error(
+                span,
+                format!("`{}` needs an argument", c.name.name),
+            ));
+            return None;
+        }
+        // `count(stage)`, `first(stage)` (with a member access handled by the caller)
+        if let ExprKind::Path(p) = &args[0].kind
+            && p.len() == 1
+            && let Some(id) = self.stage_id(&p[0].name)
+        {
+            if func != AggFunc::Count {
+                self.err(
+                    Diagnostic::error(
+                        args[0].span,
+                        format!("`{}` of a whole stage needs a field", c.name.name),
+                    )
+                    .with_hint(format!("e.g. `{}({}.FIELD)`", c.name.name, p[0].name)),
+                );
+                return None;
+            }
+            if self.stages[id as usize].negated {
+                self.err(Diagnostic::error(
+                    args[0].span,
+                    "a negated stage never holds events",
+                ));
+                return None;
+            }
+            return Some(CExpr::MatchAgg(Box::new(MatchAgg {
+                func,
+                stage: Some(id),
+                arg: None,
+                offset: 0,
+            })));
+        }
+        let stage = self.agg_stage(args).ok()?;
+        let arg = self.expr(&args[0], Ctx::AggArg(stage))?;
+        Some(CExpr::MatchAgg(Box::new(MatchAgg {
+            func,
+            stage,
+            arg: Some(arg),
+            offset,
+        })))
+    }
+
+    pub(super) fn member(
+        &mut self,
+        inner: &Expr,
+        path: &[Ident],
+        _ctx: Ctx,
+        span: Span,
+    ) -> Option<CExpr> {
+        let ExprKind::Call(c) = &inner.kind else {
+            self.err(Diagnostic::error(
+                span,
+                "only `first(stage)` and `last(stage)` have fields",
+            ));
+            return None;
+        };
+        let func = match c.name.name.as_str() {
+            "first" => AggFunc::First,
+            "last" => AggFunc::Last,
+            _ => {
+                self.err(Diagnostic::error(
+                    span,
+                    "only `first(stage)` and `last(stage)` have fields",
+                ));
+                return None;
+            }
+        };
+        let stage = match c.args.first().map(|a| &a.kind) {
+            Some(ExprKind::Path(p)) if p.len() == 1 => match self.stage_id(&p[0].name) {
+                Some(id) => id,
+                None => {
+                    let names: Vec<String> = self.stages.iter().map(|s| s.name.clone()).collect();
+                    let d = Diagnostic::error(p[0].span, format!("unknown stage `{}`", p[0].name));
+                    self.err(hint_closest(
+                        d,
+                        &p[0].name,
+                        names.iter().map(|s| s.as_str()),
+                    ));
+                    return None;
+                }
+            },
+            _ => {
+                self.err(Diagnostic::error(
+                    inner.span,
+                    "expected `first(STAGE).FIELD`",
+                ));
+                return None;
+            }
+        };
+        let offset = match c.args.get(1).map(|a| &a.kind) {
+            None => 0,
+            Some(ExprKind::Num(n)) if *n >= 0.0 && n.fract() == 0.0 => *n as usize,
+            Some(_) => {
+                self.err(Diagnostic::error(
+                    inner.span,
+                    "the offset must be a whole number ≥ 0",
+                ));
+                return None;
+            }
+        };
+        let field = self.field(path)?;
+        Some(CExpr::MatchAgg(Box::new(MatchAgg {
+            func,
+            stage: Some(stage),
+            arg: Some(field),
+            offset,
+        })))
+    }
+
+    pub(super) fn window_call(
+        &mut self,
+        c: &Call,
+        w: &WindowAst,
+        wsp: Span,
+        ctx: Ctx,
+    ) -> Option<CExpr> {
+        if matches!(ctx, Ctx::AggArg(_) | Ctx::WindowArg) {
+            self.err(Diagnostic::error(
+                c.name.span,
+                "aggregates cannot be nested",
+            ));
+            return None;
+        }
+        let len_ok = match w {
+            WindowAst::Sliding(l) | WindowAst::Tumbling(l) | WindowAst::Session(l) => *l > 0,
+            WindowAst::Ending(l, ago) => *l > 0 && *ago >= 0,
+        };
+        if !len_ok {
+            self.err(Diagnostic::error(wsp, "window lengths must be positive"));
+            return None;
+        }
+        let func = match (c.name.name.as_str(), c.distinct) {
+            ("count", true) => WinFunc::CountDistinct,
+            ("count", false) => WinFunc::Count,
+            ("sum", false) => WinFunc::Sum,
+            ("avg", false) => WinFunc::Avg,
+            ("min", false) => WinFunc::Min,
+            ("max", false) => WinFunc::Max,
+            ("stddev", false) => WinFunc::Stddev,
+            (n, true) => {
+                self.err(Diagnostic::error(
+                    c.name.span,
+                    format!("`distinct` works only with `count`, not `{n}`"),
+                ));
+                return None;
+            }
+            (n, false) => {
+                let d = Diagnostic::error(c.name.span, format!("`{n}` has no windowed form"));
+                self.err(d.with_hint(
+                    "windowed aggregates: count, count distinct, sum, avg, min, max, stddev",
+                ));
+                return None;
+            }
+        };
+        let arg = match (c.star, c.args.len()) {
+            (true, _) | (false, 0) => {
+                if func != WinFunc::Count {
+                    self.err(Diagnostic::error(
+                        c.name.span,
+                        format!("`{}` needs a value", c.name.name),
+                    ));
+                    return None;
+                }
+                None
+            }
+            (false, 1) => Some(self.expr(&c.args[0], Ctx::WindowArg)?),
+            _ => {
+                self.err(Diagnostic::error(
+                    c.name.span,
+                    "a window aggregate takes one value",
+                ));
+                return None;
+            }
+        };
+        if arg.as_ref().is_some_and(|a| a.depends_on_match()) {
+            self.err(Diagnostic::error(
+                c.name.span,
+                "a window aggregate cannot read the match",
+            ));
+            return None;
+        }
+        let spec = WindowSpec {
+            func,
+            arg,
+            window: w.clone(),
+        };
+        // The same aggregate written twice (condition and payload) shares one state.
+        let same = |a: &WindowSpec| {
+            a.func == spec.func
+                && a.window == spec.window
+                && format!("{:?}", a.arg) == format!("{:?}", spec.arg)
+        };
+        if let Some(i) = self.windows.iter().position(same) {
+            return Some(CExpr::Window(i as u16));
+        }
+        self.windows.push(spec);
+        Some(CExpr::Window((self.windows.len() - 1) as u16))
+    }
+}

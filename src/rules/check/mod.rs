@@ -1,0 +1,599 @@
+//! Semantic checks: resolves names in the parsed files against the stream and
+//! the rule's stages, validates quantifiers, skips and limits, and produces
+//! the [`RuleSetDef`]. Every error of every file is collected in one pass.
+//!
+//! This module holds the [`Compiler`] (files, the stream, rule-level checks);
+//! `pattern` checks stages, quantifiers and skips; `expr` resolves expressions.
+
+use super::ast::*;
+use super::diag::{Diagnostic, Diagnostics, SourceMap, Span, suggest};
+use super::ir::*;
+use super::parser::parse_file;
+use crate::event::{FieldPath, Schema, TimeFormat, Value};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+mod expr;
+mod pattern;
+
+use pattern::estimate_states;
+use std::sync::Arc;
+
+/// Limits on what user input may compile to.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Most automaton states one rule may compile to.
+    pub max_states: usize,
+    /// Largest repeat count.
+    pub max_repeat: u32,
+    /// Most stages in one rule.
+    pub max_stages: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_states: 4096,
+            max_repeat: 1000,
+            max_stages: 256,
+        }
+    }
+}
+
+/// Collects rule files and compiles them into a [`RuleSetDef`].
+#[derive(Default)]
+pub struct Compiler {
+    sources: SourceMap,
+    files: Vec<(u32, FileAst)>,
+    errors: Vec<Diagnostic>,
+    io_errors: Vec<String>,
+    stream: Option<StreamDef>,
+    limits: Limits,
+}
+
+impl Compiler {
+    /// A compiler with default limits.
+    pub fn new() -> Compiler {
+        Compiler::default()
+    }
+
+    /// Overrides the limits.
+    pub fn limits(mut self, limits: Limits) -> Compiler {
+        self.limits = limits;
+        self
+    }
+
+    /// Uses `stream` instead of (or in the absence of) a `stream` block.
+    pub fn stream(&mut self, stream: StreamDef) -> &mut Compiler {
+        self.stream = Some(stream);
+        self
+    }
+
+    /// Adds source text under a display name.
+    pub fn add_source(&mut self, name: &str, text: &str) -> &mut Compiler {
+        let id = self.sources.add(name, text);
+        let (ast, errs) = parse_file(id, text);
+        self.errors.extend(errs);
+        self.files.push((id, ast));
+        self
+    }
+
+    /// Adds a `.tl` file, or every `.tl` file under a directory (sorted, so
+    /// the result does not depend on directory order).
+    pub fn add_path(&mut self, path: &Path) -> &mut Compiler {
+        if path.is_dir() {
+            let mut files = Vec::new();
+            collect_tl(path, &mut files, &mut self.io_errors);
+            files.sort();
+            if files.is_empty() {
+                self.io_errors
+                    .push(format!("{}: no .tl rule files found", path.display()));
+            }
+            for f in files {
+                self.add_file(&f);
+            }
+        } else {
+            self.add_file(path);
+        }
+        self
+    }
+
+    fn add_file(&mut self, path: &Path) {
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                self.add_source(&path.display().to_string(), &text);
+            }
+            Err(e) => self.io_errors.push(format!("{}: {e}", path.display())),
+        }
+    }
+
+    /// Checks everything and returns the rule set, or every error found.
+    pub fn compile(mut self) -> Result<RuleSetDef, CompileError> {
+        if !self.io_errors.is_empty() {
+            return Err(CompileError::Io(self.io_errors));
+        }
+        let stream = self.resolve_stream();
+        let Some(stream) = stream else {
+            return Err(self.finish_err());
+        };
+        let mut schema = Schema::default();
+        let key_slot = schema.intern(&stream.key);
+        let time_slot = schema.intern(&stream.time);
+        let _ = key_slot;
+        let mut rules = Vec::new();
+        let mut names: BTreeMap<String, Span> = BTreeMap::new();
+        let files = std::mem::take(&mut self.files);
+        for (_, file) in &files {
+            for r in &file.rules {
+                if let Some(prev) = names.get(&r.name.name) {
+                    let (l, _) = self.sources.line_col(prev.file, prev.start);
+                    let d = Diagnostic::error(
+                        r.name.span,
+                        format!("rule `{}` is defined twice", r.name.name),
+                    )
+                    .with_hint(format!(
+                        "first defined in {} line {l}",
+                        self.sources.get(prev.file).name
+                    ));
+                    self.errors.push(d);
+                    continue;
+                }
+                names.insert(r.name.name.clone(), r.name.span);
+                let mut rc = RuleChecker {
+                    errors: &mut self.errors,
+                    schema: &mut schema,
+                    stream: &stream,
+                    limits: self.limits,
+                    stages: Vec::new(),
+                    windows: Vec::new(),
+                };
+                if let Some(def) = rc.rule(r) {
+                    rules.push(def);
+                }
+            }
+        }
+        let mut examples = Vec::new();
+        for (id, file) in &files {
+            for ex in &file.examples {
+                for (rule, _) in &ex.expect {
+                    if !names.contains_key(&rule.name) {
+                        let d =
+                            Diagnostic::error(rule.span, format!("unknown rule `{}`", rule.name));
+                        self.errors.push(hint_closest(
+                            d,
+                            &rule.name,
+                            names.keys().map(|s| s.as_str()),
+                        ));
+                    }
+                }
+                match &ex.events {
+                    Some((events, _)) => examples.push(ExampleDef {
+                        name: ex.name.name.clone(),
+                        file: self.sources.get(*id).name.clone(),
+                        events: events.clone(),
+                        expect: ex
+                            .expect
+                            .iter()
+                            .map(|(r, n)| (r.name.clone(), *n))
+                            .collect(),
+                    }),
+                    None => self.errors.push(Diagnostic::error(
+                        ex.name.span,
+                        "example has no `events` block",
+                    )),
+                }
+            }
+        }
+        if !self.errors.is_empty() {
+            return Err(self.finish_err());
+        }
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        for (id, _) in &files {
+            let s = self.sources.get(*id);
+            h.update(s.name.as_bytes());
+            h.update(&[0]);
+            h.update(s.text.as_bytes());
+            h.update(&[0]);
+        }
+        h.update(format!("{stream:?}").as_bytes());
+        Ok(RuleSetDef {
+            stream,
+            rules,
+            examples,
+            schema,
+            time_slot,
+            hash: h.digest(),
+        })
+    }
+
+    fn finish_err(mut self) -> CompileError {
+        self.errors.sort_by_key(|d| (d.span.file, d.span.start));
+        CompileError::Rules(Diagnostics {
+            errors: self.errors,
+            sources: self.sources,
+        })
+    }
+
+    fn resolve_stream(&mut self) -> Option<StreamDef> {
+        let decls: Vec<&StreamAst> = self
+            .files
+            .iter()
+            .flat_map(|(_, f)| f.streams.iter())
+            .collect();
+        if decls.len() > 1 {
+            self.errors.push(
+                Diagnostic::error(
+                    decls[1].name.span,
+                    "only one stream may be defined per rule set",
+                )
+                .with_hint(format!("`{}` is already defined", decls[0].name.name)),
+            );
+        }
+        let mut base = self.stream.clone();
+        if let Some(s) = decls.first() {
+            let mut def = StreamDef {
+                name: s.name.name.clone(),
+                key: FieldPath::single("key"),
+                time: FieldPath::single("time"),
+                event_type: None,
+                time_format: TimeFormat::Auto,
+                lateness_ms: s.lateness.map_or(0, |l| l.0),
+                idle_ms: s.idle.map_or(0, |l| l.0),
+                fields: None,
+            };
+            let path = |p: &Option<(String, Span)>,
+                        what: &str,
+                        errs: &mut Vec<Diagnostic>|
+             -> Option<FieldPath> {
+                match p {
+                    Some((p, sp)) => {
+                        let fp = FieldPath::parse(p);
+                        if fp.is_none() {
+                            errs.push(Diagnostic::error(
+                                *sp,
+                                format!("bad {what} field path `{p}`"),
+                            ));
+                        }
+                        fp
+                    }
+                    None => None,
+                }
+            };
+            let key = path(&s.key, "key", &mut self.errors);
+            let time = path(&s.time, "time", &mut self.errors);
+            def.event_type = path(&s.event_type, "type", &mut self.errors);
+            if let Some((f, sp)) = &s.time_format {
+                def.time_format = match f.as_str() {
+                    "auto" => TimeFormat::Auto,
+                    "epoch_ms" => TimeFormat::EpochMillis,
+                    "epoch_s" => TimeFormat::EpochSeconds,
+                    _ => {
+                        self.errors.push(
+                            Diagnostic::error(*sp, format!("unknown time format `{f}`"))
+                                .with_hint("use auto, epoch_ms or epoch_s"),
+                        );
+                        TimeFormat::Auto
+                    }
+                };
+            }
+            if !s.fields.is_empty() {
+                def.fields = Some(
+                    s.fields
+                        .iter()
+                        .filter_map(|(p, _)| FieldPath::parse(p))
+                        .collect(),
+                );
+            }
+            // Flags given on the command line win over the file.
+            match &base {
+                Some(b) => {
+                    def.key = b.key.clone();
+                    def.time = b.time.clone();
+                    def.lateness_ms = b.lateness_ms.max(def.lateness_ms);
+                }
+                None => {
+                    match key {
+                        Some(k) => def.key = k,
+                        None => self.errors.push(
+                            Diagnostic::error(s.name.span, "stream has no `key` field")
+                                .with_hint("add `key FIELD` (the field events are grouped by)"),
+                        ),
+                    }
+                    match time {
+                        Some(t) => def.time = t,
+                        None => self.errors.push(
+                            Diagnostic::error(s.name.span, "stream has no `time` field")
+                                .with_hint("add `time FIELD` (the event-time field)"),
+                        ),
+                    }
+                }
+            }
+            if let Some(fields) = &mut def.fields {
+                for p in [&def.key, &def.time] {
+                    if !fields.contains(p) {
+                        fields.push(p.clone());
+                    }
+                }
+            }
+            base = Some(def);
+        }
+        if base.is_none() {
+            self.io_errors.push(
+                "no stream definition: add a `stream` block to the rules or pass --key and --time"
+                    .into(),
+            );
+            return None;
+        }
+        base
+    }
+}
+
+/// Why a rule set did not compile.
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    /// Files could not be read, or no stream is defined.
+    #[error("{}", .0.join("\n"))]
+    Io(Vec<String>),
+    /// Errors in the rule files.
+    #[error("{0}")]
+    Rules(Diagnostics),
+}
+
+fn collect_tl(dir: &Path, out: &mut Vec<std::path::PathBuf>, errs: &mut Vec<String>) {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) => {
+            errs.push(format!("{}: {e}", dir.display()));
+            return;
+        }
+    };
+    for entry in rd.flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            collect_tl(&p, out, errs);
+        } else if p.extension().is_some_and(|e| e == "tl") {
+            out.push(p);
+        }
+    }
+}
+
+fn hint_closest<'a>(
+    d: Diagnostic,
+    name: &str,
+    cands: impl IntoIterator<Item = &'a str>,
+) -> Diagnostic {
+    match suggest(name, cands) {
+        Some(s) => d.with_hint(format!("did you mean `{s}`?")),
+        None => d,
+    }
+}
+
+struct StageInfo {
+    name: String,
+    span: Span,
+    negated: bool,
+    group: bool,
+    /// May be absent from a match (optional itself or inside an optional group).
+    may_be_absent: bool,
+}
+
+/// What a field reference means where it is written.
+#[derive(Clone, Copy, PartialEq)]
+enum Ctx {
+    /// In a stage condition or payload: plain fields are the current event.
+    Event,
+    /// Inside a match aggregate over `stage` (None: every stage).
+    AggArg(Option<StageId>),
+    /// Inside a window aggregate's argument: only plain fields.
+    WindowArg,
+}
+
+struct RuleChecker<'a> {
+    errors: &'a mut Vec<Diagnostic>,
+    schema: &'a mut Schema,
+    stream: &'a StreamDef,
+    limits: Limits,
+    stages: Vec<StageInfo>,
+    windows: Vec<WindowSpec>,
+}
+
+impl RuleChecker<'_> {
+    fn err(&mut self, d: Diagnostic) {
+        self.errors.push(d);
+    }
+
+    fn rule(&mut self, r: &RuleAst) -> Option<RuleDef> {
+        let before = self.errors.len();
+        let key = match &r.key {
+            Some((k, sp)) => match FieldPath::parse(k) {
+                Some(p) => {
+                    self.check_declared(&p, *sp);
+                    p
+                }
+                None => {
+                    self.err(Diagnostic::error(*sp, format!("bad key field path `{k}`")));
+                    self.stream.key.clone()
+                }
+            },
+            None => self.stream.key.clone(),
+        };
+        let key_slot = self.schema.intern(&key);
+        let Some(pat) = &r.pattern else {
+            self.err(
+                Diagnostic::error(
+                    r.name.span,
+                    format!("rule `{}` has no pattern", r.name.name),
+                )
+                .with_hint("add `pattern { stage: CONDITION }`"),
+            );
+            return None;
+        };
+        self.collect_stages(&pat.stages, false);
+        if self.stages.len() > self.limits.max_stages {
+            self.err(Diagnostic::error(
+                pat.span,
+                format!(
+                    "{} stages exceed the limit of {}",
+                    self.stages.len(),
+                    self.limits.max_stages
+                ),
+            ));
+            return None;
+        }
+        let mut next_id = 0u16;
+        let pattern = self
+            .pattern(&pat.stages, &mut next_id, true)
+            .unwrap_or_default();
+        if let Some((w, sp)) = r.within
+            && w <= 0
+        {
+            self.err(Diagnostic::error(sp, "`within` must be positive"));
+        }
+        if let Some(last) = pat.stages.last()
+            && last.contiguity == Contiguity::NotFollow
+            && r.within.is_none()
+            && last.quant.gap.is_none()
+        {
+            self.err(
+                Diagnostic::error(last.contiguity_span, "a pattern that ends with `not then` needs `within` (or a `gap` on that stage)")
+                    .with_hint("add e.g. `within 10m`: the match is emitted when the window closes without the event"),
+            );
+        }
+        let estimate = estimate_states(&pattern);
+        if estimate > self.limits.max_states {
+            self.err(
+                Diagnostic::error(
+                    pat.span,
+                    format!(
+                        "pattern compiles to about {estimate} automaton states, over the limit of {}",
+                        self.limits.max_states
+                    ),
+                )
+                .with_hint("lower the repeat counts or split the rule"),
+            );
+        }
+        let skip = match &r.skip {
+            None => SkipDef::NoSkip,
+            Some((s, sp)) => self.skip(s, *sp, &pattern).unwrap_or(SkipDef::NoSkip),
+        };
+        let mut payload = Vec::new();
+        for (name, e) in &r.payload {
+            if payload
+                .iter()
+                .any(|(n, _): &(String, CExpr)| *n == name.name)
+            {
+                self.err(Diagnostic::error(
+                    name.span,
+                    format!("payload value `{}` given twice", name.name),
+                ));
+            }
+            if let Some(c) = self.expr(e, Ctx::Event) {
+                payload.push((name.name.clone(), c));
+            }
+        }
+        if self.errors.len() > before {
+            return None;
+        }
+        Some(RuleDef {
+            name: r.name.name.clone(),
+            description: r.description.clone(),
+            key,
+            key_slot,
+            severity: r.severity.map_or(Severity::Medium, |s| s.0),
+            score: r.score.map_or(0.0, |s| s.0),
+            within: r.within.map(|w| w.0),
+            skip,
+            report_timeouts: r.report_timeouts,
+            inclusive_aggregates: r.inclusive_aggregates,
+            stage_names: self.stages.iter().map(|s| s.name.clone()).collect(),
+            pattern,
+            payload,
+            windows: std::mem::take(&mut self.windows),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compile(src: &str) -> Result<RuleSetDef, String> {
+        let mut c = Compiler::new();
+        c.add_source("t.tl", src);
+        c.compile().map_err(|e| e.to_string())
+    }
+
+    const STREAM: &str =
+        "stream tx { key CUSTOMER_ID time TX_DATETIME fields TX_AMOUNT, TERMINAL_ID }\n";
+
+    #[test]
+    fn resolves_stages_fields_and_windows() {
+        let src = format!(
+            "{STREAM}rule r {{ pattern {{ a: TX_AMOUNT > 2 * avg(TX_AMOUNT over 30d) then b: TX_AMOUNT > sum(a.TX_AMOUNT) and b.TX_AMOUNT > 0 }} }}"
+        );
+        let rs = compile(&src).unwrap();
+        let r = &rs.rules[0];
+        assert_eq!(r.stage_names, vec!["a", "b"]);
+        assert_eq!(r.windows.len(), 1);
+    }
+
+    #[test]
+    fn unknown_names_get_suggestions_in_one_pass() {
+        let src = format!(
+            "{STREAM}rule r {{ pattern {{ small: TX_AMOUNT < 5 then large: TX_AMOUT > max(smal.TX_AMOUNT) }} skip to first larg }}"
+        );
+        let err = compile(&src).unwrap_err();
+        assert!(err.contains("did you mean `TX_AMOUNT`?"), "{err}");
+        assert!(err.contains("did you mean `small`?"), "{err}");
+        assert!(err.contains("did you mean `large`?"), "{err}");
+        assert!(err.contains("3 errors"), "{err}");
+    }
+
+    #[test]
+    fn rejects_invalid_constructs() {
+        let cases = [
+            (
+                "rule r { pattern { a: true not then b: true } }",
+                "needs `within`",
+            ),
+            (
+                "rule r { pattern { a: true then b: true until true } }",
+                "open-ended",
+            ),
+            ("rule r { pattern { a: true repeat 5..2 } }", "empty"),
+            (
+                "rule r { pattern { a: true repeat 1000000 } }",
+                "not allowed",
+            ),
+            ("rule r { pattern { a: true greedy } }", "repeated"),
+            (
+                "rule r { pattern { a: true then b: true optional } skip to first b or fail }",
+                "absent",
+            ),
+            (
+                "rule r { pattern { a: true } skip to first a or fail }",
+                "never advances",
+            ),
+            (
+                "rule r { pattern { a: true repeat 300 then b: (c: true next d: true repeat 300) repeat 10 } }",
+                "automaton states",
+            ),
+            (
+                "rule r { pattern { a: x matches \"(\" } }",
+                "regular expression",
+            ),
+            (
+                "rule r { pattern { a: frobnicate(x) } }",
+                "unknown function",
+            ),
+            (
+                "rule r { pattern { a: true } } rule r { pattern { a: true } }",
+                "defined twice",
+            ),
+        ];
+        for (src, want) in cases {
+            let err = compile(&format!("stream s {{ key k time t }}\n{src}")).unwrap_err();
+            assert!(err.contains(want), "{src}: {err}");
+        }
+    }
+}
