@@ -156,14 +156,11 @@ impl RuleSet {
         stream: Option<StreamDef>,
         options: EngineOptions,
     ) -> Result<Arc<RuleSet>, CompileError> {
-        let mut c = Compiler::new();
-        if let Some(s) = stream {
-            c.stream(s);
-        }
-        for p in paths {
-            c.add_path(p);
-        }
-        Ok(RuleSet::build(c.compile()?, options))
+        Self::compile_with(stream, options, |c| {
+            for p in paths {
+                c.add_path(p);
+            }
+        })
     }
 
     /// Compiles rules from source text (for tests and the API).
@@ -182,11 +179,21 @@ impl RuleSet {
         stream: Option<StreamDef>,
         options: EngineOptions,
     ) -> Result<Arc<RuleSet>, CompileError> {
+        Self::compile_with(stream, options, |c| {
+            c.add_source(name, text);
+        })
+    }
+
+    fn compile_with(
+        stream: Option<StreamDef>,
+        options: EngineOptions,
+        add: impl FnOnce(&mut Compiler),
+    ) -> Result<Arc<RuleSet>, CompileError> {
         let mut c = Compiler::new();
         if let Some(s) = stream {
             c.stream(s);
         }
-        c.add_source(name, text);
+        add(&mut c);
         Ok(RuleSet::build(c.compile()?, options))
     }
 }

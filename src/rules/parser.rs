@@ -513,16 +513,14 @@ impl Parser {
     }
 
     fn stages(&mut self, close: &str) -> PResult<Vec<StageAst>> {
-        self.depth += 1;
-        if self.depth > MAX_DEPTH {
-            self.depth -= 1;
-            return self.error("less nesting");
-        }
+        self.nested(|p| p.stages_at_depth(close))
+    }
+
+    fn stages_at_depth(&mut self, close: &str) -> PResult<Vec<StageAst>> {
         let mut stages = Vec::new();
         let mut first = true;
         while !self.is_sym(close) {
             if matches!(self.peek(), Tok::Eof) {
-                self.depth -= 1;
                 return self.error(&format!("`{close}`"));
             }
             let conn_span = self.span();
@@ -545,7 +543,6 @@ impl Parser {
                     Contiguity::NotFollow
                 }
             } else {
-                self.depth -= 1;
                 let r = self.error(
                     "`next`, `then`, `then any`, `not next` or `not then` before the next stage",
                 );
@@ -560,17 +557,10 @@ impl Parser {
                 return r;
             };
             let conn_span = conn_span.to(self.prev_span());
-            let stage = match self.stage(contiguity, conn_span) {
-                Some(s) => s,
-                None => {
-                    self.depth -= 1;
-                    return None;
-                }
-            };
+            let stage = self.stage(contiguity, conn_span)?;
             stages.push(stage);
             first = false;
         }
-        self.depth -= 1;
         if stages.is_empty() {
             let sp = self.span();
             self.errors
@@ -759,15 +749,32 @@ impl Parser {
 
     // ---- expressions ----
 
-    fn expr(&mut self) -> PResult<Expr> {
+    /// Runs `f` one nesting level deeper, refusing input nested past
+    /// [`MAX_DEPTH`] instead of letting it exhaust the stack.
+    fn nested<T>(&mut self, f: impl FnOnce(&mut Self) -> PResult<T>) -> PResult<T> {
         self.depth += 1;
         let r = if self.depth > MAX_DEPTH {
-            self.error("a less deeply nested expression")
+            self.error("less deeply nested input")
         } else {
-            self.or_expr()
+            f(self)
         };
         self.depth -= 1;
         r
+    }
+
+    fn expr(&mut self) -> PResult<Expr> {
+        self.nested(Self::or_expr)
+    }
+
+    /// A prefix operator applied to what `operand` parses.
+    fn prefix(&mut self, op: UnOp, operand: fn(&mut Self) -> PResult<Expr>) -> PResult<Expr> {
+        let sp = self.bump().span;
+        let e = self.nested(operand)?;
+        let span = sp.to(e.span);
+        Some(Expr {
+            kind: ExprKind::Unary(op, Box::new(e)),
+            span,
+        })
     }
 
     fn or_expr(&mut self) -> PResult<Expr> {
@@ -790,20 +797,7 @@ impl Parser {
 
     fn not_expr(&mut self) -> PResult<Expr> {
         if self.is_kw("not") && !self.is_kw_at(1, "next") && !self.is_kw_at(1, "then") {
-            let sp = self.bump().span;
-            self.depth += 1;
-            if self.depth > MAX_DEPTH {
-                self.depth -= 1;
-                return self.error("a less deeply nested expression");
-            }
-            let e = self.not_expr();
-            self.depth -= 1;
-            let e = e?;
-            let span = sp.to(e.span);
-            return Some(Expr {
-                kind: ExprKind::Unary(UnOp::Not, Box::new(e)),
-                span,
-            });
+            return self.prefix(UnOp::Not, Self::not_expr);
         }
         self.cmp_expr()
     }
@@ -910,20 +904,7 @@ impl Parser {
 
     fn unary_expr(&mut self) -> PResult<Expr> {
         if self.is_sym("-") {
-            let sp = self.bump().span;
-            self.depth += 1;
-            if self.depth > MAX_DEPTH {
-                self.depth -= 1;
-                return self.error("a less deeply nested expression");
-            }
-            let e = self.unary_expr();
-            self.depth -= 1;
-            let e = e?;
-            let span = sp.to(e.span);
-            return Some(Expr {
-                kind: ExprKind::Unary(UnOp::Neg, Box::new(e)),
-                span,
-            });
+            return self.prefix(UnOp::Neg, Self::unary_expr);
         }
         self.postfix_expr()
     }
