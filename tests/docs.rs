@@ -47,3 +47,24 @@ fn rule_language_doc_examples_hold() {
         assert!(err.contains("3 errors"), "all errors in one pass: {err}");
     }
 }
+
+#[test]
+fn readme_diagnostics_are_what_check_prints() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let file = root.join("docs/examples/broken.tl");
+    let mut c = tripline::rules::Compiler::new();
+    c.add_source(
+        "docs/examples/broken.tl",
+        &std::fs::read_to_string(&file).unwrap(),
+    );
+    let shown = match c.compile() {
+        Ok(_) => panic!("docs/examples/broken.tl must not compile"),
+        Err(e) => e.to_string(),
+    };
+    assert!(shown.ends_with("3 errors"), "{shown}");
+    assert!(
+        readme.contains(&shown),
+        "README must quote `tripline check docs/examples/broken.tl`:\n{shown}"
+    );
+}

@@ -492,7 +492,18 @@ impl Parser {
             } else if self.eat_kw("last") {
                 false
             } else {
-                return self.error("`next`, `first STAGE` or `last STAGE`");
+                let word = match self.peek() {
+                    Tok::Ident(w) => Some(w.clone()),
+                    _ => None,
+                };
+                let r = self.error("`next`, `first STAGE` or `last STAGE`");
+                if let Some(s) =
+                    word.and_then(|w| super::diag::suggest(&w, ["next", "first", "last"]))
+                    && let Some(last) = self.errors.last_mut()
+                {
+                    last.hint = Some(format!("did you mean `{s}`?"));
+                }
+                return r;
             };
             let stage = self.ident("a stage name")?;
             let strict = if self.eat_kw("or") {
