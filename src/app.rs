@@ -259,11 +259,12 @@ fn replay(rs: Arc<RuleSet>, events: &str, flush: bool) -> Result<ExitCode> {
         .collect();
     writeln!(
         err,
-        "replay: {} lines, {} events, {} invalid, {} late, {} rule errors, {} alerts ({}), {} buffered at end; {:.3} s, {:.0} events/s",
+        "replay: {} lines, {} events, {} invalid, {} late, {} without some rule's key, {} rule errors, {} alerts ({}), {} buffered at end; {:.3} s, {:.0} events/s",
         summary.lines,
         stats.events,
         summary.invalid,
         summary.late,
+        stats.unkeyed,
         summary.errors,
         stats.alerts,
         by_rule.join(", "),

@@ -65,6 +65,9 @@ pub struct EngineStats {
     pub alerts: u64,
     /// Rule errors.
     pub rule_errors: u64,
+    /// Times an event lacked the key field of some rules (those rules skipped it;
+    /// events without the stream's own key are rejected by the decoder).
+    pub unkeyed: u64,
 }
 
 /// The state of one key for the rules of one keying.
@@ -245,6 +248,7 @@ impl Engine {
         for (ki, keying) in rules.keyings.iter().enumerate() {
             let key_value = event.field(keying.slot);
             if key_value.is_null() {
+                self.stats.unkeyed += 1;
                 continue;
             }
             let key = ValueKey::from(key_value);

@@ -133,7 +133,13 @@ impl RuleSet {
             });
         }
         let schema = Arc::new(def.schema.clone());
-        let key_slots: Vec<Slot> = keyings.iter().map(|k| k.slot).collect();
+        // The stream's key is required; rules keyed by other fields skip events
+        // without them (counted by the engine), so those are checked for type only.
+        let stream_key = def.schema.slot(&def.stream.key);
+        let key_slots: Vec<(Slot, bool)> = keyings
+            .iter()
+            .map(|k| (k.slot, Some(k.slot) == stream_key))
+            .collect();
         let decoder = Decoder::new(
             schema,
             def.time_slot,

@@ -53,7 +53,7 @@ impl EventSnapshot {
 struct Meta {
     watermark: WatermarkTracker,
     buffered: Vec<EventSnapshot>,
-    stats: (u64, u64, u64, u64),
+    stats: (u64, u64, u64, u64, u64),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -91,6 +91,7 @@ impl Engine {
                 self.stats.late,
                 self.stats.alerts,
                 self.stats.rule_errors,
+                self.stats.unkeyed,
             ),
         };
         batch.push((META_KEY.to_vec(), Some(encode(hash, &meta))));
@@ -155,6 +156,7 @@ impl Engine {
             late: meta.stats.1,
             alerts: meta.stats.2,
             rule_errors: meta.stats.3,
+            unkeyed: meta.stats.4,
         };
         for (k, v) in store.scan_prefix(KEY_PREFIX)? {
             let keying = k

@@ -55,18 +55,20 @@ pub enum DecodeError {
 pub struct Decoder {
     schema: Arc<Schema>,
     time_slot: Slot,
-    key_slots: Vec<Slot>,
+    /// Key fields, and whether each must be present.
+    key_slots: Vec<(Slot, bool)>,
     time_format: TimeFormat,
     max_record_bytes: usize,
 }
 
 impl Decoder {
-    /// A decoder reading `time_slot` as the event time and requiring every
-    /// slot in `key_slots` to hold a key.
+    /// A decoder reading `time_slot` as the event time. Each `(slot, required)`
+    /// in `key_slots` must hold a string, number or boolean when present, and
+    /// must be present when `required`.
     pub fn new(
         schema: Arc<Schema>,
         time_slot: Slot,
-        key_slots: Vec<Slot>,
+        key_slots: Vec<(Slot, bool)>,
         time_format: TimeFormat,
         max_record_bytes: usize,
     ) -> Decoder {
@@ -95,10 +97,12 @@ impl Decoder {
         let text = std::str::from_utf8(bytes).map_err(|e| DecodeError::NotUtf8(e.valid_up_to()))?;
         let text = text.trim_end_matches(['\n', '\r']);
         let mut fields: SmallVec<[Value; 8]> = SmallVec::from_elem(Value::Null, self.schema.len());
+        let mut nested: u64 = 0;
         let mut de = serde_json::Deserializer::from_str(text);
         let top = ObjectSeed {
             node: &self.schema.root,
             slots: &mut fields,
+            nested: &mut nested,
             top: true,
         };
         match top
@@ -109,13 +113,20 @@ impl Decoder {
             Ok(Some(kind)) => return Err(DecodeError::NotAnObject(kind)),
             Err(e) => return Err(DecodeError::Json(e.to_string())),
         }
-        for &k in &self.key_slots {
-            match &fields[k as usize] {
-                Value::Null => {
-                    return Err(DecodeError::MissingKey(self.schema.path(k).to_string()));
-                }
-                Value::Str(_) | Value::Num(_) | Value::Bool(_) => {}
+        let is_nested = |slot: Slot| slot < 64 && nested & (1 << slot) != 0;
+        for &(k, required) in &self.key_slots {
+            if is_nested(k) {
+                return Err(DecodeError::BadKey(self.schema.path(k).to_string()));
             }
+            if required && fields[k as usize].is_null() {
+                return Err(DecodeError::MissingKey(self.schema.path(k).to_string()));
+            }
+        }
+        if is_nested(self.time_slot) {
+            return Err(DecodeError::BadTime {
+                field: self.schema.path(self.time_slot).to_string(),
+                value: "an object or array".into(),
+            });
         }
         let time = self.read_time(&fields[self.time_slot as usize])?;
         Ok(Event {
@@ -146,6 +157,8 @@ impl Decoder {
 struct ObjectSeed<'a> {
     node: &'a TrieNode,
     slots: &'a mut [Value],
+    /// Bit per slot (first 64): the field held an object or array.
+    nested: &'a mut u64,
     top: bool,
 }
 
@@ -170,6 +183,7 @@ impl<'de> Visitor<'de> for ObjectSeed<'_> {
                     map.next_value_seed(FieldSeed {
                         node,
                         slots: &mut *self.slots,
+                        nested: &mut *self.nested,
                     })?;
                 }
                 None => {
@@ -228,12 +242,20 @@ impl<'de, 'a> Visitor<'de> for KeySeed<'a> {
 struct FieldSeed<'a> {
     node: &'a TrieNode,
     slots: &'a mut [Value],
+    nested: &'a mut u64,
 }
 
 impl FieldSeed<'_> {
     fn store(self, v: Value) {
         if let Some(s) = self.node.slot {
             self.slots[s as usize] = v;
+        }
+    }
+
+    /// The field is an object or array where the rules read a value.
+    fn mark_nested(&mut self) {
+        if let Some(s) = self.node.slot.filter(|s| *s < 64) {
+            *self.nested |= 1 << s;
         }
     }
 }
@@ -273,14 +295,17 @@ impl<'de> Visitor<'de> for FieldSeed<'_> {
     fn visit_unit<E>(self) -> Result<(), E> {
         Ok(())
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+        self.mark_nested();
         while seq.next_element::<IgnoredAny>()?.is_some() {}
         Ok(())
     }
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+    fn visit_map<A: MapAccess<'de>>(mut self, map: A) -> Result<(), A::Error> {
+        self.mark_nested();
         ObjectSeed {
             node: self.node,
             slots: self.slots,
+            nested: self.nested,
             top: false,
         }
         .visit_map(map)
@@ -298,7 +323,7 @@ mod tests {
         let key = s.intern(&FieldPath::parse("card.id").unwrap());
         let time = s.intern(&FieldPath::single("ts"));
         s.intern(&FieldPath::single("amount"));
-        Decoder::new(Arc::new(s), time, vec![key], TimeFormat::Auto, 1024)
+        Decoder::new(Arc::new(s), time, vec![(key, true)], TimeFormat::Auto, 1024)
     }
 
     #[test]
@@ -330,6 +355,18 @@ mod tests {
         assert!(matches!(err(&[b'{'; 2000]), DecodeError::TooLarge { .. }));
         assert!(matches!(err(b"{\"a\":\"\xff\"}"), DecodeError::NotUtf8(_)));
         assert!(matches!(err(b"{} {}"), DecodeError::Json(_)));
+        assert!(matches!(
+            err(br#"{"card":{"id":{"x":1}},"ts":1}"#),
+            DecodeError::BadKey(_)
+        ));
+        assert!(matches!(
+            err(br#"{"card":{"id":[1]},"ts":1}"#),
+            DecodeError::BadKey(_)
+        ));
+        assert!(matches!(
+            err(br#"{"card":{"id":1},"ts":{"s":1}}"#),
+            DecodeError::BadTime { .. }
+        ));
     }
 
     #[test]
