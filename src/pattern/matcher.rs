@@ -53,15 +53,20 @@ impl Partial {
 
     /// The taken events, oldest first.
     pub fn path(&self) -> Vec<(StageId, Arc<Event>)> {
-        let mut v = Vec::new();
-        let mut n = self.node.as_ref();
-        while let Some(node) = n {
-            v.push((node.stage, node.event.clone()));
-            n = node.prev.as_ref();
-        }
-        v.reverse();
-        v
+        chain(self.node.as_ref())
     }
+}
+
+/// The events of the chain ending at `last`, oldest first.
+fn chain(last: Option<&Arc<Node>>) -> Vec<(StageId, Arc<Event>)> {
+    let mut v = Vec::new();
+    let mut n = last;
+    while let Some(node) = n {
+        v.push((node.stage, node.event.clone()));
+        n = node.prev.as_ref();
+    }
+    v.reverse();
+    v
 }
 
 /// The per-key state of one rule's matcher.
@@ -752,14 +757,7 @@ impl Matcher {
                 let p = *p as usize;
                 if self.nfa.pred_depends_on_match[p] {
                     if ctx.path.is_none() {
-                        let mut v = Vec::new();
-                        let mut n = ctx.node;
-                        while let Some(node) = n {
-                            v.push((node.stage, node.event.clone()));
-                            n = node.prev.as_ref();
-                        }
-                        v.reverse();
-                        ctx.path = Some(v);
+                        ctx.path = Some(chain(ctx.node));
                     }
                     let path: &MatchPath = ctx.path.as_deref().unwrap_or(&[]);
                     if self.nfa.inclusive {

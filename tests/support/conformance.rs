@@ -533,10 +533,6 @@ pub fn run_case(case: &J) -> Result<(), String> {
     want.sort();
     got.sort();
     if want != got {
-        let show = |v: &Vec<Vec<String>>, evs: &[Vec<Arc<Event>>]| -> String {
-            let _ = evs;
-            format!("{} matches", v.len())
-        };
         let refs_of = |m: &Vec<Arc<Event>>| -> Vec<String> {
             m.iter()
                 .map(|e| {
@@ -550,9 +546,9 @@ pub fn run_case(case: &J) -> Result<(), String> {
         };
         let got_refs: Vec<Vec<String>> = matches.iter().map(refs_of).collect();
         return Err(format!(
-            "matches differ: want {} got {}\n want {}\n got  {:?}\n{dsl}",
-            show(&want, &[]),
+            "matches differ: want {} matches, got {}\n want {}\n got  {:?}\n{dsl}",
             want.len(),
+            got.len(),
             expected,
             got_refs
         ));
