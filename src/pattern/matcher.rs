@@ -465,6 +465,16 @@ impl Matcher {
         st.deadline = st.compute_deadline(nfa).unwrap_or(i64::MAX);
     }
 
+    /// Whether predicate `p` holds for `event`, outside any partial match.
+    fn pred_holds(&self, p: usize, event: &Arc<Event>, windows: &[Value]) -> bool {
+        let scope = Scope {
+            event,
+            path: &[],
+            windows,
+        };
+        holds(&self.nfa.preds[p], scope)
+    }
+
     /// Feeds one event (after `advance_time` to its time).
     pub fn process(
         &self,
@@ -475,12 +485,7 @@ impl Matcher {
         out: &mut Vec<Output>,
     ) -> Result<(), PartialLimitExceeded> {
         if let Some((stage, pred)) = self.single {
-            let scope = Scope {
-                event,
-                path: &[],
-                windows,
-            };
-            if holds(&self.nfa.preds[pred as usize], scope) {
+            if self.pred_holds(pred as usize, event, windows) {
                 out.push(Output::Match(vec![(stage, event.clone())]));
             }
             return Ok(());
@@ -503,15 +508,9 @@ impl Matcher {
         scratch: &mut Scratch,
         out: &mut Vec<Output>,
     ) -> Result<(), PartialLimitExceeded> {
-        let nfa = &*self.nfa;
         let mut symbol = 0u8;
-        for (p, pred) in nfa.preds.iter().enumerate() {
-            let scope = Scope {
-                event,
-                path: &[],
-                windows,
-            };
-            if holds(pred, scope) {
+        for p in 0..self.nfa.preds.len() {
+            if self.pred_holds(p, event, windows) {
                 symbol |= 1 << p;
             }
         }
