@@ -20,7 +20,37 @@
 //!   watermark releases them, keeps per-key state and emits
 //!   [`engine::Alert`]s.
 //!
-//! Start with [`engine::RuleSet::load`] and [`engine::Engine::on_event`].
+//! Start with [`engine::RuleSet::load`] and [`engine::Engine::on_event`]:
+//!
+//! ```
+//! use tripline::engine::{Engine, Outputs, RuleSet};
+//!
+//! let rules = RuleSet::from_source("example.tl", r#"
+//!     stream payments { key card  time ts  time format epoch_ms }
+//!     rule probe_then_cashout {
+//!         within 1h
+//!         pattern {
+//!             probe: amount < 2 repeat 2 consecutive
+//!             then cashout: amount > 500
+//!         }
+//!     }
+//! "#, None)?;
+//! let mut engine = Engine::new(rules.clone());
+//! let mut out = Outputs::default();
+//! for (i, line) in [
+//!     r#"{"card":"c1","ts":1000,"amount":1}"#,
+//!     r#"{"card":"c1","ts":2000,"amount":1}"#,
+//!     r#"{"card":"c1","ts":9000,"amount":900}"#,
+//! ].iter().enumerate() {
+//!     let event = rules.decoder.decode(line.as_bytes(), i as u64)?;
+//!     engine.on_event(event, &mut out);
+//! }
+//! engine.finish(&mut out);
+//! assert_eq!(out.alerts.len(), 1);
+//! assert_eq!(&*out.alerts[0].rule, "probe_then_cashout");
+//! assert_eq!(out.alerts[0].matches[0].1.len(), 2); // the two probes: the evidence
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 pub mod engine;
 pub mod event;
