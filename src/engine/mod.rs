@@ -343,8 +343,17 @@ impl Engine {
     /// is busy but momentarily idle keeps its allocations.
     pub fn sweep_idle_keys(&mut self) {
         self.since_sweep = 0;
-        for keys in &mut self.keys {
-            keys.retain(|_, ks| !is_idle(ks));
+        let now = self.watermark.current();
+        for (keying, keys) in self.keys.iter_mut().enumerate() {
+            let rules = &self.rules.keyings[keying].rules;
+            keys.retain(|_, ks| {
+                for (local, &ri) in rules.iter().enumerate() {
+                    self.rules.rules[ri]
+                        .matcher
+                        .expire_lazy(&mut ks.matchers[local], now);
+                }
+                !is_idle(ks)
+            });
         }
     }
 }

@@ -8,10 +8,13 @@
 //! counted repetitions. `regex-automata` compiles that into a dense DFA that
 //! says, one transition per event, whether some match ends at this event.
 //!
-//! A key in lazy mode keeps only the DFA state and the events of the last
-//! `within`; the explicit matcher runs over those events only when the DFA
-//! reports a match end, and keeps the matches that end at the current event.
-//! Partial matches that never complete cost nothing.
+//! A key in lazy mode keeps the DFA state and the events of the last
+//! `within`. The explicit matcher is kept behind, as a shadow: when the DFA
+//! reports a match end it catches up on the events since it last ran (or
+//! starts over from the window if it is further behind) and reports the
+//! matches that end at the current event. Each event is matched at most once,
+//! and only for keys that produce matches; keys whose partial matches never
+//! complete cost a DFA step per event.
 //!
 //! Eligible rules: no skip strategy, a `within`, no negation, group, `until`,
 //! greedy or timeout reporting, at most 8 stage conditions, none of which
@@ -57,6 +60,14 @@ pub struct LazyState {
     pub dfa_state: StateID,
     /// The key's events of the last window, with their symbols.
     pub recent: VecDeque<(Arc<Event>, u8)>,
+    /// Position (a per-key event counter) of the first event in `recent`.
+    pub front_pos: u64,
+    /// The explicit matcher, kept behind the DFA: its state and the position
+    /// of the last event it processed. It catches up only when the DFA reports
+    /// a match end, so each event is matched at most once, and only for keys
+    /// that produce matches. Not snapshotted: after a restore it is rebuilt
+    /// from the window.
+    pub shadow: Option<(Box<super::MatcherState>, u64)>,
 }
 
 impl SymbolDfa {
@@ -196,23 +207,35 @@ impl SymbolDfa {
         LazyState {
             dfa_state: self.start,
             recent: VecDeque::new(),
+            front_pos: 0,
+            shadow: None,
         }
     }
 
     /// Feeds one event's symbol; returns whether a match of the pattern's
     /// language ends at this event.
     pub fn step(&self, st: &mut LazyState, event: &Arc<Event>, symbol: u8) -> bool {
-        while st
-            .recent
-            .front()
-            .is_some_and(|(e, _)| event.time.saturating_sub(e.time) >= self.window)
-        {
-            st.recent.pop_front();
-        }
+        self.expire(st, event.time);
         st.recent.push_back((event.clone(), symbol));
         st.dfa_state = self.dfa.next_state(st.dfa_state, symbol);
         self.dfa
             .is_match_state(self.dfa.next_eoi_state(st.dfa_state))
+    }
+
+    /// Drops the window's events that no match ending at `now` or later can
+    /// use, and the shadow matcher once the window is empty.
+    pub fn expire(&self, st: &mut LazyState, now: i64) {
+        while st
+            .recent
+            .front()
+            .is_some_and(|(e, _)| now.saturating_sub(e.time) >= self.window)
+        {
+            st.recent.pop_front();
+            st.front_pos += 1;
+        }
+        if st.recent.is_empty() {
+            st.shadow = None;
+        }
     }
 
     /// Rebuilds the DFA state from the recent symbols (after a restore): only

@@ -289,6 +289,7 @@ impl MatcherState {
             (None, None) => None,
             (Some(dfa), Some(recent)) => {
                 let mut ls = dfa.new_state();
+                // The shadow matcher is not stored; it is rebuilt from the window.
                 for &(e, sym) in recent {
                     let ev = events.get(e as usize).ok_or_else(|| {
                         SnapshotMismatch(format!("recent event {e} out of range"))
@@ -465,6 +466,14 @@ impl Matcher {
         st.deadline = st.compute_deadline(nfa).unwrap_or(i64::MAX);
     }
 
+    /// Lets go of lazy-mode events too old for any future match (keys that went
+    /// quiet would otherwise keep their last window forever).
+    pub fn expire_lazy(&self, st: &mut MatcherState, now: i64) {
+        if let (Some(dfa), Some(ls)) = (&self.lazy, st.lazy.as_mut()) {
+            dfa.expire(ls, now);
+        }
+    }
+
     /// Whether predicate `p` holds for `event`, outside any partial match.
     fn pred_holds(&self, p: usize, event: &Arc<Event>, windows: &[Value]) -> bool {
         let scope = Scope {
@@ -517,31 +526,44 @@ impl Matcher {
         if !dfa.step(ls, event, symbol) {
             return Ok(());
         }
-        let mut replay = MatcherState {
-            lazy: None,
-            ..self.new_state()
-        };
-        let mut produced = Vec::new();
-        let mut result = Ok(());
         let last = ls.recent.len() - 1;
+        let last_pos = ls.front_pos + last as u64;
         // No match starts before the first event that meets a first stage.
-        let from = ls
+        let first_start = ls
             .recent
             .iter()
             .position(|(_, s)| s & dfa.start_mask != 0)
             .unwrap_or(last);
-        for (i, (e, sym)) in ls.recent.iter().enumerate().skip(from) {
+        // Continue the shadow matcher if it has seen everything since that
+        // event; otherwise start over from it.
+        let (mut shadow, mut next) = match ls.shadow.take() {
+            Some((st, pos)) if pos + 1 >= ls.front_pos + first_start as u64 => {
+                (st, (pos + 1 - ls.front_pos) as usize)
+            }
+            _ => (
+                Box::new(MatcherState {
+                    lazy: None,
+                    ..self.new_state()
+                }),
+                first_start,
+            ),
+        };
+        let mut produced = Vec::new();
+        let mut result = Ok(());
+        while next <= last {
+            let (e, sym) = &ls.recent[next];
             produced.clear();
-            self.advance_time(&mut replay, e.time, &mut produced);
+            self.advance_time(&mut shadow, e.time, &mut produced);
             if let Err(err) =
-                self.process_streaming(&mut replay, e, &[], scratch, &mut produced, Some(*sym))
+                self.process_streaming(&mut shadow, e, &[], scratch, &mut produced, Some(*sym))
             {
                 result = Err(err);
             }
-            if i == last {
-                out.append(&mut produced);
-            }
+            next += 1;
         }
+        // Only the current event can end a match: the DFA reported none before it.
+        out.append(&mut produced);
+        ls.shadow = Some((shadow, last_pos));
         result
     }
 
