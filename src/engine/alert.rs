@@ -60,7 +60,7 @@ impl Alert {
                 h.update(&xxhash_rust::xxh3::xxh3_64(e.raw.as_bytes()).to_le_bytes());
             }
         }
-        format!("{:032x}", h.digest128())
+        hex32(h.digest128())
     }
 
     /// One line of JSON (no trailing newline).
@@ -120,6 +120,16 @@ impl Alert {
         }
         out.extend_from_slice(b"}}");
     }
+}
+
+/// The 32 lower-case hex digits of `v` (what `{:032x}` prints, without the
+/// formatting machinery: an id is computed for every alert).
+fn hex32(v: u128) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    (0..32)
+        .rev()
+        .map(|i| DIGITS[((v >> (i * 4)) & 0xf) as usize] as char)
+        .collect()
 }
 
 mod erased {
@@ -187,5 +197,8 @@ mod tests {
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
         assert_eq!(keys.len(), 9);
         assert!(line.starts_with(r#"{"id":"00ff","rule":"#), "{line}");
+        for v in [0u128, 1, 0xdead_beef, u128::MAX, 1 << 127] {
+            assert_eq!(hex32(v), format!("{v:032x}"));
+        }
     }
 }
