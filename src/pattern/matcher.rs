@@ -505,9 +505,9 @@ impl Matcher {
         }
     }
 
-    /// Lazy mode: one DFA step; the explicit matcher runs over the window's
-    /// events only when a match ends here, and only its matches that end at
-    /// this event are kept.
+    /// Lazy mode: one DFA step; only when the DFA reports a match end does the
+    /// shadow matcher catch up on the events it has not seen, and its matches
+    /// (which all end at this event) are reported.
     fn process_lazy(
         &self,
         dfa: &SymbolDfa,
