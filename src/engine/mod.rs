@@ -153,6 +153,8 @@ impl Engine {
         let frontier = w.saturating_add(1);
         let event = Arc::new(event);
         if self.buffer.is_empty() && event.time <= frontier {
+            // Deadlines up to the event's time fire first, as on the buffered path.
+            self.fire_timers(event.time, out);
             self.dispatch(event, out);
             self.fire_timers(frontier, out);
         } else {
