@@ -132,3 +132,37 @@ fn snapshot_of_other_rules_is_refused() {
         Ok(_) => panic!("a snapshot of other rules must be refused"),
     }
 }
+
+#[test]
+fn snapshot_times_no_event_can_have_are_refused() {
+    use tripline::pattern::matcher::{MatcherSnapshot, MatcherState, PartialSnapshot};
+    // Found by damaged_snapshots_are_errors_not_panics: a partial match starting
+    // near i64::MAX gets a saturated deadline that advancing time never reaches,
+    // so the engine re-fired the same timer forever.
+    let rs = rules();
+    let nfa = &rs.rules[0].matcher.nfa;
+    let start = PartialSnapshot {
+        state: nfa.start,
+        node: None,
+        start_ts: 0,
+        prev_ts: 0,
+        start: None,
+    };
+    let stranded = PartialSnapshot {
+        state: nfa.states.len() as u32 - 1,
+        node: None,
+        start_ts: i64::MAX - 5,
+        prev_ts: i64::MAX - 5,
+        start: Some((i64::MAX - 5, 0)),
+    };
+    let snap = |partials| MatcherSnapshot {
+        nodes: vec![],
+        partials,
+        completed: vec![],
+        recent: None,
+    };
+    let ok = MatcherState::from_snapshot(&snap(vec![start.clone()]), &[], nfa, None);
+    assert!(ok.is_ok(), "{ok:?}");
+    let bad = MatcherState::from_snapshot(&snap(vec![stranded, start]), &[], nfa, None);
+    assert!(bad.unwrap_err().to_string().contains("out of range"));
+}

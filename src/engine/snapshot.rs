@@ -4,7 +4,7 @@
 //! the key's matched events stored once).
 
 use super::{Engine, EngineStats, KeyState};
-use crate::event::{Event, Value, ValueKey};
+use crate::event::{Event, MAX_EVENT_TIME_MS, Value, ValueKey};
 use crate::pattern::matcher::{EventTable, MatcherSnapshot, MatcherState};
 use crate::state::{SnapshotError, StateStore, decode, encode};
 use crate::time::WatermarkTracker;
@@ -34,6 +34,12 @@ impl EventSnapshot {
         }
     }
     fn into_event(self, slots: usize) -> Result<Event, SnapshotError> {
+        if self.time.abs() > MAX_EVENT_TIME_MS {
+            return Err(SnapshotError::Corrupt(format!(
+                "event time {} out of range",
+                self.time
+            )));
+        }
         if self.fields.len() != slots {
             return Err(SnapshotError::Corrupt(format!(
                 "event with {} fields, rules read {slots}",
@@ -200,6 +206,15 @@ impl Engine {
                         snap.key
                     )));
                 }
+            }
+            if snap
+                .timer
+                .is_some_and(|t| t.abs() > MAX_EVENT_TIME_MS.saturating_mul(2))
+            {
+                return Err(SnapshotError::Corrupt(format!(
+                    "key {} timer out of range",
+                    snap.key
+                )));
             }
             let key = ValueKey::from(&snap.key);
             if let Some(t) = snap.timer {

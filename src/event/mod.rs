@@ -12,7 +12,9 @@ mod value;
 
 pub use decode::{DecodeError, Decoder};
 pub use schema::{FieldPath, Schema, Slot};
-pub use timefmt::{EventTime, TimeFormat, epoch_to_millis, format_time, parse_time_str};
+pub use timefmt::{
+    EventTime, MAX_EVENT_TIME_MS, TimeFormat, epoch_to_millis, format_time, parse_time_str,
+};
 pub use value::{Value, ValueKey, json_number};
 
 use smallvec::SmallVec;

@@ -20,6 +20,11 @@ pub enum TimeFormat {
     EpochSeconds,
 }
 
+/// The largest event time magnitude accepted (ms; about 285,000 years):
+/// times stay far from `i64` overflow, so deadlines computed from them never
+/// saturate. Decoding and snapshot restore both enforce it.
+pub const MAX_EVENT_TIME_MS: i64 = 9_000_000_000_000_000;
+
 /// Below this magnitude an epoch number is read as seconds under `Auto`
 /// (10^11 s is the year 5138; 10^11 ms is 1973).
 const AUTO_SECONDS_LIMIT: f64 = 1e11;
@@ -77,7 +82,7 @@ pub fn epoch_to_millis(n: f64, format: TimeFormat) -> Option<EventTime> {
         TimeFormat::Auto => n,
     };
     // i64 milliseconds cover ±292 million years; reject what would saturate.
-    if ms.abs() > 9.0e15 {
+    if ms.abs() > MAX_EVENT_TIME_MS as f64 {
         return None;
     }
     Some(ms.round() as i64)

@@ -9,7 +9,7 @@
 use super::eval::{MatchPath, Scope, holds};
 use super::lazy::{LazyState, SymbolDfa};
 use super::nfa::{Action, Cond, CondId, Nfa, StateId, StateKind};
-use crate::event::{Event, Value};
+use crate::event::{Event, MAX_EVENT_TIME_MS, Value};
 use crate::rules::{SkipDef, StageId};
 use std::sync::Arc;
 
@@ -251,6 +251,13 @@ impl MatcherState {
         let mut unflat = |p: &PartialSnapshot| -> Result<Partial, SnapshotMismatch> {
             if (p.state as usize) >= nfa.states.len() {
                 return Err(SnapshotMismatch(format!("state {} out of range", p.state)));
+            }
+            // Times no event can have would make deadlines saturate and never fire.
+            let times = [p.start_ts, p.prev_ts, p.start.map_or(0, |s| s.0)];
+            if times.iter().any(|t| t.abs() > MAX_EVENT_TIME_MS) {
+                return Err(SnapshotMismatch(format!(
+                    "partial match times {times:?} out of range"
+                )));
             }
             let node = match p.node {
                 None => None,
