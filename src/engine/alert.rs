@@ -78,19 +78,18 @@ impl Alert {
     pub fn write_json(&self, out: &mut Vec<u8>) {
         // serde_json only fails on non-string keys or writer errors; neither
         // can happen for strings and values written to a Vec.
-        let put = |v: &dyn erased::Json, out: &mut Vec<u8>| v.write(out);
         out.extend_from_slice(b"{\"id\":");
-        put(&self.id.as_str(), out);
+        put_json(out, &self.id.as_str());
         out.extend_from_slice(b",\"rule\":");
-        put(&&*self.rule, out);
+        put_json(out, &&*self.rule);
         out.extend_from_slice(b",\"key\":");
-        put(&self.key.to_json(), out);
+        put_json(out, &self.key.to_json());
         out.extend_from_slice(b",\"event_time\":");
-        put(&format_time(self.event_time).as_str(), out);
+        put_json(out, &format_time(self.event_time).as_str());
         out.extend_from_slice(b",\"severity\":");
-        put(&self.severity, out);
+        put_json(out, &self.severity);
         out.extend_from_slice(b",\"score\":");
-        put(&crate::event::json_number(self.score), out);
+        put_json(out, &crate::event::json_number(self.score));
         out.extend_from_slice(match self.kind {
             AlertKind::Match => b",\"kind\":\"match\",\"matches\":{",
             AlertKind::Timeout => b",\"kind\":\"timeout\",\"matches\":{",
@@ -99,7 +98,7 @@ impl Alert {
             if i > 0 {
                 out.push(b',');
             }
-            put(&&**stage, out);
+            put_json(out, &&**stage);
             out.extend_from_slice(b":[");
             for (j, e) in events.iter().enumerate() {
                 if j > 0 {
@@ -114,9 +113,9 @@ impl Alert {
             if i > 0 {
                 out.push(b',');
             }
-            put(&&**name, out);
+            put_json(out, &&**name);
             out.push(b':');
-            put(&v.to_json(), out);
+            put_json(out, &v.to_json());
         }
         out.extend_from_slice(b"}}");
     }
@@ -132,17 +131,10 @@ fn hex32(v: u128) -> String {
         .collect()
 }
 
-mod erased {
-    /// A value serde_json can write.
-    pub trait Json {
-        fn write(&self, out: &mut Vec<u8>);
-    }
-
-    impl<T: serde::Serialize + ?Sized> Json for T {
-        fn write(&self, out: &mut Vec<u8>) {
-            let _ = serde_json::to_writer(out, self);
-        }
-    }
+/// Appends `v` as JSON. serde_json fails only on non-string map keys or
+/// writer errors, neither possible for these values written to a Vec.
+fn put_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
+    let _ = serde_json::to_writer(out, v);
 }
 
 #[cfg(test)]
