@@ -1,5 +1,6 @@
 //! Wiring for the command line: `check` validates rules, `replay` runs them
-//! over a file of events, `test` runs the examples rule files carry.
+//! over a file of events, `test` runs the examples rule files carry, and
+//! `serve` and `demo` run the service (see `serve.rs`).
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
@@ -8,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
+use tripline::config::Config;
 use tripline::engine::{Engine, EngineOptions, Outputs, RuleSet};
 use tripline::event::{FieldPath, TimeFormat, format_time};
 use tripline::rules::{CompileError, StreamDef, parse_duration};
@@ -52,6 +54,27 @@ enum Command {
         matcher: String,
         #[command(flatten)]
         stream: StreamArgs,
+    },
+    /// Run the service: consume the input topic in a consumer group, commit
+    /// alerts and dead letters exactly once. Stops on SIGINT/SIGTERM.
+    Serve {
+        /// The configuration file (default: ./tripline.toml if it exists).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Start the embedded broker, feed it the bundled sample of card
+    /// transactions, run the service and print the alerts as they commit.
+    Demo {
+        /// The configuration file (default: ./tripline.toml if it exists);
+        /// its brokers are ignored.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Events to produce (.jsonl or .jsonl.gz).
+        #[arg(long, short, default_value = "examples/handbook-sample.jsonl.gz")]
+        events: String,
+        /// Keep serving after the sample is processed, until Ctrl-C.
+        #[arg(long)]
+        keep_running: bool,
     },
     /// Run the examples in rule files (events in, alert counts out).
     Test {
@@ -129,7 +152,62 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             replay(rs, &events, flush)
         }
         Command::Test { rules } => test_examples(&rules),
+        Command::Serve { config } => {
+            let (config, rules) = service_setup(config)?;
+            match rules {
+                Some(rules) => crate::serve::serve(config, rules),
+                None => Ok(ExitCode::from(1)),
+            }
+        }
+        Command::Demo {
+            config,
+            events,
+            keep_running,
+        } => {
+            let (config, rules) = service_setup(config)?;
+            match rules {
+                Some(rules) => crate::serve::demo(config, rules, &events, keep_running),
+                None => Ok(ExitCode::from(1)),
+            }
+        }
     }
+}
+
+/// Loads the configuration and the rules it names (`None`: the rules have
+/// errors, already printed).
+fn service_setup(path: Option<PathBuf>) -> Result<(Config, Option<Arc<RuleSet>>)> {
+    let path = path.or_else(|| {
+        let default = PathBuf::from("tripline.toml");
+        default.exists().then_some(default)
+    });
+    let config = Config::load(path.as_deref())?;
+    init_tracing();
+    let s = &config.stream;
+    let stream = StreamArgs {
+        key: s.key.clone(),
+        time: s.time.clone(),
+        time_format: s.time_format.clone(),
+        lateness: s.lateness.clone(),
+    }
+    .to_def()?;
+    let options = EngineOptions {
+        max_partials_per_key: config.rules.max_partials_per_key,
+        max_record_bytes: config.rules.max_record_bytes,
+        ..EngineOptions::default()
+    };
+    let rules = load(&config.rules.paths, stream, options)?;
+    Ok((config, rules))
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TRIPLINE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,librdkafka=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init()
+        .ok();
 }
 
 fn load(
@@ -170,7 +248,7 @@ fn check(paths: &[PathBuf], stream: Option<StreamDef>) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn open_events(path: &str) -> Result<Box<dyn BufRead>> {
+pub fn open_events(path: &str) -> Result<Box<dyn BufRead>> {
     let raw: Box<dyn Read> = if path == "-" {
         Box::new(std::io::stdin().lock())
     } else {

@@ -52,10 +52,13 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod adapters;
+pub mod config;
 pub mod engine;
 pub mod event;
 pub mod pattern;
 pub mod rules;
+pub mod runtime;
 pub mod state;
 pub mod time;
 pub mod window;

@@ -156,6 +156,11 @@ impl RuleSet {
         })
     }
 
+    /// The slot of the stream's key field.
+    pub fn stream_key_slot(&self) -> Option<Slot> {
+        self.def.schema.slot(&self.def.stream.key)
+    }
+
     /// Reads, checks and compiles rule files or directories.
     pub fn load(
         paths: &[&Path],

@@ -10,7 +10,7 @@ mod lexer;
 mod parser;
 
 pub use check::{CompileError, Compiler, Limits};
-pub use diag::{Diagnostic, Diagnostics, SourceMap, Span};
+pub use diag::{Diagnostic, Diagnostics, SourceMap, Span, suggest};
 pub use ir::*;
 pub use lexer::parse_duration;
 pub use parser::{parse_expr, parse_file};

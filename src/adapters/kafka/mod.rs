@@ -1,0 +1,88 @@
+//! Kafka at the edges of the service: client settings, topic creation, the
+//! embedded broker, and the [`service`] that consumes the input topic in a
+//! consumer group and produces alerts and dead letters exactly once.
+
+#[cfg(feature = "embedded-broker")]
+pub mod broker;
+pub mod service;
+
+use crate::config::KafkaConfig;
+use futures::executor::block_on;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+use std::time::Duration;
+
+pub use service::{Progress, ServiceError, ServiceHandle};
+
+/// How long a metadata or admin request may take.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The settings every client shares: brokers and the configured passthrough
+/// properties (TLS, SASL).
+pub fn client_config(kafka: &KafkaConfig, brokers: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers);
+    for (k, v) in &kafka.client {
+        c.set(k, v);
+    }
+    c
+}
+
+/// The partition count of each topic that exists (`None` for the others).
+pub fn partition_counts(
+    kafka: &KafkaConfig,
+    brokers: &str,
+    topics: &[&str],
+) -> Result<Vec<Option<usize>>, KafkaError> {
+    let probe: BaseConsumer = client_config(kafka, brokers).create()?;
+    let md = probe.fetch_metadata(None, ADMIN_TIMEOUT)?;
+    Ok(topics
+        .iter()
+        .map(|t| {
+            md.topics()
+                .iter()
+                .find(|m| m.name() == *t && m.error().is_none())
+                .map(|m| m.partitions().len())
+                .filter(|n| *n > 0)
+        })
+        .collect())
+}
+
+/// Creates the topics that do not exist yet with `partitions` partitions and
+/// the broker's default replication. Existing topics are left alone.
+pub fn ensure_topics(
+    kafka: &KafkaConfig,
+    brokers: &str,
+    topics: &[&str],
+    partitions: i32,
+) -> Result<(), KafkaError> {
+    let counts = partition_counts(kafka, brokers, topics)?;
+    let missing: Vec<NewTopic> = topics
+        .iter()
+        .zip(counts)
+        .filter(|(_, n)| n.is_none())
+        .map(|(t, _)| NewTopic::new(t, partitions, TopicReplication::Fixed(-1)))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let admin: AdminClient<DefaultClientContext> = client_config(kafka, brokers).create()?;
+    let opts = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
+    for result in block_on(admin.create_topics(&missing, &opts))? {
+        match result {
+            Ok(_) => {}
+            // Another member created it first.
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(KafkaError::AdminOp(code)).inspect_err(|_| {
+                    tracing::error!(topic, "cannot create topic: {code}");
+                });
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,4 @@
+//! Adapters: the service's connections to the outside world, one folder
+//! each. Only the application wiring (`app`) depends on them.
+
+pub mod kafka;

@@ -1,0 +1,493 @@
+//! The service configuration: one TOML file (`tripline.toml`) with
+//! environment overrides, read into one [`Config`] tree.
+//!
+//! Every field has a default, so an empty file is a valid configuration (it
+//! runs the shipped rules against the embedded broker). An environment
+//! variable `TRIPLINE__SECTION__FIELD` (double underscores between path
+//! segments) overrides a field; its value is read as a TOML value when it is
+//! one (`500`, `true`, `["a","b"]`) and as a string otherwise.
+//!
+//! Loading reports every problem at once: unknown fields (with the closest
+//! known name), then every failed validation check.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// The prefix of environment overrides.
+pub const ENV_PREFIX: &str = "TRIPLINE__";
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Brokers, topics and client settings.
+    pub kafka: KafkaConfig,
+    /// Where the rules are.
+    pub rules: RulesConfig,
+    /// Overrides of the rules' `stream` block.
+    pub stream: StreamConfig,
+    /// How often alerts and offsets commit.
+    pub checkpoint: CheckpointConfig,
+    /// Threads and buffers.
+    pub runtime: RuntimeConfig,
+}
+
+/// Kafka settings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers (`host:port,...`). Empty: start the embedded broker.
+    pub brokers: String,
+    /// Consumer group.
+    pub group_id: String,
+    /// Identifies this process among the group's members; it names the
+    /// transactional producer, so it must be stable across restarts (a restart
+    /// then aborts the previous run's open transaction at once) and unique
+    /// among running processes. Default: the host name.
+    pub instance_id: String,
+    /// The topic events are read from; its records are keyed by the stream key.
+    pub input_topic: String,
+    /// The topic alerts are written to (key: the rule's key).
+    pub alerts_topic: String,
+    /// The topic malformed and late events are written to, unchanged, with the
+    /// reason in record headers.
+    pub dead_letter_topic: String,
+    /// Partitions for topics tripline creates (input topic on the embedded
+    /// broker, alerts, dead letters). Existing topics are left as they are.
+    pub partitions: i32,
+    /// Consumer group session timeout.
+    pub session_timeout_ms: u64,
+    /// Producer transaction timeout: how long an unfinished transaction of a
+    /// crashed process can hold back read_committed consumers.
+    pub transaction_timeout_ms: u64,
+    /// Extra librdkafka properties for every client (TLS, SASL, tuning), e.g.
+    /// `"security.protocol" = "SASL_SSL"`.
+    pub client: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: String::new(),
+            group_id: "tripline".into(),
+            instance_id: String::new(),
+            input_topic: "transactions".into(),
+            alerts_topic: "tripline.alerts".into(),
+            dead_letter_topic: "tripline.dead-letter".into(),
+            partitions: 4,
+            session_timeout_ms: 10_000,
+            transaction_timeout_ms: 10_000,
+            client: BTreeMap::new(),
+        }
+    }
+}
+
+/// Rule files.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct RulesConfig {
+    /// Rule files or directories of `.tl` files.
+    pub paths: Vec<PathBuf>,
+    /// Most live partial matches per rule and key.
+    pub max_partials_per_key: usize,
+    /// Largest accepted record in bytes; larger ones are dead-lettered.
+    pub max_record_bytes: usize,
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        RulesConfig {
+            paths: vec![PathBuf::from("rules")],
+            max_partials_per_key: 10_000,
+            max_record_bytes: 1 << 20,
+        }
+    }
+}
+
+/// Overrides of the `stream` block of the rules (all optional).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct StreamConfig {
+    /// Key field path.
+    pub key: Option<String>,
+    /// Event-time field path.
+    pub time: Option<String>,
+    /// `auto`, `epoch_ms` or `epoch_s`.
+    pub time_format: Option<String>,
+    /// Allowed lateness, e.g. `30s`.
+    pub lateness: Option<String>,
+}
+
+/// Checkpoints: each one commits the alerts, dead letters and input offsets
+/// of the interval in one Kafka transaction.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct CheckpointConfig {
+    /// Milliseconds between commits (alert latency is at most about this
+    /// plus the watermark delay).
+    pub interval_ms: u64,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig { interval_ms: 200 }
+    }
+}
+
+/// Threads and buffers.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct RuntimeConfig {
+    /// Threads running shard actors (0: one per core).
+    pub shard_threads: usize,
+    /// Records handed to a shard in one message.
+    pub batch_size: usize,
+    /// Batches a shard may have queued before its partition is paused.
+    pub max_queued_batches: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            shard_threads: 0,
+            batch_size: 512,
+            max_queued_batches: 16,
+        }
+    }
+}
+
+/// A configuration that could not be loaded: every problem found.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    /// Where the configuration came from.
+    pub source_name: String,
+    /// One line per problem.
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{} problem(s) in the configuration {}:",
+            self.problems.len(),
+            self.source_name
+        )?;
+        for p in &self.problems {
+            writeln!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Reads `path` (absent: all defaults) and applies the environment's overrides.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let (text, name) = match path {
+            Some(p) => match std::fs::read_to_string(p) {
+                Ok(t) => (t, p.display().to_string()),
+                Err(e) => {
+                    return Err(ConfigError {
+                        source_name: p.display().to_string(),
+                        problems: vec![format!("cannot read it: {e}")],
+                    });
+                }
+            },
+            None => (String::new(), "(defaults)".to_string()),
+        };
+        Config::from_toml(&text, &name, std::env::vars())
+    }
+
+    /// Parses TOML text, applies `env` overrides and validates.
+    pub fn from_toml(
+        text: &str,
+        source_name: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let fail = |problems: Vec<String>| ConfigError {
+            source_name: source_name.to_string(),
+            problems,
+        };
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            fail(vec![e.to_string().trim_end().replace('\n', "\n    ")])
+        })?;
+        let mut problems = Vec::new();
+        for (name, value) in env {
+            let Some(path) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            if let Err(p) = apply_override(&mut table, path, &value) {
+                problems.push(format!("{name}: {p}"));
+            }
+        }
+        let mut unknown = Vec::new();
+        let config: Result<Config, _> =
+            serde_ignored::deserialize(toml::Value::Table(table), |path| {
+                unknown.push(path.to_string())
+            });
+        for path in unknown {
+            problems.push(unknown_field(&path));
+        }
+        match config {
+            Ok(c) => {
+                problems.extend(c.problems());
+                if problems.is_empty() {
+                    Ok(c)
+                } else {
+                    Err(fail(problems))
+                }
+            }
+            Err(e) => {
+                problems.push(e.to_string());
+                Err(fail(problems))
+            }
+        }
+    }
+
+    /// Every failed validation check.
+    fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let k = &self.kafka;
+        for (name, topic) in [
+            ("kafka.input_topic", &k.input_topic),
+            ("kafka.alerts_topic", &k.alerts_topic),
+            ("kafka.dead_letter_topic", &k.dead_letter_topic),
+        ] {
+            if let Err(e) = check_topic(topic) {
+                p.push(format!("{name} `{topic}`: {e}"));
+            }
+        }
+        if k.alerts_topic == k.input_topic || k.dead_letter_topic == k.input_topic {
+            p.push(
+                "kafka: the alerts and dead-letter topics must differ from the input topic".into(),
+            );
+        }
+        if k.group_id.trim().is_empty() {
+            p.push("kafka.group_id must not be empty".into());
+        }
+        if !(1..=10_000).contains(&k.partitions) {
+            p.push(format!(
+                "kafka.partitions {} must be 1..=10000",
+                k.partitions
+            ));
+        }
+        if !(1_000..=3_600_000).contains(&k.session_timeout_ms) {
+            p.push(format!(
+                "kafka.session_timeout_ms {} must be 1000..=3600000",
+                k.session_timeout_ms
+            ));
+        }
+        if !(1_000..=900_000).contains(&k.transaction_timeout_ms) {
+            p.push(format!(
+                "kafka.transaction_timeout_ms {} must be 1000..=900000",
+                k.transaction_timeout_ms
+            ));
+        }
+        for key in k.client.keys() {
+            if MANAGED_CLIENT_KEYS.contains(&key.as_str()) {
+                p.push(format!(
+                    "kafka.client.\"{key}\" is set by tripline itself (exactly-once needs it)"
+                ));
+            }
+        }
+        if self.rules.paths.is_empty() {
+            p.push("rules.paths must name at least one file or directory".into());
+        }
+        if self.rules.max_partials_per_key == 0 {
+            p.push("rules.max_partials_per_key must be at least 1".into());
+        }
+        if self.rules.max_record_bytes < 64 {
+            p.push("rules.max_record_bytes must be at least 64".into());
+        }
+        if !(10..=60_000).contains(&self.checkpoint.interval_ms) {
+            p.push(format!(
+                "checkpoint.interval_ms {} must be 10..=60000",
+                self.checkpoint.interval_ms
+            ));
+        }
+        if let Some(l) = &self.stream.lateness
+            && crate::rules::parse_duration(l).is_none()
+        {
+            p.push(format!(
+                "stream.lateness `{l}` is not a duration (e.g. 30s, 5m)"
+            ));
+        }
+        if let Some(f) = &self.stream.time_format
+            && !["auto", "epoch_ms", "epoch_s"].contains(&f.as_str())
+        {
+            p.push(format!(
+                "stream.time_format `{f}` must be auto, epoch_ms or epoch_s"
+            ));
+        }
+        if self.stream.key.is_some() != self.stream.time.is_some() {
+            p.push("stream.key and stream.time go together".into());
+        }
+        if self.runtime.batch_size == 0 || self.runtime.max_queued_batches == 0 {
+            p.push("runtime.batch_size and runtime.max_queued_batches must be at least 1".into());
+        }
+        if self.runtime.shard_threads > 1024 {
+            p.push("runtime.shard_threads must be at most 1024".into());
+        }
+        p
+    }
+}
+
+/// librdkafka properties tripline sets itself.
+const MANAGED_CLIENT_KEYS: &[&str] = &[
+    "bootstrap.servers",
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "isolation.level",
+    "transactional.id",
+    "enable.idempotence",
+];
+
+/// Kafka's topic name rule: 1–249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
+fn check_topic(t: &str) -> Result<(), &'static str> {
+    if t.is_empty() || t.len() > 249 {
+        return Err("must be 1 to 249 characters");
+    }
+    if t == "." || t == ".." {
+        return Err("is not a valid name");
+    }
+    if !t
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        return Err("may only hold letters, digits, `.`, `_` and `-`");
+    }
+    Ok(())
+}
+
+const FIELDS: &[&str] = &[
+    "kafka",
+    "rules",
+    "stream",
+    "checkpoint",
+    "runtime",
+    "brokers",
+    "group_id",
+    "instance_id",
+    "input_topic",
+    "alerts_topic",
+    "dead_letter_topic",
+    "partitions",
+    "session_timeout_ms",
+    "transaction_timeout_ms",
+    "client",
+    "paths",
+    "max_partials_per_key",
+    "max_record_bytes",
+    "key",
+    "time",
+    "time_format",
+    "lateness",
+    "interval_ms",
+    "shard_threads",
+    "batch_size",
+    "max_queued_batches",
+];
+
+fn unknown_field(path: &str) -> String {
+    let last = path.rsplit('.').next().unwrap_or(path);
+    match crate::rules::suggest(last, FIELDS.iter().copied()) {
+        Some(s) => format!("unknown field `{path}` (did you mean `{s}`?)"),
+        None => format!("unknown field `{path}`"),
+    }
+}
+
+/// Sets `a__b__c` (lower-cased) in `table` to `value`.
+fn apply_override(table: &mut toml::Table, path: &str, value: &str) -> Result<(), String> {
+    let segments: Vec<String> = path.split("__").map(|s| s.to_ascii_lowercase()).collect();
+    if segments.iter().any(|s| s.is_empty()) {
+        return Err("empty path segment".into());
+    }
+    let parsed = format!("v = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    let (last, parents) = segments.split_last().ok_or("empty path")?;
+    let mut cur = table;
+    for seg in parents {
+        let entry = cur
+            .entry(seg.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("`{seg}` is not a section"))?;
+    }
+    cur.insert(last.clone(), parsed);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_toml(
+            text,
+            "test.toml",
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let c = load("", &[]).unwrap();
+        assert_eq!(c.kafka.input_topic, "transactions");
+        assert_eq!(c.checkpoint.interval_ms, 200);
+        assert!(c.kafka.brokers.is_empty());
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let c = load(
+            "[kafka]\nbrokers = \"a:1\"\n[checkpoint]\ninterval_ms = 300",
+            &[
+                ("TRIPLINE__KAFKA__BROKERS", "b:2"),
+                ("TRIPLINE__CHECKPOINT__INTERVAL_MS", "900"),
+                ("TRIPLINE__KAFKA__CLIENT__security.protocol", "SSL"),
+                ("OTHER", "x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.kafka.brokers, "b:2");
+        assert_eq!(c.checkpoint.interval_ms, 900);
+        assert_eq!(c.kafka.client["security.protocol"], "SSL");
+    }
+
+    #[test]
+    fn reports_every_problem_at_once() {
+        let e = load(
+            "[kafka]\nbrokrs = \"x\"\nalerts_topic = \"bad topic\"\npartitions = 0\n\
+             [kafka.client]\n\"transactional.id\" = \"t\"\n[checkpoint]\ninterval_ms = 1",
+            &[],
+        )
+        .unwrap_err();
+        let text = e.to_string();
+        assert_eq!(e.problems.len(), 5, "{text}");
+        assert!(text.contains("unknown field `kafka.brokrs` (did you mean `brokers`?)"));
+        assert!(text.contains("kafka.alerts_topic `bad topic`"));
+        assert!(text.contains("kafka.partitions 0"));
+        assert!(text.contains("\"transactional.id\" is set by tripline"));
+        assert!(text.contains("checkpoint.interval_ms 1 must be"), "{text}");
+    }
+
+    #[test]
+    fn syntax_and_type_errors_are_reported() {
+        assert!(load("[kafka", &[]).is_err());
+        let e = load("[checkpoint]\ninterval_ms = \"soon\"", &[]).unwrap_err();
+        assert!(e.to_string().contains("interval_ms"), "{e}");
+    }
+
+    #[test]
+    fn shipped_example_is_valid() {
+        let text = include_str!("../tripline.toml");
+        load(text, &[]).unwrap();
+    }
+}

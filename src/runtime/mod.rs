@@ -1,0 +1,350 @@
+//! The actor runtime: one [`Shard`] actor per assigned input partition. A
+//! shard owns the [`Engine`] of its partition, and through it the per-key
+//! state machines of every key the partition carries — keys are values in
+//! the engine's maps, not mailboxes, so millions fit.
+//!
+//! Messages travel in partition order through the shard's mailbox: batches
+//! of [`Records`], and the [`Barrier`] of a checkpoint, which the shard
+//! answers with everything it produced since the previous barrier and the
+//! offset it has processed up to. Because the barrier queues behind the
+//! records, its answer is a consistent cut: the outputs are exactly those of
+//! the records before the reported offset.
+//!
+//! A shard never stops on input: a record that cannot be decoded or arrives
+//! late becomes a [`DeadLetter`], and a panic while processing one record
+//! (an engine bug) dead-letters that record and carries on.
+//!
+//! This module knows nothing of Kafka: records are plain bytes with a
+//! partition and an offset, so the runtime is tested without a broker.
+
+use crate::engine::{Alert, Engine, Outputs, RuleSet};
+use crate::event::Value;
+use actix::{Actor, Context, Handler, Message, MessageResult};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+/// One input record, copied out of the client's buffers.
+#[derive(Clone, Debug)]
+pub struct Record {
+    /// Its offset in the partition.
+    pub offset: i64,
+    /// Its key, if any.
+    pub key: Option<Vec<u8>>,
+    /// Its value (`None`: a tombstone, dead-lettered).
+    pub payload: Option<Vec<u8>>,
+}
+
+/// A batch of records of the shard's partition, in offset order.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Records(pub Vec<Record>);
+
+/// The checkpoint barrier: answered with the shard's output since the last one.
+#[derive(Message)]
+#[rtype(result = "ShardOutput")]
+pub struct Barrier;
+
+/// A record to produce.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutRecord {
+    /// Record key.
+    pub key: Vec<u8>,
+    /// Record value.
+    pub value: Vec<u8>,
+}
+
+/// Why a record was dead-lettered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeadLetterKind {
+    /// It could not be decoded as an event.
+    Malformed,
+    /// It arrived at or before the watermark.
+    Late,
+    /// Processing it failed inside tripline (a bug); it was skipped.
+    Internal,
+}
+
+impl DeadLetterKind {
+    /// The name written to the dead-letter record's headers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterKind::Malformed => "malformed",
+            DeadLetterKind::Late => "late",
+            DeadLetterKind::Internal => "internal",
+        }
+    }
+}
+
+/// An input record that was not processed, and why.
+#[derive(Clone, Debug)]
+pub struct DeadLetter {
+    /// What went wrong, in a word.
+    pub kind: DeadLetterKind,
+    /// What went wrong, for people.
+    pub reason: String,
+    /// The record's offset in the input partition.
+    pub offset: i64,
+    /// The record's key.
+    pub key: Option<Vec<u8>>,
+    /// The record's value, unchanged.
+    pub value: Vec<u8>,
+}
+
+/// What a shard produced between two barriers.
+#[derive(Debug, Default)]
+pub struct ShardOutput {
+    /// Alerts, keyed by the rule's key.
+    pub alerts: Vec<OutRecord>,
+    /// Records that were not processed.
+    pub dead_letters: Vec<DeadLetter>,
+    /// The offset after the last record processed (`None`: none yet).
+    pub next_offset: Option<i64>,
+    /// Records processed since the last barrier.
+    pub records: u64,
+    /// Rule failures since the last barrier (logged; processing went on).
+    pub rule_errors: u64,
+}
+
+/// The actor of one input partition.
+pub struct Shard {
+    partition: i32,
+    rules: Arc<RuleSet>,
+    engine: Engine,
+    pending: ShardOutput,
+    outputs: Outputs,
+    json: Vec<u8>,
+}
+
+impl Shard {
+    /// A shard for `partition` with a fresh engine.
+    pub fn new(partition: i32, rules: Arc<RuleSet>) -> Shard {
+        Shard {
+            partition,
+            engine: Engine::new(rules.clone()),
+            rules,
+            pending: ShardOutput::default(),
+            outputs: Outputs::default(),
+            json: Vec::with_capacity(1024),
+        }
+    }
+
+    /// Processes one record.
+    pub fn process(&mut self, record: Record) {
+        self.pending.records += 1;
+        self.pending.next_offset = Some(record.offset + 1);
+        let Some(payload) = record.payload else {
+            self.dead_letter(
+                DeadLetterKind::Malformed,
+                "record has no value".into(),
+                record.offset,
+                record.key,
+                Vec::new(),
+            );
+            return;
+        };
+        let event = match self.rules.decoder.decode(&payload, record.offset as u64) {
+            Ok(e) => e,
+            Err(e) => {
+                self.dead_letter(
+                    DeadLetterKind::Malformed,
+                    e.to_string(),
+                    record.offset,
+                    record.key,
+                    payload,
+                );
+                return;
+            }
+        };
+        let engine = &mut self.engine;
+        let outputs = &mut self.outputs;
+        if catch_unwind(AssertUnwindSafe(|| engine.on_event(event, outputs))).is_err() {
+            tracing::error!(
+                partition = self.partition,
+                offset = record.offset,
+                "internal error while processing a record; it was dead-lettered and skipped"
+            );
+            self.dead_letter(
+                DeadLetterKind::Internal,
+                "internal error while processing this record".into(),
+                record.offset,
+                record.key,
+                payload,
+            );
+        }
+        self.collect();
+    }
+
+    /// Takes the output since the last call.
+    pub fn take_output(&mut self) -> ShardOutput {
+        let next = self.pending.next_offset;
+        let mut out = std::mem::take(&mut self.pending);
+        self.pending.next_offset = next;
+        out.next_offset = next;
+        out
+    }
+
+    fn collect(&mut self) {
+        for alert in self.outputs.alerts.drain(..) {
+            self.json.clear();
+            alert.write_json(&mut self.json);
+            self.pending.alerts.push(OutRecord {
+                key: key_text(&alert).into_bytes(),
+                value: self.json.clone(),
+            });
+        }
+        for late in self.outputs.late.drain(..) {
+            let reason = format!(
+                "event time {} is at or before the watermark {}",
+                crate::event::format_time(late.event.time),
+                crate::event::format_time(late.watermark)
+            );
+            let key = self
+                .rules
+                .stream_key_slot()
+                .and_then(|slot| late.event.fields.get(slot as usize))
+                .map(|v| value_text(v).into_bytes());
+            self.pending.dead_letters.push(DeadLetter {
+                kind: DeadLetterKind::Late,
+                reason,
+                offset: late.event.seq as i64,
+                key,
+                value: late.event.raw.as_bytes().to_vec(),
+            });
+        }
+        for e in self.outputs.errors.drain(..) {
+            self.pending.rule_errors += 1;
+            tracing::warn!(partition = self.partition, rule = %e.rule, key = %e.key, "rule error: {}", e.message);
+        }
+    }
+
+    fn dead_letter(
+        &mut self,
+        kind: DeadLetterKind,
+        reason: String,
+        offset: i64,
+        key: Option<Vec<u8>>,
+        value: Vec<u8>,
+    ) {
+        self.pending.dead_letters.push(DeadLetter {
+            kind,
+            reason,
+            offset,
+            key,
+            value,
+        });
+    }
+}
+
+/// The text of a key value as a record key: strings without quotes.
+pub fn value_text(v: &Value) -> String {
+    match v {
+        Value::Str(s) => s.to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn key_text(alert: &Alert) -> String {
+    value_text(&alert.key)
+}
+
+impl Actor for Shard {
+    type Context = Context<Self>;
+}
+
+impl Handler<Records> for Shard {
+    type Result = ();
+    fn handle(&mut self, msg: Records, _: &mut Context<Self>) {
+        for r in msg.0 {
+            self.process(r);
+        }
+    }
+}
+
+impl Handler<Barrier> for Shard {
+    type Result = MessageResult<Barrier>;
+    fn handle(&mut self, _: Barrier, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.take_output())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> Arc<RuleSet> {
+        RuleSet::from_source(
+            "t.tl",
+            r#"stream s { key card time ts time format epoch_ms }
+               rule big { pattern { b: amount > 100 } }"#,
+            None,
+        )
+        .unwrap()
+    }
+
+    fn rec(offset: i64, v: &str) -> Record {
+        Record {
+            offset,
+            key: Some(b"k".to_vec()),
+            payload: Some(v.as_bytes().to_vec()),
+        }
+    }
+
+    #[test]
+    fn alerts_and_dead_letters_up_to_the_barrier() {
+        let mut s = Shard::new(0, rules());
+        s.process(rec(10, r#"{"card":"c1","ts":1000,"amount":500}"#));
+        s.process(rec(11, r#"{"card":"c1","ts":"#));
+        s.process(rec(12, r#"{"card":"c1","ts":1000,"amount":5}"#));
+        s.process(Record {
+            offset: 13,
+            key: None,
+            payload: None,
+        });
+        let out = s.take_output();
+        assert_eq!(out.next_offset, Some(14));
+        assert_eq!(out.records, 4);
+        assert_eq!(out.alerts.len(), 1);
+        assert_eq!(out.alerts[0].key, b"c1");
+        let alert: serde_json::Value = serde_json::from_slice(&out.alerts[0].value).unwrap();
+        assert_eq!(alert["rule"], "big");
+        let kinds: Vec<_> = out
+            .dead_letters
+            .iter()
+            .map(|d| (d.kind, d.offset))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (DeadLetterKind::Malformed, 11),
+                (DeadLetterKind::Malformed, 13)
+            ]
+        );
+        assert!(out.dead_letters[0].reason.contains("malformed JSON"));
+        assert_eq!(out.dead_letters[0].value, br#"{"card":"c1","ts":"#);
+        let again = s.take_output();
+        assert_eq!((again.records, again.next_offset), (0, Some(14)));
+    }
+
+    #[test]
+    fn late_events_are_dead_lettered_with_their_text() {
+        let mut s = Shard::new(0, rules());
+        s.process(rec(0, r#"{"card":"c1","ts":5000,"amount":1}"#));
+        s.process(rec(1, r#"{"card":"c2","ts":1000,"amount":1}"#));
+        let out = s.take_output();
+        assert_eq!(out.dead_letters.len(), 1);
+        let d = &out.dead_letters[0];
+        assert_eq!((d.kind, d.offset), (DeadLetterKind::Late, 1));
+        assert_eq!(d.key.as_deref(), Some(&b"c2"[..]));
+        assert_eq!(d.value, br#"{"card":"c2","ts":1000,"amount":1}"#);
+    }
+
+    #[actix_rt::test]
+    async fn the_barrier_answers_after_queued_records() {
+        let addr = Shard::new(0, rules()).start();
+        addr.do_send(Records(vec![rec(0, r#"{"card":"a","ts":1,"amount":101}"#)]));
+        addr.do_send(Records(vec![rec(1, r#"{"card":"b","ts":2,"amount":102}"#)]));
+        let out = addr.send(Barrier).await.unwrap();
+        assert_eq!(out.alerts.len(), 2);
+        assert_eq!(out.next_offset, Some(2));
+    }
+}

@@ -1,0 +1,238 @@
+//! Wiring of the service commands: `serve` runs tripline against Kafka until
+//! it is told to stop; `demo` does the same against the embedded broker,
+//! feeds it the bundled sample of card transactions and shows the alerts.
+
+use anyhow::{Context, Result, bail};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+use std::io::BufRead;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tripline::adapters::kafka::{self, ServiceHandle, service};
+use tripline::config::Config;
+use tripline::engine::RuleSet;
+
+/// `tripline serve`: runs until SIGINT or SIGTERM, then commits and leaves.
+pub fn serve(config: Config, rules: Arc<RuleSet>) -> Result<ExitCode> {
+    let brokers = brokers_or_embedded(&config)?;
+    let handle = service::start(config, brokers, rules)?;
+    wait_for_signal(&handle)?;
+    handle.stop();
+    handle.join()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The configured brokers, or the embedded broker with the input topic.
+fn brokers_or_embedded(config: &Config) -> Result<String> {
+    if !config.kafka.brokers.is_empty() {
+        return Ok(config.kafka.brokers.clone());
+    }
+    let brokers = embedded(config)?;
+    eprintln!(
+        "no kafka.brokers configured: started the embedded broker on {brokers}; \
+         produce events to topic `{}`",
+        config.kafka.input_topic
+    );
+    Ok(brokers)
+}
+
+#[cfg(feature = "embedded-broker")]
+fn embedded(config: &Config) -> Result<String> {
+    let addr = kafka::broker::start("127.0.0.1:0").context("starting the embedded broker")?;
+    let brokers = addr.to_string();
+    kafka::ensure_topics(
+        &config.kafka,
+        &brokers,
+        &[&config.kafka.input_topic],
+        config.kafka.partitions,
+    )?;
+    Ok(brokers)
+}
+
+#[cfg(not(feature = "embedded-broker"))]
+fn embedded(_: &Config) -> Result<String> {
+    bail!(
+        "no kafka.brokers configured, and this build has no embedded broker (feature `embedded-broker`)"
+    )
+}
+
+fn wait_for_signal(handle: &ServiceHandle) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+                _ = term.recv() => return Ok(()),
+                _ = tick.tick() => if handle.is_finished() { return Ok(()) },
+            }
+        }
+    })
+}
+
+/// `tripline demo`: the embedded broker, the bundled sample, live alerts.
+pub fn demo(
+    mut config: Config,
+    rules: Arc<RuleSet>,
+    events: &str,
+    keep_running: bool,
+) -> Result<ExitCode> {
+    config.kafka.brokers.clear();
+    let brokers = brokers_or_embedded(&config)?;
+    let produced = produce_events(&config, &brokers, &rules, events)?;
+    eprintln!(
+        "produced {produced} events from {events} to `{}`",
+        config.kafka.input_topic
+    );
+    let k = &config.kafka;
+    kafka::ensure_topics(
+        k,
+        &brokers,
+        &[&k.alerts_topic, &k.dead_letter_topic],
+        k.partitions,
+    )?;
+    let reader = AlertReader::new(&config, &brokers)?;
+    let handle = service::start(config.clone(), brokers.clone(), rules)?;
+    let progress = handle.progress().clone();
+    let mut shown = 0u64;
+    loop {
+        shown += reader.show(Duration::from_millis(100));
+        if handle.is_finished() {
+            break;
+        }
+        if !keep_running && progress.records.load(Ordering::Relaxed) >= produced {
+            break;
+        }
+    }
+    if keep_running {
+        eprintln!("processed the sample; serving on {brokers} until Ctrl-C");
+        wait_for_signal(&handle)?;
+    }
+    handle.stop();
+    handle.join()?;
+    // Alerts committed by the last checkpoint may still be on their way.
+    shown += reader.drain();
+    eprintln!(
+        "demo: {} events committed, {} alerts, {} dead-lettered, {} transactions; {shown} alerts read back from `{}` (read_committed)",
+        progress.records.load(Ordering::Relaxed),
+        progress.alerts.load(Ordering::Relaxed),
+        progress.dead_letters.load(Ordering::Relaxed),
+        progress.commits.load(Ordering::Relaxed),
+        config.kafka.alerts_topic,
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Produces each line of `path` keyed by the stream key; returns the count.
+fn produce_events(config: &Config, brokers: &str, rules: &RuleSet, path: &str) -> Result<u64> {
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        kafka::client_config(&config.kafka, brokers)
+            .set("linger.ms", "5")
+            .create()?;
+    let input = crate::app::open_events(path)?;
+    let key_slot = rules.stream_key_slot();
+    let mut n = 0u64;
+    for (i, line) in input.lines().enumerate() {
+        let line = line.with_context(|| format!("reading {path}"))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        // Keyed by the stream key so each key's events stay in one partition;
+        // lines that cannot be decoded go unkeyed (tripline dead-letters them).
+        let key = rules
+            .decoder
+            .decode(line.as_bytes(), i as u64)
+            .ok()
+            .zip(key_slot)
+            .map(|(e, s)| tripline::runtime::value_text(e.field(s)));
+        let mut record = BaseRecord::<str, str>::to(&config.kafka.input_topic).payload(&line);
+        if let Some(k) = &key {
+            record = record.key(k.as_str());
+        }
+        let mut record = Some(record);
+        while let Some(r) = record.take() {
+            if let Err((e, r)) = producer.send(r) {
+                if !matches!(
+                    e,
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull
+                    )
+                ) {
+                    bail!("producing to the input topic: {e}");
+                }
+                std::thread::sleep(Duration::from_millis(5));
+                record = Some(r);
+            }
+        }
+        n += 1;
+    }
+    producer.flush(Duration::from_secs(30))?;
+    Ok(n)
+}
+
+/// Reads the alerts topic (read_committed) and prints one line per alert.
+struct AlertReader {
+    consumer: BaseConsumer,
+}
+
+impl AlertReader {
+    fn new(config: &Config, brokers: &str) -> Result<AlertReader> {
+        let consumer: BaseConsumer = kafka::client_config(&config.kafka, brokers)
+            .set("group.id", format!("{}-demo-reader", config.kafka.group_id))
+            .set("isolation.level", "read_committed")
+            .set("enable.auto.commit", "false")
+            .create()?;
+        let topic = config.kafka.alerts_topic.clone();
+        let counts = kafka::partition_counts(&config.kafka, brokers, &[&topic])?;
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..counts[0].unwrap_or(0) as i32 {
+            tpl.add_partition_offset(&topic, p, Offset::Beginning)?;
+        }
+        consumer.assign(&tpl)?;
+        Ok(AlertReader { consumer })
+    }
+
+    /// Prints what arrives within `wait`; returns how many alerts.
+    fn show(&self, wait: Duration) -> u64 {
+        let mut n = 0;
+        let mut timeout = wait;
+        while let Some(m) = self.consumer.poll(timeout) {
+            timeout = Duration::ZERO;
+            let Ok(m) = m else { continue };
+            let Some(v) = m.payload() else { continue };
+            n += 1;
+            match serde_json::from_slice::<serde_json::Value>(v) {
+                Ok(a) => println!(
+                    "alert {:<16} key {:<8} at {}  severity {:<8} score {}",
+                    a["rule"].as_str().unwrap_or("?"),
+                    m.key().map(String::from_utf8_lossy).unwrap_or_default(),
+                    a["event_time"].as_str().unwrap_or("?"),
+                    a["severity"].as_str().unwrap_or("?"),
+                    a["score"],
+                ),
+                Err(e) => println!("unreadable alert: {e}"),
+            }
+        }
+        n
+    }
+
+    /// Reads until nothing more arrives for a second (the service has
+    /// stopped, so everything committed is readable by then).
+    fn drain(&self) -> u64 {
+        let mut n = 0;
+        loop {
+            let got = self.show(Duration::from_secs(1));
+            if got == 0 {
+                return n;
+            }
+            n += got;
+        }
+    }
+}
