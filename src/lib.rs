@@ -20,6 +20,15 @@
 //!   watermark releases them, keeps per-key state and emits
 //!   [`engine::Alert`]s.
 //!
+//! Around the core, and free to use threads, clocks and I/O:
+//!
+//! - [`runtime`]: the actix shard actors, one per input partition, each
+//!   owning that partition's engine; checkpoint barriers travel in-band.
+//! - [`adapters`]: Kafka (consumer group, transactional alerts and dead
+//!   letters, internal topics for rules keyed by other fields, the embedded
+//!   broker).
+//! - [`config`]: the service configuration (`tripline.toml` + environment).
+//!
 //! Start with [`engine::RuleSet::load`] and [`engine::Engine::on_event`]:
 //!
 //! ```

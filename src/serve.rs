@@ -107,12 +107,12 @@ pub fn demo(
         if handle.is_finished() {
             break;
         }
-        if !keep_running && progress.records.load(Ordering::Relaxed) >= produced {
+        if !keep_running && progress.caught_up(produced) {
             break;
         }
     }
     if keep_running {
-        eprintln!("processed the sample; serving on {brokers} until Ctrl-C");
+        eprintln!("serving on {brokers} until Ctrl-C");
         wait_for_signal(&handle)?;
     }
     handle.stop();

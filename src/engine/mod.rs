@@ -95,6 +95,9 @@ pub struct Engine {
     matcher_out: Vec<Output>,
     stats: EngineStats,
     since_sweep: u32,
+    /// The watermark comes only from [`Engine::advance_watermark`], not
+    /// from the events (inputs whose watermark is decided upstream).
+    external_watermark: bool,
 }
 
 impl Engine {
@@ -110,8 +113,24 @@ impl Engine {
             matcher_out: Vec::new(),
             stats: EngineStats::default(),
             since_sweep: 0,
+            external_watermark: false,
             rules,
         }
+    }
+
+    /// An engine whose watermark moves only by [`Engine::advance_watermark`]:
+    /// events wait until the watermark passes them. For input merged from
+    /// several upstream partitions, whose watermark is the minimum of theirs.
+    pub fn with_external_watermark(rules: Arc<RuleSet>) -> Engine {
+        Engine {
+            external_watermark: true,
+            ..Engine::new(rules)
+        }
+    }
+
+    /// Whether an event at `t` would be late.
+    pub fn is_late(&self, t: EventTime) -> bool {
+        self.watermark.is_late(t)
     }
 
     /// The rule set.
@@ -149,7 +168,11 @@ impl Engine {
             });
             return;
         }
-        let w = self.watermark.observe(0, event.time, 0);
+        let w = if self.external_watermark {
+            self.watermark.current()
+        } else {
+            self.watermark.observe(0, event.time, 0)
+        };
         let frontier = w.saturating_add(1);
         let event = Arc::new(event);
         if self.buffer.is_empty() && event.time <= frontier {

@@ -156,6 +156,16 @@ impl RuleSet {
         })
     }
 
+    /// The rules keyed by `slot` as a rule set of their own, with the same
+    /// schema, decoder layout and hash: what a runtime runs on events
+    /// partitioned by that field. No rule is keyed by `slot`: an empty set.
+    pub fn for_key(&self, slot: Option<Slot>) -> Arc<RuleSet> {
+        let mut def = self.def.clone();
+        def.rules.retain(|r| Some(r.key_slot) == slot);
+        def.examples.clear();
+        RuleSet::build(def, self.options)
+    }
+
     /// The slot of the stream's key field.
     pub fn stream_key_slot(&self) -> Option<Slot> {
         self.def.schema.slot(&self.def.stream.key)

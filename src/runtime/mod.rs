@@ -14,11 +14,22 @@
 //! late becomes a [`DeadLetter`], and a panic while processing one record
 //! (an engine bug) dead-letters that record and carries on.
 //!
+//! # Rules keyed by other fields
+//!
+//! The input is partitioned by the stream key. Rules keyed by another field
+//! (a terminal, a merchant) need all events with the same value of that
+//! field in one place, so a source shard *forwards* each event, keyed by
+//! that field, to an internal topic, whose shards run those rules. Their
+//! watermark is decided upstream: each source shard reports its watermark at
+//! every barrier, the coordinator writes it into every internal partition as
+//! a [`WatermarkMark`] after the forwarded events it covers, and an internal
+//! shard's watermark is the minimum over the sources that are not idle.
+//!
 //! This module knows nothing of Kafka: records are plain bytes with a
 //! partition and an offset, so the runtime is tested without a broker.
 
 use crate::engine::{Alert, Engine, Outputs, RuleSet};
-use crate::event::Value;
+use crate::event::{EventTime, Slot, Value};
 use actix::{Actor, Context, Handler, Message, MessageResult};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -32,6 +43,81 @@ pub struct Record {
     pub key: Option<Vec<u8>>,
     /// Its value (`None`: a tombstone, dead-lettered).
     pub payload: Option<Vec<u8>>,
+    /// Set on the watermark records of internal topics.
+    pub mark: Option<WatermarkMark>,
+}
+
+impl Record {
+    /// A data record.
+    pub fn data(offset: i64, key: Option<Vec<u8>>, payload: Option<Vec<u8>>) -> Record {
+        Record {
+            offset,
+            key,
+            payload,
+            mark: None,
+        }
+    }
+}
+
+/// A source partition's watermark, as written into internal topics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WatermarkMark {
+    /// The source partition.
+    pub source: u32,
+    /// Its watermark.
+    pub watermark: EventTime,
+    /// It has had no input for the configured idle time and no longer holds
+    /// the watermark back.
+    pub idle: bool,
+}
+
+impl WatermarkMark {
+    /// The header value that carries a mark: `source:watermark:idle`.
+    pub fn encode(&self) -> String {
+        format!("{}:{}:{}", self.source, self.watermark, u8::from(self.idle))
+    }
+
+    /// Reads [`WatermarkMark::encode`]'s form.
+    pub fn decode(s: &[u8]) -> Option<WatermarkMark> {
+        let s = std::str::from_utf8(s).ok()?;
+        let mut it = s.split(':');
+        let m = WatermarkMark {
+            source: it.next()?.parse().ok()?,
+            watermark: it.next()?.parse().ok()?,
+            idle: match it.next()? {
+                "0" => false,
+                "1" => true,
+                _ => return None,
+            },
+        };
+        it.next().is_none().then_some(m)
+    }
+}
+
+/// Where a source shard forwards events for rules keyed by another field.
+#[derive(Clone, Copy, Debug)]
+pub struct Forward {
+    /// Index of the target among the internal topics.
+    pub target: usize,
+    /// The field the target partitions by.
+    pub slot: Slot,
+}
+
+/// What a shard does with its partition.
+#[derive(Clone, Debug)]
+pub enum Role {
+    /// A partition of the input topic: runs the rules keyed by the stream
+    /// key and forwards events for the other keys.
+    Source {
+        /// One per other key field.
+        forward: Vec<Forward>,
+    },
+    /// A partition of an internal topic: runs the rules keyed by its field,
+    /// with the watermark of `sources` upstream partitions.
+    Internal {
+        /// The number of source partitions.
+        sources: usize,
+    },
 }
 
 /// A batch of records of the shard's partition, in offset order.
@@ -95,12 +181,18 @@ pub struct DeadLetter {
 pub struct ShardOutput {
     /// Alerts, keyed by the rule's key.
     pub alerts: Vec<OutRecord>,
+    /// Events for internal topics: (target, record).
+    pub forwarded: Vec<(usize, OutRecord)>,
+    /// The shard's watermark.
+    pub watermark: EventTime,
     /// Records that were not processed.
     pub dead_letters: Vec<DeadLetter>,
     /// The offset after the last record processed (`None`: none yet).
     pub next_offset: Option<i64>,
     /// Records processed since the last barrier.
     pub records: u64,
+    /// Of these, watermark marks.
+    pub marks: u64,
     /// Rule failures since the last barrier (logged; processing went on).
     pub rule_errors: u64,
 }
@@ -108,30 +200,66 @@ pub struct ShardOutput {
 /// The actor of one input partition.
 pub struct Shard {
     partition: i32,
+    /// The whole rule set: its decoder checks every event.
     rules: Arc<RuleSet>,
+    role: Role,
     engine: Engine,
+    /// Internal shards: each source's latest mark.
+    marks: Vec<Option<WatermarkMark>>,
     pending: ShardOutput,
     outputs: Outputs,
     json: Vec<u8>,
 }
 
 impl Shard {
-    /// A shard for `partition` with a fresh engine.
-    pub fn new(partition: i32, rules: Arc<RuleSet>) -> Shard {
+    /// A shard for `partition` with a fresh engine running `engine_rules`
+    /// (the part of `rules` its role runs; see [`RuleSet::for_key`]).
+    pub fn new(
+        partition: i32,
+        rules: Arc<RuleSet>,
+        engine_rules: Arc<RuleSet>,
+        role: Role,
+    ) -> Shard {
+        let (engine, marks) = match &role {
+            Role::Source { .. } => (Engine::new(engine_rules), Vec::new()),
+            Role::Internal { sources } => (
+                Engine::with_external_watermark(engine_rules),
+                vec![None; *sources],
+            ),
+        };
         Shard {
             partition,
-            engine: Engine::new(rules.clone()),
             rules,
+            role,
+            engine,
+            marks,
             pending: ShardOutput::default(),
             outputs: Outputs::default(),
             json: Vec::with_capacity(1024),
         }
     }
 
+    /// A source shard running all of `rules` itself (nothing forwarded).
+    pub fn standalone(partition: i32, rules: Arc<RuleSet>) -> Shard {
+        Shard::new(
+            partition,
+            rules.clone(),
+            rules,
+            Role::Source {
+                forward: Vec::new(),
+            },
+        )
+    }
+
     /// Processes one record.
     pub fn process(&mut self, record: Record) {
         self.pending.records += 1;
         self.pending.next_offset = Some(record.offset + 1);
+        if let Some(mark) = record.mark {
+            self.pending.marks += 1;
+            self.on_mark(mark);
+            return;
+        }
         let Some(payload) = record.payload else {
             self.dead_letter(
                 DeadLetterKind::Malformed,
@@ -155,6 +283,23 @@ impl Shard {
                 return;
             }
         };
+        if let Role::Source { forward } = &self.role
+            && !forward.is_empty()
+            && !self.engine.is_late(event.time)
+        {
+            for f in forward {
+                let v = event.field(f.slot);
+                if !v.is_null() {
+                    self.pending.forwarded.push((
+                        f.target,
+                        OutRecord {
+                            key: value_text(v).into_bytes(),
+                            value: payload.clone(),
+                        },
+                    ));
+                }
+            }
+        }
         let engine = &mut self.engine;
         let outputs = &mut self.outputs;
         if catch_unwind(AssertUnwindSafe(|| engine.on_event(event, outputs))).is_err() {
@@ -180,7 +325,39 @@ impl Shard {
         let mut out = std::mem::take(&mut self.pending);
         self.pending.next_offset = next;
         out.next_offset = next;
+        out.watermark = self.engine.watermark();
         out
+    }
+
+    /// An upstream watermark: the shard's own is the minimum over the
+    /// sources that are not idle (no progress while all are idle, or while a
+    /// source has not reported yet).
+    fn on_mark(&mut self, mark: WatermarkMark) {
+        let Some(slot) = self.marks.get_mut(mark.source as usize) else {
+            tracing::warn!(
+                partition = self.partition,
+                source = mark.source,
+                "watermark from an unknown source partition"
+            );
+            return;
+        };
+        *slot = Some(mark);
+        if self.marks.iter().any(Option::is_none) {
+            return;
+        }
+        let w = self
+            .marks
+            .iter()
+            .flatten()
+            .filter(|m| !m.idle)
+            .map(|m| m.watermark)
+            .min();
+        if let Some(w) = w
+            && w > self.engine.watermark()
+        {
+            self.engine.advance_watermark(w, &mut self.outputs);
+            self.collect();
+        }
     }
 
     fn collect(&mut self) {
@@ -282,24 +459,16 @@ mod tests {
     }
 
     fn rec(offset: i64, v: &str) -> Record {
-        Record {
-            offset,
-            key: Some(b"k".to_vec()),
-            payload: Some(v.as_bytes().to_vec()),
-        }
+        Record::data(offset, Some(b"k".to_vec()), Some(v.as_bytes().to_vec()))
     }
 
     #[test]
     fn alerts_and_dead_letters_up_to_the_barrier() {
-        let mut s = Shard::new(0, rules());
+        let mut s = Shard::standalone(0, rules());
         s.process(rec(10, r#"{"card":"c1","ts":1000,"amount":500}"#));
         s.process(rec(11, r#"{"card":"c1","ts":"#));
         s.process(rec(12, r#"{"card":"c1","ts":1000,"amount":5}"#));
-        s.process(Record {
-            offset: 13,
-            key: None,
-            payload: None,
-        });
+        s.process(Record::data(13, None, None));
         let out = s.take_output();
         assert_eq!(out.next_offset, Some(14));
         assert_eq!(out.records, 4);
@@ -327,7 +496,7 @@ mod tests {
 
     #[test]
     fn late_events_are_dead_lettered_with_their_text() {
-        let mut s = Shard::new(0, rules());
+        let mut s = Shard::standalone(0, rules());
         s.process(rec(0, r#"{"card":"c1","ts":5000,"amount":1}"#));
         s.process(rec(1, r#"{"card":"c2","ts":1000,"amount":1}"#));
         let out = s.take_output();
@@ -340,11 +509,118 @@ mod tests {
 
     #[actix_rt::test]
     async fn the_barrier_answers_after_queued_records() {
-        let addr = Shard::new(0, rules()).start();
+        let addr = Shard::standalone(0, rules()).start();
         addr.do_send(Records(vec![rec(0, r#"{"card":"a","ts":1,"amount":101}"#)]));
         addr.do_send(Records(vec![rec(1, r#"{"card":"b","ts":2,"amount":102}"#)]));
         let out = addr.send(Barrier).await.unwrap();
         assert_eq!(out.alerts.len(), 2);
         assert_eq!(out.next_offset, Some(2));
+    }
+
+    fn by_terminal() -> (Arc<RuleSet>, Arc<RuleSet>, Slot) {
+        let full = RuleSet::from_source(
+            "t.tl",
+            r#"stream s { key card time ts time format epoch_ms }
+               rule own { pattern { b: amount > 1000 } }
+               rule t { key term pattern { b: amount > 100 } }"#,
+            None,
+        )
+        .unwrap();
+        let slot = full
+            .def
+            .schema
+            .slot(&crate::event::FieldPath::single("term"))
+            .unwrap();
+        (full.clone(), full.for_key(Some(slot)), slot)
+    }
+
+    fn mark(offset: i64, source: u32, watermark: i64, idle: bool) -> Record {
+        Record {
+            mark: Some(WatermarkMark {
+                source,
+                watermark,
+                idle,
+            }),
+            ..Record::data(offset, None, None)
+        }
+    }
+
+    #[test]
+    fn a_source_forwards_events_for_other_keys_and_runs_its_own() {
+        let (full, _, slot) = by_terminal();
+        let own = full.for_key(full.stream_key_slot());
+        let forward = vec![Forward { target: 0, slot }];
+        let mut s = Shard::new(0, full, own, Role::Source { forward });
+        s.process(rec(
+            0,
+            r#"{"card":"c1","term":"t1","ts":1000,"amount":5000}"#,
+        ));
+        s.process(rec(1, r#"{"card":"c1","ts":2000,"amount":5000}"#));
+        let out = s.take_output();
+        assert_eq!(
+            out.alerts.len(),
+            2,
+            "rule `own` runs here, rule `t` does not"
+        );
+        assert_eq!(
+            out.forwarded.len(),
+            1,
+            "an event without `term` is not forwarded"
+        );
+        assert_eq!(out.forwarded[0].0, 0);
+        assert_eq!(out.forwarded[0].1.key, b"t1");
+        assert_eq!(
+            out.forwarded[0].1.value,
+            br#"{"card":"c1","term":"t1","ts":1000,"amount":5000}"#
+        );
+        // Lateness 0: an event at the newest time seen (2000) is still on time.
+        assert_eq!(out.watermark, 1999);
+    }
+
+    #[test]
+    fn an_internal_shard_waits_for_the_slowest_source_that_is_not_idle() {
+        let (full, by_term, _) = by_terminal();
+        let mut s = Shard::new(0, full, by_term, Role::Internal { sources: 2 });
+        s.process(rec(
+            0,
+            r#"{"card":"c1","term":"t1","ts":1000,"amount":500}"#,
+        ));
+        s.process(mark(1, 0, 5000, false));
+        assert!(
+            s.take_output().alerts.is_empty(),
+            "source 1 has not reported"
+        );
+        s.process(mark(2, 1, 500, false));
+        assert!(
+            s.take_output().alerts.is_empty(),
+            "source 1 is behind the event"
+        );
+        s.process(mark(3, 1, 500, true));
+        let out = s.take_output();
+        assert_eq!(
+            out.alerts.len(),
+            1,
+            "an idle source no longer holds it back"
+        );
+        assert_eq!((out.records, out.marks, out.watermark), (1, 1, 5000));
+        s.process(rec(
+            4,
+            r#"{"card":"c2","term":"t1","ts":6000,"amount":500}"#,
+        ));
+        s.process(mark(5, 1, 7000, false));
+        assert!(s.take_output().alerts.is_empty(), "source 0 is at 5000");
+    }
+
+    #[test]
+    fn marks_round_trip_and_reject_garbage() {
+        let m = WatermarkMark {
+            source: 3,
+            watermark: -42,
+            idle: true,
+        };
+        assert_eq!(WatermarkMark::decode(m.encode().as_bytes()), Some(m));
+        for bad in ["", "1:2", "1:2:3", "x:2:0", "1:2:0:9", "1:ü:0"] {
+            assert_eq!(WatermarkMark::decode(bad.as_bytes()), None, "{bad}");
+        }
     }
 }

@@ -5,6 +5,7 @@
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
 pub mod service;
+pub mod topology;
 
 use crate::config::KafkaConfig;
 use futures::executor::block_on;

@@ -27,17 +27,18 @@
 //! Until the state issue lands, per-key state lives in memory only: a
 //! partition that changes owner, or a rewind, starts its keys afresh.
 
+use super::topology::Topology;
 use super::{client_config, ensure_topics, partition_counts};
 use crate::config::Config;
 use crate::engine::RuleSet;
-use crate::runtime::{Barrier, DeadLetter, Record, Records, Shard, ShardOutput};
+use crate::runtime::{Barrier, DeadLetter, Record, Records, Shard, ShardOutput, WatermarkMark};
 use actix::dev::SendError;
 use actix::{Actor, Addr, Arbiter, ArbiterHandle};
 use futures::executor::block_on;
 use futures::future::join_all;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::BTreeMap;
@@ -50,6 +51,8 @@ use std::time::{Duration, Instant};
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Records polled before the coordinator looks at its clock again.
 const POLL_BURST: usize = 4096;
+/// The header that marks a watermark record in an internal topic.
+const MARK_HEADER: &str = "tripline.watermark";
 
 /// Why the service stopped.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +76,10 @@ pub enum ServiceError {
 pub struct Progress {
     /// Input records whose offsets have been committed.
     pub records: AtomicU64,
+    /// Events committed to internal topics (for rules keyed by other fields).
+    pub forwarded: AtomicU64,
+    /// Events of internal topics whose offsets have been committed.
+    pub internal_events: AtomicU64,
     /// Alerts committed.
     pub alerts: AtomicU64,
     /// Dead letters committed.
@@ -83,6 +90,15 @@ pub struct Progress {
     pub aborts: AtomicU64,
     /// Partitions currently assigned.
     pub partitions: AtomicU64,
+}
+
+impl Progress {
+    /// Whether `produced` input records, and every event forwarded for
+    /// rules keyed by other fields, have been committed.
+    pub fn caught_up(&self, produced: u64) -> bool {
+        self.records.load(Ordering::SeqCst) >= produced
+            && self.internal_events.load(Ordering::SeqCst) >= self.forwarded.load(Ordering::SeqCst)
+    }
 }
 
 /// A running service.
@@ -130,15 +146,21 @@ pub fn start(
         &[&k.alerts_topic, &k.dead_letter_topic],
         k.partitions,
     )?;
-    if partition_counts(k, &brokers, &[&k.input_topic])?[0].is_none() {
+    let Some(sources) = partition_counts(k, &brokers, &[&k.input_topic])?[0] else {
         return Err(ServiceError::NoInputTopic(k.input_topic.clone()));
-    }
+    };
+    let topology = Topology::new(&config, rules, sources);
+    let internal: Vec<&str> = topology.internal().collect();
+    // Internal topics have the input's partition count, so one key field's
+    // events spread as widely as the input's.
+    ensure_topics(k, &brokers, &internal, sources as i32)?;
+    let topology = Arc::new(topology);
     let stop = Arc::new(AtomicBool::new(false));
     let progress = Arc::new(Progress::default());
     let (s, p) = (stop.clone(), progress.clone());
     let thread = std::thread::Builder::new()
         .name("tripline-service".into())
-        .spawn(move || run(config, brokers, rules, s, p))
+        .spawn(move || run(config, brokers, topology, s, p))
         .map_err(|e| ServiceError::Thread(e.to_string()))?;
     Ok(ServiceHandle {
         stop,
@@ -150,7 +172,7 @@ pub fn start(
 fn run(
     config: Config,
     brokers: String,
-    rules: Arc<RuleSet>,
+    topology: Arc<Topology>,
     stop: Arc<AtomicBool>,
     progress: Arc<Progress>,
 ) -> Result<(), ServiceError> {
@@ -163,7 +185,7 @@ fn run(
         let arbiters: Vec<Arbiter> = (0..threads).map(|_| Arbiter::new()).collect();
         let handles: Vec<ArbiterHandle> = arbiters.iter().map(|a| a.handle()).collect();
         let result = tokio::task::spawn_blocking(move || {
-            coordinate(config, brokers, rules, handles, stop, progress)
+            coordinate(config, brokers, topology, handles, stop, progress)
         })
         .await
         .unwrap_or_else(|e| Err(ServiceError::Thread(e.to_string())));
@@ -174,6 +196,9 @@ fn run(
         result
     })
 }
+
+/// A shard's topic (index into the topology) and partition.
+type ShardId = (usize, i32);
 
 /// One shard and what the coordinator holds for it.
 struct Slot {
@@ -186,11 +211,14 @@ struct Slot {
 
 struct Coordinator {
     config: Config,
-    rules: Arc<RuleSet>,
+    topology: Arc<Topology>,
     producer: BaseProducer,
     arbiters: Vec<ArbiterHandle>,
     next_arbiter: usize,
-    shards: BTreeMap<i32, Slot>,
+    shards: BTreeMap<ShardId, Slot>,
+    /// Per source partition this member owns: the last mark written to the
+    /// internal topics, and when it last had input.
+    marks: BTreeMap<i32, (Option<WatermarkMark>, Instant)>,
     progress: Arc<Progress>,
     /// An error raised inside a rebalance callback, for the main loop.
     failed: Option<ServiceError>,
@@ -211,7 +239,12 @@ impl ConsumerContext for Ctx {
                 c.recover(consumer, e);
             }
             for e in tpl.elements() {
-                c.shards.remove(&e.partition());
+                if let Some(t) = c.topology.index(e.topic()) {
+                    c.shards.remove(&(t, e.partition()));
+                    if t == 0 {
+                        c.marks.remove(&e.partition());
+                    }
+                }
             }
             c.progress
                 .partitions
@@ -224,7 +257,9 @@ impl ConsumerContext for Ctx {
         if let Rebalance::Assign(tpl) = rebalance {
             let mut c = lock(&self.inner);
             for e in tpl.elements() {
-                c.start_shard(e.partition());
+                if let Some(t) = c.topology.index(e.topic()) {
+                    c.start_shard((t, e.partition()));
+                }
             }
             c.progress
                 .partitions
@@ -243,7 +278,7 @@ fn lock(m: &Mutex<Coordinator>) -> MutexGuard<'_, Coordinator> {
 fn coordinate(
     config: Config,
     brokers: String,
-    rules: Arc<RuleSet>,
+    topology: Arc<Topology>,
     arbiters: Vec<ArbiterHandle>,
     stop: Arc<AtomicBool>,
     progress: Arc<Progress>,
@@ -266,11 +301,12 @@ fn coordinate(
     producer.init_transactions(TXN_TIMEOUT)?;
     let inner = Arc::new(Mutex::new(Coordinator {
         config: config.clone(),
-        rules,
+        topology: topology.clone(),
         producer,
         arbiters,
         next_arbiter: 0,
         shards: BTreeMap::new(),
+        marks: BTreeMap::new(),
         progress,
         failed: None,
     }));
@@ -284,7 +320,8 @@ fn coordinate(
         .create_with_context(Ctx {
             inner: inner.clone(),
         })?;
-    consumer.subscribe(&[&k.input_topic])?;
+    let topics: Vec<&str> = topology.topics.iter().map(|t| t.name.as_str()).collect();
+    consumer.subscribe(&topics)?;
     tracing::info!(topic = %k.input_topic, group = %k.group_id, %instance, "service started");
 
     let interval = Duration::from_millis(config.checkpoint.interval_ms);
@@ -306,12 +343,18 @@ fn coordinate(
             polled += 1;
             match msg {
                 Ok(m) => {
-                    let record = Record {
-                        offset: m.offset(),
-                        key: m.key().map(<[u8]>::to_vec),
-                        payload: m.payload().map(<[u8]>::to_vec),
+                    let Some(t) = topology.index(m.topic()) else {
+                        continue;
                     };
-                    lock(&inner).enqueue(&consumer, m.partition(), record);
+                    let mut record = Record::data(
+                        m.offset(),
+                        m.key().map(<[u8]>::to_vec),
+                        m.payload().map(<[u8]>::to_vec),
+                    );
+                    if t > 0 {
+                        record.mark = read_mark(&m);
+                    }
+                    lock(&inner).enqueue(&consumer, (t, m.partition()), record);
                 }
                 Err(e) => tracing::warn!("consumer: {e}"),
             }
@@ -341,88 +384,135 @@ fn coordinate(
 }
 
 impl Coordinator {
-    fn start_shard(&mut self, partition: i32) {
+    fn topic(&self, t: usize) -> &str {
+        &self.topology.topics[t].name
+    }
+
+    fn start_shard(&mut self, id: ShardId) {
         let arbiter = &self.arbiters[self.next_arbiter % self.arbiters.len()];
         self.next_arbiter += 1;
-        let rules = self.rules.clone();
+        let plan = &self.topology.topics[id.0];
+        let (rules, engine_rules, role) = (
+            self.topology.rules.clone(),
+            plan.rules.clone(),
+            plan.role.clone(),
+        );
         let capacity = self.config.runtime.max_queued_batches;
         let addr = Shard::start_in_arbiter(arbiter, move |ctx| {
             ctx.set_mailbox_capacity(capacity);
-            Shard::new(partition, rules)
+            Shard::new(id.1, rules, engine_rules, role)
         });
         self.shards.insert(
-            partition,
+            id,
             Slot {
                 addr,
                 building: Vec::new(),
                 refused: None,
             },
         );
+        if id.0 == 0 {
+            self.marks.insert(id.1, (None, now()));
+        }
     }
 
-    fn enqueue(&mut self, consumer: &BaseConsumer<Ctx>, partition: i32, record: Record) {
+    fn enqueue(&mut self, consumer: &BaseConsumer<Ctx>, id: ShardId, record: Record) {
         let batch_size = self.config.runtime.batch_size;
-        let Some(slot) = self.shards.get_mut(&partition) else {
+        let Some(slot) = self.shards.get_mut(&id) else {
             // A record fetched before its partition was revoked.
             return;
         };
         slot.building.push(record);
         if slot.building.len() >= batch_size && slot.refused.is_none() {
             let batch = std::mem::take(&mut slot.building);
-            self.offer(consumer, partition, batch);
+            self.offer(consumer, id, batch);
         }
     }
 
     /// Hands every waiting batch to its shard, pausing partitions whose
     /// shard is full and resuming those that caught up.
     fn hand_over(&mut self, consumer: &BaseConsumer<Ctx>) {
-        let partitions: Vec<i32> = self.shards.keys().copied().collect();
-        for p in partitions {
-            let Some(slot) = self.shards.get_mut(&p) else {
+        let ids: Vec<ShardId> = self.shards.keys().copied().collect();
+        for id in ids {
+            let Some(slot) = self.shards.get_mut(&id) else {
                 continue;
             };
             if let Some(batch) = slot.refused.take() {
                 match slot.addr.try_send(Records(batch)) {
-                    Ok(()) => self.pause(consumer, p, false),
+                    Ok(()) => self.pause(consumer, id, false),
                     Err(SendError::Full(Records(b)) | SendError::Closed(Records(b))) => {
                         slot.refused = Some(b);
                         continue;
                     }
                 }
             }
-            let Some(slot) = self.shards.get_mut(&p) else {
+            let Some(slot) = self.shards.get_mut(&id) else {
                 continue;
             };
             if !slot.building.is_empty() {
                 let batch = std::mem::take(&mut slot.building);
-                self.offer(consumer, p, batch);
+                self.offer(consumer, id, batch);
             }
         }
     }
 
-    fn offer(&mut self, consumer: &BaseConsumer<Ctx>, partition: i32, batch: Vec<Record>) {
-        let Some(slot) = self.shards.get_mut(&partition) else {
+    fn offer(&mut self, consumer: &BaseConsumer<Ctx>, id: ShardId, batch: Vec<Record>) {
+        let Some(slot) = self.shards.get_mut(&id) else {
             return;
         };
         if let Err(SendError::Full(Records(b)) | SendError::Closed(Records(b))) =
             slot.addr.try_send(Records(batch))
         {
             slot.refused = Some(b);
-            self.pause(consumer, partition, true);
+            self.pause(consumer, id, true);
         }
     }
 
-    fn pause(&self, consumer: &BaseConsumer<Ctx>, partition: i32, pause: bool) {
+    fn pause(&self, consumer: &BaseConsumer<Ctx>, id: ShardId, pause: bool) {
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&self.config.kafka.input_topic, partition);
+        tpl.add_partition(self.topic(id.0), id.1);
         let r = if pause {
             consumer.pause(&tpl)
         } else {
             consumer.resume(&tpl)
         };
         if let Err(e) = r {
-            tracing::warn!(partition, pause, "cannot pause/resume: {e}");
+            tracing::warn!(
+                topic = self.topic(id.0),
+                partition = id.1,
+                pause,
+                "cannot pause/resume: {e}"
+            );
         }
+    }
+
+    /// The watermark marks to write for the source partitions this member
+    /// owns: those that moved or changed idleness since they were last written.
+    fn new_marks(&mut self, outputs: &[(ShardId, ShardOutput)]) -> Vec<WatermarkMark> {
+        if self.topology.topics.len() < 2 {
+            return Vec::new();
+        }
+        let idle_ms = self.topology.rules.def.stream.idle_ms;
+        let t = now();
+        let mut marks = Vec::new();
+        for ((topic, p), out) in outputs {
+            let Some((last, active)) = self.marks.get_mut(p).filter(|_| *topic == 0) else {
+                continue;
+            };
+            if out.records > 0 {
+                *active = t;
+            }
+            let idle =
+                idle_ms > 0 && t.duration_since(*active) > Duration::from_millis(idle_ms as u64);
+            let mark = WatermarkMark {
+                source: *p as u32,
+                watermark: out.watermark,
+                idle,
+            };
+            if *last != Some(mark) {
+                marks.push(mark);
+            }
+        }
+        marks
     }
 
     /// Commits everything processed so far in one transaction.
@@ -430,20 +520,23 @@ impl Coordinator {
         // Everything polled goes to the shards first, so the cut covers it
         // (a refused batch waits: its partition's offset stops before it).
         self.hand_over(consumer);
-        let partitions: Vec<i32> = self.shards.keys().copied().collect();
+        let ids: Vec<ShardId> = self.shards.keys().copied().collect();
         let answers = block_on(join_all(self.shards.values().map(|s| s.addr.send(Barrier))));
-        let mut outputs: Vec<(i32, ShardOutput)> = Vec::with_capacity(answers.len());
-        for (p, a) in partitions.into_iter().zip(answers) {
-            outputs.push((p, a.map_err(|_| ServiceError::ShardGone(p))?));
+        let mut outputs: Vec<(ShardId, ShardOutput)> = Vec::with_capacity(answers.len());
+        for (id, a) in ids.into_iter().zip(answers) {
+            outputs.push((id, a.map_err(|_| ServiceError::ShardGone(id.1))?));
         }
-        if outputs.iter().all(|(_, o)| o.records == 0) {
+        let marks = self.new_marks(&outputs);
+        if marks.is_empty() && outputs.iter().all(|(_, o)| o.records == 0) {
             return Ok(());
         }
         let k = &self.config.kafka;
         self.producer.begin_transaction()?;
         let mut offsets = TopicPartitionList::new();
         let (mut alerts, mut dead, mut records) = (0u64, 0u64, 0u64);
-        for (p, out) in &outputs {
+        let (mut forwarded, mut internal) = (0u64, 0u64);
+        for ((t, p), out) in &outputs {
+            let topic = self.topic(*t);
             for a in &out.alerts {
                 send(
                     &self.producer,
@@ -452,8 +545,16 @@ impl Coordinator {
                         .payload(a.value.as_slice()),
                 )?;
             }
+            for (target, r) in &out.forwarded {
+                send(
+                    &self.producer,
+                    BaseRecord::to(self.topic(target + 1))
+                        .key(r.key.as_slice())
+                        .payload(r.value.as_slice()),
+                )?;
+            }
             for d in &out.dead_letters {
-                let headers = dead_letter_headers(d, &k.input_topic, *p);
+                let headers = dead_letter_headers(d, topic, *p);
                 let mut r = BaseRecord::to(&k.dead_letter_topic)
                     .payload(d.value.as_slice())
                     .headers(headers);
@@ -463,11 +564,36 @@ impl Coordinator {
                 send(&self.producer, r)?;
             }
             if let Some(next) = out.next_offset {
-                offsets.add_partition_offset(&k.input_topic, *p, Offset::Offset(next))?;
+                offsets.add_partition_offset(topic, *p, Offset::Offset(next))?;
             }
             alerts += out.alerts.len() as u64;
             dead += out.dead_letters.len() as u64;
-            records += out.records;
+            forwarded += out.forwarded.len() as u64;
+            if *t == 0 {
+                records += out.records;
+            } else {
+                internal += out.records - out.marks;
+            }
+        }
+        // Marks go after the forwarded events they cover (same producer,
+        // same partition: Kafka keeps the order).
+        for mark in &marks {
+            let value = mark.encode();
+            for internal in self.topology.internal() {
+                for partition in 0..self.topology.sources as i32 {
+                    let headers = OwnedHeaders::new().insert(Header {
+                        key: MARK_HEADER,
+                        value: Some(value.as_str()),
+                    });
+                    send(
+                        &self.producer,
+                        BaseRecord::<[u8], [u8]>::to(internal)
+                            .partition(partition)
+                            .payload(&[])
+                            .headers(headers),
+                    )?;
+                }
+            }
         }
         let group = consumer
             .group_metadata()
@@ -475,8 +601,15 @@ impl Coordinator {
         self.producer
             .send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)?;
         self.producer.commit_transaction(TXN_TIMEOUT)?;
+        for mark in marks {
+            if let Some((last, _)) = self.marks.get_mut(&(mark.source as i32)) {
+                *last = Some(mark);
+            }
+        }
         let p = &self.progress;
         p.records.fetch_add(records, Ordering::Relaxed);
+        p.forwarded.fetch_add(forwarded, Ordering::Relaxed);
+        p.internal_events.fetch_add(internal, Ordering::Relaxed);
         p.alerts.fetch_add(alerts, Ordering::Relaxed);
         p.dead_letters.fetch_add(dead, Ordering::Relaxed);
         p.commits.fetch_add(1, Ordering::Relaxed);
@@ -500,10 +633,10 @@ impl Coordinator {
             return;
         }
         self.progress.aborts.fetch_add(1, Ordering::Relaxed);
-        let partitions: Vec<i32> = self.shards.keys().copied().collect();
+        let ids: Vec<ShardId> = self.shards.keys().copied().collect();
         let mut tpl = TopicPartitionList::new();
-        for p in &partitions {
-            tpl.add_partition(&self.config.kafka.input_topic, *p);
+        for (t, p) in &ids {
+            tpl.add_partition(self.topic(*t), *p);
         }
         let committed = match consumer.committed_offsets(tpl, TXN_TIMEOUT) {
             Ok(c) => c,
@@ -512,23 +645,31 @@ impl Coordinator {
                 return;
             }
         };
-        for p in partitions {
-            self.shards.remove(&p);
-            self.start_shard(p);
-            let offset = match committed
-                .find_partition(&self.config.kafka.input_topic, p)
-                .map(|e| e.offset())
-            {
+        for id in ids {
+            self.shards.remove(&id);
+            self.start_shard(id);
+            let topic = self.topic(id.0).to_string();
+            let offset = match committed.find_partition(&topic, id.1).map(|e| e.offset()) {
                 Some(Offset::Offset(o)) => Offset::Offset(o),
                 _ => Offset::Beginning,
             };
-            self.pause(consumer, p, false);
-            if let Err(e) = consumer.seek(&self.config.kafka.input_topic, p, offset, TXN_TIMEOUT) {
+            self.pause(consumer, id, false);
+            if let Err(e) = consumer.seek(&topic, id.1, offset, TXN_TIMEOUT) {
                 self.failed = Some(e.into());
                 return;
             }
         }
     }
+}
+
+/// The watermark mark a record of an internal topic carries, if any.
+fn read_mark(m: &impl Message) -> Option<WatermarkMark> {
+    let headers = m.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == MARK_HEADER)
+        .and_then(|h| h.value)
+        .and_then(WatermarkMark::decode)
 }
 
 fn send(producer: &BaseProducer, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<(), KafkaError> {

@@ -1,0 +1,122 @@
+//! The topics the service reads and what runs on each: the input topic
+//! (partitioned by the stream key) runs the rules keyed by the stream key,
+//! and each other key field gets an internal topic, `<group>.by.<field>`,
+//! whose partitions run the rules keyed by that field (see
+//! [`crate::runtime`] for how events and watermarks get there).
+
+use crate::config::Config;
+use crate::engine::RuleSet;
+use crate::runtime::{Forward, Role};
+use std::sync::Arc;
+
+/// One topic the service consumes.
+#[derive(Debug)]
+pub struct TopicPlan {
+    /// Its name.
+    pub name: String,
+    /// The rules its shards run.
+    pub rules: Arc<RuleSet>,
+    /// Its shards' role.
+    pub role: Role,
+}
+
+/// Every topic the service consumes; index 0 is the input topic, the
+/// others are internal (`internal[i]` is topic `i + 1`).
+#[derive(Debug)]
+pub struct Topology {
+    /// The whole rule set.
+    pub rules: Arc<RuleSet>,
+    /// The topics, input first.
+    pub topics: Vec<TopicPlan>,
+    /// Partitions of the input topic (the number of watermark sources).
+    pub sources: usize,
+}
+
+impl Topology {
+    /// The plan for `rules` on an input topic of `sources` partitions.
+    pub fn new(config: &Config, rules: Arc<RuleSet>, sources: usize) -> Topology {
+        let stream_key = rules.stream_key_slot();
+        let mut topics = vec![TopicPlan {
+            name: config.kafka.input_topic.clone(),
+            rules: rules.for_key(stream_key),
+            role: Role::Source {
+                forward: Vec::new(),
+            },
+        }];
+        let mut forward = Vec::new();
+        for keying in &rules.keyings {
+            if Some(keying.slot) == stream_key {
+                continue;
+            }
+            forward.push(Forward {
+                target: topics.len() - 1,
+                slot: keying.slot,
+            });
+            let field = rules.def.schema.path(keying.slot).to_string();
+            topics.push(TopicPlan {
+                name: internal_topic(&config.kafka.group_id, &field),
+                rules: rules.for_key(Some(keying.slot)),
+                role: Role::Internal { sources },
+            });
+        }
+        topics[0].role = Role::Source { forward };
+        Topology {
+            rules,
+            topics,
+            sources,
+        }
+    }
+
+    /// The index of topic `name`.
+    pub fn index(&self, name: &str) -> Option<usize> {
+        self.topics.iter().position(|t| t.name == name)
+    }
+
+    /// The internal topics' names.
+    pub fn internal(&self) -> impl Iterator<Item = &str> {
+        self.topics[1..].iter().map(|t| t.name.as_str())
+    }
+}
+
+/// `<group>.by.<field>`, with characters Kafka does not allow replaced.
+pub fn internal_topic(group: &str, field: &str) -> String {
+    format!("{group}.by.{field}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(249)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_internal_topic_per_other_key_field() {
+        let rules = RuleSet::from_source(
+            "t.tl",
+            r#"stream s { key card time ts time format epoch_ms }
+               rule a { pattern { x: amount > 1 } }
+               rule b { key shop.id pattern { x: amount > 2 } }
+               rule c { key shop.id pattern { x: amount > 3 } }"#,
+            None,
+        )
+        .unwrap();
+        let t = Topology::new(&Config::default(), rules, 3);
+        let names: Vec<_> = t.topics.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["transactions", "tripline.by.shop.id"]);
+        assert_eq!(t.topics[0].rules.rules.len(), 1);
+        assert_eq!(t.topics[1].rules.rules.len(), 2);
+        assert!(
+            matches!(&t.topics[0].role, Role::Source { forward } if forward.len() == 1 && forward[0].target == 0)
+        );
+        assert!(matches!(t.topics[1].role, Role::Internal { sources: 3 }));
+        assert_eq!(internal_topic("g", "a b"), "g.by.a_b");
+    }
+}
