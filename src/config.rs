@@ -47,6 +47,11 @@ pub struct KafkaConfig {
     /// then aborts the previous run's open transaction at once) and unique
     /// among running processes. Default: the host name.
     pub instance_id: String,
+    /// Static group membership (KIP-345): `instance_id` is also the
+    /// consumer's `group.instance.id`, so an instance that restarts (after a
+    /// crash or a deploy) takes its partitions back at once, without a
+    /// rebalance; one that stops keeps them until its session times out.
+    pub static_membership: bool,
     /// The topic events are read from; its records are keyed by the stream key.
     pub input_topic: String,
     /// The topic alerts are written to (key: the rule's key).
@@ -62,6 +67,10 @@ pub struct KafkaConfig {
     /// Producer transaction timeout: how long an unfinished transaction of a
     /// crashed process can hold back read_committed consumers.
     pub transaction_timeout_ms: u64,
+    /// How long a member may go between polls (a checkpoint or a state
+    /// restore counts against it) before it is taken out of the group. A
+    /// rebalance may wait this long for a member that died without leaving.
+    pub max_poll_interval_ms: u64,
     /// Extra librdkafka properties for every client (TLS, SASL, tuning), e.g.
     /// `"security.protocol" = "SASL_SSL"`.
     pub client: BTreeMap<String, String>,
@@ -73,12 +82,14 @@ impl Default for KafkaConfig {
             brokers: String::new(),
             group_id: "tripline".into(),
             instance_id: String::new(),
+            static_membership: false,
             input_topic: "transactions".into(),
             alerts_topic: "tripline.alerts".into(),
             dead_letter_topic: "tripline.dead-letter".into(),
             partitions: 4,
             session_timeout_ms: 10_000,
             transaction_timeout_ms: 10_000,
+            max_poll_interval_ms: 60_000,
             client: BTreeMap::new(),
         }
     }
@@ -285,6 +296,12 @@ impl Config {
                 k.transaction_timeout_ms
             ));
         }
+        if k.max_poll_interval_ms < k.session_timeout_ms || k.max_poll_interval_ms > 86_400_000 {
+            p.push(format!(
+                "kafka.max_poll_interval_ms {} must be at least kafka.session_timeout_ms ({}) and at most 86400000",
+                k.max_poll_interval_ms, k.session_timeout_ms
+            ));
+        }
         for key in k.client.keys() {
             if MANAGED_CLIENT_KEYS.contains(&key.as_str()) {
                 p.push(format!(
@@ -371,12 +388,14 @@ const FIELDS: &[&str] = &[
     "brokers",
     "group_id",
     "instance_id",
+    "static_membership",
     "input_topic",
     "alerts_topic",
     "dead_letter_topic",
     "partitions",
     "session_timeout_ms",
     "transaction_timeout_ms",
+    "max_poll_interval_ms",
     "client",
     "paths",
     "max_partials_per_key",

@@ -98,6 +98,11 @@ pub struct Engine {
     /// The watermark comes only from [`Engine::advance_watermark`], not
     /// from the events (inputs whose watermark is decided upstream).
     external_watermark: bool,
+    /// Keys touched since the last [`Engine::take_changes`], when tracked.
+    dirty: Option<hashbrown::HashSet<(u32, ValueKey)>>,
+    /// The buffered events (time, seq) the last checkpoint wrote or the
+    /// restore read.
+    stored_buffer: std::collections::BTreeSet<(EventTime, u64)>,
 }
 
 impl Engine {
@@ -114,8 +119,17 @@ impl Engine {
             stats: EngineStats::default(),
             since_sweep: 0,
             external_watermark: false,
+            dirty: None,
+            stored_buffer: Default::default(),
             rules,
         }
+    }
+
+    /// Tracks which keys change, for [`Engine::take_changes`] (incremental
+    /// checkpoints to a changelog). Off by default: replay does not need it.
+    pub fn track_changes(mut self) -> Engine {
+        self.dirty = Some(hashbrown::HashSet::new());
+        self
     }
 
     /// An engine whose watermark moves only by [`Engine::advance_watermark`]:
@@ -220,6 +234,9 @@ impl Engine {
             let Some(ks) = self.keys[keying as usize].get_mut(&key) else {
                 continue;
             };
+            if let Some(d) = &mut self.dirty {
+                d.insert((keying, key.clone()));
+            }
             if ks.timer != Some(at) {
                 // A stale entry: the key's deadline moved after it was queued.
                 continue;
@@ -277,6 +294,9 @@ impl Engine {
                 continue;
             }
             let key = ValueKey::from(key_value);
+            if let Some(d) = &mut self.dirty {
+                d.insert((ki as u32, key.clone()));
+            }
             let ks = self.keys[ki]
                 .entry(key.clone())
                 .or_insert_with(|| KeyState {
@@ -371,13 +391,18 @@ impl Engine {
         let now = self.watermark.current();
         for (keying, keys) in self.keys.iter_mut().enumerate() {
             let rules = &self.rules.keyings[keying].rules;
-            keys.retain(|_, ks| {
+            let dirty = &mut self.dirty;
+            keys.retain(|key, ks| {
                 for (local, &ri) in rules.iter().enumerate() {
                     self.rules.rules[ri]
                         .matcher
                         .expire_lazy(&mut ks.matchers[local], now);
                 }
-                !is_idle(ks)
+                let keep = !is_idle(ks);
+                if !keep && let Some(d) = dirty.as_mut() {
+                    d.insert((keying as u32, key.clone()));
+                }
+                keep
             });
         }
     }

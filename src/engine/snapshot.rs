@@ -15,6 +15,10 @@ use std::sync::Arc;
 
 const META_KEY: &[u8] = b"m";
 const KEY_PREFIX: &[u8] = b"k/";
+/// Events waiting for the watermark, one entry each (so a checkpoint writes
+/// only those that arrived or left since the last one), keyed by
+/// `(time, seq)` in an order-preserving encoding.
+const BUFFER_PREFIX: &[u8] = b"b/";
 
 #[derive(Serialize, Deserialize)]
 struct EventSnapshot {
@@ -58,6 +62,8 @@ impl EventSnapshot {
 #[derive(Serialize, Deserialize)]
 struct Meta {
     watermark: WatermarkTracker,
+    /// Always empty since buffered events got entries of their own; read
+    /// for snapshots written before.
     buffered: Vec<EventSnapshot>,
     stats: (u64, u64, u64, u64, u64),
 }
@@ -72,6 +78,14 @@ struct KeySnapshot {
     timer: Option<i64>,
 }
 
+fn buffer_key(time: i64, seq: u64) -> Vec<u8> {
+    let mut k = BUFFER_PREFIX.to_vec();
+    // Flipping the sign bit makes big-endian bytes sort as the signed numbers do.
+    k.extend_from_slice(&((time as u64) ^ (1 << 63)).to_be_bytes());
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
 fn key_bytes(keying: u32, key: &ValueKey) -> Vec<u8> {
     let mut k = KEY_PREFIX.to_vec();
     k.extend_from_slice(&keying.to_be_bytes());
@@ -81,17 +95,10 @@ fn key_bytes(keying: u32, key: &ValueKey) -> Vec<u8> {
 }
 
 impl Engine {
-    /// Writes the whole engine state to `store` in one batch, replacing what
-    /// was there. Returns the number of bytes written.
-    pub fn checkpoint(&self, store: &mut impl StateStore) -> Result<usize, SnapshotError> {
-        let hash = self.rules.def.hash;
-        let mut batch: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
-        for (k, _) in store.scan_prefix(KEY_PREFIX)? {
-            batch.push((k, None));
-        }
+    fn meta_entry(&self) -> (Vec<u8>, Option<Vec<u8>>) {
         let meta = Meta {
             watermark: self.watermark.clone(),
-            buffered: self.buffer.iter().map(|e| EventSnapshot::of(e)).collect(),
+            buffered: Vec::new(),
             stats: (
                 self.stats.events,
                 self.stats.late,
@@ -100,26 +107,48 @@ impl Engine {
                 self.stats.unkeyed,
             ),
         };
-        batch.push((META_KEY.to_vec(), Some(encode(hash, &meta))));
+        (META_KEY.to_vec(), Some(encode(self.rules.def.hash, &meta)))
+    }
+
+    fn key_value(&self, ks: &KeyState) -> Vec<u8> {
+        let mut table = EventTable::default();
+        let matchers = ks
+            .matchers
+            .iter()
+            .map(|m| m.to_snapshot(&mut table))
+            .collect();
+        let snap = KeySnapshot {
+            key: ks.key.clone(),
+            events: table.events.iter().map(|e| EventSnapshot::of(e)).collect(),
+            matchers,
+            windows: ks.windows.clone(),
+            values: ks.values.clone(),
+            timer: ks.timer,
+        };
+        encode(self.rules.def.hash, &snap)
+    }
+
+    /// Writes the whole engine state to `store` in one batch, replacing what
+    /// was there. Returns the number of bytes written.
+    pub fn checkpoint(&self, store: &mut impl StateStore) -> Result<usize, SnapshotError> {
+        let mut batch: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        for (k, _) in store.scan_prefix(KEY_PREFIX)? {
+            batch.push((k, None));
+        }
+        for (k, _) in store.scan_prefix(BUFFER_PREFIX)? {
+            batch.push((k, None));
+        }
+        batch.push(self.meta_entry());
+        for e in &self.buffer {
+            batch.push((
+                buffer_key(e.time, e.seq),
+                Some(encode(self.rules.def.hash, &EventSnapshot::of(e))),
+            ));
+        }
         for (ki, keys) in self.keys.iter().enumerate() {
             for (key, ks) in keys {
-                let mut table = EventTable::default();
-                let matchers = ks
-                    .matchers
-                    .iter()
-                    .map(|m| m.to_snapshot(&mut table))
-                    .collect();
-                let snap = KeySnapshot {
-                    key: ks.key.clone(),
-                    events: table.events.iter().map(|e| EventSnapshot::of(e)).collect(),
-                    matchers,
-                    windows: ks.windows.clone(),
-                    values: ks.values.clone(),
-                    timer: ks.timer,
-                };
-                let kb = key_bytes(ki as u32, key);
                 // A put after the delete of the same key wins within the batch.
-                batch.push((kb, Some(encode(hash, &snap))));
+                batch.push((key_bytes(ki as u32, key), Some(self.key_value(ks))));
             }
         }
         let bytes = batch
@@ -130,13 +159,66 @@ impl Engine {
         Ok(bytes)
     }
 
+    /// The changes since the last call (or since tracking began, see
+    /// [`Engine::track_changes`]) as a store batch: the engine-wide entry,
+    /// a put for each key that changed and a delete for each key that was
+    /// dropped. Applied in order to the store that held the previous
+    /// state, it gives the store [`Engine::checkpoint`] would write. Without
+    /// tracking, the whole state (with no deletes).
+    pub fn take_changes(&mut self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        let mut batch = vec![self.meta_entry()];
+        let now: std::collections::BTreeSet<(i64, u64)> =
+            self.buffer.iter().map(|e| (e.time, e.seq)).collect();
+        for gone in self.stored_buffer.difference(&now) {
+            batch.push((buffer_key(gone.0, gone.1), None));
+        }
+        for e in &self.buffer {
+            if !self.stored_buffer.contains(&(e.time, e.seq)) {
+                batch.push((
+                    buffer_key(e.time, e.seq),
+                    Some(encode(self.rules.def.hash, &EventSnapshot::of(e))),
+                ));
+            }
+        }
+        self.stored_buffer = now;
+        match self.dirty.take() {
+            Some(mut dirty) => {
+                let mut keys: Vec<(u32, ValueKey)> = dirty.drain().collect();
+                // Sorted, so the same changes always give the same batch.
+                keys.sort();
+                for (ki, key) in keys {
+                    let value = self.keys[ki as usize]
+                        .get(&key)
+                        .map(|ks| self.key_value(ks));
+                    batch.push((key_bytes(ki, &key), value));
+                }
+                self.dirty = Some(dirty);
+            }
+            None => {
+                for (ki, keys) in self.keys.iter().enumerate() {
+                    for (key, ks) in keys {
+                        batch.push((key_bytes(ki as u32, key), Some(self.key_value(ks))));
+                    }
+                }
+            }
+        }
+        batch
+    }
+
     /// An engine for `rules` in the state last checkpointed to `store`
     /// (a fresh engine if the store is empty).
     pub fn restore(
         rules: Arc<super::RuleSet>,
         store: &impl StateStore,
     ) -> Result<Engine, SnapshotError> {
-        let mut engine = Engine::new(rules.clone());
+        Engine::new(rules).restored(store)
+    }
+
+    /// This fresh engine (as configured: watermark source, change tracking)
+    /// in the state last checkpointed to `store`.
+    pub fn restored(self, store: &impl StateStore) -> Result<Engine, SnapshotError> {
+        let mut engine = self;
+        let rules = engine.rules.clone();
         let hash = rules.def.hash;
         let slots = rules.def.schema.len();
         let Some(meta) = store.get(META_KEY)? else {
@@ -144,8 +226,13 @@ impl Engine {
         };
         let meta: Meta = decode(&meta, hash)?;
         engine.watermark = meta.watermark;
-        for e in meta.buffered {
+        let mut buffered = meta.buffered;
+        for (_, v) in store.scan_prefix(BUFFER_PREFIX)? {
+            buffered.push(decode(&v, hash)?);
+        }
+        for e in buffered {
             let e = e.into_event(slots)?;
+            engine.stored_buffer.insert((e.time, e.seq));
             if engine
                 .buffer
                 .back()

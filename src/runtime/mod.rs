@@ -30,6 +30,7 @@
 
 use crate::engine::{Alert, Engine, Outputs, RuleSet};
 use crate::event::{EventTime, Slot, Value};
+use crate::state::{self, SnapshotError, StateStore};
 use actix::{Actor, Context, Handler, Message, MessageResult};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -60,7 +61,7 @@ impl Record {
 }
 
 /// A source partition's watermark, as written into internal topics.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WatermarkMark {
     /// The source partition.
     pub source: u32,
@@ -195,7 +196,13 @@ pub struct ShardOutput {
     pub marks: u64,
     /// Rule failures since the last barrier (logged; processing went on).
     pub rule_errors: u64,
+    /// The state changes since the last barrier, as a store batch (empty
+    /// when no record was processed): what the changelog records.
+    pub state: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
+
+/// The state entry holding an internal shard's latest source marks.
+const MARKS_KEY: &[u8] = b"w";
 
 /// The actor of one input partition.
 pub struct Shard {
@@ -221,9 +228,9 @@ impl Shard {
         role: Role,
     ) -> Shard {
         let (engine, marks) = match &role {
-            Role::Source { .. } => (Engine::new(engine_rules), Vec::new()),
+            Role::Source { .. } => (Engine::new(engine_rules).track_changes(), Vec::new()),
             Role::Internal { sources } => (
-                Engine::with_external_watermark(engine_rules),
+                Engine::with_external_watermark(engine_rules).track_changes(),
                 vec![None; *sources],
             ),
         };
@@ -237,6 +244,43 @@ impl Shard {
             outputs: Outputs::default(),
             json: Vec::with_capacity(1024),
         }
+    }
+
+    /// This fresh shard in the state last checkpointed to `store` (built
+    /// from its changelog).
+    pub fn restored(self, store: &impl StateStore) -> Result<Shard, SnapshotError> {
+        let Shard {
+            partition,
+            rules,
+            role,
+            engine,
+            mut marks,
+            pending,
+            outputs,
+            json,
+        } = self;
+        let hash = engine.rules().def.hash;
+        if let Some(bytes) = store.get(MARKS_KEY)? {
+            let stored: Vec<Option<WatermarkMark>> = state::decode(&bytes, hash)?;
+            if stored.len() != marks.len() {
+                return Err(SnapshotError::Corrupt(format!(
+                    "marks of {} sources, expected {}",
+                    stored.len(),
+                    marks.len()
+                )));
+            }
+            marks = stored;
+        }
+        Ok(Shard {
+            partition,
+            rules,
+            role,
+            engine: engine.restored(store)?,
+            marks,
+            pending,
+            outputs,
+            json,
+        })
     }
 
     /// A source shard running all of `rules` itself (nothing forwarded).
@@ -326,6 +370,14 @@ impl Shard {
         self.pending.next_offset = next;
         out.next_offset = next;
         out.watermark = self.engine.watermark();
+        if out.records > 0 {
+            out.state = self.engine.take_changes();
+            if !self.marks.is_empty() {
+                let hash = self.engine.rules().def.hash;
+                out.state
+                    .push((MARKS_KEY.to_vec(), Some(state::encode(hash, &self.marks))));
+            }
+        }
         out
     }
 

@@ -61,12 +61,28 @@ pub fn ensure_topics(
     topics: &[&str],
     partitions: i32,
 ) -> Result<(), KafkaError> {
+    ensure_topics_with(kafka, brokers, topics, partitions, &[])
+}
+
+/// [`ensure_topics`] with topic configuration (e.g. `cleanup.policy`).
+pub fn ensure_topics_with(
+    kafka: &KafkaConfig,
+    brokers: &str,
+    topics: &[&str],
+    partitions: i32,
+    configs: &[(&str, &str)],
+) -> Result<(), KafkaError> {
     let counts = partition_counts(kafka, brokers, topics)?;
     let missing: Vec<NewTopic> = topics
         .iter()
         .zip(counts)
         .filter(|(_, n)| n.is_none())
-        .map(|(t, _)| NewTopic::new(t, partitions, TopicReplication::Fixed(-1)))
+        .map(|(t, _)| {
+            configs.iter().fold(
+                NewTopic::new(t, partitions, TopicReplication::Fixed(-1)),
+                |nt, (k, v)| nt.set(k, v),
+            )
+        })
         .collect();
     if missing.is_empty() {
         return Ok(());

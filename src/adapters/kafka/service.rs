@@ -28,10 +28,11 @@
 //! partition that changes owner, or a rewind, starts its keys afresh.
 
 use super::topology::Topology;
-use super::{client_config, ensure_topics, partition_counts};
+use super::{client_config, ensure_topics, ensure_topics_with, partition_counts};
 use crate::config::Config;
 use crate::engine::RuleSet;
 use crate::runtime::{Barrier, DeadLetter, Record, Records, Shard, ShardOutput, WatermarkMark};
+use crate::state::{MemoryStore, StateStore};
 use actix::dev::SendError;
 use actix::{Actor, Addr, Arbiter, ArbiterHandle};
 use futures::executor::block_on;
@@ -39,7 +40,11 @@ use futures::future::join_all;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+
+/// The transactional producer; its own thread serves delivery reports, which
+/// committing a transaction waits for.
+type TxProducer = ThreadedProducer<DefaultProducerContext>;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -51,6 +56,8 @@ use std::time::{Duration, Instant};
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Records polled before the coordinator looks at its clock again.
 const POLL_BURST: usize = 4096;
+/// How long reading the changelogs of newly assigned partitions may take.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(50);
 /// The header that marks a watermark record in an internal topic.
 const MARK_HEADER: &str = "tripline.watermark";
 
@@ -66,6 +73,9 @@ pub enum ServiceError {
     /// A shard stopped answering (its thread died).
     #[error("shard of partition {0} is gone")]
     ShardGone(i32),
+    /// A changelog could not be read to its end in time.
+    #[error("restoring state from `{0}` timed out")]
+    Restore(String),
     /// The service thread could not start or panicked.
     #[error("service thread: {0}")]
     Thread(String),
@@ -90,6 +100,8 @@ pub struct Progress {
     pub aborts: AtomicU64,
     /// Partitions currently assigned.
     pub partitions: AtomicU64,
+    /// Shards whose stored state could not be restored (they started empty).
+    pub restore_failures: AtomicU64,
 }
 
 impl Progress {
@@ -154,6 +166,14 @@ pub fn start(
     // Internal topics have the input's partition count, so one key field's
     // events spread as widely as the input's.
     ensure_topics(k, &brokers, &internal, sources as i32)?;
+    let changelogs: Vec<&str> = topology.changelogs().collect();
+    ensure_topics_with(
+        k,
+        &brokers,
+        &changelogs,
+        sources as i32,
+        &[("cleanup.policy", "compact")],
+    )?;
     let topology = Arc::new(topology);
     let stop = Arc::new(AtomicBool::new(false));
     let progress = Arc::new(Progress::default());
@@ -211,8 +231,9 @@ struct Slot {
 
 struct Coordinator {
     config: Config,
+    brokers: String,
     topology: Arc<Topology>,
-    producer: BaseProducer,
+    producer: TxProducer,
     arbiters: Vec<ArbiterHandle>,
     next_arbiter: usize,
     shards: BTreeMap<ShardId, Slot>,
@@ -227,6 +248,24 @@ struct Coordinator {
 struct Ctx {
     inner: Arc<Mutex<Coordinator>>,
 }
+
+/// The changelog reader's context: reaching the end of a partition is what
+/// it waits for, not an error to log.
+struct RestoreCtx;
+
+impl ClientContext for RestoreCtx {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(
+            error,
+            KafkaError::PartitionEOF(_)
+                | KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
+        ) {
+            tracing::error!("changelog reader: {error}: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for RestoreCtx {}
 
 impl ClientContext for Ctx {}
 
@@ -256,10 +295,13 @@ impl ConsumerContext for Ctx {
     fn post_rebalance(&self, _: &BaseConsumer<Ctx>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             let mut c = lock(&self.inner);
-            for e in tpl.elements() {
-                if let Some(t) = c.topology.index(e.topic()) {
-                    c.start_shard((t, e.partition()));
-                }
+            let ids: Vec<ShardId> = tpl
+                .elements()
+                .iter()
+                .filter_map(|e| Some((c.topology.index(e.topic())?, e.partition())))
+                .collect();
+            if let Err(e) = c.start_shards(&ids) {
+                c.failed = Some(e);
             }
             c.progress
                 .partitions
@@ -289,7 +331,7 @@ fn coordinate(
     } else {
         k.instance_id.clone()
     };
-    let producer: BaseProducer = client_config(k, &brokers)
+    let producer: TxProducer = client_config(k, &brokers)
         .set("transactional.id", format!("{}-{}", k.group_id, instance))
         .set("enable.idempotence", "true")
         .set(
@@ -301,6 +343,7 @@ fn coordinate(
     producer.init_transactions(TXN_TIMEOUT)?;
     let inner = Arc::new(Mutex::new(Coordinator {
         config: config.clone(),
+        brokers: brokers.clone(),
         topology: topology.clone(),
         producer,
         arbiters,
@@ -310,13 +353,23 @@ fn coordinate(
         progress,
         failed: None,
     }));
-    let consumer: BaseConsumer<Ctx> = client_config(k, &brokers)
+    let mut consumer_config = client_config(k, &brokers);
+    if k.static_membership {
+        consumer_config.set("group.instance.id", &instance);
+    }
+    if !k.client.contains_key("fetch.wait.max.ms") {
+        // The broker answers a fetch at once when records are there; when
+        // none are, it waits this long, which an alert may then wait too.
+        consumer_config.set("fetch.wait.max.ms", "10");
+    }
+    let consumer: BaseConsumer<Ctx> = consumer_config
         .set("group.id", &k.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
         .set("session.timeout.ms", k.session_timeout_ms.to_string())
+        .set("max.poll.interval.ms", k.max_poll_interval_ms.to_string())
         .create_with_context(Ctx {
             inner: inner.clone(),
         })?;
@@ -388,19 +441,51 @@ impl Coordinator {
         &self.topology.topics[t].name
     }
 
-    fn start_shard(&mut self, id: ShardId) {
+    /// Starts the shards of `ids`, each in the state its changelog holds.
+    fn start_shards(&mut self, ids: &[ShardId]) -> Result<(), ServiceError> {
+        let mut stores = self.read_changelogs(ids)?;
+        for &id in ids {
+            let store = stores.remove(&id).unwrap_or_default();
+            self.start_shard(id, store);
+        }
+        Ok(())
+    }
+
+    fn start_shard(&mut self, id: ShardId, store: MemoryStore) {
         let arbiter = &self.arbiters[self.next_arbiter % self.arbiters.len()];
         self.next_arbiter += 1;
         let plan = &self.topology.topics[id.0];
-        let (rules, engine_rules, role) = (
-            self.topology.rules.clone(),
-            plan.rules.clone(),
-            plan.role.clone(),
-        );
+        let new = || {
+            Shard::new(
+                id.1,
+                self.topology.rules.clone(),
+                plan.rules.clone(),
+                plan.role.clone(),
+            )
+        };
+        let shard = if store.is_empty() {
+            new()
+        } else {
+            match new().restored(&store) {
+                Ok(s) => {
+                    tracing::info!(topic = %plan.name, partition = id.1, entries = store.len(), "state restored");
+                    s
+                }
+                Err(e) => {
+                    // The rules changed since the state was written, or it is
+                    // damaged: its keys start afresh, loudly.
+                    tracing::error!(topic = %plan.name, partition = id.1, "cannot restore state, starting empty: {e}");
+                    self.progress
+                        .restore_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    new()
+                }
+            }
+        };
         let capacity = self.config.runtime.max_queued_batches;
         let addr = Shard::start_in_arbiter(arbiter, move |ctx| {
             ctx.set_mailbox_capacity(capacity);
-            Shard::new(id.1, rules, engine_rules, role)
+            shard
         });
         self.shards.insert(
             id,
@@ -413,6 +498,59 @@ impl Coordinator {
         if id.0 == 0 {
             self.marks.insert(id.1, (None, now()));
         }
+    }
+
+    /// Each shard's state as its changelog partition holds it (committed
+    /// records only), read to the end.
+    fn read_changelogs(
+        &self,
+        ids: &[ShardId],
+    ) -> Result<BTreeMap<ShardId, MemoryStore>, ServiceError> {
+        let mut stores: BTreeMap<ShardId, MemoryStore> = BTreeMap::new();
+        for (t, plan) in self.topology.topics.iter().enumerate() {
+            let partitions: Vec<i32> = ids.iter().filter(|i| i.0 == t).map(|i| i.1).collect();
+            if partitions.is_empty() {
+                continue;
+            }
+            // End-of-partition events carry no topic, so one reader per topic.
+            let reader: BaseConsumer<RestoreCtx> = client_config(&self.config.kafka, &self.brokers)
+                .set(
+                    "group.id",
+                    format!("{}-restore", self.config.kafka.group_id),
+                )
+                .set("enable.auto.commit", "false")
+                .set("isolation.level", "read_committed")
+                .set("enable.partition.eof", "true")
+                .create_with_context(RestoreCtx)?;
+            let mut tpl = TopicPartitionList::new();
+            for p in &partitions {
+                tpl.add_partition_offset(&plan.changelog, *p, Offset::Beginning)?;
+            }
+            reader.assign(&tpl)?;
+            let mut open: std::collections::BTreeSet<i32> = partitions.into_iter().collect();
+            let started = now();
+            while !open.is_empty() {
+                if started.elapsed() > RESTORE_TIMEOUT {
+                    return Err(ServiceError::Restore(plan.changelog.clone()));
+                }
+                match reader.poll(Duration::from_millis(100)) {
+                    None => {}
+                    Some(Err(KafkaError::PartitionEOF(p))) => {
+                        open.remove(&p);
+                    }
+                    Some(Err(e)) => return Err(e.into()),
+                    Some(Ok(m)) => {
+                        let Some(key) = m.key() else { continue };
+                        let store = stores.entry((t, m.partition())).or_default();
+                        store
+                            .write(vec![(key.to_vec(), m.payload().map(<[u8]>::to_vec))])
+                            .ok();
+                    }
+                }
+            }
+            reader.unassign()?;
+        }
+        Ok(stores)
     }
 
     fn enqueue(&mut self, consumer: &BaseConsumer<Ctx>, id: ShardId, record: Record) {
@@ -563,6 +701,16 @@ impl Coordinator {
                 }
                 send(&self.producer, r)?;
             }
+            let changelog = &self.topology.topics[*t].changelog;
+            for (key, value) in &out.state {
+                let mut r = BaseRecord::<[u8], [u8]>::to(changelog)
+                    .partition(*p)
+                    .key(key.as_slice());
+                if let Some(v) = value {
+                    r = r.payload(v.as_slice());
+                }
+                send(&self.producer, r)?;
+            }
             if let Some(next) = out.next_offset {
                 offsets.add_partition_offset(topic, *p, Offset::Offset(next))?;
             }
@@ -601,6 +749,15 @@ impl Coordinator {
         self.producer
             .send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)?;
         self.producer.commit_transaction(TXN_TIMEOUT)?;
+        tracing::debug!(
+            records,
+            forwarded,
+            internal,
+            alerts,
+            dead,
+            marks = marks.len(),
+            "checkpoint committed"
+        );
         for mark in marks {
             if let Some((last, _)) = self.marks.get_mut(&(mark.source as i32)) {
                 *last = Some(mark);
@@ -645,9 +802,14 @@ impl Coordinator {
                 return;
             }
         };
+        for id in &ids {
+            self.shards.remove(id);
+        }
+        if let Err(e) = self.start_shards(&ids) {
+            self.failed = Some(e);
+            return;
+        }
         for id in ids {
-            self.shards.remove(&id);
-            self.start_shard(id);
             let topic = self.topic(id.0).to_string();
             let offset = match committed.find_partition(&topic, id.1).map(|e| e.offset()) {
                 Some(Offset::Offset(o)) => Offset::Offset(o),
@@ -672,7 +834,7 @@ fn read_mark(m: &impl Message) -> Option<WatermarkMark> {
         .and_then(WatermarkMark::decode)
 }
 
-fn send(producer: &BaseProducer, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<(), KafkaError> {
+fn send(producer: &TxProducer, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<(), KafkaError> {
     loop {
         match producer.send(record) {
             Ok(()) => return Ok(()),
@@ -681,7 +843,7 @@ fn send(producer: &BaseProducer, mut record: BaseRecord<'_, [u8], [u8]>) -> Resu
                 r,
             )) => {
                 record = r;
-                producer.poll(Duration::from_millis(10));
+                std::thread::sleep(Duration::from_millis(5));
             }
             Err((e, _)) => return Err(e),
         }

@@ -18,6 +18,9 @@ pub struct TopicPlan {
     pub rules: Arc<RuleSet>,
     /// Its shards' role.
     pub role: Role,
+    /// The compacted topic its shards' state changes are written to, one
+    /// partition per partition of this topic.
+    pub changelog: String,
 }
 
 /// Every topic the service consumes; index 0 is the input topic, the
@@ -36,12 +39,14 @@ impl Topology {
     /// The plan for `rules` on an input topic of `sources` partitions.
     pub fn new(config: &Config, rules: Arc<RuleSet>, sources: usize) -> Topology {
         let stream_key = rules.stream_key_slot();
+        let group = &config.kafka.group_id;
         let mut topics = vec![TopicPlan {
             name: config.kafka.input_topic.clone(),
             rules: rules.for_key(stream_key),
             role: Role::Source {
                 forward: Vec::new(),
             },
+            changelog: changelog_topic(group, &config.kafka.input_topic),
         }];
         let mut forward = Vec::new();
         for keying in &rules.keyings {
@@ -53,8 +58,10 @@ impl Topology {
                 slot: keying.slot,
             });
             let field = rules.def.schema.path(keying.slot).to_string();
+            let name = internal_topic(group, &field);
             topics.push(TopicPlan {
-                name: internal_topic(&config.kafka.group_id, &field),
+                changelog: changelog_topic(group, &name),
+                name,
                 rules: rules.for_key(Some(keying.slot)),
                 role: Role::Internal { sources },
             });
@@ -76,12 +83,25 @@ impl Topology {
     pub fn internal(&self) -> impl Iterator<Item = &str> {
         self.topics[1..].iter().map(|t| t.name.as_str())
     }
+
+    /// The changelog topics' names.
+    pub fn changelogs(&self) -> impl Iterator<Item = &str> {
+        self.topics.iter().map(|t| t.changelog.as_str())
+    }
 }
 
 /// `<group>.by.<field>`, with characters Kafka does not allow replaced.
 pub fn internal_topic(group: &str, field: &str) -> String {
-    format!("{group}.by.{field}")
-        .chars()
+    topic_name(format!("{group}.by.{field}"))
+}
+
+/// `<group>.state.<topic>`: the changelog of the shards of `topic`.
+pub fn changelog_topic(group: &str, topic: &str) -> String {
+    topic_name(format!("{group}.state.{topic}"))
+}
+
+fn topic_name(raw: String) -> String {
+    raw.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || "._-".contains(c) {
                 c
@@ -118,5 +138,13 @@ mod tests {
         );
         assert!(matches!(t.topics[1].role, Role::Internal { sources: 3 }));
         assert_eq!(internal_topic("g", "a b"), "g.by.a_b");
+        let logs: Vec<_> = t.changelogs().collect();
+        assert_eq!(
+            logs,
+            [
+                "tripline.state.transactions",
+                "tripline.state.tripline.by.shop.id"
+            ]
+        );
     }
 }

@@ -1,0 +1,241 @@
+//! End-to-end benchmark of the service on a Kafka-protocol broker (the one
+//! at `KAFKA_BOOTSTRAP`, else an embedded one):
+//!
+//! 1. throughput: the synthetic A/B/C stream (benches/abc_10m.tl) from the
+//!    broker to committed alerts, next to a no-op consumer reading the same
+//!    records from the same broker in the same run;
+//! 2. latency: events produced one at a time, each matching a one-stage rule,
+//!    timed from produce to the alert being readable by a read_committed
+//!    consumer.
+//!
+//! `cargo bench --bench service [-- EVENTS]` (default 200000 events). Per-core
+//! figures divide by the CPU time this process used; run against a
+//! standalone broker (`KAFKA_BOOTSTRAP=$(scripts/kafka-broker start)`) so
+//! that the broker's own CPU time is not counted.
+
+#[path = "support/stream.rs"]
+mod stream;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tripline::adapters::kafka::{self, service};
+use tripline::config::Config;
+use tripline::engine::{EngineOptions, RuleSet};
+
+#[allow(clippy::disallowed_methods)]
+fn now() -> Instant {
+    Instant::now()
+}
+
+/// CPU seconds (user + system) this process has used so far.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at state.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the line: 12 and 13 here.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn config(brokers: &str, name: &str, partitions: i32) -> Config {
+    let mut c = Config::default();
+    c.kafka.brokers = brokers.to_string();
+    c.kafka.group_id = format!("bench-{name}-{}", std::process::id());
+    c.kafka.instance_id = c.kafka.group_id.clone();
+    c.kafka.input_topic = format!("{}.in", c.kafka.group_id);
+    c.kafka.alerts_topic = format!("{}.alerts", c.kafka.group_id);
+    c.kafka.dead_letter_topic = format!("{}.dlq", c.kafka.group_id);
+    c.kafka.partitions = partitions;
+    c.kafka.session_timeout_ms = 6000;
+    c.kafka.max_poll_interval_ms = 30_000;
+    c
+}
+
+fn producer(c: &Config) -> ThreadedProducer<DefaultProducerContext> {
+    kafka::client_config(&c.kafka, &c.kafka.brokers)
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .expect("producer")
+}
+
+fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: &str, value: &str) {
+    let mut r = Some(BaseRecord::to(topic).key(key).payload(value));
+    while let Some(x) = r.take() {
+        if let Err((_, x)) = p.send(x) {
+            std::thread::sleep(Duration::from_millis(1));
+            r = Some(x);
+        }
+    }
+}
+
+fn throughput(brokers: &str, events: usize) {
+    let partitions = 4;
+    let c = config(brokers, "throughput", partitions);
+    kafka::ensure_topics(&c.kafka, brokers, &[&c.kafka.input_topic], partitions).unwrap();
+    let p = producer(&c);
+    for line in stream::lines(events, 10_000, 7) {
+        let key = line
+            .split(&[':', ','][..])
+            .nth(1)
+            .unwrap_or("0")
+            .to_string();
+        send(&p, &c.kafka.input_topic, &key, &line);
+    }
+    p.flush(Duration::from_secs(60)).unwrap();
+
+    // The no-op consumer: a group member that reads every record and commits nothing.
+    let noop: BaseConsumer = kafka::client_config(&c.kafka, brokers)
+        .set("group.id", format!("{}-noop", c.kafka.group_id))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    noop.subscribe(&[&c.kafka.input_topic]).unwrap();
+    let (t0, cpu0) = (now(), cpu_seconds());
+    let (mut n, mut bytes) = (0usize, 0usize);
+    while n < events {
+        if let Some(Ok(m)) = noop.poll(Duration::from_millis(100)) {
+            bytes += m.payload().map_or(0, <[u8]>::len);
+            n += 1;
+        }
+    }
+    let (noop_wall, noop_cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
+    noop.unsubscribe();
+    drop(noop);
+
+    let rules = RuleSet::load(
+        &[Path::new("benches/abc_10m.tl")],
+        None,
+        EngineOptions::default(),
+    )
+    .unwrap();
+    let (t0, cpu0) = (now(), cpu_seconds());
+    let handle = service::start(c.clone(), brokers.to_string(), rules).unwrap();
+    while !handle.progress().caught_up(events as u64) {
+        assert!(!handle.is_finished(), "service stopped");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (wall, cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
+    let alerts = handle
+        .progress()
+        .alerts
+        .load(std::sync::atomic::Ordering::Relaxed);
+    handle.stop();
+    handle.join().unwrap();
+
+    println!(
+        "throughput: {events} events ({bytes} bytes) over {partitions} partitions, checkpoint every {} ms",
+        c.checkpoint.interval_ms
+    );
+    println!(
+        "  no-op consumer:  {:>9.0} events/s wall, {:>9.0} events per CPU-second",
+        events as f64 / noop_wall,
+        events as f64 / noop_cpu.max(1e-9)
+    );
+    println!(
+        "  tripline serve:  {:>9.0} events/s wall, {:>9.0} events per CPU-second ({alerts} alerts committed) = {:.0} % of the no-op consumer's wall rate",
+        events as f64 / wall,
+        events as f64 / cpu.max(1e-9),
+        100.0 * noop_wall / wall
+    );
+}
+
+fn latency(brokers: &str, count: usize) {
+    let mut c = config(brokers, "latency", 1);
+    c.checkpoint.interval_ms = 100;
+    kafka::ensure_topics(&c.kafka, brokers, &[&c.kafka.input_topic], 1).unwrap();
+    let rules: Arc<RuleSet> = RuleSet::from_source(
+        "latency.tl",
+        "stream s { key k time t time format epoch_ms }\nrule every { pattern { x: n >= 0 } }",
+        None,
+    )
+    .unwrap();
+    let handle = service::start(c.clone(), brokers.to_string(), rules).unwrap();
+    let k = &c.kafka;
+    kafka::ensure_topics(k, brokers, &[&k.alerts_topic], 1).unwrap();
+    let reader: BaseConsumer = kafka::client_config(k, brokers)
+        .set("group.id", format!("{}-reader", k.group_id))
+        .set("isolation.level", "read_committed")
+        .set("fetch.wait.max.ms", "1")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&k.alerts_topic, 0, Offset::Beginning)
+        .unwrap();
+    reader.assign(&tpl).unwrap();
+    let p: ThreadedProducer<DefaultProducerContext> = kafka::client_config(k, brokers)
+        .set("linger.ms", "0")
+        .create()
+        .unwrap();
+    // Let the service join its group before timing starts.
+    while handle
+        .progress()
+        .partitions
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 0
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut sent: BTreeMap<u64, Instant> = BTreeMap::new();
+    let mut lat_ms: Vec<f64> = Vec::new();
+    let base: i64 = 1_700_000_000_000;
+    let mut next_send = now();
+    let mut i = 0u64;
+    while lat_ms.len() < count {
+        if i < count as u64 && now() >= next_send {
+            let line = format!(r#"{{"k":"u{}","t":{},"n":{i}}}"#, i % 16, base + i as i64);
+            sent.insert(i, now());
+            send(&p, &k.input_topic, &format!("u{}", i % 16), &line);
+            i += 1;
+            next_send += Duration::from_millis(5);
+        }
+        if let Some(Ok(m)) = reader.poll(Duration::from_millis(1)) {
+            let alert: serde_json::Value =
+                serde_json::from_slice(m.payload().unwrap_or_default()).unwrap();
+            let n = alert["matches"]["x"][0]["n"].as_u64().unwrap();
+            if let Some(t) = sent.remove(&n) {
+                lat_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+    }
+    handle.stop();
+    handle.join().unwrap();
+    lat_ms.sort_by(f64::total_cmp);
+    let q = |p: f64| lat_ms[((lat_ms.len() - 1) as f64 * p) as usize];
+    println!(
+        "latency: {count} events at 200/s, lateness 0, checkpoint every {} ms, produce -> alert readable (read_committed)",
+        c.checkpoint.interval_ms
+    );
+    println!(
+        "  p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        q(0.5),
+        q(0.9),
+        q(0.99),
+        lat_ms[lat_ms.len() - 1]
+    );
+}
+
+fn main() {
+    let events: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(200_000);
+    let brokers = match std::env::var("KAFKA_BOOTSTRAP") {
+        Ok(b) if !b.is_empty() => b,
+        _ => kafka::broker::start("127.0.0.1:0")
+            .expect("embedded broker")
+            .to_string(),
+    };
+    println!("broker {brokers}");
+    throughput(&brokers, events);
+    latency(&brokers, 2000);
+}

@@ -1,0 +1,232 @@
+//! Helpers for the tests that run the service on a real Kafka-protocol
+//! broker: the one at `KAFKA_BOOTSTRAP` (CI starts one with
+//! `scripts/kafka-broker`; a real Apache Kafka works too), otherwise the
+//! embedded broker started in the test process.
+// Shared by several test binaries, each using a part.
+#![allow(dead_code)]
+
+use flate2::read::GzDecoder;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+use tripline::adapters::kafka::{self, service};
+use tripline::config::Config;
+use tripline::engine::{Engine, EngineOptions, Outputs, RuleSet};
+
+/// Tests pace themselves by the wall clock (waiting for a broker), never
+/// judge results by it.
+#[allow(clippy::disallowed_methods)]
+pub fn now() -> Instant {
+    Instant::now()
+}
+
+pub fn broker() -> String {
+    static BROKER: OnceLock<String> = OnceLock::new();
+    BROKER
+        .get_or_init(|| match std::env::var("KAFKA_BOOTSTRAP") {
+            Ok(b) if !b.is_empty() => b,
+            _ => kafka::broker::start("127.0.0.1:0")
+                .expect("embedded broker")
+                .to_string(),
+        })
+        .clone()
+}
+
+/// A configuration with topics and group of its own, so tests can share a broker.
+pub fn config(test: &str) -> Config {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        "{test}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    );
+    let mut c = Config::default();
+    c.kafka.brokers = broker();
+    c.kafka.group_id = format!("g-{name}");
+    c.kafka.instance_id = name.clone();
+    c.kafka.input_topic = format!("{name}.in");
+    c.kafka.alerts_topic = format!("{name}.alerts");
+    c.kafka.dead_letter_topic = format!("{name}.dlq");
+    c.kafka.session_timeout_ms = 6000;
+    c.kafka.max_poll_interval_ms = 10_000;
+    c.kafka.partitions = 4;
+    c.checkpoint.interval_ms = 100;
+    c.runtime.shard_threads = 2;
+    c
+}
+
+pub struct Input {
+    pub key: Option<String>,
+    pub partition: Option<i32>,
+    pub payload: Option<Vec<u8>>,
+}
+
+pub fn produce(c: &Config, records: &[Input]) {
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        kafka::client_config(&c.kafka, &broker())
+            .set("linger.ms", "5")
+            .create()
+            .unwrap();
+    for r in records {
+        let mut rec = BaseRecord::<str, [u8]>::to(&c.kafka.input_topic);
+        if let Some(k) = &r.key {
+            rec = rec.key(k.as_str());
+        }
+        if let Some(p) = r.partition {
+            rec = rec.partition(p);
+        }
+        if let Some(v) = &r.payload {
+            rec = rec.payload(v.as_slice());
+        }
+        let mut rec = Some(rec);
+        while let Some(x) = rec.take() {
+            if let Err((_, x)) = producer.send(x) {
+                std::thread::sleep(Duration::from_millis(5));
+                rec = Some(x);
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+}
+
+/// A committed record read back: key, value, headers.
+pub type ReadRecord = (Option<Vec<u8>>, Vec<u8>, Vec<(String, String)>);
+
+/// Every committed record of `topic`, read until two quiet seconds.
+pub fn read_committed(c: &Config, topic: &str) -> Vec<ReadRecord> {
+    let consumer: BaseConsumer = kafka::client_config(&c.kafka, &broker())
+        .set("group.id", format!("{}-reader", c.kafka.group_id))
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let n = kafka::partition_counts(&c.kafka, &broker(), &[topic]).unwrap()[0].unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..n as i32 {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let mut quiet_since = now();
+    while quiet_since.elapsed() < Duration::from_secs(2) {
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = m.unwrap();
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| {
+                            (
+                                h.key.to_string(),
+                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push((
+                m.key().map(<[u8]>::to_vec),
+                m.payload().unwrap_or_default().to_vec(),
+                headers,
+            ));
+            quiet_since = now();
+        }
+    }
+    out
+}
+
+/// Runs the service until it has committed `produced` input records (and
+/// what it forwarded), then stops it.
+pub fn serve_until_caught_up(c: &Config, rules: Arc<RuleSet>, produced: u64) {
+    let handle = service::start(c.clone(), broker(), rules).unwrap();
+    let started = now();
+    while !handle.progress().caught_up(produced) {
+        assert!(
+            !handle.is_finished(),
+            "the service stopped early: {:?}",
+            handle.join()
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "not caught up after 300 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    handle.stop();
+    handle.join().unwrap();
+}
+
+pub fn sample_lines() -> Vec<String> {
+    let f = std::fs::File::open("examples/handbook-sample.jsonl.gz").unwrap();
+    BufReader::new(GzDecoder::new(f))
+        .lines()
+        .map(Result::unwrap)
+        .filter(|l| !l.trim().is_empty())
+        .collect()
+}
+
+/// What `tripline replay --flush` writes for these lines, one JSON alert each.
+pub fn replay(rules: &Arc<RuleSet>, lines: &[String]) -> Vec<String> {
+    let mut engine = Engine::new(rules.clone());
+    let mut out = Outputs::default();
+    for (i, l) in lines.iter().enumerate() {
+        engine.on_event(
+            rules.decoder.decode(l.as_bytes(), i as u64).unwrap(),
+            &mut out,
+        );
+    }
+    engine.finish(&mut out);
+    out.alerts.iter().map(|a| a.to_json_line()).collect()
+}
+
+pub fn shipped_rules() -> Arc<RuleSet> {
+    RuleSet::load(&[Path::new("rules")], None, EngineOptions::default()).unwrap()
+}
+
+/// The handbook sample keyed by customer, then one event per partition far
+/// past the sample: it moves every partition's watermark beyond every
+/// deadline, as `replay --flush` does at the end. Returns the records and
+/// the same events as lines (for [`replay`]).
+pub fn sample_input(partitions: i32) -> (Vec<Input>, Vec<String>) {
+    let mut lines = sample_lines();
+    let mut input: Vec<Input> = lines
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            Input {
+                key: Some(v["CUSTOMER_ID"].to_string()),
+                partition: None,
+                payload: Some(l.clone().into_bytes()),
+            }
+        })
+        .collect();
+    for p in 0..partitions {
+        let end = format!(
+            r#"{{"TRANSACTION_ID":-{p},"TX_DATETIME":"2018-06-01T00:00:00","CUSTOMER_ID":"end-{p}","TERMINAL_ID":"end-{p}","TX_AMOUNT":0,"TX_TIME_SECONDS":0,"TX_TIME_DAYS":0,"TX_FRAUD":0}}"#
+        );
+        input.push(Input {
+            key: Some(format!("end-{p}")),
+            partition: Some(p),
+            payload: Some(end.clone().into_bytes()),
+        });
+        lines.push(end);
+    }
+    (input, lines)
+}
+
+/// The alerts on the alerts topic (read_committed), sorted.
+pub fn committed_alerts(c: &Config) -> Vec<String> {
+    let mut got: Vec<String> = read_committed(c, &c.kafka.alerts_topic)
+        .into_iter()
+        .map(|(_, v, _)| String::from_utf8(v).unwrap())
+        .collect();
+    got.sort();
+    got
+}
