@@ -43,8 +43,7 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 /// The transactional producer. The coordinator serves its delivery reports
-/// itself (`flush` before each commit): a producer thread polling beside it
-/// would take the reports `flush` waits for, costing every commit 100 ms.
+/// itself before each commit (see [`deliver_all`]).
 type TxProducer = BaseProducer;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::BTreeMap;
@@ -751,9 +750,7 @@ impl Coordinator {
         let group = consumer
             .group_metadata()
             .ok_or(KafkaError::Subscription("no group metadata".into()))?;
-        // Delivery reports are served here; commit_transaction would
-        // otherwise wait for reports nobody polls.
-        self.producer.flush(TXN_TIMEOUT)?;
+        deliver_all(&self.producer)?;
         let produced_ms = started.elapsed().as_secs_f64() * 1000.0;
         self.producer
             .send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)?;
@@ -845,6 +842,22 @@ fn read_mark(m: &impl Message) -> Option<WatermarkMark> {
         .find(|h| h.key == MARK_HEADER)
         .and_then(|h| h.value)
         .and_then(WatermarkMark::decode)
+}
+
+/// Waits until every record produced so far is acknowledged, serving the
+/// delivery reports. (`Producer::flush` polls in 100 ms steps that a
+/// delivery report does not cut short, so every commit would wait them out.)
+fn deliver_all(producer: &TxProducer) -> Result<(), KafkaError> {
+    let started = now();
+    while producer.in_flight_count() > 0 {
+        if started.elapsed() > TXN_TIMEOUT {
+            return Err(KafkaError::Flush(
+                rdkafka::types::RDKafkaErrorCode::MessageTimedOut,
+            ));
+        }
+        producer.poll(Duration::from_millis(1));
+    }
+    Ok(())
 }
 
 fn send(producer: &TxProducer, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<(), KafkaError> {
