@@ -8,7 +8,8 @@
 //!    timed from produce to the alert being readable by a read_committed
 //!    consumer.
 //!
-//! `cargo bench --bench service [-- EVENTS]` (default 200000 events). Per-core
+//! `cargo bench --bench service [-- EVENTS]` (default 200000 events;
+//! `CHECKPOINT_MS` sets the throughput run's checkpoint interval). Per-core
 //! figures divide by the CPU time this process used; run against a
 //! standalone broker (`KAFKA_BOOTSTRAP=$(scripts/kafka-broker start)`) so
 //! that the broker's own CPU time is not counted.
@@ -78,7 +79,10 @@ fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: &str, va
 
 fn throughput(brokers: &str, events: usize) {
     let partitions = 4;
-    let c = config(brokers, "throughput", partitions);
+    let mut c = config(brokers, "throughput", partitions);
+    if let Ok(ms) = std::env::var("CHECKPOINT_MS") {
+        c.checkpoint.interval_ms = ms.parse().expect("CHECKPOINT_MS in ms");
+    }
     kafka::ensure_topics(&c.kafka, brokers, &[&c.kafka.input_topic], partitions).unwrap();
     let p = producer(&c);
     for line in stream::lines(events, 10_000, 7) {
