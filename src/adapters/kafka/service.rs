@@ -243,6 +243,8 @@ struct Coordinator {
     progress: Arc<Progress>,
     /// An error raised inside a rebalance callback, for the main loop.
     failed: Option<ServiceError>,
+    /// A transaction has begun and not yet committed or aborted.
+    txn_open: bool,
 }
 
 struct Ctx {
@@ -353,6 +355,7 @@ fn coordinate(
         next_arbiter: 0,
         shards: BTreeMap::new(),
         marks: BTreeMap::new(),
+        txn_open: false,
         progress,
         failed: None,
     }));
@@ -674,6 +677,7 @@ impl Coordinator {
         let k = &self.config.kafka;
         let started = now();
         self.producer.begin_transaction()?;
+        self.txn_open = true;
         let mut offsets = TopicPartitionList::new();
         let (mut alerts, mut dead, mut records) = (0u64, 0u64, 0u64);
         let (mut forwarded, mut internal) = (0u64, 0u64);
@@ -756,6 +760,7 @@ impl Coordinator {
             .send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)?;
         let offsets_ms = started.elapsed().as_secs_f64() * 1000.0;
         self.producer.commit_transaction(TXN_TIMEOUT)?;
+        self.txn_open = false;
         tracing::debug!(
             records,
             forwarded,
@@ -794,12 +799,17 @@ impl Coordinator {
             self.failed = Some(error);
             return;
         }
-        if let Err(e) = self.producer.abort_transaction(TXN_TIMEOUT) {
-            tracing::error!("cannot abort the transaction: {e}");
-            self.failed = Some(e.into());
-            return;
+        // A checkpoint can fail before its transaction began (a shard that
+        // does not answer): then there is nothing to abort, only to rewind.
+        if self.txn_open {
+            if let Err(e) = self.producer.abort_transaction(TXN_TIMEOUT) {
+                tracing::error!("cannot abort the transaction: {e}");
+                self.failed = Some(e.into());
+                return;
+            }
+            self.txn_open = false;
+            self.progress.aborts.fetch_add(1, Ordering::Relaxed);
         }
-        self.progress.aborts.fetch_add(1, Ordering::Relaxed);
         let ids: Vec<ShardId> = self.shards.keys().copied().collect();
         let mut tpl = TopicPartitionList::new();
         for (t, p) in &ids {
