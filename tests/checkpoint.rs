@@ -200,3 +200,62 @@ fn snapshot_times_no_event_can_have_are_refused() {
     let bad = MatcherState::from_snapshot(&snap(vec![stranded, start]), &[], nfa, None);
     assert!(bad.unwrap_err().to_string().contains("out of range"));
 }
+
+/// The engine and state of `fuzz/fuzz_targets/snapshot_restore.rs`.
+fn fuzz_rules() -> Arc<RuleSet> {
+    RuleSet::from_source(
+        "fuzz.tl",
+        "stream s { key k time t time format epoch_ms lateness 30ms }\n\
+         rule seq { within 40ms pattern { a: v == 0 then b: v == 1 repeat 1.. then c: v == 2 } }\n\
+         rule absent { within 30ms pattern { a: v == 0 not then b: v == 1 } }\n\
+         rule w { key g pattern { x: count(over 50ms ending 20ms ago) >= 2 } }",
+        None,
+    )
+    .expect("compiles")
+}
+
+fn fuzz_checkpoint(rs: &Arc<RuleSet>) -> MemoryStore {
+    let mut e = Engine::new(rs.clone());
+    let mut out = Outputs::default();
+    let events = [
+        r#"{"k":1,"g":0,"t":5,"v":0}"#,
+        r#"{"k":1,"g":0,"t":9,"v":1}"#,
+        r#"{"k":2,"g":0,"t":20,"v":0}"#,
+        r#"{"k":1,"g":1,"t":35,"v":1}"#,
+        r#"{"k":3,"g":1,"t":30,"v":2}"#,
+    ];
+    feed(&mut e, rs, &events.map(String::from), 0, &mut out);
+    let mut store = MemoryStore::default();
+    e.checkpoint(&mut store).unwrap();
+    store
+}
+
+/// A fuzzer-found state (one bit flipped in a real checkpoint) that made the
+/// engine run for minutes.
+#[test]
+fn damaged_state_fuzz_regression_finishes() {
+    let rs = fuzz_rules();
+    let mut store = fuzz_checkpoint(&rs);
+    let entries = store.scan_prefix(b"").unwrap();
+    let (key, mut value) = entries[0xdd % entries.len()].clone();
+    let at = 0x3ddd % value.len();
+    value[at] ^= 0x02;
+    store.write(vec![(key, Some(value))]).unwrap();
+    if let Ok(mut e) = Engine::new(rs.clone()).track_changes().restored(&store) {
+        let mut out = Outputs::default();
+        let events = [
+            r#"{"k":1,"g":0,"t":50,"v":2}"#,
+            r#"{"k":2,"g":1,"t":60,"v":0}"#,
+        ];
+        feed(&mut e, &rs, &events.map(String::from), 100, &mut out);
+        e.take_changes();
+        e.finish(&mut out);
+        assert!(
+            out.errors
+                .iter()
+                .any(|r| r.message.contains("damaged state")),
+            "the damage is reported: {:?}",
+            out.errors
+        );
+    }
+}

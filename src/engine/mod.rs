@@ -257,6 +257,27 @@ impl Engine {
                     &mut self.stats,
                 );
             }
+            // After advancing to `at` no deadline can be at or before it. One
+            // that is (state restored from a damaged snapshot) would fire
+            // again at once, forever: the key's state is dropped instead.
+            let local_rules = &rules.keyings[keying as usize].rules;
+            if let Some(local) = ks
+                .matchers
+                .iter()
+                .position(|m| m.next_deadline().is_some_and(|n| n <= at))
+            {
+                self.stats.rule_errors += 1;
+                out.errors.push(RuleError {
+                    rule: rules.rules[local_rules[local]].name.clone(),
+                    key: ks.key.clone(),
+                    message: format!(
+                        "a deadline at or before {} survived advancing to it (damaged state); the key's state was dropped",
+                        crate::event::format_time(at)
+                    ),
+                });
+                self.keys[keying as usize].remove(&key);
+                continue;
+            }
             Self::reschedule(&rules, keying as usize, &key, ks, &mut self.timers);
             if is_idle(ks) {
                 self.keys[keying as usize].remove(&key);
