@@ -20,7 +20,6 @@ mod stream;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -68,13 +67,7 @@ fn producer(c: &Config) -> ThreadedProducer<DefaultProducerContext> {
 }
 
 fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: &str, value: &str) {
-    let mut r = Some(BaseRecord::to(topic).key(key).payload(value));
-    while let Some(x) = r.take() {
-        if let Err((_, x)) = p.send(x) {
-            std::thread::sleep(Duration::from_millis(1));
-            r = Some(x);
-        }
-    }
+    kafka::send_waiting(p, BaseRecord::to(topic).key(key).payload(value)).expect("produce");
 }
 
 fn throughput(brokers: &str, events: usize) {
@@ -172,10 +165,9 @@ fn latency(brokers: &str, count: usize) {
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(&k.alerts_topic, 0, Offset::Beginning)
+    reader
+        .assign(&kafka::from_beginning(&k.alerts_topic, [0]).unwrap())
         .unwrap();
-    reader.assign(&tpl).unwrap();
     let p: ThreadedProducer<DefaultProducerContext> = kafka::client_config(k, brokers)
         .set("linger.ms", "0")
         .create()

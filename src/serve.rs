@@ -2,11 +2,10 @@
 //! it is told to stop; `demo` does the same against the embedded broker,
 //! feeds it the bundled sample of card transactions and shows the alerts.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::{Offset, TopicPartitionList};
 use std::io::BufRead;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -55,7 +54,7 @@ fn embedded(config: &Config) -> Result<String> {
 
 #[cfg(not(feature = "embedded-broker"))]
 fn embedded(_: &Config) -> Result<String> {
-    bail!(
+    anyhow::bail!(
         "no kafka.brokers configured, and this build has no embedded broker (feature `embedded-broker`)"
     )
 }
@@ -156,21 +155,7 @@ fn produce_events(config: &Config, brokers: &str, rules: &RuleSet, path: &str) -
         if let Some(k) = &key {
             record = record.key(k.as_str());
         }
-        let mut record = Some(record);
-        while let Some(r) = record.take() {
-            if let Err((e, r)) = producer.send(r) {
-                if !matches!(
-                    e,
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull
-                    )
-                ) {
-                    bail!("producing to the input topic: {e}");
-                }
-                std::thread::sleep(Duration::from_millis(5));
-                record = Some(r);
-            }
-        }
+        kafka::send_waiting(&producer, record).context("producing to the input topic")?;
         n += 1;
     }
     producer.flush(Duration::from_secs(30))?;
@@ -191,11 +176,10 @@ impl AlertReader {
             .create()?;
         let topic = config.kafka.alerts_topic.clone();
         let counts = kafka::partition_counts(&config.kafka, brokers, &[&topic])?;
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..counts[0].unwrap_or(0) as i32 {
-            tpl.add_partition_offset(&topic, p, Offset::Beginning)?;
-        }
-        consumer.assign(&tpl)?;
+        consumer.assign(&kafka::from_beginning(
+            &topic,
+            0..counts[0].unwrap_or(0) as i32,
+        )?)?;
         Ok(AlertReader { consumer })
     }
 

@@ -2,6 +2,9 @@
 //! checkpointed and restored (into a new engine) at random points. And a
 //! damaged snapshot is an error, never a panic.
 
+#[path = "support/damaged_state.rs"]
+mod damaged_state;
+
 use proptest::prelude::*;
 use std::sync::Arc;
 use tripline::engine::{Engine, Outputs, RuleSet};
@@ -40,6 +43,26 @@ fn feed(engine: &mut Engine, rs: &RuleSet, lines: &[String], from: usize, out: &
     }
 }
 
+/// The input's outputs without interruption, to the end.
+fn straight_run(rs: &Arc<RuleSet>, input: &[String]) -> Outputs {
+    let mut engine = Engine::new(rs.clone());
+    let mut out = Outputs::default();
+    feed(&mut engine, rs, input, 0, &mut out);
+    engine.finish(&mut out);
+    out
+}
+
+/// Random cut points as the ends of the segments an input of `len` lines is
+/// fed in: sorted and distinct, then `len` (even if a cut is already there,
+/// so a checkpoint of the finished input is restored once more).
+fn segment_ends(cuts: Vec<usize>, len: usize) -> Vec<usize> {
+    let mut ends: Vec<usize> = cuts.into_iter().map(|c| c % (len + 1)).collect();
+    ends.sort();
+    ends.dedup();
+    ends.push(len);
+    ends
+}
+
 fn alert_lines(out: &Outputs) -> Vec<String> {
     out.alerts.iter().map(|a| a.to_json_line()).collect()
 }
@@ -54,18 +77,12 @@ proptest! {
     ) {
         let rs = rules();
         let input = lines(&raw);
-        let mut straight = Engine::new(rs.clone());
-        let mut want = Outputs::default();
-        feed(&mut straight, &rs, &input, 0, &mut want);
-        straight.finish(&mut want);
-
-        let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (input.len() + 1)).collect();
-        cuts.sort();
-        cuts.dedup();
+        let want = straight_run(&rs, &input);
+        let cuts = segment_ends(cuts, input.len());
         let mut got = Outputs::default();
         let mut engine = Engine::new(rs.clone());
         let mut at = 0;
-        for cut in cuts.into_iter().chain(std::iter::once(input.len())) {
+        for cut in cuts {
             feed(&mut engine, &rs, &input[at..cut], at, &mut got);
             at = cut;
             let mut store = MemoryStore::default();
@@ -86,19 +103,13 @@ proptest! {
     ) {
         let rs = rules();
         let input = lines(&raw);
-        let mut straight = Engine::new(rs.clone());
-        let mut want = Outputs::default();
-        feed(&mut straight, &rs, &input, 0, &mut want);
-        straight.finish(&mut want);
-
-        let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (input.len() + 1)).collect();
-        cuts.sort();
-        cuts.dedup();
+        let want = straight_run(&rs, &input);
+        let cuts = segment_ends(cuts, input.len());
         let mut changelog = MemoryStore::default();
         let mut got = Outputs::default();
         let mut engine = Engine::new(rs.clone()).track_changes();
         let mut at = 0;
-        for cut in cuts.into_iter().chain(std::iter::once(input.len())) {
+        for cut in cuts {
             feed(&mut engine, &rs, &input[at..cut], at, &mut got);
             at = cut;
             changelog.write(engine.take_changes()).expect("apply changes");
@@ -201,55 +212,13 @@ fn snapshot_times_no_event_can_have_are_refused() {
     assert!(bad.unwrap_err().to_string().contains("out of range"));
 }
 
-/// The engine and state of `fuzz/fuzz_targets/snapshot_restore.rs`.
-fn fuzz_rules() -> Arc<RuleSet> {
-    RuleSet::from_source(
-        "fuzz.tl",
-        "stream s { key k time t time format epoch_ms lateness 30ms }\n\
-         rule seq { within 40ms pattern { a: v == 0 then b: v == 1 repeat 1.. then c: v == 2 } }\n\
-         rule absent { within 30ms pattern { a: v == 0 not then b: v == 1 } }\n\
-         rule w { key g pattern { x: count(over 50ms ending 20ms ago) >= 2 } }",
-        None,
-    )
-    .expect("compiles")
-}
-
-fn fuzz_checkpoint(rs: &Arc<RuleSet>) -> MemoryStore {
-    let mut e = Engine::new(rs.clone());
-    let mut out = Outputs::default();
-    let events = [
-        r#"{"k":1,"g":0,"t":5,"v":0}"#,
-        r#"{"k":1,"g":0,"t":9,"v":1}"#,
-        r#"{"k":2,"g":0,"t":20,"v":0}"#,
-        r#"{"k":1,"g":1,"t":35,"v":1}"#,
-        r#"{"k":3,"g":1,"t":30,"v":2}"#,
-    ];
-    feed(&mut e, rs, &events.map(String::from), 0, &mut out);
-    let mut store = MemoryStore::default();
-    e.checkpoint(&mut store).unwrap();
-    store
-}
-
 /// A fuzzer-found state (one bit flipped in a real checkpoint) that made the
-/// engine run for minutes.
+/// engine run for minutes: the `snapshot_restore` target's input, replayed.
 #[test]
 fn damaged_state_fuzz_regression_finishes() {
-    let rs = fuzz_rules();
-    let mut store = fuzz_checkpoint(&rs);
-    let entries = store.scan_prefix(b"").unwrap();
-    let (key, mut value) = entries[0xdd % entries.len()].clone();
-    let at = 0x3ddd % value.len();
-    value[at] ^= 0x02;
-    store.write(vec![(key, Some(value))]).unwrap();
-    if let Ok(mut e) = Engine::new(rs.clone()).track_changes().restored(&store) {
-        let mut out = Outputs::default();
-        let events = [
-            r#"{"k":1,"g":0,"t":50,"v":2}"#,
-            r#"{"k":2,"g":1,"t":60,"v":0}"#,
-        ];
-        feed(&mut e, &rs, &events.map(String::from), 100, &mut out);
-        e.take_changes();
-        e.finish(&mut out);
+    let rs = damaged_state::rules();
+    let store = damaged_state::store_from(&rs, &[0x00, 0xdd, 0xdd, 0x3d, 0x02]);
+    if let Some(out) = damaged_state::run(&rs, &store) {
         assert!(
             out.errors
                 .iter()

@@ -260,15 +260,13 @@ impl Engine {
             // After advancing to `at` no deadline can be at or before it. One
             // that is (state restored from a damaged snapshot) would fire
             // again at once, forever: the key's state is dropped instead.
-            let local_rules = &rules.keyings[keying as usize].rules;
-            if let Some(local) = ks
-                .matchers
-                .iter()
-                .position(|m| m.next_deadline().is_some_and(|n| n <= at))
+            let next = earliest_deadline(ks);
+            if let Some((n, local)) = next
+                && n <= at
             {
                 self.stats.rule_errors += 1;
                 out.errors.push(RuleError {
-                    rule: rules.rules[local_rules[local]].name.clone(),
+                    rule: rules.rules[rules.keyings[keying as usize].rules[local]].name.clone(),
                     key: ks.key.clone(),
                     message: format!(
                         "a deadline at or before {} survived advancing to it (damaged state); the key's state was dropped",
@@ -278,26 +276,26 @@ impl Engine {
                 self.keys[keying as usize].remove(&key);
                 continue;
             }
-            Self::reschedule(&rules, keying as usize, &key, ks, &mut self.timers);
+            Self::schedule(keying as usize, &key, ks, next, &mut self.timers);
             if is_idle(ks) {
                 self.keys[keying as usize].remove(&key);
             }
         }
     }
 
-    fn reschedule(
-        rules: &RuleSet,
+    /// Queues the key's earliest deadline `next` unless an earlier entry is
+    /// already queued.
+    fn schedule(
         keying: usize,
         key: &ValueKey,
         ks: &mut KeyState,
+        next: Option<(EventTime, usize)>,
         timers: &mut TimerQueue<(u32, ValueKey)>,
     ) {
         // Timers are deleted lazily: a key keeps its queued entry when its
         // deadline moves later (the entry fires, finds nothing due, and
         // re-queues), so most events cost no tree operation.
-        let next = ks.matchers.iter().filter_map(|m| m.next_deadline()).min();
-        let _ = rules;
-        if let Some(n) = next
+        if let Some((n, _)) = next
             && ks.timer.is_none_or(|t| n < t)
         {
             timers.insert(n, (keying as u32, key.clone()));
@@ -396,7 +394,7 @@ impl Engine {
                     &mut self.stats,
                 );
             }
-            Self::reschedule(&rules, ki, &key, ks, &mut self.timers);
+            Self::schedule(ki, &key, ks, earliest_deadline(ks), &mut self.timers);
         }
         self.since_sweep += 1;
         if self.since_sweep >= SWEEP_EVERY {
@@ -431,6 +429,16 @@ impl Engine {
 
 /// Events between sweeps of idle key state.
 const SWEEP_EVERY: u32 = 1 << 16;
+
+/// The key's earliest deadline and the index (within its keying) of the
+/// rule it belongs to.
+fn earliest_deadline(ks: &KeyState) -> Option<(EventTime, usize)> {
+    ks.matchers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| m.next_deadline().map(|n| (n, i)))
+        .min()
+}
 
 fn is_idle(ks: &KeyState) -> bool {
     ks.timer.is_none()

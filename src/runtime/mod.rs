@@ -28,7 +28,7 @@
 //! This module knows nothing of Kafka: records are plain bytes with a
 //! partition and an offset, so the runtime is tested without a broker.
 
-use crate::engine::{Alert, Engine, Outputs, RuleSet};
+use crate::engine::{Engine, Outputs, RuleSet};
 use crate::event::{EventTime, Slot, Value};
 use crate::state::{self, SnapshotError, StateStore};
 use actix::{Actor, Context, Handler, Message, MessageResult};
@@ -215,7 +215,6 @@ pub struct Shard {
     marks: Vec<Option<WatermarkMark>>,
     pending: ShardOutput,
     outputs: Outputs,
-    json: Vec<u8>,
 }
 
 impl Shard {
@@ -242,7 +241,6 @@ impl Shard {
             marks,
             pending: ShardOutput::default(),
             outputs: Outputs::default(),
-            json: Vec::with_capacity(1024),
         }
     }
 
@@ -257,7 +255,6 @@ impl Shard {
             mut marks,
             pending,
             outputs,
-            json,
         } = self;
         let hash = engine.rules().def.hash;
         if let Some(bytes) = store.get(MARKS_KEY)? {
@@ -279,7 +276,6 @@ impl Shard {
             marks,
             pending,
             outputs,
-            json,
         })
     }
 
@@ -414,11 +410,11 @@ impl Shard {
 
     fn collect(&mut self) {
         for alert in self.outputs.alerts.drain(..) {
-            self.json.clear();
-            alert.write_json(&mut self.json);
+            let mut value = Vec::with_capacity(512);
+            alert.write_json(&mut value);
             self.pending.alerts.push(OutRecord {
-                key: key_text(&alert).into_bytes(),
-                value: self.json.clone(),
+                key: value_text(&alert.key).into_bytes(),
+                value,
             });
         }
         for late in self.outputs.late.drain(..) {
@@ -470,10 +466,6 @@ pub fn value_text(v: &Value) -> String {
         Value::Str(s) => s.to_string(),
         other => other.to_string(),
     }
-}
-
-fn key_text(alert: &Alert) -> String {
-    value_text(&alert.key)
 }
 
 impl Actor for Shard {

@@ -9,7 +9,6 @@ use flate2::read::GzDecoder;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::{Offset, TopicPartitionList};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -84,13 +83,7 @@ pub fn produce(c: &Config, records: &[Input]) {
         if let Some(v) = &r.payload {
             rec = rec.payload(v.as_slice());
         }
-        let mut rec = Some(rec);
-        while let Some(x) = rec.take() {
-            if let Err((_, x)) = producer.send(x) {
-                std::thread::sleep(Duration::from_millis(5));
-                rec = Some(x);
-            }
-        }
+        kafka::send_waiting(&producer, rec).unwrap();
     }
     producer.flush(Duration::from_secs(30)).unwrap();
 }
@@ -107,12 +100,9 @@ pub fn read_committed(c: &Config, topic: &str) -> Vec<ReadRecord> {
         .create()
         .unwrap();
     let n = kafka::partition_counts(&c.kafka, &broker(), &[topic]).unwrap()[0].unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..n as i32 {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
+    consumer
+        .assign(&kafka::from_beginning(topic, 0..n as i32).unwrap())
+        .unwrap();
     let mut out = Vec::new();
     let mut quiet_since = now();
     while quiet_since.elapsed() < Duration::from_secs(2) {

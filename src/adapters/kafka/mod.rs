@@ -9,12 +9,14 @@ pub mod topology;
 
 use crate::config::KafkaConfig;
 use futures::executor::block_on;
-use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
+use rdkafka::message::ToBytes;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use std::time::Duration;
 
 pub use service::{Progress, ServiceError, ServiceHandle};
@@ -31,6 +33,40 @@ pub fn client_config(kafka: &KafkaConfig, brokers: &str) -> ClientConfig {
         c.set(k, v);
     }
     c
+}
+
+/// The partitions of `topic` to assign, each read from its first record.
+pub fn from_beginning(
+    topic: &str,
+    partitions: impl IntoIterator<Item = i32>,
+) -> Result<TopicPartitionList, KafkaError> {
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    Ok(tpl)
+}
+
+/// Sends `record`, waiting while the producer's local queue is full; any
+/// other error is returned.
+pub fn send_waiting<K, P>(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    mut record: BaseRecord<'_, K, P>,
+) -> Result<(), KafkaError>
+where
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
 }
 
 /// The partition count of each topic that exists (`None` for the others).

@@ -528,11 +528,10 @@ impl Coordinator {
                 .set("isolation.level", "read_committed")
                 .set("enable.partition.eof", "true")
                 .create_with_context(RestoreCtx)?;
-            let mut tpl = TopicPartitionList::new();
-            for p in &partitions {
-                tpl.add_partition_offset(&plan.changelog, *p, Offset::Beginning)?;
-            }
-            reader.assign(&tpl)?;
+            reader.assign(&super::from_beginning(
+                &plan.changelog,
+                partitions.iter().copied(),
+            )?)?;
             let mut open: std::collections::BTreeSet<i32> = partitions.into_iter().collect();
             let started = now();
             while !open.is_empty() {
