@@ -44,8 +44,9 @@ pub struct KafkaConfig {
     pub group_id: String,
     /// Identifies this process among the group's members; it names the
     /// transactional producer, so it must be stable across restarts (a restart
-    /// then aborts the previous run's open transaction at once) and unique
-    /// among running processes. Default: the host name.
+    /// then aborts the previous run's open transaction at once, see
+    /// [`crate::adapters::kafka::identity`]) and unique among running
+    /// processes. Default: the host name.
     pub instance_id: String,
     /// Static group membership (KIP-345): `instance_id` is also the
     /// consumer's `group.instance.id`, so an instance that restarts (after a

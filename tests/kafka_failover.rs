@@ -172,18 +172,7 @@ fn a_member_that_stops_hands_its_partitions_over() {
     assert_eq!(got, expected);
 }
 
-// Ignored: on the noida-db 0.2.3 broker this fails in about one run in three,
-// whenever a kill lands inside a transaction. The restart aborts that
-// transaction (as it must), but noida then lists the aborted transaction in
-// every later read_committed fetch of the partition, wherever the fetch
-// starts (Kafka lists only those overlapping the fetched range). librdkafka
-// then treats all later records of the same producer id as aborted, waiting
-// for an abort marker that lies behind the fetch position: read_committed
-// readers (even fresh ones) stop at the committed offset while
-// read_uncommitted readers see ~18k records past it. Run it against Kafka:
-// `KAFKA_BOOTSTRAP=host:9092 cargo test --test kafka_failover -- --ignored`.
 #[test]
-#[ignore = "noida-db lists aborted transactions outside the fetched range; see above"]
 fn a_crash_between_produce_and_commit_shows_nothing_and_loses_nothing() {
     let (c, input, expected) = setup("crash");
     produce(&c, &input);

@@ -4,6 +4,7 @@
 
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
+pub mod identity;
 pub mod service;
 pub mod topology;
 

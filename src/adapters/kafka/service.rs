@@ -27,6 +27,7 @@
 //! Until the state issue lands, per-key state lives in memory only: a
 //! partition that changes owner, or a rewind, starts its keys afresh.
 
+use super::identity::{Identity, IdentityError};
 use super::topology::Topology;
 use super::{client_config, ensure_topics, ensure_topics_with, partition_counts};
 use crate::config::Config;
@@ -76,6 +77,9 @@ pub enum ServiceError {
     /// A changelog could not be read to its end in time.
     #[error("restoring state from `{0}` timed out")]
     Restore(String),
+    /// The transactional producer's identity could not be set up.
+    #[error("producer identity: {0}")]
+    Identity(#[from] IdentityError),
     /// The service thread could not start or panicked.
     #[error("service thread: {0}")]
     Thread(String),
@@ -234,6 +238,8 @@ struct Coordinator {
     brokers: String,
     topology: Arc<Topology>,
     producer: TxProducer,
+    /// Gives a new producer after an abort (see [`super::identity`]).
+    identity: Identity,
     arbiters: Vec<ArbiterHandle>,
     next_arbiter: usize,
     shards: BTreeMap<ShardId, Slot>,
@@ -333,24 +339,17 @@ fn coordinate(
     } else {
         k.instance_id.clone()
     };
-    let producer: TxProducer = client_config(k, &brokers)
-        .set("transactional.id", format!("{}-{}", k.group_id, instance))
-        .set("enable.idempotence", "true")
-        .set(
-            "transaction.timeout.ms",
-            k.transaction_timeout_ms.to_string(),
-        )
-        .set("linger.ms", "1")
-        // A broker still finishing the previous transaction answers "try
-        // again"; the default 100 ms backoff would be paid by every alert.
-        .set("retry.backoff.ms", "5")
-        .create()?;
-    producer.init_transactions(TXN_TIMEOUT)?;
+    // Fence before joining the group: whatever the previous process of this
+    // instance left open is aborted before anyone reads past it.
+    let mut identity = Identity::open(k, &brokers, &instance)?;
+    identity.fence_previous()?;
+    let producer = identity.next_producer()?;
     let inner = Arc::new(Mutex::new(Coordinator {
         config: config.clone(),
         brokers: brokers.clone(),
         topology: topology.clone(),
         producer,
+        identity,
         arbiters,
         next_arbiter: 0,
         shards: BTreeMap::new(),
@@ -808,6 +807,14 @@ impl Coordinator {
             }
             self.txn_open = false;
             self.progress.aborts.fetch_add(1, Ordering::Relaxed);
+            // The aborted producer id is not written under again.
+            match self.identity.next_producer() {
+                Ok(p) => self.producer = p,
+                Err(e) => {
+                    self.failed = Some(e.into());
+                    return;
+                }
+            }
         }
         let ids: Vec<ShardId> = self.shards.keys().copied().collect();
         let mut tpl = TopicPartitionList::new();
@@ -915,7 +922,7 @@ fn dead_letter_headers(d: &DeadLetter, topic: &str, partition: i32) -> OwnedHead
 /// The service's one clock: it paces checkpoints and idleness, never
 /// decides what an event means.
 #[allow(clippy::disallowed_methods)]
-fn now() -> Instant {
+pub(super) fn now() -> Instant {
     Instant::now()
 }
 
