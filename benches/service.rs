@@ -55,6 +55,7 @@ fn config(brokers: &str, name: &str, partitions: i32) -> Config {
     c.kafka.partitions = partitions;
     c.kafka.session_timeout_ms = 6000;
     c.kafka.max_poll_interval_ms = 30_000;
+    c.state.dir = std::env::temp_dir().join(format!("{}.state", c.kafka.group_id));
     c
 }
 

@@ -32,6 +32,8 @@ pub struct Config {
     pub checkpoint: CheckpointConfig,
     /// Threads and buffers.
     pub runtime: RuntimeConfig,
+    /// Where the local copy of the state is kept.
+    pub state: StateConfig,
 }
 
 /// Kafka settings.
@@ -145,6 +147,23 @@ pub struct CheckpointConfig {
 impl Default for CheckpointConfig {
     fn default() -> Self {
         CheckpointConfig { interval_ms: 200 }
+    }
+}
+
+/// The local copy of the shards' state (see [`crate::adapters::local`]).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct StateConfig {
+    /// The data directory (RocksDB), one per running process. Empty: no
+    /// local copy; every shard that starts reads its whole changelog.
+    pub dir: PathBuf,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            dir: PathBuf::from("tripline-state"),
+        }
     }
 }
 
@@ -386,6 +405,8 @@ const FIELDS: &[&str] = &[
     "stream",
     "checkpoint",
     "runtime",
+    "state",
+    "dir",
     "brokers",
     "group_id",
     "instance_id",

@@ -84,6 +84,11 @@ pub fn demo(
     keep_running: bool,
 ) -> Result<ExitCode> {
     config.kafka.brokers.clear();
+    // The embedded broker keeps nothing once the demo ends; neither does
+    // the demo's local state.
+    let state_dir = std::env::temp_dir().join(format!("tripline-demo-{}", std::process::id()));
+    config.state.dir = state_dir.clone();
+    let _cleanup = RemoveOnDrop(state_dir);
     let brokers = brokers_or_embedded(&config)?;
     let produced = produce_events(&config, &brokers, &rules, events)?;
     eprintln!(
@@ -218,5 +223,14 @@ impl AlertReader {
             }
             n += got;
         }
+    }
+}
+
+/// Removes a directory when dropped.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.0).ok();
     }
 }

@@ -2,3 +2,4 @@
 //! each. Only the application wiring (`app`) depends on them.
 
 pub mod kafka;
+pub mod local;

@@ -57,6 +57,7 @@ pub fn config(test: &str) -> Config {
     c.kafka.partitions = 4;
     c.checkpoint.interval_ms = 100;
     c.runtime.shard_threads = 2;
+    c.state.dir = std::env::temp_dir().join(format!("tripline-{name}.state"));
     c
 }
 

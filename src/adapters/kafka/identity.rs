@@ -21,6 +21,7 @@
 //! (`transactional.id.expiration.ms`), the old generations cost nothing.
 
 use super::client_config;
+use super::service::Deliveries;
 use crate::config::KafkaConfig;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -112,7 +113,7 @@ impl Identity {
     }
 
     /// Records the next generation, then returns its initialised producer.
-    pub fn next_producer(&mut self) -> Result<BaseProducer, IdentityError> {
+    pub fn next_producer(&mut self) -> Result<BaseProducer<Deliveries>, IdentityError> {
         let g = self.generation.map_or(0, |g| g + 1);
         self.record(g)?;
         self.generation = Some(g);
@@ -122,7 +123,7 @@ impl Identity {
         Ok(producer)
     }
 
-    fn producer(&self, generation: u64) -> KafkaResult<BaseProducer> {
+    fn producer(&self, generation: u64) -> KafkaResult<BaseProducer<Deliveries>> {
         let k = &self.kafka;
         client_config(k, &self.brokers)
             .set("transactional.id", self.transactional_id(generation))
@@ -135,7 +136,7 @@ impl Identity {
             // A broker still finishing the previous transaction answers "try
             // again"; the default 100 ms backoff would be paid by every alert.
             .set("retry.backoff.ms", "5")
-            .create()
+            .create_with_context(Deliveries::default())
     }
 
     fn record(&self, generation: u64) -> Result<(), IdentityError> {
@@ -189,11 +190,11 @@ fn read_generation(
     topic: &str,
     instance: &str,
 ) -> Result<Option<u64>, IdentityError> {
-    let reader: BaseConsumer = client_config(kafka, brokers)
+    let reader: BaseConsumer<super::ToTheEnd> = client_config(kafka, brokers)
         .set("group.id", format!("{}-producers", kafka.group_id))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
-        .create()?;
+        .create_with_context(super::ToTheEnd)?;
     reader.assign(&super::from_beginning(topic, [0])?)?;
     let started = super::service::now();
     let mut generation = None;

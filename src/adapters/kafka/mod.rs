@@ -22,6 +22,23 @@ use std::time::Duration;
 
 pub use service::{Progress, ServiceError, ServiceHandle};
 
+/// The context of a reader that reads partitions to their end: reaching
+/// the end is what it waits for, not an error to log.
+pub struct ToTheEnd;
+
+impl rdkafka::ClientContext for ToTheEnd {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        ) {
+            tracing::error!("{error}: {reason}");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ToTheEnd {}
+
 /// How long a metadata or admin request may take.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 

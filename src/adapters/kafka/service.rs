@@ -29,23 +29,68 @@
 
 use super::identity::{Identity, IdentityError};
 use super::topology::Topology;
-use super::{client_config, ensure_topics, ensure_topics_with, partition_counts};
+use super::{ToTheEnd, client_config, ensure_topics, ensure_topics_with, partition_counts};
+use crate::adapters::local::{LocalError, LocalState, Position, ShardStore};
 use crate::config::Config;
 use crate::engine::RuleSet;
 use crate::runtime::{Barrier, DeadLetter, Record, Records, Shard, ShardOutput, WatermarkMark};
-use crate::state::{MemoryStore, StateStore};
+use crate::state::{MemoryStore, SnapshotError, StateStore};
 use actix::dev::SendError;
 use actix::{Actor, Addr, Arbiter, ArbiterHandle};
 use futures::executor::block_on;
 use futures::future::join_all;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
+use rdkafka::message::DeliveryResult;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 
 /// The transactional producer. The coordinator serves its delivery reports
 /// itself before each commit (see [`deliver_all`]).
-type TxProducer = BaseProducer;
+type TxProducer = BaseProducer<Deliveries>;
+
+/// The transactional producer's delivery reports: for each shard of the
+/// checkpoint in flight (a record's opaque is its index + 1; 0 for records
+/// that are not state), the offset after its last changelog record, which
+/// the local state records as the changelog position it includes.
+#[derive(Default)]
+pub struct Deliveries {
+    changelog_ends: Mutex<Vec<i64>>,
+}
+
+impl Deliveries {
+    /// The ends recorded since the last call, by shard index.
+    fn take(&self) -> Vec<i64> {
+        std::mem::take(
+            &mut *self
+                .changelog_ends
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
+    }
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, shard: usize) {
+        if shard == 0 {
+            return;
+        }
+        if let Ok(m) = result {
+            let mut ends = self
+                .changelog_ends
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if ends.len() < shard {
+                ends.resize(shard, -1);
+            }
+            ends[shard - 1] = ends[shard - 1].max(m.offset() + 1);
+        }
+    }
+}
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -77,6 +122,12 @@ pub enum ServiceError {
     /// A changelog could not be read to its end in time.
     #[error("restoring state from `{0}` timed out")]
     Restore(String),
+    /// The local state could not be opened or read.
+    #[error("{0}")]
+    Local(#[from] LocalError),
+    /// Stored state could not be read or written.
+    #[error("state: {0}")]
+    State(#[from] SnapshotError),
     /// The transactional producer's identity could not be set up.
     #[error("producer identity: {0}")]
     Identity(#[from] IdentityError),
@@ -224,6 +275,20 @@ fn run(
 /// A shard's topic (index into the topology) and partition.
 type ShardId = (usize, i32);
 
+/// What reading a changelog finds, for the caller to apply.
+/// One changelog record: a key and its new value (`None`: deleted).
+type ChangelogRecord = (Vec<u8>, Option<Vec<u8>>);
+
+enum Restore {
+    /// The recorded position is not in the log (the topic was recreated or
+    /// truncated): drop what the shard has, the log is read whole.
+    Reset(ShardId),
+    /// Changelog records, in order: puts and deletes.
+    Apply(ShardId, Vec<ChangelogRecord>),
+    /// The log's end: the offset after the last record read.
+    End(ShardId, i64),
+}
+
 /// One shard and what the coordinator holds for it.
 struct Slot {
     addr: Addr<Shard>,
@@ -231,6 +296,10 @@ struct Slot {
     building: Vec<Record>,
     /// A batch the shard's full mailbox refused; its partition is paused.
     refused: Option<Vec<Record>>,
+    /// Where its committed changes are copied, with a data directory.
+    store: Option<ShardStore>,
+    /// What that copy covers.
+    position: Position,
 }
 
 struct Coordinator {
@@ -240,6 +309,8 @@ struct Coordinator {
     producer: TxProducer,
     /// Gives a new producer after an abort (see [`super::identity`]).
     identity: Identity,
+    /// The data directory's database, if one is configured.
+    local: Option<LocalState>,
     arbiters: Vec<ArbiterHandle>,
     next_arbiter: usize,
     shards: BTreeMap<ShardId, Slot>,
@@ -256,24 +327,6 @@ struct Coordinator {
 struct Ctx {
     inner: Arc<Mutex<Coordinator>>,
 }
-
-/// The changelog reader's context: reaching the end of a partition is what
-/// it waits for, not an error to log.
-struct RestoreCtx;
-
-impl ClientContext for RestoreCtx {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(
-            error,
-            KafkaError::PartitionEOF(_)
-                | KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
-        ) {
-            tracing::error!("changelog reader: {error}: {reason}");
-        }
-    }
-}
-
-impl ConsumerContext for RestoreCtx {}
 
 impl ClientContext for Ctx {}
 
@@ -344,12 +397,18 @@ fn coordinate(
     let mut identity = Identity::open(k, &brokers, &instance)?;
     identity.fence_previous()?;
     let producer = identity.next_producer()?;
+    let local = if config.state.dir.as_os_str().is_empty() {
+        None
+    } else {
+        Some(LocalState::open(&config.state.dir)?)
+    };
     let inner = Arc::new(Mutex::new(Coordinator {
         config: config.clone(),
         brokers: brokers.clone(),
         topology: topology.clone(),
         producer,
         identity,
+        local,
         arbiters,
         next_arbiter: 0,
         shards: BTreeMap::new(),
@@ -446,47 +505,172 @@ impl Coordinator {
         &self.topology.topics[t].name
     }
 
-    /// Starts the shards of `ids`, each in the state its changelog holds.
+    /// Starts the shards of `ids`, each in the state its changelog holds:
+    /// read whole into memory, or, with a data directory, the changelog's
+    /// tail applied to the local copy.
     fn start_shards(&mut self, ids: &[ShardId]) -> Result<(), ServiceError> {
-        let mut stores = self.read_changelogs(ids)?;
+        let Some(local) = self.local.clone() else {
+            let mut stores: BTreeMap<ShardId, MemoryStore> = BTreeMap::new();
+            self.read_changelogs(ids, &BTreeMap::new(), &mut |event| {
+                if let Restore::Apply(id, batch) = event {
+                    stores.entry(id).or_default().write(batch)?;
+                }
+                Ok(())
+            })?;
+            for &id in ids {
+                let store = stores.remove(&id).unwrap_or_default();
+                self.start_shard(id, &store, None, Position::default());
+            }
+            return Ok(());
+        };
+        let mut stores = BTreeMap::new();
+        let mut starts = BTreeMap::new();
         for &id in ids {
-            let store = stores.remove(&id).unwrap_or_default();
-            self.start_shard(id, store);
+            let mut store = local.shard(self.topic(id.0), id.1)?;
+            let position = store.position().unwrap_or_else(|e| {
+                tracing::error!(
+                    store = store.name(),
+                    "local state unreadable, restoring from the changelog: {e}"
+                );
+                None
+            });
+            match position {
+                Some(p) => {
+                    starts.insert(id, p);
+                }
+                None => store.clear()?,
+            }
+            stores.insert(id, store);
+        }
+        self.restore_local(&mut stores, &starts)?;
+        for (id, store) in stores {
+            match self.new_shard(id).restored(&store) {
+                Ok(shard) => {
+                    let position = store.position().ok().flatten().unwrap_or_default();
+                    tracing::debug!(
+                        store = store.name(),
+                        input = position.input,
+                        changelog = position.changelog,
+                        "state restored"
+                    );
+                    self.run_shard(id, shard, Some(store), position);
+                }
+                Err(e) => {
+                    // The copy is damaged (or from other rules): the
+                    // changelog is the truth, so start over from it.
+                    tracing::error!(
+                        store = store.name(),
+                        "local state cannot be restored, reading the whole changelog: {e}"
+                    );
+                    let mut store = store;
+                    store.clear()?;
+                    let mut one = BTreeMap::from([(id, store)]);
+                    self.restore_local(&mut one, &BTreeMap::new())?;
+                    if let Some(store) = one.remove(&id) {
+                        let position = store.position().ok().flatten().unwrap_or_default();
+                        self.start_shard(id, &store, Some(store.clone()), position);
+                    }
+                }
+            }
         }
         Ok(())
     }
 
-    fn start_shard(&mut self, id: ShardId, store: MemoryStore) {
-        let arbiter = &self.arbiters[self.next_arbiter % self.arbiters.len()];
-        self.next_arbiter += 1;
-        let plan = &self.topology.topics[id.0];
-        let new = || {
-            Shard::new(
-                id.1,
-                self.topology.rules.clone(),
-                plan.rules.clone(),
-                plan.role.clone(),
-            )
-        };
-        let shard = if store.is_empty() {
-            new()
-        } else {
-            match new().restored(&store) {
-                Ok(s) => {
-                    tracing::info!(topic = %plan.name, partition = id.1, entries = store.len(), "state restored");
-                    s
+    /// Applies each shard's changelog, from its recorded position (or the
+    /// beginning), to its local store, and records the new position.
+    fn restore_local(
+        &self,
+        stores: &mut BTreeMap<ShardId, ShardStore>,
+        starts: &BTreeMap<ShardId, Position>,
+    ) -> Result<(), ServiceError> {
+        let ids: Vec<ShardId> = stores.keys().copied().collect();
+        let from: BTreeMap<ShardId, i64> =
+            starts.iter().map(|(id, p)| (*id, p.changelog)).collect();
+        let mut applied: BTreeMap<ShardId, u64> = BTreeMap::new();
+        self.read_changelogs(&ids, &from, &mut |event| {
+            match event {
+                Restore::Reset(id) => {
+                    if let Some(s) = stores.get_mut(&id) {
+                        tracing::warn!(
+                            store = s.name(),
+                            "changelog does not hold the recorded position, reading it whole"
+                        );
+                        s.clear()?;
+                    }
                 }
-                Err(e) => {
-                    // The rules changed since the state was written, or it is
-                    // damaged: its keys start afresh, loudly.
-                    tracing::error!(topic = %plan.name, partition = id.1, "cannot restore state, starting empty: {e}");
-                    self.progress
-                        .restore_failures
-                        .fetch_add(1, Ordering::Relaxed);
-                    new()
+                Restore::Apply(id, batch) => {
+                    *applied.entry(id).or_default() += batch.len() as u64;
+                    if let Some(s) = stores.get_mut(&id) {
+                        s.write(batch)?;
+                    }
+                }
+                Restore::End(id, end) => {
+                    if let Some(s) = stores.get_mut(&id) {
+                        let input = starts.get(&id).map_or(-1, |p| p.input);
+                        s.set_position(Position {
+                            input,
+                            changelog: end,
+                        })?;
+                    }
                 }
             }
+            Ok(())
+        })?;
+        for (id, n) in applied {
+            tracing::info!(
+                topic = self.topic(id.0),
+                partition = id.1,
+                records = n,
+                "changelog tail applied to local state"
+            );
+        }
+        Ok(())
+    }
+
+    fn new_shard(&self, id: ShardId) -> Shard {
+        let plan = &self.topology.topics[id.0];
+        Shard::new(
+            id.1,
+            self.topology.rules.clone(),
+            plan.rules.clone(),
+            plan.role.clone(),
+        )
+    }
+
+    /// Starts a shard in the state `state` holds (empty if it cannot be
+    /// restored); `store`, if any, is where its committed changes go.
+    fn start_shard(
+        &mut self,
+        id: ShardId,
+        state: &impl StateStore,
+        store: Option<ShardStore>,
+        position: Position,
+    ) {
+        let plan = &self.topology.topics[id.0];
+        let shard = match self.new_shard(id).restored(state) {
+            Ok(s) => s,
+            Err(e) => {
+                // The rules changed since the state was written, or it is
+                // damaged: its keys start afresh, loudly.
+                tracing::error!(topic = %plan.name, partition = id.1, "cannot restore state, starting empty: {e}");
+                self.progress
+                    .restore_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                self.new_shard(id)
+            }
         };
+        self.run_shard(id, shard, store, position);
+    }
+
+    fn run_shard(
+        &mut self,
+        id: ShardId,
+        shard: Shard,
+        store: Option<ShardStore>,
+        position: Position,
+    ) {
+        let arbiter = &self.arbiters[self.next_arbiter % self.arbiters.len()];
+        self.next_arbiter += 1;
         let capacity = self.config.runtime.max_queued_batches;
         let addr = Shard::start_in_arbiter(arbiter, move |ctx| {
             ctx.set_mailbox_capacity(capacity);
@@ -498,6 +682,8 @@ impl Coordinator {
                 addr,
                 building: Vec::new(),
                 refused: None,
+                store,
+                position,
             },
         );
         if id.0 == 0 {
@@ -505,20 +691,23 @@ impl Coordinator {
         }
     }
 
-    /// Each shard's state as its changelog partition holds it (committed
-    /// records only), read to the end.
+    /// Reads the changelog partitions of `ids` to their ends (committed
+    /// records only), each from its offset in `from` (absent, or no longer
+    /// in the log: from the beginning, announced by [`Restore::Reset`]).
     fn read_changelogs(
         &self,
         ids: &[ShardId],
-    ) -> Result<BTreeMap<ShardId, MemoryStore>, ServiceError> {
-        let mut stores: BTreeMap<ShardId, MemoryStore> = BTreeMap::new();
+        from: &BTreeMap<ShardId, i64>,
+        sink: &mut dyn FnMut(Restore) -> Result<(), ServiceError>,
+    ) -> Result<(), ServiceError> {
+        const BATCH: usize = 4096;
         for (t, plan) in self.topology.topics.iter().enumerate() {
             let partitions: Vec<i32> = ids.iter().filter(|i| i.0 == t).map(|i| i.1).collect();
             if partitions.is_empty() {
                 continue;
             }
             // End-of-partition events carry no topic, so one reader per topic.
-            let reader: BaseConsumer<RestoreCtx> = client_config(&self.config.kafka, &self.brokers)
+            let reader: BaseConsumer<ToTheEnd> = client_config(&self.config.kafka, &self.brokers)
                 .set(
                     "group.id",
                     format!("{}-restore", self.config.kafka.group_id),
@@ -526,12 +715,27 @@ impl Coordinator {
                 .set("enable.auto.commit", "false")
                 .set("isolation.level", "read_committed")
                 .set("enable.partition.eof", "true")
-                .create_with_context(RestoreCtx)?;
-            reader.assign(&super::from_beginning(
-                &plan.changelog,
-                partitions.iter().copied(),
-            )?)?;
+                .create_with_context(ToTheEnd)?;
+            let mut tpl = TopicPartitionList::new();
+            for &p in &partitions {
+                let start = match from.get(&(t, p)) {
+                    None => Offset::Beginning,
+                    Some(&x) => {
+                        let (lo, hi) = reader.fetch_watermarks(&plan.changelog, p, TXN_TIMEOUT)?;
+                        if (lo..=hi).contains(&x) {
+                            Offset::Offset(x)
+                        } else {
+                            sink(Restore::Reset((t, p)))?;
+                            Offset::Beginning
+                        }
+                    }
+                };
+                tpl.add_partition_offset(&plan.changelog, p, start)?;
+            }
+            reader.assign(&tpl)?;
             let mut open: std::collections::BTreeSet<i32> = partitions.into_iter().collect();
+            let mut pending: BTreeMap<i32, Vec<ChangelogRecord>> = BTreeMap::new();
+            let mut next: BTreeMap<i32, i64> = BTreeMap::new();
             let started = now();
             while !open.is_empty() {
                 if started.elapsed() > RESTORE_TIMEOUT {
@@ -539,22 +743,42 @@ impl Coordinator {
                 }
                 match reader.poll(Duration::from_millis(100)) {
                     None => {}
-                    Some(Err(KafkaError::PartitionEOF(p))) => {
-                        open.remove(&p);
+                    Some(Err(KafkaError::PartitionEOF(p))) if open.remove(&p) => {
+                        if let Some(batch) = pending.remove(&p) {
+                            sink(Restore::Apply((t, p), batch))?;
+                        }
+                        let position = reader
+                            .position()
+                            .ok()
+                            .and_then(|tpl| {
+                                tpl.find_partition(&plan.changelog, p)
+                                    .and_then(|e| e.offset().to_raw())
+                            })
+                            .filter(|o| *o >= 0);
+                        let end = position
+                            .or_else(|| next.get(&p).copied())
+                            .or_else(|| from.get(&(t, p)).copied())
+                            .unwrap_or(0);
+                        sink(Restore::End((t, p), end))?;
                     }
+                    Some(Err(KafkaError::PartitionEOF(_))) => {}
                     Some(Err(e)) => return Err(e.into()),
                     Some(Ok(m)) => {
+                        let p = m.partition();
+                        next.insert(p, m.offset() + 1);
                         let Some(key) = m.key() else { continue };
-                        let store = stores.entry((t, m.partition())).or_default();
-                        store
-                            .write(vec![(key.to_vec(), m.payload().map(<[u8]>::to_vec))])
-                            .ok();
+                        let batch = pending.entry(p).or_default();
+                        batch.push((key.to_vec(), m.payload().map(<[u8]>::to_vec)));
+                        if batch.len() >= BATCH {
+                            let batch = std::mem::take(batch);
+                            sink(Restore::Apply((t, p), batch))?;
+                        }
                     }
                 }
             }
             reader.unassign()?;
         }
-        Ok(stores)
+        Ok(())
     }
 
     fn enqueue(&mut self, consumer: &BaseConsumer<Ctx>, id: ShardId, record: Record) {
@@ -679,12 +903,13 @@ impl Coordinator {
         let mut offsets = TopicPartitionList::new();
         let (mut alerts, mut dead, mut records) = (0u64, 0u64, 0u64);
         let (mut forwarded, mut internal) = (0u64, 0u64);
-        for ((t, p), out) in &outputs {
+        self.producer.context().take();
+        for (i, ((t, p), out)) in outputs.iter().enumerate() {
             let topic = self.topic(*t);
             for a in &out.alerts {
                 send(
                     &self.producer,
-                    BaseRecord::to(&k.alerts_topic)
+                    BaseRecord::with_opaque_to(&k.alerts_topic, 0)
                         .key(a.key.as_slice())
                         .payload(a.value.as_slice()),
                 )?;
@@ -692,14 +917,14 @@ impl Coordinator {
             for (target, r) in &out.forwarded {
                 send(
                     &self.producer,
-                    BaseRecord::to(self.topic(target + 1))
+                    BaseRecord::with_opaque_to(self.topic(target + 1), 0)
                         .key(r.key.as_slice())
                         .payload(r.value.as_slice()),
                 )?;
             }
             for d in &out.dead_letters {
                 let headers = dead_letter_headers(d, topic, *p);
-                let mut r = BaseRecord::to(&k.dead_letter_topic)
+                let mut r = BaseRecord::with_opaque_to(&k.dead_letter_topic, 0)
                     .payload(d.value.as_slice())
                     .headers(headers);
                 if let Some(key) = &d.key {
@@ -709,7 +934,7 @@ impl Coordinator {
             }
             let changelog = &self.topology.topics[*t].changelog;
             for (key, value) in &out.state {
-                let mut r = BaseRecord::<[u8], [u8]>::to(changelog)
+                let mut r = BaseRecord::<[u8], [u8], usize>::with_opaque_to(changelog, i + 1)
                     .partition(*p)
                     .key(key.as_slice());
                 if let Some(v) = value {
@@ -741,7 +966,7 @@ impl Coordinator {
                     });
                     send(
                         &self.producer,
-                        BaseRecord::<[u8], [u8]>::to(internal)
+                        BaseRecord::<[u8], [u8], usize>::with_opaque_to(internal, 0)
                             .partition(partition)
                             .payload(&[])
                             .headers(headers),
@@ -759,6 +984,8 @@ impl Coordinator {
         let offsets_ms = started.elapsed().as_secs_f64() * 1000.0;
         self.producer.commit_transaction(TXN_TIMEOUT)?;
         self.txn_open = false;
+        let ends = self.producer.context().take();
+        self.write_local(&outputs, &ends);
         tracing::debug!(
             records,
             forwarded,
@@ -784,6 +1011,40 @@ impl Coordinator {
         p.dead_letters.fetch_add(dead, Ordering::Relaxed);
         p.commits.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Copies a committed checkpoint's state changes to the local state,
+    /// with the positions they bring each shard to.
+    fn write_local(&mut self, outputs: &[(ShardId, ShardOutput)], ends: &[i64]) {
+        let Some(local) = &self.local else {
+            return;
+        };
+        let mut moved = vec![false; outputs.len()];
+        for (i, (id, out)) in outputs.iter().enumerate() {
+            let Some(slot) = self.shards.get_mut(id) else {
+                continue;
+            };
+            let before = slot.position;
+            if let Some(&end) = ends.get(i).filter(|e| **e >= 0) {
+                slot.position.changelog = end;
+            }
+            if let Some(next) = out.next_offset {
+                slot.position.input = next;
+            }
+            moved[i] = slot.position != before || !out.state.is_empty();
+        }
+        let writes = outputs
+            .iter()
+            .zip(moved)
+            .filter(|(_, m)| *m)
+            .filter_map(|((id, out), _)| {
+                let slot = self.shards.get(id)?;
+                Some((slot.store.as_ref()?, out.state.as_slice(), slot.position))
+            });
+        if let Err(e) = local.commit(writes) {
+            // Committed in Kafka all the same: a restart reads more changelog.
+            tracing::warn!("local state not updated: {e}");
+        }
     }
 
     /// After a failed checkpoint: abort the transaction and rewind every
@@ -876,7 +1137,10 @@ fn deliver_all(producer: &TxProducer) -> Result<(), KafkaError> {
     Ok(())
 }
 
-fn send(producer: &TxProducer, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<(), KafkaError> {
+fn send(
+    producer: &TxProducer,
+    mut record: BaseRecord<'_, [u8], [u8], usize>,
+) -> Result<(), KafkaError> {
     loop {
         match producer.send(record) {
             Ok(()) => return Ok(()),

@@ -1,0 +1,266 @@
+//! Local state on disk: one RocksDB database per member data directory,
+//! one column family per shard (`<topic>/<partition>`), written once per
+//! checkpoint in a single `WriteBatch`, after that checkpoint's Kafka
+//! transaction has committed.
+//!
+//! The changelog topics stay the source of truth; the local copy is a cache
+//! of them, so that a restart need not read a partition's whole changelog.
+//! With each shard's state the batch records its [`Position`]: the input
+//! offset the state covers and the changelog offset it includes. Because the
+//! copy is only written after the commit, it is never ahead of what Kafka
+//! committed; it can be behind (a crash between commit and write, or the
+//! partition owned by another member meanwhile), and then reading the
+//! changelog from the recorded offset to its end brings it up to date:
+//! changelog records are whole values per key, so re-applying a suffix in
+//! order gives the same state however far back it starts.
+
+use crate::state::{Entry, SnapshotError, StateStore};
+use rocksdb::{
+    BoundColumnFamily, DBWithThreadMode, Direction, IteratorMode, MultiThreaded, Options,
+    WriteBatch, WriteOptions,
+};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+type Db = DBWithThreadMode<MultiThreaded>;
+
+/// The key a shard's [`Position`] is kept under; engine keys never start
+/// with `~`.
+const POSITION_KEY: &[u8] = b"~position";
+
+/// Why local state could not be opened or written.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    /// RocksDB failed (including: another process holds the directory).
+    #[error("local state in {dir}: {source}")]
+    Rocks {
+        /// The data directory.
+        dir: PathBuf,
+        /// RocksDB's error.
+        source: rocksdb::Error,
+    },
+    /// A shard's store failed.
+    #[error("local state in {dir}: {error}")]
+    Shard {
+        /// The data directory.
+        dir: PathBuf,
+        /// What failed.
+        error: SnapshotError,
+    },
+}
+
+/// What a shard's local state covers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Position {
+    /// The next input offset to process: everything before it is in the state.
+    pub input: i64,
+    /// The next changelog offset: every changelog record before it has been
+    /// applied.
+    pub changelog: i64,
+}
+
+impl Position {
+    fn encode(self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&self.input.to_be_bytes());
+        b[8..].copy_from_slice(&self.changelog.to_be_bytes());
+        b
+    }
+
+    fn decode(b: &[u8]) -> Option<Position> {
+        let input = i64::from_be_bytes(b.get(..8)?.try_into().ok()?);
+        let changelog = i64::from_be_bytes(b.get(8..16)?.try_into().ok()?);
+        (b.len() == 16).then_some(Position { input, changelog })
+    }
+}
+
+/// The data directory's database.
+#[derive(Clone)]
+pub struct LocalState {
+    db: Arc<Db>,
+    dir: PathBuf,
+}
+
+impl std::fmt::Debug for LocalState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalState")
+            .field("dir", &self.dir)
+            .finish()
+    }
+}
+
+impl LocalState {
+    /// Opens (creating if needed) the database in `dir` with every column
+    /// family it already has.
+    pub fn open(dir: &Path) -> Result<LocalState, LocalError> {
+        let err = |source| LocalError::Rocks {
+            dir: dir.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(dir).ok();
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        let cfs = match Db::list_cf(&opts, dir) {
+            Ok(cfs) => cfs,
+            // A new directory has no database to list yet.
+            Err(_) => vec!["default".to_string()],
+        };
+        let db = Db::open_cf(&opts, dir, cfs).map_err(err)?;
+        Ok(LocalState {
+            db: Arc::new(db),
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The store of one shard (its column family, created if new).
+    pub fn shard(&self, topic: &str, partition: i32) -> Result<ShardStore, LocalError> {
+        let cf = format!("{topic}/{partition}");
+        if self.db.cf_handle(&cf).is_none() {
+            self.db
+                .create_cf(&cf, &Options::default())
+                .map_err(|source| self.error(source))?;
+        }
+        Ok(ShardStore {
+            state: self.clone(),
+            cf,
+        })
+    }
+
+    /// Writes each shard's changes and new position in one atomic batch.
+    pub fn commit<'a>(
+        &self,
+        shards: impl IntoIterator<Item = (&'a ShardStore, &'a [(Vec<u8>, Option<Vec<u8>>)], Position)>,
+    ) -> Result<(), LocalError> {
+        let mut batch = WriteBatch::default();
+        for (store, changes, position) in shards {
+            let cf = store.handle().map_err(|e| LocalError::Shard {
+                dir: self.dir.clone(),
+                error: e,
+            })?;
+            for (k, v) in changes {
+                match v {
+                    Some(v) => batch.put_cf(&cf, k, v),
+                    None => batch.delete_cf(&cf, k),
+                }
+            }
+            batch.put_cf(&cf, POSITION_KEY, position.encode());
+        }
+        // The changelog holds what a lost write held: no fsync per checkpoint.
+        let mut opts = WriteOptions::default();
+        opts.set_sync(false);
+        self.db
+            .write_opt(batch, &opts)
+            .map_err(|source| self.error(source))
+    }
+
+    fn error(&self, source: rocksdb::Error) -> LocalError {
+        LocalError::Rocks {
+            dir: self.dir.clone(),
+            source,
+        }
+    }
+}
+
+/// One shard's column family, a [`StateStore`].
+#[derive(Debug, Clone)]
+pub struct ShardStore {
+    state: LocalState,
+    cf: String,
+}
+
+impl ShardStore {
+    fn handle(&self) -> Result<Arc<BoundColumnFamily<'_>>, SnapshotError> {
+        self.state
+            .db
+            .cf_handle(&self.cf)
+            .ok_or_else(|| SnapshotError::Store(format!("column family {} is gone", self.cf)))
+    }
+
+    /// What the stored state covers, if anything was stored.
+    pub fn position(&self) -> Result<Option<Position>, SnapshotError> {
+        match self.get(POSITION_KEY)? {
+            None => Ok(None),
+            Some(b) => Position::decode(&b).map(Some).ok_or_else(|| {
+                SnapshotError::Corrupt(format!("{}: bad position record {b:?}", self.cf))
+            }),
+        }
+    }
+
+    /// Records what the stored state covers.
+    pub fn set_position(&mut self, position: Position) -> Result<(), SnapshotError> {
+        self.write(vec![(
+            POSITION_KEY.to_vec(),
+            Some(position.encode().to_vec()),
+        )])
+    }
+
+    /// Removes everything, position included.
+    pub fn clear(&mut self) -> Result<(), SnapshotError> {
+        let db = &self.state.db;
+        db.drop_cf(&self.cf).map_err(store_error)?;
+        db.create_cf(&self.cf, &Options::default())
+            .map_err(store_error)
+    }
+
+    /// The column family's name.
+    pub fn name(&self) -> &str {
+        &self.cf
+    }
+}
+
+fn store_error(e: rocksdb::Error) -> SnapshotError {
+    SnapshotError::Store(e.to_string())
+}
+
+impl StateStore for ShardStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, SnapshotError> {
+        let cf = self.handle()?;
+        self.state.db.get_cf(&cf, key).map_err(store_error)
+    }
+
+    fn write(&mut self, batch: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), SnapshotError> {
+        let cf = self.handle()?;
+        let mut b = WriteBatch::default();
+        for (k, v) in batch {
+            match v {
+                Some(v) => b.put_cf(&cf, k, v),
+                None => b.delete_cf(&cf, k),
+            }
+        }
+        self.state.db.write(b).map_err(store_error)
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<Entry>, SnapshotError> {
+        let cf = self.handle()?;
+        let mut out = Vec::new();
+        for item in self
+            .state
+            .db
+            .iterator_cf(&cf, IteratorMode::From(prefix, Direction::Forward))
+        {
+            let (k, v) = item.map_err(store_error)?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push((k.into_vec(), v.into_vec()));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_round_trip_and_reject_garbage() {
+        let p = Position {
+            input: 42,
+            changelog: 1 << 40,
+        };
+        assert_eq!(Position::decode(&p.encode()), Some(p));
+        assert_eq!(Position::decode(&[1, 2, 3]), None);
+        assert_eq!(Position::decode(&[0; 17]), None);
+    }
+}
