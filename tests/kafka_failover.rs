@@ -255,7 +255,9 @@ fn a_replacement_with_an_empty_data_directory_restores_from_the_changelog() {
     // must rebuild the state from the changelogs alone.
     let a = Serve(Some(spawn(&c, "node", true, &state_dir(&c, "node-a"))));
     wait_for_log(&c, "node", "partitions assigned", 1);
-    std::thread::sleep(Duration::from_secs(3));
+    // Killed once it has committed state (a first alert is on the topic),
+    // however slow the machine, so that there is a changelog to restore.
+    wait_for_alerts(&c, 1);
     kill(a);
     produce(&c, &input[half..]);
     let b = Serve(Some(spawn(&c, "node", true, &state_dir(&c, "node-b"))));
