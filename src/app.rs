@@ -1,6 +1,7 @@
 //! Wiring for the command line: `check` validates rules, `replay` runs them
-//! over a file of events, `test` runs the examples rule files carry, and
-//! `serve` and `demo` run the service (see `serve.rs`).
+//! over a file of events, `test` runs the examples rule files carry,
+//! `serve` and `demo` run the service (see `serve.rs`), and `state` looks
+//! into a data directory.
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
@@ -9,8 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
+use tripline::adapters::local::LocalState;
 use tripline::config::Config;
-use tripline::engine::{Engine, EngineOptions, Outputs, RuleSet};
+use tripline::engine::{Engine, EngineOptions, Outputs, RuleSet, inspect};
 use tripline::event::{FieldPath, TimeFormat, format_time};
 use tripline::rules::{CompileError, StreamDef, parse_duration};
 
@@ -82,6 +84,62 @@ enum Command {
         #[arg(required = true)]
         rules: Vec<PathBuf>,
     },
+    /// Look into a data directory (`state.dir`): its shards, or one key's
+    /// state; or compact it.
+    #[command(subcommand)]
+    State(StateCommand),
+}
+
+/// `tripline state …`.
+#[derive(Subcommand, Debug)]
+enum StateCommand {
+    /// Print each shard's position and state summary, or with `--key` the
+    /// state of that key (window aggregates, deadlines, partial matches,
+    /// held events) as JSON. Reads a copy while the service runs.
+    Inspect {
+        #[command(flatten)]
+        dir: StateDir,
+        /// A key (the value of the rules' key field).
+        #[arg(long, short)]
+        key: Option<String>,
+        /// Only this shard: `<topic>/<partition>`.
+        #[arg(long, short)]
+        shard: Option<String>,
+    },
+    /// Compact every shard's store, dropping overwritten and deleted
+    /// entries. The service must be stopped.
+    Compact {
+        #[command(flatten)]
+        dir: StateDir,
+    },
+}
+
+/// Where the data directory is.
+#[derive(Args, Debug)]
+struct StateDir {
+    /// The data directory (default: `state.dir` of the configuration).
+    #[arg(long, short)]
+    dir: Option<PathBuf>,
+    /// The configuration file (default: ./tripline.toml if it exists).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+impl StateDir {
+    fn resolve(&self) -> Result<PathBuf> {
+        if let Some(d) = &self.dir {
+            return Ok(d.clone());
+        }
+        let path = self.config.clone().or_else(|| {
+            let default = PathBuf::from("tripline.toml");
+            default.exists().then_some(default)
+        });
+        let dir = Config::load(path.as_deref())?.state.dir;
+        if dir.as_os_str().is_empty() {
+            bail!("no data directory: `state.dir` is empty; pass --dir");
+        }
+        Ok(dir)
+    }
 }
 
 /// The stream definition from flags (overrides a `stream` block).
@@ -155,7 +213,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve { config } => {
             let (config, rules) = service_setup(config)?;
             match rules {
-                Some(rules) => crate::serve::serve(config, rules),
+                Some((rules, source)) => crate::serve::serve(config, rules, source),
                 None => Ok(ExitCode::from(1)),
             }
         }
@@ -166,16 +224,106 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let (config, rules) = service_setup(config)?;
             match rules {
-                Some(rules) => crate::serve::demo(config, rules, &events, keep_running),
+                Some((rules, _)) => crate::serve::demo(config, rules, &events, keep_running),
                 None => Ok(ExitCode::from(1)),
             }
         }
+        Command::State(StateCommand::Inspect { dir, key, shard }) => {
+            state_inspect(&dir.resolve()?, key.as_deref(), shard.as_deref())
+        }
+        Command::State(StateCommand::Compact { dir }) => {
+            let dir = dir.resolve()?;
+            let local = LocalState::open(&dir)?;
+            let (before, after) = local.compact()?;
+            println!(
+                "{}: compacted, {before} → {after} bytes in SST files",
+                dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `tripline state inspect`: one JSON object per shard (or per shard that
+/// holds the key).
+fn state_inspect(dir: &Path, key: Option<&str>, only: Option<&str>) -> Result<ExitCode> {
+    if !dir.exists() {
+        bail!("{}: no such data directory", dir.display());
+    }
+    let local = LocalState::open_read_only(dir)?;
+    let mut out = std::io::stdout().lock();
+    let mut found = false;
+    let shards = local.shards()?;
+    if let Some(name) = only
+        && !shards.iter().any(|(t, p)| format!("{t}/{p}") == name)
+    {
+        bail!(
+            "{}: no shard `{name}` (see `tripline state inspect` for the list)",
+            dir.display()
+        );
+    }
+    for (topic, partition) in shards {
+        let name = format!("{topic}/{partition}");
+        if only.is_some_and(|o| o != name) {
+            continue;
+        }
+        let Some(store) = local.existing_shard(&topic, partition) else {
+            continue;
+        };
+        let shard_err = |e: tripline::state::SnapshotError| anyhow::anyhow!("{name}: {e}");
+        match key {
+            None => {
+                let position = store.position().map_err(shard_err)?;
+                let summary = inspect::summary(&store).map_err(shard_err)?;
+                let line = serde_json::json!({
+                    "shard": name,
+                    "input_offset": position.map(|p| p.input),
+                    "changelog_offset": position.map(|p| p.changelog),
+                    "sst_bytes": store.sst_bytes(),
+                    "state": summary,
+                });
+                if !print_line(&mut out, format_args!("{line}"))? {
+                    return Ok(ExitCode::SUCCESS);
+                }
+                found = true;
+            }
+            Some(k) => {
+                for state in inspect::inspect_key(&store, k).map_err(shard_err)? {
+                    let line = serde_json::json!({ "shard": name, "key_state": state });
+                    if !print_line(&mut out, format_args!("{line:#}"))? {
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    found = true;
+                }
+            }
+        }
+    }
+    if !found {
+        match key {
+            Some(k) => eprintln!("no state for key `{k}` in {}", dir.display()),
+            None => eprintln!("no shard state in {}", dir.display()),
+        }
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes a line of output; `false` when the reader has gone (`| head`),
+/// which ends the output without an error.
+fn print_line(out: &mut impl Write, line: std::fmt::Arguments<'_>) -> Result<bool> {
+    match writeln!(out, "{line}") {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e).context("writing to stdout"),
     }
 }
 
 /// Loads the configuration and the rules it names (`None`: the rules have
 /// errors, already printed).
-fn service_setup(path: Option<PathBuf>) -> Result<(Config, Option<Arc<RuleSet>>)> {
+#[allow(clippy::type_complexity)]
+fn service_setup(
+    path: Option<PathBuf>,
+) -> Result<(Config, Option<(Arc<RuleSet>, crate::serve::RuleSource)>)> {
     let path = path.or_else(|| {
         let default = PathBuf::from("tripline.toml");
         default.exists().then_some(default)
@@ -195,8 +343,11 @@ fn service_setup(path: Option<PathBuf>) -> Result<(Config, Option<Arc<RuleSet>>)
         max_record_bytes: config.rules.max_record_bytes,
         ..EngineOptions::default()
     };
-    let rules = load(&config.rules.paths, stream, options)?;
-    Ok((config, rules))
+    let rules = load(&config.rules.paths, stream.clone(), options)?;
+    Ok((
+        config,
+        rules.map(|r| (r, crate::serve::RuleSource { stream, options })),
+    ))
 }
 
 fn init_tracing() {

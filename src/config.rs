@@ -108,6 +108,8 @@ pub struct RulesConfig {
     pub max_partials_per_key: usize,
     /// Largest accepted record in bytes; larger ones are dead-lettered.
     pub max_record_bytes: usize,
+    /// How often `serve` re-reads the rule files for changes (0: never).
+    pub reload_interval_ms: u64,
 }
 
 impl Default for RulesConfig {
@@ -116,6 +118,7 @@ impl Default for RulesConfig {
             paths: vec![PathBuf::from("rules")],
             max_partials_per_key: 10_000,
             max_record_bytes: 1 << 20,
+            reload_interval_ms: 2000,
         }
     }
 }
@@ -157,12 +160,18 @@ pub struct StateConfig {
     /// The data directory (RocksDB), one per running process. Empty: no
     /// local copy; every shard that starts reads its whole changelog.
     pub dir: PathBuf,
+    /// Memory for key state, in MiB, shared by the process's shards: past
+    /// it, keys idle since their last stored checkpoint are evicted to the
+    /// data directory and read back on their next event or deadline. 0: no
+    /// limit. Needs `dir`.
+    pub memory_budget_mb: usize,
 }
 
 impl Default for StateConfig {
     fn default() -> Self {
         StateConfig {
             dir: PathBuf::from("tripline-state"),
+            memory_budget_mb: 1024,
         }
     }
 }
@@ -422,6 +431,7 @@ const FIELDS: &[&str] = &[
     "paths",
     "max_partials_per_key",
     "max_record_bytes",
+    "reload_interval_ms",
     "key",
     "time",
     "time_format",

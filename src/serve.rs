@@ -13,13 +13,90 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tripline::adapters::kafka::{self, ServiceHandle, service};
 use tripline::config::Config;
-use tripline::engine::RuleSet;
+use tripline::engine::{EngineOptions, RuleSet};
+use tripline::rules::{Compiler, StreamDef};
 
-/// `tripline serve`: runs until SIGINT or SIGTERM, then commits and leaves.
-pub fn serve(config: Config, rules: Arc<RuleSet>) -> Result<ExitCode> {
+/// How the running rules were read, to read them again the same way.
+pub struct RuleSource {
+    /// The stream definition from the configuration, if any.
+    pub stream: Option<StreamDef>,
+    /// Engine options from the configuration.
+    pub options: EngineOptions,
+}
+
+/// Watches the rule files: re-reads and checks them every interval, and
+/// hands a changed rule set that compiles to the service. Polling the
+/// content rather than subscribing to file events also sees changes that
+/// event watches miss (a Kubernetes ConfigMap swaps a symlink; network file
+/// systems send no events), and the rules are small enough to re-read.
+struct RuleWatch {
+    paths: Vec<std::path::PathBuf>,
+    source: RuleSource,
+    every: Duration,
+    next: std::time::Instant,
+    /// The last rule set handed over (or running at start).
+    seen: u64,
+    /// The last errors reported, so each distinct failure is logged once.
+    failed: Option<String>,
+}
+
+impl RuleWatch {
+    fn poll(&mut self, handle: &ServiceHandle) {
+        #[allow(clippy::disallowed_methods)]
+        let now = std::time::Instant::now();
+        if self.every.is_zero() || now < self.next {
+            return;
+        }
+        self.next = now + self.every;
+        let mut c = Compiler::new();
+        if let Some(s) = &self.source.stream {
+            c.stream(s.clone());
+        }
+        for p in &self.paths {
+            c.add_path(p);
+        }
+        match c.compile() {
+            Ok(def) => {
+                self.failed = None;
+                if def.hash == self.seen {
+                    return;
+                }
+                self.seen = def.hash;
+                tracing::info!(
+                    rules = def.rules.len(),
+                    "rule files changed and compile; swapping them in at the next checkpoint"
+                );
+                handle.reload(RuleSet::build(def, self.source.options));
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if self.failed.as_ref() != Some(&text) {
+                    tracing::error!(
+                        "rule files changed but do not compile; the running rules stay:\n{text}"
+                    );
+                    self.failed = Some(text);
+                }
+            }
+        }
+    }
+}
+
+/// `tripline serve`: runs until SIGINT or SIGTERM, then commits and leaves;
+/// rule file changes are picked up while it runs.
+pub fn serve(config: Config, rules: Arc<RuleSet>, source: RuleSource) -> Result<ExitCode> {
     let brokers = brokers_or_embedded(&config)?;
+    #[allow(clippy::disallowed_methods)]
+    let start = std::time::Instant::now();
+    let mut watch = RuleWatch {
+        paths: config.rules.paths.clone(),
+        every: Duration::from_millis(config.rules.reload_interval_ms),
+        next: start + Duration::from_millis(config.rules.reload_interval_ms),
+        seen: rules.def.hash,
+        failed: None,
+        source,
+    };
     let handle = service::start(config, brokers, rules)?;
-    wait_for_signal(&handle)?;
+    wait_for_signal(&handle, Some(&mut watch))?;
     handle.stop();
     handle.join()?;
     Ok(ExitCode::SUCCESS)
@@ -59,7 +136,7 @@ fn embedded(_: &Config) -> Result<String> {
     )
 }
 
-fn wait_for_signal(handle: &ServiceHandle) -> Result<()> {
+fn wait_for_signal(handle: &ServiceHandle, mut watch: Option<&mut RuleWatch>) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -70,7 +147,14 @@ fn wait_for_signal(handle: &ServiceHandle) -> Result<()> {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => return Ok(()),
                 _ = term.recv() => return Ok(()),
-                _ = tick.tick() => if handle.is_finished() { return Ok(()) },
+                _ = tick.tick() => {
+                    if handle.is_finished() {
+                        return Ok(());
+                    }
+                    if let Some(w) = watch.as_deref_mut() {
+                        w.poll(handle);
+                    }
+                }
             }
         }
     })
@@ -117,7 +201,7 @@ pub fn demo(
     }
     if keep_running {
         eprintln!("serving on {brokers} until Ctrl-C");
-        wait_for_signal(&handle)?;
+        wait_for_signal(&handle, None)?;
     }
     handle.stop();
     handle.join()?;

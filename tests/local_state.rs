@@ -4,7 +4,7 @@
 use proptest::prelude::*;
 use std::sync::atomic::{AtomicU32, Ordering};
 use tripline::adapters::local::{LocalState, Position};
-use tripline::state::{MemoryStore, StateStore};
+use tripline::state::{Change, MemoryStore, StateStore};
 
 fn fresh_dir() -> std::path::PathBuf {
     static N: AtomicU32 = AtomicU32::new(0);
@@ -20,7 +20,7 @@ fn fresh_dir() -> std::path::PathBuf {
 #[derive(Debug, Clone)]
 enum Op {
     /// Puts (`Some`) and deletes on one shard, as one batch.
-    Write(usize, Vec<(Vec<u8>, Option<Vec<u8>>)>),
+    Write(usize, Vec<Change>),
     Get(usize, Vec<u8>),
     Scan(usize, Vec<u8>),
     /// Close the database and open it again.

@@ -14,7 +14,7 @@
 //! changelog records are whole values per key, so re-applying a suffix in
 //! order gives the same state however far back it starts.
 
-use crate::state::{Entry, SnapshotError, StateStore};
+use crate::state::{Change, Entry, EntryVisitor, SnapshotError, StateStore};
 use rocksdb::{
     BoundColumnFamily, DBWithThreadMode, Direction, IteratorMode, MultiThreaded, Options,
     WriteBatch, WriteOptions,
@@ -113,6 +113,69 @@ impl LocalState {
         })
     }
 
+    /// Opens an existing database for reading only: allowed while a
+    /// running service holds it, showing what it had flushed when opened.
+    pub fn open_read_only(dir: &Path) -> Result<LocalState, LocalError> {
+        let err = |source| LocalError::Rocks {
+            dir: dir.to_path_buf(),
+            source,
+        };
+        let opts = Options::default();
+        let cfs = Db::list_cf(&opts, dir).map_err(err)?;
+        let db = Db::open_cf_for_read_only(&opts, dir, cfs, false).map_err(err)?;
+        Ok(LocalState {
+            db: Arc::new(db),
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The shards that have a store here, as `(topic, partition)`.
+    pub fn shards(&self) -> Result<Vec<(String, i32)>, LocalError> {
+        let cfs = Db::list_cf(&Options::default(), &self.dir).map_err(|e| self.error(e))?;
+        let mut out: Vec<(String, i32)> = cfs
+            .iter()
+            .filter_map(|cf| {
+                let (topic, partition) = cf.rsplit_once('/')?;
+                Some((topic.to_string(), partition.parse().ok()?))
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// An existing shard's store (`None`: there is none).
+    pub fn existing_shard(&self, topic: &str, partition: i32) -> Option<ShardStore> {
+        let cf = format!("{topic}/{partition}");
+        self.db.cf_handle(&cf)?;
+        Some(ShardStore {
+            state: self.clone(),
+            cf,
+        })
+    }
+
+    /// Compacts every shard's store (dropping deleted and overwritten
+    /// entries); returns the live SST bytes before and after.
+    pub fn compact(&self) -> Result<(u64, u64), LocalError> {
+        let size = |s: &LocalState| -> Result<u64, LocalError> {
+            let mut total = 0;
+            for (topic, partition) in s.shards()? {
+                if let Some(store) = s.existing_shard(&topic, partition) {
+                    total += store.sst_bytes();
+                }
+            }
+            Ok(total)
+        };
+        let before = size(self)?;
+        for (topic, partition) in self.shards()? {
+            if let Some(store) = self.existing_shard(&topic, partition)
+                && let Ok(cf) = store.handle()
+            {
+                self.db.compact_range_cf(&cf, None::<&[u8]>, None::<&[u8]>);
+            }
+        }
+        Ok((before, size(self)?))
+    }
+
     /// The store of one shard (its column family, created if new).
     pub fn shard(&self, topic: &str, partition: i32) -> Result<ShardStore, LocalError> {
         let cf = format!("{topic}/{partition}");
@@ -207,6 +270,20 @@ impl ShardStore {
     pub fn name(&self) -> &str {
         &self.cf
     }
+
+    /// Bytes of its SST files (what it holds on disk once flushed).
+    pub fn sst_bytes(&self) -> u64 {
+        self.handle()
+            .ok()
+            .and_then(|cf| {
+                self.state
+                    .db
+                    .property_int_value_cf(&cf, "rocksdb.total-sst-files-size")
+                    .ok()
+                    .flatten()
+            })
+            .unwrap_or(0)
+    }
 }
 
 fn store_error(e: rocksdb::Error) -> SnapshotError {
@@ -219,7 +296,7 @@ impl StateStore for ShardStore {
         self.state.db.get_cf(&cf, key).map_err(store_error)
     }
 
-    fn write(&mut self, batch: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), SnapshotError> {
+    fn write(&mut self, batch: Vec<Change>) -> Result<(), SnapshotError> {
         let cf = self.handle()?;
         let mut b = WriteBatch::default();
         for (k, v) in batch {
@@ -232,8 +309,20 @@ impl StateStore for ShardStore {
     }
 
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<Entry>, SnapshotError> {
-        let cf = self.handle()?;
         let mut out = Vec::new();
+        self.for_each_prefix(prefix, &mut |k, v| {
+            out.push((k.to_vec(), v.to_vec()));
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    fn for_each_prefix(
+        &self,
+        prefix: &[u8],
+        f: &mut EntryVisitor<'_>,
+    ) -> Result<(), SnapshotError> {
+        let cf = self.handle()?;
         for item in self
             .state
             .db
@@ -243,9 +332,9 @@ impl StateStore for ShardStore {
             if !k.starts_with(prefix) {
                 break;
             }
-            out.push((k.into_vec(), v.into_vec()));
+            f(&k, &v)?;
         }
-        Ok(out)
+        Ok(())
     }
 }
 

@@ -8,11 +8,17 @@
 //! so in-order input is never buffered.
 
 mod alert;
+pub mod inspect;
+mod migrate;
+mod passivate;
 mod ruleset;
 mod snapshot;
 
 pub use alert::{Alert, AlertKind};
+pub use migrate::{Migration, RuleChange};
+pub use passivate::PassivationStats;
 pub use ruleset::{CompiledRule, EngineOptions, Keying, RuleSet};
+pub use snapshot::check_entry;
 
 use crate::event::{Event, EventTime, Value, ValueKey};
 use crate::pattern::eval::{Scope, eval};
@@ -80,6 +86,51 @@ struct KeyState {
     windows: Vec<Vec<WindowState>>,
     values: Vec<Vec<Value>>,
     timer: Option<EventTime>,
+    /// The number of the [`Engine::take_changes`] batch that holds its
+    /// latest change (0: none since the restore): it may be passivated once
+    /// that batch is persisted.
+    written: u64,
+    /// Estimated memory it holds (see [`passivate`]); kept only with
+    /// passivation on.
+    bytes: u32,
+}
+
+impl KeyState {
+    /// A key's state before its first event.
+    fn fresh(rules: &RuleSet, keying: &Keying, key: &Value) -> KeyState {
+        KeyState {
+            key: key.clone(),
+            matchers: keying
+                .rules
+                .iter()
+                .map(|&r| rules.rules[r].matcher.new_state())
+                .collect(),
+            windows: keying
+                .rules
+                .iter()
+                .map(|&r| {
+                    rules.rules[r]
+                        .def
+                        .windows
+                        .iter()
+                        .map(fresh_window)
+                        .collect()
+                })
+                .collect(),
+            values: keying
+                .rules
+                .iter()
+                .map(|&r| vec![Value::Null; rules.rules[r].def.windows.len()])
+                .collect(),
+            timer: None,
+            written: 0,
+            bytes: 0,
+        }
+    }
+}
+
+fn fresh_window(w: &crate::rules::WindowSpec) -> WindowState {
+    WindowState::new(w.func, &w.window, w.arg.is_none())
 }
 
 /// Runs a rule set over a stream of events.
@@ -103,6 +154,17 @@ pub struct Engine {
     /// The buffered events (time, seq) the last checkpoint wrote or the
     /// restore read.
     stored_buffer: std::collections::BTreeSet<(EventTime, u64)>,
+    /// The next [`Engine::take_changes`] rewrites every buffered event (the
+    /// rule set changed, so their stored encoding is stale).
+    rewrite_buffer: bool,
+    /// The store holds the rules entry of the current rules.
+    rules_stored: bool,
+    /// What the restore that made this engine migrated.
+    migration: Option<Migration>,
+    /// Batches [`Engine::take_changes`] has returned.
+    batches: u64,
+    /// Idle keys evicted to the store, when on (see [`passivate`]).
+    passive: Option<passivate::Passivation>,
 }
 
 impl Engine {
@@ -121,6 +183,11 @@ impl Engine {
             external_watermark: false,
             dirty: None,
             stored_buffer: Default::default(),
+            rewrite_buffer: false,
+            rules_stored: false,
+            migration: None,
+            batches: 0,
+            passive: None,
             rules,
         }
     }
@@ -231,12 +298,14 @@ impl Engine {
     fn fire_timers(&mut self, upto: EventTime, out: &mut Outputs) {
         while let Some((at, (keying, key))) = self.timers.pop_due(upto) {
             let rules = self.rules.clone();
+            self.revive(keying as usize, &key);
             let Some(ks) = self.keys[keying as usize].get_mut(&key) else {
                 continue;
             };
             if let Some(d) = &mut self.dirty {
                 d.insert((keying, key.clone()));
             }
+            ks.written = self.batches + 1;
             if ks.timer != Some(at) {
                 // A stale entry: the key's deadline moved after it was queued.
                 continue;
@@ -273,12 +342,12 @@ impl Engine {
                         crate::event::format_time(at)
                     ),
                 });
-                self.keys[keying as usize].remove(&key);
+                self.drop_key(keying as usize, &key);
                 continue;
             }
             Self::schedule(keying as usize, &key, ks, next, &mut self.timers);
             if is_idle(ks) {
-                self.keys[keying as usize].remove(&key);
+                self.drop_key(keying as usize, &key);
             }
         }
     }
@@ -316,34 +385,13 @@ impl Engine {
             if let Some(d) = &mut self.dirty {
                 d.insert((ki as u32, key.clone()));
             }
+            if self.passive.as_ref().is_some_and(|p| p.has_cold()) {
+                self.revive(ki, &key);
+            }
             let ks = self.keys[ki]
                 .entry(key.clone())
-                .or_insert_with(|| KeyState {
-                    key: key_value.clone(),
-                    matchers: keying
-                        .rules
-                        .iter()
-                        .map(|&r| rules.rules[r].matcher.new_state())
-                        .collect(),
-                    windows: keying
-                        .rules
-                        .iter()
-                        .map(|&r| {
-                            rules.rules[r]
-                                .def
-                                .windows
-                                .iter()
-                                .map(|w| WindowState::new(w.func, &w.window, w.arg.is_none()))
-                                .collect()
-                        })
-                        .collect(),
-                    values: keying
-                        .rules
-                        .iter()
-                        .map(|&r| vec![Value::Null; rules.rules[r].def.windows.len()])
-                        .collect(),
-                    timer: None,
-                });
+                .or_insert_with(|| KeyState::fresh(&rules, keying, key_value));
+            ks.written = self.batches + 1;
             for (local, &ri) in keying.rules.iter().enumerate() {
                 let rule = &rules.rules[ri];
                 for (wi, spec) in rule.def.windows.iter().enumerate() {
@@ -408,6 +456,7 @@ impl Engine {
     pub fn sweep_idle_keys(&mut self) {
         self.since_sweep = 0;
         let now = self.watermark.current();
+        let mut freed = 0usize;
         for (keying, keys) in self.keys.iter_mut().enumerate() {
             let rules = &self.rules.keyings[keying].rules;
             let dirty = &mut self.dirty;
@@ -418,11 +467,17 @@ impl Engine {
                         .expire_lazy(&mut ks.matchers[local], now);
                 }
                 let keep = !is_idle(ks);
-                if !keep && let Some(d) = dirty.as_mut() {
-                    d.insert((keying as u32, key.clone()));
+                if !keep {
+                    freed += ks.bytes as usize;
+                    if let Some(d) = dirty.as_mut() {
+                        d.insert((keying as u32, key.clone()));
+                    }
                 }
                 keep
             });
+        }
+        if let Some(p) = &mut self.passive {
+            p.release(freed);
         }
     }
 }

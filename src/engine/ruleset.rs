@@ -166,6 +166,27 @@ impl RuleSet {
         RuleSet::build(def, self.options)
     }
 
+    /// The rule set `origin` compiles to, restricted to the rules named in
+    /// `rules` (as [`RuleSet::for_key`] restricts): the rules some state
+    /// was written under, rebuilt to read that state.
+    pub fn rebuild(
+        origin: &crate::rules::RuleOrigin,
+        rules: &[String],
+        options: EngineOptions,
+    ) -> Result<Arc<RuleSet>, CompileError> {
+        let mut c = Compiler::new();
+        if let Some(s) = &origin.stream {
+            c.stream(s.clone());
+        }
+        for (name, text) in &origin.sources {
+            c.add_source(name, text);
+        }
+        let mut def = c.compile()?;
+        def.rules.retain(|r| rules.contains(&r.name));
+        def.examples.clear();
+        Ok(RuleSet::build(def, options))
+    }
+
     /// The slot of the stream's key field.
     pub fn stream_key_slot(&self) -> Option<Slot> {
         self.def.schema.slot(&self.def.stream.key)

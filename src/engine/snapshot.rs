@@ -3,25 +3,29 @@
 //! and one per key (each rule's partial matches and window aggregates, with
 //! the key's matched events stored once).
 
-use super::{Engine, EngineStats, KeyState};
+use super::{Engine, EngineStats, KeyState, RuleSet};
 use crate::event::{Event, MAX_EVENT_TIME_MS, Value, ValueKey};
 use crate::pattern::matcher::{EventTable, MatcherSnapshot, MatcherState};
-use crate::state::{SnapshotError, StateStore, decode, encode};
+use crate::rules::RuleOrigin;
+use crate::state::{Change, SnapshotError, StateStore, decode, encode};
 use crate::time::WatermarkTracker;
 use crate::window::WindowState;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 use std::sync::Arc;
 
-const META_KEY: &[u8] = b"m";
-const KEY_PREFIX: &[u8] = b"k/";
+pub(super) const META_KEY: &[u8] = b"m";
+/// The rules the state was written under ([`StoredRules`]), so that it can
+/// be read and migrated after they change.
+pub(super) const RULES_KEY: &[u8] = b"r";
+pub(super) const KEY_PREFIX: &[u8] = b"k/";
 /// Events waiting for the watermark, one entry each (so a checkpoint writes
 /// only those that arrived or left since the last one), keyed by
 /// `(time, seq)` in an order-preserving encoding.
-const BUFFER_PREFIX: &[u8] = b"b/";
+pub(super) const BUFFER_PREFIX: &[u8] = b"b/";
 
 #[derive(Serialize, Deserialize)]
-struct EventSnapshot {
+pub(super) struct EventSnapshot {
     time: i64,
     seq: u64,
     fields: Vec<Value>,
@@ -60,16 +64,23 @@ impl EventSnapshot {
 }
 
 #[derive(Serialize, Deserialize)]
-struct Meta {
-    watermark: WatermarkTracker,
-    /// Always empty since buffered events got entries of their own; read
-    /// for snapshots written before.
-    buffered: Vec<EventSnapshot>,
-    stats: (u64, u64, u64, u64, u64),
+pub(super) struct StoredRules {
+    pub(super) origin: RuleOrigin,
+    /// The rules of the origin the engine ran (see [`RuleSet::for_key`]).
+    pub(super) rules: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize)]
-struct KeySnapshot {
+pub(super) struct Meta {
+    pub(super) watermark: WatermarkTracker,
+    /// Always empty since buffered events got entries of their own; read
+    /// for snapshots written before.
+    buffered: Vec<EventSnapshot>,
+    pub(super) stats: (u64, u64, u64, u64, u64),
+}
+
+#[derive(Serialize, Deserialize)]
+pub(super) struct KeySnapshot {
     key: Value,
     events: Vec<EventSnapshot>,
     matchers: Vec<MatcherSnapshot>,
@@ -86,7 +97,7 @@ fn buffer_key(time: i64, seq: u64) -> Vec<u8> {
     k
 }
 
-fn key_bytes(keying: u32, key: &ValueKey) -> Vec<u8> {
+pub(super) fn key_bytes(keying: u32, key: &ValueKey) -> Vec<u8> {
     let mut k = KEY_PREFIX.to_vec();
     k.extend_from_slice(&keying.to_be_bytes());
     // postcard of a ValueKey cannot fail (derive-only, written to a Vec).
@@ -110,28 +121,47 @@ impl Engine {
         (META_KEY.to_vec(), Some(encode(self.rules.def.hash, &meta)))
     }
 
-    fn key_value(&self, ks: &KeyState) -> Vec<u8> {
-        let mut table = EventTable::default();
-        let matchers = ks
-            .matchers
-            .iter()
-            .map(|m| m.to_snapshot(&mut table))
-            .collect();
-        let snap = KeySnapshot {
-            key: ks.key.clone(),
-            events: table.events.iter().map(|e| EventSnapshot::of(e)).collect(),
-            matchers,
-            windows: ks.windows.clone(),
-            values: ks.values.clone(),
-            timer: ks.timer,
+    fn rules_entry(&self) -> (Vec<u8>, Option<Vec<u8>>) {
+        let stored = StoredRules {
+            origin: (*self.rules.def.origin).clone(),
+            rules: self
+                .rules
+                .rules
+                .iter()
+                .map(|r| r.def.name.clone())
+                .collect(),
         };
-        encode(self.rules.def.hash, &snap)
+        (
+            RULES_KEY.to_vec(),
+            Some(encode(self.rules.def.hash, &stored)),
+        )
+    }
+
+    /// Whether the store lacks something [`Engine::take_changes`] would
+    /// write even without new events (the rules changed).
+    pub fn needs_checkpoint(&self) -> bool {
+        !self.rules_stored
+    }
+
+    /// What the last restore did to state written under other rules.
+    pub fn take_migration(&mut self) -> Option<super::Migration> {
+        self.migration.take()
+    }
+
+    fn key_value(&self, ks: &KeyState) -> Vec<u8> {
+        key_value(&self.rules, ks)
     }
 
     /// Writes the whole engine state to `store` in one batch, replacing what
-    /// was there. Returns the number of bytes written.
+    /// was there. Returns the number of bytes written. Refused while keys
+    /// are passivated (their state is in the passivation store only).
     pub fn checkpoint(&self, store: &mut impl StateStore) -> Result<usize, SnapshotError> {
-        let mut batch: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        if self.has_cold_keys() {
+            return Err(SnapshotError::Store(
+                "a full checkpoint of an engine with passivated keys: use take_changes".into(),
+            ));
+        }
+        let mut batch: Vec<Change> = Vec::new();
         for (k, _) in store.scan_prefix(KEY_PREFIX)? {
             batch.push((k, None));
         }
@@ -139,6 +169,7 @@ impl Engine {
             batch.push((k, None));
         }
         batch.push(self.meta_entry());
+        batch.push(self.rules_entry());
         for e in &self.buffer {
             batch.push((
                 buffer_key(e.time, e.seq),
@@ -165,15 +196,19 @@ impl Engine {
     /// dropped. Applied in order to the store that held the previous
     /// state, it gives the store [`Engine::checkpoint`] would write. Without
     /// tracking, the whole state (with no deletes).
-    pub fn take_changes(&mut self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    pub fn take_changes(&mut self) -> Vec<Change> {
         let mut batch = vec![self.meta_entry()];
+        if !self.rules_stored {
+            batch.push(self.rules_entry());
+            self.rules_stored = true;
+        }
         let now: std::collections::BTreeSet<(i64, u64)> =
             self.buffer.iter().map(|e| (e.time, e.seq)).collect();
         for gone in self.stored_buffer.difference(&now) {
             batch.push((buffer_key(gone.0, gone.1), None));
         }
         for e in &self.buffer {
-            if !self.stored_buffer.contains(&(e.time, e.seq)) {
+            if self.rewrite_buffer || !self.stored_buffer.contains(&(e.time, e.seq)) {
                 batch.push((
                     buffer_key(e.time, e.seq),
                     Some(encode(self.rules.def.hash, &EventSnapshot::of(e))),
@@ -181,15 +216,23 @@ impl Engine {
             }
         }
         self.stored_buffer = now;
+        self.rewrite_buffer = false;
         match self.dirty.take() {
             Some(mut dirty) => {
                 let mut keys: Vec<(u32, ValueKey)> = dirty.drain().collect();
                 // Sorted, so the same changes always give the same batch.
                 keys.sort();
                 for (ki, key) in keys {
-                    let value = self.keys[ki as usize]
-                        .get(&key)
-                        .map(|ks| self.key_value(ks));
+                    let value = match self.keys[ki as usize].get(&key) {
+                        Some(ks) => {
+                            let v = key_value(&self.rules, ks);
+                            if let Some(ks) = self.keys[ki as usize].get_mut(&key) {
+                                Engine::written_size(&mut self.passive, ks, v.len());
+                            }
+                            Some(v)
+                        }
+                        None => None,
+                    };
                     batch.push((key_bytes(ki, &key), value));
                 }
                 self.dirty = Some(dirty);
@@ -202,6 +245,7 @@ impl Engine {
                 }
             }
         }
+        self.batches += 1;
         batch
     }
 
@@ -214,13 +258,58 @@ impl Engine {
         Engine::new(rules).restored(store)
     }
 
+    /// State written under other rules: restored under those (rebuilt from
+    /// the sources stored with it), then migrated to this engine's rules.
+    fn restored_from_other_rules(
+        self,
+        store: &impl StateStore,
+        stored: &[u8],
+        hash: u64,
+    ) -> Result<Engine, SnapshotError> {
+        let stored: StoredRules = decode(stored, hash)?;
+        let old =
+            RuleSet::rebuild(&stored.origin, &stored.rules, self.rules.options).map_err(|e| {
+                SnapshotError::Corrupt(format!(
+                    "the rules the state was written under do not compile: {e}"
+                ))
+            })?;
+        if old.def.hash != hash {
+            return Err(SnapshotError::Corrupt(format!(
+                "the stored rules compile to rule set {:016x}, not {hash:016x}",
+                old.def.hash
+            )));
+        }
+        let mut this = self;
+        let prior = Engine {
+            external_watermark: this.external_watermark,
+            dirty: this.dirty.as_ref().map(|_| hashbrown::HashSet::new()),
+            ..Engine::new(old)
+        }
+        .restored(store)?;
+        let (mut engine, migration) = prior.migrate(this.rules.clone());
+        // Under other rules every key is rewritten by the next batch, so all
+        // stay resident until then.
+        this.hand_over_passivation(&mut engine);
+        engine.migration = Some(migration);
+        Ok(engine)
+    }
+
     /// This fresh engine (as configured: watermark source, change tracking)
-    /// in the state last checkpointed to `store`.
+    /// in the state last checkpointed to `store`; state written under other
+    /// rules is migrated (see [`Engine::migrate`] and
+    /// [`Engine::take_migration`]).
     pub fn restored(self, store: &impl StateStore) -> Result<Engine, SnapshotError> {
         let mut engine = self;
         let rules = engine.rules.clone();
         let hash = rules.def.hash;
         let slots = rules.def.schema.len();
+        if let Some(bytes) = store.get(RULES_KEY)? {
+            let found = crate::state::header_hash(&bytes)?;
+            if found != hash {
+                return engine.restored_from_other_rules(store, &bytes, found);
+            }
+            engine.rules_stored = true;
+        }
         let Some(meta) = store.get(META_KEY)? else {
             return Ok(engine);
         };
@@ -251,73 +340,128 @@ impl Engine {
             rule_errors: meta.stats.3,
             unkeyed: meta.stats.4,
         };
-        for (k, v) in store.scan_prefix(KEY_PREFIX)? {
-            let keying = k
-                .get(2..6)
-                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
-                .filter(|&i| i < rules.keyings.len())
-                .ok_or_else(|| SnapshotError::Corrupt(format!("bad state key {k:?}")))?;
-            let snap: KeySnapshot = decode(&v, hash)?;
-            let keying_rules = &rules.keyings[keying].rules;
-            if snap.matchers.len() != keying_rules.len()
-                || snap.windows.len() != keying_rules.len()
-                || snap.values.len() != keying_rules.len()
-            {
-                return Err(SnapshotError::Corrupt(format!(
-                    "key {} has state for other rules",
-                    snap.key
-                )));
-            }
-            let events: Vec<Arc<Event>> = snap
-                .events
-                .into_iter()
-                .map(|e| e.into_event(slots).map(Arc::new))
-                .collect::<Result<_, _>>()?;
-            let mut matchers = Vec::with_capacity(snap.matchers.len());
-            for (m, &ri) in snap.matchers.iter().zip(keying_rules) {
-                let nfa = &rules.rules[ri].matcher.nfa;
-                matchers.push(
-                    MatcherState::from_snapshot(
-                        m,
-                        &events,
-                        nfa,
-                        rules.rules[ri].matcher.lazy.as_deref(),
-                    )
-                    .map_err(|e| SnapshotError::Corrupt(e.to_string()))?,
-                );
-            }
-            for (w, &ri) in snap.windows.iter().zip(keying_rules) {
-                if w.len() != rules.rules[ri].def.windows.len() {
-                    return Err(SnapshotError::Corrupt(format!(
-                        "key {} window count differs",
-                        snap.key
-                    )));
-                }
-            }
-            if snap
-                .timer
-                .is_some_and(|t| t.abs() > MAX_EVENT_TIME_MS.saturating_mul(2))
-            {
-                return Err(SnapshotError::Corrupt(format!(
-                    "key {} timer out of range",
-                    snap.key
-                )));
-            }
-            let key = ValueKey::from(&snap.key);
-            if let Some(t) = snap.timer {
+        let keyings = rules.keyings.len();
+        store.for_each_prefix(KEY_PREFIX, &mut |k, v| {
+            let keying = keying_of(k, keyings)?;
+            let mut ks = decode_key_state(&rules, keying, v)?;
+            let key = ValueKey::from(&ks.key);
+            if let Some(t) = ks.timer {
                 engine.timers.insert(t, (keying as u32, key.clone()));
             }
-            engine.keys[keying].insert(
-                key,
-                KeyState {
-                    key: snap.key,
-                    matchers,
-                    windows: snap.windows,
-                    values: snap.values,
-                    timer: snap.timer,
-                },
-            );
-        }
+            if engine.admit_restored(keying, &key, &mut ks, v.len()) {
+                engine.keys[keying].insert(key, ks);
+            }
+            Ok(())
+        })?;
         Ok(engine)
+    }
+}
+
+fn key_value(rules: &RuleSet, ks: &KeyState) -> Vec<u8> {
+    let mut table = EventTable::default();
+    let matchers = ks
+        .matchers
+        .iter()
+        .map(|m| m.to_snapshot(&mut table))
+        .collect();
+    let snap = KeySnapshot {
+        key: ks.key.clone(),
+        events: table.events.iter().map(|e| EventSnapshot::of(e)).collect(),
+        matchers,
+        windows: ks.windows.clone(),
+        values: ks.values.clone(),
+        timer: ks.timer,
+    };
+    encode(rules.def.hash, &snap)
+}
+
+/// The keying a key entry's store key names.
+pub(super) fn keying_of(k: &[u8], keyings: usize) -> Result<usize, SnapshotError> {
+    k.get(2..6)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .filter(|&i| i < keyings)
+        .ok_or_else(|| SnapshotError::Corrupt(format!("bad state key {k:?}")))
+}
+
+/// A key's state from its entry, checked against `rules`.
+pub(super) fn decode_key_state(
+    rules: &RuleSet,
+    keying: usize,
+    v: &[u8],
+) -> Result<KeyState, SnapshotError> {
+    let hash = rules.def.hash;
+    let slots = rules.def.schema.len();
+    let snap: KeySnapshot = decode(v, hash)?;
+    let keying_rules = &rules.keyings[keying].rules;
+    if snap.matchers.len() != keying_rules.len()
+        || snap.windows.len() != keying_rules.len()
+        || snap.values.len() != keying_rules.len()
+    {
+        return Err(SnapshotError::Corrupt(format!(
+            "key {} has state for other rules",
+            snap.key
+        )));
+    }
+    let events: Vec<Arc<Event>> = snap
+        .events
+        .into_iter()
+        .map(|e| e.into_event(slots).map(Arc::new))
+        .collect::<Result<_, _>>()?;
+    let mut matchers = Vec::with_capacity(snap.matchers.len());
+    for (m, &ri) in snap.matchers.iter().zip(keying_rules) {
+        let nfa = &rules.rules[ri].matcher.nfa;
+        matchers.push(
+            MatcherState::from_snapshot(m, &events, nfa, rules.rules[ri].matcher.lazy.as_deref())
+                .map_err(|e| SnapshotError::Corrupt(e.to_string()))?,
+        );
+    }
+    for (w, &ri) in snap.windows.iter().zip(keying_rules) {
+        if w.len() != rules.rules[ri].def.windows.len() {
+            return Err(SnapshotError::Corrupt(format!(
+                "key {} window count differs",
+                snap.key
+            )));
+        }
+    }
+    if snap
+        .timer
+        .is_some_and(|t| t.abs() > MAX_EVENT_TIME_MS.saturating_mul(2))
+    {
+        return Err(SnapshotError::Corrupt(format!(
+            "key {} timer out of range",
+            snap.key
+        )));
+    }
+    Ok(KeyState {
+        key: snap.key,
+        matchers,
+        windows: snap.windows,
+        values: snap.values,
+        timer: snap.timer,
+        written: 0,
+        bytes: 0,
+    })
+}
+
+/// Checks that a stored entry (a checkpoint's or a changelog record's key
+/// and value) is well formed: a header this build reads and a body that
+/// decodes as the kind of entry its key names. Consistency with the rules
+/// is checked on restore; this lets a reader name the record at fault.
+pub fn check_entry(key: &[u8], value: &[u8]) -> Result<(), SnapshotError> {
+    let hash = crate::state::header_hash(value)?;
+    if key == META_KEY {
+        decode::<Meta>(value, hash).map(drop)
+    } else if key == RULES_KEY {
+        decode::<StoredRules>(value, hash).map(drop)
+    } else if key.starts_with(KEY_PREFIX) {
+        keying_of(key, usize::MAX)?;
+        decode::<KeySnapshot>(value, hash).map(drop)
+    } else if key.starts_with(BUFFER_PREFIX) {
+        decode::<EventSnapshot>(value, hash).map(drop)
+    } else {
+        Err(SnapshotError::Corrupt(format!(
+            "unknown entry {:?}",
+            String::from_utf8_lossy(&key[..key.len().min(16)])
+        )))
     }
 }

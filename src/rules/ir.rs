@@ -9,7 +9,7 @@ use std::sync::Arc;
 pub type StageId = u16;
 
 /// How the input stream is read.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StreamDef {
     /// Its name.
     pub name: String,
@@ -347,4 +347,125 @@ pub struct RuleSetDef {
     pub time_slot: Slot,
     /// Hash of the sources and stream definition; versions per-key state.
     pub hash: u64,
+    /// What it was compiled from, so that state written under it can be
+    /// read again after the rules change.
+    pub origin: Arc<RuleOrigin>,
+}
+
+/// The inputs a rule set was compiled from.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RuleOrigin {
+    /// (display name, text) of each source file, in the order added.
+    pub sources: Vec<(String, String)>,
+    /// The stream definition given outside the sources, if any.
+    pub stream: Option<StreamDef>,
+}
+
+impl CExpr {
+    /// Calls `f` on every field slot the expression reads, in a fixed
+    /// structural order.
+    fn visit_slots(&mut self, f: &mut dyn FnMut(&mut Slot)) {
+        match self {
+            CExpr::Lit(_) | CExpr::Window(_) => {}
+            CExpr::Field(s) | CExpr::StageLast(_, s) => f(s),
+            CExpr::Unary(_, e) | CExpr::IsNull(e, _) | CExpr::Matches(e, _) => e.visit_slots(f),
+            CExpr::Binary(_, a, b) => {
+                a.visit_slots(f);
+                b.visit_slots(f);
+            }
+            CExpr::In(e, items, _) => {
+                e.visit_slots(f);
+                items.iter_mut().for_each(|i| i.visit_slots(f));
+            }
+            CExpr::Func(_, args) => args.iter_mut().for_each(|a| a.visit_slots(f)),
+            CExpr::MatchAgg(agg) => {
+                if let Some(a) = &mut agg.arg {
+                    a.visit_slots(f);
+                }
+            }
+        }
+    }
+}
+
+impl PatternDef {
+    fn visit_slots(&mut self, f: &mut dyn FnMut(&mut Slot)) {
+        for s in &mut self.stages {
+            match &mut s.body {
+                StageBodyDef::Cond(c) => c.visit_slots(f),
+                StageBodyDef::Group(g) => g.visit_slots(f),
+            }
+            if let Some(u) = &mut s.until {
+                u.visit_slots(f);
+            }
+        }
+    }
+}
+
+/// A hash of `debug` output of a value whose slots were renumbered by first
+/// use, together with the field paths in that order: equal for the same
+/// construct in rule sets whose schemas number fields differently.
+fn canonical_hash(schema: &Schema, visit: impl FnOnce(&mut dyn FnMut(&mut Slot)) -> String) -> u64 {
+    let mut order: Vec<Slot> = Vec::new();
+    let debug = visit(&mut |s: &mut Slot| {
+        let canonical = match order.iter().position(|o| o == s) {
+            Some(i) => i,
+            None => {
+                order.push(*s);
+                order.len() - 1
+            }
+        };
+        *s = canonical as Slot;
+    });
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for s in order {
+        h.update(schema.path(s).to_string().as_bytes());
+        h.update(&[0]);
+    }
+    h.update(debug.as_bytes());
+    h.digest()
+}
+
+impl WindowSpec {
+    /// What the window's state means, independent of how the rule set
+    /// numbers fields: two windows with the same fingerprint aggregate the
+    /// same values the same way, so one's state can continue as the other's.
+    pub fn fingerprint(&self, schema: &Schema) -> u64 {
+        canonical_hash(schema, |f| {
+            let mut w = self.clone();
+            if let Some(a) = &mut w.arg {
+                a.visit_slots(f);
+            }
+            format!("{w:?}")
+        })
+    }
+}
+
+impl RuleDef {
+    /// What the rule's per-key state means (key, pattern, window, skip,
+    /// window aggregates), independent of how the rule set numbers fields.
+    /// Name, description, severity, score and payload are left out: they
+    /// change what an alert says, not what state leads to it. Equal
+    /// fingerprints: the rule's state carries over a rule change as it is.
+    pub fn state_fingerprint(&self, schema: &Schema) -> u64 {
+        canonical_hash(schema, |f| {
+            let mut r = self.clone();
+            f(&mut r.key_slot);
+            r.pattern.visit_slots(f);
+            for w in &mut r.windows {
+                if let Some(a) = &mut w.arg {
+                    a.visit_slots(f);
+                }
+            }
+            format!(
+                "{:?}|{:?}|{:?}|{}|{}|{:?}|{:?}",
+                r.key_slot,
+                r.within,
+                r.skip,
+                r.report_timeouts,
+                r.inclusive_aggregates,
+                r.pattern,
+                r.windows
+            )
+        })
+    }
 }

@@ -28,9 +28,9 @@
 //! This module knows nothing of Kafka: records are plain bytes with a
 //! partition and an offset, so the runtime is tested without a broker.
 
-use crate::engine::{Engine, Outputs, RuleSet};
+use crate::engine::{Engine, Migration, Outputs, RuleSet};
 use crate::event::{EventTime, Slot, Value};
-use crate::state::{self, SnapshotError, StateStore};
+use crate::state::{self, Change, SnapshotError, StateStore};
 use actix::{Actor, Context, Handler, Message, MessageResult};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -131,6 +131,24 @@ pub struct Records(pub Vec<Record>);
 #[rtype(result = "ShardOutput")]
 pub struct Barrier;
 
+/// The shard's state changes up to batch `batch` ([`ShardOutput::batch`])
+/// are in its store: idle keys may be passivated, to keep the shard near
+/// `budget_bytes`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Persisted {
+    /// The last batch written.
+    pub batch: u64,
+    /// The shard's memory budget.
+    pub budget_bytes: usize,
+}
+
+/// New rules, to take effect between two records (sent at a checkpoint
+/// boundary): the whole rule set and the part the shard runs.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Reload(pub Arc<RuleSet>, pub Arc<RuleSet>);
+
 /// A record to produce.
 #[derive(Clone, Debug, PartialEq)]
 pub struct OutRecord {
@@ -198,7 +216,16 @@ pub struct ShardOutput {
     pub rule_errors: u64,
     /// The state changes since the last barrier, as a store batch (empty
     /// when no record was processed): what the changelog records.
-    pub state: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    pub state: Vec<Change>,
+    /// The number of that batch (see [`Persisted`]).
+    pub batch: u64,
+    /// Passivated state could not be read back: this output is wrong and
+    /// must not be committed; the shard must be rebuilt from its store.
+    pub state_error: Option<SnapshotError>,
+    /// Passivation counters, when on.
+    pub passivation: Option<crate::engine::PassivationStats>,
+    /// Keys resident in memory.
+    pub resident_keys: u64,
 }
 
 /// The state entry holding an internal shard's latest source marks.
@@ -256,9 +283,10 @@ impl Shard {
             pending,
             outputs,
         } = self;
-        let hash = engine.rules().def.hash;
         if let Some(bytes) = store.get(MARKS_KEY)? {
-            let stored: Vec<Option<WatermarkMark>> = state::decode(&bytes, hash)?;
+            // Marks mean the same under any rules: read whatever wrote them.
+            let stored: Vec<Option<WatermarkMark>> =
+                state::decode(&bytes, state::header_hash(&bytes)?)?;
             if stored.len() != marks.len() {
                 return Err(SnapshotError::Corrupt(format!(
                     "marks of {} sources, expected {}",
@@ -268,7 +296,7 @@ impl Shard {
             }
             marks = stored;
         }
-        Ok(Shard {
+        let mut shard = Shard {
             partition,
             rules,
             role,
@@ -276,7 +304,76 @@ impl Shard {
             marks,
             pending,
             outputs,
-        })
+        };
+        if let Some(m) = shard.engine.take_migration() {
+            shard.migrated(m, "state written under other rules");
+        }
+        Ok(shard)
+    }
+
+    /// Moves the shard to new rules between two records: `rules` is the
+    /// whole new rule set, `engine_rules` the part this shard runs. State is
+    /// migrated rule by rule (see [`Engine::migrate`]); the next output
+    /// carries the whole state under the new rules.
+    pub fn reload(&mut self, rules: Arc<RuleSet>, engine_rules: Arc<RuleSet>) {
+        let placeholder = Engine::new(engine_rules.clone());
+        let engine = std::mem::replace(&mut self.engine, placeholder);
+        let (engine, migration) = engine.migrate(engine_rules);
+        self.engine = engine;
+        self.rules = rules;
+        self.migrated(migration, "rules reloaded");
+    }
+
+    /// Logs what a migration did and dead-letters the buffered events the
+    /// new rules cannot read.
+    fn migrated(&mut self, m: Migration, why: &str) {
+        for (rule, change) in &m.rules {
+            tracing::info!(partition = self.partition, rule = %rule, "{why}: {change}");
+        }
+        if m.reset_states > 0 {
+            tracing::warn!(
+                partition = self.partition,
+                states = m.reset_states,
+                "{why}: rule states reset because an event they held no longer decodes"
+            );
+        }
+        for (seq, raw, reason) in m.rejected {
+            self.pending.dead_letters.push(DeadLetter {
+                kind: DeadLetterKind::Malformed,
+                reason: format!("no longer decodes under the new rules: {reason}"),
+                offset: seq as i64,
+                key: None,
+                value: raw.as_bytes().to_vec(),
+            });
+        }
+    }
+
+    /// Turns passivation on: idle keys are evicted to `store` (the shard's
+    /// local state, which receives every committed [`ShardOutput::state`])
+    /// while the shard is over `budget_bytes`. Before [`Shard::restored`].
+    pub fn with_passivation(
+        mut self,
+        store: Box<dyn StateStore + Send>,
+        budget_bytes: usize,
+    ) -> Shard {
+        let placeholder = Engine::new(self.engine.rules().clone());
+        let engine = std::mem::replace(&mut self.engine, placeholder);
+        self.engine = engine.with_passivation(store, budget_bytes);
+        self
+    }
+
+    /// Batches up to `batch` are in the store: passivates idle keys while
+    /// over `budget_bytes`.
+    pub fn persisted(&mut self, batch: u64, budget_bytes: usize) {
+        let evicted = self.engine.passivate(batch, budget_bytes);
+        if evicted > 0 {
+            tracing::debug!(
+                partition = self.partition,
+                evicted,
+                resident = self.engine.key_count(),
+                "idle keys passivated"
+            );
+        }
     }
 
     /// A source shard running all of `rules` itself (nothing forwarded).
@@ -366,7 +463,8 @@ impl Shard {
         self.pending.next_offset = next;
         out.next_offset = next;
         out.watermark = self.engine.watermark();
-        if out.records > 0 {
+        out.state_error = self.engine.take_state_error();
+        if out.records > 0 || self.engine.needs_checkpoint() {
             out.state = self.engine.take_changes();
             if !self.marks.is_empty() {
                 let hash = self.engine.rules().def.hash;
@@ -374,6 +472,9 @@ impl Shard {
                     .push((MARKS_KEY.to_vec(), Some(state::encode(hash, &self.marks))));
             }
         }
+        out.batch = self.engine.batches();
+        out.passivation = self.engine.passivation_stats();
+        out.resident_keys = self.engine.key_count() as u64;
         out
     }
 
@@ -478,6 +579,20 @@ impl Handler<Records> for Shard {
         for r in msg.0 {
             self.process(r);
         }
+    }
+}
+
+impl Handler<Reload> for Shard {
+    type Result = ();
+    fn handle(&mut self, msg: Reload, _: &mut Context<Self>) {
+        self.reload(msg.0, msg.1);
+    }
+}
+
+impl Handler<Persisted> for Shard {
+    type Result = ();
+    fn handle(&mut self, msg: Persisted, _: &mut Context<Self>) {
+        self.persisted(msg.batch, msg.budget_bytes);
     }
 }
 

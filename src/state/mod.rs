@@ -71,6 +71,16 @@ fn unreachable_encode(e: postcard::Error) -> Vec<u8> {
     Vec::new()
 }
 
+/// The rule-set hash in the header of a value written by [`encode`].
+pub fn header_hash(bytes: &[u8]) -> Result<u64, SnapshotError> {
+    if bytes.len() < HEADER || &bytes[..4] != MAGIC {
+        return Err(SnapshotError::BadMagic);
+    }
+    let mut h = [0u8; 8];
+    h.copy_from_slice(&bytes[6..14]);
+    Ok(u64::from_le_bytes(h))
+}
+
 /// Decodes a value written by [`encode`] under `expected_hash`.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], expected_hash: u64) -> Result<T, SnapshotError> {
     if bytes.len() < HEADER || &bytes[..4] != MAGIC {
@@ -103,14 +113,33 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], expected_hash: u64) -> Result<T
 /// A stored key and value.
 pub type Entry = (Vec<u8>, Vec<u8>);
 
+/// A change to a stored entry: its key, and its new value or `None` to delete it.
+pub type Change = (Vec<u8>, Option<Vec<u8>>);
+
+/// What [`StateStore::for_each_prefix`] calls on each entry (key, value).
+pub type EntryVisitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), SnapshotError> + 'a;
+
 /// Ordered key-value storage for engine state, written in atomic batches.
 pub trait StateStore {
     /// The value under `key`.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, SnapshotError>;
     /// Applies puts (`Some`) and deletes (`None`) atomically.
-    fn write(&mut self, batch: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), SnapshotError>;
+    fn write(&mut self, batch: Vec<Change>) -> Result<(), SnapshotError>;
     /// Every entry whose key starts with `prefix`, in key order.
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<Entry>, SnapshotError>;
+    /// Calls `f` on every entry whose key starts with `prefix`, in key
+    /// order, stopping at its first error; stores that can stream (not
+    /// holding every entry at once) should.
+    fn for_each_prefix(
+        &self,
+        prefix: &[u8],
+        f: &mut EntryVisitor<'_>,
+    ) -> Result<(), SnapshotError> {
+        for (k, v) in self.scan_prefix(prefix)? {
+            f(&k, &v)?;
+        }
+        Ok(())
+    }
 }
 
 /// The in-memory store.
@@ -141,7 +170,7 @@ impl StateStore for MemoryStore {
         Ok(self.map.get(key).cloned())
     }
 
-    fn write(&mut self, batch: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), SnapshotError> {
+    fn write(&mut self, batch: Vec<Change>) -> Result<(), SnapshotError> {
         for (k, v) in batch {
             match v {
                 Some(v) => self.map.insert(k, v),

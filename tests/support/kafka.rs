@@ -68,13 +68,18 @@ pub struct Input {
 }
 
 pub fn produce(c: &Config, records: &[Input]) {
+    produce_to(c, &c.kafka.input_topic, records)
+}
+
+/// Produces `records` to `topic`, without a transaction.
+pub fn produce_to(c: &Config, topic: &str, records: &[Input]) {
     let producer: ThreadedProducer<DefaultProducerContext> =
         kafka::client_config(&c.kafka, &broker())
             .set("linger.ms", "5")
             .create()
             .unwrap();
     for r in records {
-        let mut rec = BaseRecord::<str, [u8]>::to(&c.kafka.input_topic);
+        let mut rec = BaseRecord::<str, [u8]>::to(topic);
         if let Some(k) = &r.key {
             rec = rec.key(k.as_str());
         }
@@ -92,7 +97,8 @@ pub fn produce(c: &Config, records: &[Input]) {
 /// A committed record read back: key, value, headers.
 pub type ReadRecord = (Option<Vec<u8>>, Vec<u8>, Vec<(String, String)>);
 
-/// Every committed record of `topic`, read until two quiet seconds.
+/// Every committed record of `topic`, read until two quiet seconds (none
+/// if it does not exist yet).
 pub fn read_committed(c: &Config, topic: &str) -> Vec<ReadRecord> {
     let consumer: BaseConsumer = kafka::client_config(&c.kafka, &broker())
         .set("group.id", format!("{}-reader", c.kafka.group_id))
@@ -100,7 +106,10 @@ pub fn read_committed(c: &Config, topic: &str) -> Vec<ReadRecord> {
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
-    let n = kafka::partition_counts(&c.kafka, &broker(), &[topic]).unwrap()[0].unwrap();
+    // A topic the service has not created yet holds nothing.
+    let Some(n) = kafka::partition_counts(&c.kafka, &broker(), &[topic]).unwrap()[0] else {
+        return Vec::new();
+    };
     consumer
         .assign(&kafka::from_beginning(topic, 0..n as i32).unwrap())
         .unwrap();
@@ -186,7 +195,33 @@ pub fn shipped_rules() -> Arc<RuleSet> {
 /// deadline, as `replay --flush` does at the end. Returns the records and
 /// the same events as lines (for [`replay`]).
 pub fn sample_input(partitions: i32) -> (Vec<Input>, Vec<String>) {
-    let mut lines = sample_lines();
+    input_of(sample_lines(), partitions)
+}
+
+/// The handbook sample repeated up to `events` events, each copy ten days
+/// after the previous one (times and transaction ids shifted), then the
+/// ending events of [`sample_input`].
+pub fn scaled_input(partitions: i32, events: usize) -> (Vec<Input>, Vec<String>) {
+    const TEN_DAYS_MS: i64 = 10 * 86_400_000;
+    let sample = sample_lines();
+    let mut lines = Vec::with_capacity(events);
+    'copies: for copy in 0.. {
+        for l in &sample {
+            if lines.len() >= events {
+                break 'copies;
+            }
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let t = tripline::event::parse_time_str(v["TX_DATETIME"].as_str().unwrap()).unwrap();
+            v["TX_DATETIME"] = tripline::event::format_time(t + copy * TEN_DAYS_MS).into();
+            let id = v["TRANSACTION_ID"].as_i64().unwrap();
+            v["TRANSACTION_ID"] = (id + copy * sample.len() as i64).into();
+            lines.push(v.to_string());
+        }
+    }
+    input_of(lines, partitions)
+}
+
+fn input_of(mut lines: Vec<String>, partitions: i32) -> (Vec<Input>, Vec<String>) {
     let mut input: Vec<Input> = lines
         .iter()
         .map(|l| {
@@ -200,7 +235,7 @@ pub fn sample_input(partitions: i32) -> (Vec<Input>, Vec<String>) {
         .collect();
     for p in 0..partitions {
         let end = format!(
-            r#"{{"TRANSACTION_ID":-{p},"TX_DATETIME":"2018-06-01T00:00:00","CUSTOMER_ID":"end-{p}","TERMINAL_ID":"end-{p}","TX_AMOUNT":0,"TX_TIME_SECONDS":0,"TX_TIME_DAYS":0,"TX_FRAUD":0}}"#
+            r#"{{"TRANSACTION_ID":-{p},"TX_DATETIME":"2030-01-01T00:00:00","CUSTOMER_ID":"end-{p}","TERMINAL_ID":"end-{p}","TX_AMOUNT":0,"TX_TIME_SECONDS":0,"TX_TIME_DAYS":0,"TX_FRAUD":0}}"#
         );
         input.push(Input {
             key: Some(format!("end-{p}")),

@@ -32,8 +32,10 @@ use super::topology::Topology;
 use super::{ToTheEnd, client_config, ensure_topics, ensure_topics_with, partition_counts};
 use crate::adapters::local::{LocalError, LocalState, Position, ShardStore};
 use crate::config::Config;
-use crate::engine::RuleSet;
-use crate::runtime::{Barrier, DeadLetter, Record, Records, Shard, ShardOutput, WatermarkMark};
+use crate::engine::{RuleSet, check_entry};
+use crate::runtime::{
+    Barrier, DeadLetter, Persisted, Record, Records, Reload, Shard, ShardOutput, WatermarkMark,
+};
 use crate::state::{MemoryStore, SnapshotError, StateStore};
 use actix::dev::SendError;
 use actix::{Actor, Addr, Arbiter, ArbiterHandle};
@@ -128,6 +130,32 @@ pub enum ServiceError {
     /// Stored state could not be read or written.
     #[error("state: {0}")]
     State(#[from] SnapshotError),
+    /// A shard could not read a passivated key's state back.
+    #[error("{topic}/{partition}: passivated state unreadable: {error}")]
+    PassivatedState {
+        /// The shard's topic.
+        topic: String,
+        /// The shard's partition.
+        partition: i32,
+        /// What failed.
+        error: SnapshotError,
+    },
+    /// A changelog record does not decode: the partition's state cannot
+    /// be rebuilt, and the service stops rather than run on without it.
+    #[error(
+        "changelog `{topic}` partition {partition} offset {offset}: {error} \
+         (the partition's state cannot be rebuilt; stopping rather than lose it)"
+    )]
+    CorruptChangelog {
+        /// The changelog topic.
+        topic: String,
+        /// Its partition.
+        partition: i32,
+        /// The record's offset.
+        offset: i64,
+        /// What is wrong with it.
+        error: SnapshotError,
+    },
     /// The transactional producer's identity could not be set up.
     #[error("producer identity: {0}")]
     Identity(#[from] IdentityError),
@@ -157,6 +185,22 @@ pub struct Progress {
     pub partitions: AtomicU64,
     /// Shards whose stored state could not be restored (they started empty).
     pub restore_failures: AtomicU64,
+    /// Rule sets swapped in while running.
+    pub rule_reloads: AtomicU64,
+    /// Rule sets refused while running (they change what topics exist).
+    pub rule_reloads_refused: AtomicU64,
+    /// The hash of the rule set running.
+    pub rules_hash: AtomicU64,
+    /// Keys whose state is in memory, at the last checkpoint.
+    pub resident_keys: AtomicU64,
+    /// Keys passivated (state only in the data directory), at the last
+    /// checkpoint.
+    pub passivated_keys: AtomicU64,
+    /// The estimate of the memory resident keys hold, at the last
+    /// checkpoint.
+    pub resident_bytes: AtomicU64,
+    /// Passivated keys read back so far (by this process's current shards).
+    pub key_loads: AtomicU64,
 }
 
 impl Progress {
@@ -172,10 +216,28 @@ impl Progress {
 pub struct ServiceHandle {
     stop: Arc<AtomicBool>,
     progress: Arc<Progress>,
+    pending_rules: PendingRules,
     thread: JoinHandle<Result<(), ServiceError>>,
 }
 
+/// A rule set waiting for the next checkpoint boundary.
+type PendingRules = Arc<Mutex<Option<Arc<RuleSet>>>>;
+
 impl ServiceHandle {
+    /// Runs `rules` from the next checkpoint boundary on (already checked
+    /// and compiled: a rule set with errors never gets here). Each shard
+    /// migrates its state rule by rule and logs what it kept and reset (see
+    /// [`crate::engine::Engine::migrate`]). A rule set whose rules are keyed
+    /// by other fields than the running one's needs other internal topics:
+    /// it is refused with an error in the log, and the running rules stay.
+    /// A later call before the boundary replaces an earlier one.
+    pub fn reload(&self, rules: Arc<RuleSet>) {
+        *self
+            .pending_rules
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(rules);
+    }
+
     /// Counters.
     pub fn progress(&self) -> &Arc<Progress> {
         &self.progress
@@ -232,24 +294,39 @@ pub fn start(
     let topology = Arc::new(topology);
     let stop = Arc::new(AtomicBool::new(false));
     let progress = Arc::new(Progress::default());
-    let (s, p) = (stop.clone(), progress.clone());
+    progress
+        .rules_hash
+        .store(topology.rules.def.hash, Ordering::SeqCst);
+    let pending_rules = PendingRules::default();
+    let shared = Shared {
+        stop: stop.clone(),
+        progress: progress.clone(),
+        pending_rules: pending_rules.clone(),
+    };
     let thread = std::thread::Builder::new()
         .name("tripline-service".into())
-        .spawn(move || run(config, brokers, topology, s, p))
+        .spawn(move || run(config, brokers, topology, shared))
         .map_err(|e| ServiceError::Thread(e.to_string()))?;
     Ok(ServiceHandle {
         stop,
         progress,
+        pending_rules,
         thread,
     })
+}
+
+/// What the service thread shares with its handle.
+struct Shared {
+    stop: Arc<AtomicBool>,
+    progress: Arc<Progress>,
+    pending_rules: PendingRules,
 }
 
 fn run(
     config: Config,
     brokers: String,
     topology: Arc<Topology>,
-    stop: Arc<AtomicBool>,
-    progress: Arc<Progress>,
+    shared: Shared,
 ) -> Result<(), ServiceError> {
     let system = actix::System::new();
     system.block_on(async move {
@@ -260,7 +337,7 @@ fn run(
         let arbiters: Vec<Arbiter> = (0..threads).map(|_| Arbiter::new()).collect();
         let handles: Vec<ArbiterHandle> = arbiters.iter().map(|a| a.handle()).collect();
         let result = tokio::task::spawn_blocking(move || {
-            coordinate(config, brokers, topology, handles, stop, progress)
+            coordinate(config, brokers, topology, handles, shared)
         })
         .await
         .unwrap_or_else(|e| Err(ServiceError::Thread(e.to_string())));
@@ -383,9 +460,13 @@ fn coordinate(
     brokers: String,
     topology: Arc<Topology>,
     arbiters: Vec<ArbiterHandle>,
-    stop: Arc<AtomicBool>,
-    progress: Arc<Progress>,
+    shared: Shared,
 ) -> Result<(), ServiceError> {
+    let Shared {
+        stop,
+        progress,
+        pending_rules,
+    } = shared;
     let k = &config.kafka;
     let instance = if k.instance_id.is_empty() {
         host_name()
@@ -483,10 +564,21 @@ fn coordinate(
         c.hand_over(&consumer);
         if now() >= next_checkpoint {
             next_checkpoint = now() + interval;
-            if let Err(e) = c.checkpoint(&consumer) {
-                c.recover(&consumer, e);
-                if let Some(e) = c.failed.take() {
-                    break Err(e);
+            match c.checkpoint(&consumer) {
+                Ok(()) => {
+                    let rules = pending_rules
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .take();
+                    if let Some(rules) = rules {
+                        c.swap_rules(rules);
+                    }
+                }
+                Err(e) => {
+                    c.recover(&consumer, e);
+                    if let Some(e) = c.failed.take() {
+                        break Err(e);
+                    }
                 }
             }
         }
@@ -501,6 +593,51 @@ fn coordinate(
 }
 
 impl Coordinator {
+    /// Moves every shard to `rules`, right after a committed checkpoint so
+    /// that the next one carries the migrated state. Refused (logged) when
+    /// the new rules need other topics than the running ones.
+    fn swap_rules(&mut self, rules: Arc<RuleSet>) {
+        let topology = Topology::new(&self.config, rules, self.topology.sources);
+        let names = |t: &Topology| -> Vec<String> {
+            t.topics
+                .iter()
+                .map(|p| format!("{} {}", p.name, p.changelog))
+                .collect()
+        };
+        if names(&topology) != names(&self.topology) {
+            tracing::error!(
+                running = ?self.topology.internal().collect::<Vec<_>>(),
+                new = ?topology.internal().collect::<Vec<_>>(),
+                "rule change refused: it keys rules by other fields, which needs other internal \
+                 topics; restart the service to apply it (the running rules stay)"
+            );
+            self.progress
+                .rule_reloads_refused
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if topology.rules.def.hash == self.topology.rules.def.hash {
+            return;
+        }
+        for (id, slot) in &self.shards {
+            let plan = &topology.topics[id.0];
+            // Past the mailbox bound on purpose: the swap must not wait
+            // behind a full mailbox, and it is one message per shard.
+            slot.addr
+                .do_send(Reload(topology.rules.clone(), plan.rules.clone()));
+        }
+        tracing::info!(
+            rules = topology.rules.rules.len(),
+            hash = format!("{:016x}", topology.rules.def.hash),
+            "rules reloaded"
+        );
+        self.progress
+            .rules_hash
+            .store(topology.rules.def.hash, Ordering::SeqCst);
+        self.progress.rule_reloads.fetch_add(1, Ordering::Relaxed);
+        self.topology = Arc::new(topology);
+    }
+
     fn topic(&self, t: usize) -> &str {
         &self.topology.topics[t].name
     }
@@ -543,8 +680,12 @@ impl Coordinator {
             stores.insert(id, store);
         }
         self.restore_local(&mut stores, &starts)?;
+        let starting = stores.len();
         for (id, store) in stores {
-            match self.new_shard(id).restored(&store) {
+            match self
+                .passivating(self.new_shard(id), Some(&store), starting)
+                .restored(&store)
+            {
                 Ok(shard) => {
                     let position = store.position().ok().flatten().unwrap_or_default();
                     tracing::debug!(
@@ -627,6 +768,24 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Each shard's share of the memory budget, with `more` shards about
+    /// to start besides the running ones.
+    fn shard_budget(&self, more: usize) -> usize {
+        let total = self.config.state.memory_budget_mb.saturating_mul(1 << 20);
+        total / (self.shards.len() + more).max(1)
+    }
+
+    /// The shard with passivation to its local `store`, if it has one and a
+    /// budget is set.
+    fn passivating(&self, shard: Shard, store: Option<&ShardStore>, more: usize) -> Shard {
+        match store {
+            Some(store) if self.config.state.memory_budget_mb > 0 => {
+                shard.with_passivation(Box::new(store.clone()), self.shard_budget(more))
+            }
+            _ => shard,
+        }
+    }
+
     fn new_shard(&self, id: ShardId) -> Shard {
         let plan = &self.topology.topics[id.0];
         Shard::new(
@@ -647,7 +806,10 @@ impl Coordinator {
         position: Position,
     ) {
         let plan = &self.topology.topics[id.0];
-        let shard = match self.new_shard(id).restored(state) {
+        let shard = match self
+            .passivating(self.new_shard(id), store.as_ref(), 1)
+            .restored(state)
+        {
             Ok(s) => s,
             Err(e) => {
                 // The rules changed since the state was written, or it is
@@ -767,6 +929,16 @@ impl Coordinator {
                         let p = m.partition();
                         next.insert(p, m.offset() + 1);
                         let Some(key) = m.key() else { continue };
+                        if let Some(value) = m.payload()
+                            && let Err(error) = check_entry(key, value)
+                        {
+                            return Err(ServiceError::CorruptChangelog {
+                                topic: plan.changelog.clone(),
+                                partition: p,
+                                offset: m.offset(),
+                                error,
+                            });
+                        }
                         let batch = pending.entry(p).or_default();
                         batch.push((key.to_vec(), m.payload().map(<[u8]>::to_vec)));
                         if batch.len() >= BATCH {
@@ -890,8 +1062,19 @@ impl Coordinator {
         let answers = block_on(join_all(self.shards.values().map(|s| s.addr.send(Barrier))));
         let mut outputs: Vec<(ShardId, ShardOutput)> = Vec::with_capacity(answers.len());
         for (id, a) in ids.into_iter().zip(answers) {
-            outputs.push((id, a.map_err(|_| ServiceError::ShardGone(id.1))?));
+            let mut out = a.map_err(|_| ServiceError::ShardGone(id.1))?;
+            if let Some(e) = out.state_error.take() {
+                // Its output used empty state for a key it could not read
+                // back: rebuilt from the store and the changelog instead.
+                return Err(ServiceError::PassivatedState {
+                    topic: self.topic(id.0).to_string(),
+                    partition: id.1,
+                    error: e,
+                });
+            }
+            outputs.push((id, out));
         }
+        self.observe_state(&outputs);
         let marks = self.new_marks(&outputs);
         if marks.is_empty() && outputs.iter().all(|(_, o)| o.records == 0) {
             return Ok(());
@@ -1013,8 +1196,27 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Publishes the shards' memory figures.
+    fn observe_state(&self, outputs: &[(ShardId, ShardOutput)]) {
+        let (mut resident, mut cold, mut bytes, mut loads) = (0, 0, 0, 0);
+        for (_, out) in outputs {
+            resident += out.resident_keys;
+            if let Some(p) = &out.passivation {
+                cold += p.cold_keys;
+                bytes += p.resident_bytes;
+                loads += p.loads;
+            }
+        }
+        let p = &self.progress;
+        p.resident_keys.store(resident, Ordering::Relaxed);
+        p.passivated_keys.store(cold, Ordering::Relaxed);
+        p.resident_bytes.store(bytes, Ordering::Relaxed);
+        p.key_loads.store(loads, Ordering::Relaxed);
+    }
+
     /// Copies a committed checkpoint's state changes to the local state,
-    /// with the positions they bring each shard to.
+    /// with the positions they bring each shard to, and lets the shards
+    /// passivate what is now stored.
     fn write_local(&mut self, outputs: &[(ShardId, ShardOutput)], ends: &[i64]) {
         let Some(local) = &self.local else {
             return;
@@ -1035,15 +1237,33 @@ impl Coordinator {
         }
         let writes = outputs
             .iter()
-            .zip(moved)
+            .zip(moved.iter().copied())
             .filter(|(_, m)| *m)
             .filter_map(|((id, out), _)| {
                 let slot = self.shards.get(id)?;
                 Some((slot.store.as_ref()?, out.state.as_slice(), slot.position))
             });
         if let Err(e) = local.commit(writes) {
-            // Committed in Kafka all the same: a restart reads more changelog.
-            tracing::warn!("local state not updated: {e}");
+            // Committed in Kafka all the same: a restart reads more
+            // changelog. Later batches are not written either: the copy
+            // would skip this one's changes yet claim a later position.
+            tracing::error!(
+                "local state not updated, and no longer written by this process \
+                 (a restart reads the changelog from its last position): {e}"
+            );
+            self.local = None;
+            return;
+        }
+        let budget = self.shard_budget(0);
+        for ((id, out), _) in outputs.iter().zip(&moved).filter(|(_, m)| **m) {
+            if let Some(slot) = self.shards.get(id)
+                && slot.store.is_some()
+            {
+                slot.addr.do_send(Persisted {
+                    batch: out.batch,
+                    budget_bytes: budget,
+                });
+            }
         }
     }
 

@@ -196,6 +196,16 @@ impl Compiler {
             h.update(&[0]);
         }
         h.update(format!("{stream:?}").as_bytes());
+        let origin = RuleOrigin {
+            sources: files
+                .iter()
+                .map(|(id, _)| {
+                    let s = self.sources.get(*id);
+                    (s.name.clone(), s.text.clone())
+                })
+                .collect(),
+            stream: self.stream.clone(),
+        };
         Ok(RuleSetDef {
             stream,
             rules,
@@ -203,6 +213,7 @@ impl Compiler {
             schema,
             time_slot,
             hash: h.digest(),
+            origin: Arc::new(origin),
         })
     }
 

@@ -1,0 +1,255 @@
+//! State benchmark, on the real RocksDB store (a temporary data directory):
+//!
+//! 1. memory per idle key in memory: heap bytes per key after one event on
+//!    each of N keys, counted by a counting allocator (`stats_alloc`), for
+//!    keys holding only a window aggregate and keys holding a started
+//!    partial match, beside the estimate the memory budget counts;
+//! 2. checkpoint cost: encoding the changes of 100 k dirty keys
+//!    (`take_changes`) and writing them to RocksDB in one batch, in ms and
+//!    bytes;
+//! 3. restore: N keys read back from RocksDB into a fresh engine, all in
+//!    memory, and with a memory budget (most keys left passivated);
+//! 4. throughput with N active keys: events spread over all of them, in
+//!    memory, and passivating to RocksDB under a budget of 1/8 of the keys'
+//!    memory with a checkpoint every 100 k events.
+//!
+//! `cargo bench --bench state [-- KEYS]` (default 1000000 keys). Single
+//! thread; figures are per core.
+
+use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
+use std::alloc::System;
+use std::path::Path;
+use std::time::Instant;
+use tripline::adapters::local::LocalState;
+use tripline::engine::{Engine, EngineOptions, Outputs, RuleSet};
+use tripline::event::Event;
+use tripline::state::StateStore;
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+/// Bytes held on the heap now.
+fn allocated() -> isize {
+    let s = INSTRUMENTED_SYSTEM.stats();
+    s.bytes_allocated as isize - s.bytes_deallocated as isize + s.bytes_reallocated
+}
+
+#[allow(clippy::disallowed_methods)]
+fn now() -> Instant {
+    Instant::now()
+}
+
+const START: i64 = 1_522_540_800_000;
+
+/// Event `i` of a stream over `keys` keys: key `i % keys`, 1 ms apart,
+/// type A (a started partial match of `abc`) or, every 8th visit, B.
+fn event(rs: &RuleSet, i: u64, keys: u64) -> Event {
+    let kind = if (i / keys) % 8 == 7 { "B" } else { "A" };
+    let line = format!(
+        "{{\"user\":{},\"ts\":{},\"type\":\"{kind}\",\"amount\":{}}}",
+        i % keys,
+        START + i as i64,
+        i % 500
+    );
+    rs.decoder.decode(line.as_bytes(), i).expect("decodes")
+}
+
+fn feed(engine: &mut Engine, rs: &RuleSet, from: u64, to: u64, keys: u64, out: &mut Outputs) {
+    for i in from..to {
+        engine.on_event(event(rs, i, keys), out);
+        out.alerts.clear();
+    }
+}
+
+fn main() {
+    let keys: u64 = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
+    let rules = RuleSet::load(
+        &[Path::new("benches/abc_6h.tl")],
+        None,
+        EngineOptions::default(),
+    )
+    .expect("rules compile");
+    let dir = std::env::temp_dir().join(format!("tripline-bench-state-{}", std::process::id()));
+    let local = LocalState::open(&dir).expect("data directory");
+    println!("state benchmark: {keys} keys, rules benches/abc_6h.tl, RocksDB in {dir:?}");
+
+    // 1. Memory per idle key: first keys whose only state is a window
+    //    aggregate (one event each), then keys holding a started partial
+    //    match (and with it the event). Beside each, the passivation
+    //    estimate (encoded size + fixed overhead) the memory budget counts.
+    let window_rules = RuleSet::from_source(
+        "window.tl",
+        "stream synthetic { key user time ts time format epoch_ms lateness 100ms }\n\
+         rule many { pattern { x: count(over 1h) > 1000 } }",
+        None,
+    )
+    .expect("rules compile");
+    let per_key = |rules: &std::sync::Arc<RuleSet>, shard: i32| {
+        let mut out = Outputs::default();
+        // Measured without change tracking, whose set of dirty keys would
+        // count as well.
+        let before = allocated();
+        let mut engine = Engine::new(rules.clone());
+        feed(&mut engine, rules, 0, keys, keys, &mut out);
+        let measured = (allocated() - before) as f64 / engine.key_count() as f64;
+        drop(engine);
+        let store = local.shard("memory", shard).expect("store");
+        let mut engine = Engine::new(rules.clone()).with_passivation(Box::new(store), usize::MAX);
+        feed(&mut engine, rules, 0, keys, keys, &mut out);
+        let batch = engine.take_changes();
+        let encoded = batch
+            .iter()
+            .filter_map(|(_, v)| v.as_ref())
+            .map(Vec::len)
+            .sum::<usize>() as f64
+            / engine.key_count() as f64;
+        let estimate = engine
+            .passivation_stats()
+            .unwrap_or_default()
+            .resident_bytes as f64
+            / engine.key_count() as f64;
+        (measured, encoded, estimate)
+    };
+    let (measured, encoded, estimate) = per_key(&window_rules, 0);
+    println!(
+        "memory per idle key, a window aggregate only: {measured:.0} bytes \
+         (encoded {encoded:.0}; budget estimate {estimate:.0})"
+    );
+    let (measured, encoded, estimate) = per_key(&rules, 1);
+    println!(
+        "memory per idle key, one partial match holding its event: {measured:.0} bytes \
+         (encoded {encoded:.0}; budget estimate {estimate:.0})"
+    );
+
+    let before = allocated();
+    let mut engine = Engine::new(rules.clone()).track_changes();
+    let mut out = Outputs::default();
+    feed(&mut engine, &rules, 0, keys, keys, &mut out);
+
+    // 2. Checkpoint cost, first of all N keys (the initial snapshot), then
+    //    of 100 k dirty keys.
+    let mut store = local.shard("bench", 0).expect("store");
+    let t = now();
+    let batch = engine.take_changes();
+    let encode_ms = t.elapsed().as_secs_f64() * 1e3;
+    let bytes: usize = batch
+        .iter()
+        .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+        .sum();
+    let t = now();
+    store.write(batch).expect("write");
+    let write_ms = t.elapsed().as_secs_f64() * 1e3;
+    println!(
+        "checkpoint of all {keys} keys: {encode_ms:.0} ms encode + {write_ms:.0} ms RocksDB write, {} MB",
+        bytes / 1_000_000
+    );
+    let dirty = 100_000u64.min(keys);
+    let mut runs = Vec::new();
+    for round in 0..5u64 {
+        // Every 8th key changes per 100k-event slice: step over keys.
+        let from = keys * (1 + round);
+        let stride = (keys / dirty).max(1);
+        for j in 0..dirty {
+            engine.on_event(event(&rules, from + j * stride, keys), &mut out);
+            out.alerts.clear();
+        }
+        let t = now();
+        let batch = engine.take_changes();
+        let encode = t.elapsed().as_secs_f64() * 1e3;
+        let bytes: usize = batch
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+            .sum();
+        let n = batch.len();
+        let t = now();
+        store.write(batch).expect("write");
+        runs.push((encode, t.elapsed().as_secs_f64() * 1e3, bytes, n));
+    }
+    runs.sort_by(|a, b| (a.0 + a.1).total_cmp(&(b.0 + b.1)));
+    let (encode, write, bytes, n) = runs[runs.len() / 2];
+    println!(
+        "checkpoint of 100k dirty keys (median of 5): {encode:.1} ms encode + {write:.1} ms RocksDB write = {:.1} ms, {:.1} MB ({n} entries, {:.0} bytes/key)",
+        encode + write,
+        bytes as f64 / 1e6,
+        bytes as f64 / n as f64
+    );
+    let resident_bytes = (allocated() - before) as usize;
+    drop(engine);
+
+    // 3. Restore.
+    let t = now();
+    let restored = Engine::new(rules.clone())
+        .track_changes()
+        .restored(&store)
+        .expect("restore");
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "restore of {} keys from RocksDB, all in memory: {secs:.2} s ({:.0} keys/s)",
+        restored.key_count(),
+        restored.key_count() as f64 / secs
+    );
+    drop(restored);
+    let budget = resident_bytes / 8;
+    let t = now();
+    let restored = Engine::new(rules.clone())
+        .with_passivation(Box::new(store.clone()), budget)
+        .restored(&store)
+        .expect("restore");
+    let secs = t.elapsed().as_secs_f64();
+    let stats = restored.passivation_stats().unwrap_or_default();
+    println!(
+        "restore with a {} MB budget: {secs:.2} s, {} keys in memory, {} passivated",
+        budget >> 20,
+        restored.key_count(),
+        stats.cold_keys
+    );
+    drop(restored);
+
+    // 4. Throughput with N active keys.
+    let events = 2 * keys;
+    let mut engine = Engine::new(rules.clone()).track_changes();
+    feed(&mut engine, &rules, 0, keys, keys, &mut out);
+    let t = now();
+    feed(&mut engine, &rules, keys, keys + events, keys, &mut out);
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "throughput, {} keys in memory: {:.0} events/s",
+        engine.key_count(),
+        events as f64 / secs
+    );
+    drop(engine);
+    let mut pstore = local.shard("bench", 1).expect("store");
+    let mut engine = Engine::new(rules.clone()).with_passivation(Box::new(pstore.clone()), budget);
+    feed(&mut engine, &rules, 0, keys, keys, &mut out);
+    pstore.write(engine.take_changes()).expect("write");
+    engine.passivate(engine.batches(), budget);
+    let t = now();
+    let mut at = keys;
+    while at < keys + events {
+        let to = (at + 100_000).min(keys + events);
+        feed(&mut engine, &rules, at, to, keys, &mut out);
+        at = to;
+        pstore.write(engine.take_changes()).expect("write");
+        engine.passivate(engine.batches(), budget);
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let stats = engine.passivation_stats().unwrap_or_default();
+    println!(
+        "throughput, {keys} keys under a {} MB budget (checkpoint to RocksDB every 100k events): \
+         {:.0} events/s; {} resident, {} passivated, {} evictions, {} reads back",
+        budget >> 20,
+        events as f64 / secs,
+        engine.key_count(),
+        stats.cold_keys,
+        stats.evictions,
+        stats.loads
+    );
+    drop(engine);
+    drop(store);
+    drop(pstore);
+    drop(local);
+    std::fs::remove_dir_all(&dir).ok();
+}
