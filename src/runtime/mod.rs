@@ -231,6 +231,18 @@ pub struct ShardOutput {
 /// The state entry holding an internal shard's latest source marks.
 const MARKS_KEY: &[u8] = b"w";
 
+/// Checks that `value` decodes as the shard state entry `key` names: the
+/// engine's entries and the shard's own (its source marks). A changelog
+/// record that fails this is corrupt, and restoring from it would lose
+/// state.
+pub fn check_entry(key: &[u8], value: &[u8]) -> Result<(), SnapshotError> {
+    if key == MARKS_KEY {
+        state::decode::<Vec<Option<WatermarkMark>>>(value, state::header_hash(value)?).map(drop)
+    } else {
+        crate::engine::check_entry(key, value)
+    }
+}
+
 /// The actor of one input partition.
 pub struct Shard {
     partition: i32,
@@ -768,6 +780,25 @@ mod tests {
         ));
         s.process(mark(5, 1, 7000, false));
         assert!(s.take_output().alerts.is_empty(), "source 0 is at 5000");
+    }
+
+    #[test]
+    fn every_entry_a_shard_writes_passes_the_changelog_check() {
+        let (full, by_term, _) = by_terminal();
+        let mut s = Shard::new(0, full, by_term, Role::Internal { sources: 1 });
+        s.process(rec(0, r#"{"card":"c1","term":"t1","ts":1000,"amount":50}"#));
+        s.process(mark(1, 0, 5000, false));
+        let out = s.take_output();
+        assert!(
+            out.state.iter().any(|(k, _)| k == MARKS_KEY),
+            "an internal shard writes its marks"
+        );
+        for (k, v) in &out.state {
+            if let Some(v) = v {
+                check_entry(k, v).unwrap_or_else(|e| panic!("{k:?}: {e}"));
+            }
+        }
+        assert!(check_entry(MARKS_KEY, b"garbage").is_err());
     }
 
     #[test]

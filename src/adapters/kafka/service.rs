@@ -32,9 +32,10 @@ use super::topology::Topology;
 use super::{ToTheEnd, client_config, ensure_topics, ensure_topics_with, partition_counts};
 use crate::adapters::local::{LocalError, LocalState, Position, ShardStore};
 use crate::config::Config;
-use crate::engine::{RuleSet, check_entry};
+use crate::engine::RuleSet;
 use crate::runtime::{
     Barrier, DeadLetter, Persisted, Record, Records, Reload, Shard, ShardOutput, WatermarkMark,
+    check_entry,
 };
 use crate::state::{MemoryStore, SnapshotError, StateStore};
 use actix::dev::SendError;
@@ -104,8 +105,11 @@ use std::time::{Duration, Instant};
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Records polled before the coordinator looks at its clock again.
 const POLL_BURST: usize = 4096;
-/// How long reading the changelogs of newly assigned partitions may take.
+/// How long reading the changelogs of newly assigned partitions may go
+/// without a record or a partition's end (however long the whole read).
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(50);
+/// How often restore progress is logged.
+const RESTORE_LOG_EVERY: Duration = Duration::from_secs(5);
 /// The header that marks a watermark record in an internal topic.
 const MARK_HEADER: &str = "tripline.watermark";
 
@@ -201,6 +205,10 @@ pub struct Progress {
     pub resident_bytes: AtomicU64,
     /// Passivated keys read back so far (by this process's current shards).
     pub key_loads: AtomicU64,
+    /// Changelog records read to restore state, since the process started.
+    pub restored_records: AtomicU64,
+    /// Changelog partitions being read now (0 when no restore runs).
+    pub restoring_partitions: AtomicU64,
 }
 
 impl Progress {
@@ -364,6 +372,35 @@ enum Restore {
     Apply(ShardId, Vec<ChangelogRecord>),
     /// The log's end: the offset after the last record read.
     End(ShardId, i64),
+}
+
+/// Counts partitions in a gauge while their changelogs are read, however
+/// the read ends.
+struct Restoring<'a> {
+    gauge: &'a AtomicU64,
+    open: u64,
+}
+
+impl<'a> Restoring<'a> {
+    fn new(gauge: &'a AtomicU64, n: usize) -> Restoring<'a> {
+        gauge.fetch_add(n as u64, Ordering::Relaxed);
+        Restoring {
+            gauge,
+            open: n as u64,
+        }
+    }
+
+    fn done(&mut self, n: u64) {
+        let n = n.min(self.open);
+        self.open -= n;
+        self.gauge.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Restoring<'_> {
+    fn drop(&mut self) {
+        self.done(self.open);
+    }
 }
 
 /// One shard and what the coordinator holds for it.
@@ -898,14 +935,44 @@ impl Coordinator {
             let mut open: std::collections::BTreeSet<i32> = partitions.into_iter().collect();
             let mut pending: BTreeMap<i32, Vec<ChangelogRecord>> = BTreeMap::new();
             let mut next: BTreeMap<i32, i64> = BTreeMap::new();
-            let started = now();
+            let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
+            for &p in &open {
+                let (_, hi) = reader.fetch_watermarks(&plan.changelog, p, TXN_TIMEOUT)?;
+                ends.insert(p, hi);
+            }
+            let progress = &self.progress;
+            let mut restoring = Restoring::new(&progress.restoring_partitions, open.len());
+            let mut read = 0u64;
+            let mut last_news = now();
+            let mut last_log = now();
             while !open.is_empty() {
-                if started.elapsed() > RESTORE_TIMEOUT {
+                if last_news.elapsed() > RESTORE_TIMEOUT {
                     return Err(ServiceError::Restore(plan.changelog.clone()));
+                }
+                if last_log.elapsed() > RESTORE_LOG_EVERY {
+                    last_log = now();
+                    // Offsets left up to each open partition's end when the read began
+                    // (transaction markers and compaction make it approximate).
+                    let left: i64 = open
+                        .iter()
+                        .map(|p| {
+                            let at = next.get(p).or_else(|| from.get(&(t, *p))).copied();
+                            (ends.get(p).copied().unwrap_or(0) - at.unwrap_or(0)).max(0)
+                        })
+                        .sum();
+                    tracing::info!(
+                        changelog = %plan.changelog,
+                        partitions = open.len(),
+                        records = read,
+                        offsets_left = left,
+                        "restoring state"
+                    );
                 }
                 match reader.poll(Duration::from_millis(100)) {
                     None => {}
                     Some(Err(KafkaError::PartitionEOF(p))) if open.remove(&p) => {
+                        last_news = now();
+                        restoring.done(1);
                         if let Some(batch) = pending.remove(&p) {
                             sink(Restore::Apply((t, p), batch))?;
                         }
@@ -928,6 +995,9 @@ impl Coordinator {
                     Some(Ok(m)) => {
                         let p = m.partition();
                         next.insert(p, m.offset() + 1);
+                        last_news = now();
+                        read += 1;
+                        progress.restored_records.fetch_add(1, Ordering::Relaxed);
                         let Some(key) = m.key() else { continue };
                         if let Some(value) = m.payload()
                             && let Err(error) = check_entry(key, value)
