@@ -1,9 +1,10 @@
 //! State benchmark, on the real RocksDB store (a temporary data directory):
 //!
-//! 1. memory per idle key in memory: heap bytes per key after one event on
-//!    each of N keys, counted by a counting allocator (`stats_alloc`), for
-//!    keys holding only a window aggregate and keys holding a started
-//!    partial match, beside the estimate the memory budget counts;
+//! 1. memory per key in memory: heap bytes per key after one event on each
+//!    of N keys, counted by a counting allocator (`stats_alloc`), decoded
+//!    and, once the keys are idle, frozen; for keys holding only a window
+//!    aggregate and keys holding a started partial match, beside the
+//!    encoded size and the estimate the memory budget counts;
 //! 2. checkpoint cost: encoding the changes of 100 k dirty keys
 //!    (`take_changes`) and writing them to RocksDB in one batch, in ms and
 //!    bytes;
@@ -28,10 +29,11 @@ use tripline::state::StateStore;
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
-/// Bytes held on the heap now.
+/// Bytes held on the heap now (a reallocation's difference is counted in
+/// `bytes_allocated` or `bytes_deallocated` already).
 fn allocated() -> isize {
     let s = INSTRUMENTED_SYSTEM.stats();
-    s.bytes_allocated as isize - s.bytes_deallocated as isize + s.bytes_reallocated
+    s.bytes_allocated as isize - s.bytes_deallocated as isize
 }
 
 #[allow(clippy::disallowed_methods)]
@@ -89,39 +91,56 @@ fn main() {
     .expect("rules compile");
     let per_key = |rules: &std::sync::Arc<RuleSet>, shard: i32| {
         let mut out = Outputs::default();
-        // Measured without change tracking, whose set of dirty keys would
-        // count as well.
+        // Decoded: measured without change tracking, whose set of dirty
+        // keys would count as well.
         let before = allocated();
         let mut engine = Engine::new(rules.clone());
         feed(&mut engine, rules, 0, keys, keys, &mut out);
-        let measured = (allocated() - before) as f64 / engine.key_count() as f64;
+        let decoded = (allocated() - before) as f64 / engine.key_count() as f64;
         drop(engine);
-        let store = local.shard("memory", shard).expect("store");
-        let mut engine = Engine::new(rules.clone()).with_passivation(Box::new(store), usize::MAX);
+        // Frozen: checkpoints with no events until every key is idle long
+        // enough to be frozen. RocksDB's own memory (C++) is not counted.
+        let mut store = local.shard("memory", shard).expect("store");
+        let before = allocated();
+        let mut engine =
+            Engine::new(rules.clone()).with_passivation(Box::new(store.clone()), usize::MAX);
         feed(&mut engine, rules, 0, keys, keys, &mut out);
-        let batch = engine.take_changes();
-        let encoded = batch
-            .iter()
-            .filter_map(|(_, v)| v.as_ref())
-            .map(Vec::len)
-            .sum::<usize>() as f64
-            / engine.key_count() as f64;
+        let mut encoded = 0.0;
+        for round in 0..100 {
+            let batch = engine.take_changes();
+            if round == 0 {
+                encoded = batch
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(b"k/"))
+                    .filter_map(|(_, v)| v.as_ref())
+                    .map(Vec::len)
+                    .sum::<usize>() as f64
+                    / engine.key_count() as f64;
+            }
+            store.write(batch).expect("write");
+            engine.passivate(engine.batches(), usize::MAX);
+            let stats = engine.passivation_stats().unwrap_or_default();
+            if stats.frozen_keys as usize == engine.key_count() {
+                break;
+            }
+        }
+        let frozen = (allocated() - before) as f64 / engine.key_count() as f64;
         let estimate = engine
             .passivation_stats()
             .unwrap_or_default()
             .resident_bytes as f64
             / engine.key_count() as f64;
-        (measured, encoded, estimate)
+        (decoded, frozen, encoded, estimate)
     };
-    let (measured, encoded, estimate) = per_key(&window_rules, 0);
+    let (decoded, frozen, encoded, estimate) = per_key(&window_rules, 0);
     println!(
-        "memory per idle key, a window aggregate only: {measured:.0} bytes \
-         (encoded {encoded:.0}; budget estimate {estimate:.0})"
+        "memory per key, a window aggregate only: {decoded:.0} bytes decoded, \
+         {frozen:.0} bytes idle (frozen; encoded {encoded:.0}, budget estimate {estimate:.0})"
     );
-    let (measured, encoded, estimate) = per_key(&rules, 1);
+    let (decoded, frozen, encoded, estimate) = per_key(&rules, 1);
     println!(
-        "memory per idle key, one partial match holding its event: {measured:.0} bytes \
-         (encoded {encoded:.0}; budget estimate {estimate:.0})"
+        "memory per key, one partial match holding its event: {decoded:.0} bytes decoded, \
+         {frozen:.0} bytes idle (frozen; encoded {encoded:.0}, budget estimate {estimate:.0})"
     );
 
     let before = allocated();
@@ -239,13 +258,17 @@ fn main() {
     let stats = engine.passivation_stats().unwrap_or_default();
     println!(
         "throughput, {keys} keys under a {} MB budget (checkpoint to RocksDB every 100k events): \
-         {:.0} events/s; {} resident, {} passivated, {} evictions, {} reads back",
+         {:.0} events/s; {} resident ({} of them frozen), {} passivated, {} evictions, \
+         {} reads back, {} freezes, {} thaws",
         budget >> 20,
         events as f64 / secs,
         engine.key_count(),
+        stats.frozen_keys,
         stats.cold_keys,
         stats.evictions,
-        stats.loads
+        stats.loads,
+        stats.freezes,
+        stats.thaws
     );
     drop(engine);
     drop(store);

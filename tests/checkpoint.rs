@@ -143,24 +143,27 @@ proptest! {
     }
 
     /// Memory so tight that every stored key is evicted at each
-    /// checkpoint: each is read back from the store on its next event or
+    /// checkpoint, or so ample that none is but idle ones are frozen: each
+    /// is read back from the store, or decoded, on its next event or
     /// deadline, and the run is the straight one. Some batches reach the
     /// store late (as when the service's local write follows the commit),
     /// and the engine restarts from the store at some checkpoints.
     #[test]
     fn passivated_keys_read_back_equal_straight_run(
         raw in prop::collection::vec((0u8..4, 0u8..3, 0i64..8), 1..120),
-        cuts in prop::collection::vec(0usize..120, 0..8),
+        cuts in prop::collection::vec(0usize..120, 0..30),
         lag in any::<bool>(),
-        restarts in any::<u8>(),
+        restarts in any::<u32>(),
+        tight in any::<bool>(),
     ) {
+        let budget = if tight { 0 } else { usize::MAX };
         let rs = rules();
         let input = lines(&raw);
         let want = straight_run(&rs, &input);
         let cuts = segment_ends(cuts, input.len());
         let mut store = Shared::default();
         let passivating = |store: &Shared| {
-            Engine::new(rs.clone()).with_passivation(Box::new(store.clone()), 0)
+            Engine::new(rs.clone()).with_passivation(Box::new(store.clone()), budget)
         };
         let mut engine = passivating(&store);
         let mut got = Outputs::default();
@@ -173,15 +176,15 @@ proptest! {
             let number = engine.batches();
             if let Some((n, b)) = unwritten.take() {
                 store.write(b).unwrap();
-                engine.passivate(n, 0);
+                engine.passivate(n, budget);
             }
             if lag {
                 unwritten = Some((number, batch));
             } else {
                 store.write(batch).unwrap();
-                engine.passivate(number, 0);
+                engine.passivate(number, budget);
             }
-            if restarts & (1 << (i % 8)) != 0 && unwritten.is_none() {
+            if restarts & (1 << (i % 32)) != 0 && unwritten.is_none() {
                 engine = passivating(&store).restored(&store).expect("restore");
             }
             prop_assert!(engine.take_state_error().is_none());
@@ -353,4 +356,53 @@ fn damaged_state_fuzz_regression_finishes() {
             out.errors
         );
     }
+}
+
+/// Keys left idle for a few checkpoints are frozen (kept encoded in
+/// memory), decoded again by their next event or deadline, and the run is
+/// the straight one; a restore with room in the budget keeps keys frozen.
+#[test]
+fn idle_keys_freeze_and_thaw() {
+    let rs = rules();
+    // Keys 0..4 start partial matches early; then only key 5 is busy for
+    // many checkpoints; then keys 0..4 come back.
+    let mut raw: Vec<(u8, u8, i64)> = (0..4).map(|k| (k, 0, 1)).collect();
+    raw.extend((0..40).map(|i| (5, (i % 3) as u8, 1)));
+    raw.extend((0..4).flat_map(|k| [(k, 1, 1), (k, 2, 1)]));
+    let input = lines(&raw);
+    let want = straight_run(&rs, &input);
+    let store = Shared::default();
+    let mut engine = Engine::new(rs.clone()).with_passivation(Box::new(store.clone()), usize::MAX);
+    let mut got = Outputs::default();
+    let mut most_frozen = 0;
+    for (i, line) in input.iter().enumerate() {
+        feed(&mut engine, &rs, std::slice::from_ref(line), i, &mut got);
+        let batch = engine.take_changes();
+        store.clone().write(batch).unwrap();
+        engine.passivate(engine.batches(), usize::MAX);
+        let stats = engine.passivation_stats().unwrap();
+        most_frozen = most_frozen.max(stats.frozen_keys);
+        assert_eq!(stats.cold_keys, 0, "nothing is evicted with room to spare");
+    }
+    engine.finish(&mut got);
+    assert!(engine.take_state_error().is_none());
+    let stats = engine.passivation_stats().unwrap();
+    assert!(
+        most_frozen >= 4,
+        "the idle keys were frozen ({most_frozen})"
+    );
+    assert!(
+        stats.thaws >= 4,
+        "and decoded again ({} thaws)",
+        stats.thaws
+    );
+    assert_eq!(alert_lines(&got), alert_lines(&want));
+
+    let restored = Engine::new(rs.clone())
+        .with_passivation(Box::new(store.clone()), usize::MAX)
+        .restored(&store)
+        .expect("restore");
+    let stats = restored.passivation_stats().unwrap();
+    assert!(restored.key_count() > 0);
+    assert_eq!(stats.frozen_keys as usize, restored.key_count());
 }

@@ -16,7 +16,7 @@
 //! time and arrival position are kept. Buffered events that no longer decode
 //! are returned, never silently dropped.
 
-use super::{Engine, KeyState, Keying, RuleSet, earliest_deadline, is_idle};
+use super::{Engine, KeyCell, KeyState, Keying, RuleSet, earliest_deadline, is_idle};
 use crate::event::Event;
 use crate::pattern::MatcherState;
 use crate::pattern::matcher::EventTable;
@@ -236,7 +236,10 @@ impl Engine {
             };
             let sources = sources(&old, &rules, ki);
             let keying = &rules.keyings[ki];
-            for (key, ks) in std::mem::take(&mut old_keys[ok]) {
+            for (key, cell) in std::mem::take(&mut old_keys[ok]) {
+                // `revive_all` decoded every frozen key (one that failed to
+                // decode was dropped and reported).
+                let KeyCell::Live(ks) = cell else { continue };
                 let mut fresh = KeyState::fresh(&rules, keying, &ks.key);
                 // Redecoded events, shared by the matchers that keep them.
                 let mut decoded: HashMap<*const Event, Option<Arc<Event>>> = HashMap::new();
@@ -277,7 +280,7 @@ impl Engine {
                 let next = earliest_deadline(&fresh);
                 Engine::schedule(ki, &key, &mut fresh, next, &mut engine.timers);
                 migration.keys += 1;
-                engine.keys[ki].insert(key, fresh);
+                engine.keys[ki].insert(key, KeyCell::live(fresh));
             }
         }
         (engine, migration)

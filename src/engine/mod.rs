@@ -129,6 +129,50 @@ impl KeyState {
     }
 }
 
+/// A key's entry in the engine's key maps: its state in memory, or, while
+/// the key is idle, that state encoded as the store holds it (frozen; see
+/// [`passivate`]), a fraction of the memory. A frozen key is decoded again
+/// by its next event or timer.
+#[derive(Debug)]
+enum KeyCell {
+    Live(Box<KeyState>),
+    Frozen {
+        /// Its store entry's value.
+        bytes: Box<[u8]>,
+        /// As [`KeyState::written`].
+        written: u64,
+    },
+}
+
+impl KeyCell {
+    fn live(ks: KeyState) -> KeyCell {
+        KeyCell::Live(Box::new(ks))
+    }
+
+    fn live_mut(&mut self) -> Option<&mut KeyState> {
+        match self {
+            KeyCell::Live(ks) => Some(ks),
+            KeyCell::Frozen { .. } => None,
+        }
+    }
+
+    /// The number of the batch holding its latest change.
+    fn written(&self) -> u64 {
+        match self {
+            KeyCell::Live(ks) => ks.written,
+            KeyCell::Frozen { written, .. } => *written,
+        }
+    }
+
+    /// The memory estimate the budget counts for it.
+    fn estimate(&self) -> usize {
+        match self {
+            KeyCell::Live(ks) => ks.bytes as usize,
+            KeyCell::Frozen { bytes, .. } => bytes.len() + passivate::FROZEN_OVERHEAD,
+        }
+    }
+}
+
 fn fresh_window(w: &crate::rules::WindowSpec) -> WindowState {
     WindowState::new(w.func, &w.window, w.arg.is_none())
 }
@@ -136,7 +180,7 @@ fn fresh_window(w: &crate::rules::WindowSpec) -> WindowState {
 /// Runs a rule set over a stream of events.
 pub struct Engine {
     rules: Arc<RuleSet>,
-    keys: Vec<HashMap<ValueKey, KeyState>>,
+    keys: Vec<HashMap<ValueKey, KeyCell>>,
     /// Events waiting for the watermark, sorted by (time, arrival). Input is
     /// mostly in order, so a deque with rare mid-insertions beats a tree.
     buffer: VecDeque<Arc<Event>>,
@@ -298,8 +342,11 @@ impl Engine {
     fn fire_timers(&mut self, upto: EventTime, out: &mut Outputs) {
         while let Some((at, (keying, key))) = self.timers.pop_due(upto) {
             let rules = self.rules.clone();
-            self.revive(keying as usize, &key);
-            let Some(ks) = self.keys[keying as usize].get_mut(&key) else {
+            self.wake(keying as usize, &key);
+            let Some(ks) = self.keys[keying as usize]
+                .get_mut(&key)
+                .and_then(KeyCell::live_mut)
+            else {
                 continue;
             };
             if let Some(d) = &mut self.dirty {
@@ -385,12 +432,17 @@ impl Engine {
             if let Some(d) = &mut self.dirty {
                 d.insert((ki as u32, key.clone()));
             }
-            if self.passive.as_ref().is_some_and(|p| p.has_cold()) {
-                self.revive(ki, &key);
+            if self.passive.as_ref().is_some_and(|p| p.sleeping()) {
+                self.wake(ki, &key);
             }
-            let ks = self.keys[ki]
+            let cell = self.keys[ki]
                 .entry(key.clone())
-                .or_insert_with(|| KeyState::fresh(&rules, keying, key_value));
+                .or_insert_with(|| KeyCell::live(KeyState::fresh(&rules, keying, key_value)));
+            let Some(ks) = cell.live_mut() else {
+                // Not thawed: its state was unreadable (reported by
+                // `take_state_error`), and this output is discarded.
+                continue;
+            };
             ks.written = self.batches + 1;
             for (local, &ri) in keying.rules.iter().enumerate() {
                 let rule = &rules.rules[ri];
@@ -460,7 +512,12 @@ impl Engine {
         for (keying, keys) in self.keys.iter_mut().enumerate() {
             let rules = &self.rules.keyings[keying].rules;
             let dirty = &mut self.dirty;
-            keys.retain(|key, ks| {
+            keys.retain(|key, cell| {
+                // A frozen key held state when frozen; its next event or
+                // timer decides whether it still does.
+                let Some(ks) = cell.live_mut() else {
+                    return true;
+                };
                 for (local, &ri) in rules.iter().enumerate() {
                     self.rules.rules[ri]
                         .matcher

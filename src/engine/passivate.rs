@@ -16,20 +16,40 @@
 //! a store read) plus its timer, which stays queued: a deadline of a
 //! passivated key revives it and fires on time.
 //!
+//! Before any of that, idle keys are frozen: a key unchanged for
+//! [`FREEZE_AFTER`] batches, whose latest change is persisted, is replaced
+//! in memory by its encoded state (the store entry's value), which takes a
+//! fraction of the memory of the decoded one; its next event or timer
+//! decodes it again. Eviction then mostly drops frozen keys, whose bytes the
+//! store already holds.
+//!
 //! The estimate of a key's memory is its encoded size plus a fixed
-//! overhead ([`KEY_OVERHEAD`]), refreshed whenever the key is written.
+//! overhead ([`KEY_OVERHEAD`] decoded, [`FROZEN_OVERHEAD`] frozen),
+//! refreshed whenever the key is written.
 
-use super::snapshot::{decode_key_state, key_bytes};
-use super::{Engine, KeyState};
+use super::snapshot::{decode_key_state, key_bytes, key_value};
+use super::{Engine, KeyCell, KeyState};
 use crate::event::ValueKey;
 use crate::state::{SnapshotError, StateStore};
 use hashbrown::HashMap;
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;
 
-/// The memory a resident key holds beyond its encoded size (map slot, the
-/// state's headers and allocations), from `cargo bench --bench state`.
-pub(super) const KEY_OVERHEAD: usize = 160;
+/// The memory a decoded key holds beyond its encoded size (map slot, the
+/// state's structures and allocations): 714–789 bytes measured by `cargo
+/// bench --bench state` for keys holding a partial match or a window.
+pub(super) const KEY_OVERHEAD: usize = 760;
+
+/// The memory a frozen key holds beyond its encoded size (its map slot,
+/// 58–103 bytes as the key table's load goes from full to half), measured
+/// by the same bench.
+pub(super) const FROZEN_OVERHEAD: usize = 100;
+
+/// Batches a key stays unchanged before it is frozen. Freezing is checked
+/// every `FREEZE_AFTER` batches, so a key is frozen after between one and
+/// two such spans idle: a key busy every few checkpoints is never decoded
+/// again and again.
+pub(super) const FREEZE_AFTER: u64 = 8;
 
 /// Eviction goes down to this fraction of the budget, so that a key
 /// crossing the budget does not start an eviction at every checkpoint.
@@ -48,6 +68,12 @@ pub struct PassivationStats {
     pub evictions: u64,
     /// Keys read back so far.
     pub loads: u64,
+    /// Keys in memory in encoded form.
+    pub frozen_keys: u64,
+    /// Keys frozen so far.
+    pub freezes: u64,
+    /// Frozen keys decoded again so far.
+    pub thaws: u64,
 }
 
 pub(super) struct Passivation {
@@ -62,11 +88,23 @@ pub(super) struct Passivation {
     error: Option<SnapshotError>,
     evictions: u64,
     loads: u64,
+    /// Keys frozen now.
+    frozen: usize,
+    /// The batch number of the last freezing pass.
+    last_freeze: u64,
+    freezes: u64,
+    thaws: u64,
 }
 
 impl Passivation {
     pub(super) fn has_cold(&self) -> bool {
         !self.cold.is_empty()
+    }
+
+    /// Whether some keys are evicted or frozen (an event's key may need
+    /// reading back or decoding).
+    pub(super) fn sleeping(&self) -> bool {
+        self.frozen > 0 || !self.cold.is_empty()
     }
 
     fn hash(&self, keying: usize, key: &ValueKey) -> u64 {
@@ -126,6 +164,10 @@ impl Engine {
             error: None,
             evictions: 0,
             loads: 0,
+            frozen: 0,
+            last_freeze: 0,
+            freezes: 0,
+            thaws: 0,
         });
         self
     }
@@ -144,6 +186,9 @@ impl Engine {
             budget_bytes: p.budget as u64,
             evictions: p.evictions,
             loads: p.loads,
+            frozen_keys: p.frozen as u64,
+            freezes: p.freezes,
+            thaws: p.thaws,
         })
     }
 
@@ -166,6 +211,27 @@ impl Engine {
         };
         p.persisted = p.persisted.max(batch.min(self.batches));
         p.budget = budget_bytes;
+        if self.batches >= p.last_freeze + FREEZE_AFTER {
+            p.last_freeze = self.batches;
+            let idle_upto = p.persisted.min(self.batches.saturating_sub(FREEZE_AFTER));
+            for keys in &mut self.keys {
+                for cell in keys.values_mut() {
+                    let KeyCell::Live(ks) = cell else { continue };
+                    if ks.written > idle_upto {
+                        continue;
+                    }
+                    let bytes = key_value(&self.rules, ks).into_boxed_slice();
+                    let frozen = KeyCell::Frozen {
+                        written: ks.written,
+                        bytes,
+                    };
+                    p.resident = p.resident.saturating_sub(ks.bytes as usize) + frozen.estimate();
+                    *cell = frozen;
+                    p.frozen += 1;
+                    p.freezes += 1;
+                }
+            }
+        }
         if p.resident <= p.budget {
             return 0;
         }
@@ -175,9 +241,9 @@ impl Engine {
         // before `upto` frees enough.
         let mut by_batch: BTreeMap<u64, usize> = BTreeMap::new();
         for keys in &self.keys {
-            for ks in keys.values() {
-                if ks.written <= p.persisted {
-                    *by_batch.entry(ks.written).or_default() += ks.bytes as usize;
+            for cell in keys.values() {
+                if cell.written() <= p.persisted {
+                    *by_batch.entry(cell.written()).or_default() += cell.estimate();
                 }
             }
         }
@@ -194,13 +260,16 @@ impl Engine {
         };
         let mut evicted = 0usize;
         for (ki, keys) in self.keys.iter_mut().enumerate() {
-            keys.retain(|key, ks| {
-                if ks.written > upto {
+            keys.retain(|key, cell| {
+                if cell.written() > upto {
                     return true;
                 }
                 let h = p.hash(ki, key);
                 *p.cold.entry(h).or_default() += 1;
-                p.release(ks.bytes as usize);
+                p.release(cell.estimate());
+                if matches!(cell, KeyCell::Frozen { .. }) {
+                    p.frozen -= 1;
+                }
                 evicted += 1;
                 false
             });
@@ -209,12 +278,41 @@ impl Engine {
         evicted
     }
 
-    /// Reads the key back from the store if it was evicted.
-    pub(super) fn revive(&mut self, keying: usize, key: &ValueKey) {
+    /// Brings the key's state back in memory, decoded, if it was frozen
+    /// or evicted. A frozen key whose bytes do not decode is dropped (the
+    /// error is reported by [`Engine::take_state_error`]).
+    pub(super) fn wake(&mut self, keying: usize, key: &ValueKey) {
         let Some(p) = &mut self.passive else {
             return;
         };
-        if p.cold.is_empty() || self.keys[keying].contains_key(key) {
+        match self.keys[keying].get_mut(key) {
+            Some(KeyCell::Live(_)) => return,
+            Some(cell @ KeyCell::Frozen { .. }) => {
+                let KeyCell::Frozen { bytes, written } = cell else {
+                    return;
+                };
+                p.frozen -= 1;
+                p.thaws += 1;
+                match decode_key_state(&self.rules, keying, bytes) {
+                    Ok(mut ks) => {
+                        ks.written = *written;
+                        ks.bytes = p.resize(
+                            (bytes.len() + FROZEN_OVERHEAD) as u32,
+                            bytes.len() + KEY_OVERHEAD,
+                        );
+                        *cell = KeyCell::live(ks);
+                    }
+                    Err(e) => {
+                        p.release(bytes.len() + FROZEN_OVERHEAD);
+                        self.keys[keying].remove(key);
+                        p.fail(e);
+                    }
+                }
+                return;
+            }
+            None => {}
+        }
+        if p.cold.is_empty() {
             return;
         }
         let h = p.hash(keying, key);
@@ -236,15 +334,33 @@ impl Engine {
                 ks.bytes = p.resize(0, bytes.len() + KEY_OVERHEAD);
                 ks.written = 0;
                 p.loads += 1;
-                self.keys[keying].insert(key.clone(), ks);
+                self.keys[keying].insert(key.clone(), KeyCell::live(ks));
             }
             Err(e) => p.fail(e),
         }
     }
 
-    /// Reads every evicted key back (before a migration, which needs all
-    /// state in memory).
+    /// Reads every evicted key back and decodes every frozen one (before
+    /// a migration, which needs all state in memory, decoded).
     pub(super) fn revive_all(&mut self) {
+        let Some(p) = &mut self.passive else {
+            return;
+        };
+        if p.frozen > 0 {
+            let frozen: Vec<(usize, ValueKey)> = self
+                .keys
+                .iter()
+                .enumerate()
+                .flat_map(|(ki, keys)| {
+                    keys.iter()
+                        .filter(|(_, c)| matches!(c, KeyCell::Frozen { .. }))
+                        .map(move |(k, _)| (ki, k.clone()))
+                })
+                .collect();
+            for (ki, key) in frozen {
+                self.wake(ki, &key);
+            }
+        }
         let Some(p) = &mut self.passive else {
             return;
         };
@@ -295,39 +411,49 @@ impl Engine {
         for (keying, key, ks) in revived {
             p.resident += ks.bytes as usize;
             p.loads += 1;
-            keys[keying].insert(key, ks);
+            keys[keying].insert(key, KeyCell::live(ks));
         }
     }
 
     /// Drops a resident key's state.
     pub(super) fn drop_key(&mut self, keying: usize, key: &ValueKey) {
-        if let Some(ks) = self.keys[keying].remove(key)
+        if let Some(cell) = self.keys[keying].remove(key)
             && let Some(p) = &mut self.passive
         {
-            p.release(ks.bytes as usize);
+            p.release(cell.estimate());
+            if matches!(cell, KeyCell::Frozen { .. }) {
+                p.frozen -= 1;
+            }
         }
     }
 
-    /// Restore: whether a key of `bytes` encoded bytes stays resident, or
-    /// is left in the store (then recorded as evicted).
+    /// Restore: the entry of a key restored from `bytes` (its stored
+    /// value, decoded as `ks`): decoded without passivation; frozen with it
+    /// while the budget allows, and otherwise left in the store (then
+    /// recorded as evicted).
     pub(super) fn admit_restored(
         &mut self,
         keying: usize,
         key: &ValueKey,
-        ks: &mut KeyState,
-        bytes: usize,
-    ) -> bool {
+        mut ks: KeyState,
+        bytes: &[u8],
+    ) -> Option<KeyCell> {
         let Some(p) = &mut self.passive else {
-            return true;
+            return Some(KeyCell::live(ks));
         };
-        let need = bytes + KEY_OVERHEAD;
+        let need = bytes.len() + FROZEN_OVERHEAD;
         if p.resident + need <= p.budget {
-            ks.bytes = p.resize(0, need);
-            return true;
+            p.resident += need;
+            p.frozen += 1;
+            ks.written = 0;
+            return Some(KeyCell::Frozen {
+                bytes: bytes.into(),
+                written: 0,
+            });
         }
         let h = p.hash(keying, key);
         *p.cold.entry(h).or_default() += 1;
-        false
+        None
     }
 
     /// Moves passivation (and the batch count) to the engine a migration
@@ -337,6 +463,7 @@ impl Engine {
         if let Some(mut p) = self.passive.take() {
             p.cold.clear();
             p.resident = 0;
+            p.frozen = 0;
             if to.dirty.is_none() {
                 to.dirty = Some(hashbrown::HashSet::new());
             }

@@ -3,7 +3,7 @@
 //! and one per key (each rule's partial matches and window aggregates, with
 //! the key's matched events stored once).
 
-use super::{Engine, EngineStats, KeyState, RuleSet};
+use super::{Engine, EngineStats, KeyCell, KeyState, RuleSet};
 use crate::event::{Event, MAX_EVENT_TIME_MS, Value, ValueKey};
 use crate::pattern::matcher::{EventTable, MatcherSnapshot, MatcherState};
 use crate::rules::RuleOrigin;
@@ -148,8 +148,11 @@ impl Engine {
         self.migration.take()
     }
 
-    fn key_value(&self, ks: &KeyState) -> Vec<u8> {
-        key_value(&self.rules, ks)
+    fn key_value(&self, cell: &KeyCell) -> Vec<u8> {
+        match cell {
+            KeyCell::Live(ks) => key_value(&self.rules, ks),
+            KeyCell::Frozen { bytes, .. } => bytes.to_vec(),
+        }
     }
 
     /// Writes the whole engine state to `store` in one batch, replacing what
@@ -220,17 +223,21 @@ impl Engine {
         match self.dirty.take() {
             Some(mut dirty) => {
                 let mut keys: Vec<(u32, ValueKey)> = dirty.drain().collect();
+                // A burst (the first load, a restore's migration) leaves a
+                // table sized for it; keep one sized for ordinary batches.
+                if dirty.capacity() > 4 * keys.len().max(1024) {
+                    dirty.shrink_to(keys.len());
+                }
                 // Sorted, so the same changes always give the same batch.
                 keys.sort();
                 for (ki, key) in keys {
-                    let value = match self.keys[ki as usize].get(&key) {
-                        Some(ks) => {
+                    let value = match self.keys[ki as usize].get_mut(&key) {
+                        Some(KeyCell::Live(ks)) => {
                             let v = key_value(&self.rules, ks);
-                            if let Some(ks) = self.keys[ki as usize].get_mut(&key) {
-                                Engine::written_size(&mut self.passive, ks, v.len());
-                            }
+                            Engine::written_size(&mut self.passive, ks, v.len());
                             Some(v)
                         }
+                        Some(KeyCell::Frozen { bytes, .. }) => Some(bytes.to_vec()),
                         None => None,
                     };
                     batch.push((key_bytes(ki, &key), value));
@@ -343,13 +350,13 @@ impl Engine {
         let keyings = rules.keyings.len();
         store.for_each_prefix(KEY_PREFIX, &mut |k, v| {
             let keying = keying_of(k, keyings)?;
-            let mut ks = decode_key_state(&rules, keying, v)?;
+            let ks = decode_key_state(&rules, keying, v)?;
             let key = ValueKey::from(&ks.key);
             if let Some(t) = ks.timer {
                 engine.timers.insert(t, (keying as u32, key.clone()));
             }
-            if engine.admit_restored(keying, &key, &mut ks, v.len()) {
-                engine.keys[keying].insert(key, ks);
+            if let Some(cell) = engine.admit_restored(keying, &key, ks, v) {
+                engine.keys[keying].insert(key, cell);
             }
             Ok(())
         })?;
@@ -357,7 +364,7 @@ impl Engine {
     }
 }
 
-fn key_value(rules: &RuleSet, ks: &KeyState) -> Vec<u8> {
+pub(super) fn key_value(rules: &RuleSet, ks: &KeyState) -> Vec<u8> {
     let mut table = EventTable::default();
     let matchers = ks
         .matchers
