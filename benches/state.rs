@@ -63,6 +63,22 @@ fn feed(engine: &mut Engine, rs: &RuleSet, from: u64, to: u64, keys: u64, out: &
     }
 }
 
+/// Takes the engine's changes and writes them to `store`: ms encoding, ms
+/// writing, bytes, entries.
+fn timed_checkpoint(engine: &mut Engine, store: &mut impl StateStore) -> (f64, f64, usize, usize) {
+    let t = now();
+    let batch = engine.take_changes();
+    let encode_ms = t.elapsed().as_secs_f64() * 1e3;
+    let bytes = batch
+        .iter()
+        .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+        .sum();
+    let entries = batch.len();
+    let t = now();
+    store.write(batch).expect("write");
+    (encode_ms, t.elapsed().as_secs_f64() * 1e3, bytes, entries)
+}
+
 fn main() {
     let keys: u64 = std::env::args()
         .skip(1)
@@ -151,16 +167,7 @@ fn main() {
     // 2. Checkpoint cost, first of all N keys (the initial snapshot), then
     //    of 100 k dirty keys.
     let mut store = local.shard("bench", 0).expect("store");
-    let t = now();
-    let batch = engine.take_changes();
-    let encode_ms = t.elapsed().as_secs_f64() * 1e3;
-    let bytes: usize = batch
-        .iter()
-        .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
-        .sum();
-    let t = now();
-    store.write(batch).expect("write");
-    let write_ms = t.elapsed().as_secs_f64() * 1e3;
+    let (encode_ms, write_ms, bytes, _) = timed_checkpoint(&mut engine, &mut store);
     println!(
         "checkpoint of all {keys} keys: {encode_ms:.0} ms encode + {write_ms:.0} ms RocksDB write, {} MB",
         bytes / 1_000_000
@@ -175,17 +182,7 @@ fn main() {
             engine.on_event(event(&rules, from + j * stride, keys), &mut out);
             out.alerts.clear();
         }
-        let t = now();
-        let batch = engine.take_changes();
-        let encode = t.elapsed().as_secs_f64() * 1e3;
-        let bytes: usize = batch
-            .iter()
-            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
-            .sum();
-        let n = batch.len();
-        let t = now();
-        store.write(batch).expect("write");
-        runs.push((encode, t.elapsed().as_secs_f64() * 1e3, bytes, n));
+        runs.push(timed_checkpoint(&mut engine, &mut store));
     }
     runs.sort_by(|a, b| (a.0 + a.1).total_cmp(&(b.0 + b.1)));
     let (encode, write, bytes, n) = runs[runs.len() / 2];

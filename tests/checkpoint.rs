@@ -7,6 +7,10 @@
 #[path = "support/damaged_state.rs"]
 mod damaged_state;
 
+#[path = "support/feed.rs"]
+mod feed_support;
+
+use feed_support::feed;
 use proptest::prelude::*;
 use std::sync::{Arc, Mutex};
 use tripline::engine::{Engine, Outputs, RuleSet};
@@ -53,21 +57,11 @@ fn lines(raw: &[(u8, u8, i64)]) -> Vec<String> {
         .collect()
 }
 
-fn feed(engine: &mut Engine, rs: &RuleSet, lines: &[String], from: usize, out: &mut Outputs) {
-    for (i, l) in lines.iter().enumerate() {
-        let ev = rs
-            .decoder
-            .decode(l.as_bytes(), (from + i) as u64)
-            .expect("decodes");
-        engine.on_event(ev, out);
-    }
-}
-
 /// The input's outputs without interruption, to the end.
 fn straight_run(rs: &Arc<RuleSet>, input: &[String]) -> Outputs {
     let mut engine = Engine::new(rs.clone());
     let mut out = Outputs::default();
-    feed(&mut engine, rs, input, 0, &mut out);
+    feed(&mut engine, input, 0, &mut out);
     engine.finish(&mut out);
     out
 }
@@ -103,7 +97,7 @@ proptest! {
         let mut engine = Engine::new(rs.clone());
         let mut at = 0;
         for cut in cuts {
-            feed(&mut engine, &rs, &input[at..cut], at, &mut got);
+            feed(&mut engine, &input[at..cut], at, &mut got);
             at = cut;
             let mut store = MemoryStore::default();
             engine.checkpoint(&mut store).expect("checkpoint");
@@ -130,7 +124,7 @@ proptest! {
         let mut engine = Engine::new(rs.clone()).track_changes();
         let mut at = 0;
         for cut in cuts {
-            feed(&mut engine, &rs, &input[at..cut], at, &mut got);
+            feed(&mut engine, &input[at..cut], at, &mut got);
             at = cut;
             changelog.write(engine.take_changes()).expect("apply changes");
             let mut full = MemoryStore::default();
@@ -170,7 +164,7 @@ proptest! {
         let mut unwritten: Option<(u64, Vec<Change>)> = None;
         let mut at = 0;
         for (i, cut) in cuts.into_iter().enumerate() {
-            feed(&mut engine, &rs, &input[at..cut], at, &mut got);
+            feed(&mut engine, &input[at..cut], at, &mut got);
             at = cut;
             let batch = engine.take_changes();
             let number = engine.batches();
@@ -254,7 +248,7 @@ proptest! {
         let input = lines(&raw);
         let mut engine = Engine::new(rs.clone());
         let mut out = Outputs::default();
-        feed(&mut engine, &rs, &input, 0, &mut out);
+        feed(&mut engine, &input, 0, &mut out);
         let mut store = MemoryStore::default();
         engine.checkpoint(&mut store).unwrap();
         let entries = store.scan_prefix(b"").unwrap();
@@ -272,7 +266,7 @@ proptest! {
         // Either an error naming the problem, or a state the engine can run on.
         if let Ok(mut e) = Engine::restore(rs.clone(), &damaged) {
             let mut out = Outputs::default();
-            feed(&mut e, &rs, &input, 1000, &mut out);
+            feed(&mut e, &input, 1000, &mut out);
             e.finish(&mut out);
         }
     }
@@ -285,13 +279,7 @@ fn snapshot_of_other_rules_is_migrated() {
     let rs = rules();
     let mut engine = Engine::new(rs.clone());
     let mut out = Outputs::default();
-    feed(
-        &mut engine,
-        &rs,
-        &lines(&[(1, 0, 1), (1, 1, 2)]),
-        0,
-        &mut out,
-    );
+    feed(&mut engine, &lines(&[(1, 0, 1), (1, 1, 2)]), 0, &mut out);
     let mut store = MemoryStore::default();
     engine.checkpoint(&mut store).unwrap();
     let other = RuleSet::from_source("c.tl", &RULES.replace("40ms", "41ms"), None).unwrap();
@@ -376,7 +364,7 @@ fn idle_keys_freeze_and_thaw() {
     let mut got = Outputs::default();
     let mut most_frozen = 0;
     for (i, line) in input.iter().enumerate() {
-        feed(&mut engine, &rs, std::slice::from_ref(line), i, &mut got);
+        feed(&mut engine, std::slice::from_ref(line), i, &mut got);
         let batch = engine.take_changes();
         store.clone().write(batch).unwrap();
         engine.passivate(engine.batches(), usize::MAX);

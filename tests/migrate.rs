@@ -3,6 +3,10 @@
 //! that never changed), keeps the window aggregates a changed rule still
 //! uses, and its checkpoint restores under the new rules.
 
+#[path = "support/feed.rs"]
+mod feed_support;
+
+use feed_support::feed;
 use proptest::prelude::*;
 use std::sync::Arc;
 use tripline::engine::{Alert, Engine, Outputs, RuleChange, RuleSet};
@@ -40,23 +44,23 @@ fn lines(raw: &[(u8, u8, i64)]) -> Vec<String> {
         .collect()
 }
 
-fn feed(engine: &mut Engine, lines: &[String], from: usize, out: &mut Outputs) {
-    let rs = engine.rules().clone();
-    for (i, l) in lines.iter().enumerate() {
-        let ev = rs
-            .decoder
-            .decode(l.as_bytes(), (from + i) as u64)
-            .expect("decodes");
-        engine.on_event(ev, out);
-    }
-}
-
 fn run(rs: &Arc<RuleSet>, input: &[String]) -> Vec<Alert> {
     let mut engine = Engine::new(rs.clone());
     let mut out = Outputs::default();
     feed(&mut engine, input, 0, &mut out);
     engine.finish(&mut out);
     out.alerts
+}
+
+/// Runs `old` over `input` and checkpoints: the engine, the store its
+/// changes went to, and its outputs.
+fn checkpointed(old: &Arc<RuleSet>, input: &[String]) -> (Engine, MemoryStore, Outputs) {
+    let mut store = MemoryStore::default();
+    let mut engine = Engine::new(old.clone()).track_changes();
+    let mut out = Outputs::default();
+    feed(&mut engine, input, 0, &mut out);
+    store.write(engine.take_changes()).unwrap();
+    (engine, store, out)
 }
 
 /// Runs `old` to `cut`, migrates to `new`, checkpoints, restores under
@@ -67,11 +71,7 @@ fn run_changed(
     input: &[String],
     cut: usize,
 ) -> (Vec<Alert>, tripline::engine::Migration) {
-    let mut store = MemoryStore::default();
-    let mut engine = Engine::new(old.clone()).track_changes();
-    let mut out = Outputs::default();
-    feed(&mut engine, &input[..cut], 0, &mut out);
-    store.write(engine.take_changes()).unwrap();
+    let (engine, mut store, mut out) = checkpointed(old, &input[..cut]);
     let (mut engine, migration) = engine.migrate(new.clone());
     store.write(engine.take_changes()).unwrap();
     let mut restored = Engine::restore(new.clone(), &store).expect("restores under the new rules");
@@ -90,12 +90,7 @@ fn run_restarted(
     input: &[String],
     cut: usize,
 ) -> (Vec<Alert>, tripline::engine::Migration) {
-    let mut store = MemoryStore::default();
-    let mut engine = Engine::new(old.clone()).track_changes();
-    let mut out = Outputs::default();
-    feed(&mut engine, &input[..cut], 0, &mut out);
-    store.write(engine.take_changes()).unwrap();
-    drop(engine);
+    let (_, mut store, mut out) = checkpointed(old, &input[..cut]);
     let mut restored = Engine::new(new.clone())
         .track_changes()
         .restored(&store)

@@ -63,6 +63,18 @@ fn tripline(args: &[&str], dir: &Path) -> Output {
         .expect("runs")
 }
 
+/// Runs `tripline` with `args` on `dir`, which must succeed: its JSON
+/// output lines.
+fn ok_json(args: &[&str], dir: &Path) -> Vec<serde_json::Value> {
+    let out = tripline(args, dir);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    json_lines(&out)
+}
+
 fn json_lines(out: &Output) -> Vec<serde_json::Value> {
     let text = String::from_utf8_lossy(&out.stdout);
     serde_json::Deserializer::from_str(&text)
@@ -74,13 +86,7 @@ fn json_lines(out: &Output) -> Vec<serde_json::Value> {
 #[test]
 fn inspect_summarises_each_shard() {
     let dir = data_dir("summary");
-    let out = tripline(&["state", "inspect"], &dir);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines = json_lines(&out);
+    let lines = ok_json(&["state", "inspect"], &dir);
     assert_eq!(lines.len(), 1, "{lines:?}");
     let s = &lines[0];
     assert_eq!(s["shard"], "tx/3");
@@ -97,13 +103,7 @@ fn inspect_summarises_each_shard() {
 #[test]
 fn inspect_shows_one_keys_windows_and_partial_matches() {
     let dir = data_dir("key");
-    let out = tripline(&["state", "inspect", "--key", "c1"], &dir);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines = json_lines(&out);
+    let lines = ok_json(&["state", "inspect", "--key", "c1"], &dir);
     assert_eq!(lines.len(), 1, "{lines:?}");
     let k = &lines[0]["key_state"];
     assert_eq!(lines[0]["shard"], "tx/3");

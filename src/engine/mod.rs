@@ -342,11 +342,21 @@ impl Engine {
     fn fire_timers(&mut self, upto: EventTime, out: &mut Outputs) {
         while let Some((at, (keying, key))) = self.timers.pop_due(upto) {
             let rules = self.rules.clone();
-            self.wake(keying as usize, &key);
-            let Some(ks) = self.keys[keying as usize]
-                .get_mut(&key)
-                .and_then(KeyCell::live_mut)
-            else {
+            if self.passive.as_ref().is_some_and(|p| p.has_cold()) {
+                self.revive(keying as usize, &key);
+            }
+            let Some(cell) = self.keys[keying as usize].get_mut(&key) else {
+                continue;
+            };
+            if let Some(p) = &mut self.passive
+                && !p.thaw(&rules, keying as usize, cell)
+            {
+                // Unreadable: reported by `take_state_error`, and this
+                // output is discarded.
+                self.keys[keying as usize].remove(&key);
+                continue;
+            }
+            let Some(ks) = cell.live_mut() else {
                 continue;
             };
             if let Some(d) = &mut self.dirty {
@@ -432,15 +442,20 @@ impl Engine {
             if let Some(d) = &mut self.dirty {
                 d.insert((ki as u32, key.clone()));
             }
-            if self.passive.as_ref().is_some_and(|p| p.sleeping()) {
-                self.wake(ki, &key);
+            if self.passive.as_ref().is_some_and(|p| p.has_cold()) {
+                self.revive(ki, &key);
             }
             let cell = self.keys[ki]
                 .entry(key.clone())
                 .or_insert_with(|| KeyCell::live(KeyState::fresh(&rules, keying, key_value)));
+            if let Some(p) = &mut self.passive
+                && !p.thaw(&rules, ki, cell)
+            {
+                // Unreadable: reported by `take_state_error`, and this
+                // output is discarded; the key goes on from empty state.
+                *cell = KeyCell::live(KeyState::fresh(&rules, keying, key_value));
+            }
             let Some(ks) = cell.live_mut() else {
-                // Not thawed: its state was unreadable (reported by
-                // `take_state_error`), and this output is discarded.
                 continue;
             };
             ks.written = self.batches + 1;

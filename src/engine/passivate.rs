@@ -28,7 +28,7 @@
 //! refreshed whenever the key is written.
 
 use super::snapshot::{decode_key_state, key_bytes, key_value};
-use super::{Engine, KeyCell, KeyState};
+use super::{Engine, KeyCell, KeyState, RuleSet};
 use crate::event::ValueKey;
 use crate::state::{SnapshotError, StateStore};
 use hashbrown::HashMap;
@@ -101,12 +101,6 @@ impl Passivation {
         !self.cold.is_empty()
     }
 
-    /// Whether some keys are evicted or frozen (an event's key may need
-    /// reading back or decoding).
-    pub(super) fn sleeping(&self) -> bool {
-        self.frozen > 0 || !self.cold.is_empty()
-    }
-
     fn hash(&self, keying: usize, key: &ValueKey) -> u64 {
         self.hasher.hash_one((keying as u32, key))
     }
@@ -120,6 +114,31 @@ impl Passivation {
     pub(super) fn resize(&mut self, was: u32, bytes: usize) -> u32 {
         self.resident = self.resident.saturating_sub(was as usize) + bytes;
         bytes.min(u32::MAX as usize) as u32
+    }
+
+    /// Decodes `cell` in place if it is frozen. False when its bytes do
+    /// not decode: the error is kept for [`Engine::take_state_error`] and
+    /// the caller drops the key or starts it afresh.
+    pub(super) fn thaw(&mut self, rules: &RuleSet, keying: usize, cell: &mut KeyCell) -> bool {
+        let KeyCell::Frozen { bytes, written } = cell else {
+            return true;
+        };
+        self.frozen -= 1;
+        self.thaws += 1;
+        let was = bytes.len() + FROZEN_OVERHEAD;
+        match decode_key_state(rules, keying, bytes) {
+            Ok(mut ks) => {
+                ks.written = *written;
+                ks.bytes = self.resize(was as u32, bytes.len() + KEY_OVERHEAD);
+                *cell = KeyCell::live(ks);
+                true
+            }
+            Err(e) => {
+                self.release(was);
+                self.fail(e);
+                false
+            }
+        }
     }
 
     fn fail(&mut self, e: SnapshotError) {
@@ -278,41 +297,12 @@ impl Engine {
         evicted
     }
 
-    /// Brings the key's state back in memory, decoded, if it was frozen
-    /// or evicted. A frozen key whose bytes do not decode is dropped (the
-    /// error is reported by [`Engine::take_state_error`]).
-    pub(super) fn wake(&mut self, keying: usize, key: &ValueKey) {
+    /// Reads the key back from the store if it was evicted.
+    pub(super) fn revive(&mut self, keying: usize, key: &ValueKey) {
         let Some(p) = &mut self.passive else {
             return;
         };
-        match self.keys[keying].get_mut(key) {
-            Some(KeyCell::Live(_)) => return,
-            Some(cell @ KeyCell::Frozen { .. }) => {
-                let KeyCell::Frozen { bytes, written } = cell else {
-                    return;
-                };
-                p.frozen -= 1;
-                p.thaws += 1;
-                match decode_key_state(&self.rules, keying, bytes) {
-                    Ok(mut ks) => {
-                        ks.written = *written;
-                        ks.bytes = p.resize(
-                            (bytes.len() + FROZEN_OVERHEAD) as u32,
-                            bytes.len() + KEY_OVERHEAD,
-                        );
-                        *cell = KeyCell::live(ks);
-                    }
-                    Err(e) => {
-                        p.release(bytes.len() + FROZEN_OVERHEAD);
-                        self.keys[keying].remove(key);
-                        p.fail(e);
-                    }
-                }
-                return;
-            }
-            None => {}
-        }
-        if p.cold.is_empty() {
+        if p.cold.is_empty() || self.keys[keying].contains_key(key) {
             return;
         }
         let h = p.hash(keying, key);
@@ -347,23 +337,10 @@ impl Engine {
             return;
         };
         if p.frozen > 0 {
-            let frozen: Vec<(usize, ValueKey)> = self
-                .keys
-                .iter()
-                .enumerate()
-                .flat_map(|(ki, keys)| {
-                    keys.iter()
-                        .filter(|(_, c)| matches!(c, KeyCell::Frozen { .. }))
-                        .map(move |(k, _)| (ki, k.clone()))
-                })
-                .collect();
-            for (ki, key) in frozen {
-                self.wake(ki, &key);
+            for (ki, keys) in self.keys.iter_mut().enumerate() {
+                keys.retain(|_, cell| p.thaw(&self.rules, ki, cell));
             }
         }
-        let Some(p) = &mut self.passive else {
-            return;
-        };
         if p.cold.is_empty() {
             return;
         }
