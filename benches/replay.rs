@@ -1,7 +1,11 @@
 //! Replay throughput: decode + engine, single thread, in events/s.
 //!
 //! - `replay/handbook_sample`: the shipped 10-day handbook sample with the
-//!   shipped rules.
+//!   shipped rules (the handbook feature sets among them).
+//! - `replay/decode_only`, `replay/handbook_features`: the same events
+//!   decoded only, and decoded then run through the 15 handbook features
+//!   alone (`rules/features.tl`), every row collected: the difference is
+//!   the feature update cost per event.
 //! - `replay/abc_10m`, `replay/abc_6h`: 1 M synthetic events over 10 k keys
 //!   with "A, then one or more B, then C within 10 min / 6 h".
 
@@ -24,16 +28,21 @@ fn rules(paths: &[&str]) -> Arc<RuleSet> {
 }
 
 fn run(rs: &Arc<RuleSet>, lines: &[&[u8]]) -> u64 {
-    let mut engine = Engine::new(rs.clone());
+    run_with(Engine::new(rs.clone()), lines)
+}
+
+fn run_with(mut engine: Engine, lines: &[&[u8]]) -> u64 {
+    let rs = engine.rules().clone();
     let mut out = Outputs::default();
     let mut alerts = 0u64;
     for (i, l) in lines.iter().enumerate() {
         if let Ok(ev) = rs.decoder.decode(l, i as u64) {
             engine.on_event(ev, &mut out);
         }
-        alerts += out.alerts.len() as u64;
+        alerts += (out.alerts.len() + out.features.len()) as u64;
         out.alerts.clear();
         out.late.clear();
+        out.features.clear();
     }
     engine.finish(&mut out);
     alerts + out.alerts.len() as u64
@@ -55,6 +64,20 @@ fn bench(c: &mut Criterion) {
     let rs = rules(&["rules"]);
     g.throughput(Throughput::Elements(lines.len() as u64));
     g.bench_function("handbook_sample", |b| b.iter(|| run(&rs, &lines)));
+    let features = rules(&["rules/stream.tl", "rules/features.tl"]);
+    g.bench_function("decode_only", |b| {
+        b.iter(|| {
+            lines
+                .iter()
+                .enumerate()
+                .filter_map(|(i, l)| features.decoder.decode(l, i as u64).ok())
+                .map(|ev| ev.time)
+                .fold(0i64, i64::wrapping_add)
+        })
+    });
+    g.bench_function("handbook_features", |b| {
+        b.iter(|| run_with(Engine::new(features.clone()).collect_features(), &lines))
+    });
 
     let synthetic: Vec<String> = stream::lines(1_000_000, 10_000, 42).collect();
     let lines: Vec<&[u8]> = synthetic.iter().map(|l| l.as_bytes()).collect();

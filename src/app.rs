@@ -14,6 +14,7 @@ use tripline::adapters::local::LocalState;
 use tripline::config::Config;
 use tripline::engine::{Engine, EngineOptions, Outputs, RuleSet, inspect};
 use tripline::event::{FieldPath, TimeFormat, format_time};
+use tripline::export::{FeatureFormat, FeatureWriter};
 use tripline::rules::{CompileError, StreamDef, parse_duration};
 
 /// Real-time complex-event processing and fraud detection.
@@ -54,6 +55,19 @@ enum Command {
         /// The output is the same.
         #[arg(long, default_value = "auto", value_parser = ["auto", "explicit"])]
         matcher: String,
+        /// Write every event's features (the rules' `features` sets) to this
+        /// file: `.csv` or `.jsonl`.
+        #[arg(long, value_name = "FILE")]
+        features: Option<PathBuf>,
+        /// Event fields copied into each feature row before the features
+        /// (default: the stream's key and time fields).
+        #[arg(
+            long = "with",
+            value_name = "FIELD",
+            value_delimiter = ',',
+            requires = "features"
+        )]
+        with_fields: Vec<String>,
         #[command(flatten)]
         stream: StreamArgs,
     },
@@ -197,6 +211,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             flush,
             max_partials,
             matcher,
+            features,
+            with_fields,
             stream,
         } => {
             let options = EngineOptions {
@@ -207,7 +223,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             let Some(rs) = load(&rules, stream.to_def()?, options)? else {
                 return Ok(ExitCode::from(1));
             };
-            replay(rs, &events, flush)
+            let features = match features {
+                Some(path) => Some(feature_writer(&rs, &path, with_fields)?),
+                None => None,
+            };
+            replay(rs, &events, flush, features)
         }
         Command::Test { rules } => test_examples(&rules),
         Command::Serve { config } => {
@@ -422,12 +442,46 @@ struct Summary {
     errors: u64,
 }
 
-fn replay(rs: Arc<RuleSet>, events: &str, flush: bool) -> Result<ExitCode> {
+type FeatureFile = FeatureWriter<BufWriter<std::fs::File>>;
+
+/// The writer of `replay --features PATH`.
+fn feature_writer(rs: &RuleSet, path: &Path, with: Vec<String>) -> Result<FeatureFile> {
+    if rs.feature_columns.is_empty() {
+        bail!("--features: the rules define no `features` set (see docs/rules.md, Features)");
+    }
+    let Some(format) = FeatureFormat::for_path(path) else {
+        bail!("--features {}: name a .csv or .jsonl file", path.display());
+    };
+    let with = if with.is_empty() {
+        let s = &rs.def.stream;
+        vec![s.key.to_string(), s.time.to_string()]
+    } else {
+        with
+    };
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    Ok(FeatureWriter::new(
+        BufWriter::with_capacity(1 << 16, file),
+        format,
+        &with,
+        &rs.feature_columns,
+    )?)
+}
+
+fn replay(
+    rs: Arc<RuleSet>,
+    events: &str,
+    flush: bool,
+    mut features: Option<FeatureFile>,
+) -> Result<ExitCode> {
     let mut input = open_events(events)?;
     let stdout = std::io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
     let mut err = std::io::stderr().lock();
     let mut engine = Engine::new(rs.clone());
+    if features.is_some() {
+        engine = engine.collect_features();
+    }
     let mut outputs = Outputs::default();
     let mut per_rule = vec![0u64; rs.rules.len()];
     let mut summary = Summary::default();
@@ -464,6 +518,7 @@ fn replay(rs: Arc<RuleSet>, events: &str, flush: bool) -> Result<ExitCode> {
             &mut per_rule,
             &mut summary,
         )?;
+        write_features(&mut outputs, &mut features)?;
     }
     if flush {
         engine.finish(&mut outputs);
@@ -476,8 +531,13 @@ fn replay(rs: Arc<RuleSet>, events: &str, flush: bool) -> Result<ExitCode> {
             &mut per_rule,
             &mut summary,
         )?;
+        write_features(&mut outputs, &mut features)?;
     }
     out.flush()?;
+    if let Some(f) = features {
+        writeln!(err, "replay: {} feature rows written", f.rows())?;
+        f.finish()?;
+    }
     let secs = started.elapsed().as_secs_f64();
     let stats = engine.stats();
     let by_rule: Vec<String> = rs
@@ -505,6 +565,15 @@ fn replay(rs: Arc<RuleSet>, events: &str, flush: bool) -> Result<ExitCode> {
 }
 
 #[allow(clippy::too_many_arguments)]
+fn write_features(outputs: &mut Outputs, features: &mut Option<FeatureFile>) -> Result<()> {
+    if let Some(f) = features {
+        for row in outputs.features.drain(..) {
+            f.write(&row)?;
+        }
+    }
+    Ok(())
+}
+
 fn drain(
     buf: &mut Vec<u8>,
     outputs: &mut Outputs,

@@ -75,8 +75,31 @@ pub struct KafkaConfig {
     /// rebalance may wait this long for a member that died without leaving.
     pub max_poll_interval_ms: u64,
     /// Extra librdkafka properties for every client (TLS, SASL, tuning), e.g.
-    /// `"security.protocol" = "SASL_SSL"`.
+    /// `"security.protocol" = "SASL_SSL"`. Numbers and booleans are taken
+    /// as librdkafka reads them, as text (`"fetch.max.bytes" = 1048576`).
+    #[serde(deserialize_with = "librdkafka_properties")]
     pub client: BTreeMap<String, String>,
+}
+
+/// librdkafka properties: every value as text, whether written as a
+/// string, a number or a boolean (an environment override of a number
+/// arrives as a number).
+fn librdkafka_properties<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    BTreeMap::<String, toml::Value>::deserialize(d)?
+        .into_iter()
+        .map(|(k, v)| match v {
+            toml::Value::String(s) => Ok((k, s)),
+            toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => {
+                Ok((k, v.to_string()))
+            }
+            other => Err(serde::de::Error::custom(format!(
+                "`{k}`: a librdkafka property is a string, number or boolean, not {}",
+                other.type_str()
+            ))),
+        })
+        .collect()
 }
 
 impl Default for KafkaConfig {
@@ -503,6 +526,11 @@ mod tests {
                 ("TRIPLINE__KAFKA__BROKERS", "b:2"),
                 ("TRIPLINE__CHECKPOINT__INTERVAL_MS", "900"),
                 ("TRIPLINE__KAFKA__CLIENT__security.protocol", "SSL"),
+                (
+                    "TRIPLINE__KAFKA__CLIENT__receive.message.max.bytes",
+                    "200000000",
+                ),
+                ("TRIPLINE__KAFKA__CLIENT__socket.keepalive.enable", "true"),
                 ("OTHER", "x"),
             ],
         )
@@ -510,6 +538,19 @@ mod tests {
         assert_eq!(c.kafka.brokers, "b:2");
         assert_eq!(c.checkpoint.interval_ms, 900);
         assert_eq!(c.kafka.client["security.protocol"], "SSL");
+        assert_eq!(c.kafka.client["receive.message.max.bytes"], "200000000");
+        assert_eq!(c.kafka.client["socket.keepalive.enable"], "true");
+    }
+
+    #[test]
+    fn a_librdkafka_property_must_be_a_plain_value() {
+        let e = load("[kafka.client]\n\"fetch.max.bytes\" = [1]", &[]).unwrap_err();
+        assert!(
+            e.to_string().contains(
+                "`fetch.max.bytes`: a librdkafka property is a string, number or boolean, not array"
+            ),
+            "{e}"
+        );
     }
 
     #[test]

@@ -28,6 +28,7 @@
 //!   letters, internal topics for rules keyed by other fields, the embedded
 //!   broker).
 //! - [`config`]: the service configuration (`tripline.toml` + environment).
+//! - [`export`]: feature rows as CSV or JSON lines (`replay --features`).
 //!
 //! Start with [`engine::RuleSet::load`] and [`engine::Engine::on_event`]:
 //!
@@ -65,6 +66,7 @@ pub mod adapters;
 pub mod config;
 pub mod engine;
 pub mod event;
+pub mod export;
 pub mod pattern;
 pub mod rules;
 pub mod runtime;

@@ -112,6 +112,13 @@ fn spawn_with_rules(
         // Far less than the sample's keys hold: idle keys are passivated
         // and read back all the time, crashes included.
         .env("TRIPLINE__STATE__MEMORY_BUDGET_MB", "1")
+        // The test broker answers a fetch with all it holds past the offset,
+        // whatever the request's size limits; a long run's backlog exceeds
+        // librdkafka's default limit on a response (100 MB).
+        .env(
+            "TRIPLINE__KAFKA__CLIENT__receive.message.max.bytes",
+            "2000000000",
+        )
         .env(
             "TRIPLINE__KAFKA__STATIC_MEMBERSHIP",
             static_membership.to_string(),

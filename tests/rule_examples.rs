@@ -37,3 +37,41 @@ example "off by one" {
     let err = run_example(&rs, &rs.def.examples[0]).unwrap_err();
     assert!(err.contains("expected 2 alerts, got 1"), "{err}");
 }
+
+/// `tripline test`, the command rule authors run: the shipped examples pass,
+/// and a wrong expectation fails the command with the example named.
+#[test]
+fn the_test_command_checks_examples() {
+    let run = |path: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tripline"))
+            .arg("test")
+            .arg(path)
+            .output()
+            .expect("run tripline test")
+    };
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    let out = run(&rules);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+
+    let dir = std::env::temp_dir().join(format!("tripline-test-cmd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("wrong.tl");
+    std::fs::write(
+        &file,
+        "stream s { key k time t }\nrule any { pattern { x: v > 1 } }\n\
+         example \"off by one\" {\n  events \"\"\"\n  {\"k\":1,\"t\":1,\"v\":5}\n  \"\"\"\n  expect any 2\n}\n",
+    )
+    .unwrap();
+    let out = run(&file);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("FAIL off by one"), "{stdout}");
+    assert!(stdout.contains("0 passed, 1 failed"), "{stdout}");
+}

@@ -49,11 +49,24 @@ pub struct LateEvent {
     pub watermark: EventTime,
 }
 
+/// The features of one event: what every feature set computed for it.
+#[derive(Clone, Debug)]
+pub struct FeatureRow {
+    /// The event.
+    pub event: Arc<Event>,
+    /// By [`RuleSet::feature_columns`]; `Null` for a feature set whose key
+    /// the event lacks.
+    pub values: Vec<Value>,
+}
+
 /// What processing produced.
 #[derive(Debug, Default)]
 pub struct Outputs {
     /// Alerts, in the order they fired.
     pub alerts: Vec<Alert>,
+    /// Each event's features, in processing order, when the engine
+    /// collects them ([`Engine::collect_features`]).
+    pub features: Vec<FeatureRow>,
     /// Late events (to dead-letter).
     pub late: Vec<LateEvent>,
     /// Rule errors.
@@ -130,18 +143,14 @@ impl KeyState {
 }
 
 /// A key's entry in the engine's key maps: its state in memory, or, while
-/// the key is idle, that state encoded as the store holds it (frozen; see
-/// [`passivate`]), a fraction of the memory. A frozen key is decoded again
-/// by its next event or timer.
+/// the key is idle, that state encoded as the store holds it, less the
+/// header every entry shares (frozen; see [`passivate`]), a fraction of
+/// the memory. A frozen key is decoded again by its next event or timer.
 #[derive(Debug)]
 enum KeyCell {
     Live(Box<KeyState>),
-    Frozen {
-        /// Its store entry's value.
-        bytes: Box<[u8]>,
-        /// As [`KeyState::written`].
-        written: u64,
-    },
+    /// Its store entry value's body.
+    Frozen(Box<[u8]>),
 }
 
 impl KeyCell {
@@ -152,15 +161,17 @@ impl KeyCell {
     fn live_mut(&mut self) -> Option<&mut KeyState> {
         match self {
             KeyCell::Live(ks) => Some(ks),
-            KeyCell::Frozen { .. } => None,
+            KeyCell::Frozen(_) => None,
         }
     }
 
-    /// The number of the batch holding its latest change.
+    /// The number of the batch holding its latest change. Frozen keys
+    /// count as changed before any batch: their change is persisted, and
+    /// they are the idle ones, so they are evicted first.
     fn written(&self) -> u64 {
         match self {
             KeyCell::Live(ks) => ks.written,
-            KeyCell::Frozen { written, .. } => *written,
+            KeyCell::Frozen(_) => 0,
         }
     }
 
@@ -168,7 +179,7 @@ impl KeyCell {
     fn estimate(&self) -> usize {
         match self {
             KeyCell::Live(ks) => ks.bytes as usize,
-            KeyCell::Frozen { bytes, .. } => bytes.len() + passivate::FROZEN_OVERHEAD,
+            KeyCell::Frozen(body) => body.len() + passivate::FROZEN_OVERHEAD,
         }
     }
 }
@@ -209,6 +220,8 @@ pub struct Engine {
     batches: u64,
     /// Idle keys evicted to the store, when on (see [`passivate`]).
     passive: Option<passivate::Passivation>,
+    /// Every event's feature row goes to [`Outputs::features`].
+    collect_features: bool,
 }
 
 impl Engine {
@@ -232,8 +245,17 @@ impl Engine {
             migration: None,
             batches: 0,
             passive: None,
+            collect_features: false,
             rules,
         }
+    }
+
+    /// Collects every processed event's features (the rule set's feature
+    /// sets) in [`Outputs::features`]. Off by default: alerting does not
+    /// need the rows.
+    pub fn collect_features(mut self) -> Engine {
+        self.collect_features = true;
+        self
     }
 
     /// Tracks which keys change, for [`Engine::take_changes`] (incremental
@@ -432,6 +454,8 @@ impl Engine {
     fn dispatch(&mut self, event: Arc<Event>, out: &mut Outputs) {
         self.stats.events += 1;
         let rules = self.rules.clone();
+        let mut row = (self.collect_features && !rules.feature_columns.is_empty())
+            .then(|| vec![Value::Null; rules.feature_columns.len()]);
         for (ki, keying) in rules.keyings.iter().enumerate() {
             let key_value = event.field(keying.slot);
             if key_value.is_null() {
@@ -478,6 +502,19 @@ impl Engine {
                     ws.update(event.time, v);
                     ks.values[local][wi] = ws.value();
                 }
+                if rule.def.features {
+                    if let Some(row) = &mut row {
+                        let scope = Scope {
+                            event: &event,
+                            path: &[],
+                            windows: &ks.values[local],
+                        };
+                        for (i, (_, e)) in rule.def.payload.iter().enumerate() {
+                            row[rule.feature_offset + i] = eval(e, scope);
+                        }
+                    }
+                    continue;
+                }
                 self.matcher_out.clear();
                 rule.matcher.advance_time(
                     &mut ks.matchers[local],
@@ -510,6 +547,9 @@ impl Engine {
                 );
             }
             Self::schedule(ki, &key, ks, earliest_deadline(ks), &mut self.timers);
+        }
+        if let Some(values) = row {
+            out.features.push(FeatureRow { event, values });
         }
         self.since_sweep += 1;
         if self.since_sweep >= SWEEP_EVERY {

@@ -18,19 +18,19 @@
 //!
 //! Before any of that, idle keys are frozen: a key unchanged for
 //! [`FREEZE_AFTER`] batches, whose latest change is persisted, is replaced
-//! in memory by its encoded state (the store entry's value), which takes a
-//! fraction of the memory of the decoded one; its next event or timer
-//! decodes it again. Eviction then mostly drops frozen keys, whose bytes the
+//! in memory by its encoded state (the store entry's value less the header
+//! every entry shares), which takes a fraction of the memory of the decoded
+//! one; its next event or timer decodes it again. Eviction then mostly drops frozen keys, whose bytes the
 //! store already holds.
 //!
 //! The estimate of a key's memory is its encoded size plus a fixed
 //! overhead ([`KEY_OVERHEAD`] decoded, [`FROZEN_OVERHEAD`] frozen),
 //! refreshed whenever the key is written.
 
-use super::snapshot::{decode_key_state, key_bytes, key_value};
+use super::snapshot::{decode_key_body, decode_key_state, key_body, key_bytes};
 use super::{Engine, KeyCell, KeyState, RuleSet};
 use crate::event::ValueKey;
-use crate::state::{SnapshotError, StateStore};
+use crate::state::{HEADER_LEN, SnapshotError, StateStore};
 use hashbrown::HashMap;
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;
@@ -120,16 +120,17 @@ impl Passivation {
     /// not decode: the error is kept for [`Engine::take_state_error`] and
     /// the caller drops the key or starts it afresh.
     pub(super) fn thaw(&mut self, rules: &RuleSet, keying: usize, cell: &mut KeyCell) -> bool {
-        let KeyCell::Frozen { bytes, written } = cell else {
+        let KeyCell::Frozen(body) = cell else {
             return true;
         };
         self.frozen -= 1;
         self.thaws += 1;
-        let was = bytes.len() + FROZEN_OVERHEAD;
-        match decode_key_state(rules, keying, bytes) {
+        let was = body.len() + FROZEN_OVERHEAD;
+        // Its change is persisted: `written` stays 0, as for a key read
+        // back from the store.
+        match decode_key_body(rules, keying, body) {
             Ok(mut ks) => {
-                ks.written = *written;
-                ks.bytes = self.resize(was as u32, bytes.len() + KEY_OVERHEAD);
+                ks.bytes = self.resize(was as u32, body.len() + HEADER_LEN + KEY_OVERHEAD);
                 *cell = KeyCell::live(ks);
                 true
             }
@@ -239,11 +240,7 @@ impl Engine {
                     if ks.written > idle_upto {
                         continue;
                     }
-                    let bytes = key_value(&self.rules, ks).into_boxed_slice();
-                    let frozen = KeyCell::Frozen {
-                        written: ks.written,
-                        bytes,
-                    };
+                    let frozen = KeyCell::Frozen(key_body(ks).into_boxed_slice());
                     p.resident = p.resident.saturating_sub(ks.bytes as usize) + frozen.estimate();
                     *cell = frozen;
                     p.frozen += 1;
@@ -286,7 +283,7 @@ impl Engine {
                 let h = p.hash(ki, key);
                 *p.cold.entry(h).or_default() += 1;
                 p.release(cell.estimate());
-                if matches!(cell, KeyCell::Frozen { .. }) {
+                if matches!(cell, KeyCell::Frozen(_)) {
                     p.frozen -= 1;
                 }
                 evicted += 1;
@@ -398,7 +395,7 @@ impl Engine {
             && let Some(p) = &mut self.passive
         {
             p.release(cell.estimate());
-            if matches!(cell, KeyCell::Frozen { .. }) {
+            if matches!(cell, KeyCell::Frozen(_)) {
                 p.frozen -= 1;
             }
         }
@@ -418,15 +415,12 @@ impl Engine {
         let Some(p) = &mut self.passive else {
             return Some(KeyCell::live(ks));
         };
-        let need = bytes.len() + FROZEN_OVERHEAD;
+        let need = bytes.len() - HEADER_LEN + FROZEN_OVERHEAD;
         if p.resident + need <= p.budget {
             p.resident += need;
             p.frozen += 1;
             ks.written = 0;
-            return Some(KeyCell::Frozen {
-                bytes: bytes.into(),
-                written: 0,
-            });
+            return Some(KeyCell::Frozen(bytes[HEADER_LEN..].into()));
         }
         let h = p.hash(keying, key);
         *p.cold.entry(h).or_default() += 1;
@@ -463,5 +457,17 @@ impl Engine {
     /// miss them).
     pub(super) fn has_cold_keys(&self) -> bool {
         self.passive.as_ref().is_some_and(|p| p.has_cold())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_cell_is_two_words() {
+        // One per key in the key table: every byte here is a megabyte at a
+        // million keys. Frozen's pointer niche tags the variants.
+        assert_eq!(std::mem::size_of::<KeyCell>(), 16);
     }
 }

@@ -62,6 +62,9 @@ pub struct CompiledRule {
     pub matcher: Matcher,
     /// Index into [`RuleSet::keyings`].
     pub keying: usize,
+    /// For a feature set, the column of its first feature in
+    /// [`RuleSet::feature_columns`].
+    pub feature_offset: usize,
 }
 
 /// Rules that group events by the same key field.
@@ -86,6 +89,9 @@ pub struct RuleSet {
     pub decoder: Decoder,
     /// Options it was built with.
     pub options: EngineOptions,
+    /// The features of every feature set, in definition order: the columns
+    /// of [`super::FeatureRow::values`].
+    pub feature_columns: Vec<Arc<str>>,
 }
 
 impl RuleSet {
@@ -93,7 +99,12 @@ impl RuleSet {
     pub fn build(def: RuleSetDef, options: EngineOptions) -> Arc<RuleSet> {
         let mut keyings: Vec<Keying> = Vec::new();
         let mut rules = Vec::new();
+        let mut feature_columns: Vec<Arc<str>> = Vec::new();
         for (i, r) in def.rules.iter().enumerate() {
+            let feature_offset = feature_columns.len();
+            if r.features {
+                feature_columns.extend(r.payload.iter().map(|(n, _)| Arc::from(n.as_str())));
+            }
             let keying = match keyings.iter().position(|k| k.slot == r.key_slot) {
                 Some(k) => k,
                 None => {
@@ -129,6 +140,7 @@ impl RuleSet {
                     .with_lazy(lazy)
                     .with_single_stage(single),
                 keying,
+                feature_offset,
                 def: r.clone(),
             });
         }
@@ -153,6 +165,7 @@ impl RuleSet {
             keyings,
             decoder,
             options,
+            feature_columns,
         })
     }
 

@@ -151,7 +151,7 @@ impl Engine {
     fn key_value(&self, cell: &KeyCell) -> Vec<u8> {
         match cell {
             KeyCell::Live(ks) => key_value(&self.rules, ks),
-            KeyCell::Frozen { bytes, .. } => bytes.to_vec(),
+            KeyCell::Frozen(body) => frozen_value(&self.rules, body),
         }
     }
 
@@ -237,7 +237,7 @@ impl Engine {
                             Engine::written_size(&mut self.passive, ks, v.len());
                             Some(v)
                         }
-                        Some(KeyCell::Frozen { bytes, .. }) => Some(bytes.to_vec()),
+                        Some(KeyCell::Frozen(body)) => Some(frozen_value(&self.rules, body)),
                         None => None,
                     };
                     batch.push((key_bytes(ki, &key), value));
@@ -364,22 +364,38 @@ impl Engine {
     }
 }
 
+/// A key's store entry value.
 pub(super) fn key_value(rules: &RuleSet, ks: &KeyState) -> Vec<u8> {
+    encode(rules.def.hash, &key_snapshot(ks))
+}
+
+/// A key's store entry value without its header, which is the same for
+/// every key (what frozen keys keep in memory).
+pub(super) fn key_body(ks: &KeyState) -> Vec<u8> {
+    // A postcard Vec writer cannot fail on these derive-only types.
+    postcard::to_allocvec(&key_snapshot(ks)).unwrap_or_default()
+}
+
+/// A frozen key's store entry value.
+pub(super) fn frozen_value(rules: &RuleSet, body: &[u8]) -> Vec<u8> {
+    crate::state::with_header(rules.def.hash, body)
+}
+
+fn key_snapshot(ks: &KeyState) -> KeySnapshot {
     let mut table = EventTable::default();
     let matchers = ks
         .matchers
         .iter()
         .map(|m| m.to_snapshot(&mut table))
         .collect();
-    let snap = KeySnapshot {
+    KeySnapshot {
         key: ks.key.clone(),
         events: table.events.iter().map(|e| EventSnapshot::of(e)).collect(),
         matchers,
         windows: ks.windows.clone(),
         values: ks.values.clone(),
         timer: ks.timer,
-    };
-    encode(rules.def.hash, &snap)
+    }
 }
 
 /// The keying a key entry's store key names.
@@ -396,9 +412,18 @@ pub(super) fn decode_key_state(
     keying: usize,
     v: &[u8],
 ) -> Result<KeyState, SnapshotError> {
-    let hash = rules.def.hash;
+    decode_key_body(rules, keying, crate::state::body(v, rules.def.hash)?)
+}
+
+/// A key's state from its entry's body ([`key_body`]), checked against
+/// `rules`.
+pub(super) fn decode_key_body(
+    rules: &RuleSet,
+    keying: usize,
+    body: &[u8],
+) -> Result<KeyState, SnapshotError> {
     let slots = rules.def.schema.len();
-    let snap: KeySnapshot = decode(v, hash)?;
+    let snap: KeySnapshot = crate::state::decode_body(body)?;
     let keying_rules = &rules.keyings[keying].rules;
     if snap.matchers.len() != keying_rules.len()
         || snap.windows.len() != keying_rules.len()

@@ -85,7 +85,7 @@ pub enum SkipAst {
     ToLast(Ident, bool),
 }
 
-/// `rule NAME { ... }`.
+/// `rule NAME { ... }`, or `features NAME { ... }` (a feature set).
 #[derive(Clone, Debug)]
 pub struct RuleAst {
     /// Its name.
@@ -111,8 +111,11 @@ pub struct RuleAst {
     pub inclusive_aggregates: bool,
     /// The pattern.
     pub pattern: Option<PatternAst>,
-    /// Computed values added to the alert.
+    /// Computed values added to the alert; for a feature set, its features.
     pub payload: Vec<(Ident, Expr)>,
+    /// A `features` block: computes its payload for every event of its key
+    /// and raises no alert.
+    pub features: bool,
     /// The whole rule.
     pub span: Span,
 }
@@ -244,6 +247,9 @@ pub enum WindowAst {
     Tumbling(i64),
     /// `over session 30m`: events since the last gap longer than 30m.
     Session(i64),
+    /// `over decay 7d`: every earlier event, weighted by age with this
+    /// half-life (exponentially weighted aggregates).
+    Decay(i64),
 }
 
 /// Expression kinds.

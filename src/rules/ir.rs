@@ -124,6 +124,12 @@ pub enum WinFunc {
     Max,
     /// Population standard deviation.
     Stddev,
+    /// 1 when the current event's value is the only one of its kind in the
+    /// window (seen for the first time within it), else 0.
+    Novel,
+    /// How many standard deviations the current value lies from the
+    /// exponentially weighted mean of the earlier ones (decay windows).
+    Zscore,
 }
 
 /// A per-key window aggregate used by a rule.
@@ -313,8 +319,11 @@ pub struct RuleDef {
     pub pattern: PatternDef,
     /// Stage names by id.
     pub stage_names: Vec<String>,
-    /// Payload values.
+    /// Payload values; a feature set's features.
     pub payload: Vec<(String, CExpr)>,
+    /// A feature set: it computes its payload for every event of its key
+    /// and raises no alert.
+    pub features: bool,
     /// Window aggregates used by conditions and payload.
     pub windows: Vec<WindowSpec>,
 }

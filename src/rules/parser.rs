@@ -228,7 +228,8 @@ impl Parser {
                     }
                 }
                 Tok::Ident(s)
-                    if depth == 0 && ["rule", "stream", "example"].contains(&s.as_str()) =>
+                    if depth == 0
+                        && ["rule", "features", "stream", "example"].contains(&s.as_str()) =>
                 {
                     return;
                 }
@@ -270,6 +271,11 @@ impl Parser {
                         ast.rules.push(r);
                     }
                 }
+                Tok::Ident(s) if s == "features" => {
+                    if let Some(r) = self.features() {
+                        ast.rules.push(r);
+                    }
+                }
                 Tok::Ident(s) if s == "stream" => {
                     if let Some(s) = self.stream() {
                         ast.streams.push(s);
@@ -281,7 +287,7 @@ impl Parser {
                     }
                 }
                 _ => {
-                    let _: PResult<()> = self.error("`rule`, `stream` or `example`");
+                    let _: PResult<()> = self.error("`rule`, `features`, `stream` or `example`");
                     self.bump();
                     self.skip_item(0);
                 }
@@ -314,6 +320,7 @@ impl Parser {
             inclusive_aggregates: false,
             pattern: None,
             payload: Vec::new(),
+            features: false,
             span: start,
         };
         loop {
@@ -333,6 +340,130 @@ impl Parser {
                 self.bump();
             }
             self.eat_sym(";");
+        }
+    }
+
+    /// `features NAME { key FIELD  stream NAME  description "…"  NAME = EXPR … }`:
+    /// a rule whose pattern takes every event and whose payload is the
+    /// feature vector.
+    fn features(&mut self) -> PResult<RuleAst> {
+        let start = self.bump().span;
+        let Some(name) = self.name("a feature set name") else {
+            self.skip_item(0);
+            return None;
+        };
+        if self.expect_sym("{").is_none() {
+            self.skip_item(0);
+            return None;
+        }
+        let level = self.braces;
+        let every_event = StageAst {
+            name: Ident {
+                name: "event".into(),
+                span: name.span,
+            },
+            contiguity: Contiguity::Relaxed,
+            contiguity_span: name.span,
+            body: StageBody::Cond(Expr {
+                kind: ExprKind::Bool(true),
+                span: name.span,
+            }),
+            quant: QuantAst::default(),
+            span: name.span,
+        };
+        let mut r = RuleAst {
+            name: name.clone(),
+            key: None,
+            stream: None,
+            description: None,
+            severity: None,
+            score: None,
+            within: None,
+            skip: None,
+            report_timeouts: false,
+            inclusive_aggregates: false,
+            pattern: Some(PatternAst {
+                stages: vec![every_event],
+                span: name.span,
+            }),
+            payload: Vec::new(),
+            features: true,
+            span: start,
+        };
+        loop {
+            if self.is_sym("}") {
+                r.span = start.to(self.bump().span);
+                return Some(r);
+            }
+            if matches!(self.peek(), Tok::Eof) {
+                self.error::<()>("`}` to close the feature set");
+                return Some(r);
+            }
+            let at = self.pos;
+            if self.feature_clause(&mut r).is_none() {
+                self.sync_feature(level);
+            }
+            if self.pos == at {
+                self.bump();
+            }
+            if !self.eat_sym(",") {
+                self.eat_sym(";");
+            }
+        }
+    }
+
+    fn feature_clause(&mut self, r: &mut RuleAst) -> PResult<()> {
+        let is_clause = |this: &Self, kw: &str| {
+            this.is_kw(kw) && !matches!(this.peek_at(1), Tok::Sym("=") | Tok::Sym(":"))
+        };
+        if is_clause(self, "key") {
+            self.bump();
+            if r.key.is_some() {
+                self.errors.push(Diagnostic::error(
+                    self.prev_span(),
+                    "`key` is given twice in this feature set",
+                ));
+            }
+            r.key = Some(self.path()?);
+        } else if is_clause(self, "stream") {
+            self.bump();
+            r.stream = Some(self.ident("a stream name")?);
+        } else if is_clause(self, "description") {
+            self.bump();
+            match self.peek().clone() {
+                Tok::Str(s) | Tok::Block(s) => {
+                    self.bump();
+                    r.description = Some(s);
+                }
+                _ => return self.error("a string"),
+            }
+        } else {
+            let name = self.ident("a feature name (`NAME = EXPRESSION`) or `key FIELD`")?;
+            if !self.eat_sym("=") && !self.eat_sym(":") {
+                return self.error("`=`");
+            }
+            let e = self.expr()?;
+            r.payload.push((name, e));
+        }
+        Some(())
+    }
+
+    /// Recovery inside a feature set: skips to the next `NAME =` or
+    /// clause keyword at its level, or to its closing brace (not consumed).
+    fn sync_feature(&mut self, level: i32) {
+        loop {
+            match self.peek() {
+                Tok::Eof => return,
+                Tok::Sym("}") if self.braces <= level => return,
+                Tok::Ident(s) if self.braces == level => {
+                    let clause = ["key", "stream", "description"].contains(&s.as_str());
+                    if clause || matches!(self.peek_at(1), Tok::Sym("=")) {
+                        return;
+                    }
+                }
+                _ => {}
+            }
+            self.bump();
         }
     }
 
@@ -1023,8 +1154,11 @@ impl Parser {
                 WindowAst::Tumbling(self.duration("a window width")?.0)
             } else if self.eat_kw("session") {
                 WindowAst::Session(self.duration("a session gap")?.0)
+            } else if self.eat_kw("decay") {
+                WindowAst::Decay(self.duration("a half-life")?.0)
             } else {
-                let (len, _) = self.duration("a window length, `tumbling` or `session`")?;
+                let (len, _) =
+                    self.duration("a window length, `tumbling`, `session` or `decay`")?;
                 if self.eat_kw("ending") {
                     let (ago, _) = self.duration("how long ago the window ends")?;
                     if !self.eat_kw("ago") {

@@ -18,7 +18,8 @@ use std::collections::BTreeMap;
 pub const FORMAT_VERSION: u16 = 1;
 
 const MAGIC: &[u8; 4] = b"TLSN";
-const HEADER: usize = 4 + 2 + 8;
+/// The length of the header [`encode`] puts before a value's body.
+pub const HEADER_LEN: usize = 4 + 2 + 8;
 
 /// Why a snapshot could not be read.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -53,15 +54,28 @@ pub enum SnapshotError {
 /// Encodes `value` with the header for `ruleset_hash`.
 pub fn encode<T: Serialize>(ruleset_hash: u64, value: &T) -> Vec<u8> {
     let mut out = Vec::with_capacity(64);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    out.extend_from_slice(&ruleset_hash.to_le_bytes());
+    push_header(&mut out, ruleset_hash);
     // postcard only fails on writer errors or unsupported types, neither of which a Vec
     // and the derive-only types used here can produce.
     match postcard::to_extend(value, out) {
         Ok(v) => v,
         Err(e) => unreachable_encode(e),
     }
+}
+
+/// `body` (the part of an [`encode`]d value after its header) with the
+/// header for `ruleset_hash` put back: what [`encode`] returned.
+pub fn with_header(ruleset_hash: u64, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+    push_header(&mut out, ruleset_hash);
+    out.extend_from_slice(body);
+    out
+}
+
+fn push_header(out: &mut Vec<u8>, ruleset_hash: u64) {
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&ruleset_hash.to_le_bytes());
 }
 
 #[cold]
@@ -73,7 +87,7 @@ fn unreachable_encode(e: postcard::Error) -> Vec<u8> {
 
 /// The rule-set hash in the header of a value written by [`encode`].
 pub fn header_hash(bytes: &[u8]) -> Result<u64, SnapshotError> {
-    if bytes.len() < HEADER || &bytes[..4] != MAGIC {
+    if bytes.len() < HEADER_LEN || &bytes[..4] != MAGIC {
         return Err(SnapshotError::BadMagic);
     }
     let mut h = [0u8; 8];
@@ -83,7 +97,13 @@ pub fn header_hash(bytes: &[u8]) -> Result<u64, SnapshotError> {
 
 /// Decodes a value written by [`encode`] under `expected_hash`.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], expected_hash: u64) -> Result<T, SnapshotError> {
-    if bytes.len() < HEADER || &bytes[..4] != MAGIC {
+    decode_body(body(bytes, expected_hash)?)
+}
+
+/// The body of a value written by [`encode`] under `expected_hash`, once
+/// its header is checked.
+pub fn body(bytes: &[u8], expected_hash: u64) -> Result<&[u8], SnapshotError> {
+    if bytes.len() < HEADER_LEN || &bytes[..4] != MAGIC {
         return Err(SnapshotError::BadMagic);
     }
     let version = u16::from_le_bytes([bytes[4], bytes[5]]);
@@ -99,8 +119,13 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], expected_hash: u64) -> Result<T
             expected: expected_hash,
         });
     }
-    let (value, rest) = postcard::take_from_bytes(&bytes[HEADER..])
-        .map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
+    Ok(&bytes[HEADER_LEN..])
+}
+
+/// Decodes a [`body`].
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, SnapshotError> {
+    let (value, rest) =
+        postcard::take_from_bytes(body).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
     if !rest.is_empty() {
         return Err(SnapshotError::Corrupt(format!(
             "{} trailing bytes",
@@ -215,7 +240,7 @@ mod tests {
             decode::<(u32, String)>(&v2, 7),
             Err(SnapshotError::Version { found: 9 })
         );
-        for cut in HEADER..bytes.len() {
+        for cut in HEADER_LEN..bytes.len() {
             assert!(matches!(
                 decode::<(u32, String)>(&bytes[..cut], 7),
                 Err(SnapshotError::Corrupt(_))

@@ -1,7 +1,14 @@
 //! Per-key window aggregates: sliding windows (optionally ending in the
-//! past, for labels that arrive late), tumbling bins and sessions. Each is
-//! maintained incrementally as the key's events arrive in event-time order —
-//! adding the new event and evicting what left the window, never rescanning.
+//! past, for labels that arrive late), tumbling bins, sessions, and decay
+//! windows (exponentially weighted, the anomaly detectors' baseline). Each
+//! is maintained incrementally as the key's events arrive in event-time
+//! order — adding the new event and evicting what left the window, never
+//! rescanning.
+//!
+//! The detectors: `novel` (the current value is new within a sliding
+//! window) keeps the window's distinct values; `zscore` over a decay window
+//! keeps three running sums and the time of the last update, a fixed size
+//! whatever the key's history.
 //!
 //! Invariant: `update(t, v)` is called with non-decreasing `t`.
 
@@ -32,7 +39,9 @@ impl Accum {
         }
         self.non_null += 1;
         match func {
-            WinFunc::CountDistinct => *self.distinct.entry(ValueKey::from(v)).or_insert(0) += 1,
+            WinFunc::CountDistinct | WinFunc::Novel => {
+                *self.distinct.entry(ValueKey::from(v)).or_insert(0) += 1
+            }
             WinFunc::Min => {
                 if let Some(x) = v.as_f64() {
                     while self.mins.back().is_some_and(|b| b.1 >= x) {
@@ -65,7 +74,7 @@ impl Accum {
         }
         self.non_null = self.non_null.saturating_sub(1);
         match func {
-            WinFunc::CountDistinct => {
+            WinFunc::CountDistinct | WinFunc::Novel => {
                 let k = ValueKey::from(v);
                 if let Some(c) = self.distinct.get_mut(&k) {
                     *c = c.saturating_sub(1);
@@ -114,6 +123,8 @@ impl Accum {
             }
             WinFunc::Min => self.mins.front().map_or(Value::Null, |m| Value::Num(m.1)),
             WinFunc::Max => self.maxs.front().map_or(Value::Null, |m| Value::Num(m.1)),
+            // Read by the window, which knows the current value.
+            WinFunc::Novel | WinFunc::Zscore => Value::Null,
         }
     }
 }
@@ -146,7 +157,21 @@ enum Kind {
     Tumbling { width: i64 },
     /// Events since the last gap longer than `gap`.
     Session { gap: i64 },
+    /// Every event, its weight halving every `half_life`: the weighted
+    /// count, sum and sum of squares as of `last`, and the z-score of the
+    /// latest value against the earlier ones.
+    Decay {
+        half_life: i64,
+        last: EventTime,
+        weight: f64,
+        sum: f64,
+        sum_sq: f64,
+        z: Option<f64>,
+    },
 }
+
+/// The weighted history a z-score needs: about two earlier values.
+const MIN_ZSCORE_WEIGHT: f64 = 2.0;
 
 impl WindowState {
     /// Empty state for `func` over `window`; `counts_events` when the aggregate
@@ -157,6 +182,14 @@ impl WindowState {
             WindowAst::Ending(len, ago) => Kind::Sliding { len, ago },
             WindowAst::Tumbling(width) => Kind::Tumbling { width },
             WindowAst::Session(gap) => Kind::Session { gap },
+            WindowAst::Decay(half_life) => Kind::Decay {
+                half_life,
+                last: EventTime::MIN,
+                weight: 0.0,
+                sum: 0.0,
+                sum_sq: 0.0,
+                z: None,
+            },
         };
         WindowState {
             func,
@@ -232,6 +265,41 @@ impl WindowState {
                     self.active.clear();
                 }
             }
+            Kind::Decay {
+                half_life,
+                ref mut last,
+                ref mut weight,
+                ref mut sum,
+                ref mut sum_sq,
+                ref mut z,
+            } => {
+                if *weight > 0.0 && t > *last {
+                    let k = (-((t - *last) as f64) / half_life as f64).exp2();
+                    *weight *= k;
+                    *sum *= k;
+                    *sum_sq *= k;
+                }
+                *last = t;
+                let x = if self.counts_events {
+                    Some(0.0)
+                } else {
+                    v.as_f64().filter(|x| x.is_finite())
+                };
+                *z = None;
+                if let Some(x) = x {
+                    if *weight >= MIN_ZSCORE_WEIGHT {
+                        let mean = *sum / *weight;
+                        let sd = (*sum_sq / *weight - mean * mean).max(0.0).sqrt();
+                        // A constant history has no spread to measure against.
+                        if sd > 1e-9 * mean.abs().max(1.0) {
+                            *z = Some((x - mean) / sd);
+                        }
+                    }
+                    *weight += 1.0;
+                    *sum += x;
+                    *sum_sq += x * x;
+                }
+            }
             Kind::Session { gap } => {
                 if self.mark.is_some_and(|m| t - m > gap) {
                     self.clear();
@@ -249,12 +317,47 @@ impl WindowState {
 
     /// The aggregate's current value.
     pub fn value(&self) -> Value {
+        if let Kind::Decay {
+            weight,
+            sum,
+            sum_sq,
+            z,
+            ..
+        } = self.kind
+        {
+            let mean = sum / weight;
+            return match self.func {
+                WinFunc::Count => Value::Num(weight),
+                WinFunc::Sum => Value::Num(sum),
+                _ if weight <= 0.0 => Value::Null,
+                WinFunc::Avg => Value::Num(mean),
+                WinFunc::Stddev => Value::Num((sum_sq / weight - mean * mean).max(0.0).sqrt()),
+                WinFunc::Zscore => z.map_or(Value::Null, Value::Num),
+                _ => Value::Null,
+            };
+        }
+        if self.func == WinFunc::Novel {
+            // The current event is the newest of the window (it ends now).
+            return match self.active.back() {
+                Some((_, _, v)) if !v.is_null() => {
+                    let seen = self.acc.distinct.get(&ValueKey::from(v)).copied();
+                    Value::Num(if seen == Some(1) { 1.0 } else { 0.0 })
+                }
+                _ => Value::Null,
+            };
+        }
         self.acc.value(self.func, self.counts_events)
     }
 
-    /// Whether the state holds nothing (safe to drop for an idle key).
+    /// Whether the state holds nothing (safe to drop for an idle key). A
+    /// decay window never is once it has seen an event: its history is the
+    /// detector's baseline.
     pub fn is_empty(&self) -> bool {
-        self.pending.is_empty() && self.active.is_empty() && self.acc.count == 0
+        let decay_empty = match self.kind {
+            Kind::Decay { weight, .. } => weight == 0.0,
+            _ => true,
+        };
+        decay_empty && self.pending.is_empty() && self.active.is_empty() && self.acc.count == 0
     }
 }
 
@@ -388,5 +491,75 @@ mod tests {
             &[(0, 2.0), (1, 4.0)],
         );
         assert_eq!(sd[1], Value::Num(1.0));
+    }
+
+    /// The detectors against their definitions, rescanning every earlier event.
+    #[test]
+    fn novel_and_zscore_equal_their_definitions() {
+        let events: Vec<(i64, f64)> = (0..400)
+            .map(|i| {
+                (
+                    i * 5 + (i % 3),
+                    ((i * 13) % 17) as f64 + (i % 3) as f64 * 0.25,
+                )
+            })
+            .collect();
+        let novel = run(WinFunc::Novel, WindowAst::Sliding(60), &events);
+        for (i, got) in novel.iter().enumerate() {
+            let (now, x) = events[i];
+            let seen = events[..i].iter().any(|&(t, v)| t > now - 60 && v == x);
+            assert_eq!(*got, Value::Num(if seen { 0.0 } else { 1.0 }), "event {i}");
+        }
+        let half_life = 40;
+        let z = run(WinFunc::Zscore, WindowAst::Decay(half_life), &events);
+        let avg = run(WinFunc::Avg, WindowAst::Decay(half_life), &events);
+        for i in 0..events.len() {
+            let (now, x) = events[i];
+            let w = |t: i64| (-((now - t) as f64) / half_life as f64).exp2();
+            let total: f64 = events[..=i].iter().map(|e| w(e.0)).sum();
+            let mean_all: f64 = events[..=i].iter().map(|e| w(e.0) * e.1).sum::<f64>() / total;
+            assert!(
+                matches!(avg[i], Value::Num(m) if (m - mean_all).abs() < 1e-9),
+                "avg at {i}: {mean_all} vs {:?}",
+                avg[i]
+            );
+            let before = &events[..i];
+            let weight: f64 = before.iter().map(|e| w(e.0)).sum();
+            let want = if weight < MIN_ZSCORE_WEIGHT {
+                None
+            } else {
+                let mean = before.iter().map(|e| w(e.0) * e.1).sum::<f64>() / weight;
+                let var =
+                    before.iter().map(|e| w(e.0) * e.1 * e.1).sum::<f64>() / weight - mean * mean;
+                Some((x - mean) / var.max(0.0).sqrt())
+            };
+            match (want, &z[i]) {
+                (None, Value::Null) => {}
+                (Some(w), Value::Num(g)) => assert!((w - g).abs() < 1e-6, "z at {i}: {w} vs {g}"),
+                (w, g) => panic!("z at {i}: want {w:?}, got {g:?}"),
+            }
+        }
+        // An outlier after a steady history stands out.
+        let mut steady: Vec<(i64, f64)> =
+            (0..50).map(|i| (i * 10, 100.0 + (i % 2) as f64)).collect();
+        steady.push((500, 400.0));
+        let z = run(WinFunc::Zscore, WindowAst::Decay(1000), &steady);
+        assert!(matches!(z[50], Value::Num(v) if v > 100.0), "{:?}", z[50]);
+    }
+
+    #[test]
+    fn a_detector_state_is_small_and_fixed() {
+        let mut s = WindowState::new(WinFunc::Zscore, &WindowAst::Decay(86_400_000), false);
+        let before = postcard::to_allocvec(&s).unwrap().len();
+        for i in 0..10_000 {
+            s.advance(i * 60_000);
+            s.update(i * 60_000, Value::Num((i % 97) as f64));
+        }
+        let after = postcard::to_allocvec(&s).unwrap().len();
+        assert!(after <= 96, "{after} bytes encoded");
+        assert!(
+            after <= before + 16,
+            "{before} -> {after}: it does not grow with history"
+        );
     }
 }

@@ -264,6 +264,18 @@ impl RuleChecker<'_> {
             let args = self.args(&c.args, ctx)?;
             return Some(CExpr::Func(f, args));
         }
+        if name == "novel" || name == "zscore" {
+            self.err(
+                Diagnostic::error(span, format!("`{name}` needs a window")).with_hint(
+                    if name == "novel" {
+                        "e.g. `novel(TERMINAL_ID over 30d)`"
+                    } else {
+                        "e.g. `zscore(TX_AMOUNT over decay 7d)`"
+                    },
+                ),
+            );
+            return None;
+        }
         if AGG_NAMES.contains(&name) {
             if name == "stddev" {
                 self.err(
@@ -283,7 +295,8 @@ impl RuleChecker<'_> {
             let all = SCALAR_FUNCS
                 .iter()
                 .map(|f| f.0)
-                .chain(AGG_NAMES.iter().copied());
+                .chain(AGG_NAMES.iter().copied())
+                .chain(["novel", "zscore"]);
             self.err(hint_closest(d, name, all));
             return None;
         };
@@ -491,7 +504,10 @@ impl RuleChecker<'_> {
             return None;
         }
         let len_ok = match w {
-            WindowAst::Sliding(l) | WindowAst::Tumbling(l) | WindowAst::Session(l) => *l > 0,
+            WindowAst::Sliding(l)
+            | WindowAst::Tumbling(l)
+            | WindowAst::Session(l)
+            | WindowAst::Decay(l) => *l > 0,
             WindowAst::Ending(l, ago) => *l > 0 && *ago >= 0,
         };
         if !len_ok {
@@ -506,6 +522,8 @@ impl RuleChecker<'_> {
             ("min", false) => WinFunc::Min,
             ("max", false) => WinFunc::Max,
             ("stddev", false) => WinFunc::Stddev,
+            ("novel", false) => WinFunc::Novel,
+            ("zscore", false) => WinFunc::Zscore,
             (n, true) => {
                 self.err(Diagnostic::error(
                     c.name.span,
@@ -516,11 +534,31 @@ impl RuleChecker<'_> {
             (n, false) => {
                 let d = Diagnostic::error(c.name.span, format!("`{n}` has no windowed form"));
                 self.err(d.with_hint(
-                    "windowed aggregates: count, count distinct, sum, avg, min, max, stddev",
+                    "windowed aggregates: count, count distinct, sum, avg, min, max, stddev, novel, zscore",
                 ));
                 return None;
             }
         };
+        let decay = matches!(w, WindowAst::Decay(_));
+        let fits = match func {
+            WinFunc::Zscore => decay,
+            WinFunc::Novel => matches!(w, WindowAst::Sliding(_)),
+            WinFunc::Count | WinFunc::Sum | WinFunc::Avg | WinFunc::Stddev => true,
+            WinFunc::CountDistinct | WinFunc::Min | WinFunc::Max => !decay,
+        };
+        if !fits {
+            let hint = match func {
+                WinFunc::Zscore => "e.g. `zscore(TX_AMOUNT over decay 7d)`",
+                WinFunc::Novel => "e.g. `novel(TERMINAL_ID over 30d)`: a window ending now",
+                _ => "over `decay` windows: count, sum, avg, stddev, zscore",
+            };
+            let d = Diagnostic::error(
+                wsp,
+                format!("`{}` does not work over this window", c.name.name),
+            );
+            self.err(d.with_hint(hint));
+            return None;
+        }
         let arg = match (c.star, c.args.len()) {
             (true, _) | (false, 0) => {
                 if func != WinFunc::Count {

@@ -122,6 +122,7 @@ impl Compiler {
         let _ = key_slot;
         let mut rules = Vec::new();
         let mut names: BTreeMap<String, Span> = BTreeMap::new();
+        let mut feature_names: BTreeMap<String, String> = BTreeMap::new();
         let files = std::mem::take(&mut self.files);
         for (_, file) in &files {
             for r in &file.rules {
@@ -139,6 +140,28 @@ impl Compiler {
                     continue;
                 }
                 names.insert(r.name.name.clone(), r.name.span);
+                if r.features {
+                    // Features are columns of one row per event: one name, one column.
+                    for (f, _) in &r.payload {
+                        match feature_names.get(&f.name) {
+                            Some(set) if *set != r.name.name => {
+                                self.errors.push(
+                                    Diagnostic::error(
+                                        f.span,
+                                        format!(
+                                            "feature `{}` is also defined in feature set `{set}`",
+                                            f.name
+                                        ),
+                                    )
+                                    .with_hint("feature names are unique across feature sets"),
+                                );
+                            }
+                            _ => {
+                                feature_names.insert(f.name.clone(), r.name.name.clone());
+                            }
+                        }
+                    }
+                }
                 let mut rc = RuleChecker {
                     errors: &mut self.errors,
                     schema: &mut schema,
@@ -493,14 +516,28 @@ impl RuleChecker<'_> {
                 .iter()
                 .any(|(n, _): &(String, CExpr)| *n == name.name)
             {
+                let what = if r.features {
+                    "feature"
+                } else {
+                    "payload value"
+                };
                 self.err(Diagnostic::error(
                     name.span,
-                    format!("payload value `{}` given twice", name.name),
+                    format!("{what} `{}` given twice", name.name),
                 ));
             }
             if let Some(c) = self.expr(e, Ctx::Event) {
                 payload.push((name.name.clone(), c));
             }
+        }
+        if r.features && r.payload.is_empty() {
+            self.err(
+                Diagnostic::error(
+                    r.name.span,
+                    format!("feature set `{}` has no features", r.name.name),
+                )
+                .with_hint("add `NAME = EXPRESSION`, e.g. `nb_tx_1d = count(over 1d)`"),
+            );
         }
         if self.errors.len() > before {
             return None;
@@ -519,6 +556,7 @@ impl RuleChecker<'_> {
             stage_names: self.stages.iter().map(|s| s.name.clone()).collect(),
             pattern,
             payload,
+            features: r.features,
             windows: std::mem::take(&mut self.windows),
         })
     }
@@ -549,6 +587,42 @@ mod tests {
     }
 
     #[test]
+    fn feature_sets_compile_to_rules_that_raise_no_alert() {
+        let src = format!(
+            "{STREAM}features card {{\n  n_1d = count(over 1d)\n  avg_7d: avg(TX_AMOUNT over 7d),\n  key_is = CUSTOMER_ID\n}}\n\
+             features terminal {{ key TERMINAL_ID  risk = avg(TX_AMOUNT over 28d ending 7d ago) }}"
+        );
+        let rs = compile(&src).unwrap();
+        assert!(rs.rules.iter().all(|r| r.features));
+        let names: Vec<&str> = rs.rules[0]
+            .payload
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
+        assert_eq!(names, ["n_1d", "avg_7d", "key_is"]);
+        assert_eq!(rs.rules[0].windows.len(), 2);
+        assert_eq!(rs.rules[1].key.to_string(), "TERMINAL_ID");
+    }
+
+    #[test]
+    fn feature_set_errors_are_all_reported_with_positions() {
+        let src = format!(
+            "{STREAM}features a {{\n  x = count(over 1d)\n  y = TX_AMONT * 2\n  z = (1 +\n  w = 3\n}}\n\
+             features b {{ x = 1 }}\nfeatures c {{ }}"
+        );
+        let err = compile(&src).unwrap_err();
+        assert!(err.contains("did you mean `TX_AMOUNT`?"), "{err}");
+        assert!(
+            err.contains("feature `x` is also defined in feature set `a`"),
+            "{err}"
+        );
+        assert!(err.contains("feature set `c` has no features"), "{err}");
+        // The broken `z` does not hide what follows it.
+        assert!(err.contains("4 errors"), "{err}");
+        assert!(err.contains("t.tl:4:"), "{err}");
+    }
+
+    #[test]
     fn unknown_names_get_suggestions_in_one_pass() {
         let src = format!(
             "{STREAM}rule r {{ pattern {{ small: TX_AMOUNT < 5 then large: TX_AMOUT > max(smal.TX_AMOUNT) }} skip to first larg }}"
@@ -563,6 +637,34 @@ mod tests {
     #[test]
     fn rejects_invalid_constructs() {
         let cases = [
+            (
+                "rule r { pattern { a: zscore(v over 30d) > 3 } }",
+                "`zscore` does not work over this window",
+            ),
+            (
+                "rule r { pattern { a: novel(v over decay 1d) == 1 } }",
+                "`novel` does not work over this window",
+            ),
+            (
+                "rule r { pattern { a: novel(v over 30d ending 7d ago) == 1 } }",
+                "a window ending now",
+            ),
+            (
+                "rule r { pattern { a: max(v over decay 1d) > 1 } }",
+                "over `decay` windows: count, sum, avg, stddev, zscore",
+            ),
+            (
+                "rule r { pattern { a: zscore(v) > 3 } }",
+                "`zscore` needs a window",
+            ),
+            (
+                "rule r { pattern { a: zscore(over decay 1d) > 3 } }",
+                "needs a value",
+            ),
+            (
+                "rule r { pattern { a: zscor(v) > 3 } }",
+                "did you mean `zscore`?",
+            ),
             (
                 "rule r { pattern { a: true not then b: true } }",
                 "needs `within`",
