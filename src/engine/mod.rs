@@ -371,7 +371,7 @@ impl Engine {
                 continue;
             };
             if let Some(p) = &mut self.passive
-                && !p.thaw(&rules, keying as usize, cell)
+                && !p.thaw(&rules, keying as usize, &key, cell)
             {
                 // Unreadable: reported by `take_state_error`, and this
                 // output is discarded.
@@ -473,7 +473,7 @@ impl Engine {
                 .entry(key.clone())
                 .or_insert_with(|| KeyCell::live(KeyState::fresh(&rules, keying, key_value)));
             if let Some(p) = &mut self.passive
-                && !p.thaw(&rules, ki, cell)
+                && !p.thaw(&rules, ki, &key, cell)
             {
                 // Unreadable: reported by `take_state_error`, and this
                 // output is discarded; the key goes on from empty state.

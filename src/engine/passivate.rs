@@ -27,7 +27,9 @@
 //! overhead ([`KEY_OVERHEAD`] decoded, [`FROZEN_OVERHEAD`] frozen),
 //! refreshed whenever the key is written.
 
-use super::snapshot::{decode_key_body, decode_key_state, key_body, key_bytes};
+use super::snapshot::{
+    decode_key_body, decode_key_state, freeze_stored, frozen_body, key_bytes, thawed_body,
+};
 use super::{Engine, KeyCell, KeyState, RuleSet};
 use crate::event::ValueKey;
 use crate::state::{HEADER_LEN, SnapshotError, StateStore};
@@ -119,7 +121,13 @@ impl Passivation {
     /// Decodes `cell` in place if it is frozen. False when its bytes do
     /// not decode: the error is kept for [`Engine::take_state_error`] and
     /// the caller drops the key or starts it afresh.
-    pub(super) fn thaw(&mut self, rules: &RuleSet, keying: usize, cell: &mut KeyCell) -> bool {
+    pub(super) fn thaw(
+        &mut self,
+        rules: &RuleSet,
+        keying: usize,
+        key: &ValueKey,
+        cell: &mut KeyCell,
+    ) -> bool {
         let KeyCell::Frozen(body) = cell else {
             return true;
         };
@@ -128,7 +136,7 @@ impl Passivation {
         let was = body.len() + FROZEN_OVERHEAD;
         // Its change is persisted: `written` stays 0, as for a key read
         // back from the store.
-        match decode_key_body(rules, keying, body) {
+        match decode_key_body(rules, keying, &thawed_body(key, body)) {
             Ok(mut ks) => {
                 ks.bytes = self.resize(was as u32, body.len() + HEADER_LEN + KEY_OVERHEAD);
                 *cell = KeyCell::live(ks);
@@ -240,7 +248,7 @@ impl Engine {
                     if ks.written > idle_upto {
                         continue;
                     }
-                    let frozen = KeyCell::Frozen(key_body(ks).into_boxed_slice());
+                    let frozen = KeyCell::Frozen(frozen_body(ks));
                     p.resident = p.resident.saturating_sub(ks.bytes as usize) + frozen.estimate();
                     *cell = frozen;
                     p.frozen += 1;
@@ -335,7 +343,7 @@ impl Engine {
         };
         if p.frozen > 0 {
             for (ki, keys) in self.keys.iter_mut().enumerate() {
-                keys.retain(|_, cell| p.thaw(&self.rules, ki, cell));
+                keys.retain(|key, cell| p.thaw(&self.rules, ki, key, cell));
             }
         }
         if p.cold.is_empty() {
@@ -409,18 +417,18 @@ impl Engine {
         &mut self,
         keying: usize,
         key: &ValueKey,
-        mut ks: KeyState,
+        ks: KeyState,
         bytes: &[u8],
     ) -> Option<KeyCell> {
         let Some(p) = &mut self.passive else {
             return Some(KeyCell::live(ks));
         };
-        let need = bytes.len() - HEADER_LEN + FROZEN_OVERHEAD;
+        let frozen = freeze_stored(&ks, bytes);
+        let need = frozen.len() + FROZEN_OVERHEAD;
         if p.resident + need <= p.budget {
             p.resident += need;
             p.frozen += 1;
-            ks.written = 0;
-            return Some(KeyCell::Frozen(bytes[HEADER_LEN..].into()));
+            return Some(KeyCell::Frozen(frozen));
         }
         let h = p.hash(keying, key);
         *p.cold.entry(h).or_default() += 1;

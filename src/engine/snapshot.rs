@@ -148,10 +148,10 @@ impl Engine {
         self.migration.take()
     }
 
-    fn key_value(&self, cell: &KeyCell) -> Vec<u8> {
+    fn key_value(&self, key: &ValueKey, cell: &KeyCell) -> Vec<u8> {
         match cell {
             KeyCell::Live(ks) => key_value(&self.rules, ks),
-            KeyCell::Frozen(body) => frozen_value(&self.rules, body),
+            KeyCell::Frozen(body) => frozen_value(&self.rules, key, body),
         }
     }
 
@@ -182,7 +182,7 @@ impl Engine {
         for (ki, keys) in self.keys.iter().enumerate() {
             for (key, ks) in keys {
                 // A put after the delete of the same key wins within the batch.
-                batch.push((key_bytes(ki as u32, key), Some(self.key_value(ks))));
+                batch.push((key_bytes(ki as u32, key), Some(self.key_value(key, ks))));
             }
         }
         let bytes = batch
@@ -237,7 +237,7 @@ impl Engine {
                             Engine::written_size(&mut self.passive, ks, v.len());
                             Some(v)
                         }
-                        Some(KeyCell::Frozen(body)) => Some(frozen_value(&self.rules, body)),
+                        Some(KeyCell::Frozen(body)) => Some(frozen_value(&self.rules, &key, body)),
                         None => None,
                     };
                     batch.push((key_bytes(ki, &key), value));
@@ -247,7 +247,7 @@ impl Engine {
             None => {
                 for (ki, keys) in self.keys.iter().enumerate() {
                     for (key, ks) in keys {
-                        batch.push((key_bytes(ki as u32, key), Some(self.key_value(ks))));
+                        batch.push((key_bytes(ki as u32, key), Some(self.key_value(key, ks))));
                     }
                 }
             }
@@ -376,9 +376,35 @@ pub(super) fn key_body(ks: &KeyState) -> Vec<u8> {
     postcard::to_allocvec(&key_snapshot(ks)).unwrap_or_default()
 }
 
+/// What a frozen key keeps: its entry's body less the header and the key
+/// itself, which starts the body and which the key map already holds.
+pub(super) fn frozen_body(ks: &KeyState) -> Box<[u8]> {
+    let body = key_body(ks);
+    let skip = encoded_key(&ks.key).len().min(body.len());
+    body[skip..].into()
+}
+
+/// The body a frozen key was made from ([`frozen_body`]).
+pub(super) fn thawed_body(key: &ValueKey, frozen: &[u8]) -> Vec<u8> {
+    let mut body = encoded_key(&Value::from(key));
+    body.extend_from_slice(frozen);
+    body
+}
+
 /// A frozen key's store entry value.
-pub(super) fn frozen_value(rules: &RuleSet, body: &[u8]) -> Vec<u8> {
-    crate::state::with_header(rules.def.hash, body)
+pub(super) fn frozen_value(rules: &RuleSet, key: &ValueKey, frozen: &[u8]) -> Vec<u8> {
+    crate::state::with_header(rules.def.hash, &thawed_body(key, frozen))
+}
+
+/// A stored entry's value (header and body) as a frozen key keeps it.
+pub(super) fn freeze_stored(ks: &KeyState, value: &[u8]) -> Box<[u8]> {
+    let skip = crate::state::HEADER_LEN + encoded_key(&ks.key).len();
+    value.get(skip..).unwrap_or_default().into()
+}
+
+fn encoded_key(key: &Value) -> Vec<u8> {
+    // A postcard Vec writer cannot fail on a Value.
+    postcard::to_allocvec(key).unwrap_or_default()
 }
 
 fn key_snapshot(ks: &KeyState) -> KeySnapshot {

@@ -158,6 +158,18 @@ impl From<&Value> for ValueKey {
     }
 }
 
+impl From<&ValueKey> for Value {
+    /// The value a key stands for (`-0.0` comes back as `0`, which it equals).
+    fn from(k: &ValueKey) -> Self {
+        match k {
+            ValueKey::Null => Value::Null,
+            ValueKey::Bool(b) => Value::Bool(*b),
+            ValueKey::Num(bits) => Value::Num(f64::from_bits(*bits)),
+            ValueKey::Str(s) => Value::Str(s.clone()),
+        }
+    }
+}
+
 impl fmt::Display for ValueKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
