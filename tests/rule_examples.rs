@@ -22,9 +22,8 @@ fn shipped_rule_examples_hold() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
-#[test]
-fn a_wrong_expectation_is_reported() {
-    let src = r#"
+/// A rule file whose example expects one alert too many.
+const OFF_BY_ONE: &str = r#"
 stream s { key k time t }
 rule any { pattern { x: v > 1 } }
 example "off by one" {
@@ -33,7 +32,10 @@ example "off by one" {
   """
   expect any 2
 }"#;
-    let rs = RuleSet::from_source("x.tl", src, None).unwrap();
+
+#[test]
+fn a_wrong_expectation_is_reported() {
+    let rs = RuleSet::from_source("x.tl", OFF_BY_ONE, None).unwrap();
     let err = run_example(&rs, &rs.def.examples[0]).unwrap_err();
     assert!(err.contains("expected 2 alerts, got 1"), "{err}");
 }
@@ -62,12 +64,7 @@ fn the_test_command_checks_examples() {
     let dir = std::env::temp_dir().join(format!("tripline-test-cmd-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("wrong.tl");
-    std::fs::write(
-        &file,
-        "stream s { key k time t }\nrule any { pattern { x: v > 1 } }\n\
-         example \"off by one\" {\n  events \"\"\"\n  {\"k\":1,\"t\":1,\"v\":5}\n  \"\"\"\n  expect any 2\n}\n",
-    )
-    .unwrap();
+    std::fs::write(&file, OFF_BY_ONE).unwrap();
     let out = run(&file);
     let stdout = String::from_utf8_lossy(&out.stdout);
     std::fs::remove_dir_all(&dir).ok();

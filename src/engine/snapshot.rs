@@ -380,31 +380,37 @@ pub(super) fn key_body(ks: &KeyState) -> Vec<u8> {
 /// itself, which starts the body and which the key map already holds.
 pub(super) fn frozen_body(ks: &KeyState) -> Box<[u8]> {
     let body = key_body(ks);
-    let skip = encoded_key(&ks.key).len().min(body.len());
+    let skip = encoded_key_len(&ks.key).min(body.len());
     body[skip..].into()
 }
 
 /// The body a frozen key was made from ([`frozen_body`]).
 pub(super) fn thawed_body(key: &ValueKey, frozen: &[u8]) -> Vec<u8> {
-    let mut body = encoded_key(&Value::from(key));
-    body.extend_from_slice(frozen);
-    body
+    with_key(Vec::with_capacity(16 + frozen.len()), key, frozen)
 }
 
 /// A frozen key's store entry value.
 pub(super) fn frozen_value(rules: &RuleSet, key: &ValueKey, frozen: &[u8]) -> Vec<u8> {
-    crate::state::with_header(rules.def.hash, &thawed_body(key, frozen))
+    let out = crate::state::header(rules.def.hash, 16 + frozen.len());
+    with_key(out, key, frozen)
 }
 
 /// A stored entry's value (header and body) as a frozen key keeps it.
 pub(super) fn freeze_stored(ks: &KeyState, value: &[u8]) -> Box<[u8]> {
-    let skip = crate::state::HEADER_LEN + encoded_key(&ks.key).len();
+    let skip = crate::state::HEADER_LEN + encoded_key_len(&ks.key);
     value.get(skip..).unwrap_or_default().into()
 }
 
-fn encoded_key(key: &Value) -> Vec<u8> {
+/// `out` followed by the encoded key and the frozen body after it.
+fn with_key(out: Vec<u8>, key: &ValueKey, frozen: &[u8]) -> Vec<u8> {
     // A postcard Vec writer cannot fail on a Value.
-    postcard::to_allocvec(key).unwrap_or_default()
+    let mut out = postcard::to_extend(&Value::from(key), out).unwrap_or_default();
+    out.extend_from_slice(frozen);
+    out
+}
+
+fn encoded_key_len(key: &Value) -> usize {
+    postcard::experimental::serialized_size(key).unwrap_or(0)
 }
 
 fn key_snapshot(ks: &KeyState) -> KeySnapshot {

@@ -23,6 +23,28 @@ const RULE_CLAUSES: &[&str] = &[
     "payload",
 ];
 
+/// The one stage of a feature set's pattern: every event.
+fn every_event(at: Span) -> PatternAst {
+    let stage = StageAst {
+        name: Ident {
+            name: "event".into(),
+            span: at,
+        },
+        contiguity: Contiguity::Relaxed,
+        contiguity_span: at,
+        body: StageBody::Cond(Expr {
+            kind: ExprKind::Bool(true),
+            span: at,
+        }),
+        quant: QuantAst::default(),
+        span: at,
+    };
+    PatternAst {
+        stages: vec![stage],
+        span: at,
+    }
+}
+
 /// Parses one file. Returns the tree of what parsed and every syntax error.
 pub fn parse_file(file: u32, text: &str) -> (FileAst, Vec<Diagnostic>) {
     let mut p = Parser {
@@ -297,8 +319,26 @@ impl Parser {
     }
 
     fn rule(&mut self) -> PResult<RuleAst> {
+        self.rule_block(false)
+    }
+
+    /// `features NAME { key FIELD  stream NAME  description "…"  NAME = EXPR … }`:
+    /// a rule whose pattern takes every event and whose payload is the
+    /// feature vector.
+    fn features(&mut self) -> PResult<RuleAst> {
+        self.rule_block(true)
+    }
+
+    /// A `rule` or `features` block: its name, then its clauses up to the
+    /// closing brace, recovering at clause boundaries.
+    fn rule_block(&mut self, features: bool) -> PResult<RuleAst> {
+        let (what, named) = if features {
+            ("feature set", "a feature set name")
+        } else {
+            ("rule", "a rule name")
+        };
         let start = self.bump().span;
-        let Some(name) = self.name("a rule name") else {
+        let Some(name) = self.name(named) else {
             self.skip_item(0);
             return None;
         };
@@ -307,6 +347,7 @@ impl Parser {
             return None;
         }
         let level = self.braces;
+        let pattern = features.then(|| every_event(name.span));
         let mut r = RuleAst {
             name,
             key: None,
@@ -318,9 +359,9 @@ impl Parser {
             skip: None,
             report_timeouts: false,
             inclusive_aggregates: false,
-            pattern: None,
+            pattern,
             payload: Vec::new(),
-            features: false,
+            features,
             span: start,
         };
         loop {
@@ -329,122 +370,42 @@ impl Parser {
                 return Some(r);
             }
             if matches!(self.peek(), Tok::Eof) {
-                self.error::<()>("`}` to close the rule");
+                self.error::<()>(&format!("`}}` to close the {what}"));
                 return Some(r);
             }
             let at = self.pos;
-            if self.rule_clause(&mut r).is_none() {
+            if features {
+                if self.feature_clause(&mut r).is_none() {
+                    self.sync_feature(level);
+                }
+            } else if self.rule_clause(&mut r).is_none() {
                 self.sync_clause(RULE_CLAUSES, level);
             }
             if self.pos == at {
                 self.bump();
             }
-            self.eat_sym(";");
-        }
-    }
-
-    /// `features NAME { key FIELD  stream NAME  description "…"  NAME = EXPR … }`:
-    /// a rule whose pattern takes every event and whose payload is the
-    /// feature vector.
-    fn features(&mut self) -> PResult<RuleAst> {
-        let start = self.bump().span;
-        let Some(name) = self.name("a feature set name") else {
-            self.skip_item(0);
-            return None;
-        };
-        if self.expect_sym("{").is_none() {
-            self.skip_item(0);
-            return None;
-        }
-        let level = self.braces;
-        let every_event = StageAst {
-            name: Ident {
-                name: "event".into(),
-                span: name.span,
-            },
-            contiguity: Contiguity::Relaxed,
-            contiguity_span: name.span,
-            body: StageBody::Cond(Expr {
-                kind: ExprKind::Bool(true),
-                span: name.span,
-            }),
-            quant: QuantAst::default(),
-            span: name.span,
-        };
-        let mut r = RuleAst {
-            name: name.clone(),
-            key: None,
-            stream: None,
-            description: None,
-            severity: None,
-            score: None,
-            within: None,
-            skip: None,
-            report_timeouts: false,
-            inclusive_aggregates: false,
-            pattern: Some(PatternAst {
-                stages: vec![every_event],
-                span: name.span,
-            }),
-            payload: Vec::new(),
-            features: true,
-            span: start,
-        };
-        loop {
-            if self.is_sym("}") {
-                r.span = start.to(self.bump().span);
-                return Some(r);
-            }
-            if matches!(self.peek(), Tok::Eof) {
-                self.error::<()>("`}` to close the feature set");
-                return Some(r);
-            }
-            let at = self.pos;
-            if self.feature_clause(&mut r).is_none() {
-                self.sync_feature(level);
-            }
-            if self.pos == at {
-                self.bump();
-            }
-            if !self.eat_sym(",") {
+            if !(features && self.eat_sym(",")) {
                 self.eat_sym(";");
             }
         }
     }
 
     fn feature_clause(&mut self, r: &mut RuleAst) -> PResult<()> {
-        let is_clause = |this: &Self, kw: &str| {
-            this.is_kw(kw) && !matches!(this.peek_at(1), Tok::Sym("=") | Tok::Sym(":"))
-        };
-        if is_clause(self, "key") {
-            self.bump();
-            if r.key.is_some() {
-                self.errors.push(Diagnostic::error(
-                    self.prev_span(),
-                    "`key` is given twice in this feature set",
-                ));
-            }
-            r.key = Some(self.path()?);
-        } else if is_clause(self, "stream") {
-            self.bump();
-            r.stream = Some(self.ident("a stream name")?);
-        } else if is_clause(self, "description") {
-            self.bump();
-            match self.peek().clone() {
-                Tok::Str(s) | Tok::Block(s) => {
-                    self.bump();
-                    r.description = Some(s);
-                }
-                _ => return self.error("a string"),
-            }
-        } else {
-            let name = self.ident("a feature name (`NAME = EXPRESSION`) or `key FIELD`")?;
-            if !self.eat_sym("=") && !self.eat_sym(":") {
-                return self.error("`=`");
-            }
-            let e = self.expr()?;
-            r.payload.push((name, e));
+        // `key`, `stream` and `description` are clauses as in a rule, unless
+        // they name a feature (`key = …`).
+        let clause = ["key", "stream", "description"]
+            .iter()
+            .any(|kw| self.is_kw(kw))
+            && !matches!(self.peek_at(1), Tok::Sym("=") | Tok::Sym(":"));
+        if clause {
+            return self.rule_clause(r);
         }
+        let name = self.ident("a feature name (`NAME = EXPRESSION`) or `key FIELD`")?;
+        if !self.eat_sym("=") && !self.eat_sym(":") {
+            return self.error("`=`");
+        }
+        let e = self.expr()?;
+        r.payload.push((name, e));
         Some(())
     }
 
@@ -476,11 +437,12 @@ impl Parser {
                     .error("a rule clause (pattern, within, severity, score, key, skip, payload)");
             }
         };
+        let owner = if r.features { "feature set" } else { "rule" };
         let dup = |this: &mut Self, seen: bool| {
             if seen {
                 this.errors.push(Diagnostic::error(
                     kw_span,
-                    format!("`{kw}` is given twice in this rule"),
+                    format!("`{kw}` is given twice in this {owner}"),
                 ));
             }
         };

@@ -53,8 +53,7 @@ pub enum SnapshotError {
 
 /// Encodes `value` with the header for `ruleset_hash`.
 pub fn encode<T: Serialize>(ruleset_hash: u64, value: &T) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64);
-    push_header(&mut out, ruleset_hash);
+    let out = header(ruleset_hash, 50);
     // postcard only fails on writer errors or unsupported types, neither of which a Vec
     // and the derive-only types used here can produce.
     match postcard::to_extend(value, out) {
@@ -63,19 +62,14 @@ pub fn encode<T: Serialize>(ruleset_hash: u64, value: &T) -> Vec<u8> {
     }
 }
 
-/// `body` (the part of an [`encode`]d value after its header) with the
-/// header for `ruleset_hash` put back: what [`encode`] returned.
-pub fn with_header(ruleset_hash: u64, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
-    push_header(&mut out, ruleset_hash);
-    out.extend_from_slice(body);
-    out
-}
-
-fn push_header(out: &mut Vec<u8>, ruleset_hash: u64) {
+/// The header for `ruleset_hash`, with room for a body of `body_len`
+/// bytes to be appended: what [`encode`] writes before the body.
+pub fn header(ruleset_hash: u64, body_len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + body_len);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&ruleset_hash.to_le_bytes());
+    out
 }
 
 #[cold]
