@@ -4,7 +4,7 @@
 //!
 //! The core is pure and deterministic — the same events give the same alerts
 //! — and depends on no I/O crate. Dependencies flow one way:
-//! `engine → {pattern, window} → {rules, time} → event`.
+//! `engine → {pattern, window} → {rules, time} → event`, and `rules → model`.
 //!
 //! - [`event`]: an [`event::Event`] is one decoded JSON record; the
 //!   [`event::Decoder`] keeps only the fields the rules read and never panics.
@@ -13,6 +13,8 @@
 //! - [`pattern`]: a rule's stages compiled to an NFA ([`pattern::nfa`]) with
 //!   Flink CEP semantics, and the per-key [`pattern::Matcher`].
 //! - [`window`]: incremental per-key window aggregates.
+//! - [`model`]: trained models (ONNX) the rules declare: a flat-array
+//!   evaluator for tree ensembles, tract for other graphs.
 //! - [`time`]: watermarks and event-time timers.
 //! - [`state`]: the versioned snapshot format and the [`state::StateStore`]
 //!   interface with its in-memory reference store.
@@ -67,6 +69,7 @@ pub mod config;
 pub mod engine;
 pub mod event;
 pub mod export;
+pub mod model;
 pub mod pattern;
 pub mod rules;
 pub mod runtime;

@@ -326,11 +326,16 @@ fn a_replacement_with_an_empty_data_directory_restores_from_the_changelog() {
 #[test]
 fn rules_changed_while_running_keep_the_state_of_the_others() {
     let (c, input, expected) = setup("reload");
-    let rules = std::env::temp_dir().join(format!("{}.rules", c.kafka.group_id));
-    std::fs::create_dir_all(&rules).unwrap();
-    for f in std::fs::read_dir("rules").unwrap() {
-        let f = f.unwrap().path();
-        std::fs::copy(&f, rules.join(f.file_name().unwrap())).unwrap();
+    // The rules with the models beside them, as in the repository (rule
+    // files name their models by relative path).
+    let root = std::env::temp_dir().join(format!("{}.rules", c.kafka.group_id));
+    let rules = root.join("rules");
+    for dir in ["rules", "models"] {
+        std::fs::create_dir_all(root.join(dir)).unwrap();
+        for f in std::fs::read_dir(dir).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, root.join(dir).join(f.file_name().unwrap())).unwrap();
+        }
     }
     let half = input.len() / 2;
     produce(&c, &input[..half]);

@@ -145,6 +145,33 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// Damaged model files (bytes overwritten anywhere, or cut short) load
+    /// as an error or as a model that scores without panicking.
+    #[test]
+    fn model_loader_never_panics(
+        which in prop::sample::select(vec!["fraud_lr", "card_rf"]),
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+        cut in any::<prop::sample::Index>(),
+        truncate in any::<bool>(),
+    ) {
+        let mut bytes = std::fs::read(format!("models/{which}.onnx")).expect("model");
+        for (at, b) in edits {
+            let i = at.index(bytes.len());
+            bytes[i] = b;
+        }
+        if truncate {
+            bytes.truncate(cut.index(bytes.len()));
+        }
+        if let Ok(m) = tripline::model::Model::from_bytes(&bytes) {
+            let _ = m.score(&vec![1.0; m.inputs().len()]);
+            let _ = m.score(&vec![f32::NAN; m.inputs().len()]);
+        }
+    }
+}
+
 #[test]
 fn pathological_inputs_are_errors() {
     let rs = RuleSet::from_source(

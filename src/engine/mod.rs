@@ -222,6 +222,8 @@ pub struct Engine {
     passive: Option<passivate::Passivation>,
     /// Every event's feature row goes to [`Outputs::features`].
     collect_features: bool,
+    /// A model's input row, reused.
+    model_row: Vec<f32>,
 }
 
 impl Engine {
@@ -246,6 +248,7 @@ impl Engine {
             batches: 0,
             passive: None,
             collect_features: false,
+            model_row: Vec::new(),
             rules,
         }
     }
@@ -451,70 +454,40 @@ impl Engine {
         }
     }
 
-    fn dispatch(&mut self, event: Arc<Event>, out: &mut Outputs) {
+    fn dispatch(&mut self, mut event: Arc<Event>, out: &mut Outputs) {
         self.stats.events += 1;
         let rules = self.rules.clone();
-        let mut row = (self.collect_features && !rules.feature_columns.is_empty())
-            .then(|| vec![Value::Null; rules.feature_columns.len()]);
+        if rules.derives {
+            self.derive(&rules, Arc::make_mut(&mut event));
+        }
         for (ki, keying) in rules.keyings.iter().enumerate() {
+            if !keying.patterns {
+                continue;
+            }
             let key_value = event.field(keying.slot);
             if key_value.is_null() {
                 self.stats.unkeyed += 1;
                 continue;
             }
             let key = ValueKey::from(key_value);
-            if let Some(d) = &mut self.dirty {
-                d.insert((ki as u32, key.clone()));
-            }
-            if self.passive.as_ref().is_some_and(|p| p.has_cold()) {
-                self.revive(ki, &key);
-            }
-            let cell = self.keys[ki]
-                .entry(key.clone())
-                .or_insert_with(|| KeyCell::live(KeyState::fresh(&rules, keying, key_value)));
-            if let Some(p) = &mut self.passive
-                && !p.thaw(&rules, ki, &key, cell)
-            {
-                // Unreadable: reported by `take_state_error`, and this
-                // output is discarded; the key goes on from empty state.
-                *cell = KeyCell::live(KeyState::fresh(&rules, keying, key_value));
-            }
-            let Some(ks) = cell.live_mut() else {
+            self.touch_key(ki, &key);
+            let Some(ks) = live_key(
+                &mut self.keys[ki],
+                &mut self.passive,
+                self.batches + 1,
+                &rules,
+                ki,
+                &key,
+                key_value,
+            ) else {
                 continue;
             };
-            ks.written = self.batches + 1;
             for (local, &ri) in keying.rules.iter().enumerate() {
                 let rule = &rules.rules[ri];
-                for (wi, spec) in rule.def.windows.iter().enumerate() {
-                    let ws = &mut ks.windows[local][wi];
-                    ws.advance(event.time);
-                    let v = match &spec.arg {
-                        Some(a) => eval(
-                            a,
-                            Scope {
-                                event: &event,
-                                path: &[],
-                                windows: &[],
-                            },
-                        ),
-                        None => Value::Bool(true),
-                    };
-                    ws.update(event.time, v);
-                    ks.values[local][wi] = ws.value();
-                }
                 if rule.def.features {
-                    if let Some(row) = &mut row {
-                        let scope = Scope {
-                            event: &event,
-                            path: &[],
-                            windows: &ks.values[local],
-                        };
-                        for (i, (_, e)) in rule.def.payload.iter().enumerate() {
-                            row[rule.feature_offset + i] = eval(e, scope);
-                        }
-                    }
                     continue;
                 }
+                update_windows(rule, ks, local, &event);
                 self.matcher_out.clear();
                 rule.matcher.advance_time(
                     &mut ks.matchers[local],
@@ -548,12 +521,99 @@ impl Engine {
             }
             Self::schedule(ki, &key, ks, earliest_deadline(ks), &mut self.timers);
         }
-        if let Some(values) = row {
+        if self.collect_features && !rules.feature_slots.is_empty() {
+            let values = rules
+                .feature_slots
+                .iter()
+                .map(|&s| event.field(s).clone())
+                .collect();
             out.features.push(FeatureRow { event, values });
         }
         self.since_sweep += 1;
         if self.since_sweep >= SWEEP_EVERY {
             self.sweep_idle_keys();
+        }
+    }
+
+    /// The first phase of an event: every feature set updates its windows
+    /// and writes its features into the event, then every model scores it,
+    /// so the rules that follow read features and scores like fields.
+    fn derive(&mut self, rules: &RuleSet, event: &mut Event) {
+        let width = rules.def.schema.len();
+        if event.fields.len() < width {
+            event.fields.resize(width, Value::Null);
+        }
+        for (ki, keying) in rules.keyings.iter().enumerate() {
+            if !keying.features {
+                continue;
+            }
+            let key_value = event.field(keying.slot).clone();
+            let mut ks = if key_value.is_null() {
+                self.stats.unkeyed += 1;
+                None
+            } else {
+                let key = ValueKey::from(&key_value);
+                self.touch_key(ki, &key);
+                live_key(
+                    &mut self.keys[ki],
+                    &mut self.passive,
+                    self.batches + 1,
+                    rules,
+                    ki,
+                    &key,
+                    &key_value,
+                )
+            };
+            for (local, &ri) in keying.rules.iter().enumerate() {
+                let rule = &rules.rules[ri];
+                if !rule.def.features {
+                    continue;
+                }
+                let Some(ks) = ks.as_deref_mut() else {
+                    // Without its key, the set's features are missing
+                    // (and not whatever the input carried under their names).
+                    for &slot in &rule.def.feature_slots {
+                        event.fields[slot as usize] = Value::Null;
+                    }
+                    continue;
+                };
+                update_windows(rule, ks, local, event);
+                for ((_, e), &slot) in rule.def.payload.iter().zip(&rule.def.feature_slots) {
+                    let v = eval(
+                        e,
+                        Scope {
+                            event,
+                            path: &[],
+                            windows: &ks.values[local],
+                        },
+                    );
+                    event.fields[slot as usize] = v;
+                }
+            }
+        }
+        for m in &rules.def.models {
+            self.model_row.clear();
+            self.model_row
+                .extend(m.inputs.iter().map(|&s| match event.field(s) {
+                    Value::Num(n) => *n as f32,
+                    Value::Bool(b) => f32::from(u8::from(*b)),
+                    _ => f32::NAN,
+                }));
+            event.fields[m.slot as usize] = match m.model.score(&self.model_row) {
+                Some(v) if v.is_finite() => Value::Num(v),
+                _ => Value::Null,
+            };
+        }
+    }
+
+    /// Marks `key` of keying `ki` changed and reads it back from the store
+    /// if it was evicted: what precedes [`live_key`].
+    fn touch_key(&mut self, ki: usize, key: &ValueKey) {
+        if let Some(d) = &mut self.dirty {
+            d.insert((ki as u32, key.clone()));
+        }
+        if self.passive.as_ref().is_some_and(|p| p.has_cold()) {
+            self.revive(ki, key);
         }
     }
 
@@ -605,6 +665,56 @@ fn earliest_deadline(ks: &KeyState) -> Option<(EventTime, usize)> {
         .enumerate()
         .filter_map(|(i, m)| m.next_deadline().map(|n| (n, i)))
         .min()
+}
+
+/// The live state of `key` in keying `ki` (after [`Engine::touch_key`]),
+/// created or thawed as needed. `None` only for a key still frozen after a
+/// failed thaw. Takes the engine's fields apart so the caller can go on
+/// using the others.
+fn live_key<'a>(
+    keys: &'a mut HashMap<ValueKey, KeyCell>,
+    passive: &mut Option<passivate::Passivation>,
+    batch: u64,
+    rules: &RuleSet,
+    ki: usize,
+    key: &ValueKey,
+    key_value: &Value,
+) -> Option<&'a mut KeyState> {
+    let keying = &rules.keyings[ki];
+    let cell = keys
+        .entry(key.clone())
+        .or_insert_with(|| KeyCell::live(KeyState::fresh(rules, keying, key_value)));
+    if let Some(p) = passive
+        && !p.thaw(rules, ki, key, cell)
+    {
+        // Unreadable: reported by `take_state_error`, and this output is
+        // discarded; the key goes on from empty state.
+        *cell = KeyCell::live(KeyState::fresh(rules, keying, key_value));
+    }
+    let ks = cell.live_mut()?;
+    ks.written = batch;
+    Some(ks)
+}
+
+/// Moves the rule's windows to the event and adds it to them.
+fn update_windows(rule: &CompiledRule, ks: &mut KeyState, local: usize, event: &Event) {
+    for (wi, spec) in rule.def.windows.iter().enumerate() {
+        let ws = &mut ks.windows[local][wi];
+        ws.advance(event.time);
+        let v = match &spec.arg {
+            Some(a) => eval(
+                a,
+                Scope {
+                    event,
+                    path: &[],
+                    windows: &[],
+                },
+            ),
+            None => Value::Bool(true),
+        };
+        ws.update(event.time, v);
+        ks.values[local][wi] = ws.value();
+    }
 }
 
 fn is_idle(ks: &KeyState) -> bool {

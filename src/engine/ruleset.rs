@@ -74,6 +74,10 @@ pub struct Keying {
     pub slot: Slot,
     /// Indices into [`RuleSet::rules`].
     pub rules: Vec<usize>,
+    /// Some of its rules are feature sets.
+    pub features: bool,
+    /// Some of its rules are patterns.
+    pub patterns: bool,
 }
 
 /// A compiled rule set.
@@ -92,6 +96,11 @@ pub struct RuleSet {
     /// The features of every feature set, in definition order: the columns
     /// of [`super::FeatureRow::values`].
     pub feature_columns: Vec<Arc<str>>,
+    /// The event slots of [`RuleSet::feature_columns`].
+    pub feature_slots: Vec<crate::event::Slot>,
+    /// Events get computed values (features or model scores) before the
+    /// rules see them.
+    pub derives: bool,
 }
 
 impl RuleSet {
@@ -100,10 +109,12 @@ impl RuleSet {
         let mut keyings: Vec<Keying> = Vec::new();
         let mut rules = Vec::new();
         let mut feature_columns: Vec<Arc<str>> = Vec::new();
+        let mut feature_slots = Vec::new();
         for (i, r) in def.rules.iter().enumerate() {
             let feature_offset = feature_columns.len();
             if r.features {
                 feature_columns.extend(r.payload.iter().map(|(n, _)| Arc::from(n.as_str())));
+                feature_slots.extend(&r.feature_slots);
             }
             let keying = match keyings.iter().position(|k| k.slot == r.key_slot) {
                 Some(k) => k,
@@ -111,11 +122,15 @@ impl RuleSet {
                     keyings.push(Keying {
                         slot: r.key_slot,
                         rules: Vec::new(),
+                        features: false,
+                        patterns: false,
                     });
                     keyings.len() - 1
                 }
             };
             keyings[keying].rules.push(i);
+            keyings[keying].features |= r.features;
+            keyings[keying].patterns |= !r.features;
             let nfa = nfa::compile(
                 &r.pattern,
                 r.within,
@@ -159,6 +174,7 @@ impl RuleSet {
             def.stream.time_format,
             options.max_record_bytes,
         );
+        let derives = !feature_slots.is_empty() || !def.models.is_empty();
         Arc::new(RuleSet {
             def,
             rules,
@@ -166,6 +182,8 @@ impl RuleSet {
             decoder,
             options,
             feature_columns,
+            feature_slots,
+            derives,
         })
     }
 
@@ -176,7 +194,46 @@ impl RuleSet {
         let mut def = self.def.clone();
         def.rules.retain(|r| Some(r.key_slot) == slot);
         def.examples.clear();
+        def.models
+            .retain(|m| def.rules.iter().any(|r| r.models.contains(&m.name)));
         RuleSet::build(def, self.options)
+    }
+
+    /// Rules that read a model whose inputs include features computed under
+    /// another key. One engine computes every key's features for each event
+    /// (replay), but the service computes them on the partitions of their
+    /// own key, where the other key's features do not exist: such a rule
+    /// set cannot run there. One message per such rule.
+    pub fn cross_key_models(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for r in self.rules.iter().filter(|r| !r.def.features) {
+            for name in &r.def.models {
+                let Some(m) = self.def.models.iter().find(|m| &m.name == name) else {
+                    continue;
+                };
+                let other = m
+                    .model
+                    .inputs()
+                    .iter()
+                    .zip(&m.inputs)
+                    .find_map(|(input, slot)| {
+                        self.rules
+                            .iter()
+                            .find(|f| f.def.features && f.def.feature_slots.contains(slot))
+                            .filter(|f| f.keying != r.keying)
+                            .map(|f| (input, f))
+                    });
+                if let Some((input, set)) = other {
+                    problems.push(format!(
+                        "rule `{}` (keyed by {}) reads model `{name}`, whose input `{input}` is computed per {} by feature set `{}`: \
+                         the service computes features on their own key's partitions, so a model there may read only \
+                         features of its rule's key (run this rule set with `tripline replay`)",
+                        r.name, r.def.key, set.def.key, set.name
+                    ));
+                }
+            }
+        }
+        problems
     }
 
     /// The rule set `origin` compiles to, restricted to the rules named in

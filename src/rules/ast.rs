@@ -20,6 +20,18 @@ pub struct FileAst {
     pub streams: Vec<StreamAst>,
     /// Examples (events in, expected alerts out).
     pub examples: Vec<ExampleAst>,
+    /// Model declarations.
+    pub models: Vec<ModelAst>,
+}
+
+/// `model NAME from "PATH"`: a trained model whose score is readable as
+/// `NAME`.
+#[derive(Clone, Debug)]
+pub struct ModelAst {
+    /// Its name.
+    pub name: Ident,
+    /// The ONNX file, relative to the file that declares it.
+    pub path: (String, Span),
 }
 
 /// `stream NAME { key ..; time ..; ... }`.

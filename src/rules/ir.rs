@@ -324,8 +324,29 @@ pub struct RuleDef {
     /// A feature set: it computes its payload for every event of its key
     /// and raises no alert.
     pub features: bool,
+    /// A feature set's features: the event slot each one is written to, so
+    /// that rules and models read it like a field.
+    pub feature_slots: Vec<Slot>,
+    /// The models the rule reads (names in [`RuleSetDef::models`]).
+    pub models: Vec<String>,
     /// Window aggregates used by conditions and payload.
     pub windows: Vec<WindowSpec>,
+}
+
+/// A declared model: its score is written to the event slot `slot` after
+/// every feature of the event is computed.
+#[derive(Clone, Debug)]
+pub struct ModelDef {
+    /// Its name (the field rules read its score from).
+    pub name: String,
+    /// The file, as resolved at compile time.
+    pub file: String,
+    /// The loaded model.
+    pub model: Arc<crate::model::Model>,
+    /// Slots of its inputs, in the model's order.
+    pub inputs: Vec<Slot>,
+    /// Slot its score is written to.
+    pub slot: Slot,
 }
 
 /// One example: events in, alert counts out.
@@ -350,6 +371,8 @@ pub struct RuleSetDef {
     pub rules: Vec<RuleDef>,
     /// Examples.
     pub examples: Vec<ExampleDef>,
+    /// Models, in declaration order.
+    pub models: Vec<ModelDef>,
     /// Fields read.
     pub schema: Schema,
     /// Slot of the time field.

@@ -251,7 +251,8 @@ impl Parser {
                 }
                 Tok::Ident(s)
                     if depth == 0
-                        && ["rule", "features", "stream", "example"].contains(&s.as_str()) =>
+                        && ["rule", "features", "stream", "example", "model"]
+                            .contains(&s.as_str()) =>
                 {
                     return;
                 }
@@ -308,8 +309,13 @@ impl Parser {
                         ast.examples.push(e);
                     }
                 }
+                Tok::Ident(s) if s == "model" => match self.model() {
+                    Some(m) => ast.models.push(m),
+                    None => self.skip_item(0),
+                },
                 _ => {
-                    let _: PResult<()> = self.error("`rule`, `features`, `stream` or `example`");
+                    let _: PResult<()> =
+                        self.error("`rule`, `features`, `model`, `stream` or `example`");
                     self.bump();
                     self.skip_item(0);
                 }
@@ -320,6 +326,25 @@ impl Parser {
 
     fn rule(&mut self) -> PResult<RuleAst> {
         self.rule_block(false)
+    }
+
+    /// `model NAME from "PATH"`.
+    fn model(&mut self) -> PResult<ModelAst> {
+        self.bump();
+        let name = self.ident("a model name")?;
+        if !self.eat_kw("from") {
+            return self.error("`from \"FILE.onnx\"`");
+        }
+        match self.peek().clone() {
+            Tok::Str(path) => {
+                let span = self.bump().span;
+                Some(ModelAst {
+                    name,
+                    path: (path, span),
+                })
+            }
+            _ => self.error("the model file as a string (`\"models/fraud.onnx\"`)"),
+        }
     }
 
     /// `features NAME { key FIELD  stream NAME  description "…"  NAME = EXPR … }`:

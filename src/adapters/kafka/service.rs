@@ -122,6 +122,9 @@ pub enum ServiceError {
     /// The input topic does not exist.
     #[error("input topic `{0}` does not exist")]
     NoInputTopic(String),
+    /// The rules cannot run partitioned by key.
+    #[error("{0}")]
+    Unpartitionable(String),
     /// A shard stopped answering (its thread died).
     #[error("shard of partition {0} is gone")]
     ShardGone(i32),
@@ -286,7 +289,7 @@ pub fn start(
     let Some(sources) = partition_counts(k, &brokers, &[&k.input_topic])?[0] else {
         return Err(ServiceError::NoInputTopic(k.input_topic.clone()));
     };
-    let topology = Topology::new(&config, rules, sources);
+    let topology = Topology::new(&config, rules, sources).map_err(ServiceError::Unpartitionable)?;
     let internal: Vec<&str> = topology.internal().collect();
     // Internal topics have the input's partition count, so one key field's
     // events spread as widely as the input's.
@@ -634,7 +637,13 @@ impl Coordinator {
     /// that the next one carries the migrated state. Refused (logged) when
     /// the new rules need other topics than the running ones.
     fn swap_rules(&mut self, rules: Arc<RuleSet>) {
-        let topology = Topology::new(&self.config, rules, self.topology.sources);
+        let topology = match Topology::new(&self.config, rules, self.topology.sources) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!("new rules refused, the running ones stay: {e}");
+                return;
+            }
+        };
         let names = |t: &Topology| -> Vec<String> {
             t.topics
                 .iter()

@@ -36,8 +36,14 @@ pub struct Topology {
 }
 
 impl Topology {
-    /// The plan for `rules` on an input topic of `sources` partitions.
-    pub fn new(config: &Config, rules: Arc<RuleSet>, sources: usize) -> Topology {
+    /// The plan for `rules` on an input topic of `sources` partitions, or
+    /// why the rules cannot run partitioned (see
+    /// [`RuleSet::cross_key_models`]).
+    pub fn new(config: &Config, rules: Arc<RuleSet>, sources: usize) -> Result<Topology, String> {
+        let problems = rules.cross_key_models();
+        if !problems.is_empty() {
+            return Err(problems.join("\n"));
+        }
         let stream_key = rules.stream_key_slot();
         let group = &config.kafka.group_id;
         let mut topics = vec![TopicPlan {
@@ -67,11 +73,11 @@ impl Topology {
             });
         }
         topics[0].role = Role::Source { forward };
-        Topology {
+        Ok(Topology {
             rules,
             topics,
             sources,
-        }
+        })
     }
 
     /// The index of topic `name`.
@@ -128,7 +134,7 @@ mod tests {
             None,
         )
         .unwrap();
-        let t = Topology::new(&Config::default(), rules, 3);
+        let t = Topology::new(&Config::default(), rules, 3).unwrap();
         let names: Vec<_> = t.topics.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["transactions", "tripline.by.shop.id"]);
         assert_eq!(t.topics[0].rules.rules.len(), 1);

@@ -63,6 +63,27 @@ impl RuleChecker<'_> {
     pub(super) fn field(&mut self, parts: &[Ident]) -> Option<CExpr> {
         let path = FieldPath(parts.iter().map(|p| p.name.as_str().into()).collect());
         let sp = parts[0].span.to(parts[parts.len() - 1].span);
+        if let [one] = parts
+            && let Some((what, _)) = self.derived.get(&one.name)
+        {
+            let what = match what {
+                Derived::Feature => "feature",
+                Derived::Model => "model score",
+            };
+            if self.in_features {
+                self.err(
+                    Diagnostic::error(
+                        sp,
+                        format!("a feature set cannot read the {what} `{}`", one.name),
+                    )
+                    .with_hint("features are computed from the event and windows: write the expression out"),
+                );
+                return None;
+            }
+            if what == "model score" && !self.models_read.contains(&one.name) {
+                self.models_read.push(one.name.clone());
+            }
+        }
         self.check_declared(&path, sp);
         Some(CExpr::Field(self.schema.intern(&path)))
     }

@@ -120,10 +120,36 @@ impl Compiler {
         let key_slot = schema.intern(&stream.key);
         let time_slot = schema.intern(&stream.time);
         let _ = key_slot;
+        let files = std::mem::take(&mut self.files);
+        let derived = self.derived_names(&files);
+        // Rules may name computed values wherever they may name fields.
+        let mut visible = stream.clone();
+        if let Some(fields) = &mut visible.fields {
+            for (name, (_, span)) in &derived {
+                let p = FieldPath::single(name);
+                if fields.contains(&p) {
+                    self.errors.push(
+                        Diagnostic::error(
+                            *span,
+                            format!("`{name}` is a field of stream `{}`", stream.name),
+                        )
+                        .with_hint(
+                            "a feature or model is read by name like a field: give it another name",
+                        ),
+                    );
+                } else {
+                    fields.push(p);
+                }
+            }
+        }
+        let models = self.load_models(&files, &derived, &visible, &mut schema);
+        let model_inputs: BTreeMap<String, Vec<String>> = models
+            .iter()
+            .map(|m| (m.name.clone(), m.model.inputs().to_vec()))
+            .collect();
         let mut rules = Vec::new();
         let mut names: BTreeMap<String, Span> = BTreeMap::new();
         let mut feature_names: BTreeMap<String, String> = BTreeMap::new();
-        let files = std::mem::take(&mut self.files);
         for (_, file) in &files {
             for r in &file.rules {
                 if let Some(prev) = names.get(&r.name.name) {
@@ -165,10 +191,14 @@ impl Compiler {
                 let mut rc = RuleChecker {
                     errors: &mut self.errors,
                     schema: &mut schema,
-                    stream: &stream,
+                    stream: &visible,
                     limits: self.limits,
                     stages: Vec::new(),
                     windows: Vec::new(),
+                    derived: &derived,
+                    model_inputs: &model_inputs,
+                    in_features: r.features,
+                    models_read: Vec::new(),
                 };
                 if let Some(def) = rc.rule(r) {
                     rules.push(def);
@@ -219,6 +249,10 @@ impl Compiler {
             h.update(&[0]);
         }
         h.update(format!("{stream:?}").as_bytes());
+        // A retrained model is a rule change: alerts and migration see it.
+        for m in &models {
+            h.update(&m.model.hash().to_le_bytes());
+        }
         let origin = RuleOrigin {
             sources: files
                 .iter()
@@ -233,6 +267,7 @@ impl Compiler {
             stream,
             rules,
             examples,
+            models,
             schema,
             time_slot,
             hash: h.digest(),
@@ -246,6 +281,124 @@ impl Compiler {
             errors: self.errors,
             sources: self.sources,
         })
+    }
+
+    /// The names events carry once computed: every feature, then every
+    /// model's score, with where each is defined. Reports models named twice
+    /// or after a feature.
+    fn derived_names(&mut self, files: &[(u32, FileAst)]) -> BTreeMap<String, (Derived, Span)> {
+        let mut derived = BTreeMap::new();
+        for (_, file) in files {
+            for r in file.rules.iter().filter(|r| r.features) {
+                for (f, _) in &r.payload {
+                    derived
+                        .entry(f.name.clone())
+                        .or_insert((Derived::Feature, f.span));
+                }
+            }
+        }
+        for (_, file) in files {
+            for m in &file.models {
+                match derived.get(&m.name.name) {
+                    Some((what, _)) => {
+                        let what = match what {
+                            Derived::Feature => "a feature",
+                            Derived::Model => "another model",
+                        };
+                        self.errors.push(Diagnostic::error(
+                            m.name.span,
+                            format!("model `{}` has the name of {what}", m.name.name),
+                        ));
+                    }
+                    None => {
+                        derived.insert(m.name.name.clone(), (Derived::Model, m.name.span));
+                    }
+                }
+            }
+        }
+        derived
+    }
+
+    /// Loads every declared model (paths relative to the declaring file)
+    /// and resolves its inputs to features or declared fields.
+    fn load_models(
+        &mut self,
+        files: &[(u32, FileAst)],
+        derived: &BTreeMap<String, (Derived, Span)>,
+        visible: &StreamDef,
+        schema: &mut Schema,
+    ) -> Vec<ModelDef> {
+        let mut out = Vec::new();
+        for (id, file) in files {
+            let base = Path::new(&self.sources.get(*id).name)
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default();
+            for m in &file.models {
+                if derived
+                    .get(&m.name.name)
+                    .is_some_and(|(_, sp)| *sp != m.name.span)
+                {
+                    continue;
+                }
+                let (path, span) = &m.path;
+                let file = base.join(path);
+                let model = match crate::model::Model::load(&file) {
+                    Ok(model) => model,
+                    Err(e) => {
+                        self.errors.push(Diagnostic::error(
+                            *span,
+                            format!(
+                                "cannot load model `{}` from {}: {e}",
+                                m.name.name,
+                                file.display()
+                            ),
+                        ));
+                        continue;
+                    }
+                };
+                let mut inputs = Vec::new();
+                for input in model.inputs() {
+                    let problem = match (FieldPath::parse(input), derived.get(input)) {
+                        (None, _) => Some(format!("`{input}` is not a field name")),
+                        (_, Some((Derived::Model, _))) => Some(format!(
+                            "`{input}` is a model's score; models read features and fields"
+                        )),
+                        (Some(p), None)
+                            if visible.fields.as_ref().is_some_and(|f| !f.contains(&p)) =>
+                        {
+                            Some(format!(
+                                "`{input}` is neither a feature nor a field of stream `{}`",
+                                visible.name
+                            ))
+                        }
+                        (Some(p), _) => {
+                            inputs.push(schema.intern(&p));
+                            None
+                        }
+                    };
+                    if let Some(problem) = problem {
+                        let d = Diagnostic::error(
+                            *span,
+                            format!("model `{}` reads {problem}", m.name.name),
+                        );
+                        let cands: Vec<&str> = derived.keys().map(|s| s.as_str()).collect();
+                        self.errors.push(hint_closest(d, input, cands));
+                    }
+                }
+                if inputs.len() != model.inputs().len() {
+                    continue;
+                }
+                out.push(ModelDef {
+                    name: m.name.name.clone(),
+                    file: file.display().to_string(),
+                    slot: schema.intern(&FieldPath::single(&m.name.name)),
+                    model: Arc::new(model),
+                    inputs,
+                });
+            }
+        }
+        out
     }
 
     fn resolve_stream(&mut self) -> Option<StreamDef> {
@@ -422,13 +575,29 @@ enum Ctx {
     WindowArg,
 }
 
+/// What a computed name is.
+#[derive(Clone, Copy, PartialEq)]
+enum Derived {
+    Feature,
+    Model,
+}
+
 struct RuleChecker<'a> {
     errors: &'a mut Vec<Diagnostic>,
     schema: &'a mut Schema,
+    /// The stream, with features and models among its declared fields.
     stream: &'a StreamDef,
     limits: Limits,
     stages: Vec<StageInfo>,
     windows: Vec<WindowSpec>,
+    /// Features and models, by name.
+    derived: &'a BTreeMap<String, (Derived, Span)>,
+    /// Each model's inputs.
+    model_inputs: &'a BTreeMap<String, Vec<String>>,
+    /// Checking a feature set (which may not read computed values).
+    in_features: bool,
+    /// Models the rule reads.
+    models_read: Vec<String>,
 }
 
 impl RuleChecker<'_> {
@@ -530,6 +699,26 @@ impl RuleChecker<'_> {
                 payload.push((name.name.clone(), c));
             }
         }
+        // The score and every input of each model the rule reads travel
+        // with its alerts.
+        for m in self.models_read.clone() {
+            let inputs = self.model_inputs.get(&m).cloned().unwrap_or_default();
+            for name in std::iter::once(&m).chain(&inputs) {
+                if payload.iter().all(|(n, _)| n != name)
+                    && let Some(p) = FieldPath::parse(name)
+                {
+                    payload.push((name.clone(), CExpr::Field(self.schema.intern(&p))));
+                }
+            }
+        }
+        let feature_slots = if r.features {
+            payload
+                .iter()
+                .map(|(n, _)| self.schema.intern(&FieldPath::single(n)))
+                .collect()
+        } else {
+            Vec::new()
+        };
         if r.features && r.payload.is_empty() {
             self.err(
                 Diagnostic::error(
@@ -557,6 +746,8 @@ impl RuleChecker<'_> {
             pattern,
             payload,
             features: r.features,
+            feature_slots,
+            models: std::mem::take(&mut self.models_read),
             windows: std::mem::take(&mut self.windows),
         })
     }
