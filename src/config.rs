@@ -34,6 +34,42 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     /// Where the local copy of the state is kept.
     pub state: StateConfig,
+    /// The REST API.
+    pub api: ApiSettings,
+}
+
+/// The REST API (scores, alerts, rules; see the README).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct ApiSettings {
+    /// Address to listen on, e.g. `127.0.0.1:8080`. Empty: no API.
+    pub listen: String,
+    /// Bearer token rule changes need (and reads, unless `open_reads`).
+    /// Empty: rule changes through the API are off. Set it from the
+    /// environment (`TRIPLINE__API__TOKEN`) rather than the file.
+    pub token: String,
+    /// Reads need no token.
+    pub open_reads: bool,
+    /// Largest request body (bytes).
+    pub max_body_bytes: usize,
+    /// Recent alerts kept in memory for `/v1/alerts` and scores.
+    pub alerts_kept: usize,
+    /// A key's score sums its alerts' scores over this much event time
+    /// before its latest alert, e.g. `24h`.
+    pub score_window: String,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        ApiSettings {
+            listen: "127.0.0.1:8080".into(),
+            token: String::new(),
+            open_reads: true,
+            max_body_bytes: 256 * 1024,
+            alerts_kept: 100_000,
+            score_window: "24h".into(),
+        }
+    }
 }
 
 /// Kafka settings.
@@ -375,6 +411,22 @@ impl Config {
                 "checkpoint.interval_ms {} must be 10..=60000",
                 self.checkpoint.interval_ms
             ));
+        }
+        let a = &self.api;
+        if !a.listen.is_empty() && a.listen.parse::<std::net::SocketAddr>().is_err() {
+            p.push(format!(
+                "api.listen `{}` is not an address (e.g. 127.0.0.1:8080; empty: no API)",
+                a.listen
+            ));
+        }
+        if crate::rules::parse_duration(&a.score_window).is_none_or(|d| d <= 0) {
+            p.push(format!(
+                "api.score_window `{}` is not a positive duration (e.g. 24h)",
+                a.score_window
+            ));
+        }
+        if a.alerts_kept == 0 || a.max_body_bytes == 0 {
+            p.push("api.alerts_kept and api.max_body_bytes must be positive".into());
         }
         if let Some(l) = &self.stream.lateness
             && crate::rules::parse_duration(l).is_none()

@@ -11,6 +11,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+use tripline::adapters::api::alerts::AlertLog;
+use tripline::adapters::api::rules::RuleStore;
+use tripline::adapters::api::{ApiConfig, ApiState, Health, KeyLookup, Readiness, router};
 use tripline::adapters::kafka::{self, ServiceHandle, service};
 use tripline::config::Config;
 use tripline::engine::{EngineOptions, RuleSet};
@@ -38,6 +41,8 @@ struct RuleWatch {
     seen: u64,
     /// The last errors reported, so each distinct failure is logged once.
     failed: Option<String>,
+    /// The REST API, told of rule sets loaded from the files.
+    api: Option<ApiState>,
 }
 
 impl RuleWatch {
@@ -66,7 +71,11 @@ impl RuleWatch {
                     rules = def.rules.len(),
                     "rule files changed and compile; swapping them in at the next checkpoint"
                 );
-                handle.reload(RuleSet::build(def, self.source.options));
+                let rules = RuleSet::build(def, self.source.options);
+                if let Some(api) = &self.api {
+                    api.rules().set_current(rules.clone());
+                }
+                handle.reload(rules);
             }
             Err(e) => {
                 let text = e.to_string();
@@ -93,13 +102,108 @@ pub fn serve(config: Config, rules: Arc<RuleSet>, source: RuleSource) -> Result<
         next: start + Duration::from_millis(config.rules.reload_interval_ms),
         seen: rules.def.hash,
         failed: None,
+        api: None,
         source,
     };
-    let handle = service::start(config, brokers, rules)?;
+    let log = AlertLog::new(config.api.alerts_kept);
+    let hook: service::AlertHook = {
+        let log = log.clone();
+        Arc::new(move |json: &[u8]| log.push_published(json))
+    };
+    let handle = service::start_with(config.clone(), brokers, rules.clone(), Some(hook))?;
+    watch.api = start_api(&config, &handle, rules, &watch.source, log)?;
     wait_for_signal(&handle, Some(&mut watch))?;
     handle.stop();
     handle.join()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Key state from the service's shards.
+struct ShardKeys(Arc<service::ShardDirectory>);
+
+impl KeyLookup for ShardKeys {
+    fn lookup(
+        &self,
+        key: String,
+    ) -> futures::future::BoxFuture<'static, Result<Vec<serde_json::Value>, String>> {
+        let dir = self.0.clone();
+        Box::pin(async move { dir.key_view(key).await })
+    }
+}
+
+struct ServiceHealth(Arc<kafka::service::Progress>);
+
+impl Health for ServiceHealth {
+    fn readiness(&self) -> Readiness {
+        let (ready, detail) = self.0.readiness();
+        Readiness { ready, detail }
+    }
+}
+
+/// Starts the REST API on its own thread when `api.listen` is set. Binds
+/// before returning, so a taken address fails the start.
+fn start_api(
+    config: &Config,
+    handle: &ServiceHandle,
+    rules: Arc<RuleSet>,
+    source: &RuleSource,
+    log: Arc<AlertLog>,
+) -> Result<Option<ApiState>> {
+    let a = &config.api;
+    if a.listen.is_empty() {
+        return Ok(None);
+    }
+    let listener = std::net::TcpListener::bind(&a.listen)
+        .with_context(|| format!("api.listen: cannot listen on {}", a.listen))?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let store = RuleStore::new(
+        config.rules.paths.clone(),
+        source.stream.clone(),
+        source.options,
+        rules,
+    )
+    .on_change(Box::new(handle.reloader()));
+    let api_config = ApiConfig {
+        token: (!a.token.is_empty()).then(|| a.token.clone()),
+        open_reads: a.open_reads,
+        max_body_bytes: a.max_body_bytes,
+        max_page: 1000,
+        score_window_ms: tripline::rules::parse_duration(&a.score_window).unwrap_or(86_400_000),
+    };
+    let state = ApiState::new(
+        api_config,
+        store,
+        log,
+        Arc::new(ShardKeys(handle.directory().clone())),
+        Arc::new(ServiceHealth(handle.progress().clone())),
+    );
+    let app = router(state.clone());
+    std::thread::Builder::new()
+        .name("tripline-api".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => return tracing::error!("REST API runtime: {e}"),
+            };
+            rt.block_on(async move {
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => {
+                        if let Err(e) = axum::serve(l, app).await {
+                            tracing::error!("REST API stopped: {e}");
+                        }
+                    }
+                    Err(e) => tracing::error!("REST API listener: {e}"),
+                }
+            });
+        })?;
+    tracing::info!(%addr, "REST API listening");
+    eprintln!("REST API listening on http://{addr}");
+    Ok(Some(state))
 }
 
 /// The configured brokers, or the embedded broker with the input topic.

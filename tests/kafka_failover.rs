@@ -103,6 +103,9 @@ fn spawn_with_rules(
         .env("TRIPLINE__KAFKA__MAX_POLL_INTERVAL_MS", "10000")
         .env("TRIPLINE__CHECKPOINT__INTERVAL_MS", "100")
         .env("TRIPLINE__RUNTIME__SHARD_THREADS", "1")
+        // Several members run at once: each takes a free port.
+        .env("TRIPLINE__API__LISTEN", "127.0.0.1:0")
+        .env("TRIPLINE__API__TOKEN", API_TOKEN)
         .env(
             "TRIPLINE__RULES__PATHS",
             serde_json::to_string(&[rules]).unwrap(),
@@ -127,6 +130,25 @@ fn spawn_with_rules(
         .stderr(log)
         .spawn()
         .expect("tripline serve starts")
+}
+
+const API_TOKEN: &str = "test-token";
+
+/// The REST API's address, from the member's log.
+fn api_address(c: &Config, instance: &str) -> String {
+    let started = now();
+    loop {
+        let log = std::fs::read_to_string(log_path(c, instance)).unwrap_or_default();
+        if let Some(at) = log.find("REST API listening on http://") {
+            let rest = &log[at + "REST API listening on http://".len()..];
+            return rest.lines().next().unwrap().trim().to_string();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no API address in:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn signal(child: &Child, sig: &str) {
@@ -491,4 +513,107 @@ fn diagnose(c: &Config) {
             eprintln!("{iso} {topic}[{p}] low {lo} high {hi} committed {off:?}: {n} readable");
         }
     }
+}
+
+/// The REST API of a running member, with a real HTTP client: readiness,
+/// committed alerts, a key's score and state, and a rule change that the
+/// service runs.
+#[test]
+fn the_rest_api_answers_from_the_running_service() {
+    let (c, input, expected) = setup("api");
+    // A copy of the rules (with the models beside them): the API writes
+    // into the rules directory.
+    let root = std::env::temp_dir().join(format!("{}.rules", c.kafka.group_id));
+    for dir in ["rules", "models"] {
+        std::fs::create_dir_all(root.join(dir)).unwrap();
+        for f in std::fs::read_dir(dir).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, root.join(dir).join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    produce(&c, &input);
+    let s = Serve(Some(spawn_with_rules(
+        &c,
+        "api",
+        false,
+        &state_dir(&c, "api"),
+        &root.join("rules"),
+    )));
+    wait_for_alerts(&c, expected.len());
+    let base = format!("http://{}", api_address(&c, "api"));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let get = |path: &str| -> (u16, serde_json::Value) {
+        let mut r = agent.get(&format!("{base}{path}")).call().unwrap();
+        let status = r.status().as_u16();
+        (status, r.body_mut().read_json().unwrap())
+    };
+    let (status, ready) = get("/readyz");
+    assert_eq!(status, 200, "{ready}");
+    // Every committed alert is listed (the log keeps them all here).
+    let started = now();
+    let alerts = loop {
+        let (status, page) = get("/v1/alerts?limit=1000");
+        assert_eq!(status, 200);
+        let alerts = page["alerts"].as_array().unwrap().clone();
+        if alerts.len() >= expected.len() || started.elapsed() > Duration::from_secs(30) {
+            break alerts;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(alerts.len(), expected.len());
+    let card = alerts
+        .iter()
+        .find(|a| a["rule"] == "amount_spike")
+        .expect("an amount_spike alert");
+    let key = card["key"].to_string();
+    let (status, score) = get(&format!("/v1/keys/transactions/{key}/score"));
+    assert_eq!(status, 200, "{score}");
+    assert!(score["score"].as_f64().unwrap() >= 40.0, "{score}");
+    let state = score["state"].as_array().unwrap();
+    assert!(
+        state.iter().any(|s| s["key_field"] == "CUSTOMER_ID"
+            && s["features"]["CUSTOMER_ID_NB_TX_30DAY_WINDOW"]
+                .as_f64()
+                .unwrap_or(0.0)
+                >= 10.0),
+        "{score}"
+    );
+    let (status, _) = get("/v1/keys/transactions/no-such-card/score");
+    assert_eq!(status, 404);
+    // A rule change: refused without the token, run with it.
+    let rule = "rule api_big {\n  pattern { x: TX_AMOUNT > 100000 }\n}\n";
+    let url = format!("{base}/v1/rules/api_big");
+    let r = agent.put(&url).send(rule).unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let r = agent
+        .put(&url)
+        .header("authorization", &format!("Bearer {API_TOKEN}"))
+        .send(rule)
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let mut r = r;
+    let change: serde_json::Value = r.body_mut().read_json().unwrap();
+    let hash = change["rule_set"].as_str().unwrap().to_string();
+    assert!(root.join("rules/api_big.tl").exists());
+    let started = now();
+    loop {
+        let (_, list) = get("/v1/rules");
+        let log = std::fs::read_to_string(log_path(&c, "api")).unwrap();
+        if list["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == "api_big")
+            && log.contains("rules reloaded")
+            && log.contains(&hash)
+        {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{log}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    terminate(s);
 }

@@ -7,8 +7,9 @@ use super::snapshot::{
     BUFFER_PREFIX, KEY_PREFIX, KeySnapshot, META_KEY, Meta, RULES_KEY, StoredRules,
     decode_key_state, key_bytes,
 };
-use super::{RuleSet, earliest_deadline};
-use crate::event::{Value, ValueKey, format_time};
+use super::{Engine, RuleSet, earliest_deadline};
+use crate::event::{Event, Value, ValueKey, format_time};
+use crate::pattern::eval::{Scope, eval};
 use crate::state::{SnapshotError, StateStore, decode, header_hash};
 use serde_json::{Value as Json, json};
 use std::sync::Arc;
@@ -119,4 +120,73 @@ pub fn inspect_key(store: &impl StateStore, key: &str) -> Result<Vec<Json>, Snap
         }
     }
     Ok(found)
+}
+
+/// One key's live state, per keying that holds it, as the API shows it:
+/// the features of its feature sets as of its latest event (computed from
+/// its windows; features that read the event's own fields are null), each
+/// rule's window aggregates and whether it has a partial match, and its
+/// next deadline. Numeric keys may be given as text.
+pub fn key_view(engine: &mut Engine, key: &str) -> Vec<Json> {
+    let rules = engine.rules.clone();
+    let mut candidates = vec![Value::Str(key.into())];
+    if let Ok(n) = key.parse::<f64>() {
+        candidates.push(Value::Num(n));
+    }
+    let mut found = Vec::new();
+    for (ki, keying) in rules.keyings.iter().enumerate() {
+        for k in &candidates {
+            let vk = ValueKey::from(k);
+            engine.revive(ki, &vk);
+            let Some(cell) = engine.keys[ki].get_mut(&vk) else {
+                continue;
+            };
+            if let Some(p) = &mut engine.passive
+                && !p.thaw(&rules, ki, &vk, cell)
+            {
+                continue;
+            }
+            let Some(ks) = cell.live_mut() else {
+                continue;
+            };
+            let empty = Event {
+                time: engine.watermark.current(),
+                seq: 0,
+                fields: smallvec::smallvec![Value::Null; rules.def.schema.len()],
+                raw: Arc::from(""),
+            };
+            let mut features = serde_json::Map::new();
+            let mut per_rule = Vec::new();
+            for (local, &ri) in keying.rules.iter().enumerate() {
+                let rule = &rules.rules[ri];
+                if rule.def.features {
+                    for (name, e) in &rule.def.payload {
+                        let scope = Scope {
+                            event: &empty,
+                            path: &[],
+                            windows: &ks.values[local],
+                        };
+                        features.insert(name.clone(), eval(e, scope).to_json());
+                    }
+                    continue;
+                }
+                per_rule.push(json!({
+                    "rule": rule.name.to_string(),
+                    "partial_match": !ks.matchers[local].is_idle(),
+                    "next_deadline": ks.matchers[local].next_deadline().map(format_time),
+                    "windows": rule.def.windows.iter().zip(&ks.values[local])
+                        .map(|(w, v)| json!({ "aggregate": format!("{:?}", w.func).to_lowercase(), "value": v.to_json() }))
+                        .collect::<Vec<_>>(),
+                }));
+            }
+            found.push(json!({
+                "key_field": rules.def.schema.path(keying.slot).to_string(),
+                "key": ks.key.to_json(),
+                "features": features,
+                "rules": per_rule,
+                "next_deadline": earliest_deadline(ks).map(|(t, _)| format_time(t)),
+            }));
+        }
+    }
+    found
 }

@@ -9,7 +9,7 @@ pub mod ir;
 mod lexer;
 mod parser;
 
-pub use check::{CompileError, Compiler, Limits};
+pub use check::{CompileError, Compiler, Limits, rule_files};
 pub use diag::{Diagnostic, Diagnostics, SourceMap, Span, suggest};
 pub use ir::*;
 pub use lexer::parse_duration;

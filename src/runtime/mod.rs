@@ -608,6 +608,19 @@ impl Handler<Persisted> for Shard {
     }
 }
 
+/// Asks a shard for one key's live state (see
+/// [`crate::engine::inspect::key_view`]).
+#[derive(Message)]
+#[rtype(result = "Vec<serde_json::Value>")]
+pub struct KeyQuery(pub String);
+
+impl Handler<KeyQuery> for Shard {
+    type Result = MessageResult<KeyQuery>;
+    fn handle(&mut self, q: KeyQuery, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(crate::engine::inspect::key_view(&mut self.engine, &q.0))
+    }
+}
+
 impl Handler<Barrier> for Shard {
     type Result = MessageResult<Barrier>;
     fn handle(&mut self, _: Barrier, _: &mut Context<Self>) -> Self::Result {

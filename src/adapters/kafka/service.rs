@@ -34,8 +34,8 @@ use crate::adapters::local::{LocalError, LocalState, Position, ShardStore};
 use crate::config::Config;
 use crate::engine::RuleSet;
 use crate::runtime::{
-    Barrier, DeadLetter, Persisted, Record, Records, Reload, Shard, ShardOutput, WatermarkMark,
-    check_entry,
+    Barrier, DeadLetter, KeyQuery, Persisted, Record, Records, Reload, Shard, ShardOutput,
+    WatermarkMark, check_entry,
 };
 use crate::state::{MemoryStore, SnapshotError, StateStore};
 use actix::dev::SendError;
@@ -215,6 +215,19 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// Ready to answer: it holds partitions and restores none (and why
+    /// not, or what it holds).
+    pub fn readiness(&self) -> (bool, String) {
+        let (held, restoring) = (
+            self.partitions.load(Ordering::Relaxed),
+            self.restoring_partitions.load(Ordering::Relaxed),
+        );
+        (
+            held > 0 && restoring == 0,
+            format!("{held} partition(s) held, {restoring} restoring"),
+        )
+    }
+
     /// Whether `produced` input records, and every event forwarded for
     /// rules keyed by other fields, have been committed.
     pub fn caught_up(&self, produced: u64) -> bool {
@@ -223,11 +236,40 @@ impl Progress {
     }
 }
 
+/// Called with each alert record (its JSON) once its transaction committed.
+pub type AlertHook = Arc<dyn Fn(&[u8]) + Send + Sync>;
+
+/// The shards this process runs, for queries from outside the coordinator
+/// (the REST API reads key state through it).
+#[derive(Default)]
+pub struct ShardDirectory {
+    shards: std::sync::RwLock<Vec<Addr<Shard>>>,
+}
+
+impl ShardDirectory {
+    /// One key's live state in whichever local shard holds it (each shard
+    /// answers for the keys of its partition; a key lives in one).
+    pub async fn key_view(&self, key: String) -> Result<Vec<serde_json::Value>, String> {
+        let shards = self
+            .shards
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let answers = join_all(shards.iter().map(|a| a.send(KeyQuery(key.clone())))).await;
+        let mut found = Vec::new();
+        for a in answers {
+            found.extend(a.map_err(|e| format!("a shard did not answer: {e}"))?);
+        }
+        Ok(found)
+    }
+}
+
 /// A running service.
 pub struct ServiceHandle {
     stop: Arc<AtomicBool>,
     progress: Arc<Progress>,
     pending_rules: PendingRules,
+    directory: Arc<ShardDirectory>,
     thread: JoinHandle<Result<(), ServiceError>>,
 }
 
@@ -254,6 +296,22 @@ impl ServiceHandle {
         &self.progress
     }
 
+    /// The local shards, for key queries.
+    pub fn directory(&self) -> &Arc<ShardDirectory> {
+        &self.directory
+    }
+
+    /// Hands rule sets to the service from elsewhere (the REST API), as
+    /// [`ServiceHandle::reload`] does.
+    pub fn reloader(&self) -> impl Fn(Arc<RuleSet>) + Send + Sync + 'static {
+        let pending = self.pending_rules.clone();
+        move |rules| {
+            *pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(rules);
+        }
+    }
+
     /// Asks the service to stop: it commits what it has processed, leaves
     /// the group and returns from [`ServiceHandle::join`].
     pub fn stop(&self) {
@@ -278,6 +336,16 @@ pub fn start(
     config: Config,
     brokers: String,
     rules: Arc<RuleSet>,
+) -> Result<ServiceHandle, ServiceError> {
+    start_with(config, brokers, rules, None)
+}
+
+/// [`start`], calling `on_alert` with every committed alert.
+pub fn start_with(
+    config: Config,
+    brokers: String,
+    rules: Arc<RuleSet>,
+    on_alert: Option<AlertHook>,
 ) -> Result<ServiceHandle, ServiceError> {
     let k = &config.kafka;
     ensure_topics(
@@ -309,10 +377,13 @@ pub fn start(
         .rules_hash
         .store(topology.rules.def.hash, Ordering::SeqCst);
     let pending_rules = PendingRules::default();
+    let directory = Arc::new(ShardDirectory::default());
     let shared = Shared {
         stop: stop.clone(),
         progress: progress.clone(),
         pending_rules: pending_rules.clone(),
+        directory: directory.clone(),
+        on_alert,
     };
     let thread = std::thread::Builder::new()
         .name("tripline-service".into())
@@ -322,6 +393,7 @@ pub fn start(
         stop,
         progress,
         pending_rules,
+        directory,
         thread,
     })
 }
@@ -330,6 +402,8 @@ pub fn start(
 struct Shared {
     stop: Arc<AtomicBool>,
     progress: Arc<Progress>,
+    directory: Arc<ShardDirectory>,
+    on_alert: Option<AlertHook>,
     pending_rules: PendingRules,
 }
 
@@ -439,6 +513,10 @@ struct Coordinator {
     failed: Option<ServiceError>,
     /// A transaction has begun and not yet committed or aborted.
     txn_open: bool,
+    /// Where the shards are published for queries.
+    directory: Arc<ShardDirectory>,
+    /// Told of every committed alert.
+    on_alert: Option<AlertHook>,
 }
 
 struct Ctx {
@@ -463,9 +541,7 @@ impl ConsumerContext for Ctx {
                     }
                 }
             }
-            c.progress
-                .partitions
-                .store(c.shards.len() as u64, Ordering::Relaxed);
+            c.publish_shards();
             tracing::info!(partitions = tpl.count(), "partitions revoked");
         }
     }
@@ -481,9 +557,7 @@ impl ConsumerContext for Ctx {
             if let Err(e) = c.start_shards(&ids) {
                 c.failed = Some(e);
             }
-            c.progress
-                .partitions
-                .store(c.shards.len() as u64, Ordering::Relaxed);
+            c.publish_shards();
             tracing::info!(partitions = tpl.count(), "partitions assigned");
         }
     }
@@ -506,6 +580,8 @@ fn coordinate(
         stop,
         progress,
         pending_rules,
+        directory,
+        on_alert,
     } = shared;
     let k = &config.kafka;
     let instance = if k.instance_id.is_empty() {
@@ -537,6 +613,8 @@ fn coordinate(
         txn_open: false,
         progress,
         failed: None,
+        directory,
+        on_alert,
     }));
     let mut consumer_config = client_config(k, &brokers);
     if k.static_membership {
@@ -626,13 +704,30 @@ fn coordinate(
     // Leave the group before dropping the consumer: a subscribed consumer
     // that is dropped can hang in its destructor.
     consumer.unsubscribe();
-    lock(&inner).shards.clear();
+    {
+        let mut c = lock(&inner);
+        c.shards.clear();
+        c.publish_shards();
+    }
     drop(consumer);
     tracing::info!("service stopped");
     result
 }
 
 impl Coordinator {
+    /// Publishes the shards held now (count and addresses).
+    fn publish_shards(&self) {
+        self.progress
+            .partitions
+            .store(self.shards.len() as u64, Ordering::Relaxed);
+        *self
+            .directory
+            .shards
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            self.shards.values().map(|s| s.addr.clone()).collect();
+    }
+
     /// Moves every shard to `rules`, right after a committed checkpoint so
     /// that the next one carries the migrated state. Refused (logged) when
     /// the new rules need other topics than the running ones.
@@ -1246,6 +1341,13 @@ impl Coordinator {
         let offsets_ms = started.elapsed().as_secs_f64() * 1000.0;
         self.producer.commit_transaction(TXN_TIMEOUT)?;
         self.txn_open = false;
+        if let Some(f) = &self.on_alert {
+            for (_, out) in &outputs {
+                for a in &out.alerts {
+                    f(&a.value);
+                }
+            }
+        }
         let ends = self.producer.context().take();
         self.write_local(&outputs, &ends);
         tracing::debug!(

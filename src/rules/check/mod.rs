@@ -526,6 +526,23 @@ pub enum CompileError {
     Rules(Diagnostics),
 }
 
+/// The `.tl` files a path names: the file itself, or every `.tl` file under
+/// a directory, sorted (as [`Compiler::add_path`] reads them).
+pub fn rule_files(path: &Path) -> Result<Vec<std::path::PathBuf>, Vec<String>> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files = Vec::new();
+    let mut errs = Vec::new();
+    collect_tl(path, &mut files, &mut errs);
+    files.sort();
+    if errs.is_empty() {
+        Ok(files)
+    } else {
+        Err(errs)
+    }
+}
+
 fn collect_tl(dir: &Path, out: &mut Vec<std::path::PathBuf>, errs: &mut Vec<String>) {
     let rd = match std::fs::read_dir(dir) {
         Ok(rd) => rd,

@@ -1,0 +1,748 @@
+//! The REST API (axum): a key's risk score and state, recent alerts, the
+//! rules and live rule changes, health and readiness, and its own OpenAPI
+//! document at `/openapi.json`, generated from the handlers' annotations.
+//!
+//! [`router`] builds the whole API over an [`ApiState`]; the service serves
+//! it next to the consumer group, and tests call it through
+//! `tower::ServiceExt::oneshot`. Every error is JSON of one shape,
+//! `{"error": {"code", "message", "diagnostics"?}}` ([`ApiError`]).
+//!
+//! Writes (`PUT`/`DELETE` of rules) need `Authorization: Bearer <token>`
+//! with the configured token (and are refused when none is configured);
+//! reads need it too unless reads are configured open. Health, readiness
+//! and the OpenAPI document are always open.
+
+pub mod alerts;
+pub mod rules;
+
+use self::alerts::{AlertLog, Filter};
+use self::rules::{RuleChangeError, RuleStore, valid_name};
+use crate::engine::RuleSet;
+use crate::rules::CompileError;
+use axum::extract::rejection::{PathRejection, QueryRejection, StringRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json_;
+use std::sync::Arc;
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+/// API settings.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    /// Bearer token for writes (and for reads unless `open_reads`); no
+    /// token: writes are refused.
+    pub token: Option<String>,
+    /// Reads need no token.
+    pub open_reads: bool,
+    /// Largest request body accepted (bytes).
+    pub max_body_bytes: usize,
+    /// Largest page of alerts.
+    pub max_page: usize,
+    /// A key's score sums the scores of its alerts over this much event
+    /// time before its latest alert (ms).
+    pub score_window_ms: i64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            token: None,
+            open_reads: true,
+            max_body_bytes: 256 * 1024,
+            max_page: 1000,
+            score_window_ms: 24 * 3600 * 1000,
+        }
+    }
+}
+
+/// Where a key's live state is read.
+pub trait KeyLookup: Send + Sync {
+    /// The state of `key` under every key field that has some (one JSON
+    /// object each), from whichever shard owns it.
+    fn lookup(&self, key: String) -> BoxFuture<'static, Result<Vec<Json_>, String>>;
+}
+
+/// Whether the service can answer.
+pub trait Health: Send + Sync {
+    /// Ready: partitions assigned and their state restored.
+    fn readiness(&self) -> Readiness;
+}
+
+/// See [`Health`].
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// Ready to serve.
+    pub ready: bool,
+    /// Why not, or what it runs.
+    pub detail: String,
+}
+
+struct Inner {
+    config: ApiConfig,
+    rules: RuleStore,
+    alerts: Arc<AlertLog>,
+    keys: Arc<dyn KeyLookup>,
+    health: Arc<dyn Health>,
+}
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState(Arc<Inner>);
+
+impl ApiState {
+    /// The state of an API over these parts.
+    pub fn new(
+        config: ApiConfig,
+        rules: RuleStore,
+        alerts: Arc<AlertLog>,
+        keys: Arc<dyn KeyLookup>,
+        health: Arc<dyn Health>,
+    ) -> ApiState {
+        ApiState(Arc::new(Inner {
+            config,
+            rules,
+            alerts,
+            keys,
+            health,
+        }))
+    }
+
+    /// The rule store (to record rule sets loaded from edited files).
+    pub fn rules(&self) -> &RuleStore {
+        &self.0.rules
+    }
+}
+
+/// Every error the API returns.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    diagnostics: Option<Vec<DiagnosticJson>>,
+}
+
+/// The body of every error response.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// See [`ErrorBody`].
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code (`unauthorized`, `not_found`,
+    /// `invalid_rules`, `bad_request`, `payload_too_large`, `conflict`, …).
+    pub code: String,
+    /// What went wrong, for people.
+    pub message: String,
+    /// For rules that do not compile: every error, with its position.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diagnostics: Option<Vec<DiagnosticJson>>,
+}
+
+/// One rule error.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct DiagnosticJson {
+    /// File (as the rules name it).
+    pub file: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// What is wrong.
+    pub message: String,
+    /// How to fix it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            diagnostics: None,
+        }
+    }
+
+    fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    fn rules(e: RuleChangeError) -> ApiError {
+        match e {
+            RuleChangeError::Invalid(CompileError::Rules(d)) => {
+                let diagnostics: Vec<DiagnosticJson> = d
+                    .errors
+                    .iter()
+                    .map(|e| {
+                        let (line, column) = d.sources.line_col(e.span.file, e.span.start);
+                        DiagnosticJson {
+                            file: d.sources.get(e.span.file).name.clone(),
+                            line,
+                            column,
+                            message: e.message.clone(),
+                            hint: e.hint.clone(),
+                        }
+                    })
+                    .collect();
+                ApiError {
+                    status: StatusCode::UNPROCESSABLE_ENTITY,
+                    code: "invalid_rules",
+                    message: format!("the rules do not compile: {} error(s)", diagnostics.len()),
+                    diagnostics: Some(diagnostics),
+                }
+            }
+            RuleChangeError::Invalid(CompileError::Io(e)) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_rules",
+                e.join("; "),
+            ),
+            RuleChangeError::Mismatch(m) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_rules", m)
+            }
+            RuleChangeError::Shared(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            RuleChangeError::NotFound(n) => ApiError::not_found(format!("no rule `{n}`")),
+            RuleChangeError::Io(m) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m)
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message,
+                diagnostics: self.diagnostics,
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+fn rejection(status: StatusCode, text: String) -> ApiError {
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        _ => "bad_request",
+    };
+    ApiError::new(status, code, text)
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        rejection(StatusCode::BAD_REQUEST, r.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        rejection(StatusCode::BAD_REQUEST, r.body_text())
+    }
+}
+
+impl From<StringRejection> for ApiError {
+    fn from(r: StringRejection) -> Self {
+        rejection(r.status(), r.body_text())
+    }
+}
+
+/// A rule as listed.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct RuleInfo {
+    /// Name.
+    pub name: String,
+    /// `rule` or `features`.
+    pub kind: String,
+    /// The key field it groups by.
+    pub key: String,
+    /// Severity of its alerts.
+    pub severity: String,
+    /// Score contribution of each alert.
+    pub score: f64,
+    /// Description.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Models it reads.
+    pub models: Vec<String>,
+}
+
+/// A model as listed.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct ModelInfo {
+    /// Name (the field rules read its score from).
+    pub name: String,
+    /// Its file.
+    pub file: String,
+    /// Its inputs, in order.
+    pub inputs: Vec<String>,
+}
+
+/// The running rules.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct RuleList {
+    /// Rule set hash (hex): changes with any rule or model.
+    pub rule_set: String,
+    /// The stream.
+    pub stream: String,
+    /// Rules and feature sets.
+    pub rules: Vec<RuleInfo>,
+    /// Models.
+    pub models: Vec<ModelInfo>,
+}
+
+fn rule_list(rs: &RuleSet) -> RuleList {
+    RuleList {
+        rule_set: format!("{:016x}", rs.def.hash),
+        stream: rs.def.stream.name.clone(),
+        rules: rs
+            .rules
+            .iter()
+            .map(|r| RuleInfo {
+                name: r.name.to_string(),
+                kind: if r.def.features { "features" } else { "rule" }.into(),
+                key: r.def.key.to_string(),
+                severity: serde_json::to_value(r.def.severity)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default(),
+                score: r.def.score,
+                description: r.def.description.clone(),
+                models: r.def.models.clone(),
+            })
+            .collect(),
+        models: rs
+            .def
+            .models
+            .iter()
+            .map(|m| ModelInfo {
+                name: m.name.clone(),
+                file: m.file.clone(),
+                inputs: m.model.inputs().to_vec(),
+            })
+            .collect(),
+    }
+}
+
+/// The result of a rule change.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct RuleChange {
+    /// The rule set now running (hex hash).
+    pub rule_set: String,
+    /// The rule did not exist before (`PUT`).
+    pub created: bool,
+    /// The file written or removed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+}
+
+/// The result of a validation.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Validation {
+    /// Always true (invalid rules are a 422).
+    pub valid: bool,
+    /// The rules as they would run.
+    pub rules: RuleList,
+}
+
+/// `GET /v1/alerts` parameters.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AlertQuery {
+    /// Only this key.
+    key: Option<String>,
+    /// Only this rule.
+    rule: Option<String>,
+    /// Only alerts at or after this event time (RFC 3339).
+    since: Option<String>,
+    /// Page size (default 100).
+    limit: Option<usize>,
+    /// The `next` cursor of the previous page.
+    cursor: Option<u64>,
+}
+
+/// A page of alerts.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct AlertPage {
+    /// Alerts, newest first, as published (docs/alerts.md).
+    #[schema(value_type = Vec<Object>)]
+    pub alerts: Vec<Json_>,
+    /// Pass as `cursor` for the next (older) page; absent on the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<u64>,
+}
+
+/// A key's risk.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct KeyScore {
+    /// The stream.
+    pub stream: String,
+    /// The key.
+    pub key: String,
+    /// Sum of the score contributions of the key's alerts over the score
+    /// window before its latest alert.
+    pub score: f64,
+    /// `none` (no alert in the window), `low` (< 50), `medium` (< 100) or
+    /// `high`.
+    pub risk: String,
+    /// Event time of its latest alert (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_alert_time: Option<String>,
+    /// Its most recent alerts, newest first.
+    #[schema(value_type = Vec<Object>)]
+    pub recent_alerts: Vec<Json_>,
+    /// Its state per key field: features as of its latest event (those
+    /// that read the event's own fields are null), window aggregates,
+    /// pending deadlines.
+    #[schema(value_type = Vec<Object>)]
+    pub state: Vec<Json_>,
+}
+
+/// `GET /healthz` answer.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Healthy {
+    /// `ok`.
+    pub status: String,
+}
+
+fn risk_level(score: f64) -> &'static str {
+    match score {
+        s if s <= 0.0 => "none",
+        s if s < 50.0 => "low",
+        s if s < 100.0 => "medium",
+        _ => "high",
+    }
+}
+
+fn parse_json(text: &str) -> Json_ {
+    serde_json::from_str(text).unwrap_or(Json_::Null)
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, body = Healthy)))]
+async fn healthz() -> Json<Healthy> {
+    Json(Healthy {
+        status: "ok".into(),
+    })
+}
+
+/// Readiness: partitions assigned and their state restored.
+#[utoipa::path(get, path = "/readyz", responses(
+    (status = 200, body = Readiness), (status = 503, body = Readiness)))]
+async fn readyz(State(s): State<ApiState>) -> Response {
+    let r = s.0.health.readiness();
+    let status = if r.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(r)).into_response()
+}
+
+/// A key's current risk score, recent alerts and state.
+#[utoipa::path(get, path = "/v1/keys/{stream}/{key}/score",
+    params(("stream" = String, Path, description = "stream name"), ("key" = String, Path, description = "key value")),
+    responses((status = 200, body = KeyScore), (status = 404, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 400, body = ErrorBody)),
+    security((), ("bearer" = [])))]
+async fn key_score(
+    State(s): State<ApiState>,
+    p: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Json<KeyScore>, ApiError> {
+    let Path((stream, key)) = p?;
+    let rules = s.0.rules.current();
+    if stream != rules.def.stream.name {
+        return Err(ApiError::not_found(format!(
+            "no stream `{stream}` (this service reads `{}`)",
+            rules.def.stream.name
+        )));
+    }
+    let page = s.0.alerts.page(
+        &Filter {
+            key: Some(key.clone()),
+            ..Filter::default()
+        },
+        s.0.config.max_page,
+    );
+    let latest = page.alerts.first().map(|a| a.event_time);
+    let score: f64 = match latest {
+        Some(t) => page
+            .alerts
+            .iter()
+            .filter(|a| a.event_time > t - s.0.config.score_window_ms)
+            .map(|a| a.score)
+            .sum(),
+        None => 0.0,
+    };
+    let state =
+        s.0.keys
+            .lookup(key.clone())
+            .await
+            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e))?;
+    if state.is_empty() && page.alerts.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "no state and no recent alert for key `{key}`"
+        )));
+    }
+    Ok(Json(KeyScore {
+        stream,
+        key,
+        score,
+        risk: risk_level(score).into(),
+        last_alert_time: latest.map(crate::event::format_time),
+        recent_alerts: page
+            .alerts
+            .iter()
+            .take(10)
+            .map(|a| parse_json(&a.json))
+            .collect(),
+        state,
+    }))
+}
+
+/// Recent alerts, newest first, paginated.
+#[utoipa::path(get, path = "/v1/alerts", params(AlertQuery),
+    responses((status = 200, body = AlertPage), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody)),
+    security((), ("bearer" = [])))]
+async fn list_alerts(
+    State(s): State<ApiState>,
+    q: Result<Query<AlertQuery>, QueryRejection>,
+) -> Result<Json<AlertPage>, ApiError> {
+    let Query(q) = q?;
+    let since = match &q.since {
+        Some(t) => Some(crate::event::parse_time_str(t).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "`since` must be an RFC 3339 time (2018-04-01T00:00:00Z), not `{t}`"
+            ))
+        })?),
+        None => None,
+    };
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > s.0.config.max_page {
+        return Err(ApiError::bad_request(format!(
+            "`limit` must be between 1 and {}",
+            s.0.config.max_page
+        )));
+    }
+    let page = s.0.alerts.page(
+        &Filter {
+            key: q.key,
+            rule: q.rule,
+            since,
+            before: q.cursor,
+        },
+        limit,
+    );
+    Ok(Json(AlertPage {
+        alerts: page.alerts.iter().map(|a| parse_json(&a.json)).collect(),
+        next: page.next,
+    }))
+}
+
+/// The running rules and models.
+#[utoipa::path(get, path = "/v1/rules",
+    responses((status = 200, body = RuleList), (status = 401, body = ErrorBody)),
+    security((), ("bearer" = [])))]
+async fn list_rules(State(s): State<ApiState>) -> Json<RuleList> {
+    Json(rule_list(&s.0.rules.current()))
+}
+
+/// Checks rule text against the running rules (the files it would join,
+/// less those whose every rule it redefines). Nothing changes.
+#[utoipa::path(post, path = "/v1/rules:validate",
+    request_body(content = String, content_type = "text/plain", description = "rule text (.tl)"),
+    responses((status = 200, body = Validation), (status = 422, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 413, body = ErrorBody),
+              (status = 400, body = ErrorBody)),
+    security((), ("bearer" = [])))]
+async fn validate_rules(
+    State(s): State<ApiState>,
+    body: Result<String, StringRejection>,
+) -> Result<Json<Validation>, ApiError> {
+    let text = body?;
+    let rules = s.0.rules.validate(&text).map_err(ApiError::rules)?;
+    Ok(Json(Validation {
+        valid: true,
+        rules: rule_list(&rules),
+    }))
+}
+
+fn checked_name(name: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    let Path(name) = name?;
+    if !valid_name(&name) {
+        return Err(ApiError::bad_request(format!(
+            "`{name}` is not a rule name (letters, digits, `_` and `-`, at most 128)"
+        )));
+    }
+    Ok(name)
+}
+
+/// Creates or replaces a rule. The body is rule text defining exactly that
+/// rule (examples and models may come with it); the whole rule set must
+/// compile with it. The service switches at its next checkpoint.
+#[utoipa::path(put, path = "/v1/rules/{name}",
+    params(("name" = String, Path, description = "rule name")),
+    request_body(content = String, content_type = "text/plain", description = "rule text (.tl)"),
+    responses((status = 200, body = RuleChange), (status = 201, body = RuleChange),
+              (status = 422, body = ErrorBody), (status = 409, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 413, body = ErrorBody),
+              (status = 400, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn put_rule(
+    State(s): State<ApiState>,
+    name: Result<Path<String>, PathRejection>,
+    body: Result<String, StringRejection>,
+) -> Result<Response, ApiError> {
+    let name = checked_name(name)?;
+    let text = body?;
+    let w = s.0.rules.put(&name, &text).map_err(ApiError::rules)?;
+    let status = if w.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(RuleChange {
+            rule_set: format!("{:016x}", w.rules.def.hash),
+            created: w.created,
+            file: Some(w.file.display().to_string()),
+        }),
+    )
+        .into_response())
+}
+
+/// Deletes a rule (its file must hold it alone); the rest must compile
+/// without it.
+#[utoipa::path(delete, path = "/v1/rules/{name}",
+    params(("name" = String, Path, description = "rule name")),
+    responses((status = 200, body = RuleChange), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 400, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn delete_rule(
+    State(s): State<ApiState>,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Json<RuleChange>, ApiError> {
+    let name = checked_name(name)?;
+    let rules = s.0.rules.delete(&name).map_err(ApiError::rules)?;
+    Ok(Json(RuleChange {
+        rule_set: format!("{:016x}", rules.def.hash),
+        created: false,
+        file: None,
+    }))
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "the OpenAPI document")))]
+async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let c = api.components.get_or_insert_with(Default::default);
+        c.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI document of [`router`].
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "tripline", description = "Risk scores, alerts and rules of a tripline service."),
+    paths(healthz, readyz, key_score, list_alerts, list_rules, validate_rules, put_rule, delete_rule, openapi_json),
+    components(schemas(ErrorBody, ErrorDetail, DiagnosticJson, RuleInfo, ModelInfo, RuleList,
+                        RuleChange, Validation, AlertPage, KeyScore, Healthy, Readiness)),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+/// Checks the bearer token: always for writes, for reads unless they are
+/// open.
+async fn authorize(State(s): State<ApiState>, req: Request, next: Next) -> Response {
+    let write = !matches!(*req.method(), Method::GET | Method::HEAD)
+        && !req.uri().path().ends_with(":validate");
+    let needed = write || !s.0.config.open_reads;
+    if needed && let Err(e) = check_token(&s.0.config, req.headers(), write) {
+        return e.into_response();
+    }
+    next.run(req).await
+}
+
+fn check_token(config: &ApiConfig, headers: &HeaderMap, write: bool) -> Result<(), ApiError> {
+    let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
+    let Some(token) = &config.token else {
+        return Err(unauthorized(if write {
+            "rule changes are disabled: no API token is configured (api.token)"
+        } else {
+            "reads need a token, and none is configured (api.token)"
+        }));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| unauthorized("missing `Authorization: Bearer <token>`"))?;
+    use subtle::ConstantTimeEq;
+    if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+        Ok(())
+    } else {
+        Err(unauthorized("wrong token"))
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint (see /openapi.json)")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed here (see /openapi.json)",
+    )
+}
+
+/// The API over `state`.
+pub fn router(state: ApiState) -> Router {
+    let limit = state.0.config.max_body_bytes;
+    let v1 = Router::new()
+        .route("/v1/keys/{stream}/{key}/score", get(key_score))
+        .route("/v1/alerts", get(list_alerts))
+        .route("/v1/rules", get(list_rules))
+        .route("/v1/rules:validate", post(validate_rules))
+        .route("/v1/rules/{name}", put(put_rule).delete(delete_rule))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi_json))
+        .merge(v1)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}

@@ -1,0 +1,283 @@
+//! Rule changes through the API. The rule files stay the source of truth:
+//! `PUT /v1/rules/{name}` writes `{name}.tl` into the rules directory (or
+//! replaces the file the rule already lives in alone), `DELETE` removes it,
+//! and both happen only if the whole rule set still compiles with the
+//! change. The accepted rule set is handed to the running service, which
+//! swaps it in at its next checkpoint (as it does for edited files).
+
+use crate::engine::{EngineOptions, RuleSet};
+use crate::rules::{CompileError, Compiler, StreamDef, parse_file, rule_files};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// Called with every rule set the API accepts.
+pub type OnChange = Box<dyn Fn(Arc<RuleSet>) + Send + Sync>;
+
+/// The rule files the service runs, and how to change them.
+pub struct RuleStore {
+    paths: Vec<PathBuf>,
+    dir: PathBuf,
+    stream: Option<StreamDef>,
+    options: EngineOptions,
+    current: Mutex<Arc<RuleSet>>,
+    /// Serializes changes: two writers must not both validate against the
+    /// same files and then both write.
+    writing: Mutex<()>,
+    on_change: Option<OnChange>,
+}
+
+/// Why a change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RuleChangeError {
+    /// The rule set does not compile with the change.
+    #[error("{0}")]
+    Invalid(CompileError),
+    /// The body does not define the rule its path names.
+    #[error("{0}")]
+    Mismatch(String),
+    /// The rule shares its file with other rules or items.
+    #[error("{0}")]
+    Shared(String),
+    /// No such rule.
+    #[error("no rule `{0}`")]
+    NotFound(String),
+    /// The files could not be read or written.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// What a `PUT` did.
+#[derive(Debug)]
+pub struct Written {
+    /// The file written.
+    pub file: PathBuf,
+    /// The rule did not exist before.
+    pub created: bool,
+    /// The rule set now running.
+    pub rules: Arc<RuleSet>,
+}
+
+/// A rule or model name as it may appear in a path and a file name.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+impl RuleStore {
+    /// Manages the rules read from `paths` (files or directories); new
+    /// rules are written into the first directory among them.
+    pub fn new(
+        paths: Vec<PathBuf>,
+        stream: Option<StreamDef>,
+        options: EngineOptions,
+        current: Arc<RuleSet>,
+    ) -> RuleStore {
+        let dir = paths
+            .iter()
+            .find(|p| p.is_dir())
+            .cloned()
+            .or_else(|| {
+                paths
+                    .first()
+                    .and_then(|p| p.parent())
+                    .map(Path::to_path_buf)
+            })
+            .unwrap_or_else(|| PathBuf::from("rules"));
+        RuleStore {
+            paths,
+            dir,
+            stream,
+            options,
+            current: Mutex::new(current),
+            writing: Mutex::new(()),
+            on_change: None,
+        }
+    }
+
+    /// Calls `f` with every rule set a change produces.
+    pub fn on_change(mut self, f: OnChange) -> RuleStore {
+        self.on_change = Some(f);
+        self
+    }
+
+    /// The running rule set.
+    pub fn current(&self) -> Arc<RuleSet> {
+        self.current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Records a rule set the service now runs (from a file change).
+    pub fn set_current(&self, rules: Arc<RuleSet>) {
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = rules;
+    }
+
+    /// The rule files and their text, read now.
+    fn files(&self) -> Result<Vec<(PathBuf, String)>, RuleChangeError> {
+        let mut out = Vec::new();
+        for p in &self.paths {
+            let files = rule_files(p).map_err(|e| RuleChangeError::Io(e.join("; ")))?;
+            for f in files {
+                let text = std::fs::read_to_string(&f)
+                    .map_err(|e| RuleChangeError::Io(format!("{}: {e}", f.display())))?;
+                out.push((f, text));
+            }
+        }
+        Ok(out)
+    }
+
+    fn compile(
+        &self,
+        files: &[(PathBuf, String)],
+        extra: Option<(&Path, &str)>,
+    ) -> Result<Arc<RuleSet>, RuleChangeError> {
+        let mut c = Compiler::new();
+        if let Some(s) = &self.stream {
+            c.stream(s.clone());
+        }
+        for (p, text) in files {
+            c.add_source(&p.display().to_string(), text);
+        }
+        if let Some((p, text)) = extra {
+            c.add_source(&p.display().to_string(), text);
+        }
+        c.compile()
+            .map(|def| RuleSet::build(def, self.options))
+            .map_err(RuleChangeError::Invalid)
+    }
+
+    /// Checks `text` as it would run: with the current files, less those
+    /// whose every rule it redefines.
+    pub fn validate(&self, text: &str) -> Result<Arc<RuleSet>, RuleChangeError> {
+        let defined = names_in(text);
+        let files: Vec<_> = self
+            .files()?
+            .into_iter()
+            .filter(|(_, t)| {
+                let names = names_in(t);
+                names.is_empty() || !names.iter().all(|n| defined.contains(n))
+            })
+            .collect();
+        self.compile(&files, Some((&self.dir.join("request.tl"), text)))
+    }
+
+    /// Creates or replaces rule (or feature set) `name` with `text`, which
+    /// must define it and nothing else but examples and models.
+    pub fn put(&self, name: &str, text: &str) -> Result<Written, RuleChangeError> {
+        let _w = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
+        let defined = names_in(text);
+        if defined != [name] {
+            return Err(RuleChangeError::Mismatch(format!(
+                "the body must define rule `{name}` and no other rule (it defines: {})",
+                if defined.is_empty() {
+                    "none".to_string()
+                } else {
+                    defined.join(", ")
+                }
+            )));
+        }
+        if has_stream(text) {
+            return Err(RuleChangeError::Mismatch(
+                "the body may not define a stream: the stream belongs to the rule files".into(),
+            ));
+        }
+        let files = self.files()?;
+        let home = files
+            .iter()
+            .position(|(_, t)| names_in(t).iter().any(|n| n == name));
+        let target = match home {
+            Some(i) => {
+                let (path, t) = &files[i];
+                if names_in(t) != [name] || has_stream(t) {
+                    return Err(RuleChangeError::Shared(format!(
+                        "rule `{name}` is defined in {} together with other rules; edit that file",
+                        path.display()
+                    )));
+                }
+                path.clone()
+            }
+            None => self.dir.join(format!("{name}.tl")),
+        };
+        let rest: Vec<_> = files
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != home)
+            .map(|(_, f)| f)
+            .collect();
+        let rules = self.compile(&rest, Some((&target, text)))?;
+        write_atomically(&target, text)?;
+        self.accept(rules.clone());
+        Ok(Written {
+            file: target,
+            created: home.is_none(),
+            rules,
+        })
+    }
+
+    /// Deletes rule `name`: removes its file, which must hold it alone.
+    pub fn delete(&self, name: &str) -> Result<Arc<RuleSet>, RuleChangeError> {
+        let _w = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
+        let files = self.files()?;
+        let Some(home) = files
+            .iter()
+            .position(|(_, t)| names_in(t).iter().any(|n| n == name))
+        else {
+            return Err(RuleChangeError::NotFound(name.to_string()));
+        };
+        let (path, t) = &files[home];
+        if names_in(t) != [name] || has_stream(t) {
+            return Err(RuleChangeError::Shared(format!(
+                "rule `{name}` is defined in {} together with other rules; edit that file",
+                path.display()
+            )));
+        }
+        let path = path.clone();
+        let rest: Vec<_> = files
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| *i != home)
+            .map(|(_, f)| f)
+            .collect();
+        let rules = self.compile(&rest, None)?;
+        std::fs::remove_file(&path)
+            .map_err(|e| RuleChangeError::Io(format!("{}: {e}", path.display())))?;
+        self.accept(rules.clone());
+        Ok(rules)
+    }
+
+    fn accept(&self, rules: Arc<RuleSet>) {
+        self.set_current(rules.clone());
+        if let Some(f) = &self.on_change {
+            f(rules);
+        }
+    }
+}
+
+/// The rules and feature sets a text defines (parse errors aside: the
+/// compile reports them).
+fn names_in(text: &str) -> Vec<String> {
+    let (ast, _) = parse_file(0, text);
+    ast.rules.into_iter().map(|r| r.name.name).collect()
+}
+
+fn has_stream(text: &str) -> bool {
+    !parse_file(0, text).0.streams.is_empty()
+}
+
+/// Writes through a temporary file and a rename, so the file watcher never
+/// reads half a rule.
+fn write_atomically(path: &Path, text: &str) -> Result<(), RuleChangeError> {
+    let io = |e: std::io::Error| RuleChangeError::Io(format!("{}: {e}", path.display()));
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("rule")
+    ));
+    std::fs::write(&tmp, text).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}

@@ -1,0 +1,411 @@
+//! The REST API through its `Router` (`oneshot`), over real rule files in a
+//! temporary directory, an engine that replayed part of the handbook sample
+//! and the alerts it raised.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use futures::future::BoxFuture;
+use http_body_util::BodyExt;
+use serde_json::Value as Json;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use tower::ServiceExt;
+use tripline::adapters::api::alerts::AlertLog;
+use tripline::adapters::api::rules::RuleStore;
+use tripline::adapters::api::{ApiConfig, ApiState, Health, KeyLookup, Readiness, router};
+use tripline::engine::{Engine, EngineOptions, Outputs, RuleSet, inspect};
+
+const TOKEN: &str = "s3cret";
+
+struct Keys(Mutex<Engine>);
+
+impl KeyLookup for Keys {
+    fn lookup(&self, key: String) -> BoxFuture<'static, Result<Vec<Json>, String>> {
+        let found = inspect::key_view(&mut self.0.lock().unwrap(), &key);
+        Box::pin(async move { Ok(found) })
+    }
+}
+
+struct Ready(bool);
+
+impl Health for Ready {
+    fn readiness(&self) -> Readiness {
+        Readiness {
+            ready: self.0,
+            detail: "test".into(),
+        }
+    }
+}
+
+/// The repository's rules and models, copied so the test may change them.
+fn rules_dir(name: &str) -> PathBuf {
+    let root = std::env::temp_dir().join(format!("tripline-api-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    for dir in ["rules", "models"] {
+        std::fs::create_dir_all(root.join(dir)).unwrap();
+        for f in std::fs::read_dir(dir).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, root.join(dir).join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    root.join("rules")
+}
+
+struct Api {
+    router: axum::Router,
+    dir: PathBuf,
+    changes: Arc<AtomicUsize>,
+}
+
+fn api(name: &str, config: ApiConfig, ready: bool) -> Api {
+    let dir = rules_dir(name);
+    let rules = RuleSet::load(&[dir.as_path()], None, EngineOptions::default()).unwrap();
+    let mut engine = Engine::new(rules.clone());
+    let mut out = Outputs::default();
+    let gz = flate2::read::GzDecoder::new(
+        std::fs::File::open("examples/handbook-sample.jsonl.gz").unwrap(),
+    );
+    for (i, line) in std::io::BufRead::lines(std::io::BufReader::new(gz))
+        .take(40_000)
+        .enumerate()
+    {
+        let event = rules
+            .decoder
+            .decode(line.unwrap().as_bytes(), i as u64)
+            .unwrap();
+        engine.on_event(event, &mut out);
+    }
+    assert!(out.alerts.len() > 10, "{} alerts", out.alerts.len());
+    let log = AlertLog::new(10_000);
+    log.extend(&out.alerts);
+    let changes = Arc::new(AtomicUsize::new(0));
+    let counter = changes.clone();
+    let store = RuleStore::new(vec![dir.clone()], None, EngineOptions::default(), rules).on_change(
+        Box::new(move |_| {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }),
+    );
+    let state = ApiState::new(
+        config,
+        store,
+        log,
+        Arc::new(Keys(Mutex::new(engine))),
+        Arc::new(Ready(ready)),
+    );
+    Api {
+        router: router(state),
+        dir,
+        changes,
+    }
+}
+
+fn with_token() -> ApiConfig {
+    ApiConfig {
+        token: Some(TOKEN.into()),
+        ..ApiConfig::default()
+    }
+}
+
+async fn call(
+    api: &Api,
+    method: &str,
+    uri: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (StatusCode, Json) {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let resp = api
+        .router
+        .clone()
+        .oneshot(req.body(Body::from(body.to_string())).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let json = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+        panic!(
+            "{method} {uri}: not JSON: {}",
+            String::from_utf8_lossy(&bytes)
+        )
+    });
+    (status, json)
+}
+
+fn error_code(j: &Json) -> &str {
+    j["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not an error body: {j}"))
+}
+
+#[tokio::test]
+async fn health_readiness_and_the_openapi_document() {
+    let a = api("health", ApiConfig::default(), false);
+    let (s, j) = call(&a, "GET", "/healthz", None, "").await;
+    assert_eq!((s, j["status"].as_str()), (StatusCode::OK, Some("ok")));
+    let (s, j) = call(&a, "GET", "/readyz", None, "").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(j["ready"], false);
+    let (s, doc) = call(&a, "GET", "/openapi.json", None, "").await;
+    assert_eq!(s, StatusCode::OK);
+    for path in [
+        "/v1/keys/{stream}/{key}/score",
+        "/v1/alerts",
+        "/v1/rules",
+        "/v1/rules/{name}",
+        "/v1/rules:validate",
+        "/healthz",
+        "/readyz",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} missing");
+    }
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    let ready = api("ready", ApiConfig::default(), true);
+    assert_eq!(
+        call(&ready, "GET", "/readyz", None, "").await.0,
+        StatusCode::OK
+    );
+    // Unknown paths and methods answer JSON too.
+    let (s, j) = call(&a, "GET", "/v2/nothing", None, "").await;
+    assert_eq!((s, error_code(&j)), (StatusCode::NOT_FOUND, "not_found"));
+    let (s, j) = call(&a, "POST", "/v1/rules", None, "").await;
+    assert_eq!(
+        (s, error_code(&j)),
+        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+    );
+}
+
+#[tokio::test]
+async fn a_keys_score_alerts_and_state() {
+    let a = api("score", ApiConfig::default(), true);
+    let (_, page) = call(&a, "GET", "/v1/alerts?limit=1", None, "").await;
+    let alert = &page["alerts"][0];
+    let key = alert["key"].to_string();
+    let (s, j) = call(
+        &a,
+        "GET",
+        &format!("/v1/keys/transactions/{key}/score"),
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{j}");
+    assert_eq!(j["key"], key.as_str());
+    assert!(j["score"].as_f64().unwrap() > 0.0, "{j}");
+    assert!(["low", "medium", "high"].contains(&j["risk"].as_str().unwrap()));
+    assert_eq!(j["recent_alerts"][0]["id"], alert["id"]);
+    let card = j["state"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["key_field"] == "CUSTOMER_ID")
+        .expect("card state");
+    let n = card["features"]["CUSTOMER_ID_NB_TX_30DAY_WINDOW"]
+        .as_f64()
+        .unwrap();
+    assert!(n >= 1.0, "{card}");
+    // Unknown keys and streams are 404s with the error shape.
+    let (s, j) = call(
+        &a,
+        "GET",
+        "/v1/keys/transactions/no-such-card/score",
+        None,
+        "",
+    )
+    .await;
+    assert_eq!((s, error_code(&j)), (StatusCode::NOT_FOUND, "not_found"));
+    let (s, j) = call(
+        &a,
+        "GET",
+        &format!("/v1/keys/payments/{key}/score"),
+        None,
+        "",
+    )
+    .await;
+    assert_eq!((s, error_code(&j)), (StatusCode::NOT_FOUND, "not_found"));
+}
+
+#[tokio::test]
+async fn alerts_page_by_key_rule_and_time() {
+    let a = api("alerts", ApiConfig::default(), true);
+    let (s, all) = call(&a, "GET", "/v1/alerts?limit=1000", None, "").await;
+    assert_eq!(s, StatusCode::OK);
+    let all = all["alerts"].as_array().unwrap().clone();
+    let rule = all[0]["rule"].as_str().unwrap().to_string();
+    let want: Vec<&Json> = all.iter().filter(|a| a["rule"] == rule.as_str()).collect();
+    let mut got = Vec::new();
+    let mut uri = format!("/v1/alerts?rule={rule}&limit=2");
+    loop {
+        let (s, page) = call(&a, "GET", &uri, None, "").await;
+        assert_eq!(s, StatusCode::OK);
+        got.extend(
+            page["alerts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a["id"].clone()),
+        );
+        match page["next"].as_u64() {
+            Some(c) => uri = format!("/v1/alerts?rule={rule}&limit=2&cursor={c}"),
+            None => break,
+        }
+    }
+    let want_ids: Vec<Json> = want.iter().map(|a| a["id"].clone()).collect();
+    assert_eq!(got, want_ids);
+    let since = all[all.len() / 2]["event_time"].as_str().unwrap();
+    let (_, page) = call(
+        &a,
+        "GET",
+        &format!("/v1/alerts?since={since}&limit=1000"),
+        None,
+        "",
+    )
+    .await;
+    let n = page["alerts"].as_array().unwrap().len();
+    assert_eq!(
+        n,
+        all.iter()
+            .filter(|a| a["event_time"].as_str().unwrap() >= since)
+            .count()
+    );
+    let (s, j) = call(&a, "GET", "/v1/alerts?since=yesterday", None, "").await;
+    assert_eq!(
+        (s, error_code(&j)),
+        (StatusCode::BAD_REQUEST, "bad_request")
+    );
+    let (s, j) = call(&a, "GET", "/v1/alerts?limit=0", None, "").await;
+    assert_eq!(
+        (s, error_code(&j)),
+        (StatusCode::BAD_REQUEST, "bad_request")
+    );
+}
+
+#[tokio::test]
+async fn rules_are_listed_validated_changed_and_deleted() {
+    let a = api("rules", with_token(), true);
+    let (s, list) = call(&a, "GET", "/v1/rules", None, "").await;
+    assert_eq!(s, StatusCode::OK);
+    let names: Vec<&str> = list["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"amount_spike") && names.contains(&"card_model"),
+        "{names:?}"
+    );
+    assert_eq!(list["models"][0]["name"], "card_rf");
+
+    // A malformed rule: 422 with every error at file:line:col.
+    let bad = "rule big {\n  pattern { x: TX_AMONT > 200 }\n}\n";
+    let (s, j) = call(&a, "POST", "/v1/rules:validate", None, bad).await;
+    assert_eq!(
+        (s, error_code(&j)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_rules")
+    );
+    let d = &j["error"]["diagnostics"][0];
+    assert_eq!(
+        (d["line"].as_u64(), d["column"].as_u64()),
+        (Some(2), Some(16)),
+        "{j}"
+    );
+    assert!(d["message"].as_str().unwrap().contains("TX_AMONT"));
+    assert_eq!(d["hint"], "did you mean `TX_AMOUNT`?");
+    let good = "rule big {\n  severity high\n  pattern { x: TX_AMOUNT > 200 }\n}\n";
+    let (s, j) = call(&a, "POST", "/v1/rules:validate", None, good).await;
+    assert_eq!(s, StatusCode::OK, "{j}");
+    assert!(!a.dir.join("big.tl").exists(), "validation writes nothing");
+
+    // Writes need the token.
+    let (s, j) = call(&a, "PUT", "/v1/rules/big", None, good).await;
+    assert_eq!(
+        (s, error_code(&j)),
+        (StatusCode::UNAUTHORIZED, "unauthorized")
+    );
+    let (s, _) = call(&a, "PUT", "/v1/rules/big", Some("wrong"), good).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, j) = call(&a, "PUT", "/v1/rules/big", Some(TOKEN), bad).await;
+    assert_eq!(
+        (s, error_code(&j)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_rules")
+    );
+    let (s, j) = call(&a, "PUT", "/v1/rules/other", Some(TOKEN), good).await;
+    assert_eq!(
+        s,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "the body must define `other`: {j}"
+    );
+    assert_eq!(a.changes.load(Ordering::SeqCst), 0);
+
+    let (s, j) = call(&a, "PUT", "/v1/rules/big", Some(TOKEN), good).await;
+    assert_eq!(s, StatusCode::CREATED, "{j}");
+    assert_eq!(std::fs::read_to_string(a.dir.join("big.tl")).unwrap(), good);
+    let (_, list) = call(&a, "GET", "/v1/rules", None, "").await;
+    assert_eq!(list["rule_set"], j["rule_set"]);
+    assert!(
+        list["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == "big")
+    );
+    let (s, _) = call(&a, "PUT", "/v1/rules/big", Some(TOKEN), good).await;
+    assert_eq!(s, StatusCode::OK, "replacing");
+    assert_eq!(a.changes.load(Ordering::SeqCst), 2);
+
+    // A rule that shares its file is not the API's to delete; the features
+    // a model reads cannot go.
+    let (s, j) = call(&a, "DELETE", "/v1/rules/customer", Some(TOKEN), "").await;
+    assert_eq!((s, error_code(&j)), (StatusCode::CONFLICT, "conflict"));
+    let (s, _) = call(&a, "DELETE", "/v1/rules/big", Some(TOKEN), "").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(!a.dir.join("big.tl").exists());
+    let (s, j) = call(&a, "DELETE", "/v1/rules/big", Some(TOKEN), "").await;
+    assert_eq!((s, error_code(&j)), (StatusCode::NOT_FOUND, "not_found"));
+    let (s, j) = call(&a, "PUT", "/v1/rules/bad%20name", Some(TOKEN), good).await;
+    assert_eq!(
+        (s, error_code(&j)),
+        (StatusCode::BAD_REQUEST, "bad_request")
+    );
+}
+
+#[tokio::test]
+async fn limits_and_closed_reads() {
+    let closed = ApiConfig {
+        open_reads: false,
+        max_body_bytes: 1000,
+        ..with_token()
+    };
+    let a = api("limits", closed, true);
+    let (s, j) = call(&a, "GET", "/v1/rules", None, "").await;
+    assert_eq!(
+        (s, error_code(&j)),
+        (StatusCode::UNAUTHORIZED, "unauthorized")
+    );
+    assert_eq!(
+        call(&a, "GET", "/v1/rules", Some(TOKEN), "").await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(&a, "GET", "/healthz", None, "").await.0,
+        StatusCode::OK
+    );
+    let huge = format!("# {}\n", "x".repeat(5000));
+    let (s, j) = call(&a, "POST", "/v1/rules:validate", Some(TOKEN), &huge).await;
+    assert_eq!(
+        (s, error_code(&j)),
+        (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+    );
+    // No token configured: writes are off.
+    let open = api("no-token", ApiConfig::default(), true);
+    let (s, j) = call(&open, "DELETE", "/v1/rules/card_model", Some("x"), "").await;
+    assert_eq!(
+        (s, error_code(&j)),
+        (StatusCode::UNAUTHORIZED, "unauthorized")
+    );
+    assert!(Path::new(&open.dir.join("card_model.tl")).exists());
+}
