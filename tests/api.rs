@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tower::ServiceExt;
+
+#[path = "support/sample.rs"]
+mod sample;
 use tripline::adapters::api::alerts::AlertLog;
 use tripline::adapters::api::rules::RuleStore;
 use tripline::adapters::api::{ApiConfig, ApiState, Health, KeyLookup, Readiness, router};
@@ -42,14 +45,7 @@ impl Health for Ready {
 fn rules_dir(name: &str) -> PathBuf {
     let root = std::env::temp_dir().join(format!("tripline-api-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
-    for dir in ["rules", "models"] {
-        std::fs::create_dir_all(root.join(dir)).unwrap();
-        for f in std::fs::read_dir(dir).unwrap() {
-            let f = f.unwrap().path();
-            std::fs::copy(&f, root.join(dir).join(f.file_name().unwrap())).unwrap();
-        }
-    }
-    root.join("rules")
+    sample::copy_rules_and_models(&root)
 }
 
 struct Api {
@@ -63,19 +59,7 @@ fn api(name: &str, config: ApiConfig, ready: bool) -> Api {
     let rules = RuleSet::load(&[dir.as_path()], None, EngineOptions::default()).unwrap();
     let mut engine = Engine::new(rules.clone());
     let mut out = Outputs::default();
-    let gz = flate2::read::GzDecoder::new(
-        std::fs::File::open("examples/handbook-sample.jsonl.gz").unwrap(),
-    );
-    for (i, line) in std::io::BufRead::lines(std::io::BufReader::new(gz))
-        .take(40_000)
-        .enumerate()
-    {
-        let event = rules
-            .decoder
-            .decode(line.unwrap().as_bytes(), i as u64)
-            .unwrap();
-        engine.on_event(event, &mut out);
-    }
+    sample::replay_sample(&mut engine, 40_000, &mut out);
     assert!(out.alerts.len() > 10, "{} alerts", out.alerts.len());
     let log = AlertLog::new(10_000);
     log.extend(&out.alerts);

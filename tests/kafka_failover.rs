@@ -5,6 +5,8 @@
 
 #[path = "support/kafka.rs"]
 mod kafka_support;
+#[path = "support/sample.rs"]
+mod sample;
 
 use kafka_support::*;
 use std::process::{Child, Command, Stdio};
@@ -348,17 +350,9 @@ fn a_replacement_with_an_empty_data_directory_restores_from_the_changelog() {
 #[test]
 fn rules_changed_while_running_keep_the_state_of_the_others() {
     let (c, input, expected) = setup("reload");
-    // The rules with the models beside them, as in the repository (rule
-    // files name their models by relative path).
-    let root = std::env::temp_dir().join(format!("{}.rules", c.kafka.group_id));
-    let rules = root.join("rules");
-    for dir in ["rules", "models"] {
-        std::fs::create_dir_all(root.join(dir)).unwrap();
-        for f in std::fs::read_dir(dir).unwrap() {
-            let f = f.unwrap().path();
-            std::fs::copy(&f, root.join(dir).join(f.file_name().unwrap())).unwrap();
-        }
-    }
+    let rules = sample::copy_rules_and_models(
+        &std::env::temp_dir().join(format!("{}.rules", c.kafka.group_id)),
+    );
     let half = input.len() / 2;
     produce(&c, &input[..half]);
     let p = Serve(Some(spawn_with_rules(
@@ -524,20 +518,14 @@ fn the_rest_api_answers_from_the_running_service() {
     // A copy of the rules (with the models beside them): the API writes
     // into the rules directory.
     let root = std::env::temp_dir().join(format!("{}.rules", c.kafka.group_id));
-    for dir in ["rules", "models"] {
-        std::fs::create_dir_all(root.join(dir)).unwrap();
-        for f in std::fs::read_dir(dir).unwrap() {
-            let f = f.unwrap().path();
-            std::fs::copy(&f, root.join(dir).join(f.file_name().unwrap())).unwrap();
-        }
-    }
+    let rules = sample::copy_rules_and_models(&root);
     produce(&c, &input);
     let s = Serve(Some(spawn_with_rules(
         &c,
         "api",
         false,
         &state_dir(&c, "api"),
-        &root.join("rules"),
+        &rules,
     )));
     wait_for_alerts(&c, expected.len());
     let base = format!("http://{}", api_address(&c, "api"));

@@ -9,6 +9,9 @@ use tripline::event::FieldPath;
 use tripline::model::Model;
 use tripline::rules::Compiler;
 
+#[path = "support/sample.rs"]
+mod sample;
+
 fn check_rows() -> (Vec<String>, Vec<Vec<f64>>) {
     let mut r = csv::Reader::from_path("tests/data/model-check.csv").expect("model-check.csv");
     let header: Vec<String> = r.headers().unwrap().iter().map(String::from).collect();
@@ -123,20 +126,7 @@ fn a_rule_reads_the_model_score_and_its_alerts_carry_the_features() {
         .unwrap();
     let mut engine = Engine::new(rules.clone()).collect_features();
     let mut out = Outputs::default();
-    let gz = flate2::read::GzDecoder::new(
-        std::fs::File::open("examples/handbook-sample.jsonl.gz").unwrap(),
-    );
-    for (i, line) in std::io::BufRead::lines(std::io::BufReader::new(gz))
-        .take(30_000)
-        .enumerate()
-    {
-        let event = rules
-            .decoder
-            .decode(line.unwrap().as_bytes(), i as u64)
-            .unwrap();
-        engine.on_event(event, &mut out);
-    }
-    engine.finish(&mut out);
+    sample::replay_sample(&mut engine, 30_000, &mut out);
     let mut expected = Vec::new();
     for row in &out.features {
         let x: Vec<f32> = cols

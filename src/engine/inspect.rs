@@ -68,6 +68,16 @@ pub fn summary(store: &impl StateStore) -> Result<Json, SnapshotError> {
     }))
 }
 
+/// The values a key given as text may be: the string, and the number it
+/// spells, if any.
+fn key_candidates(key: &str) -> Vec<Value> {
+    let mut candidates = vec![Value::Str(key.into())];
+    if let Ok(n) = key.parse::<f64>() {
+        candidates.push(Value::Num(n));
+    }
+    candidates
+}
+
 /// One key's state in a store, per keying that has it: its rules' window
 /// aggregates and next deadlines, and the whole stored record. Numeric keys
 /// may be given as text.
@@ -75,10 +85,7 @@ pub fn inspect_key(store: &impl StateStore, key: &str) -> Result<Vec<Json>, Snap
     let Some(rules) = stored_rules(store)? else {
         return Ok(Vec::new());
     };
-    let mut candidates = vec![Value::Str(key.into())];
-    if let Ok(n) = key.parse::<f64>() {
-        candidates.push(Value::Num(n));
-    }
+    let candidates = key_candidates(key);
     let mut found = Vec::new();
     for (ki, keying) in rules.keyings.iter().enumerate() {
         for k in &candidates {
@@ -129,10 +136,7 @@ pub fn inspect_key(store: &impl StateStore, key: &str) -> Result<Vec<Json>, Snap
 /// next deadline. Numeric keys may be given as text.
 pub fn key_view(engine: &mut Engine, key: &str) -> Vec<Json> {
     let rules = engine.rules.clone();
-    let mut candidates = vec![Value::Str(key.into())];
-    if let Ok(n) = key.parse::<f64>() {
-        candidates.push(Value::Num(n));
-    }
+    let candidates = key_candidates(key);
     let mut found = Vec::new();
     for (ki, keying) in rules.keyings.iter().enumerate() {
         for k in &candidates {
