@@ -177,8 +177,7 @@ fn model_declarations_are_checked() {
         e.contains("models/t.tl:1:14") && e.contains("cannot load model `m`"),
         "{e}"
     );
-    // The stream declares its fields: an input that is neither a field
-    // nor a feature is named.
+    // A feature set that redefines one of the handbook features.
     let e = err(
         "model m from \"fraud_rf.onnx\"\nfeatures x { key TERMINAL_ID  TX_DURING_NIGHT = 1 }\n",
     );
