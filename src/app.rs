@@ -244,7 +244,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let (config, rules) = service_setup(config)?;
             match rules {
-                Some((rules, _)) => crate::serve::demo(config, rules, &events, keep_running),
+                Some((rules, source)) => {
+                    crate::serve::demo(config, rules, source, &events, keep_running)
+                }
                 None => Ok(ExitCode::from(1)),
             }
         }

@@ -57,6 +57,11 @@ pub struct ApiSettings {
     /// A key's score sums its alerts' scores over this much event time
     /// before its latest alert, e.g. `24h`.
     pub score_window: String,
+    /// The URL other instances send clients to for keys this instance owns
+    /// (e.g. `http://10.0.0.7:8080`), as Kafka Streams' `application.server`.
+    /// Empty: `http://` and the bound address (the host name instead of an
+    /// unspecified address such as `0.0.0.0`).
+    pub advertise: String,
 }
 
 impl Default for ApiSettings {
@@ -68,6 +73,7 @@ impl Default for ApiSettings {
             max_body_bytes: 256 * 1024,
             alerts_kept: 100_000,
             score_window: "24h".into(),
+            advertise: String::new(),
         }
     }
 }
@@ -93,6 +99,11 @@ pub struct KafkaConfig {
     pub static_membership: bool,
     /// The topic events are read from; its records are keyed by the stream key.
     pub input_topic: String,
+    /// How the input topic's producers choose a record's partition from its
+    /// key: `consistent_random` (CRC-32, librdkafka's default) or
+    /// `murmur2_random` (the Java client's default). The REST API uses it to
+    /// find the instance that holds a key.
+    pub input_partitioner: String,
     /// The topic alerts are written to (key: the rule's key).
     pub alerts_topic: String,
     /// The topic malformed and late events are written to, unchanged, with the
@@ -146,6 +157,7 @@ impl Default for KafkaConfig {
             instance_id: String::new(),
             static_membership: false,
             input_topic: "transactions".into(),
+            input_partitioner: "consistent_random".into(),
             alerts_topic: "tripline.alerts".into(),
             dead_letter_topic: "tripline.dead-letter".into(),
             partitions: 4,
@@ -425,6 +437,20 @@ impl Config {
                 a.score_window
             ));
         }
+        if !a.advertise.is_empty() && !a.advertise.starts_with("http") {
+            p.push(format!(
+                "api.advertise `{}` is not an http(s) URL (e.g. http://10.0.0.7:8080)",
+                a.advertise
+            ));
+        }
+        if crate::adapters::kafka::owners::Partitioner::from_name(&self.kafka.input_partitioner)
+            .is_none()
+        {
+            p.push(format!(
+                "kafka.input_partitioner `{}` must be consistent_random or murmur2_random",
+                self.kafka.input_partitioner
+            ));
+        }
         if a.alerts_kept == 0 || a.max_body_bytes == 0 {
             p.push("api.alerts_kept and api.max_body_bytes must be positive".into());
         }
@@ -496,6 +522,8 @@ const FIELDS: &[&str] = &[
     "instance_id",
     "static_membership",
     "input_topic",
+    "input_partitioner",
+    "advertise",
     "alerts_topic",
     "dead_letter_topic",
     "partitions",

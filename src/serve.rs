@@ -13,7 +13,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tripline::adapters::api::alerts::AlertLog;
 use tripline::adapters::api::rules::RuleStore;
-use tripline::adapters::api::{ApiConfig, ApiState, Health, KeyLookup, Readiness, router};
+use tripline::adapters::api::{
+    ApiConfig, ApiState, Health, KeyLookup, KeyState, Readiness, router,
+};
+use tripline::adapters::kafka::owners::{GroupOwners, Partitioner};
 use tripline::adapters::kafka::{self, ServiceHandle, service};
 use tripline::config::Config;
 use tripline::engine::{EngineOptions, RuleSet};
@@ -94,6 +97,21 @@ impl RuleWatch {
 /// rule file changes are picked up while it runs.
 pub fn serve(config: Config, rules: Arc<RuleSet>, source: RuleSource) -> Result<ExitCode> {
     let brokers = brokers_or_embedded(&config)?;
+    let (handle, mut watch) = start_service(&config, brokers, rules, source)?;
+    wait_for_signal(&handle, &mut watch, || {})?;
+    handle.stop();
+    handle.join()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The service with what runs beside it: the REST API (fed every committed
+/// alert) and the watch on the rule files.
+fn start_service(
+    config: &Config,
+    brokers: String,
+    rules: Arc<RuleSet>,
+    source: RuleSource,
+) -> Result<(ServiceHandle, RuleWatch)> {
     #[allow(clippy::disallowed_methods)]
     let start = std::time::Instant::now();
     let mut watch = RuleWatch {
@@ -105,29 +123,83 @@ pub fn serve(config: Config, rules: Arc<RuleSet>, source: RuleSource) -> Result<
         api: None,
         source,
     };
+    // Bound before the service starts: its group membership carries the
+    // API's address (for the other instances to send clients here).
+    let mut config = config.clone();
+    let listener = bind_api(&mut config)?;
     let log = AlertLog::new(config.api.alerts_kept);
     let hook: service::AlertHook = {
         let log = log.clone();
         Arc::new(move |json: &[u8]| log.push_published(json))
     };
-    let handle = service::start_with(config.clone(), brokers, rules.clone(), Some(hook))?;
-    watch.api = start_api(&config, &handle, rules, &watch.source, log)?;
-    wait_for_signal(&handle, Some(&mut watch))?;
-    handle.stop();
-    handle.join()?;
-    Ok(ExitCode::SUCCESS)
+    let handle = service::start_with(config.clone(), brokers.clone(), rules.clone(), Some(hook))?;
+    if let Some(listener) = listener {
+        watch.api = Some(start_api(
+            &config,
+            &brokers,
+            &handle,
+            rules,
+            &watch.source,
+            log,
+            listener,
+        )?);
+    }
+    Ok((handle, watch))
 }
 
-/// Key state from the service's shards.
-struct ShardKeys(Arc<service::ShardDirectory>);
+/// Binds `api.listen` (none when empty) and fills in `api.advertise` from
+/// the bound address when it is not set.
+fn bind_api(config: &mut Config) -> Result<Option<std::net::TcpListener>> {
+    let a = &mut config.api;
+    if a.listen.is_empty() {
+        return Ok(None);
+    }
+    let listener = std::net::TcpListener::bind(&a.listen)
+        .with_context(|| format!("api.listen: cannot listen on {}", a.listen))?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    if a.advertise.is_empty() {
+        a.advertise = if addr.ip().is_unspecified() {
+            format!("http://{}:{}", service::host_name(), addr.port())
+        } else {
+            format!("http://{addr}")
+        };
+    }
+    Ok(Some(listener))
+}
+
+/// Key state from the service's shards, or the instance that has it.
+struct ShardKeys {
+    shards: Arc<service::ShardDirectory>,
+    owners: Arc<GroupOwners>,
+    partitioner: Partitioner,
+    input_topic: String,
+    /// This instance's advertised API.
+    me: String,
+}
 
 impl KeyLookup for ShardKeys {
-    fn lookup(
-        &self,
-        key: String,
-    ) -> futures::future::BoxFuture<'static, Result<Vec<serde_json::Value>, String>> {
-        let dir = self.0.clone();
-        Box::pin(async move { dir.key_view(key).await })
+    fn lookup(&self, key: String) -> futures::future::BoxFuture<'static, Result<KeyState, String>> {
+        let partition = self
+            .partitioner
+            .partition(key.as_bytes(), self.shards.input_partitions());
+        let shards = self.shards.clone();
+        let owners = self.owners.clone();
+        let at = (self.input_topic.clone(), partition);
+        let me = self.me.clone();
+        Box::pin(async move {
+            if shards.holds_input(partition) {
+                return shards.key_view(key).await.map(KeyState::Here);
+            }
+            let map = tokio::task::spawn_blocking(move || owners.owners(Duration::from_secs(5)))
+                .await
+                .map_err(|e| e.to_string())??;
+            Ok(match map.get(&at) {
+                Some(url) if *url != me => KeyState::Elsewhere(url.clone()),
+                // Assigned here but not started yet, or not assigned.
+                _ => KeyState::Unassigned,
+            })
+        })
     }
 }
 
@@ -140,22 +212,17 @@ impl Health for ServiceHealth {
     }
 }
 
-/// Starts the REST API on its own thread when `api.listen` is set. Binds
-/// before returning, so a taken address fails the start.
+/// Starts the REST API on its own thread, on the bound `listener`.
 fn start_api(
     config: &Config,
+    brokers: &str,
     handle: &ServiceHandle,
     rules: Arc<RuleSet>,
     source: &RuleSource,
     log: Arc<AlertLog>,
-) -> Result<Option<ApiState>> {
+    listener: std::net::TcpListener,
+) -> Result<ApiState> {
     let a = &config.api;
-    if a.listen.is_empty() {
-        return Ok(None);
-    }
-    let listener = std::net::TcpListener::bind(&a.listen)
-        .with_context(|| format!("api.listen: cannot listen on {}", a.listen))?;
-    listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let store = RuleStore::new(
         config.rules.paths.clone(),
@@ -175,7 +242,18 @@ fn start_api(
         api_config,
         store,
         log,
-        Arc::new(ShardKeys(handle.directory().clone())),
+        Arc::new(ShardKeys {
+            shards: handle.directory().clone(),
+            owners: Arc::new(GroupOwners::new(
+                &kafka::client_config(&config.kafka, brokers),
+                &config.kafka.group_id,
+                Duration::from_secs(2),
+            )?),
+            partitioner: Partitioner::from_name(&config.kafka.input_partitioner)
+                .unwrap_or(Partitioner::Consistent),
+            input_topic: config.kafka.input_topic.clone(),
+            me: a.advertise.clone(),
+        }),
         Arc::new(ServiceHealth(handle.progress().clone())),
     );
     let app = router(state.clone());
@@ -201,9 +279,9 @@ fn start_api(
                 }
             });
         })?;
-    tracing::info!(%addr, "REST API listening");
+    tracing::info!(%addr, advertised = %a.advertise, "REST API listening");
     eprintln!("REST API listening on http://{addr}");
-    Ok(Some(state))
+    Ok(state)
 }
 
 /// The configured brokers, or the embedded broker with the input topic.
@@ -240,7 +318,13 @@ fn embedded(_: &Config) -> Result<String> {
     )
 }
 
-fn wait_for_signal(handle: &ServiceHandle, mut watch: Option<&mut RuleWatch>) -> Result<()> {
+/// Runs until SIGINT, SIGTERM or the service's end, polling the rule files
+/// and calling `on_tick` every 200 ms.
+fn wait_for_signal(
+    handle: &ServiceHandle,
+    watch: &mut RuleWatch,
+    mut on_tick: impl FnMut(),
+) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -255,9 +339,8 @@ fn wait_for_signal(handle: &ServiceHandle, mut watch: Option<&mut RuleWatch>) ->
                     if handle.is_finished() {
                         return Ok(());
                     }
-                    if let Some(w) = watch.as_deref_mut() {
-                        w.poll(handle);
-                    }
+                    watch.poll(handle);
+                    on_tick();
                 }
             }
         }
@@ -268,6 +351,7 @@ fn wait_for_signal(handle: &ServiceHandle, mut watch: Option<&mut RuleWatch>) ->
 pub fn demo(
     mut config: Config,
     rules: Arc<RuleSet>,
+    source: RuleSource,
     events: &str,
     keep_running: bool,
 ) -> Result<ExitCode> {
@@ -291,7 +375,7 @@ pub fn demo(
         k.partitions,
     )?;
     let reader = AlertReader::new(&config, &brokers)?;
-    let handle = service::start(config.clone(), brokers.clone(), rules)?;
+    let (handle, mut watch) = start_service(&config, brokers.clone(), rules, source)?;
     let progress = handle.progress().clone();
     let mut shown = 0u64;
     loop {
@@ -299,13 +383,14 @@ pub fn demo(
         if handle.is_finished() {
             break;
         }
-        if !keep_running && progress.caught_up(produced) {
+        if progress.caught_up(produced) {
             break;
         }
     }
-    if keep_running {
+    if keep_running && !handle.is_finished() {
+        // Scripts wait for this line: the sample is consumed and committed.
         eprintln!("serving on {brokers} until Ctrl-C");
-        wait_for_signal(&handle, None)?;
+        wait_for_signal(&handle, &mut watch, || shown += reader.show(Duration::ZERO))?;
     }
     handle.stop();
     handle.join()?;

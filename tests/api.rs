@@ -16,16 +16,24 @@ use tower::ServiceExt;
 mod sample;
 use tripline::adapters::api::alerts::AlertLog;
 use tripline::adapters::api::rules::RuleStore;
-use tripline::adapters::api::{ApiConfig, ApiState, Health, KeyLookup, Readiness, router};
+use tripline::adapters::api::{
+    ApiConfig, ApiState, Health, KeyLookup, KeyState, Readiness, router,
+};
 use tripline::engine::{Engine, EngineOptions, Outputs, RuleSet, inspect};
 
 const TOKEN: &str = "s3cret";
 
 struct Keys(Mutex<Engine>);
 
+/// Keys held here, except two made-up ones: `card-elsewhere` is held by
+/// another instance, `card-moving` is in a partition being reassigned.
 impl KeyLookup for Keys {
-    fn lookup(&self, key: String) -> BoxFuture<'static, Result<Vec<Json>, String>> {
-        let found = inspect::key_view(&mut self.0.lock().unwrap(), &key);
+    fn lookup(&self, key: String) -> BoxFuture<'static, Result<KeyState, String>> {
+        let found = match key.as_str() {
+            "card-elsewhere" => KeyState::Elsewhere("http://10.0.0.2:8080".into()),
+            "card-moving" => KeyState::Unassigned,
+            _ => KeyState::Here(inspect::key_view(&mut self.0.lock().unwrap(), &key)),
+        };
         Box::pin(async move { Ok(found) })
     }
 }
@@ -210,6 +218,39 @@ async fn a_keys_score_alerts_and_state() {
     )
     .await;
     assert_eq!((s, error_code(&j)), (StatusCode::NOT_FOUND, "not_found"));
+    // A key of another instance: sent there, with the same request.
+    let resp = a
+        .router
+        .clone()
+        .oneshot(
+            Request::get("/v1/keys/transactions/card-elsewhere/score")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::TEMPORARY_REDIRECT);
+    assert_eq!(
+        resp.headers()["location"],
+        "http://10.0.0.2:8080/v1/keys/transactions/card-elsewhere/score"
+    );
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let j: Json = serde_json::from_slice(&body).unwrap();
+    assert_eq!(error_code(&j), "elsewhere");
+    assert_eq!(j["error"]["owner"], "http://10.0.0.2:8080");
+    // A key whose partition is changing hands: retry.
+    let (s, j) = call(
+        &a,
+        "GET",
+        "/v1/keys/transactions/card-moving/score",
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(
+        (s, error_code(&j)),
+        (StatusCode::SERVICE_UNAVAILABLE, "unassigned")
+    );
 }
 
 #[tokio::test]

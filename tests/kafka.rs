@@ -151,3 +151,39 @@ fn bad_input_is_dead_lettered_with_its_reason_and_processing_goes_on() {
         c.kafka.input_topic
     );
 }
+
+/// The REST API finds a key's partition as the input's producers chose it:
+/// both partitioners agree with librdkafka's own on a real topic.
+#[test]
+fn key_partitions_agree_with_the_producers_partitioner() {
+    use kafka::owners::Partitioner;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let c = config("partitioner");
+    let topic = format!("{}.keys", c.kafka.input_topic);
+    kafka::ensure_topics(&c.kafka, &broker(), &[&topic], 7).unwrap();
+    for (name, partitioner) in [
+        ("consistent_random", Partitioner::Consistent),
+        ("murmur2_random", Partitioner::Murmur2),
+    ] {
+        let producer: FutureProducer = kafka::client_config(&c.kafka, &broker())
+            .set("partitioner", name)
+            .create()
+            .unwrap();
+        let mut spread = std::collections::BTreeSet::new();
+        for i in 0..200 {
+            let key = format!("card-{i}");
+            let record = FutureRecord::to(&topic).key(key.as_str()).payload("{}");
+            let delivered = futures::executor::block_on(
+                producer.send(record, std::time::Duration::from_secs(10)),
+            )
+            .unwrap();
+            assert_eq!(
+                partitioner.partition(key.as_bytes(), 7),
+                delivered.partition,
+                "{name}: key {key}"
+            );
+            spread.insert(delivered.partition);
+        }
+        assert_eq!(spread.len(), 7, "{name}: keys reach every partition");
+    }
+}

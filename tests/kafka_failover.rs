@@ -605,3 +605,72 @@ fn the_rest_api_answers_from_the_running_service() {
     }
     terminate(s);
 }
+
+/// With two members, each answers for the keys of its own partitions and
+/// sends clients asking for the other's keys there (307 with `Location`).
+#[test]
+fn a_member_sends_clients_to_the_member_that_holds_a_key() {
+    let (c, input, expected) = setup("owners");
+    produce(&c, &input);
+    let a = serve(&c, "a");
+    let b = serve(&c, "b");
+    let alerts = wait_for_alerts(&c, expected.len());
+    let apis = [
+        format!("http://{}", api_address(&c, "a")),
+        format!("http://{}", api_address(&c, "b")),
+    ];
+    // Card keys with alerts (rules keyed by the input's key).
+    let keys: Vec<String> = alerts
+        .iter()
+        .map(|a| serde_json::from_str::<serde_json::Value>(a).unwrap())
+        .filter(|a| a["rule"] == "amount_spike")
+        .map(|a| a["key"].to_string())
+        .collect();
+    assert!(keys.len() >= 2);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
+        .into();
+    let ask = |base: &str, key: &str| {
+        let path = format!("/v1/keys/transactions/{key}/score");
+        let mut r = agent.get(&format!("{base}{path}")).call().unwrap();
+        let location = r
+            .headers()
+            .get("location")
+            .map(|l| l.to_str().unwrap().to_string());
+        let body: serde_json::Value = r.body_mut().read_json().unwrap();
+        (r.status().as_u16(), location, body, path)
+    };
+    for key in &keys {
+        // Until the group has settled, a partition may be between members
+        // (503); then exactly one member holds the key.
+        let started = now();
+        let (owner, other) = loop {
+            let answers = [ask(&apis[0], key), ask(&apis[1], key)];
+            let statuses = (answers[0].0, answers[1].0);
+            match statuses {
+                (200, 307) => break (0, answers[1].clone()),
+                (307, 200) => break (1, answers[0].clone()),
+                _ => {
+                    assert!(
+                        started.elapsed() < Duration::from_secs(60),
+                        "key {key}: {:?} / {:?}",
+                        answers[0],
+                        answers[1]
+                    );
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+            }
+        };
+        let (_, location, body, path) = other;
+        assert_eq!(body["error"]["code"], "elsewhere", "{body}");
+        assert_eq!(body["error"]["owner"], apis[owner].as_str());
+        assert_eq!(
+            location.as_deref(),
+            Some(format!("{}{path}", apis[owner]).as_str())
+        );
+    }
+    terminate(a);
+    terminate(b);
+}

@@ -64,8 +64,19 @@ impl Default for ApiConfig {
 /// Where a key's live state is read.
 pub trait KeyLookup: Send + Sync {
     /// The state of `key` under every key field that has some (one JSON
-    /// object each), from whichever shard owns it.
-    fn lookup(&self, key: String) -> BoxFuture<'static, Result<Vec<Json_>, String>>;
+    /// object each), from whichever shard owns it, or where it is.
+    fn lookup(&self, key: String) -> BoxFuture<'static, Result<KeyState, String>>;
+}
+
+/// Where a key's state is.
+#[derive(Debug)]
+pub enum KeyState {
+    /// Held by this instance: one JSON object per key field with state.
+    Here(Vec<Json_>),
+    /// Held by another instance of the group, whose REST API is at this URL.
+    Elsewhere(String),
+    /// The key's partition has no owner at the moment (a rebalance).
+    Unassigned,
 }
 
 /// Whether the service can answer.
@@ -126,6 +137,10 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     diagnostics: Option<Vec<DiagnosticJson>>,
+    /// Another instance's REST API that has the answer.
+    owner: Option<String>,
+    /// The `Location` header: the same request at `owner`.
+    location: Option<String>,
 }
 
 /// The body of every error response.
@@ -146,6 +161,10 @@ pub struct ErrorDetail {
     /// For rules that do not compile: every error, with its position.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub diagnostics: Option<Vec<DiagnosticJson>>,
+    /// For a key held by another instance (`elsewhere`): that instance's
+    /// REST API; the `Location` header has the same request there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// One rule error.
@@ -171,6 +190,8 @@ impl ApiError {
             code,
             message: message.into(),
             diagnostics: None,
+            owner: None,
+            location: None,
         }
     }
 
@@ -204,6 +225,8 @@ impl ApiError {
                     code: "invalid_rules",
                     message: format!("the rules do not compile: {} error(s)", diagnostics.len()),
                     diagnostics: Some(diagnostics),
+                    owner: None,
+                    location: None,
                 }
             }
             RuleChangeError::Invalid(CompileError::Io(e)) => ApiError::new(
@@ -225,14 +248,25 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let location = self.location;
+        let retry = self.status == StatusCode::SERVICE_UNAVAILABLE;
         let body = ErrorBody {
             error: ErrorDetail {
                 code: self.code.to_string(),
                 message: self.message,
                 diagnostics: self.diagnostics,
+                owner: self.owner,
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut r = (self.status, Json(body)).into_response();
+        if let Some(l) = location.and_then(|l| header::HeaderValue::from_str(&l).ok()) {
+            r.headers_mut().insert(header::LOCATION, l);
+        }
+        if retry {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        r
     }
 }
 
@@ -457,12 +491,16 @@ async fn readyz(State(s): State<ApiState>) -> Response {
 
 /// A key's current risk score, recent alerts and state.
 #[utoipa::path(get, path = "/v1/keys/{stream}/{key}/score",
-    params(("stream" = String, Path, description = "stream name"), ("key" = String, Path, description = "key value")),
+    params(("stream" = String, Path, description = "stream name", example = "transactions"),
+           ("key" = String, Path, description = "key value", example = "4625")),
     responses((status = 200, body = KeyScore), (status = 404, body = ErrorBody),
+              (status = 307, body = ErrorBody, description = "the key is held by another instance: `Location` and `error.owner` say which"),
+              (status = 503, body = ErrorBody, description = "the key's partition is being reassigned; retry"),
               (status = 401, body = ErrorBody), (status = 400, body = ErrorBody)),
     security((), ("bearer" = [])))]
 async fn key_score(
     State(s): State<ApiState>,
+    uri: axum::http::Uri,
     p: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<KeyScore>, ApiError> {
     let Path((stream, key)) = p?;
@@ -490,11 +528,35 @@ async fn key_score(
             .sum(),
         None => 0.0,
     };
-    let state =
-        s.0.keys
-            .lookup(key.clone())
-            .await
-            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e))?;
+    let state = match s.0.keys.lookup(key.clone()).await {
+        Ok(KeyState::Here(state)) => state,
+        Ok(KeyState::Elsewhere(owner)) => {
+            let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+            return Err(ApiError {
+                location: Some(format!("{}{path}", owner.trim_end_matches('/'))),
+                owner: Some(owner.clone()),
+                ..ApiError::new(
+                    StatusCode::TEMPORARY_REDIRECT,
+                    "elsewhere",
+                    format!("key `{key}` is held by the instance at {owner}"),
+                )
+            });
+        }
+        Ok(KeyState::Unassigned) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unassigned",
+                format!("the partition of key `{key}` is being reassigned; retry shortly"),
+            ));
+        }
+        Err(e) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e,
+            ));
+        }
+    };
     if state.is_empty() && page.alerts.is_empty() {
         return Err(ApiError::not_found(format!(
             "no state and no recent alert for key `{key}`"
@@ -564,10 +626,15 @@ async fn list_rules(State(s): State<ApiState>) -> Json<RuleList> {
     Json(rule_list(&s.0.rules.current()))
 }
 
+/// A rule as `PUT /v1/rules/{name}` takes it (also the OpenAPI example).
+const RULE_EXAMPLE: &str =
+    "rule large_purchase {\n  severity medium\n  score 20\n  pattern { tx: TX_AMOUNT > 5000 }\n}\n";
+
 /// Checks rule text against the running rules (the files it would join,
 /// less those whose every rule it redefines). Nothing changes.
 #[utoipa::path(post, path = "/v1/rules:validate",
-    request_body(content = String, content_type = "text/plain", description = "rule text (.tl)"),
+    request_body(content = String, content_type = "text/plain", description = "rule text (.tl)",
+                 example = json!(RULE_EXAMPLE)),
     responses((status = 200, body = Validation), (status = 422, body = ErrorBody),
               (status = 401, body = ErrorBody), (status = 413, body = ErrorBody),
               (status = 400, body = ErrorBody)),
@@ -598,8 +665,9 @@ fn checked_name(name: Result<Path<String>, PathRejection>) -> Result<String, Api
 /// rule (examples and models may come with it); the whole rule set must
 /// compile with it. The service switches at its next checkpoint.
 #[utoipa::path(put, path = "/v1/rules/{name}",
-    params(("name" = String, Path, description = "rule name")),
-    request_body(content = String, content_type = "text/plain", description = "rule text (.tl)"),
+    params(("name" = String, Path, description = "rule name", example = "large_purchase")),
+    request_body(content = String, content_type = "text/plain", description = "rule text (.tl)",
+                 example = json!(RULE_EXAMPLE)),
     responses((status = 200, body = RuleChange), (status = 201, body = RuleChange),
               (status = 422, body = ErrorBody), (status = 409, body = ErrorBody),
               (status = 401, body = ErrorBody), (status = 413, body = ErrorBody),

@@ -5,6 +5,7 @@
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
 pub mod identity;
+pub mod owners;
 pub mod service;
 pub mod topology;
 

@@ -241,12 +241,26 @@ pub type AlertHook = Arc<dyn Fn(&[u8]) + Send + Sync>;
 
 /// The shards this process runs, for queries from outside the coordinator
 /// (the REST API reads key state through it).
-#[derive(Default)]
 pub struct ShardDirectory {
-    shards: std::sync::RwLock<Vec<Addr<Shard>>>,
+    shards: std::sync::RwLock<Vec<(ShardId, Addr<Shard>)>>,
+    input_partitions: i32,
 }
 
 impl ShardDirectory {
+    /// Partitions of the input topic.
+    pub fn input_partitions(&self) -> i32 {
+        self.input_partitions
+    }
+
+    /// Whether a shard of this instance holds `partition` of the input topic.
+    pub fn holds_input(&self, partition: i32) -> bool {
+        self.shards
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .any(|(id, _)| *id == (0, partition))
+    }
+
     /// One key's live state in whichever local shard holds it (each shard
     /// answers for the keys of its partition; a key lives in one).
     pub async fn key_view(&self, key: String) -> Result<Vec<serde_json::Value>, String> {
@@ -255,7 +269,7 @@ impl ShardDirectory {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        let answers = join_all(shards.iter().map(|a| a.send(KeyQuery(key.clone())))).await;
+        let answers = join_all(shards.iter().map(|(_, a)| a.send(KeyQuery(key.clone())))).await;
         let mut found = Vec::new();
         for a in answers {
             found.extend(a.map_err(|e| format!("a shard did not answer: {e}"))?);
@@ -377,7 +391,10 @@ pub fn start_with(
         .rules_hash
         .store(topology.rules.def.hash, Ordering::SeqCst);
     let pending_rules = PendingRules::default();
-    let directory = Arc::new(ShardDirectory::default());
+    let directory = Arc::new(ShardDirectory {
+        shards: Default::default(),
+        input_partitions: sources as i32,
+    });
     let shared = Shared {
         stop: stop.clone(),
         progress: progress.clone(),
@@ -620,6 +637,12 @@ fn coordinate(
     if k.static_membership {
         consumer_config.set("group.instance.id", &instance);
     }
+    // Other instances find this one's REST API through the group (owners.rs).
+    let base_id = k.client.get("client.id").map_or("tripline", String::as_str);
+    consumer_config.set(
+        "client.id",
+        super::owners::client_id(base_id, &config.api.advertise),
+    );
     if !k.client.contains_key("fetch.wait.max.ms") {
         // The broker answers a fetch at once when records are there; when
         // none are, it waits this long, which an alert may then wait too.
@@ -724,8 +747,11 @@ impl Coordinator {
             .directory
             .shards
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) =
-            self.shards.values().map(|s| s.addr.clone()).collect();
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = self
+            .shards
+            .iter()
+            .map(|(id, s)| (*id, s.addr.clone()))
+            .collect();
     }
 
     /// Moves every shard to `rules`, right after a committed checkpoint so
@@ -1591,7 +1617,8 @@ pub(super) fn now() -> Instant {
     Instant::now()
 }
 
-fn host_name() -> String {
+/// This machine's host name (the default instance id and API host).
+pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|s| s.trim().to_string())
