@@ -9,7 +9,7 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use std::io::BufRead;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tripline::adapters::api::alerts::AlertLog;
 use tripline::adapters::api::rules::RuleStore;
@@ -97,21 +97,33 @@ impl RuleWatch {
 /// rule file changes are picked up while it runs.
 pub fn serve(config: Config, rules: Arc<RuleSet>, source: RuleSource) -> Result<ExitCode> {
     let brokers = brokers_or_embedded(&config)?;
-    let (handle, mut watch) = start_service(&config, brokers, rules, source)?;
+    let (handle, mut watch, _tail) = start_service(&config, brokers, rules, source)?;
     wait_for_signal(&handle, &mut watch, || {})?;
     handle.stop();
     handle.join()?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// The service with what runs beside it: the REST API (fed every committed
-/// alert) and the watch on the rule files.
+/// Stops and waits for the alerts topic reader when dropped.
+struct TailGuard(Arc<AtomicBool>, Option<std::thread::JoinHandle<()>>);
+
+impl Drop for TailGuard {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+        if let Some(t) = self.1.take() {
+            t.join().ok();
+        }
+    }
+}
+
+/// The service with what runs beside it: the REST API (with its reader of
+/// the alerts topic) and the watch on the rule files.
 fn start_service(
     config: &Config,
     brokers: String,
     rules: Arc<RuleSet>,
     source: RuleSource,
-) -> Result<(ServiceHandle, RuleWatch)> {
+) -> Result<(ServiceHandle, RuleWatch, Option<TailGuard>)> {
     #[allow(clippy::disallowed_methods)]
     let start = std::time::Instant::now();
     let mut watch = RuleWatch {
@@ -127,13 +139,22 @@ fn start_service(
     // API's address (for the other instances to send clients here).
     let mut config = config.clone();
     let listener = bind_api(&mut config)?;
-    let log = AlertLog::new(config.api.alerts_kept);
-    let hook: service::AlertHook = {
-        let log = log.clone();
-        Arc::new(move |json: &[u8]| log.push_published(json))
-    };
-    let handle = service::start_with(config.clone(), brokers.clone(), rules.clone(), Some(hook))?;
+    let handle = service::start(config.clone(), brokers.clone(), rules.clone())?;
+    let mut tail = None;
     if let Some(listener) = listener {
+        // Alerts as the alerts topic has them (read_committed): those of
+        // every instance, and those from before a restart.
+        let log = AlertLog::new(config.api.alerts_kept);
+        let feed = log.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = kafka::alert_tail::tail(
+            &config,
+            &brokers,
+            config.api.alerts_kept,
+            Arc::new(move |json: &[u8]| feed.push_published(json)),
+            stop.clone(),
+        )?;
+        tail = Some(TailGuard(stop, Some(reader)));
         watch.api = Some(start_api(
             &config,
             &brokers,
@@ -144,7 +165,7 @@ fn start_service(
             listener,
         )?);
     }
-    Ok((handle, watch))
+    Ok((handle, watch, tail))
 }
 
 /// Binds `api.listen` (none when empty) and fills in `api.advertise` from
@@ -375,7 +396,7 @@ pub fn demo(
         k.partitions,
     )?;
     let reader = AlertReader::new(&config, &brokers)?;
-    let (handle, mut watch) = start_service(&config, brokers.clone(), rules, source)?;
+    let (handle, mut watch, _tail) = start_service(&config, brokers.clone(), rules, source)?;
     let progress = handle.progress().clone();
     let mut shown = 0u64;
     loop {

@@ -236,9 +236,6 @@ impl Progress {
     }
 }
 
-/// Called with each alert record (its JSON) once its transaction committed.
-pub type AlertHook = Arc<dyn Fn(&[u8]) + Send + Sync>;
-
 /// The shards this process runs, for queries from outside the coordinator
 /// (the REST API reads key state through it).
 pub struct ShardDirectory {
@@ -351,16 +348,6 @@ pub fn start(
     brokers: String,
     rules: Arc<RuleSet>,
 ) -> Result<ServiceHandle, ServiceError> {
-    start_with(config, brokers, rules, None)
-}
-
-/// [`start`], calling `on_alert` with every committed alert.
-pub fn start_with(
-    config: Config,
-    brokers: String,
-    rules: Arc<RuleSet>,
-    on_alert: Option<AlertHook>,
-) -> Result<ServiceHandle, ServiceError> {
     let k = &config.kafka;
     ensure_topics(
         k,
@@ -400,7 +387,6 @@ pub fn start_with(
         progress: progress.clone(),
         pending_rules: pending_rules.clone(),
         directory: directory.clone(),
-        on_alert,
     };
     let thread = std::thread::Builder::new()
         .name("tripline-service".into())
@@ -420,7 +406,6 @@ struct Shared {
     stop: Arc<AtomicBool>,
     progress: Arc<Progress>,
     directory: Arc<ShardDirectory>,
-    on_alert: Option<AlertHook>,
     pending_rules: PendingRules,
 }
 
@@ -532,8 +517,6 @@ struct Coordinator {
     txn_open: bool,
     /// Where the shards are published for queries.
     directory: Arc<ShardDirectory>,
-    /// Told of every committed alert.
-    on_alert: Option<AlertHook>,
 }
 
 struct Ctx {
@@ -598,7 +581,6 @@ fn coordinate(
         progress,
         pending_rules,
         directory,
-        on_alert,
     } = shared;
     let k = &config.kafka;
     let instance = if k.instance_id.is_empty() {
@@ -631,7 +613,6 @@ fn coordinate(
         progress,
         failed: None,
         directory,
-        on_alert,
     }));
     let mut consumer_config = client_config(k, &brokers);
     if k.static_membership {
@@ -1367,13 +1348,6 @@ impl Coordinator {
         let offsets_ms = started.elapsed().as_secs_f64() * 1000.0;
         self.producer.commit_transaction(TXN_TIMEOUT)?;
         self.txn_open = false;
-        if let Some(f) = &self.on_alert {
-            for (_, out) in &outputs {
-                for a in &out.alerts {
-                    f(&a.value);
-                }
-            }
-        }
         let ends = self.producer.context().take();
         self.write_local(&outputs, &ends);
         tracing::debug!(
