@@ -9,13 +9,14 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use std::io::BufRead;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tripline::adapters::api::alerts::AlertLog;
 use tripline::adapters::api::rules::RuleStore;
 use tripline::adapters::api::{
     ApiConfig, ApiState, Health, KeyLookup, KeyState, Readiness, router,
 };
+use tripline::adapters::kafka::alert_tail::Tail;
 use tripline::adapters::kafka::owners::{GroupOwners, Partitioner};
 use tripline::adapters::kafka::{self, ServiceHandle, service};
 use tripline::config::Config;
@@ -104,18 +105,6 @@ pub fn serve(config: Config, rules: Arc<RuleSet>, source: RuleSource) -> Result<
     Ok(ExitCode::SUCCESS)
 }
 
-/// Stops and waits for the alerts topic reader when dropped.
-struct TailGuard(Arc<AtomicBool>, Option<std::thread::JoinHandle<()>>);
-
-impl Drop for TailGuard {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-        if let Some(t) = self.1.take() {
-            t.join().ok();
-        }
-    }
-}
-
 /// The service with what runs beside it: the REST API (with its reader of
 /// the alerts topic) and the watch on the rule files.
 fn start_service(
@@ -123,7 +112,7 @@ fn start_service(
     brokers: String,
     rules: Arc<RuleSet>,
     source: RuleSource,
-) -> Result<(ServiceHandle, RuleWatch, Option<TailGuard>)> {
+) -> Result<(ServiceHandle, RuleWatch, Option<Tail>)> {
     #[allow(clippy::disallowed_methods)]
     let start = std::time::Instant::now();
     let mut watch = RuleWatch {
@@ -146,15 +135,12 @@ fn start_service(
         // every instance, and those from before a restart.
         let log = AlertLog::new(config.api.alerts_kept);
         let feed = log.clone();
-        let stop = Arc::new(AtomicBool::new(false));
-        let reader = kafka::alert_tail::tail(
+        tail = Some(kafka::alert_tail::tail(
             &config,
             &brokers,
             config.api.alerts_kept,
             Arc::new(move |json: &[u8]| feed.push_published(json)),
-            stop.clone(),
-        )?;
-        tail = Some(TailGuard(stop, Some(reader)));
+        )?);
         watch.api = Some(start_api(
             &config,
             &brokers,

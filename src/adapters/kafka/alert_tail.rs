@@ -16,16 +16,30 @@ use std::time::Duration;
 /// Called with each committed alert (the record's value).
 pub type OnAlert = Arc<dyn Fn(&[u8]) + Send + Sync>;
 
+/// The reader's thread: stopped and waited for when dropped.
+pub struct Tail {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Tail {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().ok();
+        }
+    }
+}
+
 /// Reads the alerts topic on its own thread from about the last `keep`
 /// alerts on, calling `on_alert` with each committed alert (the record's
-/// value) until `stop` is set.
+/// value) until the returned [`Tail`] is dropped.
 pub fn tail(
     config: &Config,
     brokers: &str,
     keep: usize,
     on_alert: OnAlert,
-    stop: Arc<AtomicBool>,
-) -> Result<JoinHandle<()>, ServiceError> {
+) -> Result<Tail, ServiceError> {
     let topic = config.kafka.alerts_topic.clone();
     let partitions = partition_counts(&config.kafka, brokers, &[&topic])?[0].unwrap_or(0) as i32;
     let consumer: BaseConsumer = client_config(&config.kafka, brokers)
@@ -42,10 +56,12 @@ pub fn tail(
         tpl.add_partition_offset(&topic, p, Offset::Offset((high - per_partition).max(low)))?;
     }
     consumer.assign(&tpl)?;
-    std::thread::Builder::new()
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    let thread = std::thread::Builder::new()
         .name("tripline-alert-tail".into())
         .spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
+            while !stopped.load(Ordering::Relaxed) {
                 match consumer.poll(Duration::from_millis(100)) {
                     Some(Ok(m)) => {
                         if let Some(v) = m.payload() {
@@ -57,5 +73,9 @@ pub fn tail(
                 }
             }
         })
-        .map_err(|e| ServiceError::Thread(e.to_string()))
+        .map_err(|e| ServiceError::Thread(e.to_string()))?;
+    Ok(Tail {
+        stop,
+        thread: Some(thread),
+    })
 }

@@ -122,8 +122,7 @@ impl GroupOwners {
     /// The current owners, from the cache when it is fresh. Blocks on the
     /// coordinator otherwise (up to `timeout`).
     pub fn owners(&self, timeout: Duration) -> Result<Arc<OwnerMap>, String> {
-        #[allow(clippy::disallowed_methods)]
-        let now = Instant::now();
+        let now = super::service::now();
         {
             let c = self
                 .cached
@@ -156,14 +155,6 @@ impl GroupOwners {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((now, map.clone()));
         Ok(map)
-    }
-
-    /// Forgets the cached owners (after a redirect turned out stale).
-    pub fn invalidate(&self) {
-        *self
-            .cached
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
     }
 }
 
