@@ -671,6 +671,41 @@ fn a_member_sends_clients_to_the_member_that_holds_a_key() {
             Some(format!("{}{path}", apis[owner]).as_str())
         );
     }
+    // Alerts are not partitioned: each member lists those of both, read
+    // back from the alerts topic.
+    let mut want: Vec<String> = alerts
+        .iter()
+        .map(|a| serde_json::from_str::<serde_json::Value>(a).unwrap()["id"].to_string())
+        .collect();
+    want.sort();
+    for api in &apis {
+        let started = now();
+        loop {
+            let mut r = agent
+                .get(&format!("{api}/v1/alerts?limit=1000"))
+                .call()
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 200);
+            let page: serde_json::Value = r.body_mut().read_json().unwrap();
+            let mut got: Vec<String> = page["alerts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a["id"].to_string())
+                .collect();
+            got.sort();
+            if got == want {
+                break;
+            }
+            assert!(
+                got.len() < want.len() && started.elapsed() < Duration::from_secs(30),
+                "{api} lists {} alerts, the topic holds {}",
+                got.len(),
+                want.len()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
     terminate(a);
     terminate(b);
 }
