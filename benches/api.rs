@@ -9,11 +9,12 @@
 //! `KAFKA_BOOTSTRAP=$(scripts/kafka-broker start)`; `WRK_SECONDS` (default
 //! 10) and `WRK_CONNECTIONS` (default 8) set the load.
 
-#[path = "support/stream.rs"]
-mod stream;
+#[path = "../tests/support/serve.rs"]
+mod serve;
+#[path = "support/kafka.rs"]
+mod support;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -48,56 +49,10 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn config(brokers: &str) -> Config {
-    let mut c = Config::default();
-    c.kafka.brokers = brokers.to_string();
-    c.kafka.group_id = format!("bench-api-{}", std::process::id());
-    c.kafka.instance_id = c.kafka.group_id.clone();
-    c.kafka.input_topic = format!("{}.in", c.kafka.group_id);
-    c.kafka.alerts_topic = format!("{}.alerts", c.kafka.group_id);
-    c.kafka.dead_letter_topic = format!("{}.dlq", c.kafka.group_id);
-    c.kafka.partitions = PARTITIONS;
-    c.state.dir = std::env::temp_dir().join(format!("{}.state", c.kafka.group_id));
-    c
-}
-
-fn produce(c: &Config, events: usize) {
-    let p: ThreadedProducer<DefaultProducerContext> =
-        kafka::client_config(&c.kafka, &c.kafka.brokers)
-            .set("linger.ms", "5")
-            .set("queue.buffering.max.messages", "1000000")
-            .create()
-            .expect("producer");
-    for line in stream::lines(events, KEYS, 7) {
-        let key = line
-            .split(&[':', ','][..])
-            .nth(1)
-            .unwrap_or("0")
-            .to_string();
-        kafka::send_waiting(
-            &p,
-            BaseRecord::to(&c.kafka.input_topic)
-                .key(&key)
-                .payload(&line),
-        )
-        .expect("produce");
-    }
-    p.flush(Duration::from_secs(120)).unwrap();
-}
-
 /// Starts `tripline serve` on the bench's topics; returns it and its API.
 fn serve(c: &Config) -> (Serve, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tripline"))
-        .arg("serve")
-        .env("TRIPLINE__KAFKA__BROKERS", &c.kafka.brokers)
-        .env("TRIPLINE__KAFKA__GROUP_ID", &c.kafka.group_id)
+    let mut child = serve::serve_command(c)
         .env("TRIPLINE__KAFKA__INSTANCE_ID", &c.kafka.instance_id)
-        .env("TRIPLINE__KAFKA__INPUT_TOPIC", &c.kafka.input_topic)
-        .env("TRIPLINE__KAFKA__ALERTS_TOPIC", &c.kafka.alerts_topic)
-        .env(
-            "TRIPLINE__KAFKA__DEAD_LETTER_TOPIC",
-            &c.kafka.dead_letter_topic,
-        )
         .env("TRIPLINE__KAFKA__SESSION_TIMEOUT_MS", "6000")
         .env("TRIPLINE__RULES__PATHS", "[\"benches/abc_10m.tl\"]")
         .env("TRIPLINE__STATE__DIR", &c.state.dir)
@@ -241,10 +196,10 @@ fn main() {
             .expect("embedded broker")
             .to_string(),
     };
-    let c = config(&brokers);
+    let c = support::config(&brokers, "api", PARTITIONS);
     kafka::ensure_topics(&c.kafka, &brokers, &[&c.kafka.input_topic], PARTITIONS).unwrap();
     eprintln!("producing {events} events");
-    produce(&c, events);
+    support::produce_stream(&c, events, KEYS);
     eprintln!("produced; starting tripline serve");
     let reader: BaseConsumer = kafka::client_config(&c.kafka, &brokers)
         .set("group.id", &c.kafka.group_id)

@@ -14,18 +14,17 @@
 //! standalone broker (`KAFKA_BOOTSTRAP=$(scripts/kafka-broker start)`) so
 //! that the broker's own CPU time is not counted.
 
-#[path = "support/stream.rs"]
-mod stream;
+#[path = "support/kafka.rs"]
+mod support;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{DefaultProducerContext, ThreadedProducer};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tripline::adapters::kafka::{self, service};
-use tripline::config::Config;
 use tripline::engine::{EngineOptions, RuleSet};
 
 #[allow(clippy::disallowed_methods)]
@@ -44,50 +43,14 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-fn config(brokers: &str, name: &str, partitions: i32) -> Config {
-    let mut c = Config::default();
-    c.kafka.brokers = brokers.to_string();
-    c.kafka.group_id = format!("bench-{name}-{}", std::process::id());
-    c.kafka.instance_id = c.kafka.group_id.clone();
-    c.kafka.input_topic = format!("{}.in", c.kafka.group_id);
-    c.kafka.alerts_topic = format!("{}.alerts", c.kafka.group_id);
-    c.kafka.dead_letter_topic = format!("{}.dlq", c.kafka.group_id);
-    c.kafka.partitions = partitions;
-    c.kafka.session_timeout_ms = 6000;
-    c.kafka.max_poll_interval_ms = 30_000;
-    c.state.dir = std::env::temp_dir().join(format!("{}.state", c.kafka.group_id));
-    c
-}
-
-fn producer(c: &Config) -> ThreadedProducer<DefaultProducerContext> {
-    kafka::client_config(&c.kafka, &c.kafka.brokers)
-        .set("linger.ms", "5")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()
-        .expect("producer")
-}
-
-fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: &str, value: &str) {
-    kafka::send_waiting(p, BaseRecord::to(topic).key(key).payload(value)).expect("produce");
-}
-
 fn throughput(brokers: &str, events: usize) {
     let partitions = 4;
-    let mut c = config(brokers, "throughput", partitions);
+    let mut c = support::config(brokers, "throughput", partitions);
     if let Ok(ms) = std::env::var("CHECKPOINT_MS") {
         c.checkpoint.interval_ms = ms.parse().expect("CHECKPOINT_MS in ms");
     }
     kafka::ensure_topics(&c.kafka, brokers, &[&c.kafka.input_topic], partitions).unwrap();
-    let p = producer(&c);
-    for line in stream::lines(events, 10_000, 7) {
-        let key = line
-            .split(&[':', ','][..])
-            .nth(1)
-            .unwrap_or("0")
-            .to_string();
-        send(&p, &c.kafka.input_topic, &key, &line);
-    }
-    p.flush(Duration::from_secs(60)).unwrap();
+    support::produce_stream(&c, events, 10_000);
 
     // The no-op consumer: a group member that reads every record and commits nothing.
     let noop: BaseConsumer = kafka::client_config(&c.kafka, brokers)
@@ -147,7 +110,7 @@ fn throughput(brokers: &str, events: usize) {
 }
 
 fn latency(brokers: &str, count: usize) {
-    let mut c = config(brokers, "latency", 1);
+    let mut c = support::config(brokers, "latency", 1);
     c.checkpoint.interval_ms = 100;
     kafka::ensure_topics(&c.kafka, brokers, &[&c.kafka.input_topic], 1).unwrap();
     let rules: Arc<RuleSet> = RuleSet::from_source(
@@ -191,7 +154,7 @@ fn latency(brokers: &str, count: usize) {
         if i < count as u64 && now() >= next_send {
             let line = format!(r#"{{"k":"u{}","t":{},"n":{i}}}"#, i % 16, base + i as i64);
             sent.insert(i, now());
-            send(&p, &k.input_topic, &format!("u{}", i % 16), &line);
+            support::send(&p, &k.input_topic, &format!("u{}", i % 16), &line);
             i += 1;
             next_send += Duration::from_millis(5);
         }

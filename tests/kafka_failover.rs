@@ -7,8 +7,11 @@
 mod kafka_support;
 #[path = "support/sample.rs"]
 mod sample;
+#[path = "support/serve.rs"]
+mod serve_support;
 
 use kafka_support::*;
+use serve_support::serve_command;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use tripline::adapters::kafka;
@@ -90,17 +93,8 @@ fn spawn_with_rules(
         .append(true)
         .open(log)
         .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_tripline"))
-        .arg("serve")
-        .env("TRIPLINE__KAFKA__BROKERS", &c.kafka.brokers)
-        .env("TRIPLINE__KAFKA__GROUP_ID", &c.kafka.group_id)
+    serve_command(c)
         .env("TRIPLINE__KAFKA__INSTANCE_ID", instance)
-        .env("TRIPLINE__KAFKA__INPUT_TOPIC", &c.kafka.input_topic)
-        .env("TRIPLINE__KAFKA__ALERTS_TOPIC", &c.kafka.alerts_topic)
-        .env(
-            "TRIPLINE__KAFKA__DEAD_LETTER_TOPIC",
-            &c.kafka.dead_letter_topic,
-        )
         .env("TRIPLINE__KAFKA__SESSION_TIMEOUT_MS", "6000")
         .env("TRIPLINE__KAFKA__MAX_POLL_INTERVAL_MS", "10000")
         .env("TRIPLINE__CHECKPOINT__INTERVAL_MS", "100")

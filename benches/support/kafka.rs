@@ -1,0 +1,53 @@
+//! What the benchmarks on a broker share: a configuration with topics and
+//! group of their own, and the synthetic stream produced to its input.
+// Shared by several bench binaries, each using a part.
+#![allow(dead_code)]
+
+#[path = "stream.rs"]
+mod stream;
+
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use std::time::Duration;
+use tripline::adapters::kafka;
+use tripline::config::Config;
+
+/// A configuration whose group and topics are named after the bench `name`
+/// and this process, so runs can share a broker.
+pub fn config(brokers: &str, name: &str, partitions: i32) -> Config {
+    let mut c = Config::default();
+    c.kafka.brokers = brokers.to_string();
+    c.kafka.group_id = format!("bench-{name}-{}", std::process::id());
+    c.kafka.instance_id = c.kafka.group_id.clone();
+    c.kafka.input_topic = format!("{}.in", c.kafka.group_id);
+    c.kafka.alerts_topic = format!("{}.alerts", c.kafka.group_id);
+    c.kafka.dead_letter_topic = format!("{}.dlq", c.kafka.group_id);
+    c.kafka.partitions = partitions;
+    c.kafka.session_timeout_ms = 6000;
+    c.kafka.max_poll_interval_ms = 30_000;
+    c.state.dir = std::env::temp_dir().join(format!("{}.state", c.kafka.group_id));
+    c
+}
+
+/// A producer batching for throughput, with room for a large backlog.
+pub fn producer(c: &Config) -> ThreadedProducer<DefaultProducerContext> {
+    kafka::client_config(&c.kafka, &c.kafka.brokers)
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .expect("producer")
+}
+
+pub fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: &str, value: &str) {
+    kafka::send_waiting(p, BaseRecord::to(topic).key(key).payload(value)).expect("produce");
+}
+
+/// Produces `events` of the synthetic stream over `keys` keys to the input
+/// topic, each keyed by its own key, and waits until all are written.
+pub fn produce_stream(c: &Config, events: usize, keys: u64) {
+    let p = producer(c);
+    for line in stream::lines(events, keys, 7) {
+        let key = line.split(&[':', ','][..]).nth(1).unwrap_or("0");
+        send(&p, &c.kafka.input_topic, key, &line);
+    }
+    p.flush(Duration::from_secs(120)).unwrap();
+}
