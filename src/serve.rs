@@ -67,10 +67,14 @@ impl RuleWatch {
         match c.compile() {
             Ok(def) => {
                 self.failed = None;
-                if def.hash == self.seen {
+                // A set the API accepted is already on its way to the
+                // service: its files are not a change to hand over again.
+                let accepted = self.api.as_ref().map(|a| a.rules().current().def.hash);
+                let changed = def.hash != self.seen && Some(def.hash) != accepted;
+                self.seen = def.hash;
+                if !changed {
                     return;
                 }
-                self.seen = def.hash;
                 tracing::info!(
                     rules = def.rules.len(),
                     "rule files changed and compile; swapping them in at the next checkpoint"

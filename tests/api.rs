@@ -369,6 +369,11 @@ async fn rules_are_listed_validated_changed_and_deleted() {
     let (s, j) = call(&a, "PUT", "/v1/rules/big", Some(TOKEN), good).await;
     assert_eq!(s, StatusCode::CREATED, "{j}");
     assert_eq!(std::fs::read_to_string(a.dir.join("big.tl")).unwrap(), good);
+    // The set accepted is the one the service loads from the files (big.tl
+    // sorts among them, not last): the same hash, so the file watch sees no
+    // further change.
+    let from_files = RuleSet::load(&[a.dir.as_path()], None, EngineOptions::default()).unwrap();
+    assert_eq!(j["rule_set"], format!("{:016x}", from_files.def.hash));
     let (_, list) = call(&a, "GET", "/v1/rules", None, "").await;
     assert_eq!(list["rule_set"], j["rule_set"]);
     assert!(

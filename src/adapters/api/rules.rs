@@ -116,16 +116,24 @@ impl RuleStore {
         *self.current.lock().unwrap_or_else(PoisonError::into_inner) = rules;
     }
 
-    /// The rule files and their text, read now.
+    /// The rule files and their text, read now, in the order the service
+    /// reads them.
     fn files(&self) -> Result<Vec<(PathBuf, String)>, RuleChangeError> {
+        Ok(self.files_by_path()?.into_iter().flatten().collect())
+    }
+
+    /// [`RuleStore::files`], one list per configured path.
+    fn files_by_path(&self) -> Result<Vec<Vec<(PathBuf, String)>>, RuleChangeError> {
         let mut out = Vec::new();
         for p in &self.paths {
             let files = rule_files(p).map_err(|e| RuleChangeError::Io(e.join("; ")))?;
+            let mut read = Vec::new();
             for f in files {
                 let text = std::fs::read_to_string(&f)
                     .map_err(|e| RuleChangeError::Io(format!("{}: {e}", f.display())))?;
-                out.push((f, text));
+                read.push((f, text));
             }
+            out.push(read);
         }
         Ok(out)
     }
@@ -185,30 +193,47 @@ impl RuleStore {
                 "the body may not define a stream: the stream belongs to the rule files".into(),
             ));
         }
-        let files = self.files()?;
-        let home = files
-            .iter()
-            .position(|(_, t)| names_in(t).iter().any(|n| n == name));
+        let mut by_path = self.files_by_path()?;
+        let home = by_path.iter().enumerate().find_map(|(g, files)| {
+            files
+                .iter()
+                .position(|(_, t)| names_in(t).iter().any(|n| n == name))
+                .map(|i| (g, i))
+        });
         let target = match home {
-            Some(i) => {
-                let (path, t) = &files[i];
+            Some((g, i)) => {
+                let (path, t) = &mut by_path[g][i];
                 if names_in(t) != [name] || has_stream(t) {
                     return Err(RuleChangeError::Shared(format!(
                         "rule `{name}` is defined in {} together with other rules; edit that file",
                         path.display()
                     )));
                 }
+                *t = text.to_string();
                 path.clone()
             }
-            None => self.dir.join(format!("{name}.tl")),
+            None => {
+                // Where the service will read the new file: among the
+                // files of its directory, in their order. The rule set's
+                // hash (and its rules' order) follow the files' order, so
+                // the set accepted here is the one the service reloads.
+                let target = self.dir.join(format!("{name}.tl"));
+                let g = self
+                    .paths
+                    .iter()
+                    .position(|p| *p == self.dir)
+                    .unwrap_or(by_path.len().saturating_sub(1));
+                if let Some(files) = by_path.get_mut(g) {
+                    files.push((target.clone(), text.to_string()));
+                    files.sort_by(|a, b| a.0.cmp(&b.0));
+                } else {
+                    by_path.push(vec![(target.clone(), text.to_string())]);
+                }
+                target
+            }
         };
-        let rest: Vec<_> = files
-            .into_iter()
-            .enumerate()
-            .filter(|(i, _)| Some(*i) != home)
-            .map(|(_, f)| f)
-            .collect();
-        let rules = self.compile(&rest, Some((&target, text)))?;
+        let files: Vec<_> = by_path.into_iter().flatten().collect();
+        let rules = self.compile(&files, None)?;
         write_atomically(&target, text)?;
         self.accept(rules.clone());
         Ok(Written {
