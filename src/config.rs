@@ -10,6 +10,7 @@
 //! Loading reports every problem at once: unknown fields (with the closest
 //! known name), then every failed validation check.
 
+use crate::rules::ast::Severity;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -36,6 +37,117 @@ pub struct Config {
     pub state: StateConfig,
     /// The REST API.
     pub api: ApiSettings,
+    /// Webhook endpoints that receive committed alerts.
+    pub webhooks: WebhooksConfig,
+}
+
+/// Webhook delivery of committed alerts (see `docs/webhooks.md`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct WebhooksConfig {
+    /// Where deliveries that were given up go: the alert unchanged, with the
+    /// endpoint, the attempts and the last error in record headers.
+    pub dead_letter_topic: String,
+    /// How long the status of a finished delivery (delivered or dead) stays
+    /// queryable, e.g. `7d`. Longer than every endpoint's `give_up_after`.
+    pub status_retention: String,
+    /// The endpoints; each alert goes to every endpoint that selects it.
+    pub endpoints: Vec<WebhookEndpoint>,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        WebhooksConfig {
+            dead_letter_topic: "tripline.webhooks.dead-letter".into(),
+            status_retention: "7d".into(),
+            endpoints: Vec::new(),
+        }
+    }
+}
+
+/// One webhook endpoint.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct WebhookEndpoint {
+    /// Names the endpoint in status, metrics, dead letters and rules'
+    /// `notify`: letters, digits, `_` and `-`.
+    pub name: String,
+    /// `https://` (or `http://`) URL alerts are POSTed to.
+    pub url: String,
+    /// Rules whose alerts go here (a trailing `*` matches a prefix). Empty:
+    /// every rule.
+    pub rules: Vec<String>,
+    /// The lowest severity sent here.
+    pub min_severity: Severity,
+    /// The signing key: `whsec_` and base64 (as Standard Webhooks), or any
+    /// other text, whose bytes are the key. Prefer `secret_env`.
+    pub secret: Secret,
+    /// The environment variable that holds the signing key instead.
+    pub secret_env: String,
+    /// How long one request may take, connecting included.
+    pub timeout_ms: u64,
+    /// Requests in flight at once (to different keys: one key's alerts go
+    /// one after the other).
+    pub max_concurrency: usize,
+    /// Deliveries held in memory for this endpoint; the rest wait in the
+    /// outbox on disk.
+    pub queue: usize,
+    /// Retries of failed deliveries.
+    pub retry: RetryPolicy,
+}
+
+impl Default for WebhookEndpoint {
+    fn default() -> Self {
+        WebhookEndpoint {
+            name: String::new(),
+            url: String::new(),
+            rules: Vec::new(),
+            min_severity: Severity::Low,
+            secret: Secret::default(),
+            secret_env: String::new(),
+            timeout_ms: 5_000,
+            max_concurrency: 8,
+            queue: 1_000,
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// Backoff between attempts: the `n`th retry waits a random time between
+/// half and all of `min(initial_backoff_ms * 2^(n-1), max_backoff_ms)`, or
+/// what the receiver's `Retry-After` asks on 429 and 503 (at most
+/// `max_backoff_ms`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct RetryPolicy {
+    /// The first retry's backoff.
+    pub initial_backoff_ms: u64,
+    /// The longest backoff.
+    pub max_backoff_ms: u64,
+    /// A delivery still failing this long after its first attempt goes to
+    /// the dead-letter topic, e.g. `24h`.
+    pub give_up_after: String,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            initial_backoff_ms: 500,
+            max_backoff_ms: 60_000,
+            give_up_after: "24h".into(),
+        }
+    }
+}
+
+/// A secret: never printed (`Debug` shows whether it is set, not what it is).
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "(none)" } else { "(set)" })
+    }
 }
 
 /// The REST API (scores, alerts, rules; see the README).
@@ -477,7 +589,90 @@ impl Config {
         if self.runtime.shard_threads > 1024 {
             p.push("runtime.shard_threads must be at most 1024".into());
         }
+        self.webhook_problems(&mut p);
         p
+    }
+
+    fn webhook_problems(&self, p: &mut Vec<String>) {
+        let w = &self.webhooks;
+        if let Err(e) = check_topic(&w.dead_letter_topic) {
+            p.push(format!(
+                "webhooks.dead_letter_topic `{}`: {e}",
+                w.dead_letter_topic
+            ));
+        }
+        let retention = crate::rules::parse_duration(&w.status_retention).filter(|d| *d > 0);
+        if retention.is_none() {
+            p.push(format!(
+                "webhooks.status_retention `{}` is not a positive duration (e.g. 7d)",
+                w.status_retention
+            ));
+        }
+        if !w.endpoints.is_empty() && self.state.dir.as_os_str().is_empty() {
+            p.push("webhooks need state.dir: their outbox is kept there".into());
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, e) in w.endpoints.iter().enumerate() {
+            let at = if e.name.is_empty() {
+                format!("webhooks.endpoints[{i}]")
+            } else {
+                format!("webhook `{}`", e.name)
+            };
+            if e.name.is_empty()
+                || !e
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                p.push(format!(
+                    "{at}: name must be letters, digits, `_` and `-` (and not empty)"
+                ));
+            } else if !names.insert(e.name.as_str()) {
+                p.push(format!("{at}: two endpoints have this name"));
+            }
+            match reqwest::Url::parse(&e.url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                Ok(_) => p.push(format!("{at}: url `{}` is not an http(s) URL", e.url)),
+                Err(err) => p.push(format!("{at}: url `{}`: {err}", e.url)),
+            }
+            if e.secret.0.is_empty() == e.secret_env.is_empty() {
+                p.push(format!(
+                    "{at}: set one of secret and secret_env (the signing key)"
+                ));
+            }
+            if !(1..=300_000).contains(&e.timeout_ms) {
+                p.push(format!(
+                    "{at}: timeout_ms {} must be 1..=300000",
+                    e.timeout_ms
+                ));
+            }
+            if !(1..=1024).contains(&e.max_concurrency) {
+                p.push(format!(
+                    "{at}: max_concurrency {} must be 1..=1024",
+                    e.max_concurrency
+                ));
+            }
+            if !(1..=1_000_000).contains(&e.queue) {
+                p.push(format!("{at}: queue {} must be 1..=1000000", e.queue));
+            }
+            let r = &e.retry;
+            if r.initial_backoff_ms == 0 || r.max_backoff_ms < r.initial_backoff_ms {
+                p.push(format!(
+                    "{at}: retry.initial_backoff_ms must be at least 1 and at most retry.max_backoff_ms"
+                ));
+            }
+            match crate::rules::parse_duration(&r.give_up_after).filter(|d| *d > 0) {
+                None => p.push(format!(
+                    "{at}: retry.give_up_after `{}` is not a positive duration (e.g. 24h)",
+                    r.give_up_after
+                )),
+                Some(g) if retention.is_some_and(|keep| g >= keep) => p.push(format!(
+                    "{at}: retry.give_up_after `{}` must be shorter than webhooks.status_retention `{}`",
+                    r.give_up_after, w.status_retention
+                )),
+                Some(_) => {}
+            }
+        }
     }
 }
 
@@ -543,6 +738,21 @@ const FIELDS: &[&str] = &[
     "shard_threads",
     "batch_size",
     "max_queued_batches",
+    "webhooks",
+    "endpoints",
+    "name",
+    "url",
+    "min_severity",
+    "secret",
+    "secret_env",
+    "timeout_ms",
+    "max_concurrency",
+    "queue",
+    "retry",
+    "initial_backoff_ms",
+    "max_backoff_ms",
+    "give_up_after",
+    "status_retention",
 ];
 
 fn unknown_field(path: &str) -> String {
@@ -655,6 +865,49 @@ mod tests {
         assert!(load("[kafka", &[]).is_err());
         let e = load("[checkpoint]\ninterval_ms = \"soon\"", &[]).unwrap_err();
         assert!(e.to_string().contains("interval_ms"), "{e}");
+    }
+
+    #[test]
+    fn webhook_endpoints_are_checked() {
+        let ok = load(
+            "[[webhooks.endpoints]]\nname = \"ops\"\nurl = \"https://hooks.example.com/t\"\n\
+             secret_env = \"OPS_SECRET\"\nrules = [\"velocity\"]\nmin_severity = \"high\"",
+            &[],
+        )
+        .unwrap();
+        let e = &ok.webhooks.endpoints[0];
+        assert_eq!((e.timeout_ms, e.max_concurrency), (5000, 8));
+        assert_eq!(format!("{:?}", e.secret), "(none)");
+        let bad = load(
+            "[[webhooks.endpoints]]\nname = \"a b\"\nurl = \"ftp://x\"\nmax_concurrency = 0\n\
+             retry = { give_up_after = \"30d\" }\n\
+             [[webhooks.endpoints]]\nname = \"c\"\nurl = \"http://x\"\nsecret = \"s\"\nsecret_env = \"S\"\n\
+             [[webhooks.endpoints]]\nname = \"c\"\nurl = \"http://x\"\nsecret = \"s\"",
+            &[("TRIPLINE__STATE__DIR", "\"\"")],
+        )
+        .unwrap_err();
+        let text = bad.to_string();
+        for needle in [
+            "webhooks need state.dir",
+            "name must be letters",
+            "url `ftp://x` is not an http(s) URL",
+            "webhook `a b`: set one of secret and secret_env",
+            "max_concurrency 0",
+            "give_up_after `30d` must be shorter than webhooks.status_retention `7d`",
+            "webhook `c`: set one of secret and secret_env",
+            "webhook `c`: two endpoints have this name",
+        ] {
+            assert!(text.contains(needle), "`{needle}` not in:\n{text}");
+        }
+        let secret = load(
+            "[[webhooks.endpoints]]\nname = \"a\"\nurl = \"http://x\"\nsecret = \"hunter2hunter2hunter2\"",
+            &[],
+        )
+        .unwrap();
+        assert!(
+            !format!("{secret:?}").contains("hunter2"),
+            "secrets are not printed"
+        );
     }
 
     #[test]

@@ -28,7 +28,8 @@
 //!   owning that partition's engine; checkpoint barriers travel in-band.
 //! - [`adapters`]: Kafka (consumer group, transactional alerts and dead
 //!   letters, internal topics for rules keyed by other fields, the embedded
-//!   broker).
+//!   broker), the REST API (axum), webhook delivery of committed alerts
+//!   (outbox in RocksDB, Standard Webhooks signatures, retries).
 //! - [`config`]: the service configuration (`tripline.toml` + environment).
 //! - [`export`]: feature rows as CSV or JSON lines (`replay --features`).
 //!

@@ -19,6 +19,7 @@ use tripline::adapters::api::{
 use tripline::adapters::kafka::alert_tail::Tail;
 use tripline::adapters::kafka::owners::{GroupOwners, Partitioner};
 use tripline::adapters::kafka::{self, ServiceHandle, service};
+use tripline::adapters::webhook::Webhooks;
 use tripline::config::Config;
 use tripline::engine::{EngineOptions, RuleSet};
 use tripline::rules::{Compiler, StreamDef};
@@ -116,7 +117,7 @@ fn start_service(
     brokers: String,
     rules: Arc<RuleSet>,
     source: RuleSource,
-) -> Result<(ServiceHandle, RuleWatch, Option<Tail>)> {
+) -> Result<(ServiceHandle, RuleWatch, Running)> {
     #[allow(clippy::disallowed_methods)]
     let start = std::time::Instant::now();
     let mut watch = RuleWatch {
@@ -133,6 +134,7 @@ fn start_service(
     let mut config = config.clone();
     let listener = bind_api(&mut config)?;
     let handle = service::start(config.clone(), brokers.clone(), rules.clone())?;
+    let webhooks = Webhooks::start(&config, &brokers)?;
     let mut tail = None;
     if let Some(listener) = listener {
         // Alerts as the alerts topic has them (read_committed): those of
@@ -155,7 +157,23 @@ fn start_service(
             listener,
         )?);
     }
-    Ok((handle, watch, tail))
+    if let (Some(api), Some(w)) = (&watch.api, &webhooks) {
+        api.set_webhooks(w.status());
+    }
+    Ok((
+        handle,
+        watch,
+        Running {
+            _tail: tail,
+            _webhooks: webhooks,
+        },
+    ))
+}
+
+/// What runs beside the service until it is dropped.
+pub struct Running {
+    _tail: Option<Tail>,
+    _webhooks: Option<Webhooks>,
 }
 
 /// Binds `api.listen` (none when empty) and fills in `api.advertise` from

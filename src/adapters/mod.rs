@@ -4,3 +4,4 @@
 pub mod api;
 pub mod kafka;
 pub mod local;
+pub mod webhook;

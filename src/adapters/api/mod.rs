@@ -17,6 +17,7 @@ pub mod rules;
 
 use self::alerts::{AlertLog, Filter};
 use self::rules::{RuleChangeError, RuleStore, valid_name};
+use crate::adapters::webhook::{DeliveryStatus, DeliveryView, EndpointView};
 use crate::engine::RuleSet;
 use crate::rules::CompileError;
 use axum::extract::rejection::{PathRejection, QueryRejection, StringRejection};
@@ -100,6 +101,7 @@ struct Inner {
     alerts: Arc<AlertLog>,
     keys: Arc<dyn KeyLookup>,
     health: Arc<dyn Health>,
+    webhooks: std::sync::OnceLock<Arc<dyn DeliveryStatus>>,
 }
 
 /// What the handlers share.
@@ -121,7 +123,14 @@ impl ApiState {
             alerts,
             keys,
             health,
+            webhooks: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Shows the webhooks' delivery status (`/v1/webhooks`, and an
+    /// alert's deliveries); without it, no endpoint is configured.
+    pub fn set_webhooks(&self, status: Arc<dyn DeliveryStatus>) {
+        self.0.webhooks.set(status).ok();
     }
 
     /// The rule store (to record rule sets loaded from edited files).
@@ -619,6 +628,77 @@ async fn list_alerts(
 }
 
 /// The running rules and models.
+/// The webhook endpoints and their delivery counters.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct WebhookList {
+    /// Every configured endpoint (none: webhooks are off).
+    pub endpoints: Vec<EndpointView>,
+}
+
+/// Where an alert's webhook deliveries stand.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Deliveries {
+    /// The alert's id.
+    pub alert_id: String,
+    /// One per endpoint the alert went to.
+    pub deliveries: Vec<DeliveryView>,
+}
+
+/// The webhook endpoints with their queues and counters.
+#[utoipa::path(get, path = "/v1/webhooks",
+    responses((status = 200, body = WebhookList), (status = 401, body = ErrorBody)),
+    security((), ("bearer" = [])))]
+async fn list_webhooks(State(s): State<ApiState>) -> Json<WebhookList> {
+    Json(WebhookList {
+        endpoints: s
+            .0
+            .webhooks
+            .get()
+            .map(|w| w.endpoints())
+            .unwrap_or_default(),
+    })
+}
+
+/// An alert's webhook deliveries, one per endpoint: pending, retrying,
+/// delivered or dead, with attempts and the last error. Known on the
+/// instance that delivers the alert's partition, while the status is kept
+/// (`webhooks.status_retention`).
+#[utoipa::path(get, path = "/v1/alerts/{id}/deliveries",
+    params(("id" = String, Path, description = "the alert's id (32 hex digits)",
+            example = "c4a87cf63becc4bf1d556a7cd629e086")),
+    responses((status = 200, body = Deliveries), (status = 404, body = ErrorBody),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 500, body = ErrorBody)),
+    security((), ("bearer" = [])))]
+async fn alert_deliveries(
+    State(s): State<ApiState>,
+    p: Result<Path<String>, PathRejection>,
+) -> Result<Json<Deliveries>, ApiError> {
+    let Path(id) = p?;
+    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::bad_request(format!(
+            "`{id}` is not an alert id (32 hex digits)"
+        )));
+    }
+    let Some(w) = s.0.webhooks.get() else {
+        return Err(ApiError::not_found(
+            "no webhook endpoints are configured (webhooks.endpoints)",
+        ));
+    };
+    let deliveries = w
+        .deliveries(&id)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?;
+    if deliveries.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "no webhook deliveries of alert `{id}` here (none selected it, its status expired, or another instance delivers its partition)"
+        )));
+    }
+    Ok(Json(Deliveries {
+        alert_id: id,
+        deliveries,
+    }))
+}
+
 #[utoipa::path(get, path = "/v1/rules",
     responses((status = 200, body = RuleList), (status = 401, body = ErrorBody)),
     security((), ("bearer" = [])))]
@@ -741,9 +821,10 @@ impl utoipa::Modify for BearerAuth {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "tripline", description = "Risk scores, alerts and rules of a tripline service."),
-    paths(healthz, readyz, key_score, list_alerts, list_rules, validate_rules, put_rule, delete_rule, openapi_json),
+    paths(healthz, readyz, key_score, list_alerts, alert_deliveries, list_webhooks, list_rules, validate_rules, put_rule, delete_rule, openapi_json),
     components(schemas(ErrorBody, ErrorDetail, DiagnosticJson, RuleInfo, ModelInfo, RuleList,
-                        RuleChange, Validation, AlertPage, KeyScore, Healthy, Readiness)),
+                        RuleChange, Validation, AlertPage, KeyScore, Healthy, Readiness,
+                        WebhookList, EndpointView, Deliveries, DeliveryView)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -800,6 +881,8 @@ pub fn router(state: ApiState) -> Router {
     let v1 = Router::new()
         .route("/v1/keys/{stream}/{key}/score", get(key_score))
         .route("/v1/alerts", get(list_alerts))
+        .route("/v1/alerts/{id}/deliveries", get(alert_deliveries))
+        .route("/v1/webhooks", get(list_webhooks))
         .route("/v1/rules", get(list_rules))
         .route("/v1/rules:validate", post(validate_rules))
         .route("/v1/rules/{name}", put(put_rule).delete(delete_rule))

@@ -1,0 +1,447 @@
+//! Webhook delivery end to end: `tripline serve` on a real Kafka-protocol
+//! broker (see `support/kafka.rs`) POSTs committed alerts to a real HTTP
+//! receiver on loopback (`support/receiver.rs`) that fails, times out, is
+//! down and comes back; the service is killed and restarted. Every
+//! committed alert must arrive, signed, in order per key, and an aborted
+//! transaction's alerts never.
+
+#[path = "support/kafka.rs"]
+mod kafka_support;
+#[path = "support/receiver.rs"]
+mod receiver;
+#[path = "support/serve.rs"]
+mod serve_support;
+
+use kafka_support::*;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use receiver::{Mode, Receiver};
+use std::collections::BTreeMap;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+use tripline::adapters::kafka;
+use tripline::config::Config;
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// A `tripline serve` process, killed (SIGKILL) when dropped.
+struct Serve {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+impl Serve {
+    /// Starts `tripline serve` with one webhook endpoint (`endpoint` is its
+    /// TOML settings besides name, url and secret).
+    fn start(c: &Config, run: &str, receiver: &Receiver, endpoint: &str) -> Serve {
+        let log = std::env::temp_dir().join(format!("{}-{run}.log", c.kafka.group_id));
+        let file = std::fs::File::create(&log).unwrap();
+        let endpoints = format!(
+            r#"[{{name = "receiver", url = "{}", secret = "{SECRET}", {endpoint}}}]"#,
+            receiver.url()
+        );
+        let child = serve_support::serve_command(c)
+            .env("TRIPLINE__KAFKA__INSTANCE_ID", &c.kafka.instance_id)
+            .env("TRIPLINE__CHECKPOINT__INTERVAL_MS", "100")
+            .env("TRIPLINE__RUNTIME__SHARD_THREADS", "1")
+            .env("TRIPLINE__API__LISTEN", "127.0.0.1:0")
+            .env("TRIPLINE__STATE__DIR", &c.state.dir)
+            .env("TRIPLINE__WEBHOOKS__ENDPOINTS", endpoints)
+            .env(
+                "TRIPLINE__WEBHOOKS__DEAD_LETTER_TOPIC",
+                &c.webhooks.dead_letter_topic,
+            )
+            .env("TRIPLINE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Serve { child, log }
+    }
+
+    /// The REST API's base URL, once it listens.
+    fn api(&self) -> String {
+        let started = now();
+        loop {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if let Some(at) = log.find("REST API listening on http://") {
+                let rest = &log[at + "REST API listening on ".len()..];
+                return rest.lines().next().unwrap().trim().to_string();
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "no API within 60 s:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn get_json(url: &str) -> (u16, serde_json::Value) {
+    match ureq::get(url).call() {
+        Ok(mut r) => (r.status().as_u16(), r.body_mut().read_json().unwrap()),
+        Err(ureq::Error::StatusCode(code)) => (code, serde_json::Value::Null),
+        Err(e) => panic!("GET {url}: {e}"),
+    }
+}
+
+/// The committed alerts as (id, key), in the alerts topic's order.
+fn committed(c: &Config) -> Vec<(String, String)> {
+    read_committed(c, &c.kafka.alerts_topic)
+        .into_iter()
+        .map(|(k, v, _)| {
+            let a: serde_json::Value = serde_json::from_slice(&v).unwrap();
+            (
+                a["id"].as_str().unwrap().to_string(),
+                String::from_utf8(k.unwrap()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Waits until the receiver has accepted every id in `ids`.
+fn wait_delivered(receiver: &Receiver, ids: &[String], within: Duration) {
+    let started = now();
+    loop {
+        let got: std::collections::BTreeSet<String> = receiver.delivered().into_iter().collect();
+        let missing = ids.iter().filter(|i| !got.contains(*i)).count();
+        if missing == 0 {
+            return;
+        }
+        assert!(
+            started.elapsed() < within,
+            "{missing} of {} alerts not delivered within {within:?}",
+            ids.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Every request was signed, carried the alert id as idempotency key, and
+/// each key's alerts were first accepted in the alerts topic's order.
+fn check_requests(receiver: &Receiver, alerts: &[(String, String)]) {
+    let requests = receiver.requests();
+    for r in &requests {
+        assert!(r.signature_ok, "bad signature on {}", r.id);
+        assert_eq!(r.idempotency_key, r.id);
+        assert_eq!(r.body["id"].as_str(), Some(r.id.as_str()));
+    }
+    let key_of: BTreeMap<&str, &str> = alerts
+        .iter()
+        .map(|(id, k)| (id.as_str(), k.as_str()))
+        .collect();
+    let mut expected: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (id, k) in alerts {
+        expected.entry(k).or_default().push(id);
+    }
+    let mut got: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for id in receiver.delivered() {
+        let k = key_of
+            .get(id.as_str())
+            .expect("only committed alerts arrive");
+        got.entry(k).or_default().push(id);
+    }
+    for (k, ids) in expected {
+        assert_eq!(got[k], ids, "key {k}: delivered out of order");
+    }
+}
+
+fn produce_sample(c: &Config) {
+    kafka::ensure_topics(
+        &c.kafka,
+        &broker(),
+        &[&c.kafka.input_topic],
+        c.kafka.partitions,
+    )
+    .unwrap();
+    let (input, _) = sample_input(c.kafka.partitions);
+    produce(c, &input);
+}
+
+/// Waits until `n` alerts are on the alerts topic and no more come.
+fn wait_for_alerts(c: &Config, at_least: usize) -> Vec<(String, String)> {
+    let started = now();
+    loop {
+        let alerts = committed(c);
+        if alerts.len() >= at_least {
+            return alerts;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "only {} alerts committed",
+            alerts.len()
+        );
+    }
+}
+
+fn expected_alert_count() -> usize {
+    let (_, lines) = sample_input(4);
+    replay(&shipped_rules(), &lines).len()
+}
+
+#[test]
+fn every_alert_arrives_through_failures_timeouts_and_an_outage() {
+    let c = config("webhook-faults");
+    let mut receiver = Receiver::start(SECRET, Duration::from_secs(2));
+    receiver.set_mode(Mode::Fail);
+    produce_sample(&c);
+    let serve = Serve::start(
+        &c,
+        "faults",
+        &receiver,
+        r#"timeout_ms = 300, max_concurrency = 4, retry = {initial_backoff_ms = 50, max_backoff_ms = 400, give_up_after = "10m"}"#,
+    );
+    let api = serve.api();
+    let alerts = wait_for_alerts(&c, expected_alert_count());
+    // 500s, then answers too late, then nobody listening, then 503 with
+    // Retry-After, then the receiver recovers.
+    for (mode, secs) in [(Mode::Fail, 1), (Mode::Slow, 2)] {
+        receiver.set_mode(mode);
+        std::thread::sleep(Duration::from_secs(secs));
+    }
+    receiver.down();
+    std::thread::sleep(Duration::from_secs(2));
+    receiver.set_mode(Mode::Busy);
+    receiver.up();
+    std::thread::sleep(Duration::from_secs(2));
+    let before_recovery = receiver.delivered().len();
+    receiver.set_mode(Mode::Accept);
+    let ids: Vec<String> = alerts.iter().map(|(id, _)| id.clone()).collect();
+    wait_delivered(&receiver, &ids, Duration::from_secs(60));
+    assert!(
+        before_recovery < ids.len(),
+        "the failures were not exercised: {before_recovery} delivered before recovery"
+    );
+    check_requests(&receiver, &alerts);
+    let statuses: Vec<u16> = receiver.requests().iter().map(|r| r.status).collect();
+    for failed in [500, 503] {
+        assert!(statuses.contains(&failed), "no {failed} answered");
+    }
+
+    // The status as the REST API has it.
+    let (code, d) = get_json(&format!("{api}/v1/alerts/{}/deliveries", ids[0]));
+    assert_eq!(code, 200);
+    let d = &d["deliveries"][0];
+    assert_eq!(d["endpoint"], "receiver");
+    assert_eq!(d["state"], "delivered");
+    assert!(d["attempts"].as_u64().unwrap() >= 2, "{d}");
+    let started = now();
+    loop {
+        let (_, w) = get_json(&format!("{api}/v1/webhooks"));
+        let e = &w["endpoints"][0];
+        if e["queued"] == 0 {
+            assert_eq!(e["delivered"].as_u64().unwrap() as usize, ids.len(), "{e}");
+            assert!(e["failed_attempts"].as_u64().unwrap() > 0, "{e}");
+            assert_eq!(e["dead"], 0, "{e}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{w}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, _) = get_json(&format!("{api}/v1/alerts/{}/deliveries", "0".repeat(32)));
+    assert_eq!(code, 404);
+}
+
+#[test]
+fn a_killed_service_delivers_what_was_pending_after_restart() {
+    let c = config("webhook-crash");
+    let receiver = Receiver::start(SECRET, Duration::from_secs(2));
+    receiver.set_mode(Mode::Fail);
+    produce_sample(&c);
+    let endpoint =
+        r#"retry = {initial_backoff_ms = 50, max_backoff_ms = 200, give_up_after = "10m"}"#;
+    let serve = Serve::start(&c, "crash-1", &receiver, endpoint);
+    let alerts = wait_for_alerts(&c, expected_alert_count());
+    // Some delivered, the rest pending, when the service is killed: the
+    // later half of the alerts fails until then (and holds back its keys'
+    // later alerts).
+    for (id, _) in &alerts[alerts.len() / 2..] {
+        receiver.answer(id, Mode::Fail);
+    }
+    receiver.set_mode(Mode::Accept);
+    let started = now();
+    let mut last = (0, now());
+    while last.0 == 0 || last.1.elapsed() < Duration::from_secs(1) {
+        let n = receiver.delivered().len();
+        if n != last.0 {
+            last = (n, now());
+        }
+        assert!(started.elapsed() < Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(serve); // SIGKILL
+    let before = receiver.delivered().len();
+    assert!(before < alerts.len(), "nothing was pending at the kill");
+    receiver.clear_answers();
+    let _serve = Serve::start(&c, "crash-2", &receiver, endpoint);
+    let ids: Vec<String> = alerts.iter().map(|(id, _)| id.clone()).collect();
+    wait_delivered(&receiver, &ids, Duration::from_secs(90));
+    check_requests(&receiver, &alerts);
+}
+
+/// Produces alert records to the alerts topic in one transaction, then
+/// commits or aborts it.
+fn produce_alerts(c: &Config, txn: &str, alerts: &[(&str, &str)], commit: bool) {
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        kafka::client_config(&c.kafka, &broker())
+            .set("transactional.id", format!("{}-{txn}", c.kafka.group_id))
+            .create()
+            .unwrap();
+    producer.init_transactions(Duration::from_secs(30)).unwrap();
+    producer.begin_transaction().unwrap();
+    for (key, body) in alerts {
+        kafka::send_waiting(
+            &producer,
+            BaseRecord::to(&c.kafka.alerts_topic)
+                .key(*key)
+                .payload(*body)
+                .partition(0),
+        )
+        .unwrap();
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    if commit {
+        producer
+            .commit_transaction(Duration::from_secs(30))
+            .unwrap();
+    } else {
+        producer.abort_transaction(Duration::from_secs(30)).unwrap();
+    }
+}
+
+fn alert(id: &str, key: &str) -> String {
+    format!(
+        r#"{{"id":"{id}","rule":"velocity","key":"{key}","event_time":"2018-04-01T10:00:00Z","severity":"high","score":20,"kind":"match","matches":{{}},"values":{{}}}}"#
+    )
+}
+
+#[test]
+fn aborted_alerts_never_arrive_and_given_up_ones_are_dead_lettered() {
+    let mut c = config("webhook-abort");
+    c.webhooks.dead_letter_topic = format!("{}.webhook-dlq", c.kafka.group_id);
+    kafka::ensure_topics(&c.kafka, &broker(), &[&c.kafka.alerts_topic], 1).unwrap();
+    kafka::ensure_topics(&c.kafka, &broker(), &[&c.kafka.input_topic], 4).unwrap();
+    let id = |n: u32| format!("{n:032x}");
+    let aborted = alert(&id(1), "k1");
+    let gone = alert(&id(2), "k1");
+    let failing = alert(&id(3), "k2");
+    let last = alert(&id(4), "k1");
+    produce_alerts(&c, "a", &[("k1", &aborted)], false);
+    produce_alerts(
+        &c,
+        "b",
+        &[("k1", &gone), ("k2", &failing), ("x", "not an alert")],
+        true,
+    );
+    produce_alerts(&c, "c", &[("k1", &aborted)], false);
+    produce_alerts(&c, "d", &[("k1", &last)], true);
+    let receiver = Receiver::start(SECRET, Duration::from_secs(2));
+    receiver.answer(&id(2), Mode::Gone);
+    receiver.answer(&id(3), Mode::Fail);
+    let serve = Serve::start(
+        &c,
+        "abort",
+        &receiver,
+        r#"retry = {initial_backoff_ms = 50, max_backoff_ms = 200, give_up_after = "2s"}"#,
+    );
+    let api = serve.api();
+    // The 410 is not retried, so the key's next alert follows it; the 500s
+    // go on until the give-up horizon.
+    wait_delivered(&receiver, &[id(4)], Duration::from_secs(60));
+    let started = now();
+    let dead = loop {
+        let dead = read_committed(&c, &c.webhooks.dead_letter_topic);
+        if dead.len() >= 3 {
+            break dead;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "dead letters: {dead:?}"
+        );
+    };
+    let requests = receiver.requests();
+    assert!(
+        requests.iter().all(|r| r.id != id(1)),
+        "an aborted alert was delivered"
+    );
+    assert_eq!(requests.iter().filter(|r| r.id == id(2)).count(), 1);
+    assert!(requests.iter().filter(|r| r.id == id(3)).count() > 1);
+    let header = |r: &ReadRecord, name: &str| {
+        r.2.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let by_alert = |n: u32| {
+        dead.iter()
+            .find(|r| header(r, "tripline.alert.id") == id(n))
+            .unwrap_or_else(|| panic!("alert {n} not dead-lettered: {dead:?}"))
+    };
+    let d2 = by_alert(2);
+    assert_eq!(d2.1, gone.as_bytes(), "the alert goes unchanged");
+    assert_eq!(header(d2, "tripline.webhook.endpoint"), "receiver");
+    assert_eq!(header(d2, "tripline.webhook.last_status"), "410");
+    assert!(header(d2, "tripline.webhook.error").starts_with("not retried: HTTP 410"));
+    let d3 = by_alert(3);
+    assert!(
+        header(d3, "tripline.webhook.error").starts_with("gave up after"),
+        "{d3:?}"
+    );
+    assert!(
+        dead.iter().any(|r| r.1 == b"not an alert"
+            && header(r, "tripline.webhook.error").contains("not an alert")),
+        "{dead:?}"
+    );
+    let (code, d) = get_json(&format!("{api}/v1/alerts/{}/deliveries", id(3)));
+    assert_eq!(code, 200);
+    assert_eq!(d["deliveries"][0]["state"], "dead", "{d}");
+    assert_eq!(d["deliveries"][0]["last_status"], 500, "{d}");
+    let (code, _) = get_json(&format!("{api}/v1/alerts/{}/deliveries", id(1)));
+    assert_eq!(code, 404, "an aborted alert has no delivery");
+}
+
+/// The receivers' example in `docs/examples/verify_webhook.py` accepts a
+/// request as sent, and refuses it with one byte of the body changed.
+#[test]
+fn the_documented_python_check_verifies_a_delivered_request() {
+    let c = config("webhook-docs");
+    kafka::ensure_topics(&c.kafka, &broker(), &[&c.kafka.input_topic], 4).unwrap();
+    kafka::ensure_topics(&c.kafka, &broker(), &[&c.kafka.alerts_topic], 1).unwrap();
+    let id = format!("{:032x}", 42);
+    produce_alerts(&c, "a", &[("k", &alert(&id, "k"))], true);
+    let receiver = Receiver::start(SECRET, Duration::from_secs(2));
+    let _serve = Serve::start(&c, "docs", &receiver, "timeout_ms = 2000");
+    wait_delivered(
+        &receiver,
+        std::slice::from_ref(&id),
+        Duration::from_secs(60),
+    );
+    let r = receiver.requests().remove(0);
+    let check = |body: &[u8]| {
+        let file = std::env::temp_dir().join(format!("{}.body", c.kafka.group_id));
+        std::fs::write(&file, body).unwrap();
+        std::process::Command::new("python3")
+            .arg("docs/examples/verify_webhook.py")
+            .args([SECRET, &r.id, &r.timestamp, &r.signature])
+            .arg(&file)
+            .status()
+            .expect("python3 runs the documented check")
+            .success()
+    };
+    assert!(
+        check(&r.raw),
+        "the documented check refuses a genuine request"
+    );
+    let mut tampered = r.raw.clone();
+    tampered[10] ^= 1;
+    assert!(
+        !check(&tampered),
+        "the documented check accepts a changed body"
+    );
+}
