@@ -75,7 +75,8 @@ pub struct WebhookEndpoint {
     /// `https://` (or `http://`) URL alerts are POSTed to.
     pub url: String,
     /// Rules whose alerts go here (a trailing `*` matches a prefix). Empty:
-    /// every rule.
+    /// every rule. Alerts of rules that name the endpoint in `notify` come
+    /// here whatever `rules` and `min_severity` say.
     pub rules: Vec<String>,
     /// The lowest severity sent here.
     pub min_severity: Severity,

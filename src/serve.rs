@@ -133,8 +133,11 @@ fn start_service(
     // API's address (for the other instances to send clients here).
     let mut config = config.clone();
     let listener = bind_api(&mut config)?;
-    let handle = service::start(config.clone(), brokers.clone(), rules.clone())?;
+    check_notify(&config, &rules)?;
+    // Before the service: a webhook that cannot start (a missing secret)
+    // stops `serve` before it consumes anything.
     let webhooks = Webhooks::start(&config, &brokers)?;
+    let handle = service::start(config.clone(), brokers.clone(), rules.clone())?;
     let mut tail = None;
     if let Some(listener) = listener {
         // Alerts as the alerts topic has them (read_committed): those of
@@ -168,6 +171,36 @@ fn start_service(
             _webhooks: webhooks,
         },
     ))
+}
+
+/// Every endpoint a rule names in `notify` must be configured (unless
+/// webhooks are off altogether).
+fn check_notify(config: &Config, rules: &RuleSet) -> Result<()> {
+    let endpoints = &config.webhooks.endpoints;
+    let mut unknown = Vec::new();
+    for r in &rules.def.rules {
+        for name in r.notify.iter() {
+            if !endpoints.iter().any(|e| e.name == **name) {
+                unknown.push(format!("rule `{}` notifies `{name}`", r.name));
+            }
+        }
+    }
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    if endpoints.is_empty() {
+        tracing::warn!(
+            "no webhook endpoints are configured, so `notify` goes nowhere: {}",
+            unknown.join(", ")
+        );
+        return Ok(());
+    }
+    let names: Vec<&str> = endpoints.iter().map(|e| e.name.as_str()).collect();
+    anyhow::bail!(
+        "{}: not in webhooks.endpoints (configured: {})",
+        unknown.join(", "),
+        names.join(", ")
+    )
 }
 
 /// What runs beside the service until it is dropped.

@@ -445,3 +445,99 @@ fn the_documented_python_check_verifies_a_delivered_request() {
         "the documented check accepts a changed body"
     );
 }
+
+fn alert_with(id: &str, key: &str, severity: &str, notify: &str) -> String {
+    format!(
+        r#"{{"id":"{id}","rule":"velocity","key":"{key}","event_time":"2018-04-01T10:00:00Z","severity":"{severity}","score":20,"kind":"match","matches":{{}},"values":{{}}{notify}}}"#
+    )
+}
+
+/// A rule's `notify` sends its alerts to the endpoint whatever the
+/// endpoint's filters; one naming an endpoint not configured is
+/// dead-lettered with that reason.
+#[test]
+fn notify_in_the_alert_routes_past_the_endpoint_filters() {
+    let mut c = config("webhook-notify");
+    c.webhooks.dead_letter_topic = format!("{}.webhook-dlq", c.kafka.group_id);
+    kafka::ensure_topics(&c.kafka, &broker(), &[&c.kafka.input_topic], 4).unwrap();
+    kafka::ensure_topics(&c.kafka, &broker(), &[&c.kafka.alerts_topic], 1).unwrap();
+    let id = |n: u32| format!("{n:032x}");
+    let filtered = alert_with(&id(1), "k", "high", "");
+    let named = alert_with(&id(2), "k", "high", r#","notify":["receiver"]"#);
+    let unknown = alert_with(&id(3), "k", "high", r#","notify":["elsewhere"]"#);
+    let critical = alert_with(&id(4), "k", "critical", "");
+    produce_alerts(
+        &c,
+        "a",
+        &[
+            ("k", &filtered),
+            ("k", &named),
+            ("k", &unknown),
+            ("k", &critical),
+        ],
+        true,
+    );
+    let receiver = Receiver::start(SECRET, Duration::from_secs(2));
+    let _serve = Serve::start(&c, "notify", &receiver, r#"min_severity = "critical""#);
+    wait_delivered(&receiver, &[id(2), id(4)], Duration::from_secs(60));
+    assert_eq!(receiver.delivered(), [id(2), id(4)]);
+    let started = now();
+    let dead = loop {
+        let dead = read_committed(&c, &c.webhooks.dead_letter_topic);
+        if !dead.is_empty() {
+            break dead;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30));
+    };
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let reason = dead[0]
+        .2
+        .iter()
+        .find(|(k, _)| k == "tripline.webhook.error")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_default();
+    assert_eq!(
+        reason,
+        "rule `velocity` notifies endpoint `elsewhere`, which is not in webhooks.endpoints"
+    );
+}
+
+/// `serve` does not start with a rule that names an endpoint not configured.
+#[test]
+fn serve_refuses_rules_that_notify_an_unknown_endpoint() {
+    let c = config("webhook-notify-check");
+    let dir = std::env::temp_dir().join(format!("{}.rules", c.kafka.group_id));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy("rules/stream.tl", dir.join("stream.tl")).unwrap();
+    std::fs::write(
+        dir.join("big.tl"),
+        "rule big {\n  notify pager\n  pattern { x: TX_AMOUNT > 1000 }\n}\n",
+    )
+    .unwrap();
+    let receiver = Receiver::start(SECRET, Duration::from_secs(1));
+    let out = serve_support::serve_command(&c)
+        .env(
+            "TRIPLINE__RULES__PATHS",
+            serde_json::to_string(&[&dir]).unwrap(),
+        )
+        .env("TRIPLINE__STATE__DIR", &c.state.dir)
+        .env("TRIPLINE__API__LISTEN", "")
+        .env(
+            "TRIPLINE__WEBHOOKS__ENDPOINTS",
+            format!(
+                r#"[{{name = "receiver", url = "{}", secret = "{SECRET}"}}]"#,
+                receiver.url()
+            ),
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "rule `big` notifies `pager`: not in webhooks.endpoints (configured: receiver)"
+        ),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}

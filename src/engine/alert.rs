@@ -37,6 +37,8 @@ pub struct Alert {
     pub matches: Vec<(Arc<str>, Vec<Arc<Event>>)>,
     /// Computed payload values.
     pub values: Vec<(Arc<str>, Value)>,
+    /// Webhook endpoints the rule names (`notify`).
+    pub notify: Arc<[Arc<str>]>,
 }
 
 impl Alert {
@@ -117,7 +119,12 @@ impl Alert {
             out.push(b':');
             put_json(out, &v.to_json());
         }
-        out.extend_from_slice(b"}}");
+        out.push(b'}');
+        if !self.notify.is_empty() {
+            out.extend_from_slice(b",\"notify\":");
+            put_json(out, &self.notify);
+        }
+        out.push(b'}');
     }
 }
 
@@ -171,6 +178,7 @@ mod tests {
                 (Arc::from("n"), Value::Num(3.0)),
                 (Arc::from("s"), Value::Null),
             ],
+            notify: Arc::from([]),
         };
         let line = a.to_json_line();
         let v: serde_json::Value = serde_json::from_str(&line).expect("valid JSON");
@@ -189,6 +197,17 @@ mod tests {
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
         assert_eq!(keys.len(), 9);
         assert!(line.starts_with(r#"{"id":"00ff","rule":"#), "{line}");
+        let notifying = Alert {
+            notify: Arc::from([Arc::from("fraud-desk"), Arc::from("ops")]),
+            ..a.clone()
+        };
+        let line = notifying.to_json_line();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["notify"], serde_json::json!(["fraud-desk", "ops"]));
+        assert!(
+            line.ends_with(r#""values":{"n":3,"s":null},"notify":["fraud-desk","ops"]}"#),
+            "{line}"
+        );
         for v in [0u128, 1, 0xdead_beef, u128::MAX, 1 << 127] {
             assert_eq!(hex32(v), format!("{v:032x}"));
         }

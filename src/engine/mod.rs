@@ -780,6 +780,7 @@ fn emit(
             kind,
             matches,
             values,
+            notify: rule.def.notify.clone(),
         });
     }
 }

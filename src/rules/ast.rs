@@ -112,6 +112,8 @@ pub struct RuleAst {
     pub severity: Option<(Severity, Span)>,
     /// Score contribution of each alert.
     pub score: Option<(f64, Span)>,
+    /// Webhook endpoints its alerts always go to, by name.
+    pub notify: Vec<Ident>,
     /// Window of the whole pattern (ms).
     pub within: Option<(i64, Span)>,
     /// After-match skip.

@@ -306,6 +306,8 @@ pub struct RuleDef {
     pub severity: Severity,
     /// Score contribution per alert.
     pub score: f64,
+    /// Webhook endpoints its alerts always go to (the alert's `notify`).
+    pub notify: std::sync::Arc<[std::sync::Arc<str>]>,
     /// Whole-pattern window (ms).
     pub within: Option<i64>,
     /// After-match skip.

@@ -11,6 +11,7 @@ const MAX_DEPTH: usize = 64;
 
 const RULE_CLAUSES: &[&str] = &[
     "key",
+    "notify",
     "stream",
     "description",
     "severity",
@@ -380,6 +381,7 @@ impl Parser {
             description: None,
             severity: None,
             score: None,
+            notify: Vec::new(),
             within: None,
             skip: None,
             report_timeouts: false,
@@ -509,6 +511,31 @@ impl Parser {
                     }
                 };
                 r.severity = Some((sev, id.span));
+            }
+            "notify" => {
+                self.bump();
+                dup(self, !r.notify.is_empty());
+                loop {
+                    let name = self.name("a webhook endpoint's name")?;
+                    if name.name.is_empty()
+                        || !name
+                            .name
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                    {
+                        self.errors.push(
+                            Diagnostic::error(
+                                name.span,
+                                format!("`{}` is not an endpoint name", name.name),
+                            )
+                            .with_hint("endpoint names are letters, digits, `_` and `-`"),
+                        );
+                    }
+                    r.notify.push(name);
+                    if !self.eat_sym(",") {
+                        break;
+                    }
+                }
             }
             "score" => {
                 self.bump();
@@ -1180,12 +1207,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn notify_takes_endpoint_names_only() {
+        let src = "rule r {\n  notify \"a b\"\n  pattern { x: A > 1 }\n}";
+        let (_, errs) = parse_file(0, src);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].message.contains("`a b` is not an endpoint name"),
+            "{errs:?}"
+        );
+        assert_eq!(errs[0].span.start, 18, "points at the name");
+    }
+
+    #[test]
     fn parses_a_rule_with_every_clause() {
         let src = r#"
 rule card_testing {
   key CUSTOMER_ID
   severity high
   score 40
+  notify "fraud-desk", ops
   within 1h
   skip past last event
   pattern {
@@ -1199,6 +1239,8 @@ rule card_testing {
         assert!(errs.is_empty(), "{errs:?}");
         let r = &ast.rules[0];
         assert_eq!(r.name.name, "card_testing");
+        let notify: Vec<&str> = r.notify.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(notify, ["fraud-desk", "ops"]);
         assert_eq!(r.within.unwrap().0, 3_600_000);
         assert_eq!(r.skip.as_ref().unwrap().0, SkipAst::PastLast);
         let p = r.pattern.as_ref().unwrap();

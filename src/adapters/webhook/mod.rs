@@ -210,6 +210,7 @@ pub struct Webhooks {
     stop: Arc<AtomicBool>,
     stop_lanes: watch::Sender<bool>,
     reader: Option<JoinHandle<()>>,
+    lanes: Vec<tokio::task::JoinHandle<()>>,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -221,16 +222,19 @@ impl Drop for Webhooks {
         }
         self.stop_lanes.send(true).ok();
         if let Some(rt) = self.runtime.take() {
-            // Requests on the way get their endpoint's timeout to finish
-            // and be recorded; the rest stay queued for the next start.
+            // The lanes wait up to their endpoint's timeout for requests on
+            // the way (see `run_lane`).
             let grace = self
                 .shared
                 .lanes
                 .iter()
                 .map(|l| l.timeout)
                 .max()
-                .unwrap_or_default();
-            rt.shutdown_timeout(grace + Duration::from_millis(500));
+                .unwrap_or_default()
+                + Duration::from_millis(500);
+            let lanes = futures::future::join_all(self.lanes.drain(..));
+            rt.block_on(async { tokio::time::timeout(grace, lanes).await.ok() });
+            rt.shutdown_timeout(Duration::from_millis(100));
         }
     }
 }
@@ -315,6 +319,7 @@ impl Webhooks {
             .enable_all()
             .build()?;
         let (stop_lanes, stopped) = watch::channel(false);
+        let mut lane_tasks = Vec::new();
         for (i, l) in shared.lanes.iter().enumerate() {
             let client = reqwest::Client::builder()
                 .use_rustls_tls()
@@ -323,7 +328,7 @@ impl Webhooks {
                 .pool_max_idle_per_host(l.max_concurrency)
                 .user_agent(concat!("tripline/", env!("CARGO_PKG_VERSION")))
                 .build()?;
-            runtime.spawn(run_lane(shared.clone(), i, client, stopped.clone()));
+            lane_tasks.push(runtime.spawn(run_lane(shared.clone(), i, client, stopped.clone())));
         }
         let stop = Arc::new(AtomicBool::new(false));
         let reader = {
@@ -341,6 +346,7 @@ impl Webhooks {
             stop,
             stop_lanes,
             reader: Some(reader),
+            lanes: lane_tasks,
             runtime: Some(runtime),
         }))
     }
@@ -387,6 +393,9 @@ struct AlertHead<'a> {
     #[serde(borrow)]
     rule: std::borrow::Cow<'a, str>,
     severity: Severity,
+    /// Endpoints the rule names.
+    #[serde(default, borrow)]
+    notify: Vec<std::borrow::Cow<'a, str>>,
 }
 
 /// How often the reader commits the alerts topic's offsets.
@@ -488,9 +497,31 @@ fn route(
             return;
         }
     };
+    for name in &head.notify {
+        if !shared.lanes.iter().any(|l| l.name == *name) {
+            let q = Queued {
+                alert_id: head.id.to_string(),
+                key: m.key().unwrap_or_default().to_vec(),
+                partition: m.partition(),
+                offset: m.offset(),
+                body: body.to_vec(),
+            };
+            let reason = format!(
+                "rule `{}` notifies endpoint `{name}`, which is not in webhooks.endpoints",
+                head.rule
+            );
+            tracing::error!(alert = %head.id, "webhooks: {reason}");
+            if let Err(e) =
+                futures::executor::block_on(send_dead_letter(shared, name, &q, &reason, None, 0))
+            {
+                tracing::error!("webhooks: {e}");
+            }
+        }
+    }
     let mut n = 0;
     for (i, l) in shared.lanes.iter().enumerate() {
-        if !l.wants(&head.rule, head.severity) {
+        let named = head.notify.iter().any(|n| *n == l.name);
+        if !named && !l.wants(&head.rule, head.severity) {
             continue;
         }
         // Read again after a restart or a rebalance: already queued (or
@@ -637,6 +668,17 @@ async fn run_lane(
     let mut flights: JoinSet<(u64, Outcome)> = JoinSet::new();
     loop {
         if *stop.borrow() {
+            // Requests on the way get the endpoint's timeout to finish and
+            // be recorded; what is left stays queued for the next start.
+            let drain = async {
+                while let Some(done) = flights.join_next().await {
+                    if let Ok((seq, outcome)) = done {
+                        l.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+                        record(&shared, l, &mut window, seq, outcome).await;
+                    }
+                }
+            };
+            tokio::time::timeout(l.timeout, drain).await.ok();
             return;
         }
         let revocations = shared.revocations.load(Ordering::Relaxed);

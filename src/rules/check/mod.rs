@@ -755,6 +755,7 @@ impl RuleChecker<'_> {
             key_slot,
             severity: r.severity.map_or(Severity::Medium, |s| s.0),
             score: r.score.map_or(0.0, |s| s.0),
+            notify: r.notify.iter().map(|n| n.name.as_str().into()).collect(),
             within: r.within.map(|w| w.0),
             skip,
             report_timeouts: r.report_timeouts,
