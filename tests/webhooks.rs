@@ -37,6 +37,17 @@ impl Drop for Serve {
 }
 
 impl Serve {
+    /// Stops it with SIGTERM and waits until it has exited.
+    fn terminate(mut self) {
+        let pid = self.child.id().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "serve exited with {status}");
+    }
+
     /// Starts `tripline serve` with one webhook endpoint (`endpoint` is its
     /// TOML settings besides name, url and secret).
     fn start(c: &Config, run: &str, receiver: &Receiver, endpoint: &str) -> Serve {
@@ -48,6 +59,8 @@ impl Serve {
         );
         let child = serve_support::serve_command(c)
             .env("TRIPLINE__KAFKA__INSTANCE_ID", &c.kafka.instance_id)
+            .env("TRIPLINE__KAFKA__SESSION_TIMEOUT_MS", "6000")
+            .env("TRIPLINE__KAFKA__MAX_POLL_INTERVAL_MS", "10000")
             .env("TRIPLINE__CHECKPOINT__INTERVAL_MS", "100")
             .env("TRIPLINE__RUNTIME__SHARD_THREADS", "1")
             .env("TRIPLINE__API__LISTEN", "127.0.0.1:0")
@@ -540,4 +553,52 @@ fn serve_refuses_rules_that_notify_an_unknown_endpoint() {
         "{stderr}"
     );
     std::fs::remove_dir_all(dir).ok();
+}
+
+/// Two instances share the alerts topic's partitions (consumer group
+/// `{group}-webhooks`); one stops (SIGTERM) with deliveries pending, and
+/// the other takes its partitions over and delivers what it left. (A
+/// member that dies without leaving is covered by the crash test above,
+/// which restarts it: the test broker does not expire a dead member's
+/// session on its own, as Kafka does.)
+#[test]
+fn the_other_instance_delivers_what_a_stopped_one_left() {
+    let c = config("webhook-two");
+    let receiver = Receiver::start(SECRET, Duration::from_secs(2));
+    receiver.set_mode(Mode::Fail);
+    produce_sample(&c);
+    let endpoint =
+        r#"retry = {initial_backoff_ms = 50, max_backoff_ms = 200, give_up_after = "10m"}"#;
+    let mut a = c.clone();
+    a.kafka.instance_id = format!("{}-a", c.kafka.instance_id);
+    a.state.dir = c.state.dir.with_extension("a");
+    let mut b = c.clone();
+    b.kafka.instance_id = format!("{}-b", c.kafka.instance_id);
+    b.state.dir = c.state.dir.with_extension("b");
+    let serve_a = Serve::start(&a, "two-a", &receiver, endpoint);
+    let serve_b = Serve::start(&b, "two-b", &receiver, endpoint);
+    let apis = [serve_a.api(), serve_b.api()];
+    let alerts = wait_for_alerts(&c, expected_alert_count());
+    // Both instances have deliveries queued (the receiver fails them all)
+    // when one is killed: only the other can deliver the killed one's.
+    let started = now();
+    loop {
+        let queued = apis.clone().map(|api| {
+            let (_, w) = get_json(&format!("{api}/v1/webhooks"));
+            w["endpoints"][0]["queued"].as_i64().unwrap_or(0)
+        });
+        if queued.iter().all(|n| *n > 0) && queued.iter().sum::<i64>() == alerts.len() as i64 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "queued: {queued:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    serve_a.terminate();
+    receiver.set_mode(Mode::Accept);
+    let ids: Vec<String> = alerts.iter().map(|(id, _)| id.clone()).collect();
+    wait_delivered(&receiver, &ids, Duration::from_secs(120));
+    check_requests(&receiver, &alerts);
 }

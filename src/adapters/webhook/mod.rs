@@ -308,6 +308,9 @@ impl Webhooks {
         }
         let consumer: BaseConsumer = client_config(k, brokers)
             .set("group.id", format!("{}-webhooks", k.group_id))
+            // A dead instance's partitions move as soon as the service's own.
+            .set("session.timeout.ms", k.session_timeout_ms.to_string())
+            .set("max.poll.interval.ms", k.max_poll_interval_ms.to_string())
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
@@ -450,6 +453,9 @@ fn read_alerts(shared: &Shared, consumer: &BaseConsumer, stop: &AtomicBool) {
                     next.remove(p);
                     committed.remove(p);
                 }
+            }
+            if now != assigned {
+                tracing::info!(partitions = ?now, "webhooks: reading the alerts topic's partitions");
             }
             assigned = now;
         }
@@ -781,6 +787,18 @@ async fn record(
     let Some(i) = window.iter().position(|it| it.seq == seq) else {
         return;
     };
+    // Its partition went to another instance while the request was on the
+    // way: the reader forgot the delivery, and the new owner delivers it
+    // from the topic. Recording a retry here would bring back a status
+    // without a queued delivery, which a later read would take as handled.
+    let failed = matches!(outcome, Outcome::Failed { .. });
+    if failed && !shared.outbox.is_queued(&l.name, seq).unwrap_or(true) {
+        if window[i].status.state == State::Retrying {
+            l.stats.retrying.fetch_sub(1, Ordering::Relaxed);
+        }
+        window.remove(i);
+        return;
+    }
     let now = now_ms();
     let it = &mut window[i];
     it.in_flight = false;
@@ -854,6 +872,10 @@ async fn record(
     };
     if finished {
         let it = &window[i];
+        // Forgotten deliveries (see above) were already taken off the count.
+        if shared.outbox.is_queued(&l.name, it.seq).unwrap_or(true) {
+            l.stats.queued.fetch_sub(1, Ordering::Relaxed);
+        }
         if let Err(e) = shared
             .outbox
             .finish(&l.name, it.seq, &it.queued.alert_id, &it.status)
@@ -863,7 +885,6 @@ async fn record(
         if was_retrying {
             l.stats.retrying.fetch_sub(1, Ordering::Relaxed);
         }
-        l.stats.queued.fetch_sub(1, Ordering::Relaxed);
         shared.finished(it.queued.partition, it.queued.offset);
         window.remove(i);
     }
