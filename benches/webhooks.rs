@@ -78,7 +78,7 @@ fn run(brokers: &str, alerts: usize, other: Option<Mode>) -> (f64, Duration, usi
         second.set_mode(mode);
         endpoints.push(endpoint("second", &second, 5000));
     }
-    let _serve = Serve(
+    let serve = Serve(
         serve::serve_command(&c)
             .env("TRIPLINE__KAFKA__INSTANCE_ID", &k.instance_id)
             .env("TRIPLINE__STATE__DIR", &c.state.dir)
@@ -113,6 +113,7 @@ fn run(brokers: &str, alerts: usize, other: Option<Mode>) -> (f64, Duration, usi
         std::thread::sleep(Duration::from_millis(2));
     }
     let span = first.unwrap().elapsed();
+    drop(serve);
     std::fs::remove_dir_all(&c.state.dir).ok();
     (alerts as f64 / span.as_secs_f64(), span, second.accepted())
 }
