@@ -17,7 +17,7 @@ mod support;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tripline::adapters::kafka;
 use tripline::config::Config;
@@ -30,18 +30,6 @@ fn now() -> Instant {
 const PARTITIONS: i32 = 4;
 const KEYS: u64 = 10_000;
 
-/// `tripline serve`, killed when the bench ends.
-struct Serve(Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.wait();
-    }
-}
-
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -50,7 +38,7 @@ fn env_or(name: &str, default: u64) -> u64 {
 }
 
 /// Starts `tripline serve` on the bench's topics; returns it and its API.
-fn serve(c: &Config) -> (Serve, String) {
+fn serve(c: &Config) -> (serve::Terminated, String) {
     let mut child = serve::serve_command(c)
         .env("TRIPLINE__KAFKA__INSTANCE_ID", &c.kafka.instance_id)
         .env("TRIPLINE__KAFKA__SESSION_TIMEOUT_MS", "6000")
@@ -86,7 +74,7 @@ fn serve(c: &Config) -> (Serve, String) {
             eprintln!("serve: {line}");
         }
     });
-    (Serve(child), api)
+    (serve::Terminated(child), api)
 }
 
 /// Offsets the group has committed, summed over the input's partitions.

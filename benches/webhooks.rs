@@ -18,7 +18,7 @@ mod serve;
 mod support;
 
 use receiver::{Mode, Receiver};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tripline::adapters::kafka;
 use tripline::config::Config;
@@ -30,18 +30,6 @@ fn now() -> Instant {
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const KEYS: usize = 1_000;
-
-/// `tripline serve`, stopped when the bench ends.
-struct Serve(Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.wait();
-    }
-}
 
 fn endpoint(name: &str, r: &Receiver, timeout_ms: u64) -> String {
     format!(
@@ -78,7 +66,7 @@ fn run(brokers: &str, alerts: usize, other: Option<Mode>) -> (f64, Duration, usi
         second.set_mode(mode);
         endpoints.push(endpoint("second", &second, 5000));
     }
-    let serve = Serve(
+    let serve = serve::Terminated(
         serve::serve_command(&c)
             .env("TRIPLINE__KAFKA__INSTANCE_ID", &k.instance_id)
             .env("TRIPLINE__STATE__DIR", &c.state.dir)

@@ -132,19 +132,7 @@ const API_TOKEN: &str = "test-token";
 
 /// The REST API's address, from the member's log.
 fn api_address(c: &Config, instance: &str) -> String {
-    let started = now();
-    loop {
-        let log = std::fs::read_to_string(log_path(c, instance)).unwrap_or_default();
-        if let Some(at) = log.find("REST API listening on http://") {
-            let rest = &log[at + "REST API listening on http://".len()..];
-            return rest.lines().next().unwrap().trim().to_string();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no API address in:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    serve_support::api_address(&log_path(c, instance))
 }
 
 fn signal(child: &Child, sig: &str) {

@@ -80,19 +80,7 @@ impl Serve {
 
     /// The REST API's base URL, once it listens.
     fn api(&self) -> String {
-        let started = now();
-        loop {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            if let Some(at) = log.find("REST API listening on http://") {
-                let rest = &log[at + "REST API listening on ".len()..];
-                return rest.lines().next().unwrap().trim().to_string();
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "no API within 60 s:\n{log}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        format!("http://{}", serve_support::api_address(&self.log))
     }
 }
 
@@ -328,18 +316,46 @@ fn produce_alerts(c: &Config, txn: &str, alerts: &[(&str, &str)], commit: bool) 
     }
 }
 
+/// The input topic, and a one-partition alerts topic for alerts produced
+/// straight to it (their order is the partition's).
+fn alert_topics(c: &Config) {
+    kafka::ensure_topics(&c.kafka, &broker(), &[&c.kafka.input_topic], 4).unwrap();
+    kafka::ensure_topics(&c.kafka, &broker(), &[&c.kafka.alerts_topic], 1).unwrap();
+}
+
+/// Waits until the webhooks' dead-letter topic holds `n` records.
+fn wait_for_dead_letters(c: &Config, n: usize) -> Vec<ReadRecord> {
+    let started = now();
+    loop {
+        let dead = read_committed(c, &c.webhooks.dead_letter_topic);
+        if dead.len() >= n {
+            return dead;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "dead letters: {dead:?}"
+        );
+    }
+}
+
+/// A record header's value (empty when absent).
+fn header(r: &ReadRecord, name: &str) -> String {
+    r.2.iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default()
+}
+
+/// An alert of rule `velocity`, severity high.
 fn alert(id: &str, key: &str) -> String {
-    format!(
-        r#"{{"id":"{id}","rule":"velocity","key":"{key}","event_time":"2018-04-01T10:00:00Z","severity":"high","score":20,"kind":"match","matches":{{}},"values":{{}}}}"#
-    )
+    alert_with(id, key, "high", "")
 }
 
 #[test]
 fn aborted_alerts_never_arrive_and_given_up_ones_are_dead_lettered() {
     let mut c = config("webhook-abort");
     c.webhooks.dead_letter_topic = format!("{}.webhook-dlq", c.kafka.group_id);
-    kafka::ensure_topics(&c.kafka, &broker(), &[&c.kafka.alerts_topic], 1).unwrap();
-    kafka::ensure_topics(&c.kafka, &broker(), &[&c.kafka.input_topic], 4).unwrap();
+    alert_topics(&c);
     let id = |n: u32| format!("{n:032x}");
     let aborted = alert(&id(1), "k1");
     let gone = alert(&id(2), "k1");
@@ -367,17 +383,7 @@ fn aborted_alerts_never_arrive_and_given_up_ones_are_dead_lettered() {
     // The 410 is not retried, so the key's next alert follows it; the 500s
     // go on until the give-up horizon.
     wait_delivered(&receiver, &[id(4)], Duration::from_secs(60));
-    let started = now();
-    let dead = loop {
-        let dead = read_committed(&c, &c.webhooks.dead_letter_topic);
-        if dead.len() >= 3 {
-            break dead;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "dead letters: {dead:?}"
-        );
-    };
+    let dead = wait_for_dead_letters(&c, 3);
     let requests = receiver.requests();
     assert!(
         requests.iter().all(|r| r.id != id(1)),
@@ -385,12 +391,6 @@ fn aborted_alerts_never_arrive_and_given_up_ones_are_dead_lettered() {
     );
     assert_eq!(requests.iter().filter(|r| r.id == id(2)).count(), 1);
     assert!(requests.iter().filter(|r| r.id == id(3)).count() > 1);
-    let header = |r: &ReadRecord, name: &str| {
-        r.2.iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
-    };
     let by_alert = |n: u32| {
         dead.iter()
             .find(|r| header(r, "tripline.alert.id") == id(n))
@@ -424,8 +424,7 @@ fn aborted_alerts_never_arrive_and_given_up_ones_are_dead_lettered() {
 #[test]
 fn the_documented_python_check_verifies_a_delivered_request() {
     let c = config("webhook-docs");
-    kafka::ensure_topics(&c.kafka, &broker(), &[&c.kafka.input_topic], 4).unwrap();
-    kafka::ensure_topics(&c.kafka, &broker(), &[&c.kafka.alerts_topic], 1).unwrap();
+    alert_topics(&c);
     let id = format!("{:032x}", 42);
     produce_alerts(&c, "a", &[("k", &alert(&id, "k"))], true);
     let receiver = Receiver::start(SECRET, Duration::from_secs(2));
@@ -472,8 +471,7 @@ fn alert_with(id: &str, key: &str, severity: &str, notify: &str) -> String {
 fn notify_in_the_alert_routes_past_the_endpoint_filters() {
     let mut c = config("webhook-notify");
     c.webhooks.dead_letter_topic = format!("{}.webhook-dlq", c.kafka.group_id);
-    kafka::ensure_topics(&c.kafka, &broker(), &[&c.kafka.input_topic], 4).unwrap();
-    kafka::ensure_topics(&c.kafka, &broker(), &[&c.kafka.alerts_topic], 1).unwrap();
+    alert_topics(&c);
     let id = |n: u32| format!("{n:032x}");
     let filtered = alert_with(&id(1), "k", "high", "");
     let named = alert_with(&id(2), "k", "high", r#","notify":["receiver"]"#);
@@ -494,23 +492,10 @@ fn notify_in_the_alert_routes_past_the_endpoint_filters() {
     let _serve = Serve::start(&c, "notify", &receiver, r#"min_severity = "critical""#);
     wait_delivered(&receiver, &[id(2), id(4)], Duration::from_secs(60));
     assert_eq!(receiver.delivered(), [id(2), id(4)]);
-    let started = now();
-    let dead = loop {
-        let dead = read_committed(&c, &c.webhooks.dead_letter_topic);
-        if !dead.is_empty() {
-            break dead;
-        }
-        assert!(started.elapsed() < Duration::from_secs(30));
-    };
+    let dead = wait_for_dead_letters(&c, 1);
     assert_eq!(dead.len(), 1, "{dead:?}");
-    let reason = dead[0]
-        .2
-        .iter()
-        .find(|(k, _)| k == "tripline.webhook.error")
-        .map(|(_, v)| v.as_str())
-        .unwrap_or_default();
     assert_eq!(
-        reason,
+        header(&dead[0], "tripline.webhook.error"),
         "rule `velocity` notifies endpoint `elsewhere`, which is not in webhooks.endpoints"
     );
 }

@@ -1,7 +1,10 @@
 //! Running `tripline serve` as a child process on a configuration's broker,
 //! group and topics (the rest of its settings are the caller's).
+// Shared by several test and bench binaries, each using a part.
+#![allow(dead_code)]
 
-use std::process::Command;
+use std::process::{Child, Command};
+use std::time::Duration;
 use tripline::config::Config;
 
 /// `tripline serve` with the broker, group and topics of `c` in its
@@ -18,4 +21,36 @@ pub fn serve_command(c: &Config) -> Command {
             &c.kafka.dead_letter_topic,
         );
     cmd
+}
+
+/// A `tripline serve` process, stopped with SIGTERM (and waited for) when
+/// dropped.
+pub struct Terminated(pub Child);
+
+impl Drop for Terminated {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+/// The REST API's `host:port`, once the log of `serve` at `log` says it
+/// listens (within 60 s).
+pub fn api_address(log: &std::path::Path) -> String {
+    #[allow(clippy::disallowed_methods)]
+    let started = std::time::Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(at) = text.find("REST API listening on http://") {
+            let rest = &text[at + "REST API listening on http://".len()..];
+            return rest.lines().next().unwrap().trim().to_string();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no API address in:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -370,17 +370,10 @@ fn dead_letter_orphans(shared: &Shared, orphans: Vec<outbox::Listed>) {
             item.endpoint
         );
         tracing::warn!(alert = %item.queued.alert_id, "webhooks: {reason}");
-        let sent = futures::executor::block_on(send_dead_letter(
-            shared,
-            &item.endpoint,
-            &item.queued,
-            &reason,
-            None,
-            0,
-        ));
-        match sent {
-            Ok(()) => forgotten.push((item.endpoint, item.seq, item.queued.alert_id)),
-            Err(e) => tracing::error!("webhooks: {e}; the delivery stays in the outbox"),
+        if dead_letter_now(shared, &item.endpoint, &item.queued, &reason).is_ok() {
+            forgotten.push((item.endpoint, item.seq, item.queued.alert_id));
+        } else {
+            tracing::error!("webhooks: the delivery stays in the outbox");
         }
     }
     if let Err(e) = shared.outbox.forget(&forgotten) {
@@ -479,49 +472,34 @@ fn route(
     batch: &mut Vec<(usize, u64, Queued)>,
 ) {
     let body = m.payload().unwrap_or_default();
+    let queued = |alert_id: &str| Queued {
+        alert_id: alert_id.to_string(),
+        key: m.key().unwrap_or_default().to_vec(),
+        partition: m.partition(),
+        offset: m.offset(),
+        body: body.to_vec(),
+    };
     let head = match serde_json::from_slice::<AlertHead<'_>>(body) {
         Ok(h) => h,
         Err(e) => {
-            let q = Queued {
-                alert_id: String::new(),
-                key: m.key().unwrap_or_default().to_vec(),
-                partition: m.partition(),
-                offset: m.offset(),
-                body: body.to_vec(),
-            };
             let reason = format!("the alerts topic record is not an alert: {e}");
             tracing::error!(
                 partition = m.partition(),
                 offset = m.offset(),
                 "webhooks: {reason}"
             );
-            if let Err(e) =
-                futures::executor::block_on(send_dead_letter(shared, "", &q, &reason, None, 0))
-            {
-                tracing::error!("webhooks: {e}");
-            }
+            dead_letter_now(shared, "", &queued(""), &reason).ok();
             return;
         }
     };
     for name in &head.notify {
         if !shared.lanes.iter().any(|l| l.name == *name) {
-            let q = Queued {
-                alert_id: head.id.to_string(),
-                key: m.key().unwrap_or_default().to_vec(),
-                partition: m.partition(),
-                offset: m.offset(),
-                body: body.to_vec(),
-            };
             let reason = format!(
                 "rule `{}` notifies endpoint `{name}`, which is not in webhooks.endpoints",
                 head.rule
             );
             tracing::error!(alert = %head.id, "webhooks: {reason}");
-            if let Err(e) =
-                futures::executor::block_on(send_dead_letter(shared, name, &q, &reason, None, 0))
-            {
-                tracing::error!("webhooks: {e}");
-            }
+            dead_letter_now(shared, name, &queued(&head.id), &reason).ok();
         }
     }
     let mut n = 0;
@@ -541,17 +519,7 @@ fn route(
         }
         let seq = l.next_seq.fetch_add(1, Ordering::Relaxed);
         l.stats.queued.fetch_add(1, Ordering::Relaxed);
-        batch.push((
-            i,
-            seq,
-            Queued {
-                alert_id: head.id.to_string(),
-                key: m.key().unwrap_or_default().to_vec(),
-                partition: m.partition(),
-                offset: m.offset(),
-                body: body.to_vec(),
-            },
-        ));
+        batch.push((i, seq, queued(&head.id)));
         n += 1;
     }
     if n > 0 {
@@ -977,6 +945,13 @@ fn describe(e: &reqwest::Error, timeout: Duration) -> String {
         source = s.source();
     }
     text
+}
+
+/// [`send_dead_letter`] from a thread outside the lanes' runtime (the
+/// reader's, or the start), waiting for it; a failure is logged.
+fn dead_letter_now(shared: &Shared, endpoint: &str, q: &Queued, reason: &str) -> Result<(), ()> {
+    futures::executor::block_on(send_dead_letter(shared, endpoint, q, reason, None, 0))
+        .map_err(|e| tracing::error!("webhooks: {e}"))
 }
 
 /// Writes a delivery given up to the webhooks' dead-letter topic: the

@@ -46,12 +46,7 @@ impl SigningKey {
 
     /// The `webhook-signature` header value for a message.
     pub fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
-        let mut mac = self.mac();
-        mac.update(id.as_bytes());
-        mac.update(b".");
-        mac.update(timestamp.to_string().as_bytes());
-        mac.update(b".");
-        mac.update(body);
+        let mac = self.mac(id, timestamp, body);
         format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
     }
 
@@ -66,19 +61,20 @@ impl SigningKey {
             let Ok(given) = STANDARD.decode(b64) else {
                 return false;
             };
-            let mut mac = self.mac();
-            mac.update(id.as_bytes());
-            mac.update(b".");
-            mac.update(timestamp.to_string().as_bytes());
-            mac.update(b".");
-            mac.update(body);
-            mac.verify_slice(&given).is_ok()
+            self.mac(id, timestamp, body).verify_slice(&given).is_ok()
         })
     }
 
-    fn mac(&self) -> Hmac<Sha256> {
+    /// The MAC over `{id}.{timestamp}.{body}`, the signed content.
+    fn mac(&self, id: &str, timestamp: i64, body: &[u8]) -> Hmac<Sha256> {
         // HMAC takes a key of any length.
-        Hmac::<Sha256>::new_from_slice(&self.0).unwrap_or_else(|_| unreachable!())
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).unwrap_or_else(|_| unreachable!());
+        mac.update(id.as_bytes());
+        mac.update(b".");
+        mac.update(timestamp.to_string().as_bytes());
+        mac.update(b".");
+        mac.update(body);
+        mac
     }
 }
 
