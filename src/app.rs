@@ -16,6 +16,7 @@ use tripline::engine::{Engine, EngineOptions, Outputs, RuleSet, inspect};
 use tripline::event::{FieldPath, TimeFormat, format_time};
 use tripline::export::{FeatureFormat, FeatureWriter};
 use tripline::rules::{CompileError, StreamDef, parse_duration};
+use tripline::telemetry::Telemetry;
 
 /// Real-time complex-event processing and fraud detection.
 #[derive(Parser, Debug)]
@@ -68,6 +69,33 @@ enum Command {
             requires = "features"
         )]
         with_fields: Vec<String>,
+        #[command(flatten)]
+        stream: StreamArgs,
+    },
+    /// Score a candidate rule set against labelled history, beside the
+    /// current rules: alerts, alerts per day, precision and recall per rule.
+    Backtest {
+        /// The candidate rule files or directories.
+        #[arg(long, short, required = true, num_args = 1..)]
+        rules: Vec<PathBuf>,
+        /// The current rule files or directories, to compare with (default:
+        /// `rules`, when it exists and is not the candidate).
+        #[arg(long, num_args = 1..)]
+        current: Vec<PathBuf>,
+        /// Only the candidate, no comparison.
+        #[arg(long, conflicts_with = "current")]
+        alone: bool,
+        /// Labelled events: a .jsonl or .jsonl.gz file, or `-` for standard input.
+        #[arg(long, short)]
+        events: String,
+        /// The top-level field that marks an event as what the rules should
+        /// catch (true, a non-zero number, or "1"/"true"/"yes").
+        #[arg(long, default_value = "TX_FRAUD")]
+        label: String,
+        /// At end of input, advance the watermark to the end so that pending
+        /// deadlines fire.
+        #[arg(long)]
+        flush: bool,
         #[command(flatten)]
         stream: StreamArgs,
     },
@@ -229,9 +257,47 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             };
             replay(rs, &events, flush, features)
         }
+        Command::Backtest {
+            rules,
+            current,
+            alone,
+            events,
+            label,
+            flush,
+            stream,
+        } => {
+            let def = stream.to_def()?;
+            let Some(candidate) = load(&rules, def.clone(), EngineOptions::default())? else {
+                return Ok(ExitCode::from(1));
+            };
+            let current = if alone {
+                Vec::new()
+            } else if current.is_empty() {
+                let default = PathBuf::from("rules");
+                let same = rules
+                    .iter()
+                    .any(|r| r.canonicalize().ok() == default.canonicalize().ok());
+                if default.is_dir() && !same {
+                    vec![default]
+                } else {
+                    Vec::new()
+                }
+            } else {
+                current
+            };
+            let current = if current.is_empty() {
+                None
+            } else {
+                match load(&current, def, EngineOptions::default())? {
+                    Some(rs) => Some(rs),
+                    None => return Ok(ExitCode::from(1)),
+                }
+            };
+            crate::backtest_cmd::backtest(candidate, current, &events, &label, flush)
+        }
         Command::Test { rules } => test_examples(&rules),
         Command::Serve { config } => {
-            let (config, rules) = service_setup(config)?;
+            let (config, rules, _telemetry) = service_setup(config)?;
             match rules {
                 Some((rules, source)) => crate::serve::serve(config, rules, source),
                 None => Ok(ExitCode::from(1)),
@@ -242,7 +308,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             events,
             keep_running,
         } => {
-            let (config, rules) = service_setup(config)?;
+            let (config, rules, _telemetry) = service_setup(config)?;
             match rules {
                 Some((rules, source)) => {
                     crate::serve::demo(config, rules, source, &events, keep_running)
@@ -341,17 +407,22 @@ fn print_line(out: &mut impl Write, line: std::fmt::Arguments<'_>) -> Result<boo
 }
 
 /// Loads the configuration and the rules it names (`None`: the rules have
-/// errors, already printed).
+/// errors, already printed), with telemetry set up as it says (kept until
+/// the command ends: dropping it flushes the exporters).
 #[allow(clippy::type_complexity)]
 fn service_setup(
     path: Option<PathBuf>,
-) -> Result<(Config, Option<(Arc<RuleSet>, crate::serve::RuleSource)>)> {
+) -> Result<(
+    Config,
+    Option<(Arc<RuleSet>, crate::serve::RuleSource)>,
+    Telemetry,
+)> {
     let path = path.or_else(|| {
         let default = PathBuf::from("tripline.toml");
         default.exists().then_some(default)
     });
     let config = Config::load(path.as_deref())?;
-    init_tracing();
+    let telemetry = tripline::telemetry::init(&config.telemetry)?;
     let s = &config.stream;
     let stream = StreamArgs {
         key: s.key.clone(),
@@ -369,18 +440,8 @@ fn service_setup(
     Ok((
         config,
         rules.map(|r| (r, crate::serve::RuleSource { stream, options })),
+        telemetry,
     ))
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TRIPLINE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,librdkafka=warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init()
-        .ok();
 }
 
 fn load(

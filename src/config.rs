@@ -39,6 +39,44 @@ pub struct Config {
     pub api: ApiSettings,
     /// Webhook endpoints that receive committed alerts.
     pub webhooks: WebhooksConfig,
+    /// Logs, metrics and traces.
+    pub telemetry: TelemetryConfig,
+}
+
+/// Logs, metrics and traces (see `docs/operations.md`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct TelemetryConfig {
+    /// `human` (one readable line per record) or `json` (one object per
+    /// line, for log collectors).
+    pub log_format: String,
+    /// Serve the metrics in Prometheus text format at `/metrics` on the API.
+    pub prometheus: bool,
+    /// An OpenTelemetry collector's OTLP/HTTP base URL, e.g.
+    /// `http://otel-collector:4318`: metrics go to `/v1/metrics`, spans to
+    /// `/v1/traces`. Empty: no OTLP export (and no spans recorded).
+    pub otlp_endpoint: String,
+    /// How often metrics are pushed over OTLP.
+    pub otlp_interval_ms: u64,
+    /// The share of input events whose path to their alerts is traced
+    /// (0 to 1), besides every event whose record carries a sampled W3C
+    /// `traceparent` header. Only with `otlp_endpoint`.
+    pub trace_sample_ratio: f64,
+    /// The `service.name` resource attribute.
+    pub service_name: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            log_format: "human".into(),
+            prometheus: true,
+            otlp_endpoint: String::new(),
+            otlp_interval_ms: 10_000,
+            trace_sample_ratio: 0.001,
+            service_name: "tripline".into(),
+        }
+    }
 }
 
 /// Webhook delivery of committed alerts (see `docs/webhooks.md`).
@@ -591,6 +629,35 @@ impl Config {
             p.push("runtime.shard_threads must be at most 1024".into());
         }
         self.webhook_problems(&mut p);
+        let t = &self.telemetry;
+        if !["human", "json"].contains(&t.log_format.as_str()) {
+            p.push(format!(
+                "telemetry.log_format `{}` must be `human` or `json`",
+                t.log_format
+            ));
+        }
+        let url = &t.otlp_endpoint;
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+            p.push(format!(
+                "telemetry.otlp_endpoint `{}` must be an http:// or https:// URL",
+                t.otlp_endpoint
+            ));
+        }
+        if !(100..=3_600_000).contains(&t.otlp_interval_ms) {
+            p.push(format!(
+                "telemetry.otlp_interval_ms {} must be 100..=3600000",
+                t.otlp_interval_ms
+            ));
+        }
+        if !(0.0..=1.0).contains(&t.trace_sample_ratio) {
+            p.push(format!(
+                "telemetry.trace_sample_ratio {} must be between 0 and 1",
+                t.trace_sample_ratio
+            ));
+        }
+        if t.service_name.trim().is_empty() {
+            p.push("telemetry.service_name must not be empty".into());
+        }
         p
     }
 
@@ -754,6 +821,13 @@ const FIELDS: &[&str] = &[
     "max_backoff_ms",
     "give_up_after",
     "status_retention",
+    "telemetry",
+    "log_format",
+    "prometheus",
+    "otlp_endpoint",
+    "otlp_interval_ms",
+    "trace_sample_ratio",
+    "service_name",
 ];
 
 fn unknown_field(path: &str) -> String {
@@ -866,6 +940,34 @@ mod tests {
         assert!(load("[kafka", &[]).is_err());
         let e = load("[checkpoint]\ninterval_ms = \"soon\"", &[]).unwrap_err();
         assert!(e.to_string().contains("interval_ms"), "{e}");
+    }
+
+    #[test]
+    fn telemetry_settings_are_checked() {
+        let ok = load(
+            "[telemetry]\nlog_format = \"json\"\notlp_endpoint = \"http://collector:4318\"",
+            &[],
+        )
+        .unwrap();
+        assert!(ok.telemetry.prometheus);
+        assert_eq!(ok.telemetry.otlp_interval_ms, 10_000);
+        let bad = load(
+            "[telemetry]\nlog_format = \"xml\"\notlp_endpoint = \"collector:4318\"\n\
+             trace_sample_ratio = 1.5\notlp_interval_ms = 5\nservice_name = \" \"\nprometheus_port = 1",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "telemetry.log_format `xml` must be `human` or `json`",
+            "telemetry.otlp_endpoint `collector:4318` must be an http:// or https:// URL",
+            "telemetry.trace_sample_ratio 1.5 must be between 0 and 1",
+            "telemetry.otlp_interval_ms 5",
+            "telemetry.service_name must not be empty",
+            "prometheus_port",
+        ] {
+            assert!(bad.contains(needle), "`{needle}` not in:\n{bad}");
+        }
     }
 
     #[test]

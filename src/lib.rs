@@ -32,6 +32,9 @@
 //!   (outbox in RocksDB, Standard Webhooks signatures, retries).
 //! - [`config`]: the service configuration (`tripline.toml` + environment).
 //! - [`export`]: feature rows as CSV or JSON lines (`replay --features`).
+//! - [`backtest`]: a rule set scored against labelled history (precision,
+//!   recall, alerts per day per rule).
+//! - [`telemetry`]: logs, metrics (Prometheus `/metrics`, OTLP) and traces.
 //!
 //! Start with [`engine::RuleSet::load`] and [`engine::Engine::on_event`]:
 //!
@@ -66,6 +69,7 @@
 //! ```
 
 pub mod adapters;
+pub mod backtest;
 pub mod config;
 pub mod engine;
 pub mod event;
@@ -75,5 +79,6 @@ pub mod pattern;
 pub mod rules;
 pub mod runtime;
 pub mod state;
+pub mod telemetry;
 pub mod time;
 pub mod window;

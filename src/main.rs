@@ -4,6 +4,7 @@ use clap::Parser;
 use std::process::ExitCode;
 
 mod app;
+mod backtest_cmd;
 mod serve;
 
 // The engine allocates per event (the event, its text, match nodes); mimalloc's

@@ -23,6 +23,7 @@ use tripline::adapters::webhook::Webhooks;
 use tripline::config::Config;
 use tripline::engine::{EngineOptions, RuleSet};
 use tripline::rules::{Compiler, StreamDef};
+use tripline::telemetry::{self, events::RulesReload};
 
 /// How the running rules were read, to read them again the same way.
 pub struct RuleSource {
@@ -89,9 +90,7 @@ impl RuleWatch {
             Err(e) => {
                 let text = e.to_string();
                 if self.failed.as_ref() != Some(&text) {
-                    tracing::error!(
-                        "rule files changed but do not compile; the running rules stay:\n{text}"
-                    );
+                    RulesReload::Invalid { errors: &text }.emit();
                     self.failed = Some(text);
                 }
             }
@@ -138,6 +137,26 @@ fn start_service(
     // stops `serve` before it consumes anything.
     let webhooks = Webhooks::start(&config, &brokers)?;
     let handle = service::start(config.clone(), brokers.clone(), rules.clone())?;
+    let progress = handle.progress().clone();
+    telemetry::observe_service(move || progress.figures());
+    if let Some(w) = &webhooks {
+        let status = w.status();
+        telemetry::observe_webhooks(move || {
+            status
+                .endpoints()
+                .into_iter()
+                .map(|e| telemetry::WebhookFigures {
+                    endpoint: e.name,
+                    queued: e.queued,
+                    retrying: e.retrying,
+                    in_flight: e.in_flight,
+                    delivered: e.delivered,
+                    failed_attempts: e.failed_attempts,
+                    dead: e.dead,
+                })
+                .collect()
+        });
+    }
     let mut tail = None;
     if let Some(listener) = listener {
         // Alerts as the alerts topic has them (read_committed): those of
@@ -271,6 +290,10 @@ impl Health for ServiceHealth {
     fn readiness(&self) -> Readiness {
         let (ready, detail) = self.0.readiness();
         Readiness { ready, detail }
+    }
+
+    fn figures(&self) -> Option<telemetry::ServiceFigures> {
+        Some(self.0.figures())
     }
 }
 

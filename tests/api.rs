@@ -439,3 +439,120 @@ async fn limits_and_closed_reads() {
     );
     assert!(Path::new(&open.dir.join("card_model.tl")).exists());
 }
+
+/// The next `n` server-sent events of `body`: (id, data).
+async fn sse_events(body: &mut Body, n: usize) -> Vec<(u64, Json)> {
+    let mut text = String::new();
+    let mut events = Vec::new();
+    while events.len() < n {
+        let frame = tokio::time::timeout(std::time::Duration::from_secs(5), body.frame())
+            .await
+            .expect("an event within 5 s")
+            .expect("the stream goes on")
+            .unwrap();
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        text.push_str(std::str::from_utf8(&data).unwrap());
+        while let Some(end) = text.find("\n\n") {
+            let chunk: String = text.drain(..end + 2).collect();
+            let field = |name: &str| {
+                chunk
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(|v| v.trim().to_string())
+            };
+            if field("event:").as_deref() == Some("alert") {
+                let id = field("id:").unwrap().parse().unwrap();
+                events.push((id, serde_json::from_str(&field("data:").unwrap()).unwrap()));
+            }
+        }
+    }
+    events
+}
+
+#[tokio::test]
+async fn the_dashboard_page_its_figures_and_the_alert_stream() {
+    let a = api("dashboard", ApiConfig::default(), true);
+    let page = a
+        .router
+        .clone()
+        .oneshot(Request::get("/").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let html = page.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&html).contains("<title>tripline</title>"));
+
+    let (s, all) = call(&a, "GET", "/v1/alerts?limit=1000", None, "").await;
+    assert_eq!(s, StatusCode::OK);
+    let all = all["alerts"].as_array().unwrap().clone();
+    let (s, d) = call(&a, "GET", "/v1/dashboard?top=5", None, "").await;
+    assert_eq!(s, StatusCode::OK, "{d}");
+    assert_eq!(d["alerts_kept"].as_u64(), Some(all.len() as u64));
+    // Every rule listed once, the counts adding up to the alerts kept.
+    let rules = d["rules"].as_array().unwrap();
+    let total: u64 = rules.iter().map(|r| r["alerts"].as_u64().unwrap()).sum();
+    assert_eq!(total, all.len() as u64);
+    for r in rules {
+        let name = r["rule"].as_str().unwrap();
+        let n = all.iter().filter(|a| a["rule"] == name).count() as u64;
+        assert_eq!(r["alerts"].as_u64(), Some(n), "{name}");
+    }
+    // The riskiest keys, each with the score its own endpoint gives.
+    let top = d["top_keys"].as_array().unwrap();
+    assert_eq!(top.len(), 5);
+    let scores: Vec<f64> = top.iter().map(|k| k["score"].as_f64().unwrap()).collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+    let stream = d["stream"].as_str().unwrap();
+    for k in top {
+        let key = k["key"].as_str().unwrap();
+        let (s, j) = call(
+            &a,
+            "GET",
+            &format!("/v1/keys/{stream}/{key}/score"),
+            None,
+            "",
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(j["score"].as_f64(), k["score"].as_f64(), "{key}");
+    }
+    assert_eq!(d["partitions"].as_array().map(Vec::len), Some(0));
+    let (s, j) = call(&a, "GET", "/v1/dashboard?top=0", None, "").await;
+    assert_eq!(
+        (s, error_code(&j)),
+        (StatusCode::BAD_REQUEST, "bad_request")
+    );
+
+    // The stream: the latest 50 first, oldest first; with Last-Event-ID,
+    // what follows it.
+    let stream_from = |last: Option<u64>| {
+        let mut req = Request::get("/v1/alerts/stream");
+        if let Some(id) = last {
+            req = req.header("last-event-id", id.to_string());
+        }
+        a.router.clone().oneshot(req.body(Body::empty()).unwrap())
+    };
+    let resp = stream_from(None).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut body = resp.into_body();
+    let n = all.len().min(50);
+    let backlog = sse_events(&mut body, n).await;
+    let newest: Vec<&Json> = all.iter().take(n).rev().collect();
+    let ids: Vec<&Json> = backlog.iter().map(|(_, a)| &a["id"]).collect();
+    let want: Vec<&Json> = newest.iter().map(|a| &a["id"]).collect();
+    assert_eq!(ids, want);
+    let last = backlog.last().unwrap().0;
+    let resp = stream_from(Some(last - 3)).await.unwrap();
+    let resumed = sse_events(&mut resp.into_body(), 3).await;
+    let ids: Vec<u64> = resumed.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids, [last - 2, last - 1, last]);
+}

@@ -303,6 +303,23 @@ impl Engine {
         self.keys.iter().map(|k| k.len()).sum()
     }
 
+    /// Partial matches alive in resident keys (a lazily matched rule's
+    /// window counts as one while it holds events). Walks every resident
+    /// key: for telemetry, now and then.
+    pub fn partial_matches(&self) -> u64 {
+        let mut n = 0u64;
+        for cell in self.keys.iter().flat_map(|k| k.values()) {
+            if let KeyCell::Live(ks) = cell {
+                for m in &ks.matchers {
+                    n += m.partials.iter().filter(|p| p.start.is_some()).count() as u64;
+                    n += m.completed.len() as u64;
+                    n += u64::from(m.lazy.as_ref().is_some_and(|l| !l.recent.is_empty()));
+                }
+            }
+        }
+        n
+    }
+
     /// Events waiting for the watermark.
     pub fn buffered(&self) -> usize {
         self.buffer.len()

@@ -82,6 +82,18 @@ pub enum Severity {
     Critical,
 }
 
+impl Severity {
+    /// Its name as written in rules and alerts (`low` … `critical`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
 /// After-match skip strategy, as written.
 #[derive(Clone, Debug, PartialEq)]
 pub enum SkipAst {

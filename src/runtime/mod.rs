@@ -30,6 +30,7 @@
 
 use crate::engine::{Engine, Migration, Outputs, RuleSet};
 use crate::event::{EventTime, Slot, Value};
+use crate::rules::ast::Severity;
 use crate::state::{self, Change, SnapshotError, StateStore};
 use actix::{Actor, Context, Handler, Message, MessageResult};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -46,6 +47,11 @@ pub struct Record {
     pub payload: Option<Vec<u8>>,
     /// Set on the watermark records of internal topics.
     pub mark: Option<WatermarkMark>,
+    /// When the broker appended it (epoch ms), if known: the start of the
+    /// latency of the alerts it makes fire.
+    pub timestamp_ms: Option<i64>,
+    /// Set when its path to its alerts is traced.
+    pub span: Option<tracing::Span>,
 }
 
 impl Record {
@@ -56,6 +62,8 @@ impl Record {
             key,
             payload,
             mark: None,
+            timestamp_ms: None,
+            span: None,
         }
     }
 }
@@ -158,6 +166,21 @@ pub struct OutRecord {
     pub value: Vec<u8>,
 }
 
+/// An alert to produce, with what telemetry reports of it.
+#[derive(Clone, Debug)]
+pub struct AlertRecord {
+    /// The record: keyed by the rule's key, the alert's JSON as value.
+    pub record: OutRecord,
+    /// The rule that fired.
+    pub rule: Arc<str>,
+    /// Its severity.
+    pub severity: Severity,
+    /// The append time of the input record whose processing made it fire.
+    pub cause_ms: Option<i64>,
+    /// That record's span, when it is traced.
+    pub span: Option<tracing::Span>,
+}
+
 /// Why a record was dead-lettered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeadLetterKind {
@@ -199,7 +222,7 @@ pub struct DeadLetter {
 #[derive(Debug, Default)]
 pub struct ShardOutput {
     /// Alerts, keyed by the rule's key.
-    pub alerts: Vec<OutRecord>,
+    pub alerts: Vec<AlertRecord>,
     /// Events for internal topics: (target, record).
     pub forwarded: Vec<(usize, OutRecord)>,
     /// The shard's watermark.
@@ -226,7 +249,13 @@ pub struct ShardOutput {
     pub passivation: Option<crate::engine::PassivationStats>,
     /// Keys resident in memory.
     pub resident_keys: u64,
+    /// Partial matches alive in resident keys, when counted (every
+    /// [`PARTIALS_EVERY`] barriers: the count walks every resident key).
+    pub partial_matches: Option<u64>,
 }
+
+/// How many barriers apart partial matches are counted.
+pub const PARTIALS_EVERY: u64 = 32;
 
 /// The state entry holding an internal shard's latest source marks.
 const MARKS_KEY: &[u8] = b"w";
@@ -254,6 +283,9 @@ pub struct Shard {
     marks: Vec<Option<WatermarkMark>>,
     pending: ShardOutput,
     outputs: Outputs,
+    /// The record being processed: its append time and span.
+    cause: (Option<i64>, Option<tracing::Span>),
+    barriers: u64,
 }
 
 impl Shard {
@@ -280,6 +312,8 @@ impl Shard {
             marks,
             pending: ShardOutput::default(),
             outputs: Outputs::default(),
+            cause: (None, None),
+            barriers: 0,
         }
     }
 
@@ -294,6 +328,8 @@ impl Shard {
             mut marks,
             pending,
             outputs,
+            cause,
+            barriers,
         } = self;
         if let Some(bytes) = store.get(MARKS_KEY)? {
             // Marks mean the same under any rules: read whatever wrote them.
@@ -316,6 +352,8 @@ impl Shard {
             marks,
             pending,
             outputs,
+            cause,
+            barriers,
         };
         if let Some(m) = shard.engine.take_migration() {
             shard.migrated(m, "state written under other rules");
@@ -401,9 +439,12 @@ impl Shard {
     }
 
     /// Processes one record.
-    pub fn process(&mut self, record: Record) {
+    pub fn process(&mut self, mut record: Record) {
         self.pending.records += 1;
         self.pending.next_offset = Some(record.offset + 1);
+        let span = record.span.take();
+        let _entered = span.as_ref().map(tracing::Span::enter);
+        self.cause = (record.timestamp_ms, span.clone());
         if let Some(mark) = record.mark {
             self.pending.marks += 1;
             self.on_mark(mark);
@@ -487,6 +528,13 @@ impl Shard {
         out.batch = self.engine.batches();
         out.passivation = self.engine.passivation_stats();
         out.resident_keys = self.engine.key_count() as u64;
+        // A traced record's span ends with the alerts it caused, not with
+        // the next record, however long that takes.
+        self.cause.1 = None;
+        self.barriers += 1;
+        if self.barriers % PARTIALS_EVERY == 1 {
+            out.partial_matches = Some(self.engine.partial_matches());
+        }
         out
     }
 
@@ -525,9 +573,15 @@ impl Shard {
         for alert in self.outputs.alerts.drain(..) {
             let mut value = Vec::with_capacity(512);
             alert.write_json(&mut value);
-            self.pending.alerts.push(OutRecord {
-                key: value_text(&alert.key).into_bytes(),
-                value,
+            self.pending.alerts.push(AlertRecord {
+                record: OutRecord {
+                    key: value_text(&alert.key).into_bytes(),
+                    value,
+                },
+                rule: alert.rule.clone(),
+                severity: alert.severity,
+                cause_ms: self.cause.0,
+                span: self.cause.1.clone(),
             });
         }
         for late in self.outputs.late.drain(..) {
@@ -657,8 +711,9 @@ mod tests {
         assert_eq!(out.next_offset, Some(14));
         assert_eq!(out.records, 4);
         assert_eq!(out.alerts.len(), 1);
-        assert_eq!(out.alerts[0].key, b"c1");
-        let alert: serde_json::Value = serde_json::from_slice(&out.alerts[0].value).unwrap();
+        assert_eq!(out.alerts[0].record.key, b"c1");
+        assert_eq!(&*out.alerts[0].rule, "big");
+        let alert: serde_json::Value = serde_json::from_slice(&out.alerts[0].record.value).unwrap();
         assert_eq!(alert["rule"], "big");
         let kinds: Vec<_> = out
             .dead_letters

@@ -22,6 +22,8 @@ pub struct LoggedAlert {
     pub event_time: EventTime,
     /// The rule's score contribution.
     pub score: f64,
+    /// Its severity (`low` … `critical`).
+    pub severity: Arc<str>,
     /// The alert as published (docs/alerts.md).
     pub json: Arc<str>,
 }
@@ -46,6 +48,23 @@ struct Inner {
 pub struct AlertLog {
     capacity: usize,
     inner: Mutex<Inner>,
+    /// The sequence number the next alert gets, for followers of the log.
+    next: tokio::sync::watch::Sender<u64>,
+}
+
+/// A key's risk as the dashboard ranks it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyRisk {
+    /// The key.
+    pub key: Arc<str>,
+    /// The sum of its alerts' scores over the score window before its latest.
+    pub score: f64,
+    /// Its alerts held.
+    pub alerts: usize,
+    /// The rule of its latest alert.
+    pub last_rule: Arc<str>,
+    /// The event time of its latest alert.
+    pub last_event_time: EventTime,
 }
 
 /// A page of alerts.
@@ -76,6 +95,7 @@ impl AlertLog {
         Arc::new(AlertLog {
             capacity: capacity.max(1),
             inner: Mutex::new(Inner::default()),
+            next: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -119,9 +139,78 @@ impl AlertLog {
             key,
             event_time: time,
             score: v["score"].as_f64().unwrap_or(0.0),
+            severity: Arc::from(v["severity"].as_str().unwrap_or("")),
             json: Arc::from(String::from_utf8_lossy(json)),
         });
         self.trim(&mut g);
+        let next = g.next;
+        drop(g);
+        self.next.send_replace(next);
+    }
+
+    /// Told the next sequence number whenever alerts are added.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.next.subscribe()
+    }
+
+    /// Alerts from sequence number `from` on (or the oldest held, if it is
+    /// gone), oldest first, at most `limit`.
+    pub fn since(&self, from: u64, limit: usize) -> Vec<LoggedAlert> {
+        let g = self.lock();
+        let first = g.alerts.front().map_or(0, |a| a.seq);
+        let start = from.saturating_sub(first) as usize;
+        g.alerts.iter().skip(start).take(limit).cloned().collect()
+    }
+
+    /// The latest `limit` alerts, oldest first.
+    pub fn latest(&self, limit: usize) -> Vec<LoggedAlert> {
+        let g = self.lock();
+        let start = g.alerts.len().saturating_sub(limit);
+        g.alerts.iter().skip(start).cloned().collect()
+    }
+
+    /// Alerts held per rule, most first (ties by name).
+    pub fn rule_counts(&self) -> Vec<(Arc<str>, usize)> {
+        let g = self.lock();
+        let mut counts: HashMap<Arc<str>, usize> = HashMap::new();
+        for a in &g.alerts {
+            *counts.entry(a.rule.clone()).or_default() += 1;
+        }
+        let mut v: Vec<(Arc<str>, usize)> = counts.into_iter().collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        v
+    }
+
+    /// The `n` keys with the highest score: each key's alerts' scores summed
+    /// over `window_ms` of event time before its latest alert (as a key's
+    /// score is), highest first (ties by key).
+    pub fn riskiest(&self, window_ms: i64, n: usize) -> Vec<KeyRisk> {
+        let g = self.lock();
+        let first = g.alerts.front().map_or(0, |a| a.seq);
+        let mut v: Vec<KeyRisk> = g
+            .by_key
+            .iter()
+            .filter_map(|(key, seqs)| {
+                let get = |seq: &u64| g.alerts.get((seq - first) as usize);
+                let latest = get(seqs.back()?)?;
+                let score = seqs
+                    .iter()
+                    .filter_map(get)
+                    .filter(|a| a.event_time > latest.event_time - window_ms)
+                    .map(|a| a.score)
+                    .sum();
+                Some(KeyRisk {
+                    key: key.clone(),
+                    score,
+                    alerts: seqs.len(),
+                    last_rule: latest.rule.clone(),
+                    last_event_time: latest.event_time,
+                })
+            })
+            .collect();
+        v.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.key.cmp(&b.key)));
+        v.truncate(n);
+        v
     }
 
     fn trim(&self, g: &mut Inner) {
@@ -223,6 +312,66 @@ mod tests {
             e.on_event(ev, &mut out);
         }
         out.alerts
+    }
+
+    #[test]
+    fn followers_read_after_a_sequence_number_and_are_told_of_new_alerts() {
+        let all = alerts(40);
+        let log = AlertLog::new(10);
+        let mut rx = log.subscribe();
+        log.extend(&all[..4]);
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(*rx.borrow_and_update(), 4);
+        let seqs = |v: Vec<LoggedAlert>| v.iter().map(|a| a.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(log.latest(2)), [2, 3]);
+        assert_eq!(seqs(log.since(2, 10)), [2, 3]);
+        assert_eq!(seqs(log.since(4, 10)), Vec::<u64>::new());
+        // Past the capacity the oldest go: a follower that fell behind
+        // resumes at the oldest still held.
+        log.extend(&all[4..20]);
+        assert_eq!(*rx.borrow_and_update(), 20);
+        assert_eq!(seqs(log.since(2, 3)), [10, 11, 12]);
+        assert_eq!(log.latest(100).len(), 10);
+        assert_eq!(&*log.since(19, 1)[0].severity, "medium");
+    }
+
+    #[test]
+    fn rules_and_keys_are_ranked() {
+        let all = alerts(40);
+        let log = AlertLog::new(1000);
+        log.extend(&all);
+        let counts = log.rule_counts();
+        let count = |r: &str| all.iter().filter(|a| &*a.rule == r).count();
+        assert_eq!(
+            counts,
+            [
+                (Arc::from("big"), count("big")),
+                (Arc::from("huge"), count("huge"))
+            ]
+        );
+        // Scores: big 10, huge 30; with a window that holds one alert only
+        // the latest counts, with a wide one all of the key's.
+        let wide = log.riskiest(1_000_000, 3);
+        assert_eq!(wide.len(), 3);
+        for k in &wide {
+            let of_key: Vec<&Alert> = all.iter().filter(|a| key_text(&a.key) == *k.key).collect();
+            let total: f64 = of_key.iter().map(|a| a.score).sum();
+            assert_eq!(k.score, total);
+            assert_eq!(k.alerts, of_key.len());
+            assert_eq!(k.last_rule, of_key.last().unwrap().rule);
+        }
+        assert!(wide.windows(2).all(|w| w[0].score >= w[1].score));
+        // A 1 ms window holds the alerts at the key's latest instant only.
+        let narrow = log.riskiest(1, 1);
+        assert_eq!(narrow.len(), 1);
+        let at_latest: f64 = all
+            .iter()
+            .filter(|a| {
+                key_text(&a.key) == *narrow[0].key && a.event_time == narrow[0].last_event_time
+            })
+            .map(|a| a.score)
+            .sum();
+        assert_eq!(narrow[0].score, at_latest);
     }
 
     #[test]

@@ -20,10 +20,13 @@ use self::rules::{RuleChangeError, RuleStore, valid_name};
 use crate::adapters::webhook::{DeliveryStatus, DeliveryView, EndpointView};
 use crate::engine::RuleSet;
 use crate::rules::CompileError;
+use crate::telemetry::ServiceFigures;
+use crate::telemetry::events::ApiRequest;
 use axum::extract::rejection::{PathRejection, QueryRejection, StringRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -84,6 +87,11 @@ pub enum KeyState {
 pub trait Health: Send + Sync {
     /// Ready: partitions assigned and their state restored.
     fn readiness(&self) -> Readiness;
+
+    /// The service's figures for the dashboard (none: not known here).
+    fn figures(&self) -> Option<ServiceFigures> {
+        None
+    }
 }
 
 /// See [`Health`].
@@ -821,13 +829,261 @@ impl utoipa::Modify for BearerAuth {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "tripline", description = "Risk scores, alerts and rules of a tripline service."),
-    paths(healthz, readyz, key_score, list_alerts, alert_deliveries, list_webhooks, list_rules, validate_rules, put_rule, delete_rule, openapi_json),
+    paths(healthz, readyz, metrics, dashboard, key_score, list_alerts, alert_deliveries, list_webhooks, list_rules, validate_rules, put_rule, delete_rule, openapi_json),
     components(schemas(ErrorBody, ErrorDetail, DiagnosticJson, RuleInfo, ModelInfo, RuleList,
                         RuleChange, Validation, AlertPage, KeyScore, Healthy, Readiness,
-                        WebhookList, EndpointView, Deliveries, DeliveryView)),
+                        WebhookList, EndpointView, Deliveries, DeliveryView,
+                        Dashboard, RuleCount, RiskyKey, PartitionView)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
+
+/// The dashboard page: static, embedded in the binary; it reads
+/// `/v1/dashboard` and follows `/v1/alerts/stream`.
+async fn dashboard_page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("dashboard.html"),
+    )
+        .into_response()
+}
+
+/// Alerts per rule of the running rule set, among the alerts kept.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RuleCount {
+    /// The rule.
+    pub rule: String,
+    /// Its alerts among those kept.
+    pub alerts: usize,
+}
+
+/// A key ranked by risk.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RiskyKey {
+    /// The key.
+    pub key: String,
+    /// Its score: its alerts' scores over the score window before its
+    /// latest alert.
+    pub score: f64,
+    /// Its alerts among those kept.
+    pub alerts: usize,
+    /// The rule of its latest alert.
+    pub last_rule: String,
+    /// The event time of its latest alert (RFC 3339).
+    pub last_event_time: String,
+}
+
+/// A partition this instance holds.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PartitionView {
+    /// The topic (input or internal).
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// Records between the committed offset and the partition's end.
+    pub lag: Option<i64>,
+    /// Wall clock minus the partition's watermark.
+    pub watermark_delay_seconds: Option<f64>,
+}
+
+/// What the dashboard shows.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Dashboard {
+    /// The stream the rules read.
+    pub stream: String,
+    /// Recent alerts kept (what the counts and scores cover).
+    pub alerts_kept: usize,
+    /// Keys whose state is in memory.
+    pub keys_resident: u64,
+    /// Keys whose state is only in the data directory.
+    pub keys_passivated: u64,
+    /// Per rule, most alerts first.
+    pub rules: Vec<RuleCount>,
+    /// The riskiest keys, highest score first.
+    pub top_keys: Vec<RiskyKey>,
+    /// The partitions held, with lag and watermark delay.
+    pub partitions: Vec<PartitionView>,
+}
+
+/// The dashboard's figures: alerts per rule, the riskiest keys, the
+/// partitions' lag and watermark delay.
+#[utoipa::path(get, path = "/v1/dashboard",
+    params(("top" = Option<usize>, Query, description = "how many keys to rank (1 to 100, default 10)")),
+    responses((status = 200, body = Dashboard), (status = 401, body = ErrorBody), (status = 400, body = ErrorBody)),
+    security((), ("bearer" = [])))]
+async fn dashboard(
+    State(s): State<ApiState>,
+    q: Result<Query<DashboardQuery>, QueryRejection>,
+) -> Result<Json<Dashboard>, ApiError> {
+    let Query(q) = q?;
+    let top = q.top.unwrap_or(10);
+    if !(1..=100).contains(&top) {
+        return Err(ApiError::bad_request(format!("top {top} must be 1..=100")));
+    }
+    let rules = s.0.rules.current();
+    let counts = s.0.alerts.rule_counts();
+    let mut per_rule: Vec<RuleCount> = counts
+        .iter()
+        .map(|(rule, n)| RuleCount {
+            rule: rule.to_string(),
+            alerts: *n,
+        })
+        .collect();
+    for r in &rules.def.rules {
+        if !counts.iter().any(|(name, _)| **name == *r.name) {
+            per_rule.push(RuleCount {
+                rule: r.name.to_string(),
+                alerts: 0,
+            });
+        }
+    }
+    let top_keys =
+        s.0.alerts
+            .riskiest(s.0.config.score_window_ms, top)
+            .into_iter()
+            .map(|k| RiskyKey {
+                key: k.key.to_string(),
+                score: k.score,
+                alerts: k.alerts,
+                last_rule: k.last_rule.to_string(),
+                last_event_time: crate::event::format_time(k.last_event_time),
+            })
+            .collect();
+    let figures = s.0.health.figures().unwrap_or_default();
+    let now = crate::telemetry::now_ms();
+    Ok(Json(Dashboard {
+        stream: rules.def.stream.name.to_string(),
+        alerts_kept: s.0.alerts.len(),
+        keys_resident: figures.keys_resident,
+        keys_passivated: figures.keys_passivated,
+        rules: per_rule,
+        top_keys,
+        partitions: figures
+            .partitions
+            .iter()
+            .map(|p| PartitionView {
+                topic: p.topic.clone(),
+                partition: p.partition,
+                lag: p.lag(),
+                watermark_delay_seconds: p.watermark_delay(now),
+            })
+            .collect(),
+    }))
+}
+
+/// `/v1/dashboard` parameters.
+#[derive(Debug, Deserialize, IntoParams)]
+struct DashboardQuery {
+    top: Option<usize>,
+}
+
+/// Alerts sent when a follower connects without `Last-Event-ID`.
+const STREAM_BACKLOG: usize = 50;
+
+/// Committed alerts as server-sent events (`event: alert`, `id`: the
+/// alert's position in the log, `data`: the alert's JSON): the latest 50,
+/// then each as it arrives. With `Last-Event-ID`, those after it instead
+/// (from the oldest kept, if it is gone). Not in the OpenAPI document: the
+/// response never ends.
+async fn alert_stream(State(s): State<ApiState>, headers: HeaderMap) -> Response {
+    let log = s.0.alerts.clone();
+    let rx = log.subscribe();
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let (from, backlog) = match resume {
+        Some(id) => (id.saturating_add(1), Vec::new()),
+        None => {
+            let backlog = log.latest(STREAM_BACKLOG);
+            let from = backlog.last().map_or(0, |a| a.seq + 1);
+            (from, backlog)
+        }
+    };
+    let state = (log, rx, from, std::collections::VecDeque::from(backlog));
+    let events =
+        futures::stream::unfold(state, |(log, mut rx, mut from, mut pending)| async move {
+            loop {
+                if let Some(a) = pending.pop_front() {
+                    let event = SseEvent::default()
+                        .event("alert")
+                        .id(a.seq.to_string())
+                        .data(&*a.json);
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(event),
+                        (log, rx, from, pending),
+                    ));
+                }
+                rx.borrow_and_update();
+                let batch = log.since(from, 256);
+                if let Some(last) = batch.last() {
+                    from = last.seq + 1;
+                    pending.extend(batch);
+                    continue;
+                }
+                // Nothing new: wait for the log to grow (or go away).
+                rx.changed().await.ok()?;
+            }
+        });
+    Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// The metrics in Prometheus text format (404 when `telemetry.prometheus`
+/// is off). Needs the token unless reads are open.
+#[utoipa::path(get, path = "/metrics", responses(
+    (status = 200, description = "Prometheus text exposition format 0.0.4", content_type = "text/plain", body = String),
+    (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security((), ("bearer" = [])))]
+async fn metrics() -> Response {
+    match crate::telemetry::prometheus_text() {
+        Some(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        None => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "metrics are not served here (telemetry.prometheus is off)",
+        )
+        .into_response(),
+    }
+}
+
+/// Times every routed request and, when spans are exported, runs it in a
+/// span named by its route.
+async fn observe(path: Option<MatchedPath>, req: Request, next: Next) -> Response {
+    #[allow(clippy::disallowed_methods)]
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    let route = path.as_ref().map_or("(unmatched)", MatchedPath::as_str);
+    let response = if crate::telemetry::tracing_enabled() {
+        let span = tracing::info_span!(
+            "tripline.api",
+            http.request.method = %method,
+            http.route = route,
+        );
+        tracing::Instrument::instrument(next.run(req), span).await
+    } else {
+        next.run(req).await
+    };
+    ApiRequest {
+        method: method.as_str(),
+        route,
+        status: response.status().as_u16(),
+        duration: started.elapsed(),
+    }
+    .emit();
+    response
+}
 
 /// Checks the bearer token: always for writes, for reads unless they are
 /// open.
@@ -886,12 +1142,17 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/rules", get(list_rules))
         .route("/v1/rules:validate", post(validate_rules))
         .route("/v1/rules/{name}", put(put_rule).delete(delete_rule))
+        .route("/metrics", get(metrics))
+        .route("/v1/dashboard", get(dashboard))
+        .route("/v1/alerts/stream", get(alert_stream))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
+        .route("/", get(dashboard_page))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi_json))
         .merge(v1)
+        .route_layer(middleware::from_fn(observe))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))

@@ -34,10 +34,14 @@ use crate::adapters::local::{LocalError, LocalState, Position, ShardStore};
 use crate::config::Config;
 use crate::engine::RuleSet;
 use crate::runtime::{
-    Barrier, DeadLetter, KeyQuery, Persisted, Record, Records, Reload, Shard, ShardOutput,
-    WatermarkMark, check_entry,
+    Barrier, DeadLetter, DeadLetterKind, KeyQuery, Persisted, Record, Records, Reload, Shard,
+    ShardOutput, WatermarkMark, check_entry,
 };
 use crate::state::{MemoryStore, SnapshotError, StateStore};
+use crate::telemetry::events::{
+    AlertCommit, CheckpointCommitted, CheckpointFailed, PartitionCommit, RulesReload,
+};
+use crate::telemetry::{self, PartitionFigures, ServiceFigures};
 use actix::dev::SendError;
 use actix::{Actor, Addr, Arbiter, ArbiterHandle};
 use futures::executor::block_on;
@@ -112,6 +116,9 @@ const RESTORE_TIMEOUT: Duration = Duration::from_secs(50);
 const RESTORE_LOG_EVERY: Duration = Duration::from_secs(5);
 /// The header that marks a watermark record in an internal topic.
 const MARK_HEADER: &str = "tripline.watermark";
+/// The W3C trace context header, read from input records and written on
+/// the alerts of traced ones.
+const TRACEPARENT: &str = "traceparent";
 
 /// Why the service stopped.
 #[derive(Debug, thiserror::Error)]
@@ -212,9 +219,50 @@ pub struct Progress {
     pub restored_records: AtomicU64,
     /// Changelog partitions being read now (0 when no restore runs).
     pub restoring_partitions: AtomicU64,
+    /// Per partition held: consumer lag and watermark, for telemetry.
+    pub partition_figures: Mutex<BTreeMap<(String, i32), PartitionFigures>>,
 }
 
 impl Progress {
+    /// The figures telemetry reads.
+    pub fn figures(&self) -> ServiceFigures {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ServiceFigures {
+            partitions_assigned: get(&self.partitions),
+            partitions_restoring: get(&self.restoring_partitions),
+            keys_resident: get(&self.resident_keys),
+            keys_passivated: get(&self.passivated_keys),
+            state_bytes: get(&self.resident_bytes),
+            partitions: self
+                .partition_figures
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .values()
+                .cloned()
+                .collect(),
+        }
+    }
+
+    fn with_partition(&self, topic: &str, partition: i32, f: impl FnOnce(&mut PartitionFigures)) {
+        let mut map = self
+            .partition_figures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entry = map
+            .entry((topic.to_string(), partition))
+            .or_insert_with(|| PartitionFigures {
+                topic: topic.to_string(),
+                partition,
+                end_offset: None,
+                fetched_all: false,
+                committed_offset: None,
+                all_committed: false,
+                watermark_ms: None,
+                partial_matches: None,
+            });
+        f(entry);
+    }
+
     /// Ready to answer: it holds partitions and restores none (and why
     /// not, or what it holds).
     pub fn readiness(&self) -> (bool, String) {
@@ -493,6 +541,8 @@ struct Slot {
     store: Option<ShardStore>,
     /// What that copy covers.
     position: Position,
+    /// The offset after the last record polled (`None`: none yet).
+    polled_to: Option<i64>,
 }
 
 struct Coordinator {
@@ -521,9 +571,41 @@ struct Coordinator {
 
 struct Ctx {
     inner: Arc<Mutex<Coordinator>>,
+    /// Apart from `inner`: statistics arrive while it may be locked.
+    progress: Arc<Progress>,
 }
 
-impl ClientContext for Ctx {}
+impl ClientContext for Ctx {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let progress = &self.progress;
+        for (name, topic) in &statistics.topics {
+            for (id, p) in &topic.partitions {
+                // librdkafka's own lag counts from offsets it committed
+                // itself, and these are committed by the transactional
+                // producer: the lag is the partition's end (the last
+                // stable offset, for read_committed) minus the position
+                // the last checkpoint committed. Its "unassigned"
+                // partition (-1) and unknown ends (-1) are left out.
+                let end = if p.ls_offset >= 0 {
+                    p.ls_offset
+                } else {
+                    p.hi_offset
+                };
+                if *id >= 0 && end >= 0 {
+                    progress.with_partition(name, *id, |f| {
+                        f.end_offset = Some(end);
+                        f.fetched_all = p.next_offset >= end;
+                        // Until this process commits, the group's offset
+                        // as fetched at assignment.
+                        if f.committed_offset.is_none() && p.committed_offset >= 0 {
+                            f.committed_offset = Some(p.committed_offset);
+                        }
+                    });
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for Ctx {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Ctx>, rebalance: &Rebalance<'_>) {
@@ -534,6 +616,11 @@ impl ConsumerContext for Ctx {
                 c.recover(consumer, e);
             }
             for e in tpl.elements() {
+                c.progress
+                    .partition_figures
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(&(e.topic().to_string(), e.partition()));
                 if let Some(t) = c.topology.index(e.topic()) {
                     c.shards.remove(&(t, e.partition()));
                     if t == 0 {
@@ -598,6 +685,7 @@ fn coordinate(
     } else {
         Some(LocalState::open(&config.state.dir)?)
     };
+    let progress_for_stats = progress.clone();
     let inner = Arc::new(Mutex::new(Coordinator {
         config: config.clone(),
         brokers: brokers.clone(),
@@ -624,6 +712,10 @@ fn coordinate(
         "client.id",
         super::owners::client_id(base_id, &config.api.advertise),
     );
+    if !k.client.contains_key("statistics.interval.ms") {
+        // Consumer lag per partition, for telemetry.
+        consumer_config.set("statistics.interval.ms", "5000");
+    }
     if !k.client.contains_key("fetch.wait.max.ms") {
         // The broker answers a fetch at once when records are there; when
         // none are, it waits this long, which an alert may then wait too.
@@ -639,6 +731,7 @@ fn coordinate(
         .set("max.poll.interval.ms", k.max_poll_interval_ms.to_string())
         .create_with_context(Ctx {
             inner: inner.clone(),
+            progress: progress_for_stats,
         })?;
     let topics: Vec<&str> = topology.topics.iter().map(|t| t.name.as_str()).collect();
     consumer.subscribe(&topics)?;
@@ -673,6 +766,15 @@ fn coordinate(
                     );
                     if t > 0 {
                         record.mark = read_mark(&m);
+                    }
+                    record.timestamp_ms = m.timestamp().to_millis();
+                    if telemetry::tracing_enabled() {
+                        record.span = telemetry::event_span(
+                            header(&m, TRACEPARENT),
+                            m.topic(),
+                            m.partition(),
+                            m.offset(),
+                        );
                     }
                     lock(&inner).enqueue(&consumer, (t, m.partition()), record);
                 }
@@ -739,10 +841,17 @@ impl Coordinator {
     /// that the next one carries the migrated state. Refused (logged) when
     /// the new rules need other topics than the running ones.
     fn swap_rules(&mut self, rules: Arc<RuleSet>) {
+        let _span = telemetry::events::reload_span().entered();
         let topology = match Topology::new(&self.config, rules, self.topology.sources) {
             Ok(t) => t,
             Err(e) => {
-                tracing::error!("new rules refused, the running ones stay: {e}");
+                RulesReload::Refused {
+                    reason: &e.to_string(),
+                }
+                .emit();
+                self.progress
+                    .rule_reloads_refused
+                    .fetch_add(1, Ordering::Relaxed);
                 return;
             }
         };
@@ -753,12 +862,15 @@ impl Coordinator {
                 .collect()
         };
         if names(&topology) != names(&self.topology) {
-            tracing::error!(
-                running = ?self.topology.internal().collect::<Vec<_>>(),
-                new = ?topology.internal().collect::<Vec<_>>(),
-                "rule change refused: it keys rules by other fields, which needs other internal \
-                 topics; restart the service to apply it (the running rules stay)"
-            );
+            RulesReload::Refused {
+                reason: &format!(
+                    "it keys rules by other fields, which needs other internal topics \
+                     (running: {:?}, new: {:?}); restart the service to apply it",
+                    self.topology.internal().collect::<Vec<_>>(),
+                    topology.internal().collect::<Vec<_>>(),
+                ),
+            }
+            .emit();
             self.progress
                 .rule_reloads_refused
                 .fetch_add(1, Ordering::Relaxed);
@@ -774,11 +886,11 @@ impl Coordinator {
             slot.addr
                 .do_send(Reload(topology.rules.clone(), plan.rules.clone()));
         }
-        tracing::info!(
-            rules = topology.rules.rules.len(),
-            hash = format!("{:016x}", topology.rules.def.hash),
-            "rules reloaded"
-        );
+        RulesReload::Applied {
+            rules: topology.rules.rules.len(),
+            hash: topology.rules.def.hash,
+        }
+        .emit();
         self.progress
             .rules_hash
             .store(topology.rules.def.hash, Ordering::SeqCst);
@@ -994,6 +1106,7 @@ impl Coordinator {
                 refused: None,
                 store,
                 position,
+                polled_to: None,
             },
         );
         if id.0 == 0 {
@@ -1140,6 +1253,7 @@ impl Coordinator {
             // A record fetched before its partition was revoked.
             return;
         };
+        slot.polled_to = Some(record.offset + 1);
         slot.building.push(record);
         if slot.building.len() >= batch_size && slot.refused.is_none() {
             let batch = std::mem::take(&mut slot.building);
@@ -1260,6 +1374,7 @@ impl Coordinator {
         if marks.is_empty() && outputs.iter().all(|(_, o)| o.records == 0) {
             return Ok(());
         }
+        let _span = telemetry::events::checkpoint_span().entered();
         let k = &self.config.kafka;
         let started = now();
         self.producer.begin_transaction()?;
@@ -1267,16 +1382,21 @@ impl Coordinator {
         let mut offsets = TopicPartitionList::new();
         let (mut alerts, mut dead, mut records) = (0u64, 0u64, 0u64);
         let (mut forwarded, mut internal) = (0u64, 0u64);
+        let mut state_bytes = 0u64;
         self.producer.context().take();
         for (i, ((t, p), out)) in outputs.iter().enumerate() {
             let topic = self.topic(*t);
             for a in &out.alerts {
-                send(
-                    &self.producer,
-                    BaseRecord::with_opaque_to(&k.alerts_topic, 0)
-                        .key(a.key.as_slice())
-                        .payload(a.value.as_slice()),
-                )?;
+                let mut r = BaseRecord::with_opaque_to(&k.alerts_topic, 0)
+                    .key(a.record.key.as_slice())
+                    .payload(a.record.value.as_slice());
+                if let Some(parent) = a.span.as_ref().and_then(telemetry::traceparent) {
+                    r = r.headers(OwnedHeaders::new().insert(Header {
+                        key: TRACEPARENT,
+                        value: Some(parent.as_str()),
+                    }));
+                }
+                send(&self.producer, r)?;
             }
             for (target, r) in &out.forwarded {
                 send(
@@ -1298,6 +1418,7 @@ impl Coordinator {
             }
             let changelog = &self.topology.topics[*t].changelog;
             for (key, value) in &out.state {
+                state_bytes += (key.len() + value.as_ref().map_or(0, Vec::len)) as u64;
                 let mut r = BaseRecord::<[u8], [u8], usize>::with_opaque_to(changelog, i + 1)
                     .partition(*p)
                     .key(key.as_slice());
@@ -1342,26 +1463,63 @@ impl Coordinator {
             .group_metadata()
             .ok_or(KafkaError::Subscription("no group metadata".into()))?;
         deliver_all(&self.producer)?;
-        let produced_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let produced = started.elapsed();
         self.producer
             .send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)?;
-        let offsets_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let offsets_done = started.elapsed();
         self.producer.commit_transaction(TXN_TIMEOUT)?;
         self.txn_open = false;
         let ends = self.producer.context().take();
         self.write_local(&outputs, &ends);
-        tracing::debug!(
-            records,
+        let committed = CheckpointCommitted {
+            partitions: outputs
+                .iter()
+                .map(|((t, p), out)| PartitionCommit {
+                    topic: self.topic(*t),
+                    partition: *p,
+                    events: out.records - out.marks,
+                })
+                .collect(),
+            alerts: outputs
+                .iter()
+                .flat_map(|(_, out)| &out.alerts)
+                .map(|a| AlertCommit {
+                    rule: &a.rule,
+                    severity: a.severity.as_str(),
+                    cause_ms: a.cause_ms,
+                    span: a.span.as_ref(),
+                })
+                .collect(),
             forwarded,
-            internal,
-            alerts,
-            dead,
-            marks = marks.len(),
-            produced_ms,
-            offsets_ms,
-            ms = started.elapsed().as_secs_f64() * 1000.0,
-            "checkpoint committed"
-        );
+            marks: marks.len(),
+            state_bytes,
+            produced,
+            offsets: offsets_done,
+            total: started.elapsed(),
+            committed_ms: telemetry::now_ms(),
+            ..CheckpointCommitted::default()
+        };
+        let mut committed = committed;
+        for d in outputs.iter().flat_map(|(_, out)| &out.dead_letters) {
+            match d.kind {
+                DeadLetterKind::Malformed => committed.malformed += 1,
+                DeadLetterKind::Late => committed.late += 1,
+                DeadLetterKind::Internal => committed.internal += 1,
+            }
+        }
+        committed.emit();
+        for ((t, p), out) in &outputs {
+            let polled_to = self.shards.get(&(*t, *p)).and_then(|s| s.polled_to);
+            self.progress.with_partition(self.topic(*t), *p, |f| {
+                if out.watermark != crate::time::MIN_WATERMARK {
+                    f.watermark_ms = Some(out.watermark);
+                }
+                if let Some(next) = out.next_offset {
+                    f.committed_offset = Some(next);
+                }
+                f.all_committed = out.next_offset.is_some() && out.next_offset == polled_to;
+            });
+        }
         for mark in marks {
             if let Some((last, _)) = self.marks.get_mut(&(mark.source as i32)) {
                 *last = Some(mark);
@@ -1380,8 +1538,12 @@ impl Coordinator {
     /// Publishes the shards' memory figures.
     fn observe_state(&self, outputs: &[(ShardId, ShardOutput)]) {
         let (mut resident, mut cold, mut bytes, mut loads) = (0, 0, 0, 0);
-        for (_, out) in outputs {
+        for ((t, p), out) in outputs {
             resident += out.resident_keys;
+            if let Some(n) = out.partial_matches {
+                self.progress
+                    .with_partition(self.topic(*t), *p, |f| f.partial_matches = Some(n));
+            }
             if let Some(p) = &out.passivation {
                 cold += p.cold_keys;
                 bytes += p.resident_bytes;
@@ -1452,7 +1614,11 @@ impl Coordinator {
     /// shard to the last commit. Errors that cannot be recovered from are
     /// left in `failed` for the main loop.
     fn recover(&mut self, consumer: &BaseConsumer<Ctx>, error: ServiceError) {
-        tracing::warn!("checkpoint failed, rewinding to the last commit: {error}");
+        CheckpointFailed {
+            error: &error,
+            aborting: self.txn_open,
+        }
+        .emit();
         if let ServiceError::Kafka(KafkaError::Transaction(e)) = &error
             && e.is_fatal()
         {
@@ -1514,12 +1680,12 @@ impl Coordinator {
 
 /// The watermark mark a record of an internal topic carries, if any.
 fn read_mark(m: &impl Message) -> Option<WatermarkMark> {
-    let headers = m.headers()?;
-    headers
-        .iter()
-        .find(|h| h.key == MARK_HEADER)
-        .and_then(|h| h.value)
-        .and_then(WatermarkMark::decode)
+    header(m, MARK_HEADER).and_then(WatermarkMark::decode)
+}
+
+/// The value of the header `key`, if the record has it.
+fn header<'a>(m: &'a impl Message, key: &str) -> Option<&'a [u8]> {
+    m.headers()?.iter().find(|h| h.key == key)?.value
 }
 
 /// Waits until every record produced so far is acknowledged, serving the

@@ -1,0 +1,192 @@
+//! `tripline backtest`: a candidate rule set and the current one over the
+//! same labelled history, side by side (see [`tripline::backtest`]).
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::ExitCode;
+use std::sync::Arc;
+use tripline::backtest::{Backtest, Report, RuleScore};
+use tripline::engine::RuleSet;
+
+/// Counts the bytes read through it (the compressed ones, for a `.gz`
+/// file), for the progress bar.
+struct Counted<R> {
+    inner: R,
+    bar: ProgressBar,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bar.inc(n as u64);
+        Ok(n)
+    }
+}
+
+fn open(path: &str) -> Result<(Box<dyn BufRead>, ProgressBar)> {
+    let (raw, bar): (Box<dyn Read>, ProgressBar) = if path == "-" {
+        let bar = ProgressBar::new_spinner();
+        (Box::new(std::io::stdin().lock()), bar)
+    } else {
+        let file = std::fs::File::open(path).with_context(|| format!("cannot open {path}"))?;
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let bar = ProgressBar::new(len);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} {bytes}/{total_bytes} [{wide_bar}] {eta} {msg}",
+            )
+            .expect("a valid template")
+            .progress_chars("=> "),
+        );
+        (Box::new(file), bar)
+    };
+    let counted = Counted {
+        inner: raw,
+        bar: bar.clone(),
+    };
+    let reader: Box<dyn Read> = if path.ends_with(".gz") {
+        Box::new(flate2::read::MultiGzDecoder::new(counted))
+    } else {
+        Box::new(counted)
+    };
+    Ok((Box::new(BufReader::with_capacity(1 << 16, reader)), bar))
+}
+
+/// Runs `candidate` (and `current`, if given) over `events`; prints the
+/// comparison to stdout and invalid lines to stderr.
+pub fn backtest(
+    candidate: Arc<RuleSet>,
+    current: Option<Arc<RuleSet>>,
+    events: &str,
+    label: &str,
+    flush: bool,
+) -> Result<ExitCode> {
+    let (mut input, bar) = open(events)?;
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut cand = Backtest::new(candidate, label);
+    let mut curr = current.map(|rs| Backtest::new(rs, label));
+    let mut line = Vec::with_capacity(1024);
+    let (mut lines, mut invalid) = (0u64, 0u64);
+    loop {
+        line.clear();
+        if input
+            .read_until(b'\n', &mut line)
+            .context("reading events")?
+            == 0
+        {
+            break;
+        }
+        lines += 1;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        if let Err(e) = cand.event(&line, lines) {
+            invalid += 1;
+            bar.suspend(|| eprintln!("line {lines}: {e}"));
+            continue;
+        }
+        if let Some(c) = &mut curr {
+            // Invalid for the current rules only (they read other fields):
+            // its figures cover fewer events, which the summary shows.
+            c.event(&line, lines).ok();
+        }
+        if lines % 8192 == 0 {
+            bar.set_message(format!("{} events", cand.events()));
+        }
+    }
+    bar.finish_and_clear();
+    let cand = cand.finish(flush);
+    let curr = curr.map(|c| c.finish(flush));
+    let mut out = std::io::stdout().lock();
+    print_report(&mut out, &cand, curr.as_ref(), label)?;
+    out.flush()?;
+    eprintln!("backtest: {lines} lines, {invalid} invalid");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or_else(|| "—".into(), |x| format!("{:.1} %", 100.0 * x))
+}
+
+fn print_report(
+    out: &mut impl Write,
+    cand: &Report,
+    curr: Option<&Report>,
+    label: &str,
+) -> Result<()> {
+    writeln!(
+        out,
+        "{} events over {} days, {} labelled by {label}",
+        cand.events, cand.days, cand.positives
+    )?;
+    if let Some(c) = curr
+        && c.events != cand.events
+    {
+        writeln!(out, "(the current rules decoded {} of them)", c.events)?;
+    }
+    writeln!(out)?;
+    let cols = |s: Option<&RuleScore>, r: Option<&Report>| match (s, r) {
+        (Some(s), Some(r)) => [
+            s.alerts.to_string(),
+            format!("{:.1}", r.per_day(s)),
+            pct(s.precision()),
+            pct(s.recall(r.positives)),
+        ],
+        _ => ["—".into(), "—".into(), "—".into(), "—".into()],
+    };
+    let mut names: Vec<&str> = cand.rules.iter().map(|r| r.rule.as_str()).collect();
+    if let Some(c) = curr {
+        for r in &c.rules {
+            if !names.contains(&r.rule.as_str()) {
+                names.push(&r.rule);
+            }
+        }
+    }
+    let width = names.iter().map(|n| n.len()).max().unwrap_or(4).max(10);
+    if curr.is_some() {
+        writeln!(
+            out,
+            "{:width$}  {:>17}  {:>17}  {:>19}  {:>19}",
+            "rule",
+            "alerts cand/curr",
+            "per day cand/curr",
+            "precision cand/curr",
+            "recall cand/curr"
+        )?;
+    } else {
+        writeln!(
+            out,
+            "{:width$}  {:>8}  {:>8}  {:>9}  {:>8}",
+            "rule", "alerts", "per day", "precision", "recall"
+        )?;
+    }
+    let mut row = |name: &str, a: Option<&RuleScore>, b: Option<&RuleScore>| -> Result<()> {
+        let x = cols(a, Some(cand));
+        if curr.is_some() {
+            let y = cols(b, curr);
+            writeln!(
+                out,
+                "{name:width$}  {:>17}  {:>17}  {:>19}  {:>19}",
+                format!("{} / {}", x[0], y[0]),
+                format!("{} / {}", x[1], y[1]),
+                format!("{} / {}", x[2], y[2]),
+                format!("{} / {}", x[3], y[3]),
+            )?;
+        } else {
+            writeln!(
+                out,
+                "{name:width$}  {:>8}  {:>8}  {:>9}  {:>8}",
+                x[0], x[1], x[2], x[3]
+            )?;
+        }
+        Ok(())
+    };
+    for name in &names {
+        row(name, cand.rule(name), curr.and_then(|c| c.rule(name)))?;
+    }
+    row("(any rule)", Some(&cand.any), curr.map(|c| &c.any))?;
+    Ok(())
+}

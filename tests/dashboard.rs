@@ -1,0 +1,163 @@
+//! The dashboard in a real browser: `tripline serve` on a real Kafka-protocol
+//! broker (see `support/kafka.rs`) serves `/`, and headless Chromium (Debian's
+//! `chromium`, driven over the DevTools protocol) loads it. An alert produced
+//! after the page loaded must appear in its live feed, and the page's tables
+//! must show the rule's count and the key's score; clicking the key shows
+//! its features.
+//!
+//! Needs `/usr/bin/chromium` (or `CHROMIUM` set to a Chromium binary); `.ci/run`
+//! installs it.
+
+#[path = "support/kafka.rs"]
+mod kafka_support;
+#[path = "support/serve.rs"]
+mod serve_support;
+
+use headless_chrome::{Browser, LaunchOptions};
+use kafka_support::*;
+use serve_support::Terminated;
+use std::ffi::OsStr;
+use std::process::Stdio;
+use std::time::Duration;
+use tripline::adapters::kafka;
+
+const RULES: &str = "\
+stream payments { key card  time ts  time format epoch_ms  lateness 0s }
+rule big {
+  severity high
+  score 25
+  pattern { b: amount > 100 }
+  payload { amount = b.amount }
+}
+rule small { severity low pattern { s: amount < 0 } }
+";
+
+fn browser() -> Browser {
+    let path = std::env::var_os("CHROMIUM").unwrap_or_else(|| "/usr/bin/chromium".into());
+    let profile = std::env::temp_dir().join(format!("tripline-chromium-{}", std::process::id()));
+    let options = LaunchOptions::default_builder()
+        .path(Some(path.into()))
+        .headless(true)
+        // Root in CI: Chromium's sandbox refuses to run as root.
+        .sandbox(false)
+        .user_data_dir(Some(profile))
+        .args(vec![
+            OsStr::new("--disable-gpu"),
+            OsStr::new("--disable-quic"),
+            OsStr::new("--disable-component-update"),
+        ])
+        .idle_browser_timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    Browser::new(options).expect("Chromium starts (install Debian's `chromium`)")
+}
+
+#[test]
+fn an_alert_produced_to_kafka_appears_on_the_dashboard() {
+    let c = config("dashboard");
+    let rules = std::env::temp_dir().join(format!("{}.rules", c.kafka.group_id));
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(rules.join("big.tl"), RULES).unwrap();
+    kafka::ensure_topics(&c.kafka, &broker(), &[&c.kafka.input_topic], 4).unwrap();
+    let log = std::env::temp_dir().join(format!("{}.log", c.kafka.group_id));
+    let _serve = Terminated(
+        serve_support::serve_command(&c)
+            .env("TRIPLINE__KAFKA__INSTANCE_ID", &c.kafka.instance_id)
+            .env(
+                "TRIPLINE__RULES__PATHS",
+                format!("[\"{}\"]", rules.display()),
+            )
+            .env("TRIPLINE__CHECKPOINT__INTERVAL_MS", "100")
+            .env("TRIPLINE__API__LISTEN", "127.0.0.1:0")
+            .env("TRIPLINE__STATE__DIR", &c.state.dir)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let api = format!("http://{}", serve_support::api_address(&log));
+
+    let browser = browser();
+    let tab = browser.new_tab().unwrap();
+    tab.navigate_to(&format!("{api}/"))
+        .unwrap()
+        .wait_until_navigated()
+        .unwrap();
+    assert_eq!(tab.get_title().unwrap(), "tripline");
+    let wait = |selector: &str| {
+        tab.wait_for_element_with_custom_timeout(selector, Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("no `{selector}` on the page: {e}"))
+    };
+    // The live feed is connected, and the tables list the rules (none fired).
+    wait("#status.live");
+    wait("#rules tr[data-rule=\"big\"]");
+    let shown = tab
+        .evaluate("document.querySelectorAll('#feed li').length", false)
+        .unwrap()
+        .value;
+    assert_eq!(shown, Some(serde_json::json!(0)), "the feed starts empty");
+
+    // One event that makes `big` fire, produced while the page is open.
+    produce(
+        &c,
+        &[Input {
+            key: Some("card-7".into()),
+            partition: None,
+            payload: Some(br#"{"card":"card-7","ts":1700000000000,"amount":950}"#.to_vec()),
+        }],
+    );
+    let item = wait("#feed li[data-rule=\"big\"]");
+    let text = item.get_inner_text().unwrap();
+    // (innerText is as shown: the severity in capitals.)
+    assert!(text.contains("card-7") && text.contains("HIGH"), "{text}");
+    assert!(text.contains("2023-11-14T22:13:20"), "{text}");
+
+    // Within a refresh (2 s, which rebuilds the tables), the counts and the
+    // ranking show it too.
+    let count = || {
+        tab.find_element("#rules tr[data-rule=\"big\"] td.num")
+            .and_then(|e| e.get_inner_text())
+            .unwrap_or_default()
+    };
+    let started = now();
+    while count() != "1" {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "rule count not 1"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let key = wait("#keys tr[data-key=\"card-7\"]");
+    let row = key.get_inner_text().unwrap();
+    assert!(row.contains("25.0") && row.contains("big"), "{row}");
+    // The row may be rebuilt between finding and clicking it: find it again
+    // until the click lands.
+    let started = now();
+    loop {
+        if let Ok(row) = tab.find_element("#keys tr[data-key=\"card-7\"]") {
+            row.click().ok();
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let detail = tab
+            .find_element("#key-detail")
+            .unwrap()
+            .get_inner_text()
+            .unwrap();
+        if detail.contains("\"score\": 25") {
+            assert!(detail.contains("card-7"), "{detail}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "key detail: {detail}"
+        );
+    }
+    // The partitions the service holds, with their lag.
+    wait("#partitions tr");
+
+    drop(tab);
+    drop(browser);
+    std::fs::remove_dir_all(&c.state.dir).ok();
+    std::fs::remove_dir_all(&rules).ok();
+    std::fs::remove_file(&log).ok();
+}
