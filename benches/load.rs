@@ -10,6 +10,8 @@
 //! (default 10 s at 2k, 5k, 10k, 20k, 40k and 80k events/s). Each result is
 //! also printed as a CSV line starting `load,` that
 //! `scripts/plot-performance` turns into `docs/performance.png`.
+//! `LOAD_TRACE=1` prints every alert's produce time and latency (ms) to
+//! stderr, to see when slow alerts happen.
 
 #[path = "support/kafka.rs"]
 mod support;
@@ -29,6 +31,8 @@ fn now() -> Instant {
 }
 
 const KEYS: u64 = 10_000;
+/// The `n` of the warm-up event.
+const WARM_UP: u64 = u64::MAX / 2;
 
 struct Run {
     offered: f64,
@@ -59,12 +63,15 @@ fn run(brokers: &str, rate: u64, seconds: u64) -> Run {
     }
     let total = rate * seconds;
     let flagged = total.div_ceil(10) as usize;
-    let start = now();
+    // The reader's and the producer's one clock.
+    let clock_zero = now();
+    let start = clock_zero;
     // Nanoseconds after `start` at which each flagged event was produced.
     let sent: Arc<Vec<AtomicU64>> = Arc::new((0..flagged).map(|_| AtomicU64::new(0)).collect());
     let done = Arc::new(AtomicBool::new(false));
+    let warm = Arc::new(AtomicBool::new(false));
     let reader = {
-        let (sent, done) = (sent.clone(), done.clone());
+        let (sent, done, warm) = (sent.clone(), done.clone(), warm.clone());
         let consumer: BaseConsumer = kafka::client_config(k, brokers)
             .set("group.id", format!("{}-reader", k.group_id))
             .set("isolation.level", "read_committed")
@@ -85,14 +92,44 @@ fn run(brokers: &str, rate: u64, seconds: u64) -> Run {
                 let alert: serde_json::Value =
                     serde_json::from_slice(m.payload().unwrap_or_default()).unwrap();
                 let n = alert["matches"]["x"][0]["n"].as_u64().unwrap() as usize;
+                if n as u64 == WARM_UP {
+                    warm.store(true, Ordering::Release);
+                    continue;
+                }
                 let at = sent[n / 10].load(Ordering::Acquire);
                 lat_ms.push((got.saturating_sub(at)) as f64 / 1e6);
+                if std::env::var_os("LOAD_TRACE").is_some() {
+                    eprintln!(
+                        "trace {} {:.1}",
+                        at / 1_000_000,
+                        (got.saturating_sub(at)) as f64 / 1e6
+                    );
+                }
             }
             lat_ms
         })
     };
     let producer = support::producer(&c);
     let base: i64 = 1_700_000_000_000;
+    // Warm-up: one alert through the whole path (the reader's first fetch,
+    // the producer's connections) before the clock that counts starts.
+    kafka::send_waiting(
+        &producer,
+        BaseRecord::to(&k.input_topic).key("warm").payload(&format!(
+            r#"{{"k":"warm","t":{},"n":{WARM_UP},"f":1}}"#,
+            base - 1000
+        )),
+    )
+    .unwrap();
+    while !warm.load(Ordering::Acquire) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no warm-up alert"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let start = now();
+    let offset = start.duration_since(clock_zero).as_nanos() as u64;
     let step = Duration::from_secs_f64(1.0 / rate as f64);
     for i in 0..total {
         let due = step * i as u32;
@@ -107,7 +144,10 @@ fn run(brokers: &str, rate: u64, seconds: u64) -> Run {
             base + i as i64
         );
         if flag == 1 {
-            sent[(i / 10) as usize].store(start.elapsed().as_nanos() as u64, Ordering::Release);
+            sent[(i / 10) as usize].store(
+                offset + start.elapsed().as_nanos() as u64,
+                Ordering::Release,
+            );
         }
         kafka::send_waiting(
             &producer,
@@ -119,7 +159,7 @@ fn run(brokers: &str, rate: u64, seconds: u64) -> Run {
     }
     producer.flush(Duration::from_secs(60)).unwrap();
     let produced_in = start.elapsed().as_secs_f64();
-    while !handle.progress().caught_up(total) {
+    while !handle.progress().caught_up(total + 1) {
         assert!(!handle.is_finished(), "service stopped");
         std::thread::sleep(Duration::from_millis(2));
     }

@@ -500,6 +500,11 @@ async fn the_dashboard_page_its_figures_and_the_alert_stream() {
     let rules = d["rules"].as_array().unwrap();
     let total: u64 = rules.iter().map(|r| r["alerts"].as_u64().unwrap()).sum();
     assert_eq!(total, all.len() as u64);
+    // The shipped feature sets raise no alerts and are not listed.
+    for set in ["customer", "terminal"] {
+        assert!(rules.iter().all(|r| r["rule"] != set), "{rules:?}");
+    }
+    assert!(rules.iter().any(|r| r["rule"] == "velocity"));
     for r in rules {
         let name = r["rule"].as_str().unwrap();
         let n = all.iter().filter(|a| a["rule"] == name).count() as u64;
