@@ -21,14 +21,10 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, Producer};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use support::now;
 use tripline::adapters::kafka::{self, service};
 use tripline::engine::RuleSet;
-
-#[allow(clippy::disallowed_methods)]
-fn now() -> Instant {
-    Instant::now()
-}
 
 const KEYS: u64 = 10_000;
 /// The `n` of the warm-up event.

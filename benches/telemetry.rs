@@ -20,24 +20,11 @@
 mod support;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use support::{cpu_seconds, now};
 use tripline::adapters::kafka::{self, service};
 use tripline::config::TelemetryConfig;
 use tripline::engine::{EngineOptions, RuleSet};
-
-#[allow(clippy::disallowed_methods)]
-fn now() -> Instant {
-    Instant::now()
-}
-
-/// CPU seconds (user + system) this process has used so far.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let rest = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
-}
 
 /// An OTLP/HTTP sink on loopback that answers 200 to everything; its URL.
 fn sink() -> String {
@@ -58,10 +45,10 @@ fn sink() -> String {
     url
 }
 
-/// One measured run in this (child) process; prints `RESULT wall cpu`.
-fn child(brokers: &str, events: usize, on: bool) {
-    // Both set up logs the same way; only the exporters differ.
-    let config = if on {
+/// Telemetry on: every exporter, to the sink; off: logs only (no exporter,
+/// so OpenTelemetry's no-op instruments). Logs are set up the same way.
+fn telemetry_config(on: bool) -> TelemetryConfig {
+    if on {
         TelemetryConfig {
             otlp_endpoint: sink(),
             otlp_interval_ms: 1000,
@@ -72,8 +59,12 @@ fn child(brokers: &str, events: usize, on: bool) {
             prometheus: false,
             ..TelemetryConfig::default()
         }
-    };
-    let _telemetry = tripline::telemetry::init(&config).unwrap();
+    }
+}
+
+/// One measured run in this (child) process; prints `RESULT wall cpu`.
+fn child(brokers: &str, events: usize, on: bool) {
+    let _telemetry = tripline::telemetry::init(&telemetry_config(on)).unwrap();
     if on {
         std::thread::spawn(|| {
             loop {
@@ -118,19 +109,7 @@ fn child(brokers: &str, events: usize, on: bool) {
 /// Prints `EMIT <ns per emit>`.
 fn emit_child(on: bool) {
     use tripline::telemetry::events::{AlertCommit, CheckpointCommitted, PartitionCommit};
-    let config = if on {
-        TelemetryConfig {
-            otlp_endpoint: sink(),
-            otlp_interval_ms: 1000,
-            ..TelemetryConfig::default()
-        }
-    } else {
-        TelemetryConfig {
-            prometheus: false,
-            ..TelemetryConfig::default()
-        }
-    };
-    let _telemetry = tripline::telemetry::init(&config).unwrap();
+    let _telemetry = tripline::telemetry::init(&telemetry_config(on)).unwrap();
     let topics = ["transactions", "tripline.by.TERMINAL_ID"];
     let rules = ["velocity", "amount_spike", "card_model"];
     let build = || CheckpointCommitted {

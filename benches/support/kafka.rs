@@ -7,7 +7,7 @@
 mod stream;
 
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tripline::adapters::kafka;
 use tripline::config::Config;
 
@@ -50,4 +50,21 @@ pub fn produce_stream(c: &Config, events: usize, keys: u64) {
         send(&p, &c.kafka.input_topic, key, &line);
     }
     p.flush(Duration::from_secs(120)).unwrap();
+}
+
+/// Benches time themselves by the wall clock.
+#[allow(clippy::disallowed_methods)]
+pub fn now() -> Instant {
+    Instant::now()
+}
+
+/// CPU seconds (user + system) this process has used so far.
+pub fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at state.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the line: 12 and 13 here.
+    (ticks(11) + ticks(12)) / 100.0
 }

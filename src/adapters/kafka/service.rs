@@ -1471,7 +1471,7 @@ impl Coordinator {
         self.txn_open = false;
         let ends = self.producer.context().take();
         self.write_local(&outputs, &ends);
-        let committed = CheckpointCommitted {
+        let mut committed = CheckpointCommitted {
             partitions: outputs
                 .iter()
                 .map(|((t, p), out)| PartitionCommit {
@@ -1499,7 +1499,6 @@ impl Coordinator {
             committed_ms: telemetry::now_ms(),
             ..CheckpointCommitted::default()
         };
-        let mut committed = committed;
         for d in outputs.iter().flat_map(|(_, out)| &out.dead_letters) {
             match d.kind {
                 DeadLetterKind::Malformed => committed.malformed += 1,
