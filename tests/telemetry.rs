@@ -152,36 +152,42 @@ fn metrics_scrape_agrees_with_the_topics() {
     // Caught up: every input record counted, nothing behind on any topic
     // (the internal one included), every alert delivered; then the topics
     // are read and the counters read again.
-    let started = now();
-    let scrape = loop {
-        let s = Scrape::get(&api);
-        let delivered = s.sum(
-            "tripline_webhook_outcomes_total",
-            &[("endpoint", "desk"), ("outcome", "delivered")],
-        );
-        if s.sum("tripline_events_in_total", &input) == Some(produced as f64)
-            && s.sum("tripline_consumer_lag", &[]) == Some(0.0)
-            && s.samples("tripline_consumer_lag", &[]).count() == 8
-            && delivered.is_some_and(|d| d > 0.0 && d == s.sum("tripline_alerts_total", &[]).unwrap_or(0.0))
-            // Alerts of the terminal-keyed rules fire as the watermark
-            // reaches the internal topic's shards, after the last event.
-            && delivered == Some(records_in(&c, &c.kafka.alerts_topic))
-        {
-            break s;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "not caught up: events in {:?} of {produced}, lag {:?}, delivered {delivered:?}, \
-             alerts {:?}; log:\n{}",
-            s.sum("tripline_events_in_total", &input),
-            s.samples("tripline_consumer_lag", &[])
-                .map(|s| format!("{:?} {:?}", s.labels, s.value))
-                .collect::<Vec<_>>(),
-            s.sum("tripline_alerts_total", &[]),
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    };
+    let scrape = wait_progressing(
+        Duration::from_secs(120),
+        || {
+            let s = Scrape::get(&api);
+            let delivered = s.sum(
+                "tripline_webhook_outcomes_total",
+                &[("endpoint", "desk"), ("outcome", "delivered")],
+            );
+            let events_in = s.sum("tripline_events_in_total", &input);
+            let alerts = s.sum("tripline_alerts_total", &[]);
+            let figure = [events_in, delivered, alerts]
+                .iter()
+                .map(|v| v.unwrap_or(0.0) as u64)
+                .sum();
+            let done = events_in == Some(produced as f64)
+                && s.sum("tripline_consumer_lag", &[]) == Some(0.0)
+                && s.samples("tripline_consumer_lag", &[]).count() == 8
+                && delivered.is_some_and(|d| d > 0.0 && Some(d) == alerts)
+                // Alerts of the terminal-keyed rules fire as the watermark
+                // reaches the internal topic's shards, after the last event.
+                && delivered == Some(records_in(&c, &c.kafka.alerts_topic));
+            (figure, done.then_some(s))
+        },
+        |_| {
+            let s = Scrape::get(&api);
+            format!(
+                "not caught up: events in {:?} of {produced}, lag {:?}, alerts {:?}; log:\n{}",
+                s.sum("tripline_events_in_total", &input),
+                s.samples("tripline_consumer_lag", &[])
+                    .map(|s| format!("{:?} {:?}", s.labels, s.value))
+                    .collect::<Vec<_>>(),
+                s.sum("tripline_alerts_total", &[]),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        },
+    );
     let alerts = records_in(&c, &c.kafka.alerts_topic);
     let dead = records_in(&c, &c.kafka.dead_letter_topic);
     assert_eq!(receiver.delivered().len() as f64, alerts);

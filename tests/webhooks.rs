@@ -106,22 +106,19 @@ fn committed(c: &Config) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Waits until the receiver has accepted every id in `ids`.
-fn wait_delivered(receiver: &Receiver, ids: &[String], within: Duration) {
-    let started = now();
-    loop {
-        let got: std::collections::BTreeSet<String> = receiver.delivered().into_iter().collect();
-        let missing = ids.iter().filter(|i| !got.contains(*i)).count();
-        if missing == 0 {
-            return;
-        }
-        assert!(
-            started.elapsed() < within,
-            "{missing} of {} alerts not delivered within {within:?}",
-            ids.len()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// Waits until the receiver has accepted every id in `ids`, for as long as
+/// deliveries keep arriving (fails after `patience` without one).
+fn wait_delivered(receiver: &Receiver, ids: &[String], patience: Duration) {
+    wait_progressing(
+        patience,
+        || {
+            let got: std::collections::BTreeSet<String> =
+                receiver.delivered().into_iter().collect();
+            let missing = ids.iter().filter(|i| !got.contains(*i)).count();
+            (got.len() as u64, (missing == 0).then_some(()))
+        },
+        |got| format!("{got} deliveries accepted; {} alerts expected", ids.len()),
+    )
 }
 
 /// Every request was signed, carried the alert id as idempotency key, and
@@ -165,20 +162,29 @@ fn produce_sample(c: &Config) {
     produce(c, &input);
 }
 
-/// Waits until `n` alerts are on the alerts topic and no more come.
-fn wait_for_alerts(c: &Config, at_least: usize) -> Vec<(String, String)> {
-    let started = now();
-    loop {
-        let alerts = committed(c);
-        if alerts.len() >= at_least {
-            return alerts;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "only {} alerts committed",
-            alerts.len()
-        );
-    }
+/// Waits until `at_least` alerts are on the alerts topic, for as long as
+/// their number grows (the logs of `serves` explain a failure).
+fn wait_for_alerts(c: &Config, at_least: usize, serves: &[&Serve]) -> Vec<(String, String)> {
+    wait_progressing(
+        Duration::from_secs(120),
+        || {
+            let alerts = committed(c);
+            (
+                alerts.len() as u64,
+                (alerts.len() >= at_least).then_some(alerts),
+            )
+        },
+        |n| {
+            let logs: Vec<String> = serves
+                .iter()
+                .map(|s| std::fs::read_to_string(&s.log).unwrap_or_default())
+                .collect();
+            format!(
+                "{n} of {at_least} alerts committed; logs:\n{}",
+                logs.join("\n")
+            )
+        },
+    )
 }
 
 fn expected_alert_count() -> usize {
@@ -199,7 +205,7 @@ fn every_alert_arrives_through_failures_timeouts_and_an_outage() {
         r#"timeout_ms = 300, max_concurrency = 4, retry = {initial_backoff_ms = 50, max_backoff_ms = 400, give_up_after = "10m"}"#,
     );
     let api = serve.api();
-    let alerts = wait_for_alerts(&c, expected_alert_count());
+    let alerts = wait_for_alerts(&c, expected_alert_count(), &[&serve]);
     // 500s, then answers too late, then nobody listening, then 503 with
     // Retry-After, then the receiver recovers.
     for (mode, secs) in [(Mode::Fail, 1), (Mode::Slow, 2)] {
@@ -258,7 +264,7 @@ fn a_killed_service_delivers_what_was_pending_after_restart() {
     let endpoint =
         r#"retry = {initial_backoff_ms = 50, max_backoff_ms = 200, give_up_after = "10m"}"#;
     let serve = Serve::start(&c, "crash-1", &receiver, endpoint);
-    let alerts = wait_for_alerts(&c, expected_alert_count());
+    let alerts = wait_for_alerts(&c, expected_alert_count(), &[&serve]);
     // Some delivered, the rest pending, when the service is killed: the
     // later half of the alerts fails until then (and holds back its keys'
     // later alerts).
@@ -273,7 +279,10 @@ fn a_killed_service_delivers_what_was_pending_after_restart() {
         if n != last.0 {
             last = (n, now());
         }
-        assert!(started.elapsed() < Duration::from_secs(60));
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no delivery after the receiver recovered"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     drop(serve); // SIGKILL
@@ -563,7 +572,7 @@ fn the_other_instance_delivers_what_a_stopped_one_left() {
     let serve_a = Serve::start(&a, "two-a", &receiver, endpoint);
     let serve_b = Serve::start(&b, "two-b", &receiver, endpoint);
     let apis = [serve_a.api(), serve_b.api()];
-    let alerts = wait_for_alerts(&c, expected_alert_count());
+    let alerts = wait_for_alerts(&c, expected_alert_count(), &[&serve_a, &serve_b]);
     // Both instances have deliveries queued (the receiver fails them all)
     // when one is killed: only the other can deliver the killed one's.
     let started = now();

@@ -254,6 +254,18 @@ pub struct ShardOutput {
     pub partial_matches: Option<u64>,
 }
 
+impl ShardOutput {
+    /// Nothing to commit: no record processed and nothing produced (a
+    /// reload's migrated state or dead letters count, with no record).
+    pub fn is_empty(&self) -> bool {
+        self.records == 0
+            && self.alerts.is_empty()
+            && self.forwarded.is_empty()
+            && self.dead_letters.is_empty()
+            && self.state.is_empty()
+    }
+}
+
 /// How many barriers apart partial matches are counted.
 pub const PARTIALS_EVERY: u64 = 32;
 

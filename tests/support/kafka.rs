@@ -25,6 +25,35 @@ pub fn now() -> Instant {
     Instant::now()
 }
 
+/// Polls `probe` until it returns `Some`. A slow or loaded machine gets as
+/// long as it keeps making progress: the wait fails only once the figure
+/// `probe` reports (events in, alerts, deliveries…) has not changed for
+/// `patience`, with `explain(figure)` as the message.
+pub fn wait_progressing<T>(
+    patience: Duration,
+    mut probe: impl FnMut() -> (u64, Option<T>),
+    explain: impl Fn(u64) -> String,
+) -> T {
+    let mut last = None;
+    let mut since = now();
+    loop {
+        let (figure, done) = probe();
+        if let Some(t) = done {
+            return t;
+        }
+        if last != Some(figure) {
+            last = Some(figure);
+            since = now();
+        }
+        assert!(
+            since.elapsed() < patience,
+            "no progress for {patience:?}: {}",
+            explain(figure)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 pub fn broker() -> String {
     static BROKER: OnceLock<String> = OnceLock::new();
     BROKER
@@ -146,18 +175,20 @@ pub fn read_committed(c: &Config, topic: &str) -> Vec<ReadRecord> {
 /// what it forwarded), then stops it.
 pub fn serve_until_caught_up(c: &Config, rules: Arc<RuleSet>, produced: u64) {
     let handle = service::start(c.clone(), broker(), rules).unwrap();
-    let started = now();
-    while !handle.progress().caught_up(produced) {
-        assert!(
-            !handle.is_finished(),
-            "the service stopped early: {:?}",
-            handle.join()
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "not caught up after 300 s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
+    let stopped_early = wait_progressing(
+        Duration::from_secs(120),
+        || {
+            if handle.is_finished() {
+                return (0, Some(true));
+            }
+            let p = handle.progress();
+            let done = p.caught_up(produced).then_some(false);
+            (p.records.load(Ordering::SeqCst), done)
+        },
+        |records| format!("{records} of {produced} records committed"),
+    );
+    if stopped_early {
+        panic!("the service stopped early: {:?}", handle.join());
     }
     handle.stop();
     handle.join().unwrap();

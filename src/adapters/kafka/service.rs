@@ -1371,7 +1371,7 @@ impl Coordinator {
         }
         self.observe_state(&outputs);
         let marks = self.new_marks(&outputs);
-        if marks.is_empty() && outputs.iter().all(|(_, o)| o.records == 0) {
+        if marks.is_empty() && outputs.iter().all(|(_, o)| o.is_empty()) {
             return Ok(());
         }
         let _span = telemetry::events::checkpoint_span().entered();
