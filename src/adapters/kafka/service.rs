@@ -109,6 +109,9 @@ use std::time::{Duration, Instant};
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Records polled before the coordinator looks at its clock again.
 const POLL_BURST: usize = 4096;
+/// How long the coordinator waits for a full shard before pausing its
+/// partition (see `Coordinator::offer`).
+const FULL_SHARD_WAIT: Duration = Duration::from_millis(10);
 /// How long reading the changelogs of newly assigned partitions may go
 /// without a record or a partition's end (however long the whole read).
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(50);
@@ -219,6 +222,13 @@ pub struct Progress {
     pub restored_records: AtomicU64,
     /// Changelog partitions being read now (0 when no restore runs).
     pub restoring_partitions: AtomicU64,
+    /// Partitions paused because their shard's mailbox was full.
+    pub backpressure_pauses: AtomicU64,
+    /// Time spent in checkpoints, in microseconds: waiting for the shards
+    /// to reach the barrier, then the transaction.
+    pub checkpoint_micros: AtomicU64,
+    /// Of that, waiting for the shards.
+    pub barrier_micros: AtomicU64,
     /// Per partition held: consumer lag and watermark, for telemetry.
     pub partition_figures: Mutex<BTreeMap<(String, i32), PartitionFigures>>,
 }
@@ -716,6 +726,15 @@ fn coordinate(
         // Consumer lag per partition, for telemetry.
         consumer_config.set("statistics.interval.ms", "5000");
     }
+    if !k.client.contains_key("fetch.queue.backoff.ms") {
+        // librdkafka stops fetching a partition for this long when its local
+        // queue was over the thresholds at the last fetch (default 1 s): the
+        // coordinator drains the queue in milliseconds, after which the
+        // partition would sit idle for the rest of the second (the service
+        // bench went from 33 % to 61 % of a no-op consumer's rate; see
+        // docs/performance.md).
+        consumer_config.set("fetch.queue.backoff.ms", "10");
+    }
     if !k.client.contains_key("fetch.wait.max.ms") {
         // The broker answers a fetch at once when records are there; when
         // none are, it waits this long, which an alert may then wait too.
@@ -788,7 +807,12 @@ fn coordinate(
         c.hand_over(&consumer);
         if now() >= next_checkpoint {
             next_checkpoint = now() + interval;
-            match c.checkpoint(&consumer) {
+            let started = now();
+            let result = c.checkpoint(&consumer);
+            c.progress
+                .checkpoint_micros
+                .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            match result {
                 Ok(()) => {
                     let rules = pending_rules
                         .lock()
@@ -1292,12 +1316,28 @@ impl Coordinator {
         let Some(slot) = self.shards.get_mut(&id) else {
             return;
         };
-        if let Err(SendError::Full(Records(b)) | SendError::Closed(Records(b))) =
-            slot.addr.try_send(Records(batch))
-        {
-            slot.refused = Some(b);
-            self.pause(consumer, id, true);
-        }
+        // A fetch response lands as one burst: a shard that is full now is
+        // usually free again within a few milliseconds. Pausing costs more
+        // (the consumer drops what it fetched ahead and fetches it again),
+        // so a full shard is waited for that long before its partition is
+        // paused.
+        let started = now();
+        let mut batch = Records(batch);
+        let refused = loop {
+            match slot.addr.try_send(batch) {
+                Ok(()) => return,
+                Err(SendError::Full(b)) if started.elapsed() < FULL_SHARD_WAIT => {
+                    batch = b;
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                Err(SendError::Full(Records(b)) | SendError::Closed(Records(b))) => break b,
+            }
+        };
+        slot.refused = Some(refused);
+        self.progress
+            .backpressure_pauses
+            .fetch_add(1, Ordering::Relaxed);
+        self.pause(consumer, id, true);
     }
 
     fn pause(&self, consumer: &BaseConsumer<Ctx>, id: ShardId, pause: bool) {
@@ -1354,7 +1394,12 @@ impl Coordinator {
         // (a refused batch waits: its partition's offset stops before it).
         self.hand_over(consumer);
         let ids: Vec<ShardId> = self.shards.keys().copied().collect();
+        let barrier_started = now();
         let answers = block_on(join_all(self.shards.values().map(|s| s.addr.send(Barrier))));
+        self.progress.barrier_micros.fetch_add(
+            barrier_started.elapsed().as_micros() as u64,
+            Ordering::Relaxed,
+        );
         let mut outputs: Vec<(ShardId, ShardOutput)> = Vec::with_capacity(answers.len());
         for (id, a) in ids.into_iter().zip(answers) {
             let mut out = a.map_err(|_| ServiceError::ShardGone(id.1))?;
