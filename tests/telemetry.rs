@@ -256,6 +256,11 @@ fn metrics_scrape_agrees_with_the_topics() {
     assert!(scrape.sum("tripline_keys_resident", &[]).unwrap() > 100.0);
     assert_eq!(scrape.sum("tripline_keys_passivated", &[]), Some(0.0));
     assert!(scrape.sum("tripline_partial_matches", &[]).is_some());
+    assert!(
+        scrape
+            .sum("tripline_backpressure_pauses_total", &[])
+            .is_some()
+    );
     assert_eq!(
         scrape.sum("tripline_partitions_assigned", &[]),
         Some(f64::from(c.kafka.partitions) * 2.0),

@@ -364,6 +364,8 @@ pub struct ServiceFigures {
     pub keys_passivated: u64,
     /// Estimated memory resident keys hold.
     pub state_bytes: u64,
+    /// Partitions paused so far because their shard could not keep up.
+    pub backpressure_pauses: u64,
     /// Per partition.
     pub partitions: Vec<PartitionFigures>,
 }
@@ -433,6 +435,15 @@ pub fn observe_service(read: impl Fn() -> ServiceFigures + Send + Sync + 'static
         "",
         "Partial matches alive in resident keys (counted every few seconds)",
         |f| f.partitions.iter().filter_map(|p| p.partial_matches).sum(),
+    );
+    let pauses = read.clone();
+    keep(
+        m.u64_observable_counter("tripline_backpressure_pauses")
+            .with_description(
+                "Partitions paused because their shard's mailbox stayed full (backpressure)",
+            )
+            .with_callback(move |o| o.observe(pauses().backpressure_pauses, &[]))
+            .build(),
     );
     let lag = read.clone();
     keep(

@@ -243,6 +243,7 @@ impl Progress {
             keys_resident: get(&self.resident_keys),
             keys_passivated: get(&self.passivated_keys),
             state_bytes: get(&self.resident_bytes),
+            backpressure_pauses: get(&self.backpressure_pauses),
             partitions: self
                 .partition_figures
                 .lock()
