@@ -28,6 +28,7 @@ use rdkafka::producer::{DefaultProducerContext, ThreadedProducer};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use support::{cpu_seconds, now};
 use tripline::adapters::kafka::{self, service};
@@ -41,6 +42,11 @@ fn client_settings(c: &mut tripline::config::Config) {
             c.kafka.client.insert(k.into(), v.into());
         }
     }
+}
+
+/// A service counter's value.
+fn get(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
 }
 
 fn throughput(brokers: &str, events: usize) {
@@ -86,7 +92,6 @@ fn throughput(brokers: &str, events: usize) {
     let (t0, cpu0) = (now(), cpu_seconds());
     let handle = service::start(c.clone(), brokers.to_string(), rules).unwrap();
     let p = handle.progress();
-    let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     // Its first commit: (seconds since start, records it committed).
     let mut first = None;
     while !p.caught_up(events as u64) {
@@ -197,7 +202,6 @@ fn latency(brokers: &str, count: usize) {
         }
     }
     let p = handle.progress();
-    let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     let per_commit_ms = get(&p.checkpoint_micros) as f64 / 1e3 / get(&p.commits).max(1) as f64;
     handle.stop();
     handle.join().unwrap();

@@ -808,12 +808,7 @@ fn coordinate(
         c.hand_over(&consumer);
         if now() >= next_checkpoint {
             next_checkpoint = now() + interval;
-            let started = now();
-            let result = c.checkpoint(&consumer);
-            c.progress
-                .checkpoint_micros
-                .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-            match result {
+            match c.checkpoint(&consumer) {
                 Ok(()) => {
                     let rules = pending_rules
                         .lock()
@@ -1389,8 +1384,18 @@ impl Coordinator {
         marks
     }
 
-    /// Commits everything processed so far in one transaction.
+    /// Commits everything processed so far in one transaction, counting
+    /// the time it takes.
     fn checkpoint(&mut self, consumer: &BaseConsumer<Ctx>) -> Result<(), ServiceError> {
+        let started = now();
+        let result = self.commit_processed(consumer);
+        self.progress
+            .checkpoint_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        result
+    }
+
+    fn commit_processed(&mut self, consumer: &BaseConsumer<Ctx>) -> Result<(), ServiceError> {
         // Everything polled goes to the shards first, so the cut covers it
         // (a refused batch waits: its partition's offset stops before it).
         self.hand_over(consumer);
