@@ -408,6 +408,10 @@ pub struct RuntimeConfig {
     pub batch_size: usize,
     /// Batches a shard may have queued before its partition is paused.
     pub max_queued_batches: usize,
+    /// How long a batch waits for room in a full shard before the shard's
+    /// partition is paused instead. Pausing drops what the consumer fetched
+    /// ahead, so riding out a short burst is cheaper.
+    pub full_shard_wait_ms: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -416,6 +420,7 @@ impl Default for RuntimeConfig {
             shard_threads: 0,
             batch_size: 512,
             max_queued_batches: 16,
+            full_shard_wait_ms: 10,
         }
     }
 }
@@ -806,6 +811,7 @@ const FIELDS: &[&str] = &[
     "shard_threads",
     "batch_size",
     "max_queued_batches",
+    "full_shard_wait_ms",
     "webhooks",
     "endpoints",
     "name",

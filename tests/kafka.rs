@@ -39,6 +39,32 @@ fn alerts_topic_holds_exactly_what_replay_produces() {
 }
 
 #[test]
+fn a_full_shard_pauses_its_partition_and_nothing_is_lost() {
+    let mut c = config("pause");
+    // A shard that holds one small batch and a coordinator that does not
+    // wait for room: every fetch burst overfills the shard, so partitions
+    // are paused and resumed (re-fetching what was dropped) all along.
+    c.runtime.batch_size = 128;
+    c.runtime.max_queued_batches = 1;
+    c.runtime.full_shard_wait_ms = 0;
+    let rules = shipped_rules();
+    kafka::ensure_topics(&c.kafka, &broker(), &[&c.kafka.input_topic], 2).unwrap();
+    let (input, lines) = sample_head_input(2, 10_000);
+    produce(&c, &input);
+    let progress = serve_until_caught_up(&c, rules.clone(), input.len() as u64);
+
+    let pauses = progress
+        .backpressure_pauses
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!(pauses > 0, "the shards were never full");
+    let mut expected = replay(&rules, &lines);
+    expected.sort();
+    assert!(!expected.is_empty());
+    assert_eq!(committed_alerts(&c), expected, "after {pauses} pauses");
+    assert!(read_committed(&c, &c.kafka.dead_letter_topic).is_empty());
+}
+
+#[test]
 fn bad_input_is_dead_lettered_with_its_reason_and_processing_goes_on() {
     let mut c = config("dlq");
     c.kafka.partitions = 1;

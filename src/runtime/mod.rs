@@ -134,10 +134,20 @@ pub enum Role {
 #[rtype(result = "()")]
 pub struct Records(pub Vec<Record>);
 
-/// The checkpoint barrier: answered with the shard's output since the last one.
+/// The checkpoint barrier: answered with the shard's output since the last
+/// barrier or [`Flush`].
 #[derive(Message)]
 #[rtype(result = "ShardOutput")]
 pub struct Barrier;
+
+/// Asks for the output so far ahead of the barrier, so that it can be
+/// produced while the checkpoint interval runs out. Answered like a
+/// [`Barrier`] (its answer is a consistent cut too), but it does not count
+/// as one: the caller commits only at the barrier, with the outputs of both
+/// joined by [`ShardOutput::absorb`].
+#[derive(Message)]
+#[rtype(result = "ShardOutput")]
+pub struct Flush;
 
 /// The shard's state changes up to batch `batch` ([`ShardOutput::batch`])
 /// are in its store: idle keys may be passivated, to keep the shard near
@@ -260,6 +270,37 @@ impl ShardOutput {
     pub fn is_empty(&self) -> bool {
         self.records == 0
             && self.alerts.is_empty()
+            && self.forwarded.is_empty()
+            && self.dead_letters.is_empty()
+            && self.state.is_empty()
+    }
+}
+
+impl ShardOutput {
+    /// Joins `later`, the output that followed this one, into this one:
+    /// what was produced is appended (state changes in order, so later ones
+    /// win), counts add up, and the position and figures are `later`'s.
+    pub fn absorb(&mut self, later: ShardOutput) {
+        self.alerts.extend(later.alerts);
+        self.forwarded.extend(later.forwarded);
+        self.dead_letters.extend(later.dead_letters);
+        self.state.extend(later.state);
+        self.records += later.records;
+        self.marks += later.marks;
+        self.rule_errors += later.rule_errors;
+        self.watermark = later.watermark;
+        self.next_offset = later.next_offset.or(self.next_offset);
+        self.batch = later.batch;
+        self.state_error = later.state_error.or(self.state_error.take());
+        self.passivation = later.passivation;
+        self.resident_keys = later.resident_keys;
+        self.partial_matches = later.partial_matches.or(self.partial_matches);
+    }
+
+    /// Nothing to produce: no alert, forwarded event, dead letter or state
+    /// change (records may have been processed).
+    pub fn produces_nothing(&self) -> bool {
+        self.alerts.is_empty()
             && self.forwarded.is_empty()
             && self.dead_letters.is_empty()
             && self.state.is_empty()
@@ -521,8 +562,16 @@ impl Shard {
         self.collect();
     }
 
-    /// Takes the output since the last call.
+    /// Takes the output since the last call, at a barrier.
     pub fn take_output(&mut self) -> ShardOutput {
+        let out = self.take_flush();
+        self.barriers += 1;
+        self.with_partials(out)
+    }
+
+    /// Takes the output since the last call, ahead of a barrier (see
+    /// [`Flush`]).
+    pub fn take_flush(&mut self) -> ShardOutput {
         let next = self.pending.next_offset;
         let mut out = std::mem::take(&mut self.pending);
         self.pending.next_offset = next;
@@ -543,7 +592,12 @@ impl Shard {
         // A traced record's span ends with the alerts it caused, not with
         // the next record, however long that takes.
         self.cause.1 = None;
-        self.barriers += 1;
+        out
+    }
+
+    /// Counts the partial matches into every [`PARTIALS_EVERY`]th barrier's
+    /// output (the count walks every resident key).
+    fn with_partials(&mut self, mut out: ShardOutput) -> ShardOutput {
         if self.barriers % PARTIALS_EVERY == 1 {
             out.partial_matches = Some(self.engine.partial_matches());
         }
@@ -694,6 +748,13 @@ impl Handler<Barrier> for Shard {
     }
 }
 
+impl Handler<Flush> for Shard {
+    type Result = MessageResult<Flush>;
+    fn handle(&mut self, _: Flush, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.take_flush())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -743,6 +804,74 @@ mod tests {
         assert_eq!(out.dead_letters[0].value, br#"{"card":"c1","ts":"#);
         let again = s.take_output();
         assert_eq!((again.records, again.next_offset), (0, Some(14)));
+    }
+
+    #[test]
+    fn a_flush_then_the_barrier_add_up_to_the_barrier_alone() {
+        let rules = RuleSet::from_source(
+            "t.tl",
+            r#"stream s { key card time ts time format epoch_ms }
+               rule probe_then_big {
+                 within 1h
+                 pattern { p: amount < 5 repeat 2.. then b: amount > 100 }
+               }"#,
+            None,
+        )
+        .unwrap();
+        let lines = [
+            r#"{"card":"c1","ts":1000,"amount":1}"#,
+            r#"{"card":"c2","ts":1100,"amount":2}"#,
+            r#"{"card":"c1","ts":1200,"amount":"#,
+            r#"{"card":"c1","ts":1300,"amount":3}"#,
+            r#"{"card":"c2","ts":1400,"amount":1}"#,
+            r#"{"card":"c1","ts":1500,"amount":500}"#,
+            r#"{"card":"c1","ts":900,"amount":500}"#,
+            r#"{"card":"c2","ts":1600,"amount":700}"#,
+        ];
+        let mut whole = Shard::standalone(0, rules.clone());
+        let mut split = Shard::standalone(0, rules);
+        for (i, line) in lines.iter().enumerate() {
+            whole.process(rec(i as i64, line));
+        }
+        let mut joined = ShardOutput::default();
+        for (i, line) in lines.iter().enumerate() {
+            if i == 4 {
+                joined = split.take_flush();
+                assert_eq!(joined.alerts.len(), 0);
+                assert_eq!(joined.next_offset, Some(4));
+            }
+            split.process(rec(i as i64, line));
+        }
+        joined.absorb(split.take_output());
+        let expected = whole.take_output();
+        let alerts = |o: &ShardOutput| -> Vec<Vec<u8>> {
+            o.alerts.iter().map(|a| a.record.value.clone()).collect()
+        };
+        assert_eq!(alerts(&joined).len(), 2);
+        assert_eq!(alerts(&joined), alerts(&expected));
+        let dead = |o: &ShardOutput| -> Vec<(DeadLetterKind, i64)> {
+            o.dead_letters.iter().map(|d| (d.kind, d.offset)).collect()
+        };
+        assert_eq!(
+            dead(&joined),
+            [(DeadLetterKind::Malformed, 2), (DeadLetterKind::Late, 6)]
+        );
+        assert_eq!(dead(&joined), dead(&expected));
+        assert_eq!(
+            (joined.records, joined.next_offset, joined.watermark),
+            (expected.records, expected.next_offset, expected.watermark)
+        );
+        // The changes, applied in order, leave the state the barrier alone
+        // writes.
+        let applied = |o: &ShardOutput| {
+            let mut m = std::collections::BTreeMap::new();
+            for (k, v) in &o.state {
+                m.insert(k.clone(), v.clone());
+            }
+            m
+        };
+        assert!(!joined.state.is_empty());
+        assert_eq!(applied(&joined), applied(&expected));
     }
 
     #[test]

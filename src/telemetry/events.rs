@@ -50,10 +50,13 @@ pub struct CheckpointCommitted<'a> {
     pub marks: usize,
     /// Bytes of state changes written to the changelogs.
     pub state_bytes: u64,
-    /// Until every record was acknowledged by the brokers.
+    /// From the barrier's answers until the records they brought were
+    /// handed to the producer (the rest of the interval's went ahead).
     pub produced: Duration,
     /// Until the offsets were added to the transaction.
     pub offsets: Duration,
+    /// Until every record was acknowledged by the brokers.
+    pub delivered: Duration,
     /// Until the commit.
     pub total: Duration,
     /// The commit's wall-clock time, epoch ms.
@@ -124,6 +127,7 @@ impl CheckpointCommitted<'_> {
             state_bytes = self.state_bytes,
             produced_ms = self.produced.as_secs_f64() * 1000.0,
             offsets_ms = self.offsets.as_secs_f64() * 1000.0,
+            delivered_ms = self.delivered.as_secs_f64() * 1000.0,
             ms = self.total.as_secs_f64() * 1000.0,
             "checkpoint committed"
         );

@@ -172,8 +172,12 @@ pub fn read_committed(c: &Config, topic: &str) -> Vec<ReadRecord> {
 }
 
 /// Runs the service until it has committed `produced` input records (and
-/// what it forwarded), then stops it.
-pub fn serve_until_caught_up(c: &Config, rules: Arc<RuleSet>, produced: u64) {
+/// what it forwarded), then stops it. Returns its counters.
+pub fn serve_until_caught_up(
+    c: &Config,
+    rules: Arc<RuleSet>,
+    produced: u64,
+) -> Arc<service::Progress> {
     let handle = service::start(c.clone(), broker(), rules).unwrap();
     let stopped_early = wait_progressing(
         Duration::from_secs(120),
@@ -190,8 +194,10 @@ pub fn serve_until_caught_up(c: &Config, rules: Arc<RuleSet>, produced: u64) {
     if stopped_early {
         panic!("the service stopped early: {:?}", handle.join());
     }
+    let progress = handle.progress().clone();
     handle.stop();
     handle.join().unwrap();
+    progress
 }
 
 pub fn sample_lines() -> Vec<String> {
@@ -227,6 +233,14 @@ pub fn shipped_rules() -> Arc<RuleSet> {
 /// the same events as lines (for [`replay`]).
 pub fn sample_input(partitions: i32) -> (Vec<Input>, Vec<String>) {
     input_of(sample_lines(), partitions)
+}
+
+/// The first `events` events of the handbook sample, then the ending events
+/// of [`sample_input`].
+pub fn sample_head_input(partitions: i32, events: usize) -> (Vec<Input>, Vec<String>) {
+    let mut lines = sample_lines();
+    lines.truncate(events);
+    input_of(lines, partitions)
 }
 
 /// The handbook sample repeated up to `events` events, each copy ten days

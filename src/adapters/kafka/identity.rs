@@ -132,7 +132,10 @@ impl Identity {
                 "transaction.timeout.ms",
                 k.transaction_timeout_ms.to_string(),
             )
-            .set("linger.ms", "1")
+            // A checkpoint waits for the records produced at its barrier
+            // (the rest went ahead, see `Coordinator::flush`): they leave at
+            // once; records made while a request is in flight batch anyway.
+            .set("linger.ms", "0")
             // A broker still finishing the previous transaction answers "try
             // again"; the default 100 ms backoff would be paid by every alert.
             .set("retry.backoff.ms", "5")

@@ -11,8 +11,17 @@
 //! a transaction, adds the offsets with `send_offsets_to_transaction` (the
 //! group's generation fences a member that lost its partitions), and
 //! commits. A transaction that fails is aborted and every shard is rewound:
-//! its engine starts again and its partition is re-read from the last
-//! committed offset, so nothing is lost and nothing is produced twice.
+//! its engine starts again from its last committed state and its partition
+//! is re-read from the last committed offset, so nothing is lost and
+//! nothing is produced twice.
+//!
+//! A commit waits until the brokers have acknowledged every record of its
+//! transaction, and an alert is visible only after it. So that the commit
+//! does not wait for a whole interval's records, a [`Flush`] a little
+//! before each barrier (`FLUSH_LEAD`) takes the shards' output so far and
+//! produces it into the open transaction; the barrier then brings only the
+//! last few milliseconds' records (an alert's latency is the interval plus
+//! that short wait, not plus a round of produce requests).
 //!
 //! On revocation the coordinator checkpoints before letting go, so the next
 //! owner starts exactly where this member stopped.
@@ -24,8 +33,12 @@
 //! Backpressure: when a shard's mailbox is full its partition is paused
 //! until the shard catches up, so memory stays bounded.
 //!
-//! Until the state issue lands, per-key state lives in memory only: a
-//! partition that changes owner, or a rewind, starts its keys afresh.
+//! # State
+//!
+//! Each shard's state changes go to its partition of the topic's changelog
+//! in the same transaction; a shard that starts (assigned, or rewound)
+//! rebuilds its keys from the changelog (with a data directory, from the
+//! local copy and the changelog's tail).
 
 use super::identity::{Identity, IdentityError};
 use super::topology::Topology;
@@ -34,8 +47,8 @@ use crate::adapters::local::{LocalError, LocalState, Position, ShardStore};
 use crate::config::Config;
 use crate::engine::RuleSet;
 use crate::runtime::{
-    Barrier, DeadLetter, DeadLetterKind, KeyQuery, Persisted, Record, Records, Reload, Shard,
-    ShardOutput, WatermarkMark, check_entry,
+    Barrier, DeadLetter, DeadLetterKind, Flush, KeyQuery, Persisted, Record, Records, Reload,
+    Shard, ShardOutput, WatermarkMark, check_entry,
 };
 use crate::state::{MemoryStore, SnapshotError, StateStore};
 use crate::telemetry::events::{
@@ -52,22 +65,53 @@ use rdkafka::message::DeliveryResult;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How long one transactional call (init, offsets, commit, abort) may take.
+const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Records polled before the coordinator looks at its clock again.
+const POLL_BURST: usize = 4096;
+/// How long reading the changelogs of newly assigned partitions may go
+/// without a record or a partition's end (however long the whole read).
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(50);
+/// How often restore progress is logged.
+const RESTORE_LOG_EVERY: Duration = Duration::from_secs(5);
+/// The header that marks a watermark record in an internal topic.
+const MARK_HEADER: &str = "tripline.watermark";
+/// The W3C trace context header, read from input records and written on
+/// the alerts of traced ones.
+const TRACEPARENT: &str = "traceparent";
+/// How long before a checkpoint the shards' output so far is produced into
+/// the transaction (at most a quarter of the interval).
+const FLUSH_LEAD: Duration = Duration::from_millis(20);
+
 /// The transactional producer. The coordinator serves its delivery reports
 /// itself before each commit (see [`deliver_all`]).
 type TxProducer = BaseProducer<Deliveries>;
 
 /// The transactional producer's delivery reports: for each shard of the
-/// checkpoint in flight (a record's opaque is its index + 1; 0 for records
-/// that are not state), the offset after its last changelog record, which
-/// the local state records as the changelog position it includes.
+/// transaction in flight, the offset after its last changelog record, which
+/// the local state records as the changelog position it includes. A
+/// changelog record's opaque is its shard's [`changelog_opaque`]; 0 marks
+/// records that are not state.
 #[derive(Default)]
 pub struct Deliveries {
-    changelog_ends: Mutex<Vec<i64>>,
+    changelog_ends: Mutex<BTreeMap<ShardId, i64>>,
+}
+
+/// The delivery opaque of shard `id`'s changelog records (never 0).
+fn changelog_opaque((t, p): ShardId) -> usize {
+    ((t << 32) | p as u32 as usize) + 1
 }
 
 impl Deliveries {
-    /// The ends recorded since the last call, by shard index.
-    fn take(&self) -> Vec<i64> {
+    /// The ends recorded since the last call, by shard.
+    fn take(&self) -> BTreeMap<ShardId, i64> {
         std::mem::take(
             &mut *self
                 .changelog_ends
@@ -82,46 +126,21 @@ impl ClientContext for Deliveries {}
 impl ProducerContext for Deliveries {
     type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, shard: usize) {
-        if shard == 0 {
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        if opaque == 0 {
             return;
         }
+        let id = ((opaque - 1) >> 32, (opaque - 1) as u32 as i32);
         if let Ok(m) = result {
             let mut ends = self
                 .changelog_ends
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            if ends.len() < shard {
-                ends.resize(shard, -1);
-            }
-            ends[shard - 1] = ends[shard - 1].max(m.offset() + 1);
+            let end = ends.entry(id).or_insert(-1);
+            *end = (*end).max(m.offset() + 1);
         }
     }
 }
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
-
-/// How long one transactional call (init, offsets, commit, abort) may take.
-const TXN_TIMEOUT: Duration = Duration::from_secs(30);
-/// Records polled before the coordinator looks at its clock again.
-const POLL_BURST: usize = 4096;
-/// How long the coordinator waits for a full shard before pausing its
-/// partition (see `Coordinator::offer`).
-const FULL_SHARD_WAIT: Duration = Duration::from_millis(10);
-/// How long reading the changelogs of newly assigned partitions may go
-/// without a record or a partition's end (however long the whole read).
-const RESTORE_TIMEOUT: Duration = Duration::from_secs(50);
-/// How often restore progress is logged.
-const RESTORE_LOG_EVERY: Duration = Duration::from_secs(5);
-/// The header that marks a watermark record in an internal topic.
-const MARK_HEADER: &str = "tripline.watermark";
-/// The W3C trace context header, read from input records and written on
-/// the alerts of traced ones.
-const TRACEPARENT: &str = "traceparent";
 
 /// Why the service stopped.
 #[derive(Debug, thiserror::Error)]
@@ -576,6 +595,9 @@ struct Coordinator {
     failed: Option<ServiceError>,
     /// A transaction has begun and not yet committed or aborted.
     txn_open: bool,
+    /// The outputs produced into the open transaction ahead of its
+    /// checkpoint (see `Coordinator::flush`).
+    flushed: BTreeMap<ShardId, ShardOutput>,
     /// Where the shards are published for queries.
     directory: Arc<ShardDirectory>,
 }
@@ -709,6 +731,7 @@ fn coordinate(
         shards: BTreeMap::new(),
         marks: BTreeMap::new(),
         txn_open: false,
+        flushed: BTreeMap::new(),
         progress,
         failed: None,
         directory,
@@ -758,15 +781,26 @@ fn coordinate(
     tracing::info!(topic = %k.input_topic, group = %k.group_id, %instance, "service started");
 
     let interval = Duration::from_millis(config.checkpoint.interval_ms);
+    let lead = FLUSH_LEAD.min(interval / 4);
     let mut next_checkpoint = now() + interval;
+    let mut flushed = false;
     let result = loop {
         if stop.load(Ordering::SeqCst) {
             break lock(&inner).checkpoint(&consumer);
         }
-        let wait = next_checkpoint
-            .saturating_duration_since(now())
-            .min(Duration::from_millis(50));
-        let mut timeout = wait;
+        let next = if flushed {
+            next_checkpoint
+        } else {
+            next_checkpoint - lead
+        };
+        // A paused partition resumes once its shard takes the refused
+        // batch: look again soon rather than after a whole poll.
+        let longest = if lock(&inner).any_refused() {
+            Duration::from_millis(1)
+        } else {
+            Duration::from_millis(50)
+        };
+        let mut timeout = next.saturating_duration_since(now()).min(longest);
         let mut polled = 0;
         while polled < POLL_BURST {
             let Some(msg) = consumer.poll(timeout) else {
@@ -806,8 +840,18 @@ fn coordinate(
             break Err(e);
         }
         c.hand_over(&consumer);
+        if !flushed && now() >= next_checkpoint - lead {
+            flushed = true;
+            if let Err(e) = c.timed(|c| c.flush(&consumer)) {
+                c.recover(&consumer, e);
+                if let Some(e) = c.failed.take() {
+                    break Err(e);
+                }
+            }
+        }
         if now() >= next_checkpoint {
             next_checkpoint = now() + interval;
+            flushed = false;
             match c.checkpoint(&consumer) {
                 Ok(()) => {
                     let rules = pending_rules
@@ -1318,11 +1362,12 @@ impl Coordinator {
         // so a full shard is waited for that long before its partition is
         // paused.
         let started = now();
+        let patience = Duration::from_millis(self.config.runtime.full_shard_wait_ms);
         let mut batch = Records(batch);
         let refused = loop {
             match slot.addr.try_send(batch) {
                 Ok(()) => return,
-                Err(SendError::Full(b)) if started.elapsed() < FULL_SHARD_WAIT => {
+                Err(SendError::Full(b)) if started.elapsed() < patience => {
                     batch = b;
                     std::thread::sleep(Duration::from_micros(200));
                 }
@@ -1334,6 +1379,11 @@ impl Coordinator {
             .backpressure_pauses
             .fetch_add(1, Ordering::Relaxed);
         self.pause(consumer, id, true);
+    }
+
+    /// A shard refused a batch: its partition is paused.
+    fn any_refused(&self) -> bool {
+        self.shards.values().any(|s| s.refused.is_some())
     }
 
     fn pause(&self, consumer: &BaseConsumer<Ctx>, id: ShardId, pause: bool) {
@@ -1387,25 +1437,44 @@ impl Coordinator {
     /// Commits everything processed so far in one transaction, counting
     /// the time it takes.
     fn checkpoint(&mut self, consumer: &BaseConsumer<Ctx>) -> Result<(), ServiceError> {
+        self.timed(|c| c.commit_processed(consumer))
+    }
+
+    /// Runs a part of checkpointing, counting the time it takes.
+    fn timed(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<(), ServiceError>,
+    ) -> Result<(), ServiceError> {
         let started = now();
-        let result = self.commit_processed(consumer);
+        let result = f(self);
         self.progress
             .checkpoint_micros
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         result
     }
 
-    fn commit_processed(&mut self, consumer: &BaseConsumer<Ctx>) -> Result<(), ServiceError> {
+    /// Hands everything polled to the shards and asks each for its output
+    /// so far: at the barrier (`flush` false) or ahead of it.
+    fn ask_shards(
+        &mut self,
+        consumer: &BaseConsumer<Ctx>,
+        flush: bool,
+    ) -> Result<Vec<(ShardId, ShardOutput)>, ServiceError> {
         // Everything polled goes to the shards first, so the cut covers it
         // (a refused batch waits: its partition's offset stops before it).
         self.hand_over(consumer);
         let ids: Vec<ShardId> = self.shards.keys().copied().collect();
-        let barrier_started = now();
-        let answers = block_on(join_all(self.shards.values().map(|s| s.addr.send(Barrier))));
-        self.progress.barrier_micros.fetch_add(
-            barrier_started.elapsed().as_micros() as u64,
-            Ordering::Relaxed,
-        );
+        let started = now();
+        let answers = if flush {
+            block_on(join_all(self.shards.values().map(|s| s.addr.send(Flush))))
+        } else {
+            block_on(join_all(self.shards.values().map(|s| s.addr.send(Barrier))))
+        };
+        if !flush {
+            self.progress
+                .barrier_micros
+                .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        }
         let mut outputs: Vec<(ShardId, ShardOutput)> = Vec::with_capacity(answers.len());
         for (id, a) in ids.into_iter().zip(answers) {
             let mut out = a.map_err(|_| ServiceError::ShardGone(id.1))?;
@@ -1420,23 +1489,49 @@ impl Coordinator {
             }
             outputs.push((id, out));
         }
-        self.observe_state(&outputs);
-        let marks = self.new_marks(&outputs);
-        if marks.is_empty() && outputs.iter().all(|(_, o)| o.is_empty()) {
+        Ok(outputs)
+    }
+
+    /// Produces the shards' output so far into the transaction (beginning
+    /// it), a little before the checkpoint: its records are then
+    /// acknowledged by the time the checkpoint commits, which only adds
+    /// the rest of the interval's. The outputs are kept for the checkpoint's
+    /// bookkeeping.
+    fn flush(&mut self, consumer: &BaseConsumer<Ctx>) -> Result<(), ServiceError> {
+        let outputs = self.ask_shards(consumer, true)?;
+        self.produce(&outputs)?;
+        for (id, out) in outputs {
+            match self.flushed.get_mut(&id) {
+                Some(earlier) => earlier.absorb(out),
+                None => {
+                    self.flushed.insert(id, out);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Begins the transaction, unless it is open.
+    fn begin(&mut self) -> Result<(), ServiceError> {
+        if !self.txn_open {
+            self.producer.begin_transaction()?;
+            self.txn_open = true;
+            self.producer.context().take();
+        }
+        Ok(())
+    }
+
+    /// Sends the records of `outputs` in the transaction (begun if need
+    /// be), without waiting for them.
+    fn produce(&mut self, outputs: &[(ShardId, ShardOutput)]) -> Result<(), ServiceError> {
+        if outputs.iter().all(|(_, o)| o.produces_nothing()) {
             return Ok(());
         }
-        let _span = telemetry::events::checkpoint_span().entered();
+        self.begin()?;
         let k = &self.config.kafka;
-        let started = now();
-        self.producer.begin_transaction()?;
-        self.txn_open = true;
-        let mut offsets = TopicPartitionList::new();
-        let (mut alerts, mut dead, mut records) = (0u64, 0u64, 0u64);
-        let (mut forwarded, mut internal) = (0u64, 0u64);
-        let mut state_bytes = 0u64;
-        self.producer.context().take();
-        for (i, ((t, p), out)) in outputs.iter().enumerate() {
-            let topic = self.topic(*t);
+        for (id, out) in outputs {
+            let (t, p) = *id;
+            let topic = self.topic(t);
             for a in &out.alerts {
                 let mut r = BaseRecord::with_opaque_to(&k.alerts_topic, 0)
                     .key(a.record.key.as_slice())
@@ -1458,7 +1553,7 @@ impl Coordinator {
                 )?;
             }
             for d in &out.dead_letters {
-                let headers = dead_letter_headers(d, topic, *p);
+                let headers = dead_letter_headers(d, topic, p);
                 let mut r = BaseRecord::with_opaque_to(&k.dead_letter_topic, 0)
                     .payload(d.value.as_slice())
                     .headers(headers);
@@ -1467,16 +1562,52 @@ impl Coordinator {
                 }
                 send(&self.producer, r)?;
             }
-            let changelog = &self.topology.topics[*t].changelog;
+            let changelog = &self.topology.topics[t].changelog;
             for (key, value) in &out.state {
-                state_bytes += (key.len() + value.as_ref().map_or(0, Vec::len)) as u64;
-                let mut r = BaseRecord::<[u8], [u8], usize>::with_opaque_to(changelog, i + 1)
-                    .partition(*p)
-                    .key(key.as_slice());
+                let mut r = BaseRecord::<[u8], [u8], usize>::with_opaque_to(
+                    changelog,
+                    changelog_opaque(*id),
+                )
+                .partition(p)
+                .key(key.as_slice());
                 if let Some(v) = value {
                     r = r.payload(v.as_slice());
                 }
                 send(&self.producer, r)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn commit_processed(&mut self, consumer: &BaseConsumer<Ctx>) -> Result<(), ServiceError> {
+        let mut outputs = self.ask_shards(consumer, false)?;
+        let started = now();
+        self.produce(&outputs)?;
+        // Join what was flushed ahead of the barrier, for the bookkeeping.
+        for (id, out) in &mut outputs {
+            if let Some(mut earlier) = self.flushed.remove(id) {
+                earlier.absorb(std::mem::take(out));
+                *out = earlier;
+            }
+        }
+        // Only shards revoked since the flush (they were checkpointed at
+        // revocation, which took this path) could leave some: none do.
+        outputs.extend(std::mem::take(&mut self.flushed));
+        self.observe_state(&outputs);
+        let marks = self.new_marks(&outputs);
+        if !self.txn_open && marks.is_empty() && outputs.iter().all(|(_, o)| o.is_empty()) {
+            return Ok(());
+        }
+        let _span = telemetry::events::checkpoint_span().entered();
+        self.begin()?;
+        let mut offsets = TopicPartitionList::new();
+        let (mut alerts, mut dead, mut records) = (0u64, 0u64, 0u64);
+        let (mut forwarded, mut internal) = (0u64, 0u64);
+        let mut state_bytes = 0u64;
+        for ((t, p), out) in &outputs {
+            let topic = self.topic(*t);
+            for (key, value) in &out.state {
+                state_bytes += (key.len() + value.as_ref().map_or(0, Vec::len)) as u64;
             }
             if let Some(next) = out.next_offset {
                 offsets.add_partition_offset(topic, *p, Offset::Offset(next))?;
@@ -1513,11 +1644,13 @@ impl Coordinator {
         let group = consumer
             .group_metadata()
             .ok_or(KafkaError::Subscription("no group metadata".into()))?;
-        deliver_all(&self.producer)?;
         let produced = started.elapsed();
         self.producer
             .send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)?;
         let offsets_done = started.elapsed();
+        // The offsets travel while the records are being acknowledged.
+        deliver_all(&self.producer)?;
+        let delivered = started.elapsed();
         self.producer.commit_transaction(TXN_TIMEOUT)?;
         self.txn_open = false;
         let ends = self.producer.context().take();
@@ -1546,6 +1679,7 @@ impl Coordinator {
             state_bytes,
             produced,
             offsets: offsets_done,
+            delivered,
             total: started.elapsed(),
             committed_ms: telemetry::now_ms(),
             ..CheckpointCommitted::default()
@@ -1610,7 +1744,7 @@ impl Coordinator {
     /// Copies a committed checkpoint's state changes to the local state,
     /// with the positions they bring each shard to, and lets the shards
     /// passivate what is now stored.
-    fn write_local(&mut self, outputs: &[(ShardId, ShardOutput)], ends: &[i64]) {
+    fn write_local(&mut self, outputs: &[(ShardId, ShardOutput)], ends: &BTreeMap<ShardId, i64>) {
         let Some(local) = &self.local else {
             return;
         };
@@ -1620,7 +1754,7 @@ impl Coordinator {
                 continue;
             };
             let before = slot.position;
-            if let Some(&end) = ends.get(i).filter(|e| **e >= 0) {
+            if let Some(&end) = ends.get(id).filter(|e| **e >= 0) {
                 slot.position.changelog = end;
             }
             if let Some(next) = out.next_offset {
@@ -1677,6 +1811,8 @@ impl Coordinator {
         }
         // A checkpoint can fail before its transaction began (a shard that
         // does not answer): then there is nothing to abort, only to rewind.
+        // What was flushed is in the transaction, and goes with it.
+        self.flushed.clear();
         if self.txn_open {
             if let Err(e) = self.producer.abort_transaction(TXN_TIMEOUT) {
                 tracing::error!("cannot abort the transaction: {e}");
