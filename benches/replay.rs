@@ -20,6 +20,10 @@ use tripline::engine::{Engine, Outputs, RuleSet};
 #[path = "support/stream.rs"]
 mod stream;
 
+// The allocator the `tripline` binary runs with: the figures are the CLI's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn rules(paths: &[&str]) -> Arc<RuleSet> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let ps: Vec<_> = paths.iter().map(|p| root.join(p)).collect();

@@ -51,6 +51,10 @@ pub struct SymbolDfa {
     /// Symbol bits of the stages a match can start with: a replay starts at
     /// the first recent event that has one.
     pub start_mask: u8,
+    /// No stage is strictly contiguous (within or between stages): an
+    /// event that meets no condition then changes no match, and is neither
+    /// stepped nor kept.
+    pub skips_empty: bool,
 }
 
 /// Per-key state in lazy mode.
@@ -62,6 +66,10 @@ pub struct LazyState {
     pub recent: VecDeque<(Arc<Event>, u8)>,
     /// Position (a per-key event counter) of the first event in `recent`.
     pub front_pos: u64,
+    /// When the first event in `recent` leaves the window (`i64::MAX`:
+    /// none): checking it costs no read of the event, which is cold in
+    /// memory by then.
+    pub expires_at: i64,
     /// The explicit matcher, kept behind the DFA: its state and the position
     /// of the last event it processed. It catches up only when the DFA reports
     /// a match end, so each event is matched at most once, and only for keys
@@ -193,12 +201,17 @@ impl SymbolDfa {
                 break;
             }
         }
+        let skips_empty = stages.iter().enumerate().all(|(i, s)| {
+            (i == 0 || s.contiguity != Contiguity::Strict)
+                && (s.quant.kind == QuantKind::Single || s.quant.inner != Contiguity::Strict)
+        });
         Some(SymbolDfa {
             dfa,
             start,
             bit_preds: bit_of_stage,
             window,
             start_mask,
+            skips_empty,
         })
     }
 
@@ -208,14 +221,24 @@ impl SymbolDfa {
             dfa_state: self.start,
             recent: VecDeque::new(),
             front_pos: 0,
+            expires_at: i64::MAX,
             shadow: None,
         }
     }
 
     /// Feeds one event's symbol; returns whether a match of the pattern's
-    /// language ends at this event.
+    /// language ends at this event. An empty symbol under
+    /// [`SymbolDfa::skips_empty`] only expires the window: every gap of the
+    /// pattern accepts it, so the DFA would stay in a state of the same
+    /// language, and no match can hold it.
     pub fn step(&self, st: &mut LazyState, event: &Arc<Event>, symbol: u8) -> bool {
         self.expire(st, event.time);
+        if symbol == 0 && self.skips_empty {
+            return false;
+        }
+        if st.recent.is_empty() {
+            st.expires_at = event.time.saturating_add(self.window);
+        }
         st.recent.push_back((event.clone(), symbol));
         st.dfa_state = self.dfa.next_state(st.dfa_state, symbol);
         self.dfa
@@ -225,6 +248,9 @@ impl SymbolDfa {
     /// Drops the window's events that no match ending at `now` or later can
     /// use, and the shadow matcher once the window is empty.
     pub fn expire(&self, st: &mut LazyState, now: i64) {
+        if now < st.expires_at {
+            return;
+        }
         while st
             .recent
             .front()
@@ -233,9 +259,17 @@ impl SymbolDfa {
             st.recent.pop_front();
             st.front_pos += 1;
         }
+        self.set_expiry(st);
         if st.recent.is_empty() {
             st.shadow = None;
         }
+    }
+
+    fn set_expiry(&self, st: &mut LazyState) {
+        st.expires_at = st
+            .recent
+            .front()
+            .map_or(i64::MAX, |(e, _)| e.time.saturating_add(self.window));
     }
 
     /// Rebuilds the DFA state from the recent symbols (after a restore): only
@@ -246,6 +280,7 @@ impl SymbolDfa {
             s = self.dfa.next_state(s, *sym);
         }
         st.dfa_state = s;
+        self.set_expiry(st);
     }
 
     /// The DFA's size in bytes.
