@@ -691,3 +691,71 @@ fn a_member_sends_clients_to_the_member_that_holds_a_key() {
     terminate(a);
     terminate(b);
 }
+
+/// Rules reloaded while no input arrives: the events the new rules cannot
+/// read, still waiting for the watermark, are dead-lettered at once (the
+/// reload's output is committed without waiting for a record), and a
+/// restart neither brings them back nor repeats anything.
+#[test]
+fn a_reload_commits_its_dead_letters_without_new_input() {
+    let c = config("reload-idle");
+    kafka::ensure_topics(&c.kafka, &broker(), &[&c.kafka.input_topic], 1).unwrap();
+    let rules = std::env::temp_dir().join(format!("{}.rules", c.kafka.group_id));
+    std::fs::create_dir_all(&rules).unwrap();
+    let write_rules = |time_field: &str| {
+        std::fs::write(
+            rules.join("r.tl"),
+            format!(
+                "stream s {{ key card time {time_field} time format epoch_ms lateness 1h }}\n\
+                 rule big {{ pattern {{ x: amount > 100 }} }}\n"
+            ),
+        )
+        .unwrap();
+    };
+    write_rules("ts");
+    let event = |ts: i64| Input {
+        key: Some("c1".into()),
+        partition: Some(0),
+        payload: Some(format!(r#"{{"card":"c1","ts":{ts},"amount":500}}"#).into_bytes()),
+    };
+    // The second event moves the watermark past the first, which alerts;
+    // it stays buffered itself, an hour ahead of the watermark.
+    produce(&c, &[event(0), event(7_200_000)]);
+    let dir = state_dir(&c, "only");
+    let p = Serve(Some(spawn_with_rules(&c, "only", false, &dir, &rules)));
+    wait_for_alerts(&c, 1);
+    // The new rules read the time from a field these events lack.
+    write_rules("ts2");
+    wait_for_log(&c, "only", "rules reloaded", 1);
+    let dead = wait_progressing(
+        Duration::from_secs(60),
+        || {
+            let dead = read_committed(&c, &c.kafka.dead_letter_topic);
+            (dead.len() as u64, (!dead.is_empty()).then_some(dead))
+        },
+        |_| "no dead letter committed after the reload".into(),
+    );
+    assert_eq!(dead.len(), 1);
+    let (_, value, headers) = &dead[0];
+    assert_eq!(
+        String::from_utf8_lossy(value),
+        r#"{"card":"c1","ts":7200000,"amount":500}"#
+    );
+    let reason = headers
+        .iter()
+        .find(|(k, _)| k == "tripline.error.reason")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_default();
+    assert!(
+        reason.contains("no longer decodes under the new rules") && reason.contains("ts2"),
+        "{reason}"
+    );
+    terminate(p);
+    // A restart under the new rules starts from the migrated state.
+    let p = Serve(Some(spawn_with_rules(&c, "only", false, &dir, &rules)));
+    wait_for_log(&c, "only", "partitions assigned", 2);
+    std::thread::sleep(Duration::from_secs(2));
+    terminate(p);
+    assert_eq!(read_committed(&c, &c.kafka.dead_letter_topic).len(), 1);
+    assert_eq!(committed_alerts(&c).len(), 1);
+}
