@@ -134,20 +134,20 @@ pub enum Role {
 #[rtype(result = "()")]
 pub struct Records(pub Vec<Record>);
 
-/// The checkpoint barrier: answered with the shard's output since the last
-/// barrier or [`Flush`].
-#[derive(Message)]
+/// A cut through the shard's partition: queued behind the records handed
+/// over before it, it is answered with the shard's output since the last
+/// cut and the offset that output covers (a consistent cut).
+#[derive(Message, Clone, Copy, Debug, PartialEq, Eq)]
 #[rtype(result = "ShardOutput")]
-pub struct Barrier;
-
-/// Asks for the output so far ahead of the barrier, so that it can be
-/// produced while the checkpoint interval runs out. Answered like a
-/// [`Barrier`] (its answer is a consistent cut too), but it does not count
-/// as one: the caller commits only at the barrier, with the outputs of both
-/// joined by [`ShardOutput::absorb`].
-#[derive(Message)]
-#[rtype(result = "ShardOutput")]
-pub struct Flush;
+pub enum Barrier {
+    /// The checkpoint's: its answer is committed.
+    Checkpoint,
+    /// Ahead of the checkpoint, so that the output so far can be produced
+    /// while the interval runs out. It does not count as a barrier: the
+    /// caller commits at the next [`Barrier::Checkpoint`], with both
+    /// answers joined by [`ShardOutput::absorb`].
+    Flush,
+}
 
 /// The shard's state changes up to batch `batch` ([`ShardOutput::batch`])
 /// are in its store: idle keys may be passivated, to keep the shard near
@@ -268,15 +268,9 @@ impl ShardOutput {
     /// Nothing to commit: no record processed and nothing produced (a
     /// reload's migrated state or dead letters count, with no record).
     pub fn is_empty(&self) -> bool {
-        self.records == 0
-            && self.alerts.is_empty()
-            && self.forwarded.is_empty()
-            && self.dead_letters.is_empty()
-            && self.state.is_empty()
+        self.records == 0 && self.produces_nothing()
     }
-}
 
-impl ShardOutput {
     /// Joins `later`, the output that followed this one, into this one:
     /// what was produced is appended (state changes in order, so later ones
     /// win), counts add up, and the position and figures are `later`'s.
@@ -564,13 +558,17 @@ impl Shard {
 
     /// Takes the output since the last call, at a barrier.
     pub fn take_output(&mut self) -> ShardOutput {
-        let out = self.take_flush();
+        let mut out = self.take_flush();
         self.barriers += 1;
-        self.with_partials(out)
+        // The count walks every resident key: every PARTIALS_EVERY-th only.
+        if self.barriers % PARTIALS_EVERY == 1 {
+            out.partial_matches = Some(self.engine.partial_matches());
+        }
+        out
     }
 
     /// Takes the output since the last call, ahead of a barrier (see
-    /// [`Flush`]).
+    /// [`Barrier::Flush`]).
     pub fn take_flush(&mut self) -> ShardOutput {
         let next = self.pending.next_offset;
         let mut out = std::mem::take(&mut self.pending);
@@ -592,15 +590,6 @@ impl Shard {
         // A traced record's span ends with the alerts it caused, not with
         // the next record, however long that takes.
         self.cause.1 = None;
-        out
-    }
-
-    /// Counts the partial matches into every [`PARTIALS_EVERY`]th barrier's
-    /// output (the count walks every resident key).
-    fn with_partials(&mut self, mut out: ShardOutput) -> ShardOutput {
-        if self.barriers % PARTIALS_EVERY == 1 {
-            out.partial_matches = Some(self.engine.partial_matches());
-        }
         out
     }
 
@@ -743,15 +732,11 @@ impl Handler<KeyQuery> for Shard {
 
 impl Handler<Barrier> for Shard {
     type Result = MessageResult<Barrier>;
-    fn handle(&mut self, _: Barrier, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.take_output())
-    }
-}
-
-impl Handler<Flush> for Shard {
-    type Result = MessageResult<Flush>;
-    fn handle(&mut self, _: Flush, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.take_flush())
+    fn handle(&mut self, b: Barrier, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(match b {
+            Barrier::Checkpoint => self.take_output(),
+            Barrier::Flush => self.take_flush(),
+        })
     }
 }
 
@@ -892,7 +877,7 @@ mod tests {
         let addr = Shard::standalone(0, rules()).start();
         addr.do_send(Records(vec![rec(0, r#"{"card":"a","ts":1,"amount":101}"#)]));
         addr.do_send(Records(vec![rec(1, r#"{"card":"b","ts":2,"amount":102}"#)]));
-        let out = addr.send(Barrier).await.unwrap();
+        let out = addr.send(Barrier::Checkpoint).await.unwrap();
         assert_eq!(out.alerts.len(), 2);
         assert_eq!(out.next_offset, Some(2));
     }

@@ -17,7 +17,7 @@
 //!
 //! A commit waits until the brokers have acknowledged every record of its
 //! transaction, and an alert is visible only after it. So that the commit
-//! does not wait for a whole interval's records, a [`Flush`] a little
+//! does not wait for a whole interval's records, a [`Barrier::Flush`] a little
 //! before each barrier (`FLUSH_LEAD`) takes the shards' output so far and
 //! produces it into the open transaction; the barrier then brings only the
 //! last few milliseconds' records (an alert's latency is the interval plus
@@ -47,8 +47,8 @@ use crate::adapters::local::{LocalError, LocalState, Position, ShardStore};
 use crate::config::Config;
 use crate::engine::RuleSet;
 use crate::runtime::{
-    Barrier, DeadLetter, DeadLetterKind, Flush, KeyQuery, Persisted, Record, Records, Reload,
-    Shard, ShardOutput, WatermarkMark, check_entry,
+    Barrier, DeadLetter, DeadLetterKind, KeyQuery, Persisted, Record, Records, Reload, Shard,
+    ShardOutput, WatermarkMark, check_entry,
 };
 use crate::state::{MemoryStore, SnapshotError, StateStore};
 use crate::telemetry::events::{
@@ -1454,23 +1454,19 @@ impl Coordinator {
     }
 
     /// Hands everything polled to the shards and asks each for its output
-    /// so far: at the barrier (`flush` false) or ahead of it.
+    /// so far, at `barrier`.
     fn ask_shards(
         &mut self,
         consumer: &BaseConsumer<Ctx>,
-        flush: bool,
+        barrier: Barrier,
     ) -> Result<Vec<(ShardId, ShardOutput)>, ServiceError> {
         // Everything polled goes to the shards first, so the cut covers it
         // (a refused batch waits: its partition's offset stops before it).
         self.hand_over(consumer);
         let ids: Vec<ShardId> = self.shards.keys().copied().collect();
         let started = now();
-        let answers = if flush {
-            block_on(join_all(self.shards.values().map(|s| s.addr.send(Flush))))
-        } else {
-            block_on(join_all(self.shards.values().map(|s| s.addr.send(Barrier))))
-        };
-        if !flush {
+        let answers = block_on(join_all(self.shards.values().map(|s| s.addr.send(barrier))));
+        if barrier == Barrier::Checkpoint {
             self.progress
                 .barrier_micros
                 .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
@@ -1498,15 +1494,10 @@ impl Coordinator {
     /// the rest of the interval's. The outputs are kept for the checkpoint's
     /// bookkeeping.
     fn flush(&mut self, consumer: &BaseConsumer<Ctx>) -> Result<(), ServiceError> {
-        let outputs = self.ask_shards(consumer, true)?;
+        let outputs = self.ask_shards(consumer, Barrier::Flush)?;
         self.produce(&outputs)?;
         for (id, out) in outputs {
-            match self.flushed.get_mut(&id) {
-                Some(earlier) => earlier.absorb(out),
-                None => {
-                    self.flushed.insert(id, out);
-                }
-            }
+            self.flushed.entry(id).or_default().absorb(out);
         }
         Ok(())
     }
@@ -1580,7 +1571,7 @@ impl Coordinator {
     }
 
     fn commit_processed(&mut self, consumer: &BaseConsumer<Ctx>) -> Result<(), ServiceError> {
-        let mut outputs = self.ask_shards(consumer, false)?;
+        let mut outputs = self.ask_shards(consumer, Barrier::Checkpoint)?;
         let started = now();
         self.produce(&outputs)?;
         // Join what was flushed ahead of the barrier, for the bookkeeping.
@@ -1590,8 +1581,8 @@ impl Coordinator {
                 *out = earlier;
             }
         }
-        // Only shards revoked since the flush (they were checkpointed at
-        // revocation, which took this path) could leave some: none do.
+        // A shard gone since the flush would leave its flushed output here
+        // (none does: revocation checkpoints first); it is committed too.
         outputs.extend(std::mem::take(&mut self.flushed));
         self.observe_state(&outputs);
         let marks = self.new_marks(&outputs);
