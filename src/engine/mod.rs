@@ -473,11 +473,14 @@ impl Engine {
 
     fn dispatch(&mut self, mut event: Arc<Event>, out: &mut Outputs) {
         self.stats.events += 1;
-        let rules = self.rules.clone();
-        if rules.derives {
+        if self.rules.derives {
+            let rules = self.rules.clone();
             self.derive(&rules, Arc::make_mut(&mut event));
         }
-        for (ki, keying) in rules.keyings.iter().enumerate() {
+        // The rules are borrowed field by field rather than cloned: an Arc
+        // clone and drop per event are two atomic operations on the hot path.
+        for ki in 0..self.rules.keyings.len() {
+            let keying = &self.rules.keyings[ki];
             if !keying.patterns {
                 continue;
             }
@@ -488,11 +491,13 @@ impl Engine {
             }
             let key = ValueKey::from(key_value);
             self.touch_key(ki, &key);
+            let rules = &*self.rules;
+            let keying = &rules.keyings[ki];
             let Some(ks) = live_key(
                 &mut self.keys[ki],
                 &mut self.passive,
                 self.batches + 1,
-                &rules,
+                rules,
                 ki,
                 &key,
                 key_value,
@@ -538,6 +543,7 @@ impl Engine {
             }
             Self::schedule(ki, &key, ks, earliest_deadline(ks), &mut self.timers);
         }
+        let rules = &*self.rules;
         if self.collect_features && !rules.feature_slots.is_empty() {
             let values = rules
                 .feature_slots
@@ -754,18 +760,6 @@ fn emit(
             Output::Match(p) => (AlertKind::Match, p, at),
             Output::Timeout { path, at } => (AlertKind::Timeout, path, at),
         };
-        let mut matches: Vec<(Arc<str>, Vec<Arc<Event>>)> = Vec::new();
-        let mut by_stage: Vec<(u16, Vec<Arc<Event>>)> = Vec::new();
-        for (stage, ev) in &path {
-            match by_stage.iter_mut().find(|(s, _)| s == stage) {
-                Some((_, v)) => v.push(ev.clone()),
-                None => by_stage.push((*stage, vec![ev.clone()])),
-            }
-        }
-        by_stage.sort_by_key(|(s, _)| *s);
-        for (stage, evs) in by_stage {
-            matches.push((rule.stage_names[stage as usize].clone(), evs));
-        }
         let values = match path.last() {
             Some((_, last)) => rule
                 .def
@@ -785,6 +779,7 @@ fn emit(
                 .collect(),
             None => Vec::new(),
         };
+        let matches = group_by_stage(&rule.stage_names, path);
         let id = Alert::compute_id(&rule.name, &ks.key, kind, &matches);
         stats.alerts += 1;
         out.alerts.push(Alert {
@@ -800,6 +795,30 @@ fn emit(
             notify: rule.def.notify.clone(),
         });
     }
+}
+
+/// The matched events per stage, stages in pattern order, each stage's
+/// events in match order. The path's events are moved, not cloned: each
+/// clone of an event that has gone cold is a cache miss and an atomic.
+fn group_by_stage(
+    names: &[Arc<str>],
+    mut path: Vec<(crate::rules::StageId, Arc<Event>)>,
+) -> Vec<(Arc<str>, Vec<Arc<Event>>)> {
+    // Stable: a stage's events keep their order. Usually sorted already
+    // (stages are taken in pattern order but for quantified groups).
+    path.sort_by_key(|(s, _)| *s);
+    let mut matches: Vec<(Arc<str>, Vec<Arc<Event>>)> = Vec::new();
+    let mut current = None;
+    for (stage, ev) in path {
+        match matches.last_mut() {
+            Some((_, evs)) if current == Some(stage) => evs.push(ev),
+            _ => {
+                current = Some(stage);
+                matches.push((names[stage as usize].clone(), vec![ev]));
+            }
+        }
+    }
+    matches
 }
 
 /// Runs a rule file's example through a fresh engine (watermark flushed at

@@ -96,7 +96,7 @@ impl Decoder {
         }
         let text = std::str::from_utf8(bytes).map_err(|e| DecodeError::NotUtf8(e.valid_up_to()))?;
         let text = text.trim_end_matches(['\n', '\r']);
-        let mut fields: SmallVec<[Value; 8]> = SmallVec::from_elem(Value::Null, self.schema.len());
+        let mut fields: SmallVec<[Value; 4]> = SmallVec::from_elem(Value::Null, self.schema.len());
         let mut nested: u64 = 0;
         let mut de = serde_json::Deserializer::from_str(text);
         let top = ObjectSeed {

@@ -28,7 +28,7 @@ pub struct Event {
     /// Arrival position in the input; breaks ties between equal times.
     pub seq: u64,
     /// Field values by [`Slot`]; `Null` where absent.
-    pub fields: SmallVec<[Value; 8]>,
+    pub fields: SmallVec<[Value; 4]>,
     /// The record as it was read.
     pub raw: Arc<str>,
 }

@@ -109,6 +109,11 @@ impl fmt::Display for Value {
         match self {
             Value::Null => f.write_str("null"),
             Value::Bool(b) => write!(f, "{b}"),
+            // What `json_number` displays, without building a JSON value for
+            // the common integral case (alert ids hash a key's display form).
+            Value::Num(n) if n.is_finite() && n.fract() == 0.0 && n.abs() < 9.0e15 => {
+                write!(f, "{}", *n as i64)
+            }
             Value::Num(n) => write!(f, "{}", json_number(*n)),
             Value::Str(s) => write!(f, "{s:?}"),
         }
@@ -177,6 +182,32 @@ impl fmt::Display for ValueKey {
             ValueKey::Bool(b) => write!(f, "{b}"),
             ValueKey::Num(bits) => write!(f, "{}", json_number(f64::from_bits(*bits))),
             ValueKey::Str(s) => f.write_str(s),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_display_as_their_json_form() {
+        for n in [
+            0.0,
+            -0.0,
+            1.0,
+            -17.0,
+            5850.0,
+            2.5,
+            -0.125,
+            1e15,
+            8.999_999_999_999_99e15,
+            9.0e15,
+            1e300,
+            f64::NAN,
+            f64::INFINITY,
+        ] {
+            assert_eq!(Value::Num(n).to_string(), json_number(n).to_string(), "{n}");
         }
     }
 }

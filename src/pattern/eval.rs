@@ -12,6 +12,9 @@ use std::sync::Arc;
 /// The events of a partial match, oldest first, with the stage each was taken by.
 pub type MatchPath = [(StageId, Arc<Event>)];
 
+/// An owned [`MatchPath`]: one match's events, oldest first.
+pub type Match = Vec<(StageId, Arc<Event>)>;
+
 /// What an expression can see.
 #[derive(Clone, Copy)]
 pub struct Scope<'a> {

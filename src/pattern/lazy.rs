@@ -9,12 +9,14 @@
 //! says, one transition per event, whether some match ends at this event.
 //!
 //! A key in lazy mode keeps the DFA state and the events of the last
-//! `within`. The explicit matcher is kept behind, as a shadow: when the DFA
-//! reports a match end it catches up on the events since it last ran (or
-//! starts over from the window if it is further behind) and reports the
-//! matches that end at the current event. Each event is matched at most once,
-//! and only for keys that produce matches; keys whose partial matches never
-//! complete cost a DFA step per event.
+//! `within` with their symbols; no partial matches. When the DFA reports a
+//! match end, a backward search over the window's symbols from the current
+//! event ([`SymbolDfa::matches_ending_last`]) finds the matches that end
+//! there, touching only the events they hold. Keys whose partial matches
+//! never complete cost a DFA step per event; keys that match cost a search
+//! per match end, however long the window. Where the search gives up (too
+//! many matches, or a very long one), the explicit matcher runs over the
+//! window from its first possible start instead.
 //!
 //! Eligible rules: no skip strategy, a `within`, no negation, group, `until`,
 //! greedy or timeout reporting, at most 8 stage conditions, none of which
@@ -24,10 +26,11 @@
 //! language equals the matcher's (tested in `tests/matcher_props.rs`), so
 //! the output does not depend on the mode.
 
+use super::eval::Match;
 use super::nfa::Nfa;
 use crate::event::Event;
 use crate::rules::ast::Contiguity;
-use crate::rules::{QuantKind, RuleDef, SkipDef, StageBodyDef};
+use crate::rules::{QuantKind, RuleDef, SkipDef, StageBodyDef, StageId};
 use regex_automata::dfa::{Automaton, dense};
 use regex_automata::nfa::thompson;
 use regex_automata::util::primitives::StateID;
@@ -55,6 +58,139 @@ pub struct SymbolDfa {
     /// event that meets no condition then changes no match, and is neither
     /// stepped nor kept.
     pub skips_empty: bool,
+    /// The stages, in pattern order, as the match search reads them.
+    shapes: Vec<Shape>,
+}
+
+/// A stage as [`SymbolDfa::matches_ending_last`] reads it.
+#[derive(Clone, Debug)]
+struct Shape {
+    id: StageId,
+    /// The stage's symbol bit.
+    mask: u8,
+    /// Contiguity from the last event of an earlier stage.
+    into: Contiguity,
+    /// Contiguity between the stage's own events.
+    inner: Contiguity,
+    min: u32,
+    /// `None`: open-ended.
+    max: Option<u32>,
+    /// Every stage before this one is optional: a match may start here.
+    may_start: bool,
+    /// Every stage after this one is optional: a match may end here.
+    may_end: bool,
+    /// Stages whose last event may come right before this stage's first:
+    /// the earlier ones with only optional stages in between.
+    after: Vec<u8>,
+}
+
+/// Most events a match found by the search may hold (the search recurses
+/// once per event); longer matches are left to the explicit matcher.
+const SEARCH_DEPTH: usize = 256;
+
+/// The backward search for the matches that end at the window's last event.
+struct Search<'a> {
+    shapes: &'a [Shape],
+    recent: &'a VecDeque<Recent>,
+    /// The taken events from the last backwards: (stage index, position).
+    path: Vec<(u8, u32)>,
+    found: Vec<Match>,
+    limit: usize,
+    /// Steps left (visits and scanned events).
+    budget: usize,
+}
+
+/// The search gave up: too many matches, steps or events in one match.
+struct GaveUp;
+
+impl Search<'_> {
+    /// Takes the event at `y` for stage `j`, the `n`-th of that stage counted
+    /// from the back, and extends the match backwards in every allowed way.
+    fn visit(&mut self, j: usize, y: usize, n: u32) -> Result<(), GaveUp> {
+        self.spend(1)?;
+        if self.path.len() >= SEARCH_DEPTH {
+            return Err(GaveUp);
+        }
+        self.path.push((j as u8, y as u32));
+        let shape = &self.shapes[j];
+        let closed = n >= shape.min;
+        if closed && shape.may_start {
+            if self.found.len() >= self.limit {
+                return Err(GaveUp);
+            }
+            let m = self
+                .path
+                .iter()
+                .rev()
+                .map(|&(st, pos)| {
+                    (
+                        self.shapes[st as usize].id,
+                        self.recent[pos as usize].event.clone(),
+                    )
+                })
+                .collect();
+            self.found.push(m);
+        }
+        if shape.max.is_none_or(|m| n < m) {
+            let from = self.earliest(shape.inner, shape.mask, y)?;
+            for x in (from..y).rev() {
+                if self.recent[x].symbol & shape.mask != 0 {
+                    self.visit(j, x, n + 1)?;
+                }
+            }
+        }
+        if closed && !shape.after.is_empty() {
+            let from = self.earliest(shape.into, shape.mask, y)?;
+            for x in (from..y).rev() {
+                let sym = self.recent[x].symbol;
+                for &i in &shape.after {
+                    if sym & self.shapes[i as usize].mask != 0 {
+                        self.visit(i as usize, x, 1)?;
+                    }
+                }
+            }
+        }
+        self.path.pop();
+        Ok(())
+    }
+
+    /// The earliest position the event before `y` may have under
+    /// `contiguity` into a stage with symbol bit `mask`: relaxed contiguity
+    /// forbids skipping an event that meets the stage's condition.
+    fn earliest(&mut self, contiguity: Contiguity, mask: u8, y: usize) -> Result<usize, GaveUp> {
+        Ok(match contiguity {
+            Contiguity::Strict => y.saturating_sub(1),
+            Contiguity::Any => 0,
+            _ => {
+                let mut x = y;
+                while x > 0 {
+                    x -= 1;
+                    self.spend(1)?;
+                    if self.recent[x].symbol & mask != 0 {
+                        return Ok(x);
+                    }
+                }
+                0
+            }
+        })
+    }
+
+    fn spend(&mut self, steps: usize) -> Result<(), GaveUp> {
+        self.budget = self.budget.checked_sub(steps).ok_or(GaveUp)?;
+        Ok(())
+    }
+}
+
+/// An event of a key's window in lazy mode.
+#[derive(Clone, Debug)]
+pub struct Recent {
+    /// The event's time, beside it: expiring the window and catching the
+    /// shadow matcher up read it, and by then the event is cold in memory.
+    pub time: i64,
+    /// The event.
+    pub event: Arc<Event>,
+    /// Its symbol: which stage conditions it meets.
+    pub symbol: u8,
 }
 
 /// Per-key state in lazy mode.
@@ -62,20 +198,13 @@ pub struct SymbolDfa {
 pub struct LazyState {
     /// The DFA state after the key's last event.
     pub dfa_state: StateID,
-    /// The key's events of the last window, with their symbols.
-    pub recent: VecDeque<(Arc<Event>, u8)>,
-    /// Position (a per-key event counter) of the first event in `recent`.
-    pub front_pos: u64,
+    /// The key's events of the last window with their symbols, from the
+    /// first that meets a first stage (no match can hold an earlier one).
+    pub recent: VecDeque<Recent>,
     /// When the first event in `recent` leaves the window (`i64::MAX`:
     /// none): checking it costs no read of the event, which is cold in
     /// memory by then.
     pub expires_at: i64,
-    /// The explicit matcher, kept behind the DFA: its state and the position
-    /// of the last event it processed. It catches up only when the DFA reports
-    /// a match end, so each event is matched at most once, and only for keys
-    /// that produce matches. Not snapshotted: after a restore it is rebuilt
-    /// from the window.
-    pub shadow: Option<(Box<super::MatcherState>, u64)>,
 }
 
 impl SymbolDfa {
@@ -201,6 +330,35 @@ impl SymbolDfa {
                 break;
             }
         }
+        let shapes = stages
+            .iter()
+            .enumerate()
+            .map(|(j, s)| {
+                let (min, max) = match s.quant.kind {
+                    QuantKind::Single => (1, Some(1)),
+                    QuantKind::Times => (s.quant.from, Some(s.quant.to)),
+                    QuantKind::Looping => (s.quant.from, None),
+                };
+                let mut after = Vec::new();
+                for i in (0..j).rev() {
+                    after.push(i as u8);
+                    if !stages[i].quant.optional {
+                        break;
+                    }
+                }
+                Shape {
+                    id: s.id,
+                    mask: 1 << bit_of_stage[j],
+                    into: s.contiguity,
+                    inner: s.quant.inner,
+                    min,
+                    max,
+                    may_start: stages[..j].iter().all(|p| p.quant.optional),
+                    may_end: stages[j + 1..].iter().all(|p| p.quant.optional),
+                    after,
+                }
+            })
+            .collect();
         let skips_empty = stages.iter().enumerate().all(|(i, s)| {
             (i == 0 || s.contiguity != Contiguity::Strict)
                 && (s.quant.kind == QuantKind::Single || s.quant.inner != Contiguity::Strict)
@@ -212,6 +370,7 @@ impl SymbolDfa {
             window,
             start_mask,
             skips_empty,
+            shapes,
         })
     }
 
@@ -220,9 +379,7 @@ impl SymbolDfa {
         LazyState {
             dfa_state: self.start,
             recent: VecDeque::new(),
-            front_pos: 0,
             expires_at: i64::MAX,
-            shadow: None,
         }
     }
 
@@ -237,16 +394,63 @@ impl SymbolDfa {
             return false;
         }
         if st.recent.is_empty() {
+            if symbol & self.start_mask == 0 {
+                // No match starts before this event in the window, nor at
+                // it: it can be in none, now or later.
+                st.dfa_state = self.dfa.next_state(st.dfa_state, symbol);
+                return false;
+            }
             st.expires_at = event.time.saturating_add(self.window);
         }
-        st.recent.push_back((event.clone(), symbol));
+        st.recent.push_back(Recent {
+            time: event.time,
+            event: event.clone(),
+            symbol,
+        });
         st.dfa_state = self.dfa.next_state(st.dfa_state, symbol);
         self.dfa
             .is_match_state(self.dfa.next_eoi_state(st.dfa_state))
     }
 
+    /// The matches that end at the window's last event, each oldest first,
+    /// in the canonical order ([`super::matcher::canonical_order`]). A
+    /// backward search from that event: each step takes an earlier event
+    /// for the same stage or an earlier one, as contiguity allows, and a
+    /// match is complete where it may start. It touches the window's symbols
+    /// and the matched events only, where the explicit matcher steps every
+    /// partial match over every event.
+    ///
+    /// `None` when there are more than `limit` matches, or the search runs
+    /// past its step budget (16 steps per allowed match) or a match past 256
+    /// events: the caller then runs the explicit matcher, whose limits and
+    /// errors apply.
+    pub fn matches_ending_last(
+        &self,
+        recent: &VecDeque<Recent>,
+        limit: usize,
+    ) -> Option<Vec<Match>> {
+        let last = recent.len().checked_sub(1)?;
+        let mut search = Search {
+            shapes: &self.shapes,
+            recent,
+            path: Vec::new(),
+            found: Vec::new(),
+            limit,
+            budget: limit.saturating_mul(16).max(1024),
+        };
+        let symbol = recent[last].symbol;
+        for (j, shape) in self.shapes.iter().enumerate() {
+            if shape.may_end && symbol & shape.mask != 0 {
+                search.visit(j, last, 1).ok()?;
+            }
+        }
+        let mut found = search.found;
+        super::matcher::canonical_order(&mut found);
+        Some(found)
+    }
+
     /// Drops the window's events that no match ending at `now` or later can
-    /// use, and the shadow matcher once the window is empty.
+    /// use.
     pub fn expire(&self, st: &mut LazyState, now: i64) {
         if now < st.expires_at {
             return;
@@ -254,33 +458,44 @@ impl SymbolDfa {
         while st
             .recent
             .front()
-            .is_some_and(|(e, _)| now.saturating_sub(e.time) >= self.window)
+            .is_some_and(|r| now.saturating_sub(r.time) >= self.window)
         {
             st.recent.pop_front();
-            st.front_pos += 1;
+        }
+        self.trim(st);
+    }
+
+    /// Drops the events before the window's first possible start: a match
+    /// starts at an event meeting a first stage, so they can be in none.
+    /// Keeping the window this short keeps the per-key memory, and the
+    /// search, to what a match can use.
+    fn trim(&self, st: &mut LazyState) {
+        while st
+            .recent
+            .front()
+            .is_some_and(|r| r.symbol & self.start_mask == 0)
+        {
+            st.recent.pop_front();
         }
         self.set_expiry(st);
-        if st.recent.is_empty() {
-            st.shadow = None;
-        }
     }
 
     fn set_expiry(&self, st: &mut LazyState) {
         st.expires_at = st
             .recent
             .front()
-            .map_or(i64::MAX, |(e, _)| e.time.saturating_add(self.window));
+            .map_or(i64::MAX, |r| r.time.saturating_add(self.window));
     }
 
     /// Rebuilds the DFA state from the recent symbols (after a restore): only
     /// matches that start within the window matter, and they start in `recent`.
     pub fn resync(&self, st: &mut LazyState) {
         let mut s = self.start;
-        for (_, sym) in &st.recent {
-            s = self.dfa.next_state(s, *sym);
+        for r in &st.recent {
+            s = self.dfa.next_state(s, r.symbol);
         }
         st.dfa_state = s;
-        self.set_expiry(st);
+        self.trim(st);
     }
 
     /// The DFA's size in bytes.
@@ -291,7 +506,88 @@ impl SymbolDfa {
 
 #[cfg(test)]
 mod tests {
-    use crate::engine::RuleSet;
+    use crate::engine::{EngineOptions, RuleSet};
+    use crate::pattern::{Output, PartialLimitExceeded, Scratch};
+    use std::sync::Arc;
+
+    /// Runs `values` (one event per ms) through the rule in `src`, lazily or
+    /// not: the matches as (stage, event time) lists, and the errors.
+    fn run(
+        src: &str,
+        values: &[&str],
+        lazy: bool,
+        max_partials: usize,
+    ) -> (Vec<Vec<(u16, i64)>>, Vec<PartialLimitExceeded>) {
+        let options = EngineOptions {
+            lazy_regular_rules: lazy,
+            max_partials_per_key: max_partials,
+            ..EngineOptions::default()
+        };
+        let rs = RuleSet::from_source_with("l.tl", src, None, options).unwrap();
+        let m = &rs.rules[0].matcher;
+        assert_eq!(m.lazy.is_some(), lazy);
+        let mut st = m.new_state();
+        let (mut scratch, mut out) = (Scratch::default(), Vec::new());
+        let (mut found, mut errors) = (Vec::new(), Vec::new());
+        for (i, v) in values.iter().enumerate() {
+            let line = format!(r#"{{"k":1,"t":{i},"v":"{v}"}}"#);
+            let e = Arc::new(rs.decoder.decode(line.as_bytes(), i as u64).unwrap());
+            m.advance_time(&mut st, e.time, &mut out);
+            if let Err(err) = m.process(&mut st, &e, &[], &mut scratch, &mut out) {
+                errors.push(err);
+            }
+            for o in out.drain(..) {
+                if let Output::Match(p) = o {
+                    found.push(p.iter().map(|(s, e)| (*s, e.time)).collect());
+                }
+            }
+        }
+        (found, errors)
+    }
+
+    #[test]
+    fn a_match_too_long_for_the_search_is_found_by_the_matcher() {
+        let src = r#"
+stream s { key k time t time format epoch_ms }
+rule abc { within 1h pattern { a: v == "A" then b: v == "B" repeat 1.. then c: v == "C" } }
+"#;
+        let mut values = vec!["A"];
+        values.extend(std::iter::repeat_n("B", super::SEARCH_DEPTH + 10));
+        values.push("C");
+        let (lazy, errors) = run(src, &values, true, 10_000);
+        assert!(errors.is_empty());
+        assert_eq!(lazy.len(), super::SEARCH_DEPTH + 10);
+        assert_eq!(
+            lazy.iter().map(Vec::len).max(),
+            Some(super::SEARCH_DEPTH + 12)
+        );
+        assert_eq!((lazy, errors), run(src, &values, false, 10_000));
+    }
+
+    #[test]
+    fn too_many_matches_for_the_search_meet_the_matchers_limit() {
+        // The first B is taken (relaxed contiguity into `b`), then any subset
+        // of the other eleven: 2^11 matches.
+        let src = r#"
+stream s { key k time t time format epoch_ms }
+rule abc { within 1h pattern { a: v == "A" then b: v == "B" repeat 1.. combinations then c: v == "C" } }
+"#;
+        let mut values = vec!["A"];
+        values.extend(std::iter::repeat_n("B", 12));
+        values.push("C");
+        let (all, errors) = run(src, &values, true, 10_000);
+        assert!(errors.is_empty());
+        assert_eq!(all.len(), 1 << 11);
+        assert_eq!((all, errors), run(src, &values, false, 10_000));
+        // Under a limit of 100 the search gives up and the matcher reports
+        // the limit and keeps the same matches as without the DFA (which
+        // reports it at each event over the limit, not once per search).
+        let (lazy, errors) = run(src, &values, true, 100);
+        let (streaming, streaming_errors) = run(src, &values, false, 100);
+        assert_eq!(lazy, streaming);
+        assert!(lazy.len() < 1 << 11);
+        assert_eq!(errors.last(), streaming_errors.last());
+    }
 
     #[test]
     fn eligible_rules_get_a_dfa_and_others_do_not() {

@@ -4,10 +4,12 @@
 //!
 //! Invariants: `partials` is ordered by start event (the start state last);
 //! events reach [`Matcher::process`] in event-time order, preceded by
-//! [`Matcher::advance_time`] to their timestamp.
+//! [`Matcher::advance_time`] to their timestamp. Under no skip strategy, the
+//! matches one event completes are reported in [`canonical_order`], the same
+//! in the lazy mode.
 
 use super::eval::{MatchPath, Scope, holds};
-use super::lazy::{LazyState, SymbolDfa};
+use super::lazy::{LazyState, Recent, SymbolDfa};
 use super::nfa::{Action, Cond, CondId, Nfa, StateId, StateKind};
 use crate::event::{Event, MAX_EVENT_TIME_MS, Value};
 use crate::rules::{SkipDef, StageId};
@@ -67,6 +69,30 @@ fn chain(last: Option<&Arc<Node>>) -> Vec<(StageId, Arc<Event>)> {
     }
     v.reverse();
     v
+}
+
+/// Sorts matches that end at the same event into the canonical order:
+/// by their events' (time, arrival, stage), first event first. The explicit
+/// matcher and the lazy search find the same matches in different orders;
+/// both report them in this one, so the output does not depend on the mode.
+pub fn canonical_order(matches: &mut [super::eval::Match]) {
+    matches.sort_by(|a, b| compare_paths(a, b));
+}
+
+/// [`canonical_order`] for the matcher's outputs.
+fn sort_matches(outs: &mut [Output]) {
+    fn path(o: &Output) -> &[(StageId, Arc<Event>)] {
+        match o {
+            Output::Match(p) => p,
+            Output::Timeout { path, .. } => path,
+        }
+    }
+    outs.sort_by(|a, b| compare_paths(path(a), path(b)));
+}
+
+fn compare_paths(a: &[(StageId, Arc<Event>)], b: &[(StageId, Arc<Event>)]) -> std::cmp::Ordering {
+    let key = |(stage, e): &(StageId, Arc<Event>)| (e.time, e.seq, *stage);
+    a.iter().map(key).cmp(b.iter().map(key))
 }
 
 /// The per-key state of one rule's matcher.
@@ -209,7 +235,7 @@ impl MatcherState {
         let recent = self.lazy.as_ref().map(|l| {
             l.recent
                 .iter()
-                .map(|(e, sym)| (events.intern(e), *sym))
+                .map(|r| (events.intern(&r.event), r.symbol))
                 .collect()
         });
         MatcherSnapshot {
@@ -301,7 +327,11 @@ impl MatcherState {
                     let ev = events.get(e as usize).ok_or_else(|| {
                         SnapshotMismatch(format!("recent event {e} out of range"))
                     })?;
-                    ls.recent.push_back((ev.clone(), sym));
+                    ls.recent.push_back(Recent {
+                        time: ev.time,
+                        event: ev.clone(),
+                        symbol: sym,
+                    });
                 }
                 dfa.resync(&mut ls);
                 Some(ls)
@@ -512,9 +542,8 @@ impl Matcher {
         }
     }
 
-    /// Lazy mode: one DFA step; only when the DFA reports a match end does the
-    /// shadow matcher catch up on the events it has not seen, and its matches
-    /// (which all end at this event) are reported.
+    /// Lazy mode: one DFA step; only when the DFA reports a match end are
+    /// the matches that end at this event looked for.
     fn process_lazy(
         &self,
         dfa: &SymbolDfa,
@@ -533,44 +562,40 @@ impl Matcher {
         if !dfa.step(ls, event, symbol) {
             return Ok(());
         }
+        if let Some(found) = dfa.matches_ending_last(&ls.recent, self.max_partials) {
+            out.extend(found.into_iter().map(Output::Match));
+            return Ok(());
+        }
+        // The search gave up: run the explicit matcher over the window from
+        // the first event that meets a first stage (no match starts before).
         let last = ls.recent.len() - 1;
-        let last_pos = ls.front_pos + last as u64;
-        // No match starts before the first event that meets a first stage.
         let first_start = ls
             .recent
             .iter()
-            .position(|(_, s)| s & dfa.start_mask != 0)
+            .position(|r| r.symbol & dfa.start_mask != 0)
             .unwrap_or(last);
-        // Continue the shadow matcher if it has seen everything since that
-        // event; otherwise start over from it.
-        let (mut shadow, mut next) = match ls.shadow.take() {
-            Some((st, pos)) if pos + 1 >= ls.front_pos + first_start as u64 => {
-                (st, (pos + 1 - ls.front_pos) as usize)
-            }
-            _ => (
-                Box::new(MatcherState {
-                    lazy: None,
-                    ..self.new_state()
-                }),
-                first_start,
-            ),
+        let mut shadow = MatcherState {
+            lazy: None,
+            ..self.new_state()
         };
         let mut produced = Vec::new();
         let mut result = Ok(());
-        while next <= last {
-            let (e, sym) = &ls.recent[next];
+        for r in ls.recent.range(first_start..) {
             produced.clear();
-            self.advance_time(&mut shadow, e.time, &mut produced);
-            if let Err(err) =
-                self.process_streaming(&mut shadow, e, &[], scratch, &mut produced, Some(*sym))
-            {
+            self.advance_time(&mut shadow, r.time, &mut produced);
+            if let Err(err) = self.process_streaming(
+                &mut shadow,
+                &r.event,
+                &[],
+                scratch,
+                &mut produced,
+                Some(r.symbol),
+            ) {
                 result = Err(err);
             }
-            next += 1;
         }
         // Only the current event can end a match: the DFA reported none before it.
         out.append(&mut produced);
-        ls.shadow = Some((shadow, last_pos));
         result
     }
 
@@ -619,8 +644,12 @@ impl Matcher {
         st.partials = next;
         scratch.next = old;
         if self.skip == SkipDef::NoSkip {
+            let first = out.len();
             for m in potential.drain(..) {
                 out.push(Output::Match(m.path()));
+            }
+            if out.len() - first > 1 {
+                sort_matches(&mut out[first..]);
             }
             scratch.potential = potential;
         } else {
@@ -683,8 +712,12 @@ impl Matcher {
             for i in 0..scratch.edges.len() {
                 if scratch.edges[i].0 == Action::Take {
                     let target = scratch.edges[i].2;
-                    scratch.edges[i].3 =
-                        self.final_after_proceed(target, &mut ctx, &mut scratch.cache);
+                    scratch.edges[i].3 = self.final_after_proceed(
+                        target,
+                        &mut ctx,
+                        &mut scratch.cache,
+                        &mut scratch.stack,
+                    );
                 }
             }
         }
@@ -759,9 +792,11 @@ impl Matcher {
         from: StateId,
         ctx: &mut Ctx<'_>,
         cache: &mut [u8],
+        stack: &mut Vec<StateId>,
     ) -> Option<StateId> {
         let nfa = &*self.nfa;
-        let mut stack = vec![from];
+        stack.clear();
+        stack.push(from);
         while let Some(s) = stack.pop() {
             for t in &nfa.states[s as usize].transitions {
                 if t.action == Action::Proceed && self.check(t.cond, ctx, cache) {
