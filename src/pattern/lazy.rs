@@ -184,8 +184,8 @@ impl Search<'_> {
 /// An event of a key's window in lazy mode.
 #[derive(Clone, Debug)]
 pub struct Recent {
-    /// The event's time, beside it: expiring the window and catching the
-    /// shadow matcher up read it, and by then the event is cold in memory.
+    /// The event's time, beside it: expiring the window reads it, and by
+    /// then the event is cold in memory.
     pub time: i64,
     /// The event.
     pub event: Arc<Event>,

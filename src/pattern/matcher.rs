@@ -322,7 +322,7 @@ impl MatcherState {
             (None, None) => None,
             (Some(dfa), Some(recent)) => {
                 let mut ls = dfa.new_state();
-                // The shadow matcher is not stored; it is rebuilt from the window.
+                // The DFA state is not stored; it is rebuilt from the window.
                 for &(e, sym) in recent {
                     let ev = events.get(e as usize).ok_or_else(|| {
                         SnapshotMismatch(format!("recent event {e} out of range"))
@@ -574,7 +574,7 @@ impl Matcher {
             .iter()
             .position(|r| r.symbol & dfa.start_mask != 0)
             .unwrap_or(last);
-        let mut shadow = MatcherState {
+        let mut explicit = MatcherState {
             lazy: None,
             ..self.new_state()
         };
@@ -582,9 +582,9 @@ impl Matcher {
         let mut result = Ok(());
         for r in ls.recent.range(first_start..) {
             produced.clear();
-            self.advance_time(&mut shadow, r.time, &mut produced);
+            self.advance_time(&mut explicit, r.time, &mut produced);
             if let Err(err) = self.process_streaming(
-                &mut shadow,
+                &mut explicit,
                 &r.event,
                 &[],
                 scratch,
