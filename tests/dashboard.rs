@@ -55,6 +55,7 @@ fn browser() -> Browser {
 #[test]
 fn an_alert_produced_to_kafka_appears_on_the_dashboard() {
     let c = config("dashboard");
+    let _files = TestFiles::of(&c);
     let rules = std::env::temp_dir().join(format!("{}.rules", c.kafka.group_id));
     std::fs::create_dir_all(&rules).unwrap();
     std::fs::write(rules.join("big.tl"), RULES).unwrap();

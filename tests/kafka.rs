@@ -12,6 +12,7 @@ use tripline::engine::{EngineOptions, RuleSet};
 #[test]
 fn alerts_topic_holds_exactly_what_replay_produces() {
     let c = config("e2e");
+    let _files = TestFiles::of(&c);
     let rules = shipped_rules();
     kafka::ensure_topics(&c.kafka, &broker(), &[&c.kafka.input_topic], 4).unwrap();
     let (input, lines) = sample_input(4);
@@ -41,6 +42,7 @@ fn alerts_topic_holds_exactly_what_replay_produces() {
 #[test]
 fn a_full_shard_pauses_its_partition_and_nothing_is_lost() {
     let mut c = config("pause");
+    let _files = TestFiles::of(&c);
     // A shard that holds one small batch and a coordinator that does not
     // wait for room: every fetch burst overfills the shard, so partitions
     // are paused and resumed (re-fetching what was dropped) all along.
@@ -67,6 +69,7 @@ fn a_full_shard_pauses_its_partition_and_nothing_is_lost() {
 #[test]
 fn bad_input_is_dead_lettered_with_its_reason_and_processing_goes_on() {
     let mut c = config("dlq");
+    let _files = TestFiles::of(&c);
     c.kafka.partitions = 1;
     let rules = RuleSet::from_source_with(
         "t.tl",
@@ -185,6 +188,7 @@ fn key_partitions_agree_with_the_producers_partitioner() {
     use kafka::owners::Partitioner;
     use rdkafka::producer::{FutureProducer, FutureRecord};
     let c = config("partitioner");
+    let _files = TestFiles::of(&c);
     let topic = format!("{}.keys", c.kafka.input_topic);
     kafka::ensure_topics(&c.kafka, &broker(), &[&topic], 7).unwrap();
     for (name, partitioner) in [

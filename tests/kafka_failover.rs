@@ -201,6 +201,7 @@ fn setup(test: &str) -> (Config, Vec<Input>, Vec<String>) {
 #[test]
 fn a_member_that_stops_hands_its_partitions_over() {
     let (c, input, expected) = setup("handover");
+    let _files = TestFiles::of(&c);
     let half = input.len() / 2;
     produce(&c, &input[..half]);
     let a = serve(&c, "a");
@@ -253,6 +254,7 @@ fn repeated_crashes_lose_nothing_and_duplicate_nothing() {
         expected.sort();
         (c, input, expected)
     };
+    let _files = TestFiles::of(&c);
     eprintln!(
         "crash test: {} events, {} expected alerts",
         input.len(),
@@ -305,6 +307,7 @@ fn repeated_crashes_lose_nothing_and_duplicate_nothing() {
 #[test]
 fn a_replacement_with_an_empty_data_directory_restores_from_the_changelog() {
     let (c, input, expected) = setup("handoff");
+    let _files = TestFiles::of(&c);
     let half = input.len() / 2;
     produce(&c, &input[..half]);
     // The member dies; its replacement (same name, as a rescheduled
@@ -332,6 +335,7 @@ fn a_replacement_with_an_empty_data_directory_restores_from_the_changelog() {
 #[test]
 fn rules_changed_while_running_keep_the_state_of_the_others() {
     let (c, input, expected) = setup("reload");
+    let _files = TestFiles::of(&c);
     let rules = sample::copy_rules_and_models(
         &std::env::temp_dir().join(format!("{}.rules", c.kafka.group_id)),
     );
@@ -414,6 +418,7 @@ fn rules_changed_while_running_keep_the_state_of_the_others() {
 #[test]
 fn a_corrupt_changelog_record_stops_the_member_naming_it() {
     let (c, input, _) = setup("corrupt");
+    let _files = TestFiles::of(&c);
     produce(&c, &input);
     let a = serve(&c, "a");
     wait_for_alerts(&c, 1);
@@ -497,6 +502,7 @@ fn diagnose(c: &Config) {
 #[test]
 fn the_rest_api_answers_from_the_running_service() {
     let (c, input, expected) = setup("api");
+    let _files = TestFiles::of(&c);
     // A copy of the rules (with the models beside them): the API writes
     // into the rules directory.
     let root = std::env::temp_dir().join(format!("{}.rules", c.kafka.group_id));
@@ -593,6 +599,7 @@ fn the_rest_api_answers_from_the_running_service() {
 #[test]
 fn a_member_sends_clients_to_the_member_that_holds_a_key() {
     let (c, input, expected) = setup("owners");
+    let _files = TestFiles::of(&c);
     produce(&c, &input);
     let a = serve(&c, "a");
     let b = serve(&c, "b");
@@ -699,6 +706,7 @@ fn a_member_sends_clients_to_the_member_that_holds_a_key() {
 #[test]
 fn a_reload_commits_its_dead_letters_without_new_input() {
     let c = config("reload-idle");
+    let _files = TestFiles::of(&c);
     kafka::ensure_topics(&c.kafka, &broker(), &[&c.kafka.input_topic], 1).unwrap();
     let rules = std::env::temp_dir().join(format!("{}.rules", c.kafka.group_id));
     std::fs::create_dir_all(&rules).unwrap();

@@ -123,6 +123,7 @@ fn produce_sample_with_bad_records(c: &Config) -> (u64, u64, u64) {
 #[test]
 fn metrics_scrape_agrees_with_the_topics() {
     let c = config("metrics");
+    let _files = TestFiles::of(&c);
     let receiver = Receiver::start(SECRET, Duration::from_secs(2));
     let (produced, malformed, late) = produce_sample_with_bad_records(&c);
     let log = std::env::temp_dir().join(format!("{}.log", c.kafka.group_id));
@@ -371,6 +372,7 @@ fn latest_sum(r: &Received, name: &str, topic: &str) -> Option<i64> {
 #[test]
 fn otlp_exports_metrics_and_traces_to_a_collector() {
     let c = config("otlp");
+    let _files = TestFiles::of(&c);
     let received = Arc::new(Mutex::new(Received::default()));
     let url = collector(received.clone());
     let rules = std::env::temp_dir().join(format!("{}.rules", c.kafka.group_id));

@@ -195,6 +195,7 @@ fn expected_alert_count() -> usize {
 #[test]
 fn every_alert_arrives_through_failures_timeouts_and_an_outage() {
     let c = config("webhook-faults");
+    let _files = TestFiles::of(&c);
     let mut receiver = Receiver::start(SECRET, Duration::from_secs(2));
     receiver.set_mode(Mode::Fail);
     produce_sample(&c);
@@ -258,6 +259,7 @@ fn every_alert_arrives_through_failures_timeouts_and_an_outage() {
 #[test]
 fn a_killed_service_delivers_what_was_pending_after_restart() {
     let c = config("webhook-crash");
+    let _files = TestFiles::of(&c);
     let receiver = Receiver::start(SECRET, Duration::from_secs(2));
     receiver.set_mode(Mode::Fail);
     produce_sample(&c);
@@ -363,6 +365,7 @@ fn alert(id: &str, key: &str) -> String {
 #[test]
 fn aborted_alerts_never_arrive_and_given_up_ones_are_dead_lettered() {
     let mut c = config("webhook-abort");
+    let _files = TestFiles::of(&c);
     c.webhooks.dead_letter_topic = format!("{}.webhook-dlq", c.kafka.group_id);
     alert_topics(&c);
     let id = |n: u32| format!("{n:032x}");
@@ -433,6 +436,7 @@ fn aborted_alerts_never_arrive_and_given_up_ones_are_dead_lettered() {
 #[test]
 fn the_documented_python_check_verifies_a_delivered_request() {
     let c = config("webhook-docs");
+    let _files = TestFiles::of(&c);
     alert_topics(&c);
     let id = format!("{:032x}", 42);
     produce_alerts(&c, "a", &[("k", &alert(&id, "k"))], true);
@@ -479,6 +483,7 @@ fn alert_with(id: &str, key: &str, severity: &str, notify: &str) -> String {
 #[test]
 fn notify_in_the_alert_routes_past_the_endpoint_filters() {
     let mut c = config("webhook-notify");
+    let _files = TestFiles::of(&c);
     c.webhooks.dead_letter_topic = format!("{}.webhook-dlq", c.kafka.group_id);
     alert_topics(&c);
     let id = |n: u32| format!("{n:032x}");
@@ -513,6 +518,7 @@ fn notify_in_the_alert_routes_past_the_endpoint_filters() {
 #[test]
 fn serve_refuses_rules_that_notify_an_unknown_endpoint() {
     let c = config("webhook-notify-check");
+    let _files = TestFiles::of(&c);
     let dir = std::env::temp_dir().join(format!("{}.rules", c.kafka.group_id));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::copy("rules/stream.tl", dir.join("stream.tl")).unwrap();
@@ -558,6 +564,7 @@ fn serve_refuses_rules_that_notify_an_unknown_endpoint() {
 #[test]
 fn the_other_instance_delivers_what_a_stopped_one_left() {
     let c = config("webhook-two");
+    let _files = TestFiles::of(&c);
     let receiver = Receiver::start(SECRET, Duration::from_secs(2));
     receiver.set_mode(Mode::Fail);
     produce_sample(&c);

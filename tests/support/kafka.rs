@@ -90,6 +90,49 @@ pub fn config(test: &str) -> Config {
     c
 }
 
+/// Removes, when dropped, every file and directory the test named by a
+/// [`config`] left in the temp directory: its state directory
+/// (`tripline-{name}.state` and variants) and what tests name after its
+/// group (`g-{name}-…` data directories, logs, rule files). A failing test
+/// keeps them, to be looked at.
+pub struct TestFiles {
+    prefixes: [String; 2],
+}
+
+impl TestFiles {
+    pub fn of(c: &Config) -> TestFiles {
+        let name = &c.kafka.instance_id;
+        TestFiles {
+            prefixes: [format!("tripline-{name}"), format!("g-{name}")],
+        }
+    }
+
+    fn owns(&self, file: &str) -> bool {
+        // "g-x-1-1" must not take "g-x-1-10…": the name ends at '.', '-' or the end.
+        self.prefixes.iter().any(|p| {
+            file.strip_prefix(p.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '-']))
+        })
+    }
+}
+
+impl Drop for TestFiles {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+            return;
+        };
+        for e in entries.flatten() {
+            if e.file_name().to_str().is_some_and(|f| self.owns(f)) {
+                let path = e.path();
+                let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+            }
+        }
+    }
+}
+
 pub struct Input {
     pub key: Option<String>,
     pub partition: Option<i32>,
