@@ -95,13 +95,19 @@ impl Value {
 /// A JSON number for `n`: integral values print without a fraction, non-finite
 /// values become null (JSON has no NaN).
 pub fn json_number(n: f64) -> serde_json::Value {
-    if n.is_finite() && n.fract() == 0.0 && n.abs() < 9.0e15 {
-        serde_json::Value::from(n as i64)
+    if let Some(i) = whole(n) {
+        serde_json::Value::from(i)
     } else {
         serde_json::Number::from_f64(n)
             .map(serde_json::Value::Number)
             .unwrap_or(serde_json::Value::Null)
     }
+}
+
+/// `n` as an integer when it is whole and exactly representable: numbers
+/// are written without a fraction then.
+fn whole(n: f64) -> Option<i64> {
+    (n.is_finite() && n.fract() == 0.0 && n.abs() < 9.0e15).then_some(n as i64)
 }
 
 impl fmt::Display for Value {
@@ -110,11 +116,11 @@ impl fmt::Display for Value {
             Value::Null => f.write_str("null"),
             Value::Bool(b) => write!(f, "{b}"),
             // What `json_number` displays, without building a JSON value for
-            // the common integral case (alert ids hash a key's display form).
-            Value::Num(n) if n.is_finite() && n.fract() == 0.0 && n.abs() < 9.0e15 => {
-                write!(f, "{}", *n as i64)
-            }
-            Value::Num(n) => write!(f, "{}", json_number(*n)),
+            // the common whole case (alert ids hash a key's display form).
+            Value::Num(n) => match whole(*n) {
+                Some(i) => write!(f, "{i}"),
+                None => write!(f, "{}", json_number(*n)),
+            },
             Value::Str(s) => write!(f, "{s:?}"),
         }
     }

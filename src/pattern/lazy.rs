@@ -51,8 +51,8 @@ pub struct SymbolDfa {
     pub bit_preds: Vec<u32>,
     /// The rule's window (ms).
     pub window: i64,
-    /// Symbol bits of the stages a match can start with: a replay starts at
-    /// the first recent event that has one.
+    /// Symbol bits of the stages a match can start with: a key's window
+    /// starts at an event that has one.
     pub start_mask: u8,
     /// No stage is strictly contiguous (within or between stages): an
     /// event that meets no condition then changes no match, and is neither
@@ -323,14 +323,7 @@ impl SymbolDfa {
             .build_from_nfa(&tnfa)
             .ok()?;
         let start = dfa.universal_start_state(Anchored::No)?;
-        let mut start_mask = 0u8;
-        for (i, s) in stages.iter().enumerate() {
-            start_mask |= 1 << bit_of_stage[i];
-            if !s.quant.optional {
-                break;
-            }
-        }
-        let shapes = stages
+        let shapes: Vec<Shape> = stages
             .iter()
             .enumerate()
             .map(|(j, s)| {
@@ -359,6 +352,10 @@ impl SymbolDfa {
                 }
             })
             .collect();
+        let start_mask = shapes
+            .iter()
+            .filter(|s| s.may_start)
+            .fold(0, |m, s| m | s.mask);
         let skips_empty = stages.iter().enumerate().all(|(i, s)| {
             (i == 0 || s.contiguity != Contiguity::Strict)
                 && (s.quant.kind == QuantKind::Single || s.quant.inner != Contiguity::Strict)
@@ -412,9 +409,9 @@ impl SymbolDfa {
             .is_match_state(self.dfa.next_eoi_state(st.dfa_state))
     }
 
-    /// The matches that end at the window's last event, each oldest first,
-    /// in the canonical order ([`super::matcher::canonical_order`]). A
-    /// backward search from that event: each step takes an earlier event
+    /// The matches that end at the window's last event, each oldest first
+    /// (in no particular order: the matcher sorts them as it sorts its own).
+    /// A backward search from that event: each step takes an earlier event
     /// for the same stage or an earlier one, as contiguity allows, and a
     /// match is complete where it may start. It touches the window's symbols
     /// and the matched events only, where the explicit matcher steps every
@@ -444,9 +441,7 @@ impl SymbolDfa {
                 search.visit(j, last, 1).ok()?;
             }
         }
-        let mut found = search.found;
-        super::matcher::canonical_order(&mut found);
-        Some(found)
+        Some(search.found)
     }
 
     /// Drops the window's events that no match ending at `now` or later can

@@ -5,8 +5,8 @@
 //! Invariants: `partials` is ordered by start event (the start state last);
 //! events reach [`Matcher::process`] in event-time order, preceded by
 //! [`Matcher::advance_time`] to their timestamp. Under no skip strategy, the
-//! matches one event completes are reported in [`canonical_order`], the same
-//! in the lazy mode.
+//! matches one event completes are reported in one canonical order (by
+//! their events), the same in the lazy mode.
 
 use super::eval::{MatchPath, Scope, holds};
 use super::lazy::{LazyState, Recent, SymbolDfa};
@@ -71,15 +71,10 @@ fn chain(last: Option<&Arc<Node>>) -> Vec<(StageId, Arc<Event>)> {
     v
 }
 
-/// Sorts matches that end at the same event into the canonical order:
-/// by their events' (time, arrival, stage), first event first. The explicit
+/// Sorts matches that end at the same event into the canonical order: by
+/// their events' (time, arrival, stage), first event first. The explicit
 /// matcher and the lazy search find the same matches in different orders;
 /// both report them in this one, so the output does not depend on the mode.
-pub fn canonical_order(matches: &mut [super::eval::Match]) {
-    matches.sort_by(|a, b| compare_paths(a, b));
-}
-
-/// [`canonical_order`] for the matcher's outputs.
 fn sort_matches(outs: &mut [Output]) {
     fn path(o: &Output) -> &[(StageId, Arc<Event>)] {
         match o {
@@ -563,24 +558,20 @@ impl Matcher {
             return Ok(());
         }
         if let Some(found) = dfa.matches_ending_last(&ls.recent, self.max_partials) {
+            let first = out.len();
             out.extend(found.into_iter().map(Output::Match));
+            sort_matches(&mut out[first..]);
             return Ok(());
         }
-        // The search gave up: run the explicit matcher over the window from
-        // the first event that meets a first stage (no match starts before).
-        let last = ls.recent.len() - 1;
-        let first_start = ls
-            .recent
-            .iter()
-            .position(|r| r.symbol & dfa.start_mask != 0)
-            .unwrap_or(last);
+        // The search gave up: run the explicit matcher over the window (it
+        // starts at an event that meets a first stage: see `SymbolDfa::trim`).
         let mut explicit = MatcherState {
             lazy: None,
             ..self.new_state()
         };
         let mut produced = Vec::new();
         let mut result = Ok(());
-        for r in ls.recent.range(first_start..) {
+        for r in &ls.recent {
             produced.clear();
             self.advance_time(&mut explicit, r.time, &mut produced);
             if let Err(err) = self.process_streaming(
