@@ -434,6 +434,7 @@ fn service_setup(
     let options = EngineOptions {
         max_partials_per_key: config.rules.max_partials_per_key,
         max_record_bytes: config.rules.max_record_bytes,
+        max_alerts_per_event: config.rules.max_alerts_per_event,
         ..EngineOptions::default()
     };
     let rules = load(&config.rules.paths, stream.clone(), options)?;
@@ -472,6 +473,16 @@ fn check(paths: &[PathBuf], stream: Option<StreamDef>) -> Result<ExitCode> {
             r.def.stage_names.len(),
             r.matcher.nfa.states.len()
         );
+        if r.def.skip == tripline::rules::SkipDef::NoSkip
+            && let Some(why) = r.def.pattern.growth()
+        {
+            println!(
+                "warning: rule `{}`: {why}; each event raises at most rules.max_alerts_per_event \
+                 alerts (the rest are suppressed); consider `skip past last event`, a bounded \
+                 `repeat N..M`, or `consecutive`",
+                r.def.name
+            );
+        }
     }
     println!(
         "{} rules, {} examples, rule set {:016x}",
@@ -611,11 +622,12 @@ fn replay(
         .collect();
     writeln!(
         err,
-        "replay: {} lines, {} events, {} invalid, {} late, {} without some rule's key, {} rule errors, {} alerts ({}), {} buffered at end; {:.3} s, {:.0} events/s",
+        "replay: {} lines, {} events, {} invalid, {} late, {} future, {} without some rule's key, {} rule errors, {} alerts ({}), {} buffered at end; {:.3} s, {:.0} events/s",
         summary.lines,
         stats.events,
         summary.invalid,
         summary.late,
+        stats.future,
         stats.unkeyed,
         summary.errors,
         stats.alerts,
@@ -656,14 +668,25 @@ fn drain(
         out.write_all(buf)?;
     }
     for l in outputs.late.drain(..) {
-        summary.late += 1;
-        writeln!(
-            err,
-            "line {}: late event: time {} is at or before the watermark {}",
-            l.event.seq,
-            format_time(l.event.time),
-            format_time(l.watermark)
-        )?;
+        match l.future_limit {
+            None => {
+                summary.late += 1;
+                writeln!(
+                    err,
+                    "line {}: late event: time {} is at or before the watermark {}",
+                    l.event.seq,
+                    format_time(l.event.time),
+                    format_time(l.watermark)
+                )?;
+            }
+            Some(limit) => writeln!(
+                err,
+                "line {}: future event: time {} is after {}, the stream's `skew` past the latest event time",
+                l.event.seq,
+                format_time(l.event.time),
+                format_time(limit)
+            )?,
+        }
     }
     for e in outputs.errors.drain(..) {
         summary.errors += 1;

@@ -213,6 +213,18 @@ pub struct ApiSettings {
     /// Empty: `http://` and the bound address (the host name instead of an
     /// unspecified address such as `0.0.0.0`).
     pub advertise: String,
+    /// How long a client may take to send a request's head, and how long a
+    /// kept-alive connection may stay idle (ms).
+    pub header_timeout_ms: u64,
+    /// Open connections at most; past it new ones are answered 503.
+    pub max_connections: usize,
+    /// Followers of `/v1/alerts/stream` at most; past it, 503.
+    pub max_stream_subscribers: usize,
+    /// Host names clients may reach the API by, besides IP addresses,
+    /// `localhost` and this machine's name (and the host of `advertise`).
+    /// Requests naming another host are refused: a web page whose domain
+    /// resolves to this server (DNS rebinding) names its own.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for ApiSettings {
@@ -225,6 +237,10 @@ impl Default for ApiSettings {
             alerts_kept: 100_000,
             score_window: "24h".into(),
             advertise: String::new(),
+            header_timeout_ms: 10_000,
+            max_connections: 256,
+            max_stream_subscribers: 64,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -328,10 +344,19 @@ pub struct RulesConfig {
     pub paths: Vec<PathBuf>,
     /// Most live partial matches per rule and key.
     pub max_partials_per_key: usize,
+    /// Most alerts one rule raises for one key at one event or deadline;
+    /// the rest are suppressed, counted and logged as a rule error.
+    pub max_alerts_per_event: usize,
     /// Largest accepted record in bytes; larger ones are dead-lettered.
+    /// Events are copied into outputs (forwarded, buffered in the state), so
+    /// it must fit below the producer's `message.max.bytes` with room for
+    /// headers (see [`crate::adapters::kafka::output_limit`]).
     pub max_record_bytes: usize,
     /// How often `serve` re-reads the rule files for changes (0: never).
     pub reload_interval_ms: u64,
+    /// The directory rule text sent over the API may load models from
+    /// (rule files on disk are trusted and may name any model file).
+    pub models_dir: PathBuf,
 }
 
 impl Default for RulesConfig {
@@ -339,8 +364,10 @@ impl Default for RulesConfig {
         RulesConfig {
             paths: vec![PathBuf::from("rules")],
             max_partials_per_key: 10_000,
-            max_record_bytes: 1 << 20,
+            max_alerts_per_event: 100,
+            max_record_bytes: 900 << 10,
             reload_interval_ms: 2000,
+            models_dir: PathBuf::from("models"),
         }
     }
 }
@@ -571,8 +598,22 @@ impl Config {
         if self.rules.max_partials_per_key == 0 {
             p.push("rules.max_partials_per_key must be at least 1".into());
         }
+        if self.rules.max_alerts_per_event == 0 {
+            p.push("rules.max_alerts_per_event must be at least 1".into());
+        }
         if self.rules.max_record_bytes < 64 {
             p.push("rules.max_record_bytes must be at least 64".into());
+        }
+        let output_limit = crate::adapters::kafka::output_limit(&self.kafka);
+        if self.rules.max_record_bytes + RECORD_ROOM > output_limit {
+            p.push(format!(
+                "rules.max_record_bytes ({}) must be at most {} bytes: events are copied into \
+                 records tripline produces, which may have at most {output_limit} (the producer's \
+                 message.max.bytes less room for headers); raise kafka.client.\"message.max.bytes\" \
+                 (and the brokers' and topics' limits) with it",
+                self.rules.max_record_bytes,
+                output_limit.saturating_sub(RECORD_ROOM)
+            ));
         }
         if !(10..=60_000).contains(&self.checkpoint.interval_ms) {
             p.push(format!(
@@ -749,6 +790,10 @@ impl Config {
     }
 }
 
+/// Room an event needs in a record besides its text (a buffered event's
+/// state entry: key, header, time and position).
+const RECORD_ROOM: usize = 8 << 10;
+
 /// librdkafka properties tripline sets itself.
 const MANAGED_CLIENT_KEYS: &[&str] = &[
     "bootstrap.servers",
@@ -778,6 +823,12 @@ fn check_topic(t: &str) -> Result<(), &'static str> {
 }
 
 const FIELDS: &[&str] = &[
+    "max_alerts_per_event",
+    "models_dir",
+    "header_timeout_ms",
+    "max_connections",
+    "max_stream_subscribers",
+    "allowed_hosts",
     "kafka",
     "rules",
     "stream",

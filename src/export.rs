@@ -162,7 +162,7 @@ fn value_cell(v: &Value) -> String {
         Value::Null => String::new(),
         Value::Bool(b) => b.to_string(),
         Value::Num(n) => json_number(*n).to_string(),
-        Value::Str(s) => s.to_string(),
+        Value::Str(s) | Value::NumText(s) => s.to_string(),
     }
 }
 

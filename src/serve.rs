@@ -13,8 +13,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tripline::adapters::api::alerts::AlertLog;
 use tripline::adapters::api::rules::RuleStore;
+use tripline::adapters::api::server::{self, ServerLimits};
 use tripline::adapters::api::{
-    ApiConfig, ApiState, Health, KeyLookup, KeyState, Readiness, router,
+    ApiConfig, ApiState, Health, KeyLookup, KeyState, Readiness, RulesStatus, router,
 };
 use tripline::adapters::kafka::alert_tail::Tail;
 use tripline::adapters::kafka::owners::{GroupOwners, Partitioner};
@@ -295,6 +296,35 @@ impl Health for ServiceHealth {
     fn figures(&self) -> Option<telemetry::ServiceFigures> {
         Some(self.0.figures())
     }
+
+    fn rules_status(&self) -> Option<RulesStatus> {
+        let refused = self
+            .0
+            .refused_rules
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        Some(RulesStatus {
+            running: self.0.rules_hash.load(Ordering::SeqCst),
+            refused,
+        })
+    }
+}
+
+/// The host names the API answers to: the configured ones and the host of
+/// the advertised URL.
+fn allowed_hosts(a: &tripline::config::ApiSettings) -> Vec<String> {
+    let mut hosts = a.allowed_hosts.clone();
+    let advertised = a
+        .advertise
+        .split_once("://")
+        .map_or(&*a.advertise, |(_, rest)| rest);
+    let authority = advertised.split('/').next().unwrap_or_default();
+    let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+    if !host.is_empty() {
+        hosts.push(host.to_string());
+    }
+    hosts
 }
 
 /// Starts the REST API on its own thread, on the bound `listener`.
@@ -315,13 +345,20 @@ fn start_api(
         source.options,
         rules,
     )
-    .on_change(Box::new(handle.reloader()));
+    .on_change(Box::new(handle.reloader()))
+    .models_dir(config.rules.models_dir.clone());
     let api_config = ApiConfig {
         token: (!a.token.is_empty()).then(|| a.token.clone()),
         open_reads: a.open_reads,
         max_body_bytes: a.max_body_bytes,
         max_page: 1000,
         score_window_ms: tripline::rules::parse_duration(&a.score_window).unwrap_or(86_400_000),
+        max_stream_subscribers: a.max_stream_subscribers,
+        allowed_hosts: allowed_hosts(a),
+    };
+    let limits = ServerLimits {
+        header_timeout: Duration::from_millis(a.header_timeout_ms),
+        max_connections: a.max_connections,
     };
     let state = ApiState::new(
         api_config,
@@ -356,7 +393,7 @@ fn start_api(
             rt.block_on(async move {
                 match tokio::net::TcpListener::from_std(listener) {
                     Ok(l) => {
-                        if let Err(e) = axum::serve(l, app).await {
+                        if let Err(e) = server::serve(l, app, limits).await {
                             tracing::error!("REST API stopped: {e}");
                         }
                     }

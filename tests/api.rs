@@ -327,7 +327,7 @@ async fn rules_are_listed_validated_changed_and_deleted() {
 
     // A malformed rule: 422 with every error at file:line:col.
     let bad = "rule big {\n  pattern { x: TX_AMONT > 200 }\n}\n";
-    let (s, j) = call(&a, "POST", "/v1/rules:validate", None, bad).await;
+    let (s, j) = call(&a, "POST", "/v1/rules:validate", Some(TOKEN), bad).await;
     assert_eq!(
         (s, error_code(&j)),
         (StatusCode::UNPROCESSABLE_ENTITY, "invalid_rules")
@@ -341,7 +341,7 @@ async fn rules_are_listed_validated_changed_and_deleted() {
     assert!(d["message"].as_str().unwrap().contains("TX_AMONT"));
     assert_eq!(d["hint"], "did you mean `TX_AMOUNT`?");
     let good = "rule big {\n  severity high\n  pattern { x: TX_AMOUNT > 200 }\n}\n";
-    let (s, j) = call(&a, "POST", "/v1/rules:validate", None, good).await;
+    let (s, j) = call(&a, "POST", "/v1/rules:validate", Some(TOKEN), good).await;
     assert_eq!(s, StatusCode::OK, "{j}");
     assert!(!a.dir.join("big.tl").exists(), "validation writes nothing");
 

@@ -59,6 +59,10 @@ impl Serve {
         );
         let child = serve_support::serve_command(c)
             .env("TRIPLINE__KAFKA__INSTANCE_ID", &c.kafka.instance_id)
+            .env(
+                "TRIPLINE__KAFKA__STATIC_MEMBERSHIP",
+                c.kafka.static_membership.to_string(),
+            )
             .env("TRIPLINE__KAFKA__SESSION_TIMEOUT_MS", "6000")
             .env("TRIPLINE__KAFKA__MAX_POLL_INTERVAL_MS", "10000")
             .env("TRIPLINE__CHECKPOINT__INTERVAL_MS", "100")
@@ -292,6 +296,39 @@ fn a_killed_service_delivers_what_was_pending_after_restart() {
     assert!(before < alerts.len(), "nothing was pending at the kill");
     receiver.clear_answers();
     let _serve = Serve::start(&c, "crash-2", &receiver, endpoint);
+    let ids: Vec<String> = alerts.iter().map(|(id, _)| id.clone()).collect();
+    wait_delivered(&receiver, &ids, Duration::from_secs(90));
+    check_requests(&receiver, &alerts);
+}
+
+/// The service SIGKILLed while alerts are still being committed — before
+/// its webhooks consumer has read them into the outbox — and restarted:
+/// every group it subscribes in takes its partitions back at once (static
+/// membership), so the alerts committed after the restart are delivered
+/// too, not only those the outbox held at the kill. (Without
+/// `group.instance.id` on the webhooks consumer its group waited for the
+/// dead member, and no later alert was delivered.)
+#[test]
+fn a_service_killed_before_reading_its_alerts_delivers_them_after_restart() {
+    let mut c = config("webhook-kill-early");
+    c.kafka.static_membership = true;
+    let _files = TestFiles::of(&c);
+    let receiver = Receiver::start(SECRET, Duration::from_secs(2));
+    receiver.set_mode(Mode::Fail);
+    produce_sample(&c);
+    let endpoint =
+        r#"retry = {initial_backoff_ms = 50, max_backoff_ms = 200, give_up_after = "10m"}"#;
+    let serve = Serve::start(&c, "early-1", &receiver, endpoint);
+    let first = wait_for_alerts(&c, 1, &[&serve]);
+    drop(serve); // SIGKILL, with alerts still to commit
+    let expected = expected_alert_count();
+    assert!(
+        first.len() < expected,
+        "every alert was committed before the kill"
+    );
+    receiver.set_mode(Mode::Accept);
+    let _serve = Serve::start(&c, "early-2", &receiver, endpoint);
+    let alerts = wait_for_alerts(&c, expected, &[&_serve]);
     let ids: Vec<String> = alerts.iter().map(|(id, _)| id.clone()).collect();
     wait_delivered(&receiver, &ids, Duration::from_secs(90));
     check_requests(&receiver, &alerts);

@@ -83,6 +83,51 @@ impl Alert {
     /// read: their text was valid JSON when decoded, so it is copied, not
     /// re-parsed.
     pub fn write_json(&self, out: &mut Vec<u8>) {
+        self.write_json_omitting(out, &|_| false, false);
+    }
+
+    /// Writes the alert as JSON of at most `limit` bytes where it can (an
+    /// alert is a Kafka record, and a record over the producer's limit
+    /// cannot be produced). Past the limit, the largest matched events are
+    /// left out first, each replaced by a marker with its size and hash
+    /// (`{"tripline.omitted":{"bytes":N,"xxh3":"…"}}`), then long string
+    /// values; the alert then says how much it left out
+    /// (`"truncated":{"events":N,"bytes":M}`). Its id, rule, key and times
+    /// are always whole. Returns whether anything was left out.
+    pub fn write_json_within(&self, out: &mut Vec<u8>, limit: usize) -> bool {
+        let start = out.len();
+        self.write_json(out);
+        if out.len() - start <= limit {
+            return false;
+        }
+        let mut excess = out.len() - start - limit + TRUNCATED_NOTE;
+        let mut sizes: Vec<(usize, *const Event)> = self
+            .matches
+            .iter()
+            .flat_map(|(_, events)| events.iter())
+            .map(|e| (e.raw.len(), Arc::as_ptr(e)))
+            .collect();
+        sizes.sort_unstable_by_key(|&(len, _)| std::cmp::Reverse(len));
+        let mut omitted: Vec<*const Event> = Vec::new();
+        for (len, e) in sizes {
+            if excess == 0 {
+                break;
+            }
+            excess = excess.saturating_sub(len.saturating_sub(OMITTED_MARKER));
+            omitted.push(e);
+        }
+        let omit_values = excess > 0;
+        out.truncate(start);
+        self.write_json_omitting(out, &|e| omitted.contains(&Arc::as_ptr(e)), omit_values);
+        true
+    }
+
+    fn write_json_omitting(
+        &self,
+        out: &mut Vec<u8>,
+        omitted: &dyn Fn(&Arc<Event>) -> bool,
+        omit_values: bool,
+    ) {
         // serde_json only fails on non-string keys or writer errors; neither
         // can happen for strings and values written to a Vec.
         out.extend_from_slice(b"{\"id\":");
@@ -90,7 +135,11 @@ impl Alert {
         out.extend_from_slice(b",\"rule\":");
         put_json(out, &&*self.rule);
         out.extend_from_slice(b",\"key\":");
-        put_json(out, &self.key.to_json());
+        match &self.key {
+            // Valid JSON number text, kept as read (no f64 holds it).
+            Value::NumText(t) => out.extend_from_slice(t.as_bytes()),
+            key => put_json(out, &key.to_json()),
+        }
         out.extend_from_slice(b",\"event_time\":");
         put_json(out, &format_time(self.event_time).as_str());
         out.extend_from_slice(b",\"severity\":");
@@ -101,6 +150,7 @@ impl Alert {
             AlertKind::Match => b",\"kind\":\"match\",\"matches\":{",
             AlertKind::Timeout => b",\"kind\":\"timeout\",\"matches\":{",
         });
+        let (mut left_out, mut left_out_bytes) = (0usize, 0usize);
         for (i, (stage, events)) in self.matches.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
@@ -111,7 +161,13 @@ impl Alert {
                 if j > 0 {
                     out.push(b',');
                 }
-                out.extend_from_slice(e.raw.as_bytes());
+                if omitted(e) {
+                    left_out += 1;
+                    left_out_bytes += e.raw.len();
+                    write_omitted(out, e.raw.as_bytes());
+                } else {
+                    out.extend_from_slice(e.raw.as_bytes());
+                }
             }
             out.push(b']');
         }
@@ -122,15 +178,45 @@ impl Alert {
             }
             put_json(out, &&**name);
             out.push(b':');
-            put_json(out, &v.to_json());
+            match v {
+                Value::Str(text) if omit_values && text.len() > LONG_VALUE => {
+                    left_out_bytes += text.len();
+                    write_omitted(out, text.as_bytes());
+                }
+                v => put_json(out, &v.to_json()),
+            }
         }
         out.push(b'}');
         if !self.notify.is_empty() {
             out.extend_from_slice(b",\"notify\":");
             put_json(out, &self.notify);
         }
+        if left_out_bytes > 0 {
+            let _ = write!(
+                ByteWriter(out),
+                ",\"truncated\":{{\"events\":{left_out},\"bytes\":{left_out_bytes}}}"
+            );
+        }
         out.push(b'}');
     }
+}
+
+/// Room the `truncated` note of a bounded alert takes.
+const TRUNCATED_NOTE: usize = 64;
+/// Room the marker of a left-out event or value takes.
+const OMITTED_MARKER: usize = 80;
+/// A string value longer than this may be left out of an oversized alert.
+const LONG_VALUE: usize = 256;
+
+/// The marker standing for left-out text: its size and XXH3-64 hash, so
+/// that it can be matched with the input record.
+fn write_omitted(out: &mut Vec<u8>, text: &[u8]) {
+    let _ = write!(
+        ByteWriter(out),
+        "{{\"tripline.omitted\":{{\"bytes\":{},\"xxh3\":\"{:016x}\"}}}}",
+        text.len(),
+        xxhash_rust::xxh3::xxh3_64(text)
+    );
 }
 
 /// Appends formatted text to a byte buffer.

@@ -72,9 +72,7 @@ pub fn summary(store: &impl StateStore) -> Result<Json, SnapshotError> {
 /// spells, if any.
 fn key_candidates(key: &str) -> Vec<Value> {
     let mut candidates = vec![Value::Str(key.into())];
-    if let Ok(n) = key.parse::<f64>() {
-        candidates.push(Value::Num(n));
-    }
+    candidates.extend(Value::exact_number(key));
     candidates
 }
 

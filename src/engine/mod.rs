@@ -40,13 +40,17 @@ pub struct RuleError {
     pub message: String,
 }
 
-/// An event that arrived at or before the watermark.
+/// An event whose time the engine does not take: at or before the
+/// watermark (late), or too far ahead of the stream (future).
 #[derive(Clone, Debug)]
 pub struct LateEvent {
     /// The event.
     pub event: Event,
-    /// The watermark it missed.
+    /// The watermark it missed (late), or the watermark when it came.
     pub watermark: EventTime,
+    /// Set when the event is *future*: the latest time it could have had
+    /// (see [`crate::rules::StreamDef::skew_ms`]).
+    pub future_limit: Option<EventTime>,
 }
 
 /// The features of one event: what every feature set computed for it.
@@ -80,6 +84,11 @@ pub struct EngineStats {
     pub events: u64,
     /// Late events.
     pub late: u64,
+    /// Future events (too far ahead; not kept in snapshots).
+    pub future: u64,
+    /// Alerts not raised: over the budget of one event (not kept in
+    /// snapshots).
+    pub suppressed: u64,
     /// Alerts emitted.
     pub alerts: u64,
     /// Rule errors.
@@ -224,6 +233,14 @@ pub struct Engine {
     collect_features: bool,
     /// A model's input row, reused.
     model_row: Vec<f32>,
+    /// The wall clock (epoch ms) where there is one ([`Engine::set_clock`]).
+    clock: Option<i64>,
+    /// The wall-clock time the latest event time seen last moved.
+    advanced_at: Option<i64>,
+    /// The largest key state a checkpoint writes ([`Engine::limit_key_state`]).
+    state_limit: Option<usize>,
+    /// Keys reset for their state's size, to report.
+    reset_keys: Vec<RuleError>,
 }
 
 impl Engine {
@@ -249,7 +266,47 @@ impl Engine {
             passive: None,
             collect_features: false,
             model_row: Vec::new(),
+            clock: None,
+            advanced_at: None,
+            state_limit: None,
+            reset_keys: Vec::new(),
             rules,
+        }
+    }
+
+    /// Gives the engine the wall clock (epoch ms), for the stream's limits on
+    /// future events: `clock skew`, and `skew` widened by the time the input
+    /// has been quiet, so that a real gap longer than the skew (a partition
+    /// without events for a week) is not taken for a future event. Without a
+    /// clock (replay, tests) the engine is deterministic.
+    pub fn set_clock(&mut self, now_ms: i64) {
+        self.clock = Some(now_ms);
+        self.advanced_at.get_or_insert(now_ms);
+    }
+
+    /// The latest event time the engine takes now, if it limits them: an
+    /// event past it is future.
+    fn future_limit(&self) -> Option<EventTime> {
+        if self.external_watermark {
+            // Decided upstream, where each event was checked.
+            return None;
+        }
+        let stream = &self.rules.def.stream;
+        let quiet = match (self.clock, self.advanced_at) {
+            (Some(now), Some(at)) => now.saturating_sub(at).max(0),
+            _ => 0,
+        };
+        let by_stream = (stream.skew_ms > 0)
+            .then(|| self.watermark.max_seen())
+            .flatten()
+            .map(|m| m.saturating_add(stream.skew_ms).saturating_add(quiet));
+        let by_clock = stream
+            .clock_skew_ms
+            .zip(self.clock)
+            .map(|(skew, now)| now.saturating_add(skew));
+        match (by_stream, by_clock) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -281,6 +338,12 @@ impl Engine {
     /// Whether an event at `t` would be late.
     pub fn is_late(&self, t: EventTime) -> bool {
         self.watermark.is_late(t)
+    }
+
+    /// Whether an event at `t` would be refused, late or future: such
+    /// events are not forwarded to the shards of other keys.
+    pub fn refuses(&self, t: EventTime) -> bool {
+        self.is_late(t) || self.future_limit().is_some_and(|l| t > l)
     }
 
     /// The rule set.
@@ -331,6 +394,19 @@ impl Engine {
             self.stats.late += 1;
             out.late.push(LateEvent {
                 watermark: self.watermark.current(),
+                future_limit: None,
+                event,
+            });
+            return;
+        }
+        if let Some(limit) = self.future_limit()
+            && event.time > limit
+        {
+            // It must not move the watermark: every later event would be late.
+            self.stats.future += 1;
+            out.late.push(LateEvent {
+                watermark: self.watermark.current(),
+                future_limit: Some(limit),
                 event,
             });
             return;
@@ -338,6 +414,9 @@ impl Engine {
         let w = if self.external_watermark {
             self.watermark.current()
         } else {
+            if self.watermark.max_seen().is_none_or(|m| event.time > m) {
+                self.advanced_at = self.clock;
+            }
             self.watermark.observe(0, event.time, 0)
         };
         let frontier = w.saturating_add(1);
@@ -423,6 +502,7 @@ impl Engine {
                     &mut self.matcher_out,
                     out,
                     &mut self.stats,
+                    rules.options.max_alerts_per_event,
                 );
             }
             // After advancing to `at` no deadline can be at or before it. One
@@ -539,6 +619,7 @@ impl Engine {
                     &mut self.matcher_out,
                     out,
                     &mut self.stats,
+                    rules.options.max_alerts_per_event,
                 );
             }
             Self::schedule(ki, &key, ks, earliest_deadline(ks), &mut self.timers);
@@ -746,6 +827,12 @@ fn is_idle(ks: &KeyState) -> bool {
         && ks.windows.iter().flatten().all(|w| w.is_empty())
 }
 
+/// Raises the alerts of `produced`, at most `budget` of them: one event
+/// (or deadline) can complete a number of matches that grows with the
+/// partial matches a key holds (`repeat 2.. combinations` gives thousands
+/// per event), and each alert is a record to produce and deliver. The rest
+/// are counted ([`EngineStats::suppressed`]) and reported as a rule error.
+#[allow(clippy::too_many_arguments)]
 fn emit(
     rule: &CompiledRule,
     ks: &KeyState,
@@ -754,7 +841,23 @@ fn emit(
     produced: &mut Vec<Output>,
     out: &mut Outputs,
     stats: &mut EngineStats,
+    budget: usize,
 ) {
+    if produced.len() > budget {
+        let over = produced.len() - budget;
+        produced.truncate(budget);
+        stats.suppressed += over as u64;
+        stats.rule_errors += 1;
+        out.errors.push(RuleError {
+            rule: rule.name.clone(),
+            key: ks.key.clone(),
+            message: format!(
+                "{} matches completed at once; the first {budget} were raised and {over} \
+                 suppressed (rules.max_alerts_per_event)",
+                budget + over
+            ),
+        });
+    }
     for o in produced.drain(..) {
         let (kind, path, at) = match o {
             Output::Match(p) => (AlertKind::Match, p, at),
@@ -840,7 +943,12 @@ pub fn run_example(rules: &Arc<RuleSet>, ex: &crate::rules::ExampleDef) -> Resul
     }
     engine.finish(&mut out);
     if let Some(l) = out.late.first() {
-        return Err(format!("event {} is late", l.event.seq));
+        let what = if l.future_limit.is_some() {
+            "future (further ahead than the stream's `skew`)"
+        } else {
+            "late"
+        };
+        return Err(format!("event {} is {what}", l.event.seq));
     }
     let mut problems = Vec::new();
     for (rule, want) in &ex.expect {

@@ -37,6 +37,9 @@ pub struct EngineOptions {
     /// Run rules that are regular over their predicates lazily, on a symbol
     /// DFA (same output; see `pattern::lazy`).
     pub lazy_regular_rules: bool,
+    /// Most alerts one rule raises for one key at one event or deadline;
+    /// the rest are suppressed and reported.
+    pub max_alerts_per_event: usize,
 }
 
 impl Default for EngineOptions {
@@ -45,6 +48,7 @@ impl Default for EngineOptions {
             max_partials_per_key: 10_000,
             max_record_bytes: 1 << 20,
             lazy_regular_rules: true,
+            max_alerts_per_event: 100,
         }
     }
 }
@@ -255,6 +259,21 @@ impl RuleSet {
         def.rules.retain(|r| rules.contains(&r.name));
         def.examples.clear();
         Ok(RuleSet::build(def, options))
+    }
+
+    /// The key fields of rules keyed by a field other than the stream's
+    /// key, sorted: each needs an internal topic, which the service creates
+    /// at start, so a running service takes only rule sets with the same.
+    pub fn other_keys(&self) -> Vec<String> {
+        let stream_key = self.stream_key_slot();
+        let mut keys: Vec<String> = self
+            .keyings
+            .iter()
+            .filter(|k| Some(k.slot) != stream_key)
+            .map(|k| self.def.schema.path(k.slot).to_string())
+            .collect();
+        keys.sort();
+        keys
     }
 
     /// The slot of the stream's key field.

@@ -3,7 +3,7 @@
 //! and one per key (each rule's partial matches and window aggregates, with
 //! the key's matched events stored once).
 
-use super::{Engine, EngineStats, KeyCell, KeyState, RuleSet};
+use super::{Engine, EngineStats, KeyCell, KeyState, RuleError, RuleSet};
 use crate::event::{Event, MAX_EVENT_TIME_MS, Value, ValueKey};
 use crate::pattern::matcher::{EventTable, MatcherSnapshot, MatcherState};
 use crate::rules::RuleOrigin;
@@ -193,6 +193,37 @@ impl Engine {
         Ok(bytes)
     }
 
+    /// Bounds each key's stored state to `bytes` (key and value): a key
+    /// whose state grows past it — events of a record's size, held by a
+    /// partial match — cannot be written to a changelog record, and would
+    /// fail every checkpoint. Such a key's state is reset at the next
+    /// [`Engine::take_changes`] and reported ([`Engine::take_reset_keys`]).
+    pub fn limit_key_state(&mut self, bytes: usize) {
+        self.state_limit = Some(bytes);
+    }
+
+    /// The keys whose state was reset for its size since the last call.
+    pub fn take_reset_keys(&mut self) -> Vec<RuleError> {
+        std::mem::take(&mut self.reset_keys)
+    }
+
+    fn reset_oversized(&mut self, keying: u32, key: &ValueKey, size: usize, limit: usize) {
+        let rules: Vec<&str> = self.rules.keyings[keying as usize]
+            .rules
+            .iter()
+            .map(|&r| &*self.rules.rules[r].name)
+            .collect();
+        self.reset_keys.push(RuleError {
+            rule: Arc::from(rules.join(", ")),
+            key: Value::from(key),
+            message: format!(
+                "the key's state ({size} bytes) is over the limit of {limit} bytes a checkpoint \
+                 can write; it was reset, and its partial matches and window aggregates start again"
+            ),
+        });
+        self.drop_key(keying as usize, key);
+    }
+
     /// The changes since the last call (or since tracking began, see
     /// [`Engine::track_changes`]) as a store batch: the engine-wide entry,
     /// a put for each key that changed and a delete for each key that was
@@ -231,7 +262,7 @@ impl Engine {
                 // Sorted, so the same changes always give the same batch.
                 keys.sort();
                 for (ki, key) in keys {
-                    let value = match self.keys[ki as usize].get_mut(&key) {
+                    let mut value = match self.keys[ki as usize].get_mut(&key) {
                         Some(KeyCell::Live(ks)) => {
                             let v = key_value(&self.rules, ks);
                             Engine::written_size(&mut self.passive, ks, v.len());
@@ -240,7 +271,14 @@ impl Engine {
                         Some(KeyCell::Frozen(body)) => Some(frozen_value(&self.rules, &key, body)),
                         None => None,
                     };
-                    batch.push((key_bytes(ki, &key), value));
+                    let entry = key_bytes(ki, &key);
+                    if let (Some(limit), Some(v)) = (self.state_limit, &value)
+                        && entry.len() + v.len() > limit
+                    {
+                        self.reset_oversized(ki, &key, v.len(), limit);
+                        value = None;
+                    }
+                    batch.push((entry, value));
                 }
                 self.dirty = Some(dirty);
             }
@@ -346,6 +384,8 @@ impl Engine {
             alerts: meta.stats.2,
             rule_errors: meta.stats.3,
             unkeyed: meta.stats.4,
+            future: 0,
+            suppressed: 0,
         };
         let keyings = rules.keyings.len();
         store.for_each_prefix(KEY_PREFIX, &mut |k, v| {

@@ -6,6 +6,7 @@ use super::schema::{Schema, Slot, TrieNode};
 use super::timefmt::{TimeFormat, epoch_to_millis, parse_time_str};
 use super::{Event, Value};
 use compact_str::CompactString;
+use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use smallvec::SmallVec;
 use std::fmt;
@@ -37,6 +38,14 @@ pub enum DecodeError {
     /// The key field is not a string, number or boolean.
     #[error("key field `{0}` must be a string or number")]
     BadKey(String),
+    /// The key field's value is longer than keys may be.
+    #[error("key field `{field}` is {len} bytes long; keys may have at most {MAX_KEY_BYTES}")]
+    KeyTooLong {
+        /// The key field.
+        field: String,
+        /// Its value's length.
+        len: usize,
+    },
     /// The time field is absent or null.
     #[error("time field `{0}` is missing")]
     MissingTime(String),
@@ -50,6 +59,11 @@ pub enum DecodeError {
     },
 }
 
+/// The longest key value, in bytes. A key names a customer, a card or a
+/// terminal; it is copied into every alert and output record, and a
+/// record-sized key would make them too large to produce.
+pub const MAX_KEY_BYTES: usize = 1024;
+
 /// Decodes records against a schema. Cheap to clone; shared by all keys.
 #[derive(Clone, Debug)]
 pub struct Decoder {
@@ -59,6 +73,9 @@ pub struct Decoder {
     key_slots: Vec<(Slot, bool)>,
     time_format: TimeFormat,
     max_record_bytes: usize,
+    /// By slot: the field is a key, whose numbers keep their exact value
+    /// ([`Value::exact_number`]) so that distinct keys never merge.
+    exact: Vec<bool>,
 }
 
 impl Decoder {
@@ -72,12 +89,19 @@ impl Decoder {
         time_format: TimeFormat,
         max_record_bytes: usize,
     ) -> Decoder {
+        let mut exact = vec![false; schema.len()];
+        for &(slot, _) in &key_slots {
+            if let Some(e) = exact.get_mut(slot as usize) {
+                *e = true;
+            }
+        }
         Decoder {
             schema,
             time_slot,
             key_slots,
             time_format,
             max_record_bytes,
+            exact,
         }
     }
 
@@ -103,6 +127,7 @@ impl Decoder {
             node: &self.schema.root,
             slots: &mut fields,
             nested: &mut nested,
+            exact: &self.exact,
             top: true,
         };
         match top
@@ -120,6 +145,14 @@ impl Decoder {
             }
             if required && fields[k as usize].is_null() {
                 return Err(DecodeError::MissingKey(self.schema.path(k).to_string()));
+            }
+            if let Value::Str(t) | Value::NumText(t) = &fields[k as usize]
+                && t.len() > MAX_KEY_BYTES
+            {
+                return Err(DecodeError::KeyTooLong {
+                    field: self.schema.path(k).to_string(),
+                    len: t.len(),
+                });
             }
         }
         if is_nested(self.time_slot) {
@@ -143,7 +176,7 @@ impl Decoder {
             Value::Null => return Err(DecodeError::MissingTime(field())),
             Value::Str(s) => parse_time_str(s),
             Value::Num(n) => epoch_to_millis(*n, self.time_format),
-            Value::Bool(_) => None,
+            Value::Bool(_) | Value::NumText(_) => None,
         };
         parsed.ok_or_else(|| DecodeError::BadTime {
             field: field(),
@@ -159,6 +192,7 @@ struct ObjectSeed<'a> {
     slots: &'a mut [Value],
     /// Bit per slot (first 64): the field held an object or array.
     nested: &'a mut u64,
+    exact: &'a [bool],
     top: bool,
 }
 
@@ -184,6 +218,7 @@ impl<'de> Visitor<'de> for ObjectSeed<'_> {
                         node,
                         slots: &mut *self.slots,
                         nested: &mut *self.nested,
+                        exact: self.exact,
                     })?;
                 }
                 None => {
@@ -243,9 +278,17 @@ struct FieldSeed<'a> {
     node: &'a TrieNode,
     slots: &'a mut [Value],
     nested: &'a mut u64,
+    exact: &'a [bool],
 }
 
 impl FieldSeed<'_> {
+    /// Whether the field is a key whose number must keep its exact value.
+    fn is_exact(&self) -> bool {
+        self.node
+            .slot
+            .is_some_and(|s| self.exact.get(s as usize).copied().unwrap_or(false))
+    }
+
     fn store(self, v: Value) {
         if let Some(s) = self.node.slot {
             self.slots[s as usize] = v;
@@ -263,7 +306,18 @@ impl FieldSeed<'_> {
 impl<'de> DeserializeSeed<'de> for FieldSeed<'_> {
     type Value = ();
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
+        if !self.is_exact() {
+            return d.deserialize_any(self);
+        }
+        // A key field: a number is read from its text, which serde's number
+        // visitors no longer have (they give an f64 for anything past u64).
+        let raw = <&serde_json::value::RawValue>::deserialize(d)?;
+        if let Some(v) = Value::exact_number(raw.get()) {
+            self.store(v);
+            return Ok(());
+        }
+        let mut inner = serde_json::Deserializer::from_str(raw.get());
+        de::Deserializer::deserialize_any(&mut inner, self).map_err(de::Error::custom)
     }
 }
 
@@ -306,6 +360,7 @@ impl<'de> Visitor<'de> for FieldSeed<'_> {
             node: self.node,
             slots: self.slots,
             nested: self.nested,
+            exact: self.exact,
             top: false,
         }
         .visit_map(map)
@@ -366,6 +421,50 @@ mod tests {
         assert!(matches!(
             err(br#"{"card":{"id":1},"ts":{"s":1}}"#),
             DecodeError::BadTime { .. }
+        ));
+    }
+
+    #[test]
+    fn numeric_keys_keep_their_exact_value() {
+        let d = decoder();
+        let key = |b: &str| d.decode(b.as_bytes(), 0).unwrap().fields[0].clone();
+        let a = key(r#"{"card":{"id":9007199254740992},"ts":1}"#);
+        let b = key(r#"{"card":{"id":9007199254740993},"ts":1}"#);
+        assert_eq!(a, Value::Num(9_007_199_254_740_992.0));
+        assert_eq!(b, Value::NumText("9007199254740993".into()));
+        assert_eq!(
+            key(r#"{"card":{"id": 1.00000000000000000001 },"ts":1}"#),
+            Value::NumText("1.00000000000000000001".into())
+        );
+        assert_eq!(key(r#"{"card":{"id":"x\"y"},"ts":1}"#), Value::from("x\"y"));
+        assert_eq!(key(r#"{"card":{"id":true},"ts":1}"#), Value::Bool(true));
+        // Other fields are plain numbers.
+        let e = d
+            .decode(br#"{"card":{"id":1},"ts":1,"amount":9007199254740993}"#, 0)
+            .unwrap();
+        assert_eq!(e.fields[2], Value::Num(9_007_199_254_740_992.0));
+        assert!(matches!(
+            d.decode(br#"{"card":{"id":[1]},"ts":1}"#, 0),
+            Err(DecodeError::BadKey(_))
+        ));
+        assert!(matches!(
+            d.decode(br#"{"card":{"id":null},"ts":1}"#, 0),
+            Err(DecodeError::MissingKey(_))
+        ));
+        let long = format!(
+            r#"{{"card":{{"id":"{}"}},"ts":1}}"#,
+            "k".repeat(MAX_KEY_BYTES + 1)
+        );
+        let d = Decoder::new(
+            d.schema.clone(),
+            1,
+            vec![(0, true)],
+            TimeFormat::Auto,
+            1 << 20,
+        );
+        assert!(matches!(
+            d.decode(long.as_bytes(), 0),
+            Err(DecodeError::KeyTooLong { len, .. }) if len == MAX_KEY_BYTES + 1
         ));
     }
 

@@ -10,7 +10,7 @@ mod schema;
 mod timefmt;
 mod value;
 
-pub use decode::{DecodeError, Decoder};
+pub use decode::{DecodeError, Decoder, MAX_KEY_BYTES};
 pub use schema::{FieldPath, Schema, Slot};
 pub use timefmt::{
     EventTime, MAX_EVENT_TIME_MS, TimeFormat, epoch_to_millis, format_time, parse_time_str,

@@ -1,7 +1,11 @@
 //! Scalar values read from events and produced by expressions.
 //!
-//! Numbers are `f64` (JSON numbers up to 2^53 are exact); strings are inline up
-//! to 24 bytes (`CompactString`), so typical field values need no allocation.
+//! Numbers are `f64`. Where a number's identity matters (key fields), one
+//! that an `f64` does not hold exactly — an integer beyond ±2^53, a decimal
+//! with more than 15 significant digits — is kept as its text instead
+//! ([`Value::NumText`]), so that distinct keys never merge. Strings are
+//! inline up to 24 bytes (`CompactString`), so typical field values need no
+//! allocation.
 
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
@@ -20,15 +24,52 @@ pub enum Value {
     Num(f64),
     /// A string.
     Str(CompactString),
+    /// A number no `f64` holds exactly, kept as its JSON text (see
+    /// [`Value::exact_number`]). It equals only the same text (no `f64`
+    /// equals it), and orders and computes as its nearest `f64`.
+    NumText(CompactString),
 }
 
 impl Value {
-    /// The number, if this is one (booleans are not numbers).
+    /// The number, if this is one (booleans are not numbers); a
+    /// [`Value::NumText`] as its nearest `f64`.
     pub fn as_f64(&self) -> Option<f64> {
         match self {
             Value::Num(n) => Some(*n),
+            Value::NumText(t) => t.parse().ok(),
             _ => None,
         }
+    }
+
+    /// The value of JSON number `text`, keeping its identity: a
+    /// [`Value::Num`] when the `f64` stands for this number and no other
+    /// text (integers exactly representable, decimals of at most 15
+    /// significant digits, which `f64` tells apart), else the text as a
+    /// [`Value::NumText`]. `None` when `text` is not a JSON number.
+    pub fn exact_number(text: &str) -> Option<Value> {
+        if !is_json_number(text) {
+            return None;
+        }
+        if let Ok(i) = text.parse::<i64>() {
+            return Some(if (i as f64) as i128 == i128::from(i) {
+                Value::Num(i as f64)
+            } else {
+                Value::NumText(text.into())
+            });
+        }
+        if let Ok(u) = text.parse::<u64>() {
+            return Some(if (u as f64) as u128 == u128::from(u) {
+                Value::Num(u as f64)
+            } else {
+                Value::NumText(text.into())
+            });
+        }
+        let n: f64 = text.parse().ok()?;
+        Some(if n.is_finite() && significant_digits(text) <= 15 {
+            Value::Num(n)
+        } else {
+            Value::NumText(text.into())
+        })
     }
 
     /// The string, if this is one.
@@ -55,6 +96,7 @@ impl Value {
         match (self, other) {
             (Value::Num(a), Value::Num(b)) => a == b,
             (Value::Str(a), Value::Str(b)) => a == b,
+            (Value::NumText(a), Value::NumText(b)) => a == b,
             (Value::Bool(a), Value::Bool(b)) => a == b,
             (Value::Null, Value::Null) => true,
             _ => false,
@@ -67,6 +109,9 @@ impl Value {
         match (self, other) {
             (Value::Num(a), Value::Num(b)) => a.partial_cmp(b),
             (Value::Str(a), Value::Str(b)) => Some(a.as_str().cmp(b.as_str())),
+            (Value::NumText(_), _) | (_, Value::NumText(_)) => {
+                self.as_f64()?.partial_cmp(&other.as_f64()?)
+            }
             _ => None,
         }
     }
@@ -76,7 +121,7 @@ impl Value {
         match self {
             Value::Null => "null",
             Value::Bool(_) => "boolean",
-            Value::Num(_) => "number",
+            Value::Num(_) | Value::NumText(_) => "number",
             Value::Str(_) => "string",
         }
     }
@@ -88,7 +133,53 @@ impl Value {
             Value::Bool(b) => serde_json::Value::Bool(*b),
             Value::Num(n) => json_number(*n),
             Value::Str(s) => serde_json::Value::String(s.to_string()),
+            // Integers up to 64 bits come back exact; a longer decimal as
+            // its nearest f64 (writers that can, write the text itself).
+            Value::NumText(t) => serde_json::from_str(t).unwrap_or(serde_json::Value::Null),
         }
+    }
+}
+
+/// Whether `text` is a number in JSON's grammar (no `+`, no leading zeros,
+/// digits around the point), which Rust's float parser is more lenient about.
+fn is_json_number(text: &str) -> bool {
+    let b = text.strip_prefix('-').unwrap_or(text).as_bytes();
+    let int_len = b.iter().take_while(|c| c.is_ascii_digit()).count();
+    if int_len == 0 || (int_len > 1 && b[0] == b'0') {
+        return false;
+    }
+    let mut rest = &b[int_len..];
+    if let Some(r) = rest.strip_prefix(b".") {
+        let n = r.iter().take_while(|c| c.is_ascii_digit()).count();
+        if n == 0 {
+            return false;
+        }
+        rest = &r[n..];
+    }
+    if let Some(r) = rest.strip_prefix(b"e").or_else(|| rest.strip_prefix(b"E")) {
+        let r = r
+            .strip_prefix(b"+")
+            .or_else(|| r.strip_prefix(b"-"))
+            .unwrap_or(r);
+        let n = r.iter().take_while(|c| c.is_ascii_digit()).count();
+        if n == 0 {
+            return false;
+        }
+        rest = &r[n..];
+    }
+    rest.is_empty()
+}
+
+/// The significant digits of a JSON number's mantissa (leading and trailing
+/// zeros do not count).
+fn significant_digits(text: &str) -> usize {
+    let mantissa = text.split(['e', 'E']).next().unwrap_or(text);
+    let digits: Vec<u8> = mantissa.bytes().filter(u8::is_ascii_digit).collect();
+    let start = digits.iter().position(|&d| d != b'0');
+    let end = digits.iter().rposition(|&d| d != b'0');
+    match (start, end) {
+        (Some(s), Some(e)) => e - s + 1,
+        _ => 0,
     }
 }
 
@@ -104,10 +195,12 @@ pub fn json_number(n: f64) -> serde_json::Value {
     }
 }
 
-/// `n` as an integer when it is whole and exactly representable: numbers
-/// are written without a fraction then.
+/// `n` as an integer when it is whole and within `i64`: numbers are written
+/// without a fraction then, every digit exact (an id of 2^60 prints as its
+/// 19 digits, not as `1.152921504606847e18`).
 fn whole(n: f64) -> Option<i64> {
-    (n.is_finite() && n.fract() == 0.0 && n.abs() < 9.0e15).then_some(n as i64)
+    // 2^63 is exact in f64; below it every whole f64 fits in an i64.
+    (n.is_finite() && n.fract() == 0.0 && n.abs() < 9_223_372_036_854_775_808.0).then_some(n as i64)
 }
 
 impl fmt::Display for Value {
@@ -122,6 +215,7 @@ impl fmt::Display for Value {
                 None => write!(f, "{}", json_number(*n)),
             },
             Value::Str(s) => write!(f, "{s:?}"),
+            Value::NumText(t) => f.write_str(t),
         }
     }
 }
@@ -156,6 +250,8 @@ pub enum ValueKey {
     Num(u64),
     /// A string.
     Str(CompactString),
+    /// A number's text ([`Value::NumText`]).
+    NumText(CompactString),
 }
 
 impl From<&Value> for ValueKey {
@@ -165,6 +261,7 @@ impl From<&Value> for ValueKey {
             Value::Bool(b) => ValueKey::Bool(*b),
             Value::Num(n) => ValueKey::Num(if *n == 0.0 { 0 } else { n.to_bits() }),
             Value::Str(s) => ValueKey::Str(s.clone()),
+            Value::NumText(t) => ValueKey::NumText(t.clone()),
         }
     }
 }
@@ -177,6 +274,7 @@ impl From<&ValueKey> for Value {
             ValueKey::Bool(b) => Value::Bool(*b),
             ValueKey::Num(bits) => Value::Num(f64::from_bits(*bits)),
             ValueKey::Str(s) => Value::Str(s.clone()),
+            ValueKey::NumText(t) => Value::NumText(t.clone()),
         }
     }
 }
@@ -187,7 +285,7 @@ impl fmt::Display for ValueKey {
             ValueKey::Null => f.write_str("null"),
             ValueKey::Bool(b) => write!(f, "{b}"),
             ValueKey::Num(bits) => write!(f, "{}", json_number(f64::from_bits(*bits))),
-            ValueKey::Str(s) => f.write_str(s),
+            ValueKey::Str(s) | ValueKey::NumText(s) => f.write_str(s),
         }
     }
 }
@@ -214,6 +312,48 @@ mod tests {
             f64::INFINITY,
         ] {
             assert_eq!(Value::Num(n).to_string(), json_number(n).to_string(), "{n}");
+        }
+    }
+
+    #[test]
+    fn numbers_keep_their_identity() {
+        let num = |t: &str| Value::exact_number(t).unwrap();
+        // Neighbours beyond 2^53 stay apart, as text, and print as read.
+        let (a, b) = (num("9007199254740992"), num("9007199254740993"));
+        assert_eq!(a, Value::Num(9_007_199_254_740_992.0));
+        assert_eq!(b, Value::NumText("9007199254740993".into()));
+        assert!(!a.loose_eq(&b) && ValueKey::from(&a) != ValueKey::from(&b));
+        assert_eq!(
+            (a.to_string(), b.to_string()),
+            ("9007199254740992".into(), "9007199254740993".into())
+        );
+        assert_eq!(b.to_json().to_string(), "9007199254740993");
+        assert_eq!(
+            num("18446744073709551615").to_json().to_string(),
+            "18446744073709551615"
+        );
+        assert_eq!(
+            num("-9223372036854775807"),
+            Value::NumText("-9223372036854775807".into())
+        );
+        assert_eq!(
+            num("1152921504606846976").to_string(),
+            "1152921504606846976"
+        );
+        // Decimals: 15 significant digits are told apart by f64, more are kept.
+        assert_eq!(num("12.5"), Value::Num(12.5));
+        assert_eq!(num("1.00000000000000000000"), Value::Num(1.0));
+        assert_eq!(
+            num("1.00000000000000000001"),
+            Value::NumText("1.00000000000000000001".into())
+        );
+        assert_eq!(num("1e400"), Value::NumText("1e400".into()));
+        assert!(num("1.00000000000000000001").as_f64() == Some(1.0));
+        assert!(num("9007199254740993").partial_order(&Value::Num(1.0)) == Some(Ordering::Greater));
+        for bad in [
+            "", "-", "01", "1.", ".5", "+1", "1e", "inf", "NaN", "1_0", " 1",
+        ] {
+            assert_eq!(Value::exact_number(bad), None, "{bad:?}");
         }
     }
 }

@@ -43,6 +43,10 @@ pub enum ModelError {
     Invalid(String),
 }
 
+/// The largest model file loaded (bytes): far above the project's forests
+/// (a few MB), far below what would exhaust memory.
+pub const MAX_MODEL_BYTES: u64 = 256 << 20;
+
 fn invalid(msg: impl Into<String>) -> ModelError {
     ModelError::Invalid(msg.into())
 }
@@ -82,10 +86,33 @@ impl std::fmt::Debug for Model {
 impl Model {
     /// Loads an ONNX file.
     pub fn load(path: &Path) -> Result<Model, ModelError> {
-        let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+        use std::io::Read;
+        let io = |source| ModelError::Io {
             path: path.display().to_string(),
             source,
-        })?;
+        };
+        // Checked on the opened file: a device or a FIFO (`/dev/zero`) would
+        // be read for ever, a huge file into memory whole.
+        let file = std::fs::File::open(path).map_err(io)?;
+        let meta = file.metadata().map_err(io)?;
+        if !meta.is_file() {
+            return Err(invalid("not a regular file"));
+        }
+        if meta.len() > MAX_MODEL_BYTES {
+            return Err(invalid(format!(
+                "the file is {} bytes; models may have at most {MAX_MODEL_BYTES}",
+                meta.len()
+            )));
+        }
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        file.take(MAX_MODEL_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io)?;
+        if bytes.len() as u64 > MAX_MODEL_BYTES {
+            return Err(invalid(format!(
+                "the file grew past {MAX_MODEL_BYTES} bytes"
+            )));
+        }
         Model::from_bytes(&bytes)
     }
 

@@ -51,6 +51,11 @@ pub struct StreamAst {
     pub lateness: Option<(i64, Span)>,
     /// Idle timeout (ms).
     pub idle: Option<(i64, Span)>,
+    /// `skew DURATION|none`: how far ahead of the latest event time (ms; 0
+    /// for none).
+    pub skew: Option<(i64, Span)>,
+    /// `clock skew DURATION`: how far ahead of the wall clock (ms).
+    pub clock_skew: Option<(i64, Span)>,
     /// Declared fields, for checking names in rules.
     pub fields: Vec<(String, Span)>,
 }

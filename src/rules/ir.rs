@@ -25,9 +25,22 @@ pub struct StreamDef {
     pub lateness_ms: i64,
     /// After this long without events an input counts as idle (0 = never).
     pub idle_ms: i64,
+    /// How far (ms) an event may be ahead of the latest event time seen and
+    /// still be processed; further ahead it is dead-lettered as `future` and
+    /// does not move the watermark (0 = no limit). See [`DEFAULT_SKEW_MS`].
+    pub skew_ms: i64,
+    /// How far (ms) an event may be ahead of the wall clock, where the
+    /// stream says so (`clock skew`); only the service has a clock.
+    pub clock_skew_ms: Option<i64>,
     /// Declared fields; when given, rules may name only these.
     pub fields: Option<Vec<FieldPath>>,
 }
+
+/// The default `skew`: seven days. A watermark moved years ahead by one
+/// mistyped or hostile time would make every later event late; a week is
+/// far beyond any real gap between a partition's events in a live stream,
+/// and the service widens it by the wall-clock time the partition was quiet.
+pub const DEFAULT_SKEW_MS: i64 = 7 * 86_400_000;
 
 impl StreamDef {
     /// A stream keyed by `key` with time in `time`, no lateness.
@@ -40,6 +53,8 @@ impl StreamDef {
             time_format: TimeFormat::Auto,
             lateness_ms: 0,
             idle_ms: 0,
+            skew_ms: DEFAULT_SKEW_MS,
+            clock_skew_ms: None,
             fields: None,
         })
     }
@@ -273,6 +288,46 @@ pub struct StageDef {
 pub struct PatternDef {
     /// In order.
     pub stages: Vec<StageDef>,
+}
+
+impl PatternDef {
+    /// Why the number of matches one event completes can grow
+    /// combinatorially with the events a key holds, if it can: a repeated
+    /// stage that takes any combination of its events (`combinations`), or
+    /// a stage after a repeated one that forks on every candidate (`then
+    /// any`). Every such match is an alert unless an after-match skip prunes
+    /// them (the caller checks the skip).
+    pub fn growth(&self) -> Option<String> {
+        let mut repeated: Option<&str> = None;
+        for s in &self.stages {
+            let loops = s.quant.kind == QuantKind::Looping || s.quant.to > s.quant.from;
+            if loops && s.quant.inner == Contiguity::Any {
+                return Some(format!(
+                    "stage `{}` takes any combination of its events (`combinations`): the \
+                     matches one event completes grow exponentially with the events of the key",
+                    s.name
+                ));
+            }
+            if s.contiguity == Contiguity::Any
+                && let Some(r) = repeated
+            {
+                return Some(format!(
+                    "stage `{}` follows the repeated stage `{r}` with `then any`: every candidate \
+                     forks, and the matches one event completes grow with the events of the key",
+                    s.name
+                ));
+            }
+            if let StageBodyDef::Group(g) = &s.body
+                && let Some(why) = g.growth()
+            {
+                return Some(why);
+            }
+            if loops {
+                repeated = Some(&s.name);
+            }
+        }
+        None
+    }
 }
 
 /// After-match skip strategy.

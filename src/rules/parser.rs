@@ -803,9 +803,13 @@ impl Parser {
             time_format: None,
             lateness: None,
             idle: None,
+            skew: None,
+            clock_skew: None,
             fields: Vec::new(),
         };
-        const CLAUSES: &[&str] = &["key", "time", "type", "lateness", "idle", "fields"];
+        const CLAUSES: &[&str] = &[
+            "key", "time", "type", "lateness", "idle", "skew", "clock", "fields",
+        ];
         loop {
             if self.eat_sym("}") {
                 return Some(s);
@@ -830,13 +834,26 @@ impl Parser {
                     s.lateness = Some(self.duration("a duration")?);
                 } else if self.eat_kw("idle") {
                     s.idle = Some(self.duration("a duration")?);
+                } else if self.eat_kw("skew") {
+                    let at = self.span();
+                    s.skew = Some(if self.eat_kw("none") {
+                        (0, at)
+                    } else {
+                        self.duration("a duration or `none`")?
+                    });
+                } else if self.eat_kw("clock") {
+                    if !self.eat_kw("skew") {
+                        return self.error("`skew` (as in `clock skew 5m`)");
+                    }
+                    s.clock_skew = Some(self.duration("a duration")?);
                 } else if self.eat_kw("fields") {
                     s.fields.push(self.path()?);
                     while self.eat_sym(",") {
                         s.fields.push(self.path()?);
                     }
                 } else {
-                    return self.error("key, time, type, lateness, idle or fields");
+                    return self
+                        .error("key, time, type, lateness, idle, skew, clock skew or fields");
                 }
                 Some(())
             })();

@@ -198,6 +198,9 @@ pub enum DeadLetterKind {
     Malformed,
     /// It arrived at or before the watermark.
     Late,
+    /// Its time is further ahead than the stream allows (`skew`, `clock
+    /// skew`); it did not move the watermark.
+    Future,
     /// Processing it failed inside tripline (a bug); it was skipped.
     Internal,
 }
@@ -208,6 +211,7 @@ impl DeadLetterKind {
         match self {
             DeadLetterKind::Malformed => "malformed",
             DeadLetterKind::Late => "late",
+            DeadLetterKind::Future => "future",
             DeadLetterKind::Internal => "internal",
         }
     }
@@ -224,8 +228,56 @@ pub struct DeadLetter {
     pub offset: i64,
     /// The record's key.
     pub key: Option<Vec<u8>>,
-    /// The record's value, unchanged.
-    pub value: Vec<u8>,
+    /// The record's value, unchanged (`None`: the record had none).
+    pub value: Option<Vec<u8>>,
+}
+
+impl DeadLetter {
+    /// This dead letter within `limit` bytes of key and value: a value that
+    /// does not fit is left out, and the reason gives its size and XXH3-128
+    /// hash (the record itself stays in the input topic at its offset); a
+    /// key over [`crate::event::MAX_KEY_BYTES`] likewise.
+    pub fn within(mut self, limit: usize) -> DeadLetter {
+        // A reason may quote the record (an unreadable time's value).
+        if self.reason.len() > MAX_REASON_BYTES {
+            let mut end = MAX_REASON_BYTES;
+            while !self.reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            self.reason.truncate(end);
+            self.reason.push('…');
+        }
+        if self
+            .key
+            .as_ref()
+            .is_some_and(|k| k.len() > crate::event::MAX_KEY_BYTES)
+        {
+            let key = self.key.take().unwrap_or_default();
+            self.reason.push_str(&omitted_note("key", &key));
+        }
+        let key_len = self.key.as_ref().map_or(0, Vec::len);
+        if self
+            .value
+            .as_ref()
+            .is_some_and(|v| key_len + v.len() > limit)
+        {
+            let value = self.value.take().unwrap_or_default();
+            self.reason.push_str(&omitted_note("value", &value));
+        }
+        self
+    }
+}
+
+/// The longest dead-letter reason kept whole.
+const MAX_REASON_BYTES: usize = 512;
+
+/// How a dead letter says what it left out.
+fn omitted_note(what: &str, bytes: &[u8]) -> String {
+    format!(
+        "; the record's {what} ({} bytes, xxh3-128 {:032x}) is left out: over the output limit",
+        bytes.len(),
+        xxhash_rust::xxh3::xxh3_128(bytes)
+    )
 }
 
 /// What a shard produced between two barriers.
@@ -333,7 +385,14 @@ pub struct Shard {
     /// The record being processed: its append time and span.
     cause: (Option<i64>, Option<tracing::Span>),
     barriers: u64,
+    /// The largest record (key and value) the shard produces; see
+    /// [`Shard::with_output_limit`].
+    output_limit: usize,
 }
+
+/// The default [`Shard::with_output_limit`]: below librdkafka's default
+/// `message.max.bytes` (1,000,000) by room for headers.
+pub const DEFAULT_OUTPUT_LIMIT: usize = 1_000_000 - 16 * 1024;
 
 impl Shard {
     /// A shard for `partition` with a fresh engine running `engine_rules`
@@ -361,7 +420,22 @@ impl Shard {
             outputs: Outputs::default(),
             cause: (None, None),
             barriers: 0,
+            output_limit: DEFAULT_OUTPUT_LIMIT,
         }
+        .with_output_limit(DEFAULT_OUTPUT_LIMIT)
+    }
+
+    /// Bounds every record the shard produces (key and value) to `bytes`,
+    /// the producer's limit less room for headers: a record over it could
+    /// not be produced, and would fail every checkpoint that carried it.
+    /// Alerts over it leave out the largest matched events (see
+    /// [`crate::engine::Alert::write_json_within`]); dead letters leave
+    /// out the record's value and say its size and hash; an event too large
+    /// to forward is dead-lettered.
+    pub fn with_output_limit(mut self, bytes: usize) -> Shard {
+        self.output_limit = bytes;
+        self.engine.limit_key_state(bytes);
+        self
     }
 
     /// This fresh shard in the state last checkpointed to `store` (built
@@ -377,6 +451,7 @@ impl Shard {
             outputs,
             cause,
             barriers,
+            output_limit,
         } = self;
         if let Some(bytes) = store.get(MARKS_KEY)? {
             // Marks mean the same under any rules: read whatever wrote them.
@@ -401,7 +476,9 @@ impl Shard {
             outputs,
             cause,
             barriers,
+            output_limit,
         };
+        shard.engine.limit_key_state(output_limit);
         if let Some(m) = shard.engine.take_migration() {
             shard.migrated(m, "state written under other rules");
         }
@@ -417,6 +494,7 @@ impl Shard {
         let engine = std::mem::replace(&mut self.engine, placeholder);
         let (engine, migration) = engine.migrate(engine_rules);
         self.engine = engine;
+        self.engine.limit_key_state(self.output_limit);
         self.rules = rules;
         self.migrated(migration, "rules reloaded");
     }
@@ -435,13 +513,13 @@ impl Shard {
             );
         }
         for (seq, raw, reason) in m.rejected {
-            self.pending.dead_letters.push(DeadLetter {
-                kind: DeadLetterKind::Malformed,
-                reason: format!("no longer decodes under the new rules: {reason}"),
-                offset: seq as i64,
-                key: None,
-                value: raw.as_bytes().to_vec(),
-            });
+            self.dead_letter(
+                DeadLetterKind::Malformed,
+                format!("no longer decodes under the new rules: {reason}"),
+                seq as i64,
+                None,
+                Some(raw.as_bytes().to_vec()),
+            );
         }
     }
 
@@ -456,6 +534,7 @@ impl Shard {
         let placeholder = Engine::new(self.engine.rules().clone());
         let engine = std::mem::replace(&mut self.engine, placeholder);
         self.engine = engine.with_passivation(store, budget_bytes);
+        self.engine.limit_key_state(self.output_limit);
         self
     }
 
@@ -485,6 +564,15 @@ impl Shard {
         )
     }
 
+    /// Processes a batch of records, as they came from the broker, with the
+    /// wall clock of their arrival.
+    pub fn process_batch(&mut self, records: Vec<Record>) {
+        self.engine.set_clock(crate::telemetry::now_ms());
+        for r in records {
+            self.process(r);
+        }
+    }
+
     /// Processes one record.
     pub fn process(&mut self, mut record: Record) {
         self.pending.records += 1;
@@ -503,7 +591,7 @@ impl Shard {
                 "record has no value".into(),
                 record.offset,
                 record.key,
-                Vec::new(),
+                None,
             );
             return;
         };
@@ -515,26 +603,50 @@ impl Shard {
                     e.to_string(),
                     record.offset,
                     record.key,
-                    payload,
+                    Some(payload),
                 );
                 return;
             }
         };
         if let Role::Source { forward } = &self.role
             && !forward.is_empty()
-            && !self.engine.is_late(event.time)
+            && !self.engine.refuses(event.time)
         {
+            // Empty, without allocating, but for events too large to forward.
+            let mut too_large = Vec::new();
             for f in forward {
                 let v = event.field(f.slot);
-                if !v.is_null() {
-                    self.pending.forwarded.push((
-                        f.target,
-                        OutRecord {
-                            key: value_text(v).into_bytes(),
-                            value: payload.clone(),
-                        },
-                    ));
+                if v.is_null() {
+                    continue;
                 }
+                let key = value_text(v).into_bytes();
+                if key.len() + payload.len() > self.output_limit {
+                    too_large.push(f.slot);
+                    continue;
+                }
+                self.pending.forwarded.push((
+                    f.target,
+                    OutRecord {
+                        key,
+                        value: payload.clone(),
+                    },
+                ));
+            }
+            for slot in too_large {
+                let reason = format!(
+                    "the event is too large ({} bytes) to forward to the rules keyed by `{}` \
+                     (output limit {} bytes); the rules keyed by the stream key saw it",
+                    payload.len(),
+                    self.rules.def.schema.path(slot),
+                    self.output_limit
+                );
+                self.dead_letter(
+                    DeadLetterKind::Malformed,
+                    reason,
+                    record.offset,
+                    record.key.clone(),
+                    Some(payload.clone()),
+                );
             }
         }
         let engine = &mut self.engine;
@@ -550,7 +662,7 @@ impl Shard {
                 "internal error while processing this record".into(),
                 record.offset,
                 record.key,
-                payload,
+                Some(payload),
             );
         }
         self.collect();
@@ -578,6 +690,10 @@ impl Shard {
         out.state_error = self.engine.take_state_error();
         if out.records > 0 || self.engine.needs_checkpoint() {
             out.state = self.engine.take_changes();
+            for e in self.engine.take_reset_keys() {
+                out.rule_errors += 1;
+                tracing::error!(partition = self.partition, rules = %e.rule, key = %e.key, "{}", e.message);
+            }
             if !self.marks.is_empty() {
                 let hash = self.engine.rules().def.hash;
                 out.state
@@ -627,12 +743,17 @@ impl Shard {
     fn collect(&mut self) {
         for alert in self.outputs.alerts.drain(..) {
             let mut value = Vec::with_capacity(512);
-            alert.write_json(&mut value);
+            let key = value_text(&alert.key).into_bytes();
+            if alert.write_json_within(&mut value, self.output_limit - key.len().min(1024)) {
+                tracing::warn!(
+                    partition = self.partition,
+                    rule = %alert.rule,
+                    id = %alert.id,
+                    "alert over the output limit: its largest matched events were left out"
+                );
+            }
             self.pending.alerts.push(AlertRecord {
-                record: OutRecord {
-                    key: value_text(&alert.key).into_bytes(),
-                    value,
-                },
+                record: OutRecord { key, value },
                 rule: alert.rule.clone(),
                 severity: alert.severity,
                 cause_ms: self.cause.0,
@@ -640,23 +761,39 @@ impl Shard {
             });
         }
         for late in self.outputs.late.drain(..) {
-            let reason = format!(
-                "event time {} is at or before the watermark {}",
-                crate::event::format_time(late.event.time),
-                crate::event::format_time(late.watermark)
-            );
+            let time = crate::event::format_time(late.event.time);
+            let (kind, reason) = match late.future_limit {
+                None => (
+                    DeadLetterKind::Late,
+                    format!(
+                        "event time {time} is at or before the watermark {}",
+                        crate::event::format_time(late.watermark)
+                    ),
+                ),
+                Some(limit) => (
+                    DeadLetterKind::Future,
+                    format!(
+                        "event time {time} is after {}, the latest the stream takes now \
+                         (its `skew` past the latest event time, or `clock skew` past the clock)",
+                        crate::event::format_time(limit)
+                    ),
+                ),
+            };
             let key = self
                 .rules
                 .stream_key_slot()
                 .and_then(|slot| late.event.fields.get(slot as usize))
                 .map(|v| value_text(v).into_bytes());
-            self.pending.dead_letters.push(DeadLetter {
-                kind: DeadLetterKind::Late,
-                reason,
-                offset: late.event.seq as i64,
-                key,
-                value: late.event.raw.as_bytes().to_vec(),
-            });
+            self.pending.dead_letters.push(
+                DeadLetter {
+                    kind,
+                    reason,
+                    offset: late.event.seq as i64,
+                    key,
+                    value: Some(late.event.raw.as_bytes().to_vec()),
+                }
+                .within(self.output_limit),
+            );
         }
         for e in self.outputs.errors.drain(..) {
             self.pending.rule_errors += 1;
@@ -670,15 +807,18 @@ impl Shard {
         reason: String,
         offset: i64,
         key: Option<Vec<u8>>,
-        value: Vec<u8>,
+        value: Option<Vec<u8>>,
     ) {
-        self.pending.dead_letters.push(DeadLetter {
-            kind,
-            reason,
-            offset,
-            key,
-            value,
-        });
+        self.pending.dead_letters.push(
+            DeadLetter {
+                kind,
+                reason,
+                offset,
+                key,
+                value,
+            }
+            .within(self.output_limit),
+        );
     }
 }
 
@@ -697,9 +837,7 @@ impl Actor for Shard {
 impl Handler<Records> for Shard {
     type Result = ();
     fn handle(&mut self, msg: Records, _: &mut Context<Self>) {
-        for r in msg.0 {
-            self.process(r);
-        }
+        self.process_batch(msg.0);
     }
 }
 
@@ -786,7 +924,10 @@ mod tests {
             ]
         );
         assert!(out.dead_letters[0].reason.contains("malformed JSON"));
-        assert_eq!(out.dead_letters[0].value, br#"{"card":"c1","ts":"#);
+        assert_eq!(
+            out.dead_letters[0].value.as_deref(),
+            Some(&br#"{"card":"c1","ts":"#[..])
+        );
         let again = s.take_output();
         assert_eq!((again.records, again.next_offset), (0, Some(14)));
     }
@@ -869,7 +1010,10 @@ mod tests {
         let d = &out.dead_letters[0];
         assert_eq!((d.kind, d.offset), (DeadLetterKind::Late, 1));
         assert_eq!(d.key.as_deref(), Some(&b"c2"[..]));
-        assert_eq!(d.value, br#"{"card":"c2","ts":1000,"amount":1}"#);
+        assert_eq!(
+            d.value.as_deref(),
+            Some(&br#"{"card":"c2","ts":1000,"amount":1}"#[..])
+        );
     }
 
     #[actix_rt::test]

@@ -42,6 +42,10 @@ pub struct CheckpointCommitted<'a> {
     pub malformed: u64,
     /// Events at or before the watermark.
     pub late: u64,
+    /// Events too far ahead of the stream.
+    pub future: u64,
+    /// Rule limits hit (see `tripline_rule_errors`).
+    pub rule_errors: u64,
     /// Records skipped after an internal error.
     pub internal: u64,
     /// Events forwarded to internal topics.
@@ -103,6 +107,7 @@ impl CheckpointCommitted<'_> {
         for (reason, n) in [
             ("malformed", self.malformed),
             ("late", self.late),
+            ("future", self.future),
             ("internal", self.internal),
         ] {
             if n > 0 {
@@ -115,6 +120,9 @@ impl CheckpointCommitted<'_> {
         if self.late > 0 {
             m.late_events.add(self.late, &[]);
         }
+        if self.rule_errors > 0 {
+            m.rule_errors.add(self.rule_errors, &[]);
+        }
         m.checkpoints.add(1, &[]);
         m.checkpoint_duration.record(self.total.as_secs_f64(), &[]);
         m.checkpoint_size.record(self.state_bytes, &[]);
@@ -122,7 +130,7 @@ impl CheckpointCommitted<'_> {
             records,
             forwarded = self.forwarded,
             alerts = self.alerts.len(),
-            dead = self.malformed + self.late + self.internal,
+            dead = self.malformed + self.late + self.future + self.internal,
             marks = self.marks,
             state_bytes = self.state_bytes,
             produced_ms = self.produced.as_secs_f64() * 1000.0,

@@ -202,6 +202,7 @@ pub(crate) struct Metrics {
     pub events_in: Counter<u64>,
     pub decode_errors: Counter<u64>,
     pub late_events: Counter<u64>,
+    pub rule_errors: Counter<u64>,
     pub dead_letters: Counter<u64>,
     pub alerts: Counter<u64>,
     pub alert_latency: Histogram<f64>,
@@ -248,6 +249,13 @@ pub(crate) fn metrics() -> &'static Metrics {
             late_events: m
                 .u64_counter("tripline_late_events")
                 .with_description("Events at or before the watermark (dead-lettered)")
+                .build(),
+            rule_errors: m
+                .u64_counter("tripline_rule_errors")
+                .with_description(
+                    "A rule's limit hit for one key (partial matches trimmed, alerts of one event \
+                     suppressed, a state too large reset); logged with the rule and key",
+                )
                 .build(),
             dead_letters: m
                 .u64_counter("tripline_dead_letters")
@@ -366,6 +374,8 @@ pub struct ServiceFigures {
     pub state_bytes: u64,
     /// Partitions paused so far because their shard could not keep up.
     pub backpressure_pauses: u64,
+    /// Checkpoints failed since the last that committed (0 while they commit).
+    pub checkpoints_failed_in_a_row: u64,
     /// Per partition.
     pub partitions: Vec<PartitionFigures>,
 }
@@ -375,10 +385,16 @@ pub struct ServiceFigures {
 /// series before the first event of its kind.
 pub fn observe_service(read: impl Fn() -> ServiceFigures + Send + Sync + 'static) {
     let c = metrics();
-    for counter in [&c.decode_errors, &c.late_events, &c.checkpoints, &c.aborts] {
+    for counter in [
+        &c.decode_errors,
+        &c.late_events,
+        &c.rule_errors,
+        &c.checkpoints,
+        &c.aborts,
+    ] {
         counter.add(0, &[]);
     }
-    for reason in ["malformed", "late", "internal"] {
+    for reason in ["malformed", "late", "future", "internal"] {
         c.dead_letters.add(0, &[KeyValue::new("reason", reason)]);
     }
     for outcome in ["applied", "refused", "invalid"] {
@@ -429,6 +445,12 @@ pub fn observe_service(read: impl Fn() -> ServiceFigures + Send + Sync + 'static
         "By",
         "Estimated memory the resident keys' state holds",
         |f| f.state_bytes,
+    );
+    gauge(
+        "tripline_checkpoints_failed_in_a_row",
+        "",
+        "Checkpoints failed since the last that committed (not ready from 3)",
+        |f| f.checkpoints_failed_in_a_row,
     );
     gauge(
         "tripline_partial_matches",

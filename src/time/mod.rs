@@ -52,6 +52,11 @@ impl WatermarkTracker {
         self.current
     }
 
+    /// The latest event time seen on any input, if any.
+    pub fn max_seen(&self) -> Option<EventTime> {
+        self.inputs.iter().filter_map(|i| i.max_seen).max()
+    }
+
     /// Whether an event at `t` is late.
     pub fn is_late(&self, t: EventTime) -> bool {
         t <= self.current

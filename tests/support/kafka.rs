@@ -167,11 +167,31 @@ pub fn produce_to(c: &Config, topic: &str, records: &[Input]) {
 }
 
 /// A committed record read back: key, value, headers.
-pub type ReadRecord = (Option<Vec<u8>>, Vec<u8>, Vec<(String, String)>);
+pub type ReadRecord = ReadRecordOf<Vec<u8>>;
+
+/// A committed record read back, its value as `V`.
+pub type ReadRecordOf<V> = (Option<Vec<u8>>, V, Vec<(String, String)>);
 
 /// Every committed record of `topic`, read until two quiet seconds (none
 /// if it does not exist yet).
 pub fn read_committed(c: &Config, topic: &str) -> Vec<ReadRecord> {
+    read_committed_with(c, topic, |m| m.payload().unwrap_or_default().to_vec())
+}
+
+/// [`read_committed`] telling a record without a value (`None`) from an
+/// empty one.
+pub fn read_committed_values(c: &Config, topic: &str) -> Vec<Option<Vec<u8>>> {
+    read_committed_with(c, topic, |m| m.payload().map(<[u8]>::to_vec))
+        .into_iter()
+        .map(|(_, v, _)| v)
+        .collect()
+}
+
+fn read_committed_with<V>(
+    c: &Config,
+    topic: &str,
+    value: impl Fn(&rdkafka::message::BorrowedMessage<'_>) -> V,
+) -> Vec<ReadRecordOf<V>> {
     let consumer: BaseConsumer = kafka::client_config(&c.kafka, &broker())
         .set("group.id", format!("{}-reader", c.kafka.group_id))
         .set("isolation.level", "read_committed")
@@ -203,11 +223,7 @@ pub fn read_committed(c: &Config, topic: &str) -> Vec<ReadRecord> {
                         .collect()
                 })
                 .unwrap_or_default();
-            out.push((
-                m.key().map(<[u8]>::to_vec),
-                m.payload().unwrap_or_default().to_vec(),
-                headers,
-            ));
+            out.push((m.key().map(<[u8]>::to_vec), value(&m), headers));
             quiet_since = now();
         }
     }
@@ -321,16 +337,32 @@ fn input_of(mut lines: Vec<String>, partitions: i32) -> (Vec<Input>, Vec<String>
             }
         })
         .collect();
-    for p in 0..partitions {
-        let end = format!(
-            r#"{{"TRANSACTION_ID":-{p},"TX_DATETIME":"2030-01-01T00:00:00","CUSTOMER_ID":"end-{p}","TERMINAL_ID":"end-{p}","TX_AMOUNT":0,"TX_TIME_SECONDS":0,"TX_TIME_DAYS":0,"TX_FRAUD":0}}"#
-        );
-        input.push(Input {
-            key: Some(format!("end-{p}")),
-            partition: Some(p),
-            payload: Some(end.clone().into_bytes()),
-        });
-        lines.push(end);
+    // Ending events move every partition's watermark past the last
+    // deadline (the longest window is 30 days), in steps the stream's
+    // `skew` (7 days by default) takes: one far-future event would be
+    // refused as future.
+    let last = lines
+        .iter()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            tripline::event::parse_time_str(v["TX_DATETIME"].as_str()?)
+        })
+        .max()
+        .unwrap_or(0);
+    for step in 1..=8i64 {
+        let time = tripline::event::format_time(last + step * 5 * 86_400_000);
+        for p in 0..partitions {
+            let end = format!(
+                r#"{{"TRANSACTION_ID":-{},"TX_DATETIME":"{time}","CUSTOMER_ID":"end-{p}","TERMINAL_ID":"end-{p}","TX_AMOUNT":0,"TX_TIME_SECONDS":0,"TX_TIME_DAYS":0,"TX_FRAUD":0}}"#,
+                step * 1000 + i64::from(p)
+            );
+            input.push(Input {
+                key: Some(format!("end-{p}")),
+                partition: Some(p),
+                payload: Some(end.clone().into_bytes()),
+            });
+            lines.push(end);
+        }
     }
     (input, lines)
 }

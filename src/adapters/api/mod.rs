@@ -14,6 +14,7 @@
 
 pub mod alerts;
 pub mod rules;
+pub mod server;
 
 use self::alerts::{AlertLog, Filter};
 use self::rules::{RuleChangeError, RuleStore, valid_name};
@@ -51,6 +52,12 @@ pub struct ApiConfig {
     /// A key's score sums the scores of its alerts over this much event
     /// time before its latest alert (ms).
     pub score_window_ms: i64,
+    /// Followers of `/v1/alerts/stream` at once; past it, 503.
+    pub max_stream_subscribers: usize,
+    /// Host names requests may address besides IP addresses, `localhost`
+    /// and this machine's name (a browser page whose domain resolves to
+    /// this server — DNS rebinding — names its own domain).
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for ApiConfig {
@@ -61,6 +68,8 @@ impl Default for ApiConfig {
             max_body_bytes: 256 * 1024,
             max_page: 1000,
             score_window_ms: 24 * 3600 * 1000,
+            max_stream_subscribers: 64,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -92,6 +101,21 @@ pub trait Health: Send + Sync {
     fn figures(&self) -> Option<ServiceFigures> {
         None
     }
+
+    /// Which rule set the service runs, and the last it refused (none: not
+    /// known here; the API's accepted set is then taken as running).
+    fn rules_status(&self) -> Option<RulesStatus> {
+        None
+    }
+}
+
+/// What the service reports of its rules (see [`Health::rules_status`]).
+#[derive(Clone, Debug)]
+pub struct RulesStatus {
+    /// The hash of the rule set running.
+    pub running: u64,
+    /// The last rule set refused (its hash) and why, until one is applied.
+    pub refused: Option<(u64, String)>,
 }
 
 /// See [`Health`].
@@ -110,6 +134,10 @@ struct Inner {
     keys: Arc<dyn KeyLookup>,
     health: Arc<dyn Health>,
     webhooks: std::sync::OnceLock<Arc<dyn DeliveryStatus>>,
+    /// Followers of the alert stream now.
+    subscribers: Arc<std::sync::atomic::AtomicUsize>,
+    /// One rule compile at a time (see [`compile`]).
+    compile_slot: Arc<tokio::sync::Semaphore>,
 }
 
 /// What the handlers share.
@@ -132,6 +160,8 @@ impl ApiState {
             keys,
             health,
             webhooks: std::sync::OnceLock::new(),
+            subscribers: Default::default(),
+            compile_slot: Arc::new(tokio::sync::Semaphore::new(1)),
         }))
     }
 
@@ -254,7 +284,9 @@ impl ApiError {
             RuleChangeError::Mismatch(m) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_rules", m)
             }
-            RuleChangeError::Shared(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            RuleChangeError::Shared(m) | RuleChangeError::Conflict(m) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", m)
+            }
             RuleChangeError::NotFound(n) => ApiError::not_found(format!("no rule `{n}`")),
             RuleChangeError::Io(m) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m)
@@ -348,8 +380,13 @@ pub struct ModelInfo {
 /// The running rules.
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct RuleList {
-    /// Rule set hash (hex): changes with any rule or model.
+    /// Rule set hash (hex): changes with any rule or model. The set
+    /// listed is the one the service runs.
     pub rule_set: String,
+    /// A set accepted from the files or the API that the service does not
+    /// run (yet, or at all: then `refused` says why).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending: Option<PendingRules>,
     /// The stream.
     pub stream: String,
     /// Rules and feature sets.
@@ -358,9 +395,23 @@ pub struct RuleList {
     pub models: Vec<ModelInfo>,
 }
 
+/// A rule set accepted but not running (see [`RuleList::pending`]).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PendingRules {
+    /// Its hash (hex).
+    pub rule_set: String,
+    /// Its rules and feature sets, by name.
+    pub rules: Vec<String>,
+    /// Why the service refused it; absent while it waits for the next
+    /// checkpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+}
+
 fn rule_list(rs: &RuleSet) -> RuleList {
     RuleList {
         rule_set: format!("{:016x}", rs.def.hash),
+        pending: None,
         stream: rs.def.stream.name.clone(),
         rules: rs
             .rules
@@ -711,7 +762,35 @@ async fn alert_deliveries(
     responses((status = 200, body = RuleList), (status = 401, body = ErrorBody)),
     security((), ("bearer" = [])))]
 async fn list_rules(State(s): State<ApiState>) -> Json<RuleList> {
-    Json(rule_list(&s.0.rules.current()))
+    let current = s.0.rules.current();
+    let Some(status) = s.0.health.rules_status() else {
+        return Json(rule_list(&current));
+    };
+    if status.running == current.def.hash {
+        return Json(rule_list(&current));
+    }
+    let running = s.0.rules.recent(status.running);
+    let mut list = match &running {
+        Some(rs) => rule_list(rs),
+        None => RuleList {
+            rule_set: format!("{:016x}", status.running),
+            ..rule_list(&current)
+        },
+    };
+    if running.is_none() {
+        // Only its hash is known here (it ran before this API started).
+        list.rules.clear();
+        list.models.clear();
+    }
+    list.pending = Some(PendingRules {
+        rule_set: format!("{:016x}", current.def.hash),
+        rules: current.rules.iter().map(|r| r.name.to_string()).collect(),
+        refused: status
+            .refused
+            .filter(|(hash, _)| *hash == current.def.hash)
+            .map(|(_, why)| why),
+    });
+    Json(list)
 }
 
 /// A rule as `PUT /v1/rules/{name}` takes it (also the OpenAPI example).
@@ -724,19 +803,65 @@ const RULE_EXAMPLE: &str =
     request_body(content = String, content_type = "text/plain", description = "rule text (.tl)",
                  example = json!(RULE_EXAMPLE)),
     responses((status = 200, body = Validation), (status = 422, body = ErrorBody),
+              (status = 409, body = ErrorBody),
               (status = 401, body = ErrorBody), (status = 413, body = ErrorBody),
-              (status = 400, body = ErrorBody)),
-    security((), ("bearer" = [])))]
+              (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
 async fn validate_rules(
     State(s): State<ApiState>,
     body: Result<String, StringRejection>,
 ) -> Result<Json<Validation>, ApiError> {
     let text = body?;
-    let rules = s.0.rules.validate(&text).map_err(ApiError::rules)?;
+    let rules = compile(&s, move |store| store.validate(&text)).await?;
     Ok(Json(Validation {
         valid: true,
         rules: rule_list(&rules),
     }))
+}
+
+/// How long a rule compile may take, waiting for its turn included.
+const COMPILE_BUDGET: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs `f`, which compiles rules, away from the API's async threads (a
+/// compile takes CPU for as long as its rules ask, and those threads answer
+/// `/healthz` and every other request) and one at a time (each may take the
+/// rule language's memory limits in full), within [`COMPILE_BUDGET`]. Past
+/// it the request gets 503; the compile finishes on its own thread, still
+/// holding the turn.
+async fn compile<T: Send + 'static>(
+    s: &ApiState,
+    f: impl FnOnce(&RuleStore) -> Result<T, RuleChangeError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let busy = |m: &str| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", m);
+    let started = tokio::time::Instant::now();
+    let turn = tokio::time::timeout(COMPILE_BUDGET, s.0.compile_slot.clone().acquire_owned())
+        .await
+        .map_err(|_| busy("another rule change or validation is still compiling; retry"))?
+        .map_err(|_| busy("the API is stopping"))?;
+    let inner = s.0.clone();
+    let job = tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        f(&inner.rules)
+    });
+    let left = COMPILE_BUDGET.saturating_sub(started.elapsed());
+    match tokio::time::timeout(left, job).await {
+        Ok(Ok(result)) => result.map_err(|e| {
+            let mut e = ApiError::rules(e);
+            for d in e.diagnostics.iter_mut().flatten() {
+                d.file = s.0.rules.display_name(&d.file);
+            }
+            e
+        }),
+        Ok(Err(_)) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the compile failed inside tripline",
+        )),
+        Err(_) => Err(busy(&format!(
+            "the rules took longer than {} s to compile",
+            COMPILE_BUDGET.as_secs()
+        ))),
+    }
 }
 
 fn checked_name(name: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
@@ -759,7 +884,7 @@ fn checked_name(name: Result<Path<String>, PathRejection>) -> Result<String, Api
     responses((status = 200, body = RuleChange), (status = 201, body = RuleChange),
               (status = 422, body = ErrorBody), (status = 409, body = ErrorBody),
               (status = 401, body = ErrorBody), (status = 413, body = ErrorBody),
-              (status = 400, body = ErrorBody)),
+              (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 async fn put_rule(
     State(s): State<ApiState>,
@@ -768,7 +893,7 @@ async fn put_rule(
 ) -> Result<Response, ApiError> {
     let name = checked_name(name)?;
     let text = body?;
-    let w = s.0.rules.put(&name, &text).map_err(ApiError::rules)?;
+    let w = compile(&s, move |store| store.put(&name, &text)).await?;
     let status = if w.created {
         StatusCode::CREATED
     } else {
@@ -779,7 +904,7 @@ async fn put_rule(
         Json(RuleChange {
             rule_set: format!("{:016x}", w.rules.def.hash),
             created: w.created,
-            file: Some(w.file.display().to_string()),
+            file: Some(s.0.rules.display_name(&w.file.display().to_string())),
         }),
     )
         .into_response())
@@ -791,14 +916,15 @@ async fn put_rule(
     params(("name" = String, Path, description = "rule name")),
     responses((status = 200, body = RuleChange), (status = 404, body = ErrorBody),
               (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
-              (status = 401, body = ErrorBody), (status = 400, body = ErrorBody)),
+              (status = 401, body = ErrorBody), (status = 400, body = ErrorBody),
+              (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 async fn delete_rule(
     State(s): State<ApiState>,
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Json<RuleChange>, ApiError> {
     let name = checked_name(name)?;
-    let rules = s.0.rules.delete(&name).map_err(ApiError::rules)?;
+    let rules = compile(&s, move |store| store.delete(&name)).await?;
     Ok(Json(RuleChange {
         rule_set: format!("{:016x}", rules.def.hash),
         created: false,
@@ -831,7 +957,7 @@ impl utoipa::Modify for BearerAuth {
     info(title = "tripline", description = "Risk scores, alerts and rules of a tripline service."),
     paths(healthz, readyz, metrics, dashboard, key_score, list_alerts, alert_deliveries, list_webhooks, list_rules, validate_rules, put_rule, delete_rule, openapi_json),
     components(schemas(ErrorBody, ErrorDetail, DiagnosticJson, RuleInfo, ModelInfo, RuleList,
-                        RuleChange, Validation, AlertPage, KeyScore, Healthy, Readiness,
+                        RuleChange, Validation, AlertPage, PendingRules, KeyScore, Healthy, Readiness,
                         WebhookList, EndpointView, Deliveries, DeliveryView,
                         Dashboard, RuleCount, RiskyKey, PartitionView)),
     modifiers(&BearerAuth)
@@ -991,6 +1117,19 @@ const STREAM_BACKLOG: usize = 50;
 /// (from the oldest kept, if it is gone). Not in the OpenAPI document: the
 /// response never ends.
 async fn alert_stream(State(s): State<ApiState>, headers: HeaderMap) -> Response {
+    let Some(subscriber) = Subscriber::join(&s.0.subscribers, s.0.config.max_stream_subscribers)
+    else {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_subscribers",
+            format!(
+                "the alert stream has its {} followers (api.max_stream_subscribers); \
+                 poll /v1/alerts instead, or retry later",
+                s.0.config.max_stream_subscribers
+            ),
+        )
+        .into_response();
+    };
     let log = s.0.alerts.clone();
     let rx = log.subscribe();
     let resume = headers
@@ -1005,9 +1144,16 @@ async fn alert_stream(State(s): State<ApiState>, headers: HeaderMap) -> Response
             (from, backlog)
         }
     };
-    let state = (log, rx, from, std::collections::VecDeque::from(backlog));
-    let events =
-        futures::stream::unfold(state, |(log, mut rx, mut from, mut pending)| async move {
+    let state = (
+        log,
+        rx,
+        from,
+        std::collections::VecDeque::from(backlog),
+        subscriber,
+    );
+    let events = futures::stream::unfold(
+        state,
+        |(log, mut rx, mut from, mut pending, subscriber)| async move {
             loop {
                 if let Some(a) = pending.pop_front() {
                     let event = SseEvent::default()
@@ -1016,7 +1162,7 @@ async fn alert_stream(State(s): State<ApiState>, headers: HeaderMap) -> Response
                         .data(&*a.json);
                     return Some((
                         Ok::<_, std::convert::Infallible>(event),
-                        (log, rx, from, pending),
+                        (log, rx, from, pending, subscriber),
                     ));
                 }
                 rx.borrow_and_update();
@@ -1029,10 +1175,31 @@ async fn alert_stream(State(s): State<ApiState>, headers: HeaderMap) -> Response
                 // Nothing new: wait for the log to grow (or go away).
                 rx.changed().await.ok()?;
             }
-        });
+        },
+    );
     Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+/// One follower of the alert stream, counted while its stream lives.
+struct Subscriber(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Subscriber {
+    /// Counts one more follower, unless there are `max` already.
+    fn join(count: &Arc<std::sync::atomic::AtomicUsize>, max: usize) -> Option<Subscriber> {
+        use std::sync::atomic::Ordering::SeqCst;
+        count
+            .fetch_update(SeqCst, SeqCst, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| Subscriber(count.clone()))
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// The metrics in Prometheus text format (404 when `telemetry.prometheus`
@@ -1087,16 +1254,85 @@ async fn observe(path: Option<MatchedPath>, req: Request, next: Next) -> Respons
     response
 }
 
-/// Checks the bearer token: always for writes, for reads unless they are
-/// open.
-async fn authorize(State(s): State<ApiState>, req: Request, next: Next) -> Response {
-    let write = !matches!(*req.method(), Method::GET | Method::HEAD)
-        && !req.uri().path().ends_with(":validate");
-    let needed = write || !s.0.config.open_reads;
-    if needed && let Err(e) = check_token(&s.0.config, req.headers(), write) {
+/// Checks the bearer token of a read route, unless reads are open.
+async fn authorize_read(State(s): State<ApiState>, req: Request, next: Next) -> Response {
+    if !s.0.config.open_reads
+        && let Err(e) = check_token(&s.0.config, req.headers(), false)
+    {
         return e.into_response();
     }
     next.run(req).await
+}
+
+/// Checks the bearer token of a write route (rule changes, and validation,
+/// which compiles what it is sent): always, and refused when no token is
+/// configured. Which routes write is decided where they are routed, never
+/// from the request's path or method.
+async fn authorize_write(State(s): State<ApiState>, req: Request, next: Next) -> Response {
+    if let Err(e) = check_token(&s.0.config, req.headers(), true) {
+        return e.into_response();
+    }
+    next.run(req).await
+}
+
+/// Refuses requests a browser page of another site could have sent: a
+/// `Host` that is not this server's (DNS rebinding: a page whose domain
+/// resolves to this address names its own domain), and a request with a
+/// cross-site `Origin` or `Sec-Fetch-Site` other than a plain read (a
+/// `no-cors` POST is sent, only its answer hidden). Clients other than
+/// browsers send neither header.
+async fn same_site(State(s): State<ApiState>, req: Request, next: Next) -> Response {
+    let forbidden = |m: String| ApiError::new(StatusCode::FORBIDDEN, "forbidden", m);
+    let headers = req.headers();
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    if let Some(host) = host
+        && !host_allowed(host, &s.0.config.allowed_hosts)
+    {
+        return forbidden(format!(
+            "requests to host `{host}` are refused; add it to api.allowed_hosts if it names this server"
+        ))
+        .into_response();
+    }
+    let read = matches!(*req.method(), Method::GET | Method::HEAD);
+    if !read {
+        let cross_site = headers
+            .get("sec-fetch-site")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v == "cross-site" || v == "same-site");
+        let foreign_origin = headers
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|o| {
+                let authority = o.split_once("://").map_or(o, |(_, a)| a);
+                host != Some(authority)
+            });
+        if cross_site || foreign_origin {
+            return forbidden("cross-site requests are refused".into()).into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Whether `host` (a `Host` header: name or address, and port) names this
+/// server: an IP address, `localhost`, this machine's name, or a name in
+/// `allowed`.
+fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => {
+            return v6
+                .split_once(']')
+                .is_some_and(|(a, _)| a.parse::<std::net::Ipv6Addr>().is_ok());
+        }
+        None => host.rsplit_once(':').map_or(host, |(n, _)| n),
+    };
+    if name.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name == crate::adapters::kafka::service::host_name().to_ascii_lowercase()
+        || allowed.iter().any(|a| a.eq_ignore_ascii_case(&name))
 }
 
 fn check_token(config: &ApiConfig, headers: &HeaderMap, write: bool) -> Result<(), ApiError> {
@@ -1136,25 +1372,35 @@ async fn method_not_allowed() -> ApiError {
 /// The API over `state`.
 pub fn router(state: ApiState) -> Router {
     let limit = state.0.config.max_body_bytes;
-    let v1 = Router::new()
+    let reads = Router::new()
         .route("/v1/keys/{stream}/{key}/score", get(key_score))
         .route("/v1/alerts", get(list_alerts))
         .route("/v1/alerts/{id}/deliveries", get(alert_deliveries))
         .route("/v1/webhooks", get(list_webhooks))
         .route("/v1/rules", get(list_rules))
-        .route("/v1/rules:validate", post(validate_rules))
-        .route("/v1/rules/{name}", put(put_rule).delete(delete_rule))
         .route("/metrics", get(metrics))
         .route("/v1/dashboard", get(dashboard))
         .route("/v1/alerts/stream", get(alert_stream))
-        .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            authorize_read,
+        ));
+    let writes = Router::new()
+        .route("/v1/rules:validate", post(validate_rules))
+        .route("/v1/rules/{name}", put(put_rule).delete(delete_rule))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            authorize_write,
+        ));
     Router::new()
         .route("/", get(dashboard_page))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi_json))
-        .merge(v1)
+        .merge(reads)
+        .merge(writes)
         .route_layer(middleware::from_fn(observe))
+        .layer(middleware::from_fn_with_state(state.clone(), same_site))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))

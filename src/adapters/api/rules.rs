@@ -24,6 +24,14 @@ pub struct RuleStore {
     /// same files and then both write.
     writing: Mutex<()>,
     on_change: Option<OnChange>,
+    /// Where rule text from the API may load models from.
+    models_dir: Option<PathBuf>,
+    /// The last rule sets made current, newest last (the one running may
+    /// be one of the earlier ones).
+    recent: Mutex<Vec<Arc<RuleSet>>>,
+    /// The fields the service keys rules by besides the stream's key,
+    /// fixed at its start ([`RuleSet::other_keys`]).
+    other_keys: Vec<String>,
 }
 
 /// Why a change was refused.
@@ -38,6 +46,9 @@ pub enum RuleChangeError {
     /// The rule shares its file with other rules or items.
     #[error("{0}")]
     Shared(String),
+    /// The rule set compiles, but the running service cannot take it.
+    #[error("{0}")]
+    Conflict(String),
     /// No such rule.
     #[error("no rule `{0}`")]
     NotFound(String),
@@ -56,6 +67,9 @@ pub struct Written {
     /// The rule set now running.
     pub rules: Arc<RuleSet>,
 }
+
+/// Rule sets [`RuleStore::recent`] remembers.
+const RECENT_SETS: usize = 8;
 
 /// A rule or model name as it may appear in a path and a file name.
 pub fn valid_name(name: &str) -> bool {
@@ -91,9 +105,32 @@ impl RuleStore {
             dir,
             stream,
             options,
-            current: Mutex::new(current),
             writing: Mutex::new(()),
             on_change: None,
+            models_dir: None,
+            other_keys: current.other_keys(),
+            recent: Mutex::new(vec![current.clone()]),
+            current: Mutex::new(current),
+        }
+    }
+
+    /// Loads the models of rule text from the API only from `dir` (see
+    /// [`Compiler::models_dir`]).
+    pub fn models_dir(mut self, dir: PathBuf) -> RuleStore {
+        self.models_dir = Some(dir);
+        self
+    }
+
+    /// A rule file's name as the API shows it: relative to the rules
+    /// directory, so that answers tell nothing of where it lies.
+    pub fn display_name(&self, name: &str) -> String {
+        let path = Path::new(name);
+        match path.strip_prefix(&self.dir) {
+            Ok(relative) => relative.display().to_string(),
+            Err(_) if path.is_absolute() => path
+                .file_name()
+                .map_or_else(|| name.to_string(), |f| f.to_string_lossy().into_owned()),
+            Err(_) => name.to_string(),
         }
     }
 
@@ -111,9 +148,27 @@ impl RuleStore {
             .clone()
     }
 
-    /// Records a rule set the service now runs (from a file change).
+    /// Records the rule set the files or the API now give (the service
+    /// swaps it in at its next checkpoint, unless it refuses it).
     pub fn set_current(&self, rules: Arc<RuleSet>) {
+        {
+            let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+            recent.retain(|r| r.def.hash != rules.def.hash);
+            recent.push(rules.clone());
+            let excess = recent.len().saturating_sub(RECENT_SETS);
+            recent.drain(..excess);
+        }
         *self.current.lock().unwrap_or_else(PoisonError::into_inner) = rules;
+    }
+
+    /// A rule set made current lately, by its hash.
+    pub fn recent(&self, hash: u64) -> Option<Arc<RuleSet>> {
+        self.recent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|r| r.def.hash == hash)
+            .cloned()
     }
 
     /// The rule files and their text, read now, in the order the service
@@ -138,31 +193,52 @@ impl RuleStore {
         Ok(out)
     }
 
+    /// Compiles `files`; `untrusted` is the one whose text came from the
+    /// API (its models must be in the models directory).
     fn compile(
         &self,
         files: &[(PathBuf, String)],
-        extra: Option<(&Path, &str)>,
+        untrusted: Option<&Path>,
     ) -> Result<Arc<RuleSet>, RuleChangeError> {
         let mut c = Compiler::new();
         if let Some(s) = &self.stream {
             c.stream(s.clone());
         }
+        if let Some(dir) = &self.models_dir {
+            c.models_dir(dir);
+        }
         for (p, text) in files {
-            c.add_source(&p.display().to_string(), text);
+            let name = p.display().to_string();
+            if Some(p.as_path()) == untrusted {
+                c.add_untrusted_source(&name, text);
+            } else {
+                c.add_source(&name, text);
+            }
         }
-        if let Some((p, text)) = extra {
-            c.add_source(&p.display().to_string(), text);
-        }
-        c.compile()
+        let rules = c
+            .compile()
             .map(|def| RuleSet::build(def, self.options))
-            .map_err(RuleChangeError::Invalid)
+            .map_err(RuleChangeError::Invalid)?;
+        // The check the service makes before it swaps rules in: answered
+        // here, the change is refused instead of written and then refused.
+        let other_keys = rules.other_keys();
+        if other_keys != self.other_keys {
+            return Err(RuleChangeError::Conflict(format!(
+                "the rules would be keyed by other fields ({}) than the running service's ({}), \
+                 which needs other internal topics: the service takes this change only at a \
+                 restart, so it is refused here",
+                list_or_none(&other_keys),
+                list_or_none(&self.other_keys)
+            )));
+        }
+        Ok(rules)
     }
 
     /// Checks `text` as it would run: with the current files, less those
     /// whose every rule it redefines.
     pub fn validate(&self, text: &str) -> Result<Arc<RuleSet>, RuleChangeError> {
         let defined = names_in(text);
-        let files: Vec<_> = self
+        let mut files: Vec<_> = self
             .files()?
             .into_iter()
             .filter(|(_, t)| {
@@ -170,7 +246,9 @@ impl RuleStore {
                 names.is_empty() || !names.iter().all(|n| defined.contains(n))
             })
             .collect();
-        self.compile(&files, Some((&self.dir.join("request.tl"), text)))
+        let request = self.dir.join("request.tl");
+        files.push((request.clone(), text.to_string()));
+        self.compile(&files, Some(&request))
     }
 
     /// Creates or replaces rule (or feature set) `name` with `text`, which
@@ -200,17 +278,23 @@ impl RuleStore {
                 .position(|(_, t)| names_in(t).iter().any(|n| n == name))
                 .map(|i| (g, i))
         });
-        let target = match home {
+        let (target, new_text) = match home {
             Some((g, i)) => {
                 let (path, t) = &mut by_path[g][i];
-                if names_in(t) != [name] || has_stream(t) {
+                // Only the rule's own block changes: comments, examples,
+                // other rules and the stream around it stay byte for byte.
+                let Some(span) = rule_span(t, name) else {
                     return Err(RuleChangeError::Shared(format!(
-                        "rule `{name}` is defined in {} together with other rules; edit that file",
-                        path.display()
+                        "rule `{name}` in {} cannot be located for editing; edit that file",
+                        self.display_name(&path.display().to_string())
                     )));
-                }
-                *t = text.to_string();
-                path.clone()
+                };
+                let mut spliced = String::with_capacity(t.len() + text.len());
+                spliced.push_str(&t[..span.0]);
+                spliced.push_str(text.trim());
+                spliced.push_str(&t[span.1..]);
+                *t = spliced.clone();
+                (path.clone(), spliced)
             }
             None => {
                 // Where the service will read the new file: among the
@@ -229,12 +313,12 @@ impl RuleStore {
                 } else {
                     by_path.push(vec![(target.clone(), text.to_string())]);
                 }
-                target
+                (target, text.to_string())
             }
         };
         let files: Vec<_> = by_path.into_iter().flatten().collect();
-        let rules = self.compile(&files, None)?;
-        write_atomically(&target, text)?;
+        let rules = self.compile(&files, Some(&target))?;
+        write_atomically(&target, &new_text)?;
         self.accept(rules.clone());
         Ok(Written {
             file: target,
@@ -257,7 +341,7 @@ impl RuleStore {
         if names_in(t) != [name] || has_stream(t) {
             return Err(RuleChangeError::Shared(format!(
                 "rule `{name}` is defined in {} together with other rules; edit that file",
-                path.display()
+                self.display_name(&path.display().to_string())
             )));
         }
         let path = path.clone();
@@ -282,11 +366,31 @@ impl RuleStore {
     }
 }
 
+fn list_or_none(keys: &[String]) -> String {
+    if keys.is_empty() {
+        "none".into()
+    } else {
+        keys.join(", ")
+    }
+}
+
 /// The rules and feature sets a text defines (parse errors aside: the
 /// compile reports them).
 fn names_in(text: &str) -> Vec<String> {
     let (ast, _) = parse_file(0, text);
     ast.rules.into_iter().map(|r| r.name.name).collect()
+}
+
+/// The byte range of rule (or feature set) `name`'s block in `text`.
+fn rule_span(text: &str, name: &str) -> Option<(usize, usize)> {
+    let (ast, _) = parse_file(0, text);
+    let r = ast.rules.iter().find(|r| r.name.name == name)?;
+    let (start, end) = (r.span.start as usize, r.span.end as usize);
+    (start <= end
+        && end <= text.len()
+        && text.is_char_boundary(start)
+        && text.is_char_boundary(end))
+    .then_some((start, end))
 }
 
 fn has_stream(text: &str) -> bool {

@@ -55,6 +55,43 @@ pub fn client_config(kafka: &KafkaConfig, brokers: &str) -> ClientConfig {
     c
 }
 
+/// This process's name among the members of its groups: `instance_id`, or
+/// the host name.
+pub fn instance_name(kafka: &KafkaConfig) -> String {
+    if kafka.instance_id.is_empty() {
+        service::host_name()
+    } else {
+        kafka.instance_id.clone()
+    }
+}
+
+/// The settings of a member of consumer group `group` (every group the
+/// service subscribes in: its input and its webhooks). With
+/// `static_membership` the member is static in each (`group.instance.id`):
+/// a restarted instance — after a crash too — takes its partitions back at
+/// once instead of waiting for a rebalance around a member that is gone.
+pub fn group_member_config(kafka: &KafkaConfig, brokers: &str, group: &str) -> ClientConfig {
+    let mut c = client_config(kafka, brokers);
+    c.set("group.id", group);
+    if kafka.static_membership {
+        c.set("group.instance.id", instance_name(kafka));
+    }
+    c
+}
+
+/// The largest record (key and value) the service produces: the producer's
+/// `message.max.bytes` (librdkafka's default 1,000,000 unless set in
+/// `kafka.client`) less room for headers. Outputs are bounded below it
+/// (see [`crate::runtime::Shard::with_output_limit`]).
+pub fn output_limit(kafka: &KafkaConfig) -> usize {
+    let producer_max = kafka
+        .client
+        .get("message.max.bytes")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(1_000_000);
+    producer_max.saturating_sub(16 * 1024).max(64 * 1024)
+}
+
 /// The partitions of `topic` to assign, each read from its first record.
 pub fn from_beginning(
     topic: &str,

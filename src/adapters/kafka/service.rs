@@ -47,8 +47,8 @@ use crate::adapters::local::{LocalError, LocalState, Position, ShardStore};
 use crate::config::Config;
 use crate::engine::RuleSet;
 use crate::runtime::{
-    Barrier, DeadLetter, DeadLetterKind, KeyQuery, Persisted, Record, Records, Reload, Shard,
-    ShardOutput, WatermarkMark, check_entry,
+    Barrier, DeadLetter, DeadLetterKind, KeyQuery, OutRecord, Persisted, Record, Records, Reload,
+    Shard, ShardOutput, WatermarkMark, check_entry,
 };
 use crate::state::{MemoryStore, SnapshotError, StateStore};
 use crate::telemetry::events::{
@@ -71,6 +71,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+/// Checkpoints failing in a row that make the service not ready: one is a
+/// hiccup the rewind repairs, three mean nothing commits.
+const FAILURES_NOT_READY: u64 = 3;
 
 /// How long one transactional call (init, offsets, commit, abort) may take.
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -217,6 +221,13 @@ pub struct Progress {
     pub commits: AtomicU64,
     /// Transactions aborted (each followed by a rewind).
     pub aborts: AtomicU64,
+    /// The last rule set the service refused to swap in, and why (cleared
+    /// when one is applied).
+    pub refused_rules: std::sync::Mutex<Option<(u64, String)>>,
+    /// Checkpoints failed since the last one that committed.
+    pub failed_in_a_row: AtomicU64,
+    /// Why the latest checkpoint failed, while they fail.
+    pub last_failure: std::sync::Mutex<Option<String>>,
     /// Partitions currently assigned.
     pub partitions: AtomicU64,
     /// Shards whose stored state could not be restored (they started empty).
@@ -263,6 +274,7 @@ impl Progress {
             keys_passivated: get(&self.passivated_keys),
             state_bytes: get(&self.resident_bytes),
             backpressure_pauses: get(&self.backpressure_pauses),
+            checkpoints_failed_in_a_row: get(&self.failed_in_a_row),
             partitions: self
                 .partition_figures
                 .lock()
@@ -300,10 +312,35 @@ impl Progress {
             self.partitions.load(Ordering::Relaxed),
             self.restoring_partitions.load(Ordering::Relaxed),
         );
+        let failed = self.failed_in_a_row.load(Ordering::Relaxed);
+        if failed >= FAILURES_NOT_READY {
+            let why = self
+                .last_failure
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+                .unwrap_or_default();
+            return (
+                false,
+                format!("{failed} checkpoints in a row failed, nothing commits: {why}"),
+            );
+        }
         (
             held > 0 && restoring == 0,
             format!("{held} partition(s) held, {restoring} restoring"),
         )
+    }
+
+    /// A checkpoint failed (`Some(why)`) or committed (`None`).
+    fn checkpoint_outcome(&self, failure: Option<String>) {
+        match &failure {
+            Some(_) => self.failed_in_a_row.fetch_add(1, Ordering::Relaxed),
+            None => self.failed_in_a_row.swap(0, Ordering::Relaxed),
+        };
+        *self
+            .last_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = failure;
     }
 
     /// Whether `produced` input records, and every event forwarded for
@@ -703,11 +740,7 @@ fn coordinate(
         directory,
     } = shared;
     let k = &config.kafka;
-    let instance = if k.instance_id.is_empty() {
-        host_name()
-    } else {
-        k.instance_id.clone()
-    };
+    let instance = super::instance_name(k);
     // Fence before joining the group: whatever the previous process of this
     // instance left open is aborted before anyone reads past it.
     let mut identity = Identity::open(k, &brokers, &instance)?;
@@ -736,10 +769,7 @@ fn coordinate(
         failed: None,
         directory,
     }));
-    let mut consumer_config = client_config(k, &brokers);
-    if k.static_membership {
-        consumer_config.set("group.instance.id", &instance);
-    }
+    let mut consumer_config = super::group_member_config(k, &brokers, &k.group_id);
     // Other instances find this one's REST API through the group (owners.rs).
     let base_id = k.client.get("client.id").map_or("tripline", String::as_str);
     consumer_config.set(
@@ -765,7 +795,6 @@ fn coordinate(
         consumer_config.set("fetch.wait.max.ms", "10");
     }
     let consumer: BaseConsumer<Ctx> = consumer_config
-        .set("group.id", &k.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
@@ -906,16 +935,11 @@ impl Coordinator {
     /// the new rules need other topics than the running ones.
     fn swap_rules(&mut self, rules: Arc<RuleSet>) {
         let _span = telemetry::events::reload_span().entered();
+        let hash = rules.def.hash;
         let topology = match Topology::new(&self.config, rules, self.topology.sources) {
             Ok(t) => t,
             Err(e) => {
-                RulesReload::Refused {
-                    reason: &e.to_string(),
-                }
-                .emit();
-                self.progress
-                    .rule_reloads_refused
-                    .fetch_add(1, Ordering::Relaxed);
+                self.refuse_rules(hash, e.to_string());
                 return;
             }
         };
@@ -926,18 +950,13 @@ impl Coordinator {
                 .collect()
         };
         if names(&topology) != names(&self.topology) {
-            RulesReload::Refused {
-                reason: &format!(
-                    "it keys rules by other fields, which needs other internal topics \
-                     (running: {:?}, new: {:?}); restart the service to apply it",
-                    self.topology.internal().collect::<Vec<_>>(),
-                    topology.internal().collect::<Vec<_>>(),
-                ),
-            }
-            .emit();
-            self.progress
-                .rule_reloads_refused
-                .fetch_add(1, Ordering::Relaxed);
+            let reason = format!(
+                "it keys rules by other fields, which needs other internal topics \
+                 (running: {:?}, new: {:?}); restart the service to apply it",
+                self.topology.internal().collect::<Vec<_>>(),
+                topology.internal().collect::<Vec<_>>(),
+            );
+            self.refuse_rules(hash, reason);
             return;
         }
         if topology.rules.def.hash == self.topology.rules.def.hash {
@@ -959,7 +978,25 @@ impl Coordinator {
             .rules_hash
             .store(topology.rules.def.hash, Ordering::SeqCst);
         self.progress.rule_reloads.fetch_add(1, Ordering::Relaxed);
+        *self
+            .progress
+            .refused_rules
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         self.topology = Arc::new(topology);
+    }
+
+    /// Logs and counts a refused rule set, and keeps why for the API.
+    fn refuse_rules(&self, hash: u64, reason: String) {
+        RulesReload::Refused { reason: &reason }.emit();
+        self.progress
+            .rule_reloads_refused
+            .fetch_add(1, Ordering::Relaxed);
+        *self
+            .progress
+            .refused_rules
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((hash, reason));
     }
 
     fn topic(&self, t: usize) -> &str {
@@ -1118,6 +1155,7 @@ impl Coordinator {
             plan.rules.clone(),
             plan.role.clone(),
         )
+        .with_output_limit(super::output_limit(&self.config.kafka))
     }
 
     /// Starts a shard in the state `state` holds (empty if it cannot be
@@ -1533,21 +1571,23 @@ impl Coordinator {
                         value: Some(parent.as_str()),
                     }));
                 }
-                send(&self.producer, r)?;
+                let what = || format!("an alert of rule `{}`", a.rule);
+                self.send_or_dead_letter(r, what, &a.record, topic, p)?;
             }
             for (target, r) in &out.forwarded {
-                send(
-                    &self.producer,
-                    BaseRecord::with_opaque_to(self.topic(target + 1), 0)
-                        .key(r.key.as_slice())
-                        .payload(r.value.as_slice()),
-                )?;
+                let to = self.topic(target + 1);
+                let record = BaseRecord::with_opaque_to(to, 0)
+                    .key(r.key.as_slice())
+                    .payload(r.value.as_slice());
+                let what = || format!("an event forwarded to `{to}`");
+                self.send_or_dead_letter(record, what, r, topic, p)?;
             }
             for d in &out.dead_letters {
                 let headers = dead_letter_headers(d, topic, p);
-                let mut r = BaseRecord::with_opaque_to(&k.dead_letter_topic, 0)
-                    .payload(d.value.as_slice())
-                    .headers(headers);
+                let mut r = BaseRecord::with_opaque_to(&k.dead_letter_topic, 0).headers(headers);
+                if let Some(value) = &d.value {
+                    r = r.payload(value.as_slice());
+                }
                 if let Some(key) = &d.key {
                     r = r.key(key.as_slice());
                 }
@@ -1567,6 +1607,47 @@ impl Coordinator {
                 send(&self.producer, r)?;
             }
         }
+        Ok(())
+    }
+
+    /// Sends `record`; one the producer refuses on its own (too large for
+    /// it, however it got so) goes to the dead-letter topic instead, small,
+    /// with the refusal: a record that can never be produced must not fail
+    /// the checkpoint, which would be retried, fail again, and stop the
+    /// partition for good.
+    fn send_or_dead_letter(
+        &self,
+        record: BaseRecord<'_, [u8], [u8], usize>,
+        what: impl Fn() -> String,
+        out: &OutRecord,
+        source_topic: &str,
+        source_partition: i32,
+    ) -> Result<(), ServiceError> {
+        let error = match send(&self.producer, record) {
+            Ok(()) => return Ok(()),
+            Err(KafkaError::MessageProduction(code)) if refused_record(code) => code,
+            Err(e) => return Err(e.into()),
+        };
+        tracing::error!(
+            "{} could not be produced ({} bytes): {error}; dead-lettered instead",
+            what(),
+            out.key.len() + out.value.len()
+        );
+        let d = DeadLetter {
+            kind: DeadLetterKind::Internal,
+            reason: format!("{} could not be produced: {error}", what()),
+            offset: -1,
+            key: Some(out.key.clone()),
+            value: Some(out.value.clone()),
+        }
+        .within(0);
+        let headers = dead_letter_headers(&d, source_topic, source_partition);
+        let mut r =
+            BaseRecord::with_opaque_to(&self.config.kafka.dead_letter_topic, 0).headers(headers);
+        if let Some(key) = &d.key {
+            r = r.key(key.as_slice());
+        }
+        send(&self.producer, r)?;
         Ok(())
     }
 
@@ -1644,6 +1725,7 @@ impl Coordinator {
         let delivered = started.elapsed();
         self.producer.commit_transaction(TXN_TIMEOUT)?;
         self.txn_open = false;
+        self.progress.checkpoint_outcome(None);
         let ends = self.producer.context().take();
         self.write_local(&outputs, &ends);
         let mut committed = CheckpointCommitted {
@@ -1675,10 +1757,12 @@ impl Coordinator {
             committed_ms: telemetry::now_ms(),
             ..CheckpointCommitted::default()
         };
+        committed.rule_errors = outputs.iter().map(|(_, out)| out.rule_errors).sum();
         for d in outputs.iter().flat_map(|(_, out)| &out.dead_letters) {
             match d.kind {
                 DeadLetterKind::Malformed => committed.malformed += 1,
                 DeadLetterKind::Late => committed.late += 1,
+                DeadLetterKind::Future => committed.future += 1,
                 DeadLetterKind::Internal => committed.internal += 1,
             }
         }
@@ -1794,6 +1878,7 @@ impl Coordinator {
             aborting: self.txn_open,
         }
         .emit();
+        self.progress.checkpoint_outcome(Some(error.to_string()));
         if let ServiceError::Kafka(KafkaError::Transaction(e)) = &error
             && e.is_fatal()
         {
@@ -1805,7 +1890,7 @@ impl Coordinator {
         // What was flushed is in the transaction, and goes with it.
         self.flushed.clear();
         if self.txn_open {
-            if let Err(e) = self.producer.abort_transaction(TXN_TIMEOUT) {
+            if let Err(e) = abort(&self.producer) {
                 tracing::error!("cannot abort the transaction: {e}");
                 self.failed = Some(e.into());
                 return;
@@ -1881,6 +1966,25 @@ fn deliver_all(producer: &TxProducer) -> Result<(), KafkaError> {
     Ok(())
 }
 
+/// Aborts the open transaction. librdkafka waits for the records in flight
+/// to be acknowledged or purged before it aborts, and a `BaseProducer`
+/// learns of them only when polled: the abort is called in short steps
+/// (it resumes where it stopped) with polls between them.
+fn abort(producer: &TxProducer) -> Result<(), KafkaError> {
+    let started = now();
+    loop {
+        match producer.abort_transaction(Duration::from_millis(100)) {
+            Ok(()) => return Ok(()),
+            Err(KafkaError::Transaction(e))
+                if e.is_retriable() && started.elapsed() < TXN_TIMEOUT =>
+            {
+                producer.poll(Duration::from_millis(10));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 fn send(
     producer: &TxProducer,
     mut record: BaseRecord<'_, [u8], [u8], usize>,
@@ -1898,6 +2002,16 @@ fn send(
             Err((e, _)) => return Err(e),
         }
     }
+}
+
+/// Whether the producer refused one record for what it is (its size), not
+/// for the state of the producer or the cluster.
+fn refused_record(code: rdkafka::types::RDKafkaErrorCode) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        code,
+        C::MessageSizeTooLarge | C::InvalidMessageSize | C::InvalidMessage | C::InvalidRecord
+    )
 }
 
 /// The dead-letter record's headers: why, and where the record came from.

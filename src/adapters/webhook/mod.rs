@@ -28,7 +28,7 @@ pub mod sign;
 
 use self::outbox::{Outbox, OutboxError, Queued, State, Status};
 use self::sign::SigningKey;
-use crate::adapters::kafka::{client_config, ensure_topics};
+use crate::adapters::kafka::{client_config, ensure_topics, group_member_config};
 use crate::config::{Config, WebhookEndpoint};
 use crate::rules::ast::Severity;
 use bytes::Bytes;
@@ -306,15 +306,15 @@ impl Webhooks {
         if !orphans.is_empty() {
             dead_letter_orphans(&shared, orphans);
         }
-        let consumer: BaseConsumer = client_config(k, brokers)
-            .set("group.id", format!("{}-webhooks", k.group_id))
-            // A dead instance's partitions move as soon as the service's own.
-            .set("session.timeout.ms", k.session_timeout_ms.to_string())
-            .set("max.poll.interval.ms", k.max_poll_interval_ms.to_string())
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("isolation.level", "read_committed")
-            .create()?;
+        let consumer: BaseConsumer =
+            group_member_config(k, brokers, &format!("{}-webhooks", k.group_id))
+                // A dead instance's partitions move as soon as the service's own.
+                .set("session.timeout.ms", k.session_timeout_ms.to_string())
+                .set("max.poll.interval.ms", k.max_poll_interval_ms.to_string())
+                .set("enable.auto.commit", "false")
+                .set("auto.offset.reset", "earliest")
+                .set("isolation.level", "read_committed")
+                .create()?;
         consumer.subscribe(&[&k.alerts_topic])?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -903,16 +903,32 @@ async fn attempt(
     } else {
         None
     };
-    let excerpt = match response.bytes().await {
-        Ok(b) => String::from_utf8_lossy(&b[..b.len().min(200)]).into_owned(),
-        Err(_) => String::new(),
-    };
+    let excerpt = excerpt(response).await;
     Outcome::Failed {
         error: format!("HTTP {code}: {}", excerpt.trim()),
         status: Some(code.as_u16()),
         retry_after_ms,
         retryable: code.is_server_error() || matches!(code.as_u16(), 408 | 429),
     }
+}
+
+/// How much of a failed response's body the delivery status keeps.
+const EXCERPT_BYTES: usize = 200;
+
+/// The start of a failed response's body. Only that much is read: a
+/// receiver's body may be endless, and the connection is dropped after it.
+async fn excerpt(mut response: reqwest::Response) -> String {
+    let mut text = Vec::with_capacity(EXCERPT_BYTES);
+    while text.len() < EXCERPT_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = EXCERPT_BYTES - text.len();
+                text.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&text).into_owned()
 }
 
 /// A `Retry-After` value (seconds, or an HTTP date) as a wait in ms.
@@ -1100,6 +1116,55 @@ impl DeliveryStatus for Shared {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A receiver failing with an endless body once made each attempt
+    /// buffer hundreds of MB: the excerpt reads a few hundred bytes and
+    /// drops the connection.
+    #[test]
+    fn a_failed_response_is_read_only_as_far_as_its_excerpt() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut head = [0u8; 1024];
+            let _ = s.read(&mut head);
+            s.write_all(
+                b"HTTP/1.1 500 Internal Server Error\r\ntransfer-encoding: chunked\r\n\r\n",
+            )
+            .unwrap();
+            let chunk = format!("{:x}\r\n{}\r\n", 64 * 1024, "e".repeat(64 * 1024));
+            let mut sent = 0usize;
+            // Until the client hangs up (or far past what it may read).
+            while sent < 1 << 30 && s.write_all(chunk.as_bytes()).is_ok() {
+                sent += chunk.len();
+            }
+            sent
+        });
+        // As the lanes run: the runtime goes on after the attempt.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let text = runtime.block_on(async {
+            let response = reqwest::Client::new()
+                .get(format!("http://{addr}/"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status().as_u16(), 500);
+            excerpt(response).await
+        });
+        assert_eq!(text, "e".repeat(EXCERPT_BYTES));
+        // hyper closes a connection whose body was dropped unread.
+        let sent = server.join().unwrap();
+        drop(runtime);
+        assert!(
+            sent < 64 << 20,
+            "the client read {sent} bytes of an endless body"
+        );
+    }
 
     fn lane(rules: &[&str], min: Severity) -> Lane {
         Lane::new(&WebhookEndpoint {

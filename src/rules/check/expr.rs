@@ -112,8 +112,41 @@ impl RuleChecker<'_> {
             }
             ExprKind::Matches(x, re, sp) => {
                 let x = self.expr(x, ctx)?;
-                match regex_automata::meta::Regex::new(re) {
-                    Ok(r) => CExpr::Matches(Box::new(x), Arc::new(r)),
+                if self.regex_room.refused {
+                    return None;
+                }
+                let room = self.limits.max_regex_bytes.min(self.regex_room.room);
+                let config = regex_automata::meta::Config::new()
+                    .nfa_size_limit(Some(room))
+                    .onepass_size_limit(Some(room))
+                    .dfa_size_limit(Some(room))
+                    .hybrid_cache_capacity(room.min(2 << 20));
+                match regex_automata::meta::Regex::builder()
+                    .configure(config)
+                    .build(re)
+                {
+                    Ok(r) => {
+                        self.regex_room.room =
+                            self.regex_room.room.saturating_sub(r.memory_usage());
+                        CExpr::Matches(Box::new(x), Arc::new(r))
+                    }
+                    Err(err) if err.size_limit().is_some() => {
+                        self.regex_room.refused = true;
+                        let d = Diagnostic::error(
+                            *sp,
+                            format!(
+                                "regular expression too large: it needs more than {room} bytes"
+                            ),
+                        )
+                        .with_hint(format!(
+                            "one may take {} bytes, and all of a rule set's {} (large counted \
+                             repetitions like `{{4900}}` of a class are the usual cause); the \
+                             rule set's later regular expressions are not checked",
+                            self.limits.max_regex_bytes, self.limits.max_regex_total_bytes
+                        ));
+                        self.err(d);
+                        return None;
+                    }
                     Err(err) => {
                         self.err(Diagnostic::error(
                             *sp,

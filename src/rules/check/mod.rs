@@ -28,6 +28,11 @@ pub struct Limits {
     pub max_repeat: u32,
     /// Most stages in one rule.
     pub max_stages: usize,
+    /// Heap one compiled regular expression (`matches`) may take.
+    pub max_regex_bytes: usize,
+    /// Heap the regular expressions of a whole rule set may take: without
+    /// it, a few hundred large ones in a small file take gigabytes.
+    pub max_regex_total_bytes: usize,
 }
 
 impl Default for Limits {
@@ -36,8 +41,36 @@ impl Default for Limits {
             max_states: 4096,
             max_repeat: 1000,
             max_stages: 256,
+            max_regex_bytes: 2 << 20,
+            max_regex_total_bytes: 32 << 20,
         }
     }
+}
+
+/// Whether `path` lies under `dir`, comparing the two made absolute and
+/// with `.` and `..` resolved by their text (symbolic links inside `dir`
+/// are the operator's own).
+fn lexically_within(path: &Path, dir: &Path) -> bool {
+    fn normal(p: &Path) -> std::path::PathBuf {
+        use std::path::Component::*;
+        let absolute = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            std::env::current_dir().unwrap_or_default().join(p)
+        };
+        let mut out = std::path::PathBuf::new();
+        for c in absolute.components() {
+            match c {
+                ParentDir => {
+                    out.pop();
+                }
+                CurDir => {}
+                other => out.push(other),
+            }
+        }
+        out
+    }
+    normal(path).starts_with(normal(dir))
 }
 
 /// Collects rule files and compiles them into a [`RuleSetDef`].
@@ -49,6 +82,9 @@ pub struct Compiler {
     io_errors: Vec<String>,
     stream: Option<StreamDef>,
     limits: Limits,
+    models_dir: Option<std::path::PathBuf>,
+    /// Sources whose models must be in `models_dir`.
+    untrusted: Vec<u32>,
 }
 
 impl Compiler {
@@ -63,9 +99,30 @@ impl Compiler {
         self
     }
 
+    /// Loads the models of sources added with
+    /// [`Compiler::add_untrusted_source`] only from files under `dir` (by
+    /// their path, `..` resolved, before the file is touched): rule text from
+    /// the API, whose `model … from "/etc/shadow"` would otherwise read any
+    /// file the process can, and tell by its error whether it exists.
+    pub fn models_dir(&mut self, dir: &Path) -> &mut Compiler {
+        self.models_dir = Some(dir.to_path_buf());
+        self
+    }
+
     /// Uses `stream` instead of (or in the absence of) a `stream` block.
     pub fn stream(&mut self, stream: StreamDef) -> &mut Compiler {
         self.stream = Some(stream);
+        self
+    }
+
+    /// Adds source text from an untrusted origin (the API): its models are
+    /// loaded only from [`Compiler::models_dir`].
+    pub fn add_untrusted_source(&mut self, name: &str, text: &str) -> &mut Compiler {
+        let before = self.files.len();
+        self.add_source(name, text);
+        if let Some((id, _)) = self.files.get(before) {
+            self.untrusted.push(*id);
+        }
         self
     }
 
@@ -148,6 +205,10 @@ impl Compiler {
             .map(|m| (m.name.clone(), m.model.inputs().to_vec()))
             .collect();
         let mut rules = Vec::new();
+        let mut regex_room = RegexBudget {
+            room: self.limits.max_regex_total_bytes,
+            refused: false,
+        };
         let mut names: BTreeMap<String, Span> = BTreeMap::new();
         let mut feature_names: BTreeMap<String, String> = BTreeMap::new();
         for (_, file) in &files {
@@ -199,6 +260,7 @@ impl Compiler {
                     model_inputs: &model_inputs,
                     in_features: r.features,
                     models_read: Vec::new(),
+                    regex_room: &mut regex_room,
                 };
                 if let Some(def) = rc.rule(r) {
                     rules.push(def);
@@ -343,16 +405,36 @@ impl Compiler {
                 }
                 let (path, span) = &m.path;
                 let file = base.join(path);
+                if let Some(dir) = &self.models_dir
+                    && self.untrusted.contains(id)
+                    && !lexically_within(&file, dir)
+                {
+                    self.errors.push(
+                        Diagnostic::error(
+                            *span,
+                            format!(
+                                "model `{}`: `{path}` is outside the models directory",
+                                m.name.name
+                            ),
+                        )
+                        .with_hint(
+                            "models are loaded only from the models directory (rules.models_dir)",
+                        ),
+                    );
+                    continue;
+                }
                 let model = match crate::model::Model::load(&file) {
                     Ok(model) => model,
                     Err(e) => {
+                        // The path as the rule wrote it: the message tells
+                        // nothing of where the rule files live.
+                        let why = match e {
+                            crate::model::ModelError::Io { source, .. } => source.to_string(),
+                            e => e.to_string(),
+                        };
                         self.errors.push(Diagnostic::error(
                             *span,
-                            format!(
-                                "cannot load model `{}` from {}: {e}",
-                                m.name.name,
-                                file.display()
-                            ),
+                            format!("cannot load model `{}` from `{path}`: {why}", m.name.name),
                         ));
                         continue;
                     }
@@ -426,6 +508,8 @@ impl Compiler {
                 time_format: TimeFormat::Auto,
                 lateness_ms: s.lateness.map_or(0, |l| l.0),
                 idle_ms: s.idle.map_or(0, |l| l.0),
+                skew_ms: s.skew.map_or(crate::rules::ir::DEFAULT_SKEW_MS, |l| l.0),
+                clock_skew_ms: s.clock_skew.map(|l| l.0),
                 fields: None,
             };
             let path = |p: &Option<(String, Span)>,
@@ -615,6 +699,16 @@ struct RuleChecker<'a> {
     in_features: bool,
     /// Models the rule reads.
     models_read: Vec<String>,
+    /// What is left of the rule set's regular expression budget.
+    regex_room: &'a mut RegexBudget,
+}
+
+/// The memory left for a rule set's regular expressions.
+pub(super) struct RegexBudget {
+    pub(super) room: usize,
+    /// One was refused: the rule set does not compile, and the others are
+    /// not compiled (each attempt costs up to the per-expression limit).
+    pub(super) refused: bool,
 }
 
 impl RuleChecker<'_> {
