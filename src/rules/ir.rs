@@ -9,7 +9,7 @@ use std::sync::Arc;
 pub type StageId = u16;
 
 /// How the input stream is read.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StreamDef {
     /// Its name.
     pub name: String,
@@ -28,9 +28,15 @@ pub struct StreamDef {
     /// How far (ms) an event may be ahead of the latest event time seen and
     /// still be processed; further ahead it is dead-lettered as `future` and
     /// does not move the watermark (0 = no limit). See [`DEFAULT_SKEW_MS`].
+    /// Only a `stream` block sets it, and stored definitions (the command
+    /// line's stream, kept with the state) never do: not serialized, so
+    /// state written before it existed still decodes.
+    #[serde(skip, default = "default_skew")]
     pub skew_ms: i64,
     /// How far (ms) an event may be ahead of the wall clock, where the
-    /// stream says so (`clock skew`); only the service has a clock.
+    /// stream says so (`clock skew`); only the service has a clock. Not
+    /// serialized, as `skew_ms`.
+    #[serde(skip)]
     pub clock_skew_ms: Option<i64>,
     /// Declared fields; when given, rules may name only these.
     pub fields: Option<Vec<FieldPath>>,
@@ -41,6 +47,35 @@ pub struct StreamDef {
 /// far beyond any real gap between a partition's events in a live stream,
 /// and the service widens it by the wall-clock time the partition was quiet.
 pub const DEFAULT_SKEW_MS: i64 = 7 * 86_400_000;
+
+fn default_skew() -> i64 {
+    DEFAULT_SKEW_MS
+}
+
+/// Written as the derived form was before `skew` and `clock skew` existed,
+/// adding them only when they differ from their defaults: the rule set's
+/// hash is taken over this text, and state stored under a rule set is
+/// restored by recompiling it and comparing hashes.
+impl std::fmt::Debug for StreamDef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("StreamDef");
+        d.field("name", &self.name)
+            .field("key", &self.key)
+            .field("time", &self.time)
+            .field("event_type", &self.event_type)
+            .field("time_format", &self.time_format)
+            .field("lateness_ms", &self.lateness_ms)
+            .field("idle_ms", &self.idle_ms)
+            .field("fields", &self.fields);
+        if self.skew_ms != DEFAULT_SKEW_MS {
+            d.field("skew_ms", &self.skew_ms);
+        }
+        if let Some(c) = &self.clock_skew_ms {
+            d.field("clock_skew_ms", c);
+        }
+        d.finish()
+    }
+}
 
 impl StreamDef {
     /// A stream keyed by `key` with time in `time`, no lateness.
@@ -556,5 +591,59 @@ impl RuleDef {
                 r.windows
             )
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The stream as it was defined before `skew` existed, with the
+    /// derived forms the rule set's hash and stored state were made of.
+    #[derive(Debug, serde::Serialize)]
+    #[allow(dead_code)]
+    struct StreamDef {
+        name: String,
+        key: FieldPath,
+        time: FieldPath,
+        event_type: Option<FieldPath>,
+        time_format: TimeFormat,
+        lateness_ms: i64,
+        idle_ms: i64,
+        fields: Option<Vec<FieldPath>>,
+    }
+
+    /// Rule sets that do not use `skew` or `clock skew` keep their hash,
+    /// and stored stream definitions their encoding: state written before
+    /// these clauses existed restores.
+    #[test]
+    fn streams_without_the_new_clauses_hash_and_encode_as_before() {
+        let mut new = super::StreamDef::new("card.id", "ts").unwrap();
+        new.lateness_ms = 30_000;
+        new.fields = Some(vec![FieldPath::single("amount")]);
+        let old = StreamDef {
+            name: new.name.clone(),
+            key: new.key.clone(),
+            time: new.time.clone(),
+            event_type: None,
+            time_format: new.time_format,
+            lateness_ms: 30_000,
+            idle_ms: 0,
+            fields: new.fields.clone(),
+        };
+        assert_eq!(format!("{new:?}"), format!("{old:?}"));
+        assert_eq!(
+            postcard::to_allocvec(&new).unwrap(),
+            postcard::to_allocvec(&old).unwrap()
+        );
+        let back: super::StreamDef =
+            postcard::from_bytes(&postcard::to_allocvec(&old).unwrap()).unwrap();
+        assert_eq!(back, new);
+        new.skew_ms = 60_000;
+        assert_ne!(
+            format!("{new:?}"),
+            format!("{old:?}"),
+            "a set skew changes the hash"
+        );
     }
 }

@@ -25,6 +25,15 @@ fn feed(rs: &RuleSet, engine: &mut Engine, out: &mut Outputs, lines: &[String]) 
     }
 }
 
+/// `lines` through a fresh engine to the end of input.
+fn run(rs: &std::sync::Arc<RuleSet>, lines: &[String]) -> (Engine, Outputs) {
+    let mut engine = Engine::new(rs.clone());
+    let mut out = Outputs::default();
+    feed(rs, &mut engine, &mut out, lines);
+    engine.finish(&mut out);
+    (engine, out)
+}
+
 fn tx(customer: &str, time: &str, amount: f64) -> String {
     format!(r#"{{"CUSTOMER_ID":{customer},"TX_DATETIME":"{time}","TX_AMOUNT":{amount}}}"#)
 }
@@ -33,13 +42,8 @@ fn tx(customer: &str, time: &str, amount: f64) -> String {
 /// later event was late. It is refused as future and the stream goes on.
 #[test]
 fn a_future_dated_event_does_not_blind_the_stream() {
-    let rs = rules("");
-    let mut engine = Engine::new(rs.clone());
-    let mut out = Outputs::default();
-    feed(
-        &rs,
-        &mut engine,
-        &mut out,
+    let (engine, out) = run(
+        &rules(""),
         &[
             tx("1", "2018-04-01T00:00:00Z", 5.0),
             tx("1", "9000-01-01T00:00:00Z", 500.0),
@@ -47,7 +51,6 @@ fn a_future_dated_event_does_not_blind_the_stream() {
             tx("2", "2018-04-02T00:00:00Z", 500.0),
         ],
     );
-    engine.finish(&mut out);
     let refused: Vec<_> = out
         .late
         .iter()
@@ -75,9 +78,7 @@ fn a_real_gap_longer_than_the_skew_is_taken_with_a_clock() {
         tx("1", "2018-04-05T00:00:00Z", 500.0),
     ];
     // Without a clock (replay): four days past the latest time is future.
-    let mut engine = Engine::new(rs.clone());
-    let mut out = Outputs::default();
-    feed(&rs, &mut engine, &mut out, &lines);
+    let (_, out) = run(&rs, &lines);
     assert_eq!(out.late.len(), 1);
     // With a clock that moved four days while the input was quiet: taken.
     let mut engine = Engine::new(rs.clone());
@@ -89,10 +90,7 @@ fn a_real_gap_longer_than_the_skew_is_taken_with_a_clock() {
     feed(&rs, &mut engine, &mut out, &lines[1..]);
     assert!(out.late.is_empty(), "{:?}", out.late);
     // `skew none` takes anything.
-    let rs = rules("skew none");
-    let mut engine = Engine::new(rs.clone());
-    let mut out = Outputs::default();
-    feed(&rs, &mut engine, &mut out, &lines);
+    let (_, out) = run(&rules("skew none"), &lines);
     assert!(out.late.is_empty());
 }
 
@@ -136,13 +134,8 @@ fn clock_skew_refuses_events_ahead_of_the_clock_as_future() {
 /// and one alert paired their events.
 #[test]
 fn numeric_keys_beyond_2_pow_53_stay_apart() {
-    let rs = rules("");
-    let mut engine = Engine::new(rs.clone());
-    let mut out = Outputs::default();
-    feed(
-        &rs,
-        &mut engine,
-        &mut out,
+    let (engine, out) = run(
+        &rules(""),
         &[
             tx("9007199254740992", "2018-04-01T00:00:00Z", 5.0),
             tx("9007199254740993", "2018-04-01T00:00:01Z", 5.0),
@@ -151,7 +144,6 @@ fn numeric_keys_beyond_2_pow_53_stay_apart() {
             tx("9007199254740993", "2018-04-01T00:00:05Z", 500.0),
         ],
     );
-    engine.finish(&mut out);
     assert_eq!(engine.key_count(), 4);
     let pairs: Vec<_> = out
         .alerts
