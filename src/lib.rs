@@ -71,6 +71,7 @@
 pub mod adapters;
 pub mod backtest;
 pub mod config;
+pub mod coordinator;
 pub mod engine;
 pub mod event;
 pub mod export;

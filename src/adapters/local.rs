@@ -14,6 +14,7 @@
 //! changelog records are whole values per key, so re-applying a suffix in
 //! order gives the same state however far back it starts.
 
+use crate::coordinator::{LocalShard, LocalStore, PortError};
 use crate::state::{Change, Entry, EntryVisitor, SnapshotError, StateStore};
 use rocksdb::{
     BoundColumnFamily, DBWithThreadMode, Direction, IteratorMode, MultiThreaded, Options,
@@ -49,29 +50,19 @@ pub enum LocalError {
     },
 }
 
-/// What a shard's local state covers.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Position {
-    /// The next input offset to process: everything before it is in the state.
-    pub input: i64,
-    /// The next changelog offset: every changelog record before it has been
-    /// applied.
-    pub changelog: i64,
+pub use crate::coordinator::Position;
+
+fn encode_position(p: Position) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&p.input.to_be_bytes());
+    b[8..].copy_from_slice(&p.changelog.to_be_bytes());
+    b
 }
 
-impl Position {
-    fn encode(self) -> [u8; 16] {
-        let mut b = [0u8; 16];
-        b[..8].copy_from_slice(&self.input.to_be_bytes());
-        b[8..].copy_from_slice(&self.changelog.to_be_bytes());
-        b
-    }
-
-    fn decode(b: &[u8]) -> Option<Position> {
-        let input = i64::from_be_bytes(b.get(..8)?.try_into().ok()?);
-        let changelog = i64::from_be_bytes(b.get(8..16)?.try_into().ok()?);
-        (b.len() == 16).then_some(Position { input, changelog })
-    }
+fn decode_position(b: &[u8]) -> Option<Position> {
+    let input = i64::from_be_bytes(b.get(..8)?.try_into().ok()?);
+    let changelog = i64::from_be_bytes(b.get(8..16)?.try_into().ok()?);
+    (b.len() == 16).then_some(Position { input, changelog })
 }
 
 /// The data directory's database.
@@ -207,7 +198,7 @@ impl LocalState {
                     None => batch.delete_cf(&cf, k),
                 }
             }
-            batch.put_cf(&cf, POSITION_KEY, position.encode());
+            batch.put_cf(&cf, POSITION_KEY, encode_position(position));
         }
         // The changelog holds what a lost write held: no fsync per checkpoint.
         let mut opts = WriteOptions::default();
@@ -244,7 +235,7 @@ impl ShardStore {
     pub fn position(&self) -> Result<Option<Position>, SnapshotError> {
         match self.get(POSITION_KEY)? {
             None => Ok(None),
-            Some(b) => Position::decode(&b).map(Some).ok_or_else(|| {
+            Some(b) => decode_position(&b).map(Some).ok_or_else(|| {
                 SnapshotError::Corrupt(format!("{}: bad position record {b:?}", self.cf))
             }),
         }
@@ -254,7 +245,7 @@ impl ShardStore {
     pub fn set_position(&mut self, position: Position) -> Result<(), SnapshotError> {
         self.write(vec![(
             POSITION_KEY.to_vec(),
-            Some(position.encode().to_vec()),
+            Some(encode_position(position).to_vec()),
         )])
     }
 
@@ -283,6 +274,37 @@ impl ShardStore {
                     .flatten()
             })
             .unwrap_or(0)
+    }
+}
+
+impl LocalStore for LocalState {
+    type Shard = ShardStore;
+
+    fn shard(&self, topic: &str, partition: i32) -> Result<ShardStore, PortError> {
+        LocalState::shard(self, topic, partition).map_err(|e| PortError::retry("local store", e))
+    }
+
+    fn commit(&self, writes: &[(&ShardStore, &[Change], Position)]) -> Result<(), PortError> {
+        LocalState::commit(self, writes.iter().copied())
+            .map_err(|e| PortError::retry("local store", e))
+    }
+}
+
+impl LocalShard for ShardStore {
+    fn name(&self) -> &str {
+        ShardStore::name(self)
+    }
+
+    fn position(&self) -> Result<Option<Position>, SnapshotError> {
+        ShardStore::position(self)
+    }
+
+    fn set_position(&mut self, position: Position) -> Result<(), SnapshotError> {
+        ShardStore::set_position(self, position)
+    }
+
+    fn clear(&mut self) -> Result<(), SnapshotError> {
+        ShardStore::clear(self)
     }
 }
 
@@ -348,8 +370,8 @@ mod tests {
             input: 42,
             changelog: 1 << 40,
         };
-        assert_eq!(Position::decode(&p.encode()), Some(p));
-        assert_eq!(Position::decode(&[1, 2, 3]), None);
-        assert_eq!(Position::decode(&[0; 17]), None);
+        assert_eq!(decode_position(&encode_position(p)), Some(p));
+        assert_eq!(decode_position(&[1, 2, 3]), None);
+        assert_eq!(decode_position(&[0; 17]), None);
     }
 }

@@ -567,7 +567,14 @@ impl Shard {
     /// Processes a batch of records, as they came from the broker, with the
     /// wall clock of their arrival.
     pub fn process_batch(&mut self, records: Vec<Record>) {
-        self.engine.set_clock(crate::telemetry::now_ms());
+        self.process_batch_at(records, crate::telemetry::now_ms());
+    }
+
+    /// Processes a batch of records that arrived when the clock read
+    /// `clock_ms` (epoch ms): what [`Shard::process_batch`] does with a
+    /// given clock, for runs that must repeat exactly.
+    pub fn process_batch_at(&mut self, records: Vec<Record>, clock_ms: i64) {
+        self.engine.set_clock(clock_ms);
         for r in records {
             self.process(r);
         }

@@ -21,7 +21,7 @@
 //! (`transactional.id.expiration.ms`), the old generations cost nothing.
 
 use super::client_config;
-use super::service::Deliveries;
+use super::sink::Deliveries;
 use crate::config::KafkaConfig;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};

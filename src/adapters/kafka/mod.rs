@@ -5,10 +5,14 @@
 pub mod alert_tail;
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
+pub mod changelog;
 pub mod identity;
 pub mod owners;
 pub mod service;
-pub mod topology;
+pub mod shards;
+pub mod sink;
+mod source;
+pub use crate::coordinator::topology;
 
 use crate::config::KafkaConfig;
 use futures::executor::block_on;

@@ -4,7 +4,6 @@
 //! whose partitions run the rules keyed by that field (see
 //! [`crate::runtime`] for how events and watermarks get there).
 
-use crate::config::Config;
 use crate::engine::RuleSet;
 use crate::runtime::{Forward, Role};
 use std::sync::Arc;
@@ -36,23 +35,27 @@ pub struct Topology {
 }
 
 impl Topology {
-    /// The plan for `rules` on an input topic of `sources` partitions, or
-    /// why the rules cannot run partitioned (see
-    /// [`RuleSet::cross_key_models`]).
-    pub fn new(config: &Config, rules: Arc<RuleSet>, sources: usize) -> Result<Topology, String> {
+    /// The plan for `rules` on `input`, a topic of `sources` partitions
+    /// read by consumer group `group`, or why the rules cannot run
+    /// partitioned (see [`RuleSet::cross_key_models`]).
+    pub fn new(
+        input: &str,
+        group: &str,
+        rules: Arc<RuleSet>,
+        sources: usize,
+    ) -> Result<Topology, String> {
         let problems = rules.cross_key_models();
         if !problems.is_empty() {
             return Err(problems.join("\n"));
         }
         let stream_key = rules.stream_key_slot();
-        let group = &config.kafka.group_id;
         let mut topics = vec![TopicPlan {
-            name: config.kafka.input_topic.clone(),
+            name: input.to_string(),
             rules: rules.for_key(stream_key),
             role: Role::Source {
                 forward: Vec::new(),
             },
-            changelog: changelog_topic(group, &config.kafka.input_topic),
+            changelog: changelog_topic(group, input),
         }];
         let mut forward = Vec::new();
         for keying in &rules.keyings {
@@ -134,7 +137,7 @@ mod tests {
             None,
         )
         .unwrap();
-        let t = Topology::new(&Config::default(), rules, 3).unwrap();
+        let t = Topology::new("transactions", "tripline", rules, 3).unwrap();
         let names: Vec<_> = t.topics.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["transactions", "tripline.by.shop.id"]);
         assert_eq!(t.topics[0].rules.rules.len(), 1);

@@ -1,0 +1,144 @@
+//! The coordinator's changelog reader over Kafka: one `read_committed`
+//! consumer per read, assigned (not subscribed) to the partitions asked
+//! for, read until each reports its end. A read that goes
+//! [`RESTORE_TIMEOUT`] without news fails; progress is logged every
+//! [`RESTORE_LOG_EVERY`].
+
+use super::sink::{TXN_TIMEOUT, port_error};
+use super::{ToTheEnd, client_config};
+use crate::config::KafkaConfig;
+use crate::coordinator::{ChangelogEvent, ChangelogReader, CoordError, PortError};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+/// How long reading the changelogs of newly assigned partitions may go
+/// without a record or a partition's end (however long the whole read).
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(50);
+/// How often restore progress is logged.
+const RESTORE_LOG_EVERY: Duration = Duration::from_secs(5);
+
+/// Reads changelog topics with the service's client settings.
+pub struct KafkaChangelog {
+    kafka: KafkaConfig,
+    brokers: String,
+}
+
+impl KafkaChangelog {
+    /// A reader of the cluster at `brokers`.
+    pub fn new(kafka: KafkaConfig, brokers: String) -> KafkaChangelog {
+        KafkaChangelog { kafka, brokers }
+    }
+}
+
+fn kafka(call: &'static str) -> impl Fn(KafkaError) -> CoordError {
+    move |e| CoordError::Port(port_error(call, e))
+}
+
+impl ChangelogReader for KafkaChangelog {
+    fn read(
+        &mut self,
+        changelog: &str,
+        from: &[(i32, Option<i64>)],
+        visit: &mut dyn FnMut(ChangelogEvent<'_>) -> Result<(), CoordError>,
+    ) -> Result<(), CoordError> {
+        // End-of-partition events carry no topic, so one reader per topic.
+        let reader: BaseConsumer<ToTheEnd> = client_config(&self.kafka, &self.brokers)
+            .set("group.id", format!("{}-restore", self.kafka.group_id))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "true")
+            .create_with_context(ToTheEnd)
+            .map_err(kafka("changelog reader"))?;
+        let mut tpl = TopicPartitionList::new();
+        let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
+        for &(p, start) in from {
+            let (lo, hi) = reader
+                .fetch_watermarks(changelog, p, TXN_TIMEOUT)
+                .map_err(kafka("changelog offsets"))?;
+            ends.insert(p, hi);
+            let start = match start {
+                None => Offset::Beginning,
+                Some(x) if (lo..=hi).contains(&x) => Offset::Offset(x),
+                Some(_) => {
+                    visit(ChangelogEvent::Reset(p))?;
+                    Offset::Beginning
+                }
+            };
+            tpl.add_partition_offset(changelog, p, start)
+                .map_err(kafka("changelog assign"))?;
+        }
+        reader.assign(&tpl).map_err(kafka("changelog assign"))?;
+        let starts: BTreeMap<i32, Option<i64>> = from.iter().copied().collect();
+        let mut open: BTreeSet<i32> = starts.keys().copied().collect();
+        let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut read = 0u64;
+        let mut last_news = super::service::now();
+        let mut last_log = super::service::now();
+        while !open.is_empty() {
+            if last_news.elapsed() > RESTORE_TIMEOUT {
+                return Err(CoordError::Port(PortError::retry(
+                    "restore",
+                    format!("reading `{changelog}` timed out"),
+                )));
+            }
+            if last_log.elapsed() > RESTORE_LOG_EVERY {
+                last_log = super::service::now();
+                // Offsets left up to each open partition's end when the read
+                // began (transaction markers and compaction make it
+                // approximate).
+                let left: i64 = open
+                    .iter()
+                    .map(|p| {
+                        let at = next.get(p).copied().or(starts[p]).unwrap_or(0);
+                        (ends.get(p).copied().unwrap_or(0) - at).max(0)
+                    })
+                    .sum();
+                tracing::info!(
+                    changelog,
+                    partitions = open.len(),
+                    records = read,
+                    offsets_left = left,
+                    "restoring state"
+                );
+            }
+            match reader.poll(Duration::from_millis(100)) {
+                None => {}
+                Some(Err(KafkaError::PartitionEOF(p))) if open.remove(&p) => {
+                    last_news = super::service::now();
+                    let position = reader
+                        .position()
+                        .ok()
+                        .and_then(|tpl| {
+                            tpl.find_partition(changelog, p)
+                                .and_then(|e| e.offset().to_raw())
+                        })
+                        .filter(|o| *o >= 0);
+                    let end = position
+                        .or_else(|| next.get(&p).copied())
+                        .or(starts[&p])
+                        .unwrap_or(0);
+                    visit(ChangelogEvent::End(p, end))?;
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(e)) => return Err(kafka("changelog read")(e)),
+                Some(Ok(m)) => {
+                    next.insert(m.partition(), m.offset() + 1);
+                    last_news = super::service::now();
+                    read += 1;
+                    visit(ChangelogEvent::Record {
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: m.key(),
+                        value: m.payload(),
+                    })?;
+                }
+            }
+        }
+        reader.unassign().map_err(kafka("changelog unassign"))?;
+        Ok(())
+    }
+}
