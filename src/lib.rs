@@ -22,6 +22,13 @@
 //!   watermark releases them, keeps per-key state and emits
 //!   [`engine::Alert`]s.
 //!
+//! Between the core and the outside:
+//!
+//! - [`coordinator`]: the exactly-once protocol (checkpoints, rewinds,
+//!   restores, rule swaps) as a synchronous state machine that reaches the
+//!   outside only through its [`coordinator::ports`]; the Kafka service
+//!   drives it for real, `tests/simulation` under a seeded fault injector.
+//!
 //! Around the core, and free to use threads, clocks and I/O:
 //!
 //! - [`runtime`]: the actix shard actors, one per input partition, each

@@ -13,7 +13,6 @@ use crate::telemetry::events::{
 };
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 /// The header that marks a watermark record in an internal topic.
 pub const MARK_HEADER: &str = "tripline.watermark";
@@ -249,8 +248,7 @@ impl<P: Ports> Coordinator<P> {
         self.begin()?;
         let topology = self.topology.clone();
         let mut offsets: Vec<(&str, i32, i64)> = Vec::new();
-        let (mut alerts, mut dead, mut records) = (0u64, 0u64, 0u64);
-        let (mut forwarded, mut internal) = (0u64, 0u64);
+        let mut forwarded = 0u64;
         let mut state_bytes = 0u64;
         for ((t, p), out) in &outputs {
             for (key, value) in &out.state {
@@ -259,14 +257,7 @@ impl<P: Ports> Coordinator<P> {
             if let Some(next) = out.next_offset {
                 offsets.push((topology.topics[*t].name.as_str(), *p, next));
             }
-            alerts += out.alerts.len() as u64;
-            dead += out.dead_letters.len() as u64;
             forwarded += out.forwarded.len() as u64;
-            if *t == 0 {
-                records += out.records;
-            } else {
-                internal += out.records - out.marks;
-            }
         }
         // Marks go after the forwarded events they cover (same producer,
         // same partition: the log keeps the order).
@@ -336,6 +327,8 @@ impl<P: Ports> Coordinator<P> {
                 DeadLetterKind::Internal => committed.internal += 1,
             }
         }
+        // One account of the checkpoint: the counters and the telemetry.
+        self.progress.count(&committed, &topology.topics[0].name);
         committed.emit();
         for ((t, p), out) in &outputs {
             let polled_to = self.slots.get(&(*t, *p)).and_then(|s| s.polled_to);
@@ -355,13 +348,6 @@ impl<P: Ports> Coordinator<P> {
                 *last = Some(mark);
             }
         }
-        let p = &self.progress;
-        p.records.fetch_add(records, Ordering::Relaxed);
-        p.forwarded.fetch_add(forwarded, Ordering::Relaxed);
-        p.internal_events.fetch_add(internal, Ordering::Relaxed);
-        p.alerts.fetch_add(alerts, Ordering::Relaxed);
-        p.dead_letters.fetch_add(dead, Ordering::Relaxed);
-        p.commits.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -382,7 +368,7 @@ impl<P: Ports> Coordinator<P> {
                 *active = now;
             }
             let idle =
-                idle_ms > 0 && now.saturating_sub(*active) > Duration::from_millis(idle_ms as u64);
+                crate::time::is_idle(active.as_millis() as i64, now.as_millis() as i64, idle_ms);
             let mark = WatermarkMark {
                 source: *p as u32,
                 watermark: out.watermark,

@@ -2,6 +2,7 @@
 //! what it holds and how its checkpoints fare, read by telemetry, the
 //! health endpoints and the tests.
 
+use crate::telemetry::events::CheckpointCommitted;
 use crate::telemetry::{PartitionFigures, ServiceFigures};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -141,6 +142,27 @@ impl Progress {
             held > 0 && restoring == 0,
             format!("{held} partition(s) held, {restoring} restoring"),
         )
+    }
+
+    /// Counts a committed checkpoint (whose input topic is `input`): the
+    /// same account its telemetry event gives.
+    pub(crate) fn count(&self, c: &CheckpointCommitted<'_>, input: &str) {
+        let (mut records, mut internal) = (0, 0);
+        for p in &c.partitions {
+            if p.topic == input {
+                records += p.events;
+            } else {
+                internal += p.events;
+            }
+        }
+        let dead = c.malformed + c.late + c.future + c.internal;
+        self.records.fetch_add(records, Ordering::Relaxed);
+        self.internal_events.fetch_add(internal, Ordering::Relaxed);
+        self.forwarded.fetch_add(c.forwarded, Ordering::Relaxed);
+        self.alerts
+            .fetch_add(c.alerts.len() as u64, Ordering::Relaxed);
+        self.dead_letters.fetch_add(dead, Ordering::Relaxed);
+        self.commits.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A checkpoint failed (`Some(why)`) or committed (`None`).

@@ -11,6 +11,27 @@ use std::collections::BinaryHeap;
 /// The watermark before any event: everything is on time.
 pub const MIN_WATERMARK: EventTime = i64::MIN;
 
+/// The watermark of several inputs: the least over those that are not
+/// idle, each given as (its watermark if it has one yet, whether it is
+/// idle). An input that is not idle and has no watermark yet holds it
+/// back (`None`); so does having no active input.
+pub fn min_over_active(
+    inputs: impl IntoIterator<Item = (Option<EventTime>, bool)>,
+) -> Option<EventTime> {
+    inputs
+        .into_iter()
+        .filter(|(_, idle)| !idle)
+        .map(|(w, _)| w)
+        .min()
+        .flatten()
+}
+
+/// Whether an input last active at `last_active_ms` is idle at `now_ms`,
+/// for an idle time of `idle_after_ms` (0: inputs never turn idle).
+pub fn is_idle(last_active_ms: i64, now_ms: i64, idle_after_ms: i64) -> bool {
+    idle_after_ms > 0 && now_ms.saturating_sub(last_active_ms) >= idle_after_ms
+}
+
 /// Tracks the watermark of one or more inputs (e.g. Kafka partitions).
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct WatermarkTracker {
@@ -75,19 +96,14 @@ impl WatermarkTracker {
 
     /// Marks inputs idle that have been quiet since `now_ms - idle_after`.
     pub fn tick(&mut self, now_ms: i64) -> EventTime {
-        if self.idle_after > 0 {
-            for i in &mut self.inputs {
-                if now_ms - i.last_active >= self.idle_after {
-                    i.idle = true;
-                }
-            }
+        for i in &mut self.inputs {
+            i.idle |= is_idle(i.last_active, now_ms, self.idle_after);
         }
         self.recompute()
     }
 
     fn recompute(&mut self) -> EventTime {
-        let active = self.inputs.iter().filter(|i| !i.idle);
-        let min = active.map(|i| i.max_seen).min().flatten();
+        let min = min_over_active(self.inputs.iter().map(|i| (i.max_seen, i.idle)));
         if let Some(m) = min {
             let w = m.saturating_sub(self.lateness).saturating_sub(1);
             if w > self.current {

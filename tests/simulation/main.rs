@@ -563,6 +563,21 @@ impl Sim {
                 .or_default()
                 .push(r.value.clone().unwrap_or_default());
         }
+        if std::env::var("SIM_TRACE").is_ok() {
+            for ((t, p), log) in &w.logs {
+                for (o, r) in log.iter().enumerate() {
+                    eprintln!(
+                        "{t}/{p}@{o} txn {} {:?} m{:?} key {:?}",
+                        r.txn,
+                        w.txns.get(&r.txn).and_then(|t| t.state),
+                        w.txns.get(&r.txn).map(|t| t.member),
+                        r.key
+                            .as_ref()
+                            .map(|k| String::from_utf8_lossy(k).into_owned())
+                    );
+                }
+            }
+        }
         if alerts != oracle.alerts {
             return Err(format!(
                 "committed alerts differ from the oracle's:\n{}",

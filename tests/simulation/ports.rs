@@ -312,7 +312,15 @@ impl ChangelogReader for SimChangelog {
             };
             let (records, end): (Vec<(i64, LogRecord)>, i64) = {
                 let world = self.link.world.borrow();
-                let end = world.stable_end(changelog, p).max(start);
+                let end = world.stable_end(changelog, p);
+                if end < len {
+                    // A reader waits until the transaction ends; here
+                    // nothing else runs meanwhile, so the read times out.
+                    return Err(CoordError::Port(PortError::retry(
+                        "changelog read",
+                        "timed out behind an open transaction",
+                    )));
+                }
                 let log = world.log(changelog, p);
                 let records = (start..end)
                     .filter(|&o| world.visible(&log[o as usize]))

@@ -115,6 +115,9 @@ impl World {
     pub fn commit(&mut self, txn: u64) {
         let t = self.txns.get_mut(&txn).expect("known transaction");
         t.state = Some(TxnState::Committed);
+        if std::env::var("SIM_TRACE").is_ok() {
+            eprintln!("commit txn {txn} of m{}: offsets {:?}", t.member, t.offsets);
+        }
         for (topic, p, next) in std::mem::take(&mut t.offsets) {
             self.committed.insert((topic, p), next);
         }

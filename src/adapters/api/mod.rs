@@ -13,8 +13,19 @@
 //! and the OpenAPI document are always open.
 
 pub mod alerts;
+mod dashboard;
+mod error;
+mod guard;
+mod rule_routes;
 pub mod rules;
 pub mod server;
+
+use dashboard::*;
+pub use dashboard::{Dashboard, PartitionView, RiskyKey, RuleCount};
+pub use error::{ApiError, DiagnosticJson, ErrorBody, ErrorDetail};
+use guard::*;
+use rule_routes::*;
+pub use rule_routes::{ModelInfo, PendingRules, RuleChange, RuleInfo, RuleList, Validation};
 
 use self::alerts::{AlertLog, Filter};
 use self::rules::{RuleChangeError, RuleStore, valid_name};
@@ -177,292 +188,6 @@ impl ApiState {
     }
 }
 
-/// Every error the API returns.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-    diagnostics: Option<Vec<DiagnosticJson>>,
-    /// Another instance's REST API that has the answer.
-    owner: Option<String>,
-    /// The `Location` header: the same request at `owner`.
-    location: Option<String>,
-}
-
-/// The body of every error response.
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct ErrorBody {
-    /// The error.
-    pub error: ErrorDetail,
-}
-
-/// See [`ErrorBody`].
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct ErrorDetail {
-    /// Stable machine-readable code (`unauthorized`, `not_found`,
-    /// `invalid_rules`, `bad_request`, `payload_too_large`, `conflict`, …).
-    pub code: String,
-    /// What went wrong, for people.
-    pub message: String,
-    /// For rules that do not compile: every error, with its position.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub diagnostics: Option<Vec<DiagnosticJson>>,
-    /// For a key held by another instance (`elsewhere`): that instance's
-    /// REST API; the `Location` header has the same request there.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub owner: Option<String>,
-}
-
-/// One rule error.
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
-pub struct DiagnosticJson {
-    /// File (as the rules name it).
-    pub file: String,
-    /// 1-based line.
-    pub line: usize,
-    /// 1-based column.
-    pub column: usize,
-    /// What is wrong.
-    pub message: String,
-    /// How to fix it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub hint: Option<String>,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-            diagnostics: None,
-            owner: None,
-            location: None,
-        }
-    }
-
-    fn not_found(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
-    }
-
-    fn bad_request(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
-    }
-
-    fn rules(e: RuleChangeError) -> ApiError {
-        match e {
-            RuleChangeError::Invalid(CompileError::Rules(d)) => {
-                let diagnostics: Vec<DiagnosticJson> = d
-                    .errors
-                    .iter()
-                    .map(|e| {
-                        let (line, column) = d.sources.line_col(e.span.file, e.span.start);
-                        DiagnosticJson {
-                            file: d.sources.get(e.span.file).name.clone(),
-                            line,
-                            column,
-                            message: e.message.clone(),
-                            hint: e.hint.clone(),
-                        }
-                    })
-                    .collect();
-                ApiError {
-                    status: StatusCode::UNPROCESSABLE_ENTITY,
-                    code: "invalid_rules",
-                    message: format!("the rules do not compile: {} error(s)", diagnostics.len()),
-                    diagnostics: Some(diagnostics),
-                    owner: None,
-                    location: None,
-                }
-            }
-            RuleChangeError::Invalid(CompileError::Io(e)) => ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_rules",
-                e.join("; "),
-            ),
-            RuleChangeError::Mismatch(m) => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_rules", m)
-            }
-            RuleChangeError::Shared(m) | RuleChangeError::Conflict(m) => {
-                ApiError::new(StatusCode::CONFLICT, "conflict", m)
-            }
-            RuleChangeError::NotFound(n) => ApiError::not_found(format!("no rule `{n}`")),
-            RuleChangeError::Io(m) => {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m)
-            }
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let location = self.location;
-        let retry = self.status == StatusCode::SERVICE_UNAVAILABLE;
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code.to_string(),
-                message: self.message,
-                diagnostics: self.diagnostics,
-                owner: self.owner,
-            },
-        };
-        let mut r = (self.status, Json(body)).into_response();
-        if let Some(l) = location.and_then(|l| header::HeaderValue::from_str(&l).ok()) {
-            r.headers_mut().insert(header::LOCATION, l);
-        }
-        if retry {
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-        }
-        r
-    }
-}
-
-fn rejection(status: StatusCode, text: String) -> ApiError {
-    let code = match status {
-        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-        _ => "bad_request",
-    };
-    ApiError::new(status, code, text)
-}
-
-impl From<PathRejection> for ApiError {
-    fn from(r: PathRejection) -> Self {
-        rejection(StatusCode::BAD_REQUEST, r.body_text())
-    }
-}
-
-impl From<QueryRejection> for ApiError {
-    fn from(r: QueryRejection) -> Self {
-        rejection(StatusCode::BAD_REQUEST, r.body_text())
-    }
-}
-
-impl From<StringRejection> for ApiError {
-    fn from(r: StringRejection) -> Self {
-        rejection(r.status(), r.body_text())
-    }
-}
-
-/// A rule as listed.
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct RuleInfo {
-    /// Name.
-    pub name: String,
-    /// `rule` or `features`.
-    pub kind: String,
-    /// The key field it groups by.
-    pub key: String,
-    /// Severity of its alerts.
-    pub severity: String,
-    /// Score contribution of each alert.
-    pub score: f64,
-    /// Description.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
-    /// Models it reads.
-    pub models: Vec<String>,
-}
-
-/// A model as listed.
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct ModelInfo {
-    /// Name (the field rules read its score from).
-    pub name: String,
-    /// Its file.
-    pub file: String,
-    /// Its inputs, in order.
-    pub inputs: Vec<String>,
-}
-
-/// The running rules.
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct RuleList {
-    /// Rule set hash (hex): changes with any rule or model. The set
-    /// listed is the one the service runs.
-    pub rule_set: String,
-    /// A set accepted from the files or the API that the service does not
-    /// run (yet, or at all: then `refused` says why).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pending: Option<PendingRules>,
-    /// The stream.
-    pub stream: String,
-    /// Rules and feature sets.
-    pub rules: Vec<RuleInfo>,
-    /// Models.
-    pub models: Vec<ModelInfo>,
-}
-
-/// A rule set accepted but not running (see [`RuleList::pending`]).
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct PendingRules {
-    /// Its hash (hex).
-    pub rule_set: String,
-    /// Its rules and feature sets, by name.
-    pub rules: Vec<String>,
-    /// Why the service refused it; absent while it waits for the next
-    /// checkpoint.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub refused: Option<String>,
-}
-
-fn rule_list(rs: &RuleSet) -> RuleList {
-    RuleList {
-        rule_set: format!("{:016x}", rs.def.hash),
-        pending: None,
-        stream: rs.def.stream.name.clone(),
-        rules: rs
-            .rules
-            .iter()
-            .map(|r| RuleInfo {
-                name: r.name.to_string(),
-                kind: if r.def.features { "features" } else { "rule" }.into(),
-                key: r.def.key.to_string(),
-                severity: serde_json::to_value(r.def.severity)
-                    .ok()
-                    .and_then(|v| v.as_str().map(String::from))
-                    .unwrap_or_default(),
-                score: r.def.score,
-                description: r.def.description.clone(),
-                models: r.def.models.clone(),
-            })
-            .collect(),
-        models: rs
-            .def
-            .models
-            .iter()
-            .map(|m| ModelInfo {
-                name: m.name.clone(),
-                file: m.file.clone(),
-                inputs: m.model.inputs().to_vec(),
-            })
-            .collect(),
-    }
-}
-
-/// The result of a rule change.
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct RuleChange {
-    /// The rule set now running (hex hash).
-    pub rule_set: String,
-    /// The rule did not exist before (`PUT`).
-    pub created: bool,
-    /// The file written or removed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub file: Option<String>,
-}
-
-/// The result of a validation.
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct Validation {
-    /// Always true (invalid rules are a 422).
-    pub valid: bool,
-    /// The rules as they would run.
-    pub rules: RuleList,
-}
-
 /// `GET /v1/alerts` parameters.
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -618,9 +343,10 @@ async fn key_score(
             ));
         }
         Err(e) => {
-            return Err(ApiError::new(
+            return Err(ApiError::internal(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
+                "the key's state cannot be read now; retry shortly",
                 e,
             ));
         }
@@ -744,9 +470,14 @@ async fn alert_deliveries(
             "no webhook endpoints are configured (webhooks.endpoints)",
         ));
     };
-    let deliveries = w
-        .deliveries(&id)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?;
+    let deliveries = w.deliveries(&id).map_err(|e| {
+        ApiError::internal(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the delivery log could not be read",
+            e,
+        )
+    })?;
     if deliveries.is_empty() {
         return Err(ApiError::not_found(format!(
             "no webhook deliveries of alert `{id}` here (none selected it, its status expired, or another instance delivers its partition)"
@@ -755,180 +486,6 @@ async fn alert_deliveries(
     Ok(Json(Deliveries {
         alert_id: id,
         deliveries,
-    }))
-}
-
-#[utoipa::path(get, path = "/v1/rules",
-    responses((status = 200, body = RuleList), (status = 401, body = ErrorBody)),
-    security((), ("bearer" = [])))]
-async fn list_rules(State(s): State<ApiState>) -> Json<RuleList> {
-    let current = s.0.rules.current();
-    let Some(status) = s.0.health.rules_status() else {
-        return Json(rule_list(&current));
-    };
-    if status.running == current.def.hash {
-        return Json(rule_list(&current));
-    }
-    let running = s.0.rules.recent(status.running);
-    let mut list = match &running {
-        Some(rs) => rule_list(rs),
-        None => RuleList {
-            rule_set: format!("{:016x}", status.running),
-            ..rule_list(&current)
-        },
-    };
-    if running.is_none() {
-        // Only its hash is known here (it ran before this API started).
-        list.rules.clear();
-        list.models.clear();
-    }
-    list.pending = Some(PendingRules {
-        rule_set: format!("{:016x}", current.def.hash),
-        rules: current.rules.iter().map(|r| r.name.to_string()).collect(),
-        refused: status
-            .refused
-            .filter(|(hash, _)| *hash == current.def.hash)
-            .map(|(_, why)| why),
-    });
-    Json(list)
-}
-
-/// A rule as `PUT /v1/rules/{name}` takes it (also the OpenAPI example).
-const RULE_EXAMPLE: &str =
-    "rule large_purchase {\n  severity medium\n  score 20\n  pattern { tx: TX_AMOUNT > 5000 }\n}\n";
-
-/// Checks rule text against the running rules (the files it would join,
-/// less those whose every rule it redefines). Nothing changes.
-#[utoipa::path(post, path = "/v1/rules:validate",
-    request_body(content = String, content_type = "text/plain", description = "rule text (.tl)",
-                 example = json!(RULE_EXAMPLE)),
-    responses((status = 200, body = Validation), (status = 422, body = ErrorBody),
-              (status = 409, body = ErrorBody),
-              (status = 401, body = ErrorBody), (status = 413, body = ErrorBody),
-              (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)),
-    security(("bearer" = [])))]
-async fn validate_rules(
-    State(s): State<ApiState>,
-    body: Result<String, StringRejection>,
-) -> Result<Json<Validation>, ApiError> {
-    let text = body?;
-    let rules = compile(&s, move |store| store.validate(&text)).await?;
-    Ok(Json(Validation {
-        valid: true,
-        rules: rule_list(&rules),
-    }))
-}
-
-/// How long a rule compile may take, waiting for its turn included.
-const COMPILE_BUDGET: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Runs `f`, which compiles rules, away from the API's async threads (a
-/// compile takes CPU for as long as its rules ask, and those threads answer
-/// `/healthz` and every other request) and one at a time (each may take the
-/// rule language's memory limits in full), within [`COMPILE_BUDGET`]. Past
-/// it the request gets 503; the compile finishes on its own thread, still
-/// holding the turn.
-async fn compile<T: Send + 'static>(
-    s: &ApiState,
-    f: impl FnOnce(&RuleStore) -> Result<T, RuleChangeError> + Send + 'static,
-) -> Result<T, ApiError> {
-    let busy = |m: &str| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", m);
-    let started = tokio::time::Instant::now();
-    let turn = tokio::time::timeout(COMPILE_BUDGET, s.0.compile_slot.clone().acquire_owned())
-        .await
-        .map_err(|_| busy("another rule change or validation is still compiling; retry"))?
-        .map_err(|_| busy("the API is stopping"))?;
-    let inner = s.0.clone();
-    let job = tokio::task::spawn_blocking(move || {
-        let _turn = turn;
-        f(&inner.rules)
-    });
-    let left = COMPILE_BUDGET.saturating_sub(started.elapsed());
-    match tokio::time::timeout(left, job).await {
-        Ok(Ok(result)) => result.map_err(|e| {
-            let mut e = ApiError::rules(e);
-            for d in e.diagnostics.iter_mut().flatten() {
-                d.file = s.0.rules.display_name(&d.file);
-            }
-            e
-        }),
-        Ok(Err(_)) => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "the compile failed inside tripline",
-        )),
-        Err(_) => Err(busy(&format!(
-            "the rules took longer than {} s to compile",
-            COMPILE_BUDGET.as_secs()
-        ))),
-    }
-}
-
-fn checked_name(name: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    let Path(name) = name?;
-    if !valid_name(&name) {
-        return Err(ApiError::bad_request(format!(
-            "`{name}` is not a rule name (letters, digits, `_` and `-`, at most 128)"
-        )));
-    }
-    Ok(name)
-}
-
-/// Creates or replaces a rule. The body is rule text defining exactly that
-/// rule (examples and models may come with it); the whole rule set must
-/// compile with it. The service switches at its next checkpoint.
-#[utoipa::path(put, path = "/v1/rules/{name}",
-    params(("name" = String, Path, description = "rule name", example = "large_purchase")),
-    request_body(content = String, content_type = "text/plain", description = "rule text (.tl)",
-                 example = json!(RULE_EXAMPLE)),
-    responses((status = 200, body = RuleChange), (status = 201, body = RuleChange),
-              (status = 422, body = ErrorBody), (status = 409, body = ErrorBody),
-              (status = 401, body = ErrorBody), (status = 413, body = ErrorBody),
-              (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)),
-    security(("bearer" = [])))]
-async fn put_rule(
-    State(s): State<ApiState>,
-    name: Result<Path<String>, PathRejection>,
-    body: Result<String, StringRejection>,
-) -> Result<Response, ApiError> {
-    let name = checked_name(name)?;
-    let text = body?;
-    let w = compile(&s, move |store| store.put(&name, &text)).await?;
-    let status = if w.created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((
-        status,
-        Json(RuleChange {
-            rule_set: format!("{:016x}", w.rules.def.hash),
-            created: w.created,
-            file: Some(s.0.rules.display_name(&w.file.display().to_string())),
-        }),
-    )
-        .into_response())
-}
-
-/// Deletes a rule (its file must hold it alone); the rest must compile
-/// without it.
-#[utoipa::path(delete, path = "/v1/rules/{name}",
-    params(("name" = String, Path, description = "rule name")),
-    responses((status = 200, body = RuleChange), (status = 404, body = ErrorBody),
-              (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
-              (status = 401, body = ErrorBody), (status = 400, body = ErrorBody),
-              (status = 503, body = ErrorBody)),
-    security(("bearer" = [])))]
-async fn delete_rule(
-    State(s): State<ApiState>,
-    name: Result<Path<String>, PathRejection>,
-) -> Result<Json<RuleChange>, ApiError> {
-    let name = checked_name(name)?;
-    let rules = compile(&s, move |store| store.delete(&name)).await?;
-    Ok(Json(RuleChange {
-        rule_set: format!("{:016x}", rules.def.hash),
-        created: false,
-        file: None,
     }))
 }
 
@@ -955,7 +512,7 @@ impl utoipa::Modify for BearerAuth {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "tripline", description = "Risk scores, alerts and rules of a tripline service."),
-    paths(healthz, readyz, metrics, dashboard, key_score, list_alerts, alert_deliveries, list_webhooks, list_rules, validate_rules, put_rule, delete_rule, openapi_json),
+    paths(healthz, readyz, metrics, dashboard::dashboard, key_score, list_alerts, alert_deliveries, list_webhooks, rule_routes::list_rules, rule_routes::validate_rules, rule_routes::put_rule, rule_routes::delete_rule, openapi_json),
     components(schemas(ErrorBody, ErrorDetail, DiagnosticJson, RuleInfo, ModelInfo, RuleList,
                         RuleChange, Validation, AlertPage, PendingRules, KeyScore, Healthy, Readiness,
                         WebhookList, EndpointView, Deliveries, DeliveryView,
@@ -963,244 +520,6 @@ impl utoipa::Modify for BearerAuth {
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
-
-/// The dashboard page: static, embedded in the binary; it reads
-/// `/v1/dashboard` and follows `/v1/alerts/stream`.
-async fn dashboard_page() -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        include_str!("dashboard.html"),
-    )
-        .into_response()
-}
-
-/// Alerts per rule of the running rule set (feature sets left out), among
-/// the alerts kept.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct RuleCount {
-    /// The rule.
-    pub rule: String,
-    /// Its alerts among those kept.
-    pub alerts: usize,
-}
-
-/// A key ranked by risk.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct RiskyKey {
-    /// The key.
-    pub key: String,
-    /// Its score: its alerts' scores over the score window before its
-    /// latest alert.
-    pub score: f64,
-    /// Its alerts among those kept.
-    pub alerts: usize,
-    /// The rule of its latest alert.
-    pub last_rule: String,
-    /// The event time of its latest alert (RFC 3339).
-    pub last_event_time: String,
-}
-
-/// A partition this instance holds.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct PartitionView {
-    /// The topic (input or internal).
-    pub topic: String,
-    /// The partition.
-    pub partition: i32,
-    /// Records between the committed offset and the partition's end.
-    pub lag: Option<i64>,
-    /// Wall clock minus the partition's watermark.
-    pub watermark_delay_seconds: Option<f64>,
-}
-
-/// What the dashboard shows.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Dashboard {
-    /// The stream the rules read.
-    pub stream: String,
-    /// Recent alerts kept (what the counts and scores cover).
-    pub alerts_kept: usize,
-    /// Keys whose state is in memory.
-    pub keys_resident: u64,
-    /// Keys whose state is only in the data directory.
-    pub keys_passivated: u64,
-    /// Per rule, most alerts first.
-    pub rules: Vec<RuleCount>,
-    /// The riskiest keys, highest score first.
-    pub top_keys: Vec<RiskyKey>,
-    /// The partitions held, with lag and watermark delay.
-    pub partitions: Vec<PartitionView>,
-}
-
-/// The dashboard's figures: alerts per rule, the riskiest keys, the
-/// partitions' lag and watermark delay.
-#[utoipa::path(get, path = "/v1/dashboard",
-    params(("top" = Option<usize>, Query, description = "how many keys to rank (1 to 100, default 10)")),
-    responses((status = 200, body = Dashboard), (status = 401, body = ErrorBody), (status = 400, body = ErrorBody)),
-    security((), ("bearer" = [])))]
-async fn dashboard(
-    State(s): State<ApiState>,
-    q: Result<Query<DashboardQuery>, QueryRejection>,
-) -> Result<Json<Dashboard>, ApiError> {
-    let Query(q) = q?;
-    let top = q.top.unwrap_or(10);
-    if !(1..=100).contains(&top) {
-        return Err(ApiError::bad_request(format!("top {top} must be 1..=100")));
-    }
-    let rules = s.0.rules.current();
-    let counts = s.0.alerts.rule_counts();
-    let mut per_rule: Vec<RuleCount> = counts
-        .iter()
-        .map(|(rule, n)| RuleCount {
-            rule: rule.to_string(),
-            alerts: *n,
-        })
-        .collect();
-    // Feature sets raise no alert: not listed.
-    for r in rules.def.rules.iter().filter(|r| !r.features) {
-        if !counts.iter().any(|(name, _)| **name == *r.name) {
-            per_rule.push(RuleCount {
-                rule: r.name.to_string(),
-                alerts: 0,
-            });
-        }
-    }
-    let top_keys =
-        s.0.alerts
-            .riskiest(s.0.config.score_window_ms, top)
-            .into_iter()
-            .map(|k| RiskyKey {
-                key: k.key.to_string(),
-                score: k.score,
-                alerts: k.alerts,
-                last_rule: k.last_rule.to_string(),
-                last_event_time: crate::event::format_time(k.last_event_time),
-            })
-            .collect();
-    let figures = s.0.health.figures().unwrap_or_default();
-    let now = crate::telemetry::now_ms();
-    Ok(Json(Dashboard {
-        stream: rules.def.stream.name.to_string(),
-        alerts_kept: s.0.alerts.len(),
-        keys_resident: figures.keys_resident,
-        keys_passivated: figures.keys_passivated,
-        rules: per_rule,
-        top_keys,
-        partitions: figures
-            .partitions
-            .iter()
-            .map(|p| PartitionView {
-                topic: p.topic.clone(),
-                partition: p.partition,
-                lag: p.lag(),
-                watermark_delay_seconds: p.watermark_delay(now),
-            })
-            .collect(),
-    }))
-}
-
-/// `/v1/dashboard` parameters.
-#[derive(Debug, Deserialize, IntoParams)]
-struct DashboardQuery {
-    top: Option<usize>,
-}
-
-/// Alerts sent when a follower connects without `Last-Event-ID`.
-const STREAM_BACKLOG: usize = 50;
-
-/// Committed alerts as server-sent events (`event: alert`, `id`: the
-/// alert's position in the log, `data`: the alert's JSON): the latest 50,
-/// then each as it arrives. With `Last-Event-ID`, those after it instead
-/// (from the oldest kept, if it is gone). Not in the OpenAPI document: the
-/// response never ends.
-async fn alert_stream(State(s): State<ApiState>, headers: HeaderMap) -> Response {
-    let Some(subscriber) = Subscriber::join(&s.0.subscribers, s.0.config.max_stream_subscribers)
-    else {
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_subscribers",
-            format!(
-                "the alert stream has its {} followers (api.max_stream_subscribers); \
-                 poll /v1/alerts instead, or retry later",
-                s.0.config.max_stream_subscribers
-            ),
-        )
-        .into_response();
-    };
-    let log = s.0.alerts.clone();
-    let rx = log.subscribe();
-    let resume = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    let (from, backlog) = match resume {
-        Some(id) => (id.saturating_add(1), Vec::new()),
-        None => {
-            let backlog = log.latest(STREAM_BACKLOG);
-            let from = backlog.last().map_or(0, |a| a.seq + 1);
-            (from, backlog)
-        }
-    };
-    let state = (
-        log,
-        rx,
-        from,
-        std::collections::VecDeque::from(backlog),
-        subscriber,
-    );
-    let events = futures::stream::unfold(
-        state,
-        |(log, mut rx, mut from, mut pending, subscriber)| async move {
-            loop {
-                if let Some(a) = pending.pop_front() {
-                    let event = SseEvent::default()
-                        .event("alert")
-                        .id(a.seq.to_string())
-                        .data(&*a.json);
-                    return Some((
-                        Ok::<_, std::convert::Infallible>(event),
-                        (log, rx, from, pending, subscriber),
-                    ));
-                }
-                rx.borrow_and_update();
-                let batch = log.since(from, 256);
-                if let Some(last) = batch.last() {
-                    from = last.seq + 1;
-                    pending.extend(batch);
-                    continue;
-                }
-                // Nothing new: wait for the log to grow (or go away).
-                rx.changed().await.ok()?;
-            }
-        },
-    );
-    Sse::new(events)
-        .keep_alive(KeepAlive::default())
-        .into_response()
-}
-
-/// One follower of the alert stream, counted while its stream lives.
-struct Subscriber(Arc<std::sync::atomic::AtomicUsize>);
-
-impl Subscriber {
-    /// Counts one more follower, unless there are `max` already.
-    fn join(count: &Arc<std::sync::atomic::AtomicUsize>, max: usize) -> Option<Subscriber> {
-        use std::sync::atomic::Ordering::SeqCst;
-        count
-            .fetch_update(SeqCst, SeqCst, |n| (n < max).then_some(n + 1))
-            .ok()
-            .map(|_| Subscriber(count.clone()))
-    }
-}
-
-impl Drop for Subscriber {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-    }
-}
 
 /// The metrics in Prometheus text format (404 when `telemetry.prometheus`
 /// is off). Needs the token unless reads are open.
@@ -1227,148 +546,6 @@ async fn metrics() -> Response {
     }
 }
 
-/// Times every routed request and, when spans are exported, runs it in a
-/// span named by its route.
-async fn observe(path: Option<MatchedPath>, req: Request, next: Next) -> Response {
-    #[allow(clippy::disallowed_methods)]
-    let started = std::time::Instant::now();
-    let method = req.method().clone();
-    let route = path.as_ref().map_or("(unmatched)", MatchedPath::as_str);
-    let response = if crate::telemetry::tracing_enabled() {
-        let span = tracing::info_span!(
-            "tripline.api",
-            http.request.method = %method,
-            http.route = route,
-        );
-        tracing::Instrument::instrument(next.run(req), span).await
-    } else {
-        next.run(req).await
-    };
-    ApiRequest {
-        method: method.as_str(),
-        route,
-        status: response.status().as_u16(),
-        duration: started.elapsed(),
-    }
-    .emit();
-    response
-}
-
-/// Checks the bearer token of a read route, unless reads are open.
-async fn authorize_read(State(s): State<ApiState>, req: Request, next: Next) -> Response {
-    if !s.0.config.open_reads
-        && let Err(e) = check_token(&s.0.config, req.headers(), false)
-    {
-        return e.into_response();
-    }
-    next.run(req).await
-}
-
-/// Checks the bearer token of a write route (rule changes, and validation,
-/// which compiles what it is sent): always, and refused when no token is
-/// configured. Which routes write is decided where they are routed, never
-/// from the request's path or method.
-async fn authorize_write(State(s): State<ApiState>, req: Request, next: Next) -> Response {
-    if let Err(e) = check_token(&s.0.config, req.headers(), true) {
-        return e.into_response();
-    }
-    next.run(req).await
-}
-
-/// Refuses requests a browser page of another site could have sent: a
-/// `Host` that is not this server's (DNS rebinding: a page whose domain
-/// resolves to this address names its own domain), and a request with a
-/// cross-site `Origin` or `Sec-Fetch-Site` other than a plain read (a
-/// `no-cors` POST is sent, only its answer hidden). Clients other than
-/// browsers send neither header.
-async fn same_site(State(s): State<ApiState>, req: Request, next: Next) -> Response {
-    let forbidden = |m: String| ApiError::new(StatusCode::FORBIDDEN, "forbidden", m);
-    let headers = req.headers();
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    if let Some(host) = host
-        && !host_allowed(host, &s.0.config.allowed_hosts)
-    {
-        return forbidden(format!(
-            "requests to host `{host}` are refused; add it to api.allowed_hosts if it names this server"
-        ))
-        .into_response();
-    }
-    let read = matches!(*req.method(), Method::GET | Method::HEAD);
-    if !read {
-        let cross_site = headers
-            .get("sec-fetch-site")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v == "cross-site" || v == "same-site");
-        let foreign_origin = headers
-            .get(header::ORIGIN)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|o| {
-                let authority = o.split_once("://").map_or(o, |(_, a)| a);
-                host != Some(authority)
-            });
-        if cross_site || foreign_origin {
-            return forbidden("cross-site requests are refused".into()).into_response();
-        }
-    }
-    next.run(req).await
-}
-
-/// Whether `host` (a `Host` header: name or address, and port) names this
-/// server: an IP address, `localhost`, this machine's name, or a name in
-/// `allowed`.
-fn host_allowed(host: &str, allowed: &[String]) -> bool {
-    let name = match host.strip_prefix('[') {
-        Some(v6) => {
-            return v6
-                .split_once(']')
-                .is_some_and(|(a, _)| a.parse::<std::net::Ipv6Addr>().is_ok());
-        }
-        None => host.rsplit_once(':').map_or(host, |(n, _)| n),
-    };
-    if name.parse::<std::net::IpAddr>().is_ok() {
-        return true;
-    }
-    let name = name.trim_end_matches('.').to_ascii_lowercase();
-    name == "localhost"
-        || name.ends_with(".localhost")
-        || name == crate::adapters::kafka::service::host_name().to_ascii_lowercase()
-        || allowed.iter().any(|a| a.eq_ignore_ascii_case(&name))
-}
-
-fn check_token(config: &ApiConfig, headers: &HeaderMap, write: bool) -> Result<(), ApiError> {
-    let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
-    let Some(token) = &config.token else {
-        return Err(unauthorized(if write {
-            "rule changes are disabled: no API token is configured (api.token)"
-        } else {
-            "reads need a token, and none is configured (api.token)"
-        }));
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| unauthorized("missing `Authorization: Bearer <token>`"))?;
-    use subtle::ConstantTimeEq;
-    if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
-        Ok(())
-    } else {
-        Err(unauthorized("wrong token"))
-    }
-}
-
-async fn not_found() -> ApiError {
-    ApiError::not_found("no such endpoint (see /openapi.json)")
-}
-
-async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "method not allowed here (see /openapi.json)",
-    )
-}
-
 /// The API over `state`.
 pub fn router(state: ApiState) -> Router {
     let limit = state.0.config.max_body_bytes;
@@ -1379,7 +556,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/webhooks", get(list_webhooks))
         .route("/v1/rules", get(list_rules))
         .route("/metrics", get(metrics))
-        .route("/v1/dashboard", get(dashboard))
+        .route("/v1/dashboard", get(dashboard::dashboard))
         .route("/v1/alerts/stream", get(alert_stream))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -1405,4 +582,36 @@ pub fn router(state: ApiState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn internal_errors_give_an_incident_not_the_detail() {
+        let e = ApiError::internal(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the delivery log could not be read",
+            "IO error: /var/lib/tripline/outbox/000123.sst: Permission denied",
+        );
+        let response = e.into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        let body: ErrorBody = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(body.error.code, "internal");
+        assert!(
+            body.error
+                .message
+                .starts_with("the delivery log could not be read (incident ")
+        );
+        assert!(
+            !body.error.message.contains("/var/lib"),
+            "{}",
+            body.error.message
+        );
+    }
 }

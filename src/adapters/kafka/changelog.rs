@@ -1,7 +1,21 @@
 //! The coordinator's changelog reader over Kafka: one `read_committed`
 //! consumer per read, assigned (not subscribed) to the partitions asked
-//! for, read until each reports its end. A read that goes
-//! [`RESTORE_TIMEOUT`] without news fails; progress is logged every
+//! for, read until each reaches the log's end as it was when the read
+//! began.
+//!
+//! That end is the high watermark, not the first end-of-partition event:
+//! a `read_committed` reader reports its end at the last stable offset,
+//! which an open transaction of another producer holds back (a member that
+//! lost the partition and has not noticed yet). Records committed after
+//! that transaction began are then still to come, and the state they hold
+//! is what the committed input offsets already cover: stopping early would
+//! restore old state under new offsets and lose alerts (the deterministic
+//! simulation found this). The reader waits for such a transaction to end
+//! (its producer aborts it when its commit fails, or the broker does after
+//! `kafka.transaction_timeout_ms`).
+//!
+//! A read that goes [`RESTORE_TIMEOUT`] (or the transaction timeout and a
+//! margin, if longer) without news fails; progress is logged every
 //! [`RESTORE_LOG_EVERY`].
 
 use super::sink::{TXN_TIMEOUT, port_error};
@@ -73,13 +87,16 @@ impl ChangelogReader for KafkaChangelog {
         }
         reader.assign(&tpl).map_err(kafka("changelog assign"))?;
         let starts: BTreeMap<i32, Option<i64>> = from.iter().copied().collect();
+        let patience = RESTORE_TIMEOUT.max(
+            Duration::from_millis(self.kafka.transaction_timeout_ms) + Duration::from_secs(10),
+        );
         let mut open: BTreeSet<i32> = starts.keys().copied().collect();
         let mut next: BTreeMap<i32, i64> = BTreeMap::new();
         let mut read = 0u64;
         let mut last_news = super::service::now();
         let mut last_log = super::service::now();
         while !open.is_empty() {
-            if last_news.elapsed() > RESTORE_TIMEOUT {
+            if last_news.elapsed() > patience {
                 return Err(CoordError::Port(PortError::retry(
                     "restore",
                     format!("reading `{changelog}` timed out"),
@@ -107,8 +124,7 @@ impl ChangelogReader for KafkaChangelog {
             }
             match reader.poll(Duration::from_millis(100)) {
                 None => {}
-                Some(Err(KafkaError::PartitionEOF(p))) if open.remove(&p) => {
-                    last_news = super::service::now();
+                Some(Err(KafkaError::PartitionEOF(p))) if open.contains(&p) => {
                     let position = reader
                         .position()
                         .ok()
@@ -117,6 +133,19 @@ impl ChangelogReader for KafkaChangelog {
                                 .and_then(|e| e.offset().to_raw())
                         })
                         .filter(|o| *o >= 0);
+                    if position.is_some_and(|at| at < ends[&p]) {
+                        // Held back by an open transaction: more to come.
+                        tracing::debug!(
+                            changelog,
+                            partition = p,
+                            at = position,
+                            end = ends[&p],
+                            "waiting for an open transaction in the changelog"
+                        );
+                        continue;
+                    }
+                    open.remove(&p);
+                    last_news = super::service::now();
                     let end = position
                         .or_else(|| next.get(&p).copied())
                         .or(starts[&p])

@@ -1,0 +1,296 @@
+//! The rules over HTTP: the running set and what is pending or refused,
+//! validation, and live changes of one rule file (`PUT`/`DELETE`), each
+//! compiled off the async threads within a time budget.
+
+use super::*;
+
+/// A rule as listed.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct RuleInfo {
+    /// Name.
+    pub name: String,
+    /// `rule` or `features`.
+    pub kind: String,
+    /// The key field it groups by.
+    pub key: String,
+    /// Severity of its alerts.
+    pub severity: String,
+    /// Score contribution of each alert.
+    pub score: f64,
+    /// Description.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Models it reads.
+    pub models: Vec<String>,
+}
+
+/// A model as listed.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct ModelInfo {
+    /// Name (the field rules read its score from).
+    pub name: String,
+    /// Its file.
+    pub file: String,
+    /// Its inputs, in order.
+    pub inputs: Vec<String>,
+}
+
+/// The running rules.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct RuleList {
+    /// Rule set hash (hex): changes with any rule or model. The set
+    /// listed is the one the service runs.
+    pub rule_set: String,
+    /// A set accepted from the files or the API that the service does not
+    /// run (yet, or at all: then `refused` says why).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending: Option<PendingRules>,
+    /// The stream.
+    pub stream: String,
+    /// Rules and feature sets.
+    pub rules: Vec<RuleInfo>,
+    /// Models.
+    pub models: Vec<ModelInfo>,
+}
+
+/// A rule set accepted but not running (see [`RuleList::pending`]).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PendingRules {
+    /// Its hash (hex).
+    pub rule_set: String,
+    /// Its rules and feature sets, by name.
+    pub rules: Vec<String>,
+    /// Why the service refused it; absent while it waits for the next
+    /// checkpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+}
+
+pub(super) fn rule_list(rs: &RuleSet) -> RuleList {
+    RuleList {
+        rule_set: format!("{:016x}", rs.def.hash),
+        pending: None,
+        stream: rs.def.stream.name.clone(),
+        rules: rs
+            .rules
+            .iter()
+            .map(|r| RuleInfo {
+                name: r.name.to_string(),
+                kind: if r.def.features { "features" } else { "rule" }.into(),
+                key: r.def.key.to_string(),
+                severity: serde_json::to_value(r.def.severity)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default(),
+                score: r.def.score,
+                description: r.def.description.clone(),
+                models: r.def.models.clone(),
+            })
+            .collect(),
+        models: rs
+            .def
+            .models
+            .iter()
+            .map(|m| ModelInfo {
+                name: m.name.clone(),
+                file: m.file.clone(),
+                inputs: m.model.inputs().to_vec(),
+            })
+            .collect(),
+    }
+}
+
+/// The result of a rule change.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct RuleChange {
+    /// The rule set now running (hex hash).
+    pub rule_set: String,
+    /// The rule did not exist before (`PUT`).
+    pub created: bool,
+    /// The file written or removed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+}
+
+/// The result of a validation.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Validation {
+    /// Always true (invalid rules are a 422).
+    pub valid: bool,
+    /// The rules as they would run.
+    pub rules: RuleList,
+}
+
+#[utoipa::path(get, path = "/v1/rules",
+    responses((status = 200, body = RuleList), (status = 401, body = ErrorBody)),
+    security((), ("bearer" = [])))]
+pub(super) async fn list_rules(State(s): State<ApiState>) -> Json<RuleList> {
+    let current = s.0.rules.current();
+    let Some(status) = s.0.health.rules_status() else {
+        return Json(rule_list(&current));
+    };
+    if status.running == current.def.hash {
+        return Json(rule_list(&current));
+    }
+    let running = s.0.rules.recent(status.running);
+    let mut list = match &running {
+        Some(rs) => rule_list(rs),
+        None => RuleList {
+            rule_set: format!("{:016x}", status.running),
+            ..rule_list(&current)
+        },
+    };
+    if running.is_none() {
+        // Only its hash is known here (it ran before this API started).
+        list.rules.clear();
+        list.models.clear();
+    }
+    list.pending = Some(PendingRules {
+        rule_set: format!("{:016x}", current.def.hash),
+        rules: current.rules.iter().map(|r| r.name.to_string()).collect(),
+        refused: status
+            .refused
+            .filter(|(hash, _)| *hash == current.def.hash)
+            .map(|(_, why)| why),
+    });
+    Json(list)
+}
+
+/// A rule as `PUT /v1/rules/{name}` takes it (also the OpenAPI example).
+pub(super) const RULE_EXAMPLE: &str =
+    "rule large_purchase {\n  severity medium\n  score 20\n  pattern { tx: TX_AMOUNT > 5000 }\n}\n";
+
+/// Checks rule text against the running rules (the files it would join,
+/// less those whose every rule it redefines). Nothing changes.
+#[utoipa::path(post, path = "/v1/rules:validate",
+    request_body(content = String, content_type = "text/plain", description = "rule text (.tl)",
+                 example = json!(RULE_EXAMPLE)),
+    responses((status = 200, body = Validation), (status = 422, body = ErrorBody),
+              (status = 409, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 413, body = ErrorBody),
+              (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(super) async fn validate_rules(
+    State(s): State<ApiState>,
+    body: Result<String, StringRejection>,
+) -> Result<Json<Validation>, ApiError> {
+    let text = body?;
+    let rules = compile(&s, move |store| store.validate(&text)).await?;
+    Ok(Json(Validation {
+        valid: true,
+        rules: rule_list(&rules),
+    }))
+}
+
+/// How long a rule compile may take, waiting for its turn included.
+pub(super) const COMPILE_BUDGET: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs `f`, which compiles rules, away from the API's async threads (a
+/// compile takes CPU for as long as its rules ask, and those threads answer
+/// `/healthz` and every other request) and one at a time (each may take the
+/// rule language's memory limits in full), within [`COMPILE_BUDGET`]. Past
+/// it the request gets 503; the compile finishes on its own thread, still
+/// holding the turn.
+pub(super) async fn compile<T: Send + 'static>(
+    s: &ApiState,
+    f: impl FnOnce(&RuleStore) -> Result<T, RuleChangeError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let busy = |m: &str| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", m);
+    let started = tokio::time::Instant::now();
+    let turn = tokio::time::timeout(COMPILE_BUDGET, s.0.compile_slot.clone().acquire_owned())
+        .await
+        .map_err(|_| busy("another rule change or validation is still compiling; retry"))?
+        .map_err(|_| busy("the API is stopping"))?;
+    let inner = s.0.clone();
+    let job = tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        f(&inner.rules)
+    });
+    let left = COMPILE_BUDGET.saturating_sub(started.elapsed());
+    match tokio::time::timeout(left, job).await {
+        Ok(Ok(result)) => result.map_err(|e| {
+            let mut e = ApiError::rules(e);
+            for d in e.diagnostics.iter_mut().flatten() {
+                d.file = s.0.rules.display_name(&d.file);
+            }
+            e
+        }),
+        Ok(Err(_)) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the compile failed inside tripline",
+        )),
+        Err(_) => Err(busy(&format!(
+            "the rules took longer than {} s to compile",
+            COMPILE_BUDGET.as_secs()
+        ))),
+    }
+}
+
+pub(super) fn checked_name(name: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    let Path(name) = name?;
+    if !valid_name(&name) {
+        return Err(ApiError::bad_request(format!(
+            "`{name}` is not a rule name (letters, digits, `_` and `-`, at most 128)"
+        )));
+    }
+    Ok(name)
+}
+
+/// Creates or replaces a rule. The body is rule text defining exactly that
+/// rule (examples and models may come with it); the whole rule set must
+/// compile with it. The service switches at its next checkpoint.
+#[utoipa::path(put, path = "/v1/rules/{name}",
+    params(("name" = String, Path, description = "rule name", example = "large_purchase")),
+    request_body(content = String, content_type = "text/plain", description = "rule text (.tl)",
+                 example = json!(RULE_EXAMPLE)),
+    responses((status = 200, body = RuleChange), (status = 201, body = RuleChange),
+              (status = 422, body = ErrorBody), (status = 409, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 413, body = ErrorBody),
+              (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(super) async fn put_rule(
+    State(s): State<ApiState>,
+    name: Result<Path<String>, PathRejection>,
+    body: Result<String, StringRejection>,
+) -> Result<Response, ApiError> {
+    let name = checked_name(name)?;
+    let text = body?;
+    let w = compile(&s, move |store| store.put(&name, &text)).await?;
+    let status = if w.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(RuleChange {
+            rule_set: format!("{:016x}", w.rules.def.hash),
+            created: w.created,
+            file: Some(s.0.rules.display_name(&w.file.display().to_string())),
+        }),
+    )
+        .into_response())
+}
+
+/// Deletes a rule (its file must hold it alone); the rest must compile
+/// without it.
+#[utoipa::path(delete, path = "/v1/rules/{name}",
+    params(("name" = String, Path, description = "rule name")),
+    responses((status = 200, body = RuleChange), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 400, body = ErrorBody),
+              (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(super) async fn delete_rule(
+    State(s): State<ApiState>,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Json<RuleChange>, ApiError> {
+    let name = checked_name(name)?;
+    let rules = compile(&s, move |store| store.delete(&name)).await?;
+    Ok(Json(RuleChange {
+        rule_set: format!("{:016x}", rules.def.hash),
+        created: false,
+        file: None,
+    }))
+}

@@ -1,0 +1,500 @@
+//! The shard: one input partition's engine, fed records in offset order.
+//! It decodes each record, forwards it for rules keyed by other fields,
+//! runs it through the engine, and keeps what it produced until the next
+//! barrier; a record that cannot be processed becomes a dead letter, never
+//! an error. Synchronous and free of actix: the actor messages are handled
+//! in [`super`], and the deterministic simulation calls it directly.
+
+use super::messages::{Record, Role, WatermarkMark};
+use super::output::{AlertRecord, DeadLetter, DeadLetterKind, OutRecord, ShardOutput};
+use crate::engine::{Engine, Migration, Outputs, RuleSet};
+use crate::event::Value;
+use crate::state::{self, SnapshotError, StateStore};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+/// How many barriers apart partial matches are counted.
+pub const PARTIALS_EVERY: u64 = 32;
+
+/// The state entry holding an internal shard's latest source marks.
+pub(super) const MARKS_KEY: &[u8] = b"w";
+
+/// Checks that `value` decodes as the shard state entry `key` names: the
+/// engine's entries and the shard's own (its source marks). A changelog
+/// record that fails this is corrupt, and restoring from it would lose
+/// state.
+pub fn check_entry(key: &[u8], value: &[u8]) -> Result<(), SnapshotError> {
+    if key == MARKS_KEY {
+        state::decode::<Vec<Option<WatermarkMark>>>(value, state::header_hash(value)?).map(drop)
+    } else {
+        crate::engine::check_entry(key, value)
+    }
+}
+
+/// The actor of one input partition.
+pub struct Shard {
+    partition: i32,
+    /// The whole rule set: its decoder checks every event.
+    rules: Arc<RuleSet>,
+    role: Role,
+    engine: Engine,
+    /// Internal shards: each source's latest mark.
+    marks: Vec<Option<WatermarkMark>>,
+    pending: ShardOutput,
+    outputs: Outputs,
+    /// The record being processed: its append time and span.
+    cause: (Option<i64>, Option<tracing::Span>),
+    barriers: u64,
+    /// The largest record (key and value) the shard produces; see
+    /// [`Shard::with_output_limit`].
+    output_limit: usize,
+}
+
+/// The default [`Shard::with_output_limit`]: below librdkafka's default
+/// `message.max.bytes` (1,000,000) by room for headers.
+pub const DEFAULT_OUTPUT_LIMIT: usize = 1_000_000 - 16 * 1024;
+
+impl Shard {
+    /// A shard for `partition` with a fresh engine running `engine_rules`
+    /// (the part of `rules` its role runs; see [`RuleSet::for_key`]).
+    pub fn new(
+        partition: i32,
+        rules: Arc<RuleSet>,
+        engine_rules: Arc<RuleSet>,
+        role: Role,
+    ) -> Shard {
+        let (engine, marks) = match &role {
+            Role::Source { .. } => (Engine::new(engine_rules).track_changes(), Vec::new()),
+            Role::Internal { sources } => (
+                Engine::with_external_watermark(engine_rules).track_changes(),
+                vec![None; *sources],
+            ),
+        };
+        Shard {
+            partition,
+            rules,
+            role,
+            engine,
+            marks,
+            pending: ShardOutput::default(),
+            outputs: Outputs::default(),
+            cause: (None, None),
+            barriers: 0,
+            output_limit: DEFAULT_OUTPUT_LIMIT,
+        }
+        .with_output_limit(DEFAULT_OUTPUT_LIMIT)
+    }
+
+    /// Bounds every record the shard produces (key and value) to `bytes`,
+    /// the producer's limit less room for headers: a record over it could
+    /// not be produced, and would fail every checkpoint that carried it.
+    /// Alerts over it leave out the largest matched events (see
+    /// [`crate::engine::Alert::write_json_within`]); dead letters leave
+    /// out the record's value and say its size and hash; an event too large
+    /// to forward is dead-lettered.
+    pub fn with_output_limit(mut self, bytes: usize) -> Shard {
+        self.output_limit = bytes;
+        self.engine.limit_key_state(bytes);
+        self
+    }
+
+    /// This fresh shard in the state last checkpointed to `store` (built
+    /// from its changelog).
+    pub fn restored(self, store: &impl StateStore) -> Result<Shard, SnapshotError> {
+        let Shard {
+            partition,
+            rules,
+            role,
+            engine,
+            mut marks,
+            pending,
+            outputs,
+            cause,
+            barriers,
+            output_limit,
+        } = self;
+        if let Some(bytes) = store.get(MARKS_KEY)? {
+            // Marks mean the same under any rules: read whatever wrote them.
+            let stored: Vec<Option<WatermarkMark>> =
+                state::decode(&bytes, state::header_hash(&bytes)?)?;
+            if stored.len() != marks.len() {
+                return Err(SnapshotError::Corrupt(format!(
+                    "marks of {} sources, expected {}",
+                    stored.len(),
+                    marks.len()
+                )));
+            }
+            marks = stored;
+        }
+        let mut shard = Shard {
+            partition,
+            rules,
+            role,
+            engine: engine.restored(store)?,
+            marks,
+            pending,
+            outputs,
+            cause,
+            barriers,
+            output_limit,
+        };
+        shard.engine.limit_key_state(output_limit);
+        if let Some(m) = shard.engine.take_migration() {
+            shard.migrated(m, "state written under other rules");
+        }
+        Ok(shard)
+    }
+
+    /// Moves the shard to new rules between two records: `rules` is the
+    /// whole new rule set, `engine_rules` the part this shard runs. State is
+    /// migrated rule by rule (see [`Engine::migrate`]); the next output
+    /// carries the whole state under the new rules.
+    pub fn reload(&mut self, rules: Arc<RuleSet>, engine_rules: Arc<RuleSet>) {
+        let placeholder = Engine::new(engine_rules.clone());
+        let engine = std::mem::replace(&mut self.engine, placeholder);
+        let (engine, migration) = engine.migrate(engine_rules);
+        self.engine = engine;
+        self.engine.limit_key_state(self.output_limit);
+        self.rules = rules;
+        self.migrated(migration, "rules reloaded");
+    }
+
+    /// Logs what a migration did and dead-letters the buffered events the
+    /// new rules cannot read.
+    fn migrated(&mut self, m: Migration, why: &str) {
+        for (rule, change) in &m.rules {
+            tracing::info!(partition = self.partition, rule = %rule, "{why}: {change}");
+        }
+        if m.reset_states > 0 {
+            tracing::warn!(
+                partition = self.partition,
+                states = m.reset_states,
+                "{why}: rule states reset because an event they held no longer decodes"
+            );
+        }
+        for (seq, raw, reason) in m.rejected {
+            self.dead_letter(
+                DeadLetterKind::Malformed,
+                format!("no longer decodes under the new rules: {reason}"),
+                seq as i64,
+                None,
+                Some(raw.as_bytes().to_vec()),
+            );
+        }
+    }
+
+    /// Turns passivation on: idle keys are evicted to `store` (the shard's
+    /// local state, which receives every committed [`ShardOutput::state`])
+    /// while the shard is over `budget_bytes`. Before [`Shard::restored`].
+    pub fn with_passivation(
+        mut self,
+        store: Box<dyn StateStore + Send>,
+        budget_bytes: usize,
+    ) -> Shard {
+        let placeholder = Engine::new(self.engine.rules().clone());
+        let engine = std::mem::replace(&mut self.engine, placeholder);
+        self.engine = engine.with_passivation(store, budget_bytes);
+        self.engine.limit_key_state(self.output_limit);
+        self
+    }
+
+    /// Batches up to `batch` are in the store: passivates idle keys while
+    /// over `budget_bytes`.
+    pub fn persisted(&mut self, batch: u64, budget_bytes: usize) {
+        let evicted = self.engine.passivate(batch, budget_bytes);
+        if evicted > 0 {
+            tracing::debug!(
+                partition = self.partition,
+                evicted,
+                resident = self.engine.key_count(),
+                "idle keys passivated"
+            );
+        }
+    }
+
+    /// A source shard running all of `rules` itself (nothing forwarded).
+    pub fn standalone(partition: i32, rules: Arc<RuleSet>) -> Shard {
+        Shard::new(
+            partition,
+            rules.clone(),
+            rules,
+            Role::Source {
+                forward: Vec::new(),
+            },
+        )
+    }
+
+    /// Processes a batch of records, as they came from the broker, with the
+    /// wall clock of their arrival.
+    pub fn process_batch(&mut self, records: Vec<Record>) {
+        self.process_batch_at(records, crate::telemetry::now_ms());
+    }
+
+    /// Processes a batch of records that arrived when the clock read
+    /// `clock_ms` (epoch ms): what [`Shard::process_batch`] does with a
+    /// given clock, for runs that must repeat exactly.
+    pub fn process_batch_at(&mut self, records: Vec<Record>, clock_ms: i64) {
+        self.engine.set_clock(clock_ms);
+        for r in records {
+            self.process(r);
+        }
+    }
+
+    /// Processes one record.
+    pub fn process(&mut self, mut record: Record) {
+        self.pending.records += 1;
+        self.pending.next_offset = Some(record.offset + 1);
+        let span = record.span.take();
+        let _entered = span.as_ref().map(tracing::Span::enter);
+        self.cause = (record.timestamp_ms, span.clone());
+        if let Some(mark) = record.mark {
+            self.pending.marks += 1;
+            self.on_mark(mark);
+            return;
+        }
+        let Some(payload) = record.payload else {
+            self.dead_letter(
+                DeadLetterKind::Malformed,
+                "record has no value".into(),
+                record.offset,
+                record.key,
+                None,
+            );
+            return;
+        };
+        let event = match self.rules.decoder.decode(&payload, record.offset as u64) {
+            Ok(e) => e,
+            Err(e) => {
+                self.dead_letter(
+                    DeadLetterKind::Malformed,
+                    e.to_string(),
+                    record.offset,
+                    record.key,
+                    Some(payload),
+                );
+                return;
+            }
+        };
+        if let Role::Source { forward } = &self.role
+            && !forward.is_empty()
+            && !self.engine.refuses(event.time)
+        {
+            // Empty, without allocating, but for events too large to forward.
+            let mut too_large = Vec::new();
+            for f in forward {
+                let v = event.field(f.slot);
+                if v.is_null() {
+                    continue;
+                }
+                let key = value_text(v).into_bytes();
+                if key.len() + payload.len() > self.output_limit {
+                    too_large.push(f.slot);
+                    continue;
+                }
+                self.pending.forwarded.push((
+                    f.target,
+                    OutRecord {
+                        key,
+                        value: payload.clone(),
+                    },
+                ));
+            }
+            for slot in too_large {
+                let reason = format!(
+                    "the event is too large ({} bytes) to forward to the rules keyed by `{}` \
+                     (output limit {} bytes); the rules keyed by the stream key saw it",
+                    payload.len(),
+                    self.rules.def.schema.path(slot),
+                    self.output_limit
+                );
+                self.dead_letter(
+                    DeadLetterKind::Malformed,
+                    reason,
+                    record.offset,
+                    record.key.clone(),
+                    Some(payload.clone()),
+                );
+            }
+        }
+        let engine = &mut self.engine;
+        let outputs = &mut self.outputs;
+        if catch_unwind(AssertUnwindSafe(|| engine.on_event(event, outputs))).is_err() {
+            tracing::error!(
+                partition = self.partition,
+                offset = record.offset,
+                "internal error while processing a record; it was dead-lettered and skipped"
+            );
+            self.dead_letter(
+                DeadLetterKind::Internal,
+                "internal error while processing this record".into(),
+                record.offset,
+                record.key,
+                Some(payload),
+            );
+        }
+        self.collect();
+    }
+
+    /// Takes the output since the last call, at a barrier.
+    pub fn take_output(&mut self) -> ShardOutput {
+        let mut out = self.take_flush();
+        self.barriers += 1;
+        // The count walks every resident key: every PARTIALS_EVERY-th only.
+        if self.barriers % PARTIALS_EVERY == 1 {
+            out.partial_matches = Some(self.engine.partial_matches());
+        }
+        out
+    }
+
+    /// Takes the output since the last call, ahead of a barrier (see
+    /// [`Barrier::Flush`]).
+    pub fn take_flush(&mut self) -> ShardOutput {
+        let next = self.pending.next_offset;
+        let mut out = std::mem::take(&mut self.pending);
+        self.pending.next_offset = next;
+        out.next_offset = next;
+        out.watermark = self.engine.watermark();
+        out.state_error = self.engine.take_state_error();
+        if out.records > 0 || self.engine.needs_checkpoint() {
+            out.state = self.engine.take_changes();
+            for e in self.engine.take_reset_keys() {
+                out.rule_errors += 1;
+                tracing::error!(partition = self.partition, rules = %e.rule, key = %e.key, "{}", e.message);
+            }
+            if !self.marks.is_empty() {
+                let hash = self.engine.rules().def.hash;
+                out.state
+                    .push((MARKS_KEY.to_vec(), Some(state::encode(hash, &self.marks))));
+            }
+        }
+        out.batch = self.engine.batches();
+        out.passivation = self.engine.passivation_stats();
+        out.resident_keys = self.engine.key_count() as u64;
+        // A traced record's span ends with the alerts it caused, not with
+        // the next record, however long that takes.
+        self.cause.1 = None;
+        out
+    }
+
+    /// An upstream watermark: the shard's own is the minimum over the
+    /// sources that are not idle (no progress while all are idle, or while a
+    /// source has not reported yet).
+    fn on_mark(&mut self, mark: WatermarkMark) {
+        let Some(slot) = self.marks.get_mut(mark.source as usize) else {
+            tracing::warn!(
+                partition = self.partition,
+                source = mark.source,
+                "watermark from an unknown source partition"
+            );
+            return;
+        };
+        *slot = Some(mark);
+        let w = crate::time::min_over_active(
+            self.marks
+                .iter()
+                .map(|m| m.map_or((None, false), |m| (Some(m.watermark), m.idle))),
+        );
+        if let Some(w) = w
+            && w > self.engine.watermark()
+        {
+            self.engine.advance_watermark(w, &mut self.outputs);
+            self.collect();
+        }
+    }
+
+    fn collect(&mut self) {
+        for alert in self.outputs.alerts.drain(..) {
+            let mut value = Vec::with_capacity(512);
+            let key = value_text(&alert.key).into_bytes();
+            if alert.write_json_within(&mut value, self.output_limit - key.len().min(1024)) {
+                tracing::warn!(
+                    partition = self.partition,
+                    rule = %alert.rule,
+                    id = %alert.id,
+                    "alert over the output limit: its largest matched events were left out"
+                );
+            }
+            self.pending.alerts.push(AlertRecord {
+                record: OutRecord { key, value },
+                rule: alert.rule.clone(),
+                severity: alert.severity,
+                cause_ms: self.cause.0,
+                span: self.cause.1.clone(),
+            });
+        }
+        for late in self.outputs.late.drain(..) {
+            let time = crate::event::format_time(late.event.time);
+            let (kind, reason) = match late.future_limit {
+                None => (
+                    DeadLetterKind::Late,
+                    format!(
+                        "event time {time} is at or before the watermark {}",
+                        crate::event::format_time(late.watermark)
+                    ),
+                ),
+                Some(limit) => (
+                    DeadLetterKind::Future,
+                    format!(
+                        "event time {time} is after {}, the latest the stream takes now \
+                         (its `skew` past the latest event time, or `clock skew` past the clock)",
+                        crate::event::format_time(limit)
+                    ),
+                ),
+            };
+            let key = self
+                .rules
+                .stream_key_slot()
+                .and_then(|slot| late.event.fields.get(slot as usize))
+                .map(|v| value_text(v).into_bytes());
+            self.pending.dead_letters.push(
+                DeadLetter {
+                    kind,
+                    reason,
+                    offset: late.event.seq as i64,
+                    key,
+                    value: Some(late.event.raw.as_bytes().to_vec()),
+                }
+                .within(self.output_limit),
+            );
+        }
+        for e in self.outputs.errors.drain(..) {
+            self.pending.rule_errors += 1;
+            tracing::warn!(partition = self.partition, rule = %e.rule, key = %e.key, "rule error: {}", e.message);
+        }
+    }
+
+    fn dead_letter(
+        &mut self,
+        kind: DeadLetterKind,
+        reason: String,
+        offset: i64,
+        key: Option<Vec<u8>>,
+        value: Option<Vec<u8>>,
+    ) {
+        self.pending.dead_letters.push(
+            DeadLetter {
+                kind,
+                reason,
+                offset,
+                key,
+                value,
+            }
+            .within(self.output_limit),
+        );
+    }
+}
+
+impl Shard {
+    /// One key's live state (see [`crate::engine::inspect::key_view`]).
+    pub fn key_view(&mut self, key: &str) -> Vec<serde_json::Value> {
+        crate::engine::inspect::key_view(&mut self.engine, key)
+    }
+}
+
+/// The text of a key value as a record key: strings without quotes.
+pub fn value_text(v: &Value) -> String {
+    match v {
+        Value::Str(s) => s.to_string(),
+        other => other.to_string(),
+    }
+}
