@@ -3,7 +3,9 @@
 //! # Map of the crate
 //!
 //! The core is pure and deterministic — the same events give the same alerts
-//! — and depends on no I/O crate. Dependencies flow one way:
+//! — and is its own crate, `tripline_core` (in `core/`), so that no I/O
+//! crate can reach it; its modules are re-exported here under the same
+//! paths. Dependencies flow one way:
 //! `engine → {pattern, window} → {rules, time} → event`, and `rules → model`.
 //!
 //! - [`event`]: an [`event::Event`] is one decoded JSON record; the
@@ -76,17 +78,10 @@
 //! ```
 
 pub mod adapters;
+pub use tripline_core::{engine, event, model, pattern, rules, state, time, window};
 pub mod backtest;
 pub mod config;
 pub mod coordinator;
-pub mod engine;
-pub mod event;
 pub mod export;
-pub mod model;
-pub mod pattern;
-pub mod rules;
 pub mod runtime;
-pub mod state;
 pub mod telemetry;
-pub mod time;
-pub mod window;

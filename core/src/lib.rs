@@ -1,0 +1,33 @@
+//! tripline's pure core: the same events give the same alerts, and nothing
+//! here reads a clock, a file descriptor or a network. It is its own crate
+//! so that the compiler, not a review, keeps I/O out: it does not depend on
+//! rdkafka, RocksDB, axum, actix or tokio. The service (`tripline`)
+//! re-exports every module under the same path (`tripline::engine`, …).
+//!
+//! Dependencies flow one way: `engine → {pattern, window} → {rules, time}
+//! → event`, and `rules → model`.
+//!
+//! - [`event`]: an [`event::Event`] is one decoded JSON record; the
+//!   [`event::Decoder`] keeps only the fields the rules read and never panics.
+//! - [`rules`]: the rule language — lexer, parser, semantic checks with
+//!   `file:line:col` diagnostics — producing a checked [`rules::RuleSetDef`].
+//! - [`pattern`]: a rule's stages compiled to an NFA ([`pattern::nfa`]) with
+//!   Flink CEP semantics, and the per-key [`pattern::Matcher`].
+//! - [`window`]: incremental per-key window aggregates.
+//! - [`model`]: trained models (ONNX) the rules declare: a flat-array
+//!   evaluator for tree ensembles, tract for other graphs.
+//! - [`time`]: watermarks and event-time timers.
+//! - [`state`]: the versioned snapshot format and the [`state::StateStore`]
+//!   interface with its in-memory reference store.
+//! - [`engine`]: the [`engine::Engine`] that buffers events until the
+//!   watermark releases them, keeps per-key state and emits
+//!   [`engine::Alert`]s.
+
+pub mod engine;
+pub mod event;
+pub mod model;
+pub mod pattern;
+pub mod rules;
+pub mod state;
+pub mod time;
+pub mod window;
