@@ -10,7 +10,7 @@
 //! Loading reports every problem at once: unknown fields (with the closest
 //! known name), then every failed validation check.
 
-use crate::rules::ast::Severity;
+use crate::rules::Severity;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;

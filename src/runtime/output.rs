@@ -2,7 +2,7 @@
 //! dead letters (bounded in size), state changes and figures.
 
 use crate::event::EventTime;
-use crate::rules::ast::Severity;
+use crate::rules::Severity;
 use crate::state::{Change, SnapshotError};
 use std::sync::Arc;
 

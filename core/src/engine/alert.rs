@@ -4,7 +4,7 @@
 //! same id and consumers can deduplicate.
 
 use crate::event::{Event, EventTime, Value, format_time};
-use crate::rules::ast::Severity;
+use crate::rules::Severity;
 use std::fmt::Write as _;
 use std::sync::Arc;
 

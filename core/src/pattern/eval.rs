@@ -3,8 +3,8 @@
 //! missing values evaluate to null (false in a condition).
 
 use crate::event::{Event, Value};
-use crate::rules::ast::{BinOp, UnOp};
 use crate::rules::{AggFunc, CExpr, Func, MatchAgg, StageId};
+use crate::rules::{BinOp, UnOp};
 use compact_str::CompactString;
 use std::borrow::Cow;
 use std::sync::Arc;

@@ -29,7 +29,7 @@
 use super::eval::Match;
 use super::nfa::Nfa;
 use crate::event::Event;
-use crate::rules::ast::Contiguity;
+use crate::rules::Contiguity;
 use crate::rules::{QuantKind, RuleDef, SkipDef, StageBodyDef, StageId};
 use regex_automata::dfa::{Automaton, dense};
 use regex_automata::nfa::thompson;

@@ -9,7 +9,7 @@
 //! condition or `until` expression, evaluated once per event where it does
 //! not depend on the partial match.
 
-use crate::rules::ast::Contiguity;
+use crate::rules::Contiguity;
 use crate::rules::{CExpr, PatternDef, QuantKind, StageBodyDef, StageDef, StageId};
 use hashbrown::HashMap;
 

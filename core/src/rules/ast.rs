@@ -1,6 +1,7 @@
 //! The syntax tree of a rule file, as parsed (names unresolved).
 
 use super::diag::Span;
+pub use super::vocab::{BinOp, Contiguity, Severity, UnOp, Window as WindowAst};
 
 /// A name and where it is written.
 #[derive(Clone, Debug, PartialEq)]
@@ -71,34 +72,6 @@ pub struct ExampleAst {
     pub expect: Vec<(Ident, u64)>,
 }
 
-/// Alert severity.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    /// Informational.
-    Low,
-    /// Worth a look.
-    Medium,
-    /// Act soon.
-    High,
-    /// Act now.
-    Critical,
-}
-
-impl Severity {
-    /// Its name as written in rules and alerts (`low` … `critical`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Low => "low",
-            Severity::Medium => "medium",
-            Severity::High => "high",
-            Severity::Critical => "critical",
-        }
-    }
-}
-
 /// After-match skip strategy, as written.
 #[derive(Clone, Debug, PartialEq)]
 pub enum SkipAst {
@@ -160,21 +133,6 @@ pub struct PatternAst {
     pub span: Span,
 }
 
-/// How a stage relates to the one before it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Contiguity {
-    /// `next`: the very next event.
-    Strict,
-    /// `then`: skipping events that do not match.
-    Relaxed,
-    /// `then any`: skipping any events (every matching event forks).
-    Any,
-    /// `not next`: the next event must not match.
-    NotNext,
-    /// `not then`: no matching event until the next stage.
-    NotFollow,
-}
-
 /// One stage.
 #[derive(Clone, Debug)]
 pub struct StageAst {
@@ -225,62 +183,6 @@ pub struct Expr {
     pub kind: ExprKind,
     /// Where.
     pub span: Span,
-}
-
-/// Unary operators.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum UnOp {
-    /// `not`
-    Not,
-    /// `-`
-    Neg,
-}
-
-/// Binary operators.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BinOp {
-    /// `or`
-    Or,
-    /// `and`
-    And,
-    /// `==`
-    Eq,
-    /// `!=`
-    Ne,
-    /// `<`
-    Lt,
-    /// `<=`
-    Le,
-    /// `>`
-    Gt,
-    /// `>=`
-    Ge,
-    /// `+`
-    Add,
-    /// `-`
-    Sub,
-    /// `*`
-    Mul,
-    /// `/`
-    Div,
-    /// `%`
-    Rem,
-}
-
-/// A window for a per-key aggregate.
-#[derive(Clone, Debug, PartialEq)]
-pub enum WindowAst {
-    /// `over 30d`: (t - 30d, t].
-    Sliding(i64),
-    /// `over 30d ending 7d ago`: (t - 37d, t - 7d].
-    Ending(i64, i64),
-    /// `over tumbling 1h`: the current aligned bin.
-    Tumbling(i64),
-    /// `over session 30m`: events since the last gap longer than 30m.
-    Session(i64),
-    /// `over decay 7d`: every earlier event, weighted by age with this
-    /// half-life (exponentially weighted aggregates).
-    Decay(i64),
 }
 
 /// Expression kinds.

@@ -1,7 +1,7 @@
 //! The checked form of rules: names resolved to slots and stage ids, every
 //! construct validated. The pattern compiler and the engine consume this.
 
-use super::ast::{BinOp, Contiguity, Severity, UnOp, WindowAst};
+use super::vocab::{BinOp, Contiguity, Severity, UnOp, Window};
 use crate::event::{FieldPath, Schema, Slot, TimeFormat, Value};
 use std::sync::Arc;
 
@@ -190,7 +190,7 @@ pub struct WindowSpec {
     /// The value aggregated (None: count events).
     pub arg: Option<CExpr>,
     /// The window.
-    pub window: WindowAst,
+    pub window: Window,
 }
 
 /// A resolved expression.

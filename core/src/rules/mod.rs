@@ -8,9 +8,11 @@ mod diag;
 pub mod ir;
 mod lexer;
 mod parser;
+mod vocab;
 
 pub use check::{CompileError, Compiler, Limits, rule_files};
 pub use diag::{Diagnostic, Diagnostics, SourceMap, Span, suggest};
 pub use ir::*;
 pub use lexer::parse_duration;
 pub use parser::{parse_expr, parse_file};
+pub use vocab::{BinOp, Contiguity, Severity, UnOp, Window};

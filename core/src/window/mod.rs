@@ -14,7 +14,7 @@
 
 use crate::event::{EventTime, Value, ValueKey};
 use crate::rules::WinFunc;
-use crate::rules::ast::WindowAst;
+use crate::rules::Window;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 
@@ -176,13 +176,13 @@ const MIN_ZSCORE_WEIGHT: f64 = 2.0;
 impl WindowState {
     /// Empty state for `func` over `window`; `counts_events` when the aggregate
     /// counts events rather than values.
-    pub fn new(func: WinFunc, window: &WindowAst, counts_events: bool) -> WindowState {
+    pub fn new(func: WinFunc, window: &Window, counts_events: bool) -> WindowState {
         let kind = match *window {
-            WindowAst::Sliding(len) => Kind::Sliding { len, ago: 0 },
-            WindowAst::Ending(len, ago) => Kind::Sliding { len, ago },
-            WindowAst::Tumbling(width) => Kind::Tumbling { width },
-            WindowAst::Session(gap) => Kind::Session { gap },
-            WindowAst::Decay(half_life) => Kind::Decay {
+            Window::Sliding(len) => Kind::Sliding { len, ago: 0 },
+            Window::Ending(len, ago) => Kind::Sliding { len, ago },
+            Window::Tumbling(width) => Kind::Tumbling { width },
+            Window::Session(gap) => Kind::Session { gap },
+            Window::Decay(half_life) => Kind::Decay {
                 half_life,
                 last: EventTime::MIN,
                 weight: 0.0,
@@ -365,7 +365,7 @@ impl WindowState {
 mod tests {
     use super::*;
 
-    fn run(func: WinFunc, w: WindowAst, events: &[(i64, f64)]) -> Vec<Value> {
+    fn run(func: WinFunc, w: Window, events: &[(i64, f64)]) -> Vec<Value> {
         let mut s = WindowState::new(func, &w, false);
         events
             .iter()
@@ -420,9 +420,9 @@ mod tests {
         ] {
             for (len, ago) in [(50, 0), (100, 30), (10, 200)] {
                 let w = if ago == 0 {
-                    WindowAst::Sliding(len)
+                    Window::Sliding(len)
                 } else {
-                    WindowAst::Ending(len, ago)
+                    Window::Ending(len, ago)
                 };
                 let got = run(func, w, &events);
                 for (i, g) in got.iter().enumerate() {
@@ -444,7 +444,7 @@ mod tests {
     fn tumbling_session_distinct_stddev() {
         let t = run(
             WinFunc::Sum,
-            WindowAst::Tumbling(10),
+            Window::Tumbling(10),
             &[(1, 1.0), (9, 2.0), (10, 4.0), (19, 1.0)],
         );
         assert_eq!(
@@ -458,7 +458,7 @@ mod tests {
         );
         let s = run(
             WinFunc::Count,
-            WindowAst::Session(5),
+            Window::Session(5),
             &[(0, 1.0), (5, 1.0), (11, 1.0), (12, 1.0)],
         );
         assert_eq!(
@@ -472,7 +472,7 @@ mod tests {
         );
         let d = run(
             WinFunc::CountDistinct,
-            WindowAst::Sliding(3),
+            Window::Sliding(3),
             &[(0, 1.0), (1, 1.0), (2, 2.0), (4, 2.0), (6, 3.0)],
         );
         assert_eq!(
@@ -485,11 +485,7 @@ mod tests {
                 Value::Num(2.0)
             ]
         );
-        let sd = run(
-            WinFunc::Stddev,
-            WindowAst::Sliding(100),
-            &[(0, 2.0), (1, 4.0)],
-        );
+        let sd = run(WinFunc::Stddev, Window::Sliding(100), &[(0, 2.0), (1, 4.0)]);
         assert_eq!(sd[1], Value::Num(1.0));
     }
 
@@ -504,15 +500,15 @@ mod tests {
                 )
             })
             .collect();
-        let novel = run(WinFunc::Novel, WindowAst::Sliding(60), &events);
+        let novel = run(WinFunc::Novel, Window::Sliding(60), &events);
         for (i, got) in novel.iter().enumerate() {
             let (now, x) = events[i];
             let seen = events[..i].iter().any(|&(t, v)| t > now - 60 && v == x);
             assert_eq!(*got, Value::Num(if seen { 0.0 } else { 1.0 }), "event {i}");
         }
         let half_life = 40;
-        let z = run(WinFunc::Zscore, WindowAst::Decay(half_life), &events);
-        let avg = run(WinFunc::Avg, WindowAst::Decay(half_life), &events);
+        let z = run(WinFunc::Zscore, Window::Decay(half_life), &events);
+        let avg = run(WinFunc::Avg, Window::Decay(half_life), &events);
         for i in 0..events.len() {
             let (now, x) = events[i];
             let w = |t: i64| (-((now - t) as f64) / half_life as f64).exp2();
@@ -543,13 +539,13 @@ mod tests {
         let mut steady: Vec<(i64, f64)> =
             (0..50).map(|i| (i * 10, 100.0 + (i % 2) as f64)).collect();
         steady.push((500, 400.0));
-        let z = run(WinFunc::Zscore, WindowAst::Decay(1000), &steady);
+        let z = run(WinFunc::Zscore, Window::Decay(1000), &steady);
         assert!(matches!(z[50], Value::Num(v) if v > 100.0), "{:?}", z[50]);
     }
 
     #[test]
     fn a_detector_state_is_small_and_fixed() {
-        let mut s = WindowState::new(WinFunc::Zscore, &WindowAst::Decay(86_400_000), false);
+        let mut s = WindowState::new(WinFunc::Zscore, &Window::Decay(86_400_000), false);
         let before = postcard::to_allocvec(&s).unwrap().len();
         for i in 0..10_000 {
             s.advance(i * 60_000);

@@ -37,7 +37,7 @@ use self::outbox::{Outbox, OutboxError, Queued, State, Status};
 use self::sign::SigningKey;
 use crate::adapters::kafka::{client_config, ensure_topics, group_member_config};
 use crate::config::{Config, WebhookEndpoint};
-use crate::rules::ast::Severity;
+use crate::rules::Severity;
 use bytes::Bytes;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
