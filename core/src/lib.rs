@@ -1,8 +1,10 @@
-//! tripline's pure core: the same events give the same alerts, and nothing
-//! here reads a clock, a file descriptor or a network. It is its own crate
-//! so that the compiler, not a review, keeps I/O out: it does not depend on
-//! rdkafka, RocksDB, axum, actix or tokio. The service (`tripline`)
-//! re-exports every module under the same path (`tripline::engine`, …).
+//! tripline's pure core: the same events give the same alerts. Nothing here
+//! reads a clock or a network; the only files it opens are the rule and
+//! model files a caller asks it to load ([`rules::Compiler`],
+//! [`model::Model`]). It is its own crate so that the compiler, not a
+//! review, keeps I/O out: it does not depend on rdkafka, RocksDB, axum,
+//! actix or tokio. The service (`tripline`) re-exports every module under
+//! the same path (`tripline::engine`, …).
 //!
 //! Dependencies flow one way: `engine → {pattern, window} → {rules, time}
 //! → event`, and `rules → model`.
