@@ -299,12 +299,7 @@ impl Sim {
     fn rebalance(&mut self) {
         self.figures.rebalances += 1;
         for id in self.live() {
-            let m = self.members[id].as_mut().expect("live");
-            let held = m.coordinator.held();
-            let r = m.coordinator.revoke(&m.source, &held);
-            m.source.positions.borrow_mut().clear();
-            m.source.paused.borrow_mut().clear();
-            self.after(id, r);
+            self.revoke_all(id);
         }
         if self.live().is_empty() {
             let pick = self.rng().usize(0..MEMBERS);
@@ -329,18 +324,7 @@ impl Sim {
         let generation = self.world.borrow().generation;
         for id in live {
             let ids = deal.remove(&id).unwrap_or_default();
-            let m = self.members[id].as_mut().expect("live");
-            m.source.generation.set(generation);
-            {
-                let w = self.world.borrow();
-                let mut pos = m.source.positions.borrow_mut();
-                for &(_, p) in &ids {
-                    let at = w.committed.get(&(INPUT.to_string(), p)).copied();
-                    pos.insert((INPUT.to_string(), p), at.unwrap_or(0));
-                }
-            }
-            let r = m.coordinator.assign(&ids);
-            self.after(id, r);
+            self.hand(id, &ids, generation);
         }
         if self.live().is_empty() || !self.all_owned() {
             self.rebalance();
@@ -356,12 +340,7 @@ impl Sim {
             return;
         };
         self.note(format!("m{id} turns zombie, m{other} takes over"));
-        let m = self.members[other].as_mut().expect("live");
-        let held = m.coordinator.held();
-        let r = m.coordinator.revoke(&m.source, &held);
-        m.source.positions.borrow_mut().clear();
-        m.source.paused.borrow_mut().clear();
-        self.after(other, r);
+        self.revoke_all(other);
         if self.members[other].is_none() {
             return;
         }
@@ -374,18 +353,35 @@ impl Sim {
             w.generation
         };
         let ids: Vec<ShardId> = (0..self.scenario.partitions).map(|p| (0, p)).collect();
-        let m = self.members[other].as_mut().expect("live");
+        self.hand(other, &ids, generation);
+    }
+
+    /// Member `id` lets go of everything it holds (committing first), as
+    /// at the start of an eager rebalance.
+    fn revoke_all(&mut self, id: usize) {
+        let m = self.members[id].as_mut().expect("live");
+        let held = m.coordinator.held();
+        let r = m.coordinator.revoke(&m.source, &held);
+        m.source.positions.borrow_mut().clear();
+        m.source.paused.borrow_mut().clear();
+        self.after(id, r);
+    }
+
+    /// Member `id` joins `generation` with the partitions `ids`, read from
+    /// the group's committed offsets.
+    fn hand(&mut self, id: usize, ids: &[ShardId], generation: u64) {
+        let m = self.members[id].as_mut().expect("live");
         m.source.generation.set(generation);
         {
             let w = self.world.borrow();
             let mut pos = m.source.positions.borrow_mut();
-            for &(_, p) in &ids {
+            for &(_, p) in ids {
                 let at = w.committed.get(&(INPUT.to_string(), p)).copied();
                 pos.insert((INPUT.to_string(), p), at.unwrap_or(0));
             }
         }
-        let r = m.coordinator.assign(&ids);
-        self.after(other, r);
+        let r = m.coordinator.assign(ids);
+        self.after(id, r);
     }
 
     fn all_owned(&self) -> bool {
