@@ -24,12 +24,16 @@
 //! - [`engine`]: the [`engine::Engine`] that buffers events until the
 //!   watermark releases them, keeps per-key state and emits
 //!   [`engine::Alert`]s.
+//! - [`shard`]: one input partition's engine fed raw records: decoding,
+//!   dead letters, forwarding for rules keyed by other fields, watermark
+//!   marks, and the output cut at each barrier.
 
 pub mod engine;
 pub mod event;
 pub mod model;
 pub mod pattern;
 pub mod rules;
+pub mod shard;
 pub mod state;
 pub mod time;
 pub mod window;

@@ -28,38 +28,69 @@
 //! This module knows nothing of Kafka: records are plain bytes with a
 //! partition and an offset, so the runtime is tested without a broker.
 
-mod messages;
-mod output;
-mod shard;
+pub use tripline_core::shard::{
+    AlertRecord, Barrier, DEFAULT_OUTPUT_LIMIT, DeadLetter, DeadLetterKind, Forward, OutRecord,
+    PARTIALS_EVERY, Record, Role, Shard, ShardOutput, WatermarkMark, check_entry, value_text,
+};
 
-pub use messages::{Barrier, Forward, Persisted, Record, Records, Reload, Role, WatermarkMark};
-pub use output::{AlertRecord, DeadLetter, DeadLetterKind, OutRecord, ShardOutput};
-pub use shard::{DEFAULT_OUTPUT_LIMIT, PARTIALS_EVERY, Shard, check_entry, value_text};
-
+use crate::engine::RuleSet;
 use actix::{Actor, Context, Handler, Message, MessageResult};
+use std::sync::Arc;
 
-impl Actor for Shard {
+/// A [`Shard`] as an actix actor: its mailbox orders records, barriers and
+/// control messages; the records' clock is read here, on arrival.
+pub struct ShardActor(pub Shard);
+
+/// A batch of records of the shard's partition, in offset order.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Records(pub Vec<Record>);
+
+/// The shard's state changes up to batch `batch` ([`ShardOutput::batch`])
+/// are in its store: idle keys may be passivated, to keep the shard near
+/// `budget_bytes`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Persisted {
+    /// The last batch written.
+    pub batch: u64,
+    /// The shard's memory budget.
+    pub budget_bytes: usize,
+}
+
+/// New rules, to take effect between two records (sent at a checkpoint
+/// boundary): the whole rule set and the part the shard runs.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Reload(pub Arc<RuleSet>, pub Arc<RuleSet>);
+
+/// A [`Barrier`] sent to a shard actor, answered with its output.
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "ShardOutput")]
+pub struct Cut(pub Barrier);
+
+impl Actor for ShardActor {
     type Context = Context<Self>;
 }
 
-impl Handler<Records> for Shard {
+impl Handler<Records> for ShardActor {
     type Result = ();
     fn handle(&mut self, msg: Records, _: &mut Context<Self>) {
-        self.process_batch(msg.0);
+        self.0.process_batch_at(msg.0, crate::telemetry::now_ms());
     }
 }
 
-impl Handler<Reload> for Shard {
+impl Handler<Reload> for ShardActor {
     type Result = ();
     fn handle(&mut self, msg: Reload, _: &mut Context<Self>) {
-        self.reload(msg.0, msg.1);
+        self.0.reload(msg.0, msg.1);
     }
 }
 
-impl Handler<Persisted> for Shard {
+impl Handler<Persisted> for ShardActor {
     type Result = ();
     fn handle(&mut self, msg: Persisted, _: &mut Context<Self>) {
-        self.persisted(msg.batch, msg.budget_bytes);
+        self.0.persisted(msg.batch, msg.budget_bytes);
     }
 }
 
@@ -69,19 +100,19 @@ impl Handler<Persisted> for Shard {
 #[rtype(result = "Vec<serde_json::Value>")]
 pub struct KeyQuery(pub String);
 
-impl Handler<KeyQuery> for Shard {
+impl Handler<KeyQuery> for ShardActor {
     type Result = MessageResult<KeyQuery>;
     fn handle(&mut self, q: KeyQuery, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.key_view(&q.0))
+        MessageResult(self.0.key_view(&q.0))
     }
 }
 
-impl Handler<Barrier> for Shard {
-    type Result = MessageResult<Barrier>;
-    fn handle(&mut self, b: Barrier, _: &mut Context<Self>) -> Self::Result {
+impl Handler<Cut> for ShardActor {
+    type Result = MessageResult<Cut>;
+    fn handle(&mut self, Cut(b): Cut, _: &mut Context<Self>) -> Self::Result {
         MessageResult(match b {
-            Barrier::Checkpoint => self.take_output(),
-            Barrier::Flush => self.take_flush(),
+            Barrier::Checkpoint => self.0.take_output(),
+            Barrier::Flush => self.0.take_flush(),
         })
     }
 }
@@ -91,8 +122,8 @@ mod tests {
     use super::*;
     use crate::engine::RuleSet;
     use crate::event::Slot;
-    use shard::MARKS_KEY;
     use std::sync::Arc;
+    use tripline_core::shard::MARKS_KEY;
 
     fn rules() -> Arc<RuleSet> {
         RuleSet::from_source(
@@ -230,10 +261,10 @@ mod tests {
 
     #[actix_rt::test]
     async fn the_barrier_answers_after_queued_records() {
-        let addr = Shard::standalone(0, rules()).start();
+        let addr = ShardActor(Shard::standalone(0, rules())).start();
         addr.do_send(Records(vec![rec(0, r#"{"card":"a","ts":1,"amount":101}"#)]));
         addr.do_send(Records(vec![rec(1, r#"{"card":"b","ts":2,"amount":102}"#)]));
-        let out = addr.send(Barrier::Checkpoint).await.unwrap();
+        let out = addr.send(Cut(Barrier::Checkpoint)).await.unwrap();
         assert_eq!(out.alerts.len(), 2);
         assert_eq!(out.next_offset, Some(2));
     }

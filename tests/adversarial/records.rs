@@ -114,7 +114,7 @@ fn clock_skew_refuses_events_ahead_of_the_clock_as_future() {
             Some(tx("1", &at(now - 60_000), 500.0).into_bytes()),
         ),
     ];
-    shard.process_batch(records);
+    shard.process_batch_at(records, now);
     let out = shard.take_output();
     let dead: Vec<_> = out
         .dead_letters
@@ -168,7 +168,7 @@ fn numeric_keys_beyond_2_pow_53_stay_apart() {
 #[test]
 fn a_null_record_is_dead_lettered_with_no_value() {
     let mut shard = Shard::standalone(0, rules(""));
-    shard.process_batch(vec![Record::data(7, Some(b"k".to_vec()), None)]);
+    shard.process_batch_at(vec![Record::data(7, Some(b"k".to_vec()), None)], 0);
     let out = shard.take_output();
     assert_eq!(out.dead_letters.len(), 1);
     assert_eq!(out.dead_letters[0].value, None);
@@ -202,11 +202,14 @@ fn outputs_are_bounded_below_the_producer_limit() {
     let limit = 700_000;
     let mut shard = Shard::standalone(0, pair_rules()).with_output_limit(limit);
     let poison = vec![b'#'; 1_040_000];
-    shard.process_batch(vec![
-        Record::data(0, Some(b"k".to_vec()), Some(poison.clone())),
-        Record::data(1, None, Some(padded("c1", 1_000, 5, 600_000))),
-        Record::data(2, None, Some(padded("c1", 2_000, 5, 600_000))),
-    ]);
+    shard.process_batch_at(
+        vec![
+            Record::data(0, Some(b"k".to_vec()), Some(poison.clone())),
+            Record::data(1, None, Some(padded("c1", 1_000, 5, 600_000))),
+            Record::data(2, None, Some(padded("c1", 2_000, 5, 600_000))),
+        ],
+        0,
+    );
     let out = shard.take_output();
     assert_eq!(out.dead_letters.len(), 1);
     let d = &out.dead_letters[0];
@@ -249,11 +252,14 @@ fn outputs_are_bounded_below_the_producer_limit() {
 #[test]
 fn a_record_sized_key_is_refused() {
     let mut shard = Shard::standalone(0, pair_rules());
-    shard.process_batch(vec![Record::data(
+    shard.process_batch_at(
+        vec![Record::data(
+            0,
+            None,
+            Some(padded(&"k".repeat(600_000), 1_000, 5, 0)),
+        )],
         0,
-        None,
-        Some(padded(&"k".repeat(600_000), 1_000, 5, 0)),
-    )]);
+    );
     let out = shard.take_output();
     assert_eq!(out.dead_letters.len(), 1);
     assert!(

@@ -4,7 +4,9 @@
 
 use crate::coordinator::{ShardId, Shards};
 use crate::engine::RuleSet;
-use crate::runtime::{Barrier, KeyQuery, Persisted, Record, Records, Reload, Shard, ShardOutput};
+use crate::runtime::{
+    Barrier, Cut, KeyQuery, Persisted, Record, Records, Reload, Shard, ShardActor, ShardOutput,
+};
 use actix::dev::SendError;
 use actix::{Actor, Addr, ArbiterHandle};
 use futures::executor::block_on;
@@ -16,7 +18,7 @@ use std::time::Duration;
 /// The shards this process runs, for queries from outside the coordinator
 /// (the REST API reads key state through it).
 pub struct ShardDirectory {
-    shards: RwLock<Vec<(ShardId, Addr<Shard>)>>,
+    shards: RwLock<Vec<(ShardId, Addr<ShardActor>)>>,
     input_partitions: i32,
 }
 
@@ -59,7 +61,7 @@ impl ShardDirectory {
         Ok(found)
     }
 
-    fn publish(&self, shards: &BTreeMap<ShardId, Addr<Shard>>) {
+    fn publish(&self, shards: &BTreeMap<ShardId, Addr<ShardActor>>) {
         *self
             .shards
             .write()
@@ -76,7 +78,7 @@ pub struct ActorShards {
     capacity: usize,
     /// How long a full shard is waited for before its batch is refused.
     patience: Duration,
-    addrs: BTreeMap<ShardId, Addr<Shard>>,
+    addrs: BTreeMap<ShardId, Addr<ShardActor>>,
     directory: Arc<ShardDirectory>,
 }
 
@@ -105,9 +107,9 @@ impl Shards for ActorShards {
         let arbiter = &self.arbiters[self.next_arbiter % self.arbiters.len()];
         self.next_arbiter += 1;
         let capacity = self.capacity;
-        let addr = Shard::start_in_arbiter(arbiter, move |ctx| {
+        let addr = ShardActor::start_in_arbiter(arbiter, move |ctx| {
             ctx.set_mailbox_capacity(capacity);
-            shard
+            ShardActor(shard)
         });
         self.addrs.insert(id, addr);
         self.directory.publish(&self.addrs);
@@ -146,7 +148,7 @@ impl Shards for ActorShards {
     fn barrier(&mut self, ids: &[ShardId], barrier: Barrier) -> Vec<Option<ShardOutput>> {
         let sends = ids.iter().map(|id| {
             let addr = self.addrs.get(id).cloned();
-            async move { addr?.send(barrier).await.ok() }
+            async move { addr?.send(Cut(barrier)).await.ok() }
         });
         block_on(join_all(sends))
     }

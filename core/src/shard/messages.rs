@@ -1,13 +1,8 @@
 //! What travels to a shard: input records (with the watermark marks of
-//! internal topics), the barriers that cut its output, and the control
-//! messages (new rules, persisted state); and a shard's role in the
-//! topology.
+//! internal topics) and the barriers that cut its output; and a shard's
+//! role in the topology.
 
-use super::output::ShardOutput;
-use crate::engine::RuleSet;
 use crate::event::{EventTime, Slot};
-use actix::Message;
-use std::sync::Arc;
 
 /// One input record, copied out of the client's buffers.
 #[derive(Clone, Debug)]
@@ -102,16 +97,10 @@ pub enum Role {
     },
 }
 
-/// A batch of records of the shard's partition, in offset order.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Records(pub Vec<Record>);
-
 /// A cut through the shard's partition: queued behind the records handed
 /// over before it, it is answered with the shard's output since the last
 /// cut and the offset that output covers (a consistent cut).
-#[derive(Message, Clone, Copy, Debug, PartialEq, Eq)]
-#[rtype(result = "ShardOutput")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Barrier {
     /// The checkpoint's: its answer is committed.
     Checkpoint,
@@ -121,21 +110,3 @@ pub enum Barrier {
     /// answers joined by [`ShardOutput::absorb`].
     Flush,
 }
-
-/// The shard's state changes up to batch `batch` ([`ShardOutput::batch`])
-/// are in its store: idle keys may be passivated, to keep the shard near
-/// `budget_bytes`.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Persisted {
-    /// The last batch written.
-    pub batch: u64,
-    /// The shard's memory budget.
-    pub budget_bytes: usize,
-}
-
-/// New rules, to take effect between two records (sent at a checkpoint
-/// boundary): the whole rule set and the part the shard runs.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Reload(pub Arc<RuleSet>, pub Arc<RuleSet>);

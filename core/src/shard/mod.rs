@@ -2,14 +2,18 @@
 //! It decodes each record, forwards it for rules keyed by other fields,
 //! runs it through the engine, and keeps what it produced until the next
 //! barrier; a record that cannot be processed becomes a dead letter, never
-//! an error. Synchronous and free of actix: the actor messages are handled
-//! in [`super`], and the deterministic simulation calls it directly.
+//! an error. Synchronous, and given the clock rather than reading one: the
+//! service runs it as an actor (`tripline::runtime`), the deterministic
+//! simulation calls it directly.
 
-use super::messages::{Record, Role, WatermarkMark};
-use super::output::{AlertRecord, DeadLetter, DeadLetterKind, OutRecord, ShardOutput};
+mod messages;
+mod output;
+
 use crate::engine::{Engine, Migration, Outputs, RuleSet};
 use crate::event::Value;
 use crate::state::{self, SnapshotError, StateStore};
+pub use messages::{Barrier, Forward, Record, Role, WatermarkMark};
+pub use output::{AlertRecord, DeadLetter, DeadLetterKind, OutRecord, ShardOutput};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
@@ -17,7 +21,7 @@ use std::sync::Arc;
 pub const PARTIALS_EVERY: u64 = 32;
 
 /// The state entry holding an internal shard's latest source marks.
-pub(super) const MARKS_KEY: &[u8] = b"w";
+pub const MARKS_KEY: &[u8] = b"w";
 
 /// Checks that `value` decodes as the shard state entry `key` names: the
 /// engine's entries and the shard's own (its source marks). A changelog
@@ -224,15 +228,9 @@ impl Shard {
         )
     }
 
-    /// Processes a batch of records, as they came from the broker, with the
-    /// wall clock of their arrival.
-    pub fn process_batch(&mut self, records: Vec<Record>) {
-        self.process_batch_at(records, crate::telemetry::now_ms());
-    }
-
-    /// Processes a batch of records that arrived when the clock read
-    /// `clock_ms` (epoch ms): what [`Shard::process_batch`] does with a
-    /// given clock, for runs that must repeat exactly.
+    /// Processes a batch of records, as they came from the broker, that
+    /// arrived when the clock read `clock_ms` (epoch ms; see
+    /// [`Engine::set_clock`]).
     pub fn process_batch_at(&mut self, records: Vec<Record>, clock_ms: i64) {
         self.engine.set_clock(clock_ms);
         for r in records {
