@@ -233,19 +233,9 @@ impl<P: Ports> Coordinator<P> {
         &self.topology
     }
 
-    /// The shards.
-    pub fn shards(&self) -> &P::Shards {
-        &self.shards
-    }
-
     /// The shards held.
     pub fn held(&self) -> Vec<ShardId> {
         self.slots.keys().copied().collect()
-    }
-
-    /// Whether a transaction is open.
-    pub fn in_transaction(&self) -> bool {
-        self.txn_open
     }
 
     fn topic(&self, t: usize) -> &str {
