@@ -217,3 +217,73 @@ fn key_partitions_agree_with_the_producers_partitioner() {
         assert_eq!(spread.len(), 7, "{name}: keys reach every partition");
     }
 }
+
+/// A changelog read waits for an open transaction of another producer (a
+/// member that lost the partition and has not noticed) instead of stopping
+/// at it: the records committed after it are part of the state.
+#[test]
+fn a_restore_reads_past_another_producers_open_transaction() {
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    use std::time::Duration;
+    use tripline::adapters::kafka::changelog::KafkaChangelog;
+    use tripline::coordinator::{ChangelogEvent, ChangelogReader};
+
+    let c = config("restore-lso");
+    let brokers = broker();
+    let topic = format!("{}.state", c.kafka.group_id);
+    kafka::ensure_topics(&c.kafka, &brokers, &[&topic], 1).unwrap();
+    let producer = |id: &str| -> ThreadedProducer<DefaultProducerContext> {
+        let p: ThreadedProducer<DefaultProducerContext> = kafka::client_config(&c.kafka, &brokers)
+            .set("transactional.id", format!("{}-{id}", c.kafka.group_id))
+            .create()
+            .unwrap();
+        p.init_transactions(Duration::from_secs(30)).unwrap();
+        p
+    };
+    let send = |p: &ThreadedProducer<DefaultProducerContext>, key: &str| {
+        p.send(
+            BaseRecord::<str, str>::to(&topic)
+                .partition(0)
+                .key(key)
+                .payload("v"),
+        )
+        .map_err(|(e, _)| e)
+        .unwrap();
+        p.flush(Duration::from_secs(30)).unwrap();
+    };
+    let zombie = producer("zombie");
+    zombie.begin_transaction().unwrap();
+    send(&zombie, "left-open");
+    let owner = producer("owner");
+    owner.begin_transaction().unwrap();
+    send(&owner, "committed-after");
+    owner.commit_transaction(Duration::from_secs(30)).unwrap();
+    // The zombie notices a second later and aborts.
+    let aborter = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(1));
+        zombie.abort_transaction(Duration::from_secs(30)).unwrap();
+    });
+
+    let mut reader = KafkaChangelog::new(c.kafka.clone(), brokers.clone());
+    let mut keys = Vec::new();
+    let mut end = None;
+    reader
+        .read(&topic, &[(0, None)], &mut |event| {
+            match event {
+                ChangelogEvent::Record { key, .. } => {
+                    keys.push(String::from_utf8_lossy(key.unwrap_or_default()).into_owned());
+                }
+                ChangelogEvent::End(_, at) => end = Some(at),
+                ChangelogEvent::Reset(_) => {}
+            }
+            Ok(())
+        })
+        .unwrap();
+    aborter.join().unwrap();
+    assert_eq!(
+        keys,
+        ["committed-after"],
+        "the aborted record is skipped, the committed one read"
+    );
+    assert!(end.is_some_and(|e| e >= 2), "read to the end: {end:?}");
+}

@@ -3,16 +3,17 @@
 //! for, read until each reaches the log's end as it was when the read
 //! began.
 //!
-//! That end is the high watermark, not the first end-of-partition event:
-//! a `read_committed` reader reports its end at the last stable offset,
-//! which an open transaction of another producer holds back (a member that
-//! lost the partition and has not noticed yet). Records committed after
-//! that transaction began are then still to come, and the state they hold
-//! is what the committed input offsets already cover: stopping early would
-//! restore old state under new offsets and lose alerts (the deterministic
-//! simulation found this). The reader waits for such a transaction to end
-//! (its producer aborts it when its commit fails, or the broker does after
-//! `kafka.transaction_timeout_ms`).
+//! A `read_committed` reader reports a partition's end at the last stable
+//! offset, which an open transaction of another producer holds back (a
+//! member that lost the partition and has not noticed yet). Records
+//! committed after that transaction began would then be missed, and the
+//! state they hold is what the committed input offsets already cover:
+//! restoring without them loses alerts (the deterministic simulation found
+//! this). So the reader first waits until the last stable offset reaches
+//! the log's end as the read began (the high watermark, asked as
+//! `read_uncommitted`), i.e. until such a transaction has ended: its
+//! producer aborts it when its commit fails, or the broker does after
+//! `kafka.transaction_timeout_ms`.
 //!
 //! A read that goes [`RESTORE_TIMEOUT`] (or the transaction timeout and a
 //! margin, if longer) without news fails; progress is logged every
@@ -48,6 +49,51 @@ impl KafkaChangelog {
     }
 }
 
+impl KafkaChangelog {
+    /// Waits until every transaction with records below `ends` (the log's
+    /// ends as the read began) has ended: until the last stable offset,
+    /// which a `read_committed` client is answered for the end, reaches
+    /// them. A reader's end-of-partition then comes after every record
+    /// committed before the read began.
+    fn wait_stable(
+        &self,
+        reader: &BaseConsumer<ToTheEnd>,
+        changelog: &str,
+        ends: &BTreeMap<i32, i64>,
+        patience: Duration,
+    ) -> Result<(), CoordError> {
+        let started = super::service::now();
+        for (&p, &end) in ends {
+            loop {
+                let (_, stable) = reader
+                    .fetch_watermarks(changelog, p, TXN_TIMEOUT)
+                    .map_err(kafka("changelog offsets"))?;
+                if stable >= end {
+                    break;
+                }
+                if started.elapsed() > patience {
+                    return Err(CoordError::Port(PortError::retry(
+                        "restore",
+                        format!(
+                            "`{changelog}` partition {p}: a transaction open since before the \
+                             restore has not ended (stable to offset {stable} of {end})"
+                        ),
+                    )));
+                }
+                tracing::debug!(
+                    changelog,
+                    partition = p,
+                    stable,
+                    end,
+                    "waiting for an open transaction in the changelog"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Ok(())
+    }
+}
+
 fn kafka(call: &'static str) -> impl Fn(KafkaError) -> CoordError {
     move |e| CoordError::Port(port_error(call, e))
 }
@@ -67,10 +113,16 @@ impl ChangelogReader for KafkaChangelog {
             .set("enable.partition.eof", "true")
             .create_with_context(ToTheEnd)
             .map_err(kafka("changelog reader"))?;
+        // The log's end as it stands, open transactions included: asked as
+        // read_committed, the broker would answer the last stable offset.
+        let ends_reader: BaseConsumer = client_config(&self.kafka, &self.brokers)
+            .set("isolation.level", "read_uncommitted")
+            .create()
+            .map_err(kafka("changelog offsets"))?;
         let mut tpl = TopicPartitionList::new();
         let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
         for &(p, start) in from {
-            let (lo, hi) = reader
+            let (lo, hi) = ends_reader
                 .fetch_watermarks(changelog, p, TXN_TIMEOUT)
                 .map_err(kafka("changelog offsets"))?;
             ends.insert(p, hi);
@@ -85,11 +137,12 @@ impl ChangelogReader for KafkaChangelog {
             tpl.add_partition_offset(changelog, p, start)
                 .map_err(kafka("changelog assign"))?;
         }
-        reader.assign(&tpl).map_err(kafka("changelog assign"))?;
-        let starts: BTreeMap<i32, Option<i64>> = from.iter().copied().collect();
         let patience = RESTORE_TIMEOUT.max(
             Duration::from_millis(self.kafka.transaction_timeout_ms) + Duration::from_secs(10),
         );
+        self.wait_stable(&reader, changelog, &ends, patience)?;
+        reader.assign(&tpl).map_err(kafka("changelog assign"))?;
+        let starts: BTreeMap<i32, Option<i64>> = from.iter().copied().collect();
         let mut open: BTreeSet<i32> = starts.keys().copied().collect();
         let mut next: BTreeMap<i32, i64> = BTreeMap::new();
         let mut read = 0u64;
@@ -133,17 +186,6 @@ impl ChangelogReader for KafkaChangelog {
                                 .and_then(|e| e.offset().to_raw())
                         })
                         .filter(|o| *o >= 0);
-                    if position.is_some_and(|at| at < ends[&p]) {
-                        // Held back by an open transaction: more to come.
-                        tracing::debug!(
-                            changelog,
-                            partition = p,
-                            at = position,
-                            end = ends[&p],
-                            "waiting for an open transaction in the changelog"
-                        );
-                        continue;
-                    }
                     open.remove(&p);
                     last_news = super::service::now();
                     let end = position
