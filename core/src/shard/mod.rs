@@ -480,9 +480,7 @@ impl Shard {
             .within(self.output_limit),
         );
     }
-}
 
-impl Shard {
     /// One key's live state (see [`crate::engine::inspect::key_view`]).
     pub fn key_view(&mut self, key: &str) -> Vec<serde_json::Value> {
         crate::engine::inspect::key_view(&mut self.engine, key)
