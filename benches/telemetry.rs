@@ -135,12 +135,12 @@ fn emit_child(on: bool) {
         ..CheckpointCommitted::default()
     };
     for _ in 0..1_000 {
-        build().emit();
+        tripline::telemetry::events::checkpoint_committed(&build());
     }
     let n = 100_000;
     let t0 = now();
     for _ in 0..n {
-        build().emit();
+        tripline::telemetry::events::checkpoint_committed(&build());
     }
     println!("EMIT {}", t0.elapsed().as_nanos() as f64 / n as f64);
 }

@@ -29,7 +29,7 @@
 //! - [`coordinator`]: the exactly-once protocol (checkpoints, rewinds,
 //!   restores, rule swaps) as a synchronous state machine that reaches the
 //!   outside only through its [`coordinator::ports`]; the Kafka service
-//!   drives it for real, `tests/simulation` under a seeded fault injector.
+//!   drives it for real, `core/tests/simulation` under a seeded fault injector.
 //!
 //! Around the core, and free to use threads, clocks and I/O:
 //!
@@ -78,10 +78,9 @@
 //! ```
 
 pub mod adapters;
-pub use tripline_core::{engine, event, model, pattern, rules, state, time, window};
+pub use tripline_core::{coordinator, engine, event, model, pattern, rules, state, time, window};
 pub mod backtest;
 pub mod config;
-pub mod coordinator;
 pub mod export;
 pub mod runtime;
 pub mod telemetry;

@@ -91,7 +91,7 @@ impl RuleWatch {
             Err(e) => {
                 let text = e.to_string();
                 if self.failed.as_ref() != Some(&text) {
-                    RulesReload::Invalid { errors: &text }.emit();
+                    telemetry::events::rules_reloaded(&RulesReload::Invalid { errors: &text });
                     self.failed = Some(text);
                 }
             }

@@ -90,8 +90,11 @@ fn records_in(c: &Config, topic: &str) -> f64 {
     }
 }
 
-fn produce_sample_with_bad_records(c: &Config) -> (u64, u64, u64) {
-    let (mut input, _) = sample_input(c.kafka.partitions);
+/// Produces the handbook sample with malformed and late records; returns
+/// how many records, malformed, late, and the alerts replay gives for them.
+fn produce_sample_with_bad_records(c: &Config) -> (u64, u64, u64, usize) {
+    let (mut input, lines) = sample_input(c.kafka.partitions);
+    let expected_alerts = replay(&shipped_rules(), &lines).len();
     let malformed = 3;
     for i in 0..malformed {
         input.push(Input {
@@ -117,7 +120,7 @@ fn produce_sample_with_bad_records(c: &Config) -> (u64, u64, u64) {
     )
     .unwrap();
     produce(c, &input);
-    (input.len() as u64, malformed as u64, 1)
+    (input.len() as u64, malformed as u64, 1, expected_alerts)
 }
 
 #[test]
@@ -125,7 +128,7 @@ fn metrics_scrape_agrees_with_the_topics() {
     let c = config("metrics");
     let _files = TestFiles::of(&c);
     let receiver = Receiver::start(SECRET, Duration::from_secs(2));
-    let (produced, malformed, late) = produce_sample_with_bad_records(&c);
+    let (produced, malformed, late, expected_alerts) = produce_sample_with_bad_records(&c);
     let log = std::env::temp_dir().join(format!("{}.log", c.kafka.group_id));
     let endpoints = format!(
         r#"[{{name = "desk", url = "{}", secret = "{SECRET}"}}]"#,
@@ -151,8 +154,8 @@ fn metrics_scrape_agrees_with_the_topics() {
     let api = format!("http://{}", serve_support::api_address(&log));
     let input = [("topic", c.kafka.input_topic.as_str())];
     // Caught up: every input record counted, nothing behind on any topic
-    // (the internal one included), every alert delivered; then the topics
-    // are read and the counters read again.
+    // (the internal one included), every alert replay gives committed and
+    // delivered; then the topics are read and the counters read again.
     let scrape = wait_progressing(
         Duration::from_secs(120),
         || {
@@ -170,9 +173,11 @@ fn metrics_scrape_agrees_with_the_topics() {
             let done = events_in == Some(produced as f64)
                 && s.sum("tripline_consumer_lag", &[]) == Some(0.0)
                 && s.samples("tripline_consumer_lag", &[]).count() == 8
-                && delivered.is_some_and(|d| d > 0.0 && Some(d) == alerts)
                 // Alerts of the terminal-keyed rules fire as the watermark
-                // reaches the internal topic's shards, after the last event.
+                // reaches the internal topic's shards, after the last event:
+                // caught up is when all of replay's are out, not before.
+                && delivered == Some(expected_alerts as f64)
+                && alerts == delivered
                 && delivered == Some(records_in(&c, &c.kafka.alerts_topic));
             (figure, done.then_some(s))
         },

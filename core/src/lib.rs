@@ -28,6 +28,7 @@
 //!   dead letters, forwarding for rules keyed by other fields, watermark
 //!   marks, and the output cut at each barrier.
 
+pub mod coordinator;
 pub mod engine;
 pub mod event;
 pub mod model;

@@ -318,67 +318,7 @@ fn keep(instrument: impl std::any::Any + Send + Sync) {
         .push(Box::new(instrument));
 }
 
-/// One input or internal partition's figures, read when a metric reader asks.
-#[derive(Clone, Debug)]
-pub struct PartitionFigures {
-    /// The topic.
-    pub topic: String,
-    /// The partition.
-    pub partition: i32,
-    /// The partition's end as the consumer last saw it (`None`: not yet).
-    pub end_offset: Option<i64>,
-    /// Whether the consumer had fetched to that end.
-    pub fetched_all: bool,
-    /// The offset the last checkpoint committed (`None`: none yet).
-    pub committed_offset: Option<i64>,
-    /// Whether that checkpoint covered every record polled.
-    pub all_committed: bool,
-    /// The shard's watermark in epoch milliseconds (`None`: none yet).
-    pub watermark_ms: Option<i64>,
-    /// Partial matches alive in the shard's resident keys, as last counted.
-    pub partial_matches: Option<u64>,
-}
-
-impl PartitionFigures {
-    /// Records between the committed offset and the partition's end
-    /// (`None`: one of them is not known yet).
-    pub fn lag(&self) -> Option<i64> {
-        let (end, committed) = (self.end_offset?, self.committed_offset?);
-        // Fetched to the end and all of it committed: what remains between
-        // the offset and the end are transaction markers, not records.
-        Some(if self.fetched_all && self.all_committed {
-            0
-        } else {
-            (end - committed).max(0)
-        })
-    }
-
-    /// Wall clock (`now_ms`) minus the watermark, in seconds.
-    pub fn watermark_delay(&self, now_ms: i64) -> Option<f64> {
-        self.watermark_ms.map(|w| (now_ms - w) as f64 / 1000.0)
-    }
-}
-
-/// The service's gauges, read when a metric reader asks.
-#[derive(Clone, Debug, Default)]
-pub struct ServiceFigures {
-    /// Partitions this process holds.
-    pub partitions_assigned: u64,
-    /// Changelog partitions being restored.
-    pub partitions_restoring: u64,
-    /// Keys whose state is in memory.
-    pub keys_resident: u64,
-    /// Keys whose state is only in the data directory.
-    pub keys_passivated: u64,
-    /// Estimated memory resident keys hold.
-    pub state_bytes: u64,
-    /// Partitions paused so far because their shard could not keep up.
-    pub backpressure_pauses: u64,
-    /// Checkpoints failed since the last that committed (0 while they commit).
-    pub checkpoints_failed_in_a_row: u64,
-    /// Per partition.
-    pub partitions: Vec<PartitionFigures>,
-}
+pub use tripline_core::coordinator::report::{PartitionFigures, ServiceFigures};
 
 /// Registers the service's gauges; `read` is called at each collection.
 /// Also starts the service's counters at zero, so that a scrape finds every

@@ -26,6 +26,7 @@ use crate::adapters::local::{LocalError, LocalState};
 use crate::config::Config;
 use crate::coordinator::{Clock, CoordError, Coordinator, Parts, Ports, Settings, Topology};
 use crate::engine::RuleSet;
+use crate::telemetry::events::Telemetry;
 use actix::{Arbiter, ArbiterHandle};
 use rdkafka::consumer::{Consumer, ConsumerGroupMetadata};
 use rdkafka::error::KafkaError;
@@ -53,6 +54,7 @@ impl Ports for KafkaPorts {
     type Local = LocalState;
     type Shards = ActorShards;
     type Clock = WallClock;
+    type Observer = Telemetry;
 }
 
 /// The monotonic clock of this process.
@@ -61,6 +63,10 @@ pub struct WallClock(Instant);
 impl Clock for WallClock {
     fn now(&self) -> Duration {
         self.0.elapsed()
+    }
+
+    fn epoch_ms(&self) -> i64 {
+        crate::telemetry::now_ms()
     }
 }
 
@@ -296,6 +302,7 @@ fn coordinate(
         local,
         shards,
         clock: WallClock(now()),
+        observer: Telemetry,
     };
     let coordinator =
         Coordinator::new(settings(&config), topology.clone(), parts, progress.clone());

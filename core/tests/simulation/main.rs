@@ -1,5 +1,5 @@
 //! Deterministic simulation of the exactly-once coordinator: the real
-//! protocol ([`tripline::coordinator::Coordinator`]) and real shards
+//! protocol ([`tripline_core::coordinator::Coordinator`]) and real shards
 //! (engines called directly), over an in-memory cluster (`world.rs`) whose
 //! ports (`ports.rs`) a seeded injector fails or kills at any call. A seeded
 //! scheduler interleaves polls, shard work, flushes, checkpoints, eager
@@ -24,16 +24,16 @@ mod ports;
 mod world;
 
 use ports::{
-    Faults, Link, REFUSED_KEY, ShardsInner, SimChangelog, SimClock, SimLocal, SimPorts, SimShards,
-    SimSink, SimSource,
+    Faults, Link, Quiet, REFUSED_KEY, ShardsInner, SimChangelog, SimClock, SimLocal, SimPorts,
+    SimShards, SimSink, SimSource,
 };
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
-use tripline::coordinator::{Coordinator, Parts, Progress, Settings, ShardId, Topology};
-use tripline::engine::RuleSet;
-use tripline::runtime::{DeadLetter, DeadLetterKind, Record, Shard};
+use tripline_core::coordinator::{Coordinator, Parts, Progress, Settings, ShardId, Topology};
+use tripline_core::engine::RuleSet;
+use tripline_core::shard::{DeadLetter, DeadLetterKind, Record, Shard};
 use world::{Bug, World};
 
 /// The alerts topic.
@@ -99,7 +99,7 @@ fn scenario(rng: &mut fastrand::Rng) -> Scenario {
             batch_size: rng.usize(1..=4),
             // Small enough, with a local store, that keys are passivated.
             memory_budget_bytes: if local && rng.bool() { 2048 } else { 0 },
-            output_limit: tripline::runtime::DEFAULT_OUTPUT_LIMIT,
+            output_limit: tripline_core::shard::DEFAULT_OUTPUT_LIMIT,
         },
         capacity: rng.usize(1..=3),
     }
@@ -237,6 +237,7 @@ impl Sim {
                 clock: self.clock.clone(),
             },
             clock: self.clock.clone(),
+            observer: Quiet,
         };
         let progress = Arc::new(Progress::default());
         self.progress[id] = progress.clone();
@@ -282,7 +283,7 @@ impl Sim {
     }
 
     /// Buries a member whose call failed fatally or who died in it.
-    fn after(&mut self, id: usize, result: Result<(), tripline::coordinator::CoordError>) {
+    fn after(&mut self, id: usize, result: Result<(), tripline_core::coordinator::CoordError>) {
         let dead = self.members[id]
             .as_ref()
             .is_some_and(|m| !m.link.alive.get());

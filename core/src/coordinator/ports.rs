@@ -5,12 +5,13 @@
 //!
 //! Every port is synchronous and called from the coordinator's thread. The
 //! Kafka adapter implements them with rdkafka clients and actix shard
-//! actors; the deterministic simulation (`tests/simulation`) implements
+//! actors; the deterministic simulation (`core/tests/simulation`) implements
 //! them in memory with a seeded fault injector.
 
+use super::report::{CheckpointCommitted, CheckpointFailed, RulesReload};
 use super::{CoordError, Position};
 use crate::engine::RuleSet;
-use crate::runtime::{Barrier, Record, Shard, ShardOutput};
+use crate::shard::{Barrier, Record, Shard, ShardOutput};
 use crate::state::{Change, SnapshotError, StateStore};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -80,6 +81,19 @@ impl PortError {
 pub trait Clock {
     /// Time since an arbitrary fixed start.
     fn now(&self) -> Duration;
+    /// Wall-clock time, epoch milliseconds (when a checkpoint committed,
+    /// against which alert latency is measured).
+    fn epoch_ms(&self) -> i64;
+}
+
+/// Where the protocol reports what it did (the service logs and counts it).
+pub trait Observer {
+    /// A checkpoint's transaction committed.
+    fn checkpoint_committed(&self, committed: &CheckpointCommitted<'_>);
+    /// A checkpoint failed and is being rewound.
+    fn checkpoint_failed(&self, failed: &CheckpointFailed<'_>);
+    /// A rule change was applied or refused.
+    fn rules_reloaded(&self, reload: &RulesReload<'_>);
 }
 
 /// The input: the partitions the member is assigned, which it reads from.
@@ -239,4 +253,6 @@ pub trait Ports {
     type Shards: Shards;
     /// The clock.
     type Clock: Clock;
+    /// Where what happens is reported.
+    type Observer: Observer;
 }

@@ -4,13 +4,10 @@
 //! the state changes to the local store; and the rewind after a checkpoint
 //! that failed.
 
-use super::ports::{Clock, Fault, LocalStore, Outgoing, Ports, Shards, Source, TxSink};
+use super::ports::{Clock, Fault, LocalStore, Observer, Outgoing, Ports, Shards, Source, TxSink};
+use super::report::{AlertCommit, CheckpointCommitted, CheckpointFailed, PartitionCommit};
 use super::{CoordError, Coordinator, ShardId};
-use crate::runtime::{Barrier, DeadLetter, DeadLetterKind, OutRecord, ShardOutput, WatermarkMark};
-use crate::telemetry;
-use crate::telemetry::events::{
-    AlertCommit, CheckpointCommitted, CheckpointFailed, PartitionCommit,
-};
+use crate::shard::{Barrier, DeadLetter, DeadLetterKind, OutRecord, ShardOutput, WatermarkMark};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
@@ -244,7 +241,7 @@ impl<P: Ports> Coordinator<P> {
         if !self.txn_open && marks.is_empty() && outputs.iter().all(|(_, o)| o.is_empty()) {
             return Ok(());
         }
-        let _span = telemetry::events::checkpoint_span().entered();
+        let _span = tracing::info_span!("tripline.checkpoint").entered();
         self.begin()?;
         let topology = self.topology.clone();
         let mut offsets: Vec<(&str, i32, i64)> = Vec::new();
@@ -315,7 +312,7 @@ impl<P: Ports> Coordinator<P> {
             offsets: offsets_done,
             delivered,
             total: self.clock.now().saturating_sub(started),
-            committed_ms: telemetry::now_ms(),
+            committed_ms: self.clock.epoch_ms(),
             ..CheckpointCommitted::default()
         };
         committed.rule_errors = outputs.iter().map(|(_, out)| out.rule_errors).sum();
@@ -329,7 +326,7 @@ impl<P: Ports> Coordinator<P> {
         }
         // One account of the checkpoint: the counters and the telemetry.
         self.progress.count(&committed, &topology.topics[0].name);
-        committed.emit();
+        self.observer.checkpoint_committed(&committed);
         for ((t, p), out) in &outputs {
             let polled_to = self.slots.get(&(*t, *p)).and_then(|s| s.polled_to);
             self.progress
@@ -461,11 +458,10 @@ impl<P: Ports> Coordinator<P> {
     /// shard to the last commit. An error here (or a fatal `error`) is the
     /// service's end, returned for the caller to stop on.
     pub fn recover<S: Source>(&mut self, src: &S, error: CoordError) -> Result<(), CoordError> {
-        CheckpointFailed {
+        self.observer.checkpoint_failed(&CheckpointFailed {
             error: &error,
             aborting: self.txn_open,
-        }
-        .emit();
+        });
         self.progress.checkpoint_outcome(Some(error.to_string()));
         if error.is_fatal() {
             return Err(error);

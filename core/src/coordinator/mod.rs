@@ -3,9 +3,9 @@
 //! how a failed checkpoint is rewound, how a shard's state is rebuilt when
 //! it starts, and when new rules take over. A synchronous state machine
 //! that reaches the outside only through its [`ports`], so that it runs
-//! the same over Kafka and actix ([`crate::adapters::kafka::service`]) and
+//! the same over Kafka and actix (the service's Kafka adapter) and
 //! in a deterministic simulation that kills and faults it at every step
-//! (`tests/simulation`).
+//! (`core/tests/simulation`).
 //!
 //! # Exactly once
 //!
@@ -44,21 +44,22 @@
 mod checkpoint;
 pub mod ports;
 pub mod progress;
+pub mod report;
 mod restore;
 pub mod topology;
 
 pub use checkpoint::MARK_HEADER;
 pub use ports::{
-    ChangelogEvent, ChangelogReader, Clock, Fault, LocalShard, LocalStore, Outgoing, PortError,
-    Ports, ShardId, Shards, Source, TxSink,
+    ChangelogEvent, ChangelogReader, Clock, Fault, LocalShard, LocalStore, Observer, Outgoing,
+    PortError, Ports, ShardId, Shards, Source, TxSink,
 };
 pub use progress::Progress;
+pub use report::RulesReload;
 pub use topology::Topology;
 
 use crate::engine::RuleSet;
-use crate::runtime::{Record, ShardOutput, WatermarkMark};
+use crate::shard::{Record, ShardOutput, WatermarkMark};
 use crate::state::SnapshotError;
-use crate::telemetry::events::RulesReload;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -175,6 +176,7 @@ pub struct Coordinator<P: Ports> {
     local: Option<P::Local>,
     shards: P::Shards,
     clock: P::Clock,
+    observer: P::Observer,
     slots: BTreeMap<ShardId, Slot<<P::Local as LocalStore>::Shard>>,
     /// Per source partition held: the last mark written to the internal
     /// topics, and when it last had input.
@@ -199,6 +201,8 @@ pub struct Parts<P: Ports> {
     pub shards: P::Shards,
     /// The clock.
     pub clock: P::Clock,
+    /// Where what happens is reported.
+    pub observer: P::Observer,
 }
 
 impl<P: Ports> Coordinator<P> {
@@ -220,6 +224,7 @@ impl<P: Ports> Coordinator<P> {
             local: parts.local,
             shards: parts.shards,
             clock: parts.clock,
+            observer: parts.observer,
             slots: BTreeMap::new(),
             marks: BTreeMap::new(),
             progress,
@@ -390,7 +395,7 @@ impl<P: Ports> Coordinator<P> {
     /// that the next one carries the migrated state. Refused (logged) when
     /// the new rules need other topics than the running ones.
     pub fn swap_rules(&mut self, rules: Arc<RuleSet>) {
-        let _span = crate::telemetry::events::reload_span().entered();
+        let _span = tracing::info_span!("tripline.rules.reload").entered();
         let hash = rules.def.hash;
         let s = &self.settings;
         let topology = match Topology::new(&s.input_topic, &s.group, rules, self.topology.sources) {
@@ -424,11 +429,10 @@ impl<P: Ports> Coordinator<P> {
             self.shards
                 .reload(id, topology.rules.clone(), plan.rules.clone());
         }
-        RulesReload::Applied {
+        self.observer.rules_reloaded(&RulesReload::Applied {
             rules: topology.rules.rules.len(),
             hash: topology.rules.def.hash,
-        }
-        .emit();
+        });
         self.progress
             .rules_hash
             .store(topology.rules.def.hash, Ordering::SeqCst);
@@ -443,7 +447,8 @@ impl<P: Ports> Coordinator<P> {
 
     /// Logs and counts a refused rule set, and keeps why for the API.
     fn refuse_rules(&self, hash: u64, reason: String) {
-        RulesReload::Refused { reason: &reason }.emit();
+        self.observer
+            .rules_reloaded(&RulesReload::Refused { reason: &reason });
         self.progress
             .rule_reloads_refused
             .fetch_add(1, Ordering::Relaxed);

@@ -9,13 +9,14 @@ use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tripline::coordinator::{
-    ChangelogEvent, ChangelogReader, Clock, CoordError, LocalShard, LocalStore, Outgoing,
+use tripline_core::coordinator::report::{CheckpointCommitted, CheckpointFailed, RulesReload};
+use tripline_core::coordinator::{
+    ChangelogEvent, ChangelogReader, Clock, CoordError, LocalShard, LocalStore, Observer, Outgoing,
     PortError, Ports, Position, ShardId, Shards, Source, TxSink,
 };
-use tripline::engine::RuleSet;
-use tripline::runtime::{Barrier, Record, Shard, ShardOutput};
-use tripline::state::{Change, Entry, SnapshotError, StateStore};
+use tripline_core::engine::RuleSet;
+use tripline_core::shard::{Barrier, Record, Shard, ShardOutput};
+use tripline_core::state::{Change, Entry, SnapshotError, StateStore};
 
 /// What the injector does to one call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +99,20 @@ impl Clock for SimClock {
     fn now(&self) -> Duration {
         Duration::from_micros(self.0.get())
     }
+
+    fn epoch_ms(&self) -> i64 {
+        (self.0.get() / 1000) as i64
+    }
+}
+
+/// What the protocol reports goes nowhere: the invariants are checked on
+/// what it commits.
+pub struct Quiet;
+
+impl Observer for Quiet {
+    fn checkpoint_committed(&self, _: &CheckpointCommitted<'_>) {}
+    fn checkpoint_failed(&self, _: &CheckpointFailed<'_>) {}
+    fn rules_reloaded(&self, _: &RulesReload<'_>) {}
 }
 
 /// The membership a member's offsets are committed under.
@@ -542,4 +557,5 @@ impl Ports for SimPorts {
     type Local = SimLocal;
     type Shards = SimShards;
     type Clock = SimClock;
+    type Observer = Quiet;
 }

@@ -5,7 +5,7 @@
 //! [`crate::runtime`] for how events and watermarks get there).
 
 use crate::engine::RuleSet;
-use crate::runtime::{Forward, Role};
+use crate::shard::{Forward, Role};
 use std::sync::Arc;
 
 /// One topic the service consumes.

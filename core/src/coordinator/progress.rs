@@ -2,8 +2,7 @@
 //! what it holds and how its checkpoints fare, read by telemetry, the
 //! health endpoints and the tests.
 
-use crate::telemetry::events::CheckpointCommitted;
-use crate::telemetry::{PartitionFigures, ServiceFigures};
+use super::report::{CheckpointCommitted, PartitionFigures, ServiceFigures};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -93,7 +92,9 @@ impl Progress {
         }
     }
 
-    pub(crate) fn with_partition(
+    /// Updates the figures of one partition (created if need be); the
+    /// source reports what it sees of the partition's end this way.
+    pub fn with_partition(
         &self,
         topic: &str,
         partition: i32,

@@ -6,7 +6,7 @@
 
 use super::ports::{ChangelogEvent, ChangelogReader, Clock, LocalShard, LocalStore, Ports, Shards};
 use super::{CoordError, Coordinator, Position, ShardId, Slot};
-use crate::runtime::{Shard, check_entry};
+use crate::shard::{Shard, check_entry};
 use crate::state::{Change, MemoryStore, StateStore};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
