@@ -34,7 +34,7 @@ fn rows(model: &Model) -> Vec<Vec<f32>> {
 fn score(c: &mut Criterion) {
     let mut g = c.benchmark_group("model");
     for name in ["fraud_rf", "card_rf", "fraud_lr"] {
-        let model = Model::load(Path::new(&format!("models/{name}.onnx"))).unwrap();
+        let model = tripline::files::load_model(Path::new(&format!("models/{name}.onnx"))).unwrap();
         let rows = rows(&model);
         let mut i = 0;
         g.bench_function(format!("{name}/row"), |b| {

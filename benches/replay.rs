@@ -28,7 +28,7 @@ fn rules(paths: &[&str]) -> Arc<RuleSet> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let ps: Vec<_> = paths.iter().map(|p| root.join(p)).collect();
     let refs: Vec<&Path> = ps.iter().map(|p| p.as_path()).collect();
-    RuleSet::load(&refs, None, Default::default()).expect("rules compile")
+    tripline::files::load_rules(&refs, None, Default::default()).expect("rules compile")
 }
 
 fn run(rs: &Arc<RuleSet>, lines: &[&[u8]]) -> u64 {

@@ -83,7 +83,7 @@ fn throughput(brokers: &str, events: usize) {
     noop.unsubscribe();
     drop(noop);
 
-    let rules = RuleSet::load(
+    let rules = tripline::files::load_rules(
         &[Path::new("benches/abc_10m.tl")],
         None,
         EngineOptions::default(),

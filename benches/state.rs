@@ -84,7 +84,7 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(1_000_000);
-    let rules = RuleSet::load(
+    let rules = tripline::files::load_rules(
         &[Path::new("benches/abc_6h.tl")],
         None,
         EngineOptions::default(),

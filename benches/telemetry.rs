@@ -24,7 +24,7 @@ use std::time::Duration;
 use support::{cpu_seconds, now};
 use tripline::adapters::kafka::{self, service};
 use tripline::config::TelemetryConfig;
-use tripline::engine::{EngineOptions, RuleSet};
+use tripline::engine::EngineOptions;
 
 /// An OTLP/HTTP sink on loopback that answers 200 to everything; its URL.
 fn sink() -> String {
@@ -77,7 +77,7 @@ fn child(brokers: &str, events: usize, on: bool) {
     let c = support::config(brokers, if on { "tel-on" } else { "tel-off" }, partitions);
     kafka::ensure_topics(&c.kafka, brokers, &[&c.kafka.input_topic], partitions).unwrap();
     support::produce_stream(&c, events, 10_000);
-    let rules = RuleSet::load(
+    let rules = tripline::files::load_rules(
         &[Path::new("benches/abc_10m.tl")],
         None,
         EngineOptions::default(),

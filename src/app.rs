@@ -362,7 +362,8 @@ fn state_inspect(dir: &Path, key: Option<&str>, only: Option<&str>) -> Result<Ex
         match key {
             None => {
                 let position = store.position().map_err(shard_err)?;
-                let summary = inspect::summary(&store).map_err(shard_err)?;
+                let summary =
+                    inspect::summary(&store, &tripline::files::disk_models()).map_err(shard_err)?;
                 let line = serde_json::json!({
                     "shard": name,
                     "input_offset": position.map(|p| p.input),
@@ -376,7 +377,9 @@ fn state_inspect(dir: &Path, key: Option<&str>, only: Option<&str>) -> Result<Ex
                 found = true;
             }
             Some(k) => {
-                for state in inspect::inspect_key(&store, k).map_err(shard_err)? {
+                for state in inspect::inspect_key(&store, &tripline::files::disk_models(), k)
+                    .map_err(shard_err)?
+                {
                     let line = serde_json::json!({ "shard": name, "key_state": state });
                     if !print_line(&mut out, format_args!("{line:#}"))? {
                         return Ok(ExitCode::SUCCESS);
@@ -451,7 +454,7 @@ fn load(
     options: EngineOptions,
 ) -> Result<Option<Arc<RuleSet>>> {
     let refs: Vec<&Path> = paths.iter().map(|p| p.as_path()).collect();
-    match RuleSet::load(&refs, stream, options) {
+    match tripline::files::load_rules(&refs, stream, options) {
         Ok(rs) => Ok(Some(rs)),
         Err(CompileError::Rules(d)) => {
             eprintln!("{d}");

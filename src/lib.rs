@@ -33,6 +33,8 @@
 //!
 //! Around the core, and free to use threads, clocks and I/O:
 //!
+//! - [`files`]: rule files and model files read for the checker, which
+//!   itself opens no file.
 //! - [`runtime`]: the actix shard actors, one per input partition, each
 //!   owning that partition's engine; checkpoint barriers travel in-band.
 //! - [`adapters`]: Kafka (consumer group, transactional alerts and dead
@@ -45,7 +47,8 @@
 //!   recall, alerts per day per rule).
 //! - [`telemetry`]: logs, metrics (Prometheus `/metrics`, OTLP) and traces.
 //!
-//! Start with [`engine::RuleSet::load`] and [`engine::Engine::on_event`]:
+//! Start with [`files::load_rules`] (or [`engine::RuleSet::from_source`])
+//! and [`engine::Engine::on_event`]:
 //!
 //! ```
 //! use tripline::engine::{Engine, Outputs, RuleSet};
@@ -82,5 +85,6 @@ pub use tripline_core::{coordinator, engine, event, model, pattern, rules, state
 pub mod backtest;
 pub mod config;
 pub mod export;
+pub mod files;
 pub mod runtime;
 pub mod telemetry;

@@ -23,7 +23,8 @@ use tripline::adapters::kafka::{self, ServiceHandle, service};
 use tripline::adapters::webhook::Webhooks;
 use tripline::config::Config;
 use tripline::engine::{EngineOptions, RuleSet};
-use tripline::rules::{Compiler, StreamDef};
+use tripline::files::AddPath;
+use tripline::rules::StreamDef;
 use tripline::telemetry::{self, events::RulesReload};
 
 /// How the running rules were read, to read them again the same way.
@@ -60,7 +61,7 @@ impl RuleWatch {
             return;
         }
         self.next = now + self.every;
-        let mut c = Compiler::new();
+        let mut c = tripline::files::compiler();
         if let Some(s) = &self.source.stream {
             c.stream(s.clone());
         }

@@ -19,7 +19,7 @@ use tripline::adapters::api::rules::RuleStore;
 use tripline::adapters::api::{
     ApiConfig, ApiState, Health, KeyLookup, KeyState, Readiness, router,
 };
-use tripline::engine::{Engine, EngineOptions, Outputs, RuleSet, inspect};
+use tripline::engine::{Engine, EngineOptions, Outputs, inspect};
 
 const TOKEN: &str = "s3cret";
 
@@ -64,7 +64,8 @@ struct Api {
 
 fn api(name: &str, config: ApiConfig, ready: bool) -> Api {
     let dir = rules_dir(name);
-    let rules = RuleSet::load(&[dir.as_path()], None, EngineOptions::default()).unwrap();
+    let rules =
+        tripline::files::load_rules(&[dir.as_path()], None, EngineOptions::default()).unwrap();
     let mut engine = Engine::new(rules.clone());
     let mut out = Outputs::default();
     sample::replay_sample(&mut engine, 40_000, &mut out);
@@ -372,7 +373,8 @@ async fn rules_are_listed_validated_changed_and_deleted() {
     // The set accepted is the one the service loads from the files (big.tl
     // sorts among them, not last): the same hash, so the file watch sees no
     // further change.
-    let from_files = RuleSet::load(&[a.dir.as_path()], None, EngineOptions::default()).unwrap();
+    let from_files =
+        tripline::files::load_rules(&[a.dir.as_path()], None, EngineOptions::default()).unwrap();
     assert_eq!(j["rule_set"], format!("{:016x}", from_files.def.hash));
     let (_, list) = call(&a, "GET", "/v1/rules", None, "").await;
     assert_eq!(list["rule_set"], j["rule_set"]);

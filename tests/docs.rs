@@ -2,7 +2,9 @@
 //! `tl-error` block is rejected with at least one diagnostic.
 
 use std::path::Path;
-use tripline::engine::{RuleSet, run_example};
+use std::sync::Arc;
+use tripline::engine::{EngineOptions, RuleSet, run_example};
+use tripline::rules::CompileError;
 
 fn blocks(doc: &str, lang: &str) -> Vec<(usize, String)> {
     let mut out = Vec::new();
@@ -20,6 +22,14 @@ fn blocks(doc: &str, lang: &str) -> Vec<(usize, String)> {
     out
 }
 
+/// Compiles a block as `tripline check` does (models read from disk,
+/// relative to the block's file).
+fn compile(name: &str, text: &str) -> Result<Arc<RuleSet>, CompileError> {
+    let mut c = tripline::files::compiler();
+    c.add_source(name, text);
+    Ok(RuleSet::build(c.compile()?, EngineOptions::default()))
+}
+
 #[test]
 fn rule_language_doc_examples_hold() {
     let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/rules.md"))
@@ -28,7 +38,7 @@ fn rule_language_doc_examples_hold() {
     assert!(ok.len() >= 8, "found {} tl blocks", ok.len());
     let mut examples = 0;
     for (line, src) in &ok {
-        let rs = RuleSet::from_source(&format!("docs/rules.md:{line}"), src, None)
+        let rs = compile(&format!("docs/rules.md:{line}"), src)
             .unwrap_or_else(|e| panic!("block at docs/rules.md:{line} does not compile:\n{e}"));
         for ex in &rs.def.examples {
             examples += 1;
@@ -39,7 +49,7 @@ fn rule_language_doc_examples_hold() {
     }
     assert!(examples >= 7, "only {examples} examples ran");
     for (line, src) in blocks(&doc, "tl-error") {
-        let err = match RuleSet::from_source("doc.tl", &src, None) {
+        let err = match compile("doc.tl", &src) {
             Ok(_) => panic!("block at docs/rules.md:{line} should be rejected"),
             Err(e) => e.to_string(),
         };

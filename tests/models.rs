@@ -6,8 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 use tripline::engine::{Engine, EngineOptions, Outputs, RuleSet};
 use tripline::event::FieldPath;
+use tripline::files::AddPath;
 use tripline::model::Model;
-use tripline::rules::Compiler;
 
 #[path = "support/sample.rs"]
 mod sample;
@@ -28,7 +28,7 @@ fn check_rows() -> (Vec<String>, Vec<Vec<f64>>) {
 }
 
 fn agrees_with_scikit_learn(name: &str, tolerance: f64) {
-    let model = Model::load(Path::new(&format!("models/{name}.onnx"))).unwrap();
+    let model = tripline::files::load_model(Path::new(&format!("models/{name}.onnx"))).unwrap();
     let (header, rows) = check_rows();
     let cols: Vec<usize> = model
         .inputs()
@@ -90,7 +90,7 @@ fn models_without_their_input_names_are_refused() {
 }
 
 fn rule_set(extra: &[(&str, &str)]) -> Result<Arc<RuleSet>, String> {
-    let mut c = Compiler::new();
+    let mut c = tripline::files::compiler();
     c.add_path(Path::new("rules/stream.tl"));
     c.add_path(Path::new("rules/features.tl"));
     for (name, text) in extra {
@@ -107,7 +107,7 @@ fn rule_set(extra: &[(&str, &str)]) -> Result<Arc<RuleSet>, String> {
 fn a_rule_reads_the_model_score_and_its_alerts_carry_the_features() {
     let text = std::fs::read_to_string("models/fraud.tl").unwrap();
     let rules = rule_set(&[("models/fraud.tl", &text)]).unwrap();
-    let model = Model::load(Path::new("models/fraud_rf.onnx")).unwrap();
+    let model = tripline::files::load_model(Path::new("models/fraud_rf.onnx")).unwrap();
     let cols: Vec<usize> = model
         .inputs()
         .iter()
@@ -193,7 +193,7 @@ fn model_declarations_are_checked() {
     let e = err("model TX_DURING_NIGHT from \"fraud_rf.onnx\"\n");
     assert!(e.contains("has the name of a feature"), "{e}");
     // A model whose inputs the rules cannot provide.
-    let mut c = Compiler::new();
+    let mut c = tripline::files::compiler();
     c.add_path(Path::new("rules/stream.tl"));
     c.add_source("models/t.tl", "model m from \"fraud_rf.onnx\"\n");
     let e = c.compile().unwrap_err().to_string();

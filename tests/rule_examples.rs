@@ -6,8 +6,8 @@ use tripline::engine::{RuleSet, run_example};
 #[test]
 fn shipped_rule_examples_hold() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
-    let rs =
-        RuleSet::load(&[dir.as_path()], None, Default::default()).unwrap_or_else(|e| panic!("{e}"));
+    let rs = tripline::files::load_rules(&[dir.as_path()], None, Default::default())
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(rs.def.examples.len() >= 4, "rule files carry examples");
     let failures: Vec<String> = rs
         .def

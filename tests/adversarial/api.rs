@@ -17,7 +17,7 @@ use tripline::adapters::api::server::{ServerLimits, serve};
 use tripline::adapters::api::{
     ApiConfig, ApiState, Health, KeyLookup, KeyState, Readiness, router,
 };
-use tripline::engine::{EngineOptions, RuleSet};
+use tripline::engine::EngineOptions;
 
 const TOKEN: &str = "s3cret-token";
 const STREAM: &str = "stream tx { key CUSTOMER_ID time TX_DATETIME }\n";
@@ -66,7 +66,9 @@ impl Drop for Dirs {
 }
 
 fn state(dirs: &Dirs, config: ApiConfig) -> ApiState {
-    let rules = RuleSet::load(&[dirs.rules().as_path()], None, EngineOptions::default()).unwrap();
+    let rules =
+        tripline::files::load_rules(&[dirs.rules().as_path()], None, EngineOptions::default())
+            .unwrap();
     let store = RuleStore::new(vec![dirs.rules()], None, EngineOptions::default(), rules)
         .models_dir(dirs.root.join("models"));
     ApiState::new(

@@ -283,7 +283,7 @@ pub fn replay(rules: &Arc<RuleSet>, lines: &[String]) -> Vec<String> {
 }
 
 pub fn shipped_rules() -> Arc<RuleSet> {
-    RuleSet::load(&[Path::new("rules")], None, EngineOptions::default()).unwrap()
+    tripline::files::load_rules(&[Path::new("rules")], None, EngineOptions::default()).unwrap()
 }
 
 /// The handbook sample keyed by customer, then one event per partition far

@@ -10,19 +10,24 @@ use super::snapshot::{
 use super::{Engine, RuleSet, earliest_deadline};
 use crate::event::{Event, Value, ValueKey, format_time};
 use crate::pattern::eval::{Scope, eval};
+use crate::rules::ModelReader;
 use crate::state::{SnapshotError, StateStore, decode, header_hash};
 use serde_json::{Value as Json, json};
 use std::sync::Arc;
 
 /// The rules a store's state was written under, rebuilt from the copy it
-/// holds (`None`: the store holds no engine state).
-pub fn stored_rules(store: &impl StateStore) -> Result<Option<Arc<RuleSet>>, SnapshotError> {
+/// holds, its models read by `models` (`None`: the store holds no engine
+/// state).
+pub fn stored_rules(
+    store: &impl StateStore,
+    models: &ModelReader,
+) -> Result<Option<Arc<RuleSet>>, SnapshotError> {
     let Some(bytes) = store.get(RULES_KEY)? else {
         return Ok(None);
     };
     let hash = header_hash(&bytes)?;
     let stored: StoredRules = decode(&bytes, hash)?;
-    let rules = RuleSet::rebuild(&stored.origin, &stored.rules, Default::default())
+    let rules = RuleSet::rebuild(&stored.origin, models, &stored.rules, Default::default())
         .map_err(|e| SnapshotError::Corrupt(format!("the stored rules do not compile: {e}")))?;
     if rules.def.hash != hash {
         return Err(SnapshotError::Corrupt(format!(
@@ -35,8 +40,8 @@ pub fn stored_rules(store: &impl StateStore) -> Result<Option<Arc<RuleSet>>, Sna
 
 /// A summary of a store's engine state: rules, watermark, counters, keys
 /// and buffered events.
-pub fn summary(store: &impl StateStore) -> Result<Json, SnapshotError> {
-    let Some(rules) = stored_rules(store)? else {
+pub fn summary(store: &impl StateStore, models: &ModelReader) -> Result<Json, SnapshotError> {
+    let Some(rules) = stored_rules(store, models)? else {
         return Ok(json!({ "rules": null }));
     };
     let hash = rules.def.hash;
@@ -79,8 +84,12 @@ fn key_candidates(key: &str) -> Vec<Value> {
 /// One key's state in a store, per keying that has it: its rules' window
 /// aggregates and next deadlines, and the whole stored record. Numeric keys
 /// may be given as text.
-pub fn inspect_key(store: &impl StateStore, key: &str) -> Result<Vec<Json>, SnapshotError> {
-    let Some(rules) = stored_rules(store)? else {
+pub fn inspect_key(
+    store: &impl StateStore,
+    models: &ModelReader,
+    key: &str,
+) -> Result<Vec<Json>, SnapshotError> {
+    let Some(rules) = stored_rules(store, models)? else {
         return Ok(Vec::new());
     };
     let candidates = key_candidates(key);

@@ -6,7 +6,6 @@ use crate::event::{Decoder, Slot};
 use crate::pattern::lazy::SymbolDfa;
 use crate::pattern::{Matcher, nfa};
 use crate::rules::{CompileError, Compiler, RuleDef, RuleSetDef, StreamDef};
-use std::path::Path;
 use std::sync::Arc;
 
 /// The (stage, condition predicate) of a pattern that is one mandatory stage
@@ -243,12 +242,15 @@ impl RuleSet {
     /// The rule set `origin` compiles to, restricted to the rules named in
     /// `rules` (as [`RuleSet::for_key`] restricts): the rules some state
     /// was written under, rebuilt to read that state.
+    /// `models` reads its models (see [`crate::rules::RuleSetDef::model_files`]).
     pub fn rebuild(
         origin: &crate::rules::RuleOrigin,
+        models: &crate::rules::ModelReader,
         rules: &[String],
         options: EngineOptions,
     ) -> Result<Arc<RuleSet>, CompileError> {
         let mut c = Compiler::new();
+        c.model_files(models.clone());
         if let Some(s) = &origin.stream {
             c.stream(s.clone());
         }
@@ -279,19 +281,6 @@ impl RuleSet {
     /// The slot of the stream's key field.
     pub fn stream_key_slot(&self) -> Option<Slot> {
         self.def.schema.slot(&self.def.stream.key)
-    }
-
-    /// Reads, checks and compiles rule files or directories.
-    pub fn load(
-        paths: &[&Path],
-        stream: Option<StreamDef>,
-        options: EngineOptions,
-    ) -> Result<Arc<RuleSet>, CompileError> {
-        Self::compile_with(stream, options, |c| {
-            for p in paths {
-                c.add_path(p);
-            }
-        })
     }
 
     /// Compiles rules from source text (for tests and the API).

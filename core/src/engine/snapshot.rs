@@ -312,12 +312,17 @@ impl Engine {
         hash: u64,
     ) -> Result<Engine, SnapshotError> {
         let stored: StoredRules = decode(stored, hash)?;
-        let old =
-            RuleSet::rebuild(&stored.origin, &stored.rules, self.rules.options).map_err(|e| {
-                SnapshotError::Corrupt(format!(
-                    "the rules the state was written under do not compile: {e}"
-                ))
-            })?;
+        let old = RuleSet::rebuild(
+            &stored.origin,
+            &self.rules.def.model_files,
+            &stored.rules,
+            self.rules.options,
+        )
+        .map_err(|e| {
+            SnapshotError::Corrupt(format!(
+                "the rules the state was written under do not compile: {e}"
+            ))
+        })?;
         if old.def.hash != hash {
             return Err(SnapshotError::Corrupt(format!(
                 "the stored rules compile to rule set {:016x}, not {hash:016x}",

@@ -20,7 +20,6 @@ mod trees;
 
 pub use trees::TreeEnsemble;
 
-use std::path::Path;
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
@@ -84,38 +83,6 @@ impl std::fmt::Debug for Model {
 }
 
 impl Model {
-    /// Loads an ONNX file.
-    pub fn load(path: &Path) -> Result<Model, ModelError> {
-        use std::io::Read;
-        let io = |source| ModelError::Io {
-            path: path.display().to_string(),
-            source,
-        };
-        // Checked on the opened file: a device or a FIFO (`/dev/zero`) would
-        // be read for ever, a huge file into memory whole.
-        let file = std::fs::File::open(path).map_err(io)?;
-        let meta = file.metadata().map_err(io)?;
-        if !meta.is_file() {
-            return Err(invalid("not a regular file"));
-        }
-        if meta.len() > MAX_MODEL_BYTES {
-            return Err(invalid(format!(
-                "the file is {} bytes; models may have at most {MAX_MODEL_BYTES}",
-                meta.len()
-            )));
-        }
-        let mut bytes = Vec::with_capacity(meta.len() as usize);
-        file.take(MAX_MODEL_BYTES + 1)
-            .read_to_end(&mut bytes)
-            .map_err(io)?;
-        if bytes.len() as u64 > MAX_MODEL_BYTES {
-            return Err(invalid(format!(
-                "the file grew past {MAX_MODEL_BYTES} bytes"
-            )));
-        }
-        Model::from_bytes(&bytes)
-    }
-
     /// Loads a model from the bytes of an ONNX file.
     pub fn from_bytes(bytes: &[u8]) -> Result<Model, ModelError> {
         let proto = guarded(|| tract_onnx::onnx().proto_model_for_read(&mut &bytes[..]))

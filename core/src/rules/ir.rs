@@ -474,6 +474,8 @@ pub struct RuleSetDef {
     /// What it was compiled from, so that state written under it can be
     /// read again after the rules change.
     pub origin: Arc<RuleOrigin>,
+    /// How its models were read (the same reader compiles the origin again).
+    pub model_files: super::check::ModelReader,
 }
 
 /// The inputs a rule set was compiled from.

@@ -10,7 +10,7 @@ mod lexer;
 mod parser;
 mod vocab;
 
-pub use check::{CompileError, Compiler, Limits, rule_files};
+pub use check::{CompileError, Compiler, Limits, ModelFiles, ModelReader};
 pub use diag::{Diagnostic, Diagnostics, SourceMap, Span, suggest};
 pub use ir::*;
 pub use lexer::parse_duration;

@@ -6,7 +6,8 @@
 //! swaps it in at its next checkpoint (as it does for edited files).
 
 use crate::engine::{EngineOptions, RuleSet};
-use crate::rules::{CompileError, Compiler, StreamDef, parse_file, rule_files};
+use crate::files::{compiler, rule_files};
+use crate::rules::{CompileError, StreamDef, parse_file};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -200,7 +201,7 @@ impl RuleStore {
         files: &[(PathBuf, String)],
         untrusted: Option<&Path>,
     ) -> Result<Arc<RuleSet>, RuleChangeError> {
-        let mut c = Compiler::new();
+        let mut c = compiler();
         if let Some(s) = &self.stream {
             c.stream(s.clone());
         }

@@ -10,6 +10,7 @@ use super::diag::{Diagnostic, Diagnostics, SourceMap, Span, suggest};
 use super::ir::*;
 use super::parser::parse_file;
 use crate::event::{FieldPath, Schema, TimeFormat, Value};
+use crate::model::ModelError;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -73,7 +74,42 @@ fn lexically_within(path: &Path, dir: &Path) -> bool {
     normal(path).starts_with(normal(dir))
 }
 
-/// Collects rule files and compiles them into a [`RuleSetDef`].
+/// Where the checker gets the bytes of the models rules declare: the core
+/// opens no file, so the CLI and the service hand it a reader of theirs.
+pub trait ModelFiles: Send + Sync {
+    /// The bytes of the model file at `path` (relative paths already
+    /// resolved against the declaring rule file's directory).
+    fn read(&self, path: &Path) -> Result<Vec<u8>, ModelError>;
+}
+
+/// The model reader a rule set was compiled with, kept so that the rules
+/// some state was written under can be compiled again (`None`: models
+/// cannot be loaded).
+#[derive(Clone, Default)]
+pub struct ModelReader(pub Option<Arc<dyn ModelFiles>>);
+
+impl std::fmt::Debug for ModelReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "ModelReader(Some(..))"
+        } else {
+            "ModelReader(None)"
+        })
+    }
+}
+
+impl ModelReader {
+    fn read(&self, path: &Path) -> Result<Vec<u8>, ModelError> {
+        match &self.0 {
+            Some(files) => files.read(path),
+            None => Err(ModelError::Invalid(
+                "models cannot be loaded here (the checker was given no model files)".into(),
+            )),
+        }
+    }
+}
+
+/// Collects rule sources and compiles them into a [`RuleSetDef`].
 #[derive(Default)]
 pub struct Compiler {
     sources: SourceMap,
@@ -85,6 +121,7 @@ pub struct Compiler {
     models_dir: Option<std::path::PathBuf>,
     /// Sources whose models must be in `models_dir`.
     untrusted: Vec<u32>,
+    models: ModelReader,
 }
 
 impl Compiler {
@@ -135,33 +172,17 @@ impl Compiler {
         self
     }
 
-    /// Adds a `.tl` file, or every `.tl` file under a directory (sorted, so
-    /// the result does not depend on directory order).
-    pub fn add_path(&mut self, path: &Path) -> &mut Compiler {
-        if path.is_dir() {
-            let mut files = Vec::new();
-            collect_tl(path, &mut files, &mut self.io_errors);
-            files.sort();
-            if files.is_empty() {
-                self.io_errors
-                    .push(format!("{}: no .tl rule files found", path.display()));
-            }
-            for f in files {
-                self.add_file(&f);
-            }
-        } else {
-            self.add_file(path);
-        }
+    /// Reads declared models through `models`.
+    pub fn model_files(&mut self, models: ModelReader) -> &mut Compiler {
+        self.models = models;
         self
     }
 
-    fn add_file(&mut self, path: &Path) {
-        match std::fs::read_to_string(path) {
-            Ok(text) => {
-                self.add_source(&path.display().to_string(), &text);
-            }
-            Err(e) => self.io_errors.push(format!("{}: {e}", path.display())),
-        }
+    /// Records that a rule source could not be read: compiling then fails
+    /// with it (and every other such error) before anything is checked.
+    pub fn io_error(&mut self, message: String) -> &mut Compiler {
+        self.io_errors.push(message);
+        self
     }
 
     /// Checks everything and returns the rule set, or every error found.
@@ -334,6 +355,7 @@ impl Compiler {
             time_slot,
             hash: h.digest(),
             origin: Arc::new(origin),
+            model_files: std::mem::take(&mut self.models),
         })
     }
 
@@ -423,7 +445,11 @@ impl Compiler {
                     );
                     continue;
                 }
-                let model = match crate::model::Model::load(&file) {
+                let model = match self
+                    .models
+                    .read(&file)
+                    .and_then(|bytes| crate::model::Model::from_bytes(&bytes))
+                {
                     Ok(model) => model,
                     Err(e) => {
                         // The path as the rule wrote it: the message tells
@@ -608,41 +634,6 @@ pub enum CompileError {
     /// Errors in the rule files.
     #[error("{0}")]
     Rules(Diagnostics),
-}
-
-/// The `.tl` files a path names: the file itself, or every `.tl` file under
-/// a directory, sorted (as [`Compiler::add_path`] reads them).
-pub fn rule_files(path: &Path) -> Result<Vec<std::path::PathBuf>, Vec<String>> {
-    if !path.is_dir() {
-        return Ok(vec![path.to_path_buf()]);
-    }
-    let mut files = Vec::new();
-    let mut errs = Vec::new();
-    collect_tl(path, &mut files, &mut errs);
-    files.sort();
-    if errs.is_empty() {
-        Ok(files)
-    } else {
-        Err(errs)
-    }
-}
-
-fn collect_tl(dir: &Path, out: &mut Vec<std::path::PathBuf>, errs: &mut Vec<String>) {
-    let rd = match std::fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) => {
-            errs.push(format!("{}: {e}", dir.display()));
-            return;
-        }
-    };
-    for entry in rd.flatten() {
-        let p = entry.path();
-        if p.is_dir() {
-            collect_tl(&p, out, errs);
-        } else if p.extension().is_some_and(|e| e == "tl") {
-            out.push(p);
-        }
-    }
 }
 
 fn hint_closest<'a>(
