@@ -40,7 +40,7 @@ fn run_with(mut engine: Engine, lines: &[&[u8]]) -> u64 {
     let mut out = Outputs::default();
     let mut alerts = 0u64;
     for (i, l) in lines.iter().enumerate() {
-        if let Ok(ev) = rs.decoder.decode(l, i as u64) {
+        if let Ok(ev) = rs.decoder().decode(l, i as u64) {
             engine.on_event(ev, &mut out);
         }
         alerts += (out.alerts.len() + out.features.len()) as u64;
@@ -74,7 +74,7 @@ fn bench(c: &mut Criterion) {
             lines
                 .iter()
                 .enumerate()
-                .filter_map(|(i, l)| features.decoder.decode(l, i as u64).ok())
+                .filter_map(|(i, l)| features.decoder().decode(l, i as u64).ok())
                 .map(|ev| ev.time)
                 .fold(0i64, i64::wrapping_add)
         })

@@ -53,7 +53,7 @@ fn event(rs: &RuleSet, i: u64, keys: u64) -> Event {
         START + i as i64,
         i % 500
     );
-    rs.decoder.decode(line.as_bytes(), i).expect("decodes")
+    rs.decoder().decode(line.as_bytes(), i).expect("decodes")
 }
 
 fn feed(engine: &mut Engine, rs: &RuleSet, from: u64, to: u64, keys: u64, out: &mut Outputs) {

@@ -468,30 +468,30 @@ fn check(paths: &[PathBuf], stream: Option<StreamDef>) -> Result<ExitCode> {
     let Some(rs) = load(paths, stream, EngineOptions::default())? else {
         return Ok(ExitCode::from(1));
     };
-    for r in &rs.rules {
+    for r in rs.rules() {
         println!(
             "ok  {:<28} key {:<14} {} stages, {} automaton states",
-            r.def.name,
-            r.def.key.to_string(),
-            r.def.stage_names.len(),
-            r.matcher.nfa.states.len()
+            r.def().name,
+            r.def().key.to_string(),
+            r.def().stage_names.len(),
+            r.matcher().nfa.states.len()
         );
-        if r.def.skip == tripline::rules::SkipDef::NoSkip
-            && let Some(why) = r.def.pattern.growth()
+        if r.def().skip == tripline::rules::SkipDef::NoSkip
+            && let Some(why) = r.def().pattern.growth()
         {
             println!(
                 "warning: rule `{}`: {why}; each event raises at most rules.max_alerts_per_event \
                  alerts (the rest are suppressed); consider `skip past last event`, a bounded \
                  `repeat N..M`, or `consecutive`",
-                r.def.name
+                r.def().name
             );
         }
     }
     println!(
         "{} rules, {} examples, rule set {:016x}",
-        rs.rules.len(),
-        rs.def.examples.len(),
-        rs.def.hash
+        rs.rules().len(),
+        rs.def().examples.len(),
+        rs.def().hash
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -523,14 +523,14 @@ type FeatureFile = FeatureWriter<BufWriter<std::fs::File>>;
 
 /// The writer of `replay --features PATH`.
 fn feature_writer(rs: &RuleSet, path: &Path, with: Vec<String>) -> Result<FeatureFile> {
-    if rs.feature_columns.is_empty() {
+    if rs.feature_columns().is_empty() {
         bail!("--features: the rules define no `features` set (see docs/rules.md, Features)");
     }
     let Some(format) = FeatureFormat::for_path(path) else {
         bail!("--features {}: name a .csv or .jsonl file", path.display());
     };
     let with = if with.is_empty() {
-        let s = &rs.def.stream;
+        let s = &rs.def().stream;
         vec![s.key.to_string(), s.time.to_string()]
     } else {
         with
@@ -541,7 +541,7 @@ fn feature_writer(rs: &RuleSet, path: &Path, with: Vec<String>) -> Result<Featur
         BufWriter::with_capacity(1 << 16, file),
         format,
         &with,
-        &rs.feature_columns,
+        rs.feature_columns(),
     )?)
 }
 
@@ -560,7 +560,7 @@ fn replay(
         engine = engine.collect_features();
     }
     let mut outputs = Outputs::default();
-    let mut per_rule = vec![0u64; rs.rules.len()];
+    let mut per_rule = vec![0u64; rs.rules().len()];
     let mut summary = Summary::default();
     let mut line = Vec::with_capacity(1024);
     let mut buf = Vec::with_capacity(1024);
@@ -579,7 +579,7 @@ fn replay(
         if line.iter().all(|b| b.is_ascii_whitespace()) {
             continue;
         }
-        match rs.decoder.decode(&line, summary.lines) {
+        match rs.decoder().decode(&line, summary.lines) {
             Ok(ev) => engine.on_event(ev, &mut outputs),
             Err(e) => {
                 summary.invalid += 1;
@@ -618,10 +618,10 @@ fn replay(
     let secs = started.elapsed().as_secs_f64();
     let stats = engine.stats();
     let by_rule: Vec<String> = rs
-        .rules
+        .rules()
         .iter()
         .zip(&per_rule)
-        .map(|(r, n)| format!("{}={n}", r.name))
+        .map(|(r, n)| format!("{}={n}", r.name()))
         .collect();
     writeln!(
         err,
@@ -662,7 +662,7 @@ fn drain(
     summary: &mut Summary,
 ) -> Result<()> {
     for a in outputs.alerts.drain(..) {
-        if let Some(i) = rs.rules.iter().position(|r| r.name == a.rule) {
+        if let Some(i) = rs.rules().iter().position(|r| *r.name() == a.rule) {
             per_rule[i] += 1;
         }
         buf.clear();
@@ -703,7 +703,7 @@ fn test_examples(paths: &[PathBuf]) -> Result<ExitCode> {
         return Ok(ExitCode::from(1));
     };
     let (mut passed, mut failed) = (0, 0);
-    for ex in &rs.def.examples {
+    for ex in &rs.def().examples {
         match tripline::engine::run_example(&rs, ex) {
             Ok(()) => {
                 passed += 1;

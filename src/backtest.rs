@@ -105,7 +105,7 @@ impl Backtest {
 
     /// Runs one event (a JSON line; `seq` its position in the input).
     pub fn event(&mut self, line: &[u8], seq: u64) -> Result<(), DecodeError> {
-        let event = self.rules.decoder.decode(line, seq)?;
+        let event = self.rules.decoder().decode(line, seq)?;
         self.events += 1;
         self.days.insert(event.time.div_euclid(DAY_MS));
         if is_labelled(line, &self.label) {
@@ -157,16 +157,16 @@ impl Backtest {
         }
         let rules = self
             .rules
-            .rules
+            .rules()
             .iter()
-            .filter(|r| !r.def.features)
+            .filter(|r| !r.def().features)
             .map(|r| {
                 let (alerts, right, caught) = self
                     .per_rule
-                    .get(&*r.name)
+                    .get(r.name())
                     .map_or((0, 0, 0), |(a, w, c)| (*a, *w, c.len() as u64));
                 RuleScore {
-                    rule: r.name.to_string(),
+                    rule: r.name().to_string(),
                     alerts,
                     right,
                     caught,

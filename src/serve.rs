@@ -73,7 +73,7 @@ impl RuleWatch {
                 self.failed = None;
                 // A set the API accepted is already on its way to the
                 // service: its files are not a change to hand over again.
-                let accepted = self.api.as_ref().map(|a| a.rules().current().def.hash);
+                let accepted = self.api.as_ref().map(|a| a.rules().current().def().hash);
                 let changed = def.hash != self.seen && Some(def.hash) != accepted;
                 self.seen = def.hash;
                 if !changed {
@@ -125,7 +125,7 @@ fn start_service(
         paths: config.rules.paths.clone(),
         every: Duration::from_millis(config.rules.reload_interval_ms),
         next: start + Duration::from_millis(config.rules.reload_interval_ms),
-        seen: rules.def.hash,
+        seen: rules.def().hash,
         failed: None,
         api: None,
         source,
@@ -199,7 +199,7 @@ fn start_service(
 fn check_notify(config: &Config, rules: &RuleSet) -> Result<()> {
     let endpoints = &config.webhooks.endpoints;
     let mut unknown = Vec::new();
-    for r in &rules.def.rules {
+    for r in &rules.def().rules {
         for name in r.notify.iter() {
             if !endpoints.iter().any(|e| e.name == **name) {
                 unknown.push(format!("rule `{}` notifies `{name}`", r.name));
@@ -547,7 +547,7 @@ fn produce_events(config: &Config, brokers: &str, rules: &RuleSet, path: &str) -
         // Keyed by the stream key so each key's events stay in one partition;
         // lines that cannot be decoded go unkeyed (tripline dead-letters them).
         let key = rules
-            .decoder
+            .decoder()
             .decode(line.as_bytes(), i as u64)
             .ok()
             .zip(key_slot)

@@ -375,7 +375,7 @@ async fn rules_are_listed_validated_changed_and_deleted() {
     // further change.
     let from_files =
         tripline::files::load_rules(&[a.dir.as_path()], None, EngineOptions::default()).unwrap();
-    assert_eq!(j["rule_set"], format!("{:016x}", from_files.def.hash));
+    assert_eq!(j["rule_set"], format!("{:016x}", from_files.def().hash));
     let (_, list) = call(&a, "GET", "/v1/rules", None, "").await;
     assert_eq!(list["rule_set"], j["rule_set"]);
     assert!(

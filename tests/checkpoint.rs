@@ -202,14 +202,14 @@ proptest! {
         let mut want = alert_lines(&straight_run(&rs, &input));
         want.sort();
         let mut got = Vec::new();
-        for keying in &rs.keyings {
+        for keying in rs.keyings() {
             let part = rs.for_key(Some(keying.slot));
             for p in 0..partitions {
                 // Each event keeps its position in the whole input as its
                 // sequence number, as a record keeps its offset.
                 let mine: Vec<usize> = (0..input.len())
                     .filter(|&i| {
-                        let ev = part.decoder.decode(input[i].as_bytes(), 0).expect("decodes");
+                        let ev = part.decoder().decode(input[i].as_bytes(), 0).expect("decodes");
                         match ev.field(keying.slot) {
                             Value::Num(k) => *k as usize % partitions == p,
                             other => panic!("numeric keys only, not {other}"),
@@ -222,7 +222,7 @@ proptest! {
                 let mut at = 0;
                 for end in ends {
                     for &i in &mine[at..end] {
-                        let ev = part.decoder.decode(input[i].as_bytes(), i as u64).expect("decodes");
+                        let ev = part.decoder().decode(input[i].as_bytes(), i as u64).expect("decodes");
                         engine.on_event(ev, &mut out);
                     }
                     at = end;
@@ -302,7 +302,7 @@ fn snapshot_times_no_event_can_have_are_refused() {
     // near i64::MAX gets a saturated deadline that advancing time never reaches,
     // so the engine re-fired the same timer forever.
     let rs = rules();
-    let nfa = &rs.rules[0].matcher.nfa;
+    let nfa = &rs.rules()[0].matcher().nfa;
     let start = PartialSnapshot {
         state: nfa.start,
         node: None,

@@ -40,7 +40,7 @@ fn rule_language_doc_examples_hold() {
     for (line, src) in &ok {
         let rs = compile(&format!("docs/rules.md:{line}"), src)
             .unwrap_or_else(|e| panic!("block at docs/rules.md:{line} does not compile:\n{e}"));
-        for ex in &rs.def.examples {
+        for ex in &rs.def().examples {
             examples += 1;
             if let Err(e) = run_example(&rs, ex) {
                 panic!("example `{}` at docs/rules.md:{line}: {e}", ex.name);

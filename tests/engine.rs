@@ -16,12 +16,12 @@ fn run(lazy: bool, filler: &str) -> (usize, usize) {
         ..EngineOptions::default()
     };
     let rs = RuleSet::from_source_with("e.tl", RULES, None, options).unwrap();
-    assert_eq!(rs.rules[0].matcher.lazy.is_some(), lazy);
+    assert_eq!(rs.rules()[0].matcher().lazy.is_some(), lazy);
     let mut engine = Engine::new(rs.clone());
     let mut out = Outputs::default();
     let mut feed = |engine: &mut Engine, k: u32, t: i64, v: &str| {
         let line = format!(r#"{{"k":{k},"t":{t},"v":"{v}"}}"#);
-        let ev = rs.decoder.decode(line.as_bytes(), t as u64).unwrap();
+        let ev = rs.decoder().decode(line.as_bytes(), t as u64).unwrap();
         engine.on_event(ev, &mut out);
     };
     // Key 1 starts a match and goes quiet; key 2 keeps the stream going.
@@ -66,7 +66,10 @@ rule seq {{ within 40ms skip past last pattern {{ a: v == 0 then b: v == 2 repea
     let mut engine = Engine::new(rs.clone());
     let mut out = Outputs::default();
     for (i, l) in lines.iter().enumerate() {
-        engine.on_event(rs.decoder.decode(l.as_bytes(), i as u64).unwrap(), &mut out);
+        engine.on_event(
+            rs.decoder().decode(l.as_bytes(), i as u64).unwrap(),
+            &mut out,
+        );
     }
     engine.finish(&mut out);
     out.alerts.iter().map(|a| a.to_json_line()).collect()

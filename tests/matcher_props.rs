@@ -239,9 +239,9 @@ fn nfa_matches(
         .unwrap_or_else(|e| panic!("{e}\n{src}"));
     // Only windowed patterns can run lazily (and only if their DFA fits the size limit).
     if !lazy || within.is_none() {
-        assert!(rs.rules[0].matcher.lazy.is_none(), "{src}");
+        assert!(rs.rules()[0].matcher().lazy.is_none(), "{src}");
     }
-    let m = &rs.rules[0].matcher;
+    let m = &rs.rules()[0].matcher();
     let mut st = m.new_state();
     let mut scratch = Scratch::default();
     let mut out = Vec::new();
@@ -249,7 +249,7 @@ fn nfa_matches(
     for (i, (v, t)) in events.iter().enumerate() {
         let line = format!("{{\"k\":1,\"t\":{t},\"v\":{v}}}");
         let e = Arc::new(
-            rs.decoder
+            rs.decoder()
                 .decode(line.as_bytes(), i as u64)
                 .expect("decodes"),
         );
@@ -309,7 +309,10 @@ fn run_engine(lines: &[String]) -> Vec<String> {
     let mut engine = Engine::new(rs.clone());
     let mut out = Outputs::default();
     for (i, l) in lines.iter().enumerate() {
-        let ev = rs.decoder.decode(l.as_bytes(), i as u64).expect("decodes");
+        let ev = rs
+            .decoder()
+            .decode(l.as_bytes(), i as u64)
+            .expect("decodes");
         engine.on_event(ev, &mut out);
     }
     engine.finish(&mut out);

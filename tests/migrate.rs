@@ -237,10 +237,10 @@ fn identical_rule_sets_migrate_as_identity_and_fingerprints_are_stable() {
         SPIKE,
         "rule re { pattern { x: k matches \"^1\" } }\n",
     ]);
-    for (ra, rb) in a.rules.iter().zip(&b.rules) {
+    for (ra, rb) in a.rules().iter().zip(b.rules()) {
         assert_eq!(
-            ra.def.state_fingerprint(&a.def.schema),
-            rb.def.state_fingerprint(&b.def.schema)
+            ra.def().state_fingerprint(&a.def().schema),
+            rb.def().state_fingerprint(&b.def().schema)
         );
     }
     let engine = Engine::new(a);

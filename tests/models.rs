@@ -113,14 +113,14 @@ fn a_rule_reads_the_model_score_and_its_alerts_carry_the_features() {
         .iter()
         .map(|i| {
             rules
-                .feature_columns
+                .feature_columns()
                 .iter()
                 .position(|c| &**c == i)
                 .unwrap_or(usize::MAX)
         })
         .collect();
     let amount = rules
-        .def
+        .def()
         .schema
         .slot(&FieldPath::single("TX_AMOUNT"))
         .unwrap();
@@ -221,8 +221,13 @@ fn the_service_refuses_models_that_read_another_keys_features() {
     let rules = rule_set(&[("rules/card_model.tl", &card)]).unwrap();
     assert!(rules.cross_key_models().is_empty());
     let by_card = rules.for_key(rules.stream_key_slot());
-    let names: Vec<_> = by_card.def.models.iter().map(|m| m.name.as_str()).collect();
+    let names: Vec<_> = by_card
+        .def()
+        .models
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect();
     assert_eq!(names, ["card_rf"]);
-    let by_terminal = rules.for_key(Some(rules.keyings[1].slot));
-    assert!(by_terminal.def.models.is_empty());
+    let by_terminal = rules.for_key(Some(rules.keyings()[1].slot));
+    assert!(by_terminal.def().models.is_empty());
 }

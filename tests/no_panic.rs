@@ -113,7 +113,7 @@ fn compile_and_run(text: &str) {
             .iter()
             .enumerate()
             {
-                if let Ok(ev) = rs.decoder.decode(l.as_bytes(), i as u64) {
+                if let Ok(ev) = rs.decoder().decode(l.as_bytes(), i as u64) {
                     engine.on_event(ev, &mut out);
                 }
             }
@@ -141,7 +141,7 @@ proptest! {
         let rs = RuleSet::from_source("d.tl", "stream s { key k time t } rule r { pattern { a: v > 1 } }", None).expect("compiles");
         let mut input = prefix.as_bytes().to_vec();
         input.extend_from_slice(&bytes);
-        let _ = rs.decoder.decode(&input, 0);
+        let _ = rs.decoder().decode(&input, 0);
     }
 }
 
@@ -189,7 +189,7 @@ fn pathological_inputs_are_errors() {
         "{\"k\":1,\"t\":-9223372036854775808}".to_string(),
     ] {
         assert!(
-            rs.decoder.decode(input.as_bytes(), 0).is_err(),
+            rs.decoder().decode(input.as_bytes(), 0).is_err(),
             "{}",
             &input[..input.len().min(60)]
         );

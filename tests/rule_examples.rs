@@ -8,9 +8,9 @@ fn shipped_rule_examples_hold() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
     let rs = tripline::files::load_rules(&[dir.as_path()], None, Default::default())
         .unwrap_or_else(|e| panic!("{e}"));
-    assert!(rs.def.examples.len() >= 4, "rule files carry examples");
+    assert!(rs.def().examples.len() >= 4, "rule files carry examples");
     let failures: Vec<String> = rs
-        .def
+        .def()
         .examples
         .iter()
         .filter_map(|ex| {
@@ -36,7 +36,7 @@ example "off by one" {
 #[test]
 fn a_wrong_expectation_is_reported() {
     let rs = RuleSet::from_source("x.tl", OFF_BY_ONE, None).unwrap();
-    let err = run_example(&rs, &rs.def.examples[0]).unwrap_err();
+    let err = run_example(&rs, &rs.def().examples[0]).unwrap_err();
     assert!(err.contains("expected 2 alerts, got 1"), "{err}");
 }
 

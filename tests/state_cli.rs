@@ -37,7 +37,7 @@ fn data_dir(name: &str) -> PathBuf {
     for (i, (card, amount, ts)) in events.iter().enumerate() {
         let line = format!(r#"{{"card":"{card}","amount":{amount},"ts":{ts}}}"#);
         let ev = rs
-            .decoder
+            .decoder()
             .decode(line.as_bytes(), i as u64)
             .expect("decodes");
         engine.on_event(ev, &mut out);

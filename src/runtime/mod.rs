@@ -279,7 +279,7 @@ mod tests {
         )
         .unwrap();
         let slot = full
-            .def
+            .def()
             .schema
             .slot(&crate::event::FieldPath::single("term"))
             .unwrap();

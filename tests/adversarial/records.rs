@@ -20,7 +20,7 @@ fn rules(stream_extra: &str) -> std::sync::Arc<RuleSet> {
 
 fn feed(rs: &RuleSet, engine: &mut Engine, out: &mut Outputs, lines: &[String]) {
     for (i, line) in lines.iter().enumerate() {
-        let ev = rs.decoder.decode(line.as_bytes(), i as u64).unwrap();
+        let ev = rs.decoder().decode(line.as_bytes(), i as u64).unwrap();
         engine.on_event(ev, out);
     }
 }

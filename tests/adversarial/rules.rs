@@ -25,7 +25,7 @@ fn one_event_raises_at_most_the_alert_budget() {
     for i in 0..24u64 {
         let line = format!(r#"{{"k":"one","t":{}}}"#, 1_000 + i * 1_000);
         let before = out.alerts.len();
-        engine.on_event(rs.decoder.decode(line.as_bytes(), i).unwrap(), &mut out);
+        engine.on_event(rs.decoder().decode(line.as_bytes(), i).unwrap(), &mut out);
         per_event.push(out.alerts.len() - before);
     }
     engine.finish(&mut out);

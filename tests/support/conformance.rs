@@ -361,8 +361,8 @@ pub fn run_case(case: &J) -> Result<(), String> {
             case["expected_error"]
         ));
     }
-    let rule = &rules.rules[0];
-    let matcher = &rule.matcher;
+    let rule = &rules.rules()[0];
+    let matcher = &rule.matcher();
     let mut state = matcher.new_state();
     let mut scratch = Scratch::default();
     let only_pending = case["expected_matches_source"]
@@ -392,7 +392,7 @@ pub fn run_case(case: &J) -> Result<(), String> {
         let seq = i as u64;
         by_seq.insert(seq, ev.clone());
         let event = rules
-            .decoder
+            .decoder()
             .decode(line.as_bytes(), seq)
             .map_err(|e| format!("event {i}: {e}"))?;
         let event = Arc::new(event);
@@ -573,7 +573,7 @@ fn collect(
                     .map(|(_, e)| e.clone())
                     .unwrap_or_else(|| current.clone());
                 let vals = rule
-                    .def
+                    .def()
                     .payload
                     .iter()
                     .map(|(_, e)| {

@@ -19,7 +19,7 @@ pub fn rules() -> Arc<RuleSet> {
 fn feed(engine: &mut Engine, rs: &RuleSet, events: &[&str], first_seq: u64, out: &mut Outputs) {
     for (i, l) in events.iter().enumerate() {
         let event = rs
-            .decoder
+            .decoder()
             .decode(l.as_bytes(), first_seq + i as u64)
             .expect("decodes");
         engine.on_event(event, out);

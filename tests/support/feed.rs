@@ -8,7 +8,7 @@ pub fn feed(engine: &mut Engine, lines: &[String], from: usize, out: &mut Output
     let rs = engine.rules().clone();
     for (i, l) in lines.iter().enumerate() {
         let ev = rs
-            .decoder
+            .decoder()
             .decode(l.as_bytes(), (from + i) as u64)
             .expect("decodes");
         engine.on_event(ev, out);

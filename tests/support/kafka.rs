@@ -274,7 +274,7 @@ pub fn replay(rules: &Arc<RuleSet>, lines: &[String]) -> Vec<String> {
     let mut out = Outputs::default();
     for (i, l) in lines.iter().enumerate() {
         engine.on_event(
-            rules.decoder.decode(l.as_bytes(), i as u64).unwrap(),
+            rules.decoder().decode(l.as_bytes(), i as u64).unwrap(),
             &mut out,
         );
     }

@@ -16,7 +16,7 @@ pub fn replay_sample(engine: &mut Engine, n: usize, out: &mut Outputs) {
     );
     for (i, line) in std::io::BufReader::new(gz).lines().take(n).enumerate() {
         let event = rules
-            .decoder
+            .decoder()
             .decode(line.unwrap().as_bytes(), i as u64)
             .unwrap();
         engine.on_event(event, out);

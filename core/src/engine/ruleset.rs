@@ -56,18 +56,51 @@ impl Default for EngineOptions {
 #[derive(Debug)]
 pub struct CompiledRule {
     /// The checked rule.
-    pub def: RuleDef,
+    pub(crate) def: RuleDef,
     /// Its name, shared by its alerts.
-    pub name: Arc<str>,
+    pub(crate) name: Arc<str>,
     /// Stage names by id, shared by its alerts.
-    pub stage_names: Vec<Arc<str>>,
+    pub(crate) stage_names: Vec<Arc<str>>,
     /// The matcher.
-    pub matcher: Matcher,
+    pub(crate) matcher: Matcher,
     /// Index into [`RuleSet::keyings`].
-    pub keying: usize,
+    pub(crate) keying: usize,
     /// For a feature set, the column of its first feature in
     /// [`RuleSet::feature_columns`].
-    pub feature_offset: usize,
+    pub(crate) feature_offset: usize,
+}
+
+impl CompiledRule {
+    /// The checked rule.
+    pub fn def(&self) -> &RuleDef {
+        &self.def
+    }
+
+    /// Its name, shared by its alerts.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// Stage names by id, shared by its alerts.
+    pub fn stage_names(&self) -> &[Arc<str>] {
+        &self.stage_names
+    }
+
+    /// The matcher.
+    pub fn matcher(&self) -> &Matcher {
+        &self.matcher
+    }
+
+    /// Index into [`RuleSet::keyings`].
+    pub fn keying(&self) -> usize {
+        self.keying
+    }
+
+    /// For a feature set, the column of its first feature in
+    /// [`RuleSet::feature_columns`].
+    pub fn feature_offset(&self) -> usize {
+        self.feature_offset
+    }
 }
 
 /// Rules that group events by the same key field.
@@ -87,26 +120,68 @@ pub struct Keying {
 #[derive(Debug)]
 pub struct RuleSet {
     /// The checked definitions.
-    pub def: RuleSetDef,
+    pub(crate) def: RuleSetDef,
     /// Rules in definition order.
-    pub rules: Vec<CompiledRule>,
+    pub(crate) rules: Vec<CompiledRule>,
     /// Key fields in use.
-    pub keyings: Vec<Keying>,
+    pub(crate) keyings: Vec<Keying>,
     /// Decoder for the fields the rules read.
-    pub decoder: Decoder,
+    pub(crate) decoder: Decoder,
     /// Options it was built with.
-    pub options: EngineOptions,
+    pub(crate) options: EngineOptions,
     /// The features of every feature set, in definition order: the columns
     /// of [`super::FeatureRow::values`].
-    pub feature_columns: Vec<Arc<str>>,
+    pub(crate) feature_columns: Vec<Arc<str>>,
     /// The event slots of [`RuleSet::feature_columns`].
-    pub feature_slots: Vec<crate::event::Slot>,
+    pub(crate) feature_slots: Vec<crate::event::Slot>,
     /// Events get computed values (features or model scores) before the
     /// rules see them.
-    pub derives: bool,
+    pub(crate) derives: bool,
 }
 
 impl RuleSet {
+    /// The checked definitions.
+    pub fn def(&self) -> &RuleSetDef {
+        &self.def
+    }
+
+    /// Rules in definition order.
+    pub fn rules(&self) -> &[CompiledRule] {
+        &self.rules
+    }
+
+    /// Key fields in use.
+    pub fn keyings(&self) -> &[Keying] {
+        &self.keyings
+    }
+
+    /// Decoder for the fields the rules read.
+    pub fn decoder(&self) -> &Decoder {
+        &self.decoder
+    }
+
+    /// Options it was built with.
+    pub fn options(&self) -> EngineOptions {
+        self.options
+    }
+
+    /// The features of every feature set, in definition order: the columns
+    /// of [`super::FeatureRow::values`].
+    pub fn feature_columns(&self) -> &[Arc<str>] {
+        &self.feature_columns
+    }
+
+    /// The event slots of [`RuleSet::feature_columns`].
+    pub fn feature_slots(&self) -> &[crate::event::Slot] {
+        &self.feature_slots
+    }
+
+    /// Events get computed values (features or model scores) before the
+    /// rules see them.
+    pub fn derives(&self) -> bool {
+        self.derives
+    }
+
     /// Compiles checked rules.
     pub fn build(def: RuleSetDef, options: EngineOptions) -> Arc<RuleSet> {
         let mut keyings: Vec<Keying> = Vec::new();

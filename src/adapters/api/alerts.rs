@@ -308,7 +308,7 @@ mod tests {
         let mut out = Outputs::default();
         for i in 0..n {
             let line = format!(r#"{{"k":"c{}","t":{},"v":{}}}"#, i % 3, i * 1000, i % 8);
-            let ev = rules.decoder.decode(line.as_bytes(), i as u64).unwrap();
+            let ev = rules.decoder().decode(line.as_bytes(), i as u64).unwrap();
             e.on_event(ev, &mut out);
         }
         out.alerts

@@ -68,27 +68,27 @@ pub struct PendingRules {
 
 pub(super) fn rule_list(rs: &RuleSet) -> RuleList {
     RuleList {
-        rule_set: format!("{:016x}", rs.def.hash),
+        rule_set: format!("{:016x}", rs.def().hash),
         pending: None,
-        stream: rs.def.stream.name.clone(),
+        stream: rs.def().stream.name.clone(),
         rules: rs
-            .rules
+            .rules()
             .iter()
             .map(|r| RuleInfo {
-                name: r.name.to_string(),
-                kind: if r.def.features { "features" } else { "rule" }.into(),
-                key: r.def.key.to_string(),
-                severity: serde_json::to_value(r.def.severity)
+                name: r.name().to_string(),
+                kind: if r.def().features { "features" } else { "rule" }.into(),
+                key: r.def().key.to_string(),
+                severity: serde_json::to_value(r.def().severity)
                     .ok()
                     .and_then(|v| v.as_str().map(String::from))
                     .unwrap_or_default(),
-                score: r.def.score,
-                description: r.def.description.clone(),
-                models: r.def.models.clone(),
+                score: r.def().score,
+                description: r.def().description.clone(),
+                models: r.def().models.clone(),
             })
             .collect(),
         models: rs
-            .def
+            .def()
             .models
             .iter()
             .map(|m| ModelInfo {
@@ -129,7 +129,7 @@ pub(super) async fn list_rules(State(s): State<ApiState>) -> Json<RuleList> {
     let Some(status) = s.0.health.rules_status() else {
         return Json(rule_list(&current));
     };
-    if status.running == current.def.hash {
+    if status.running == current.def().hash {
         return Json(rule_list(&current));
     }
     let running = s.0.rules.recent(status.running);
@@ -146,11 +146,15 @@ pub(super) async fn list_rules(State(s): State<ApiState>) -> Json<RuleList> {
         list.models.clear();
     }
     list.pending = Some(PendingRules {
-        rule_set: format!("{:016x}", current.def.hash),
-        rules: current.rules.iter().map(|r| r.name.to_string()).collect(),
+        rule_set: format!("{:016x}", current.def().hash),
+        rules: current
+            .rules()
+            .iter()
+            .map(|r| r.name().to_string())
+            .collect(),
         refused: status
             .refused
-            .filter(|(hash, _)| *hash == current.def.hash)
+            .filter(|(hash, _)| *hash == current.def().hash)
             .map(|(_, why)| why),
     });
     Json(list)
@@ -265,7 +269,7 @@ pub(super) async fn put_rule(
     Ok((
         status,
         Json(RuleChange {
-            rule_set: format!("{:016x}", w.rules.def.hash),
+            rule_set: format!("{:016x}", w.rules.def().hash),
             created: w.created,
             file: Some(s.0.rules.display_name(&w.file.display().to_string())),
         }),
@@ -289,7 +293,7 @@ pub(super) async fn delete_rule(
     let name = checked_name(name)?;
     let rules = compile(&s, move |store| store.delete(&name)).await?;
     Ok(Json(RuleChange {
-        rule_set: format!("{:016x}", rules.def.hash),
+        rule_set: format!("{:016x}", rules.def().hash),
         created: false,
         file: None,
     }))

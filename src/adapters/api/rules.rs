@@ -154,7 +154,7 @@ impl RuleStore {
     pub fn set_current(&self, rules: Arc<RuleSet>) {
         {
             let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
-            recent.retain(|r| r.def.hash != rules.def.hash);
+            recent.retain(|r| r.def().hash != rules.def().hash);
             recent.push(rules.clone());
             let excess = recent.len().saturating_sub(RECENT_SETS);
             recent.drain(..excess);
@@ -168,7 +168,7 @@ impl RuleStore {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
-            .find(|r| r.def.hash == hash)
+            .find(|r| r.def().hash == hash)
             .cloned()
     }
 
