@@ -70,7 +70,7 @@
 //!     r#"{"card":"c1","ts":2000,"amount":1}"#,
 //!     r#"{"card":"c1","ts":9000,"amount":900}"#,
 //! ].iter().enumerate() {
-//!     let event = rules.decoder.decode(line.as_bytes(), i as u64)?;
+//!     let event = rules.decoder().decode(line.as_bytes(), i as u64)?;
 //!     engine.on_event(event, &mut out);
 //! }
 //! engine.finish(&mut out);
