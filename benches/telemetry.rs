@@ -25,6 +25,7 @@ use support::{cpu_seconds, now};
 use tripline::adapters::kafka::{self, service};
 use tripline::config::TelemetryConfig;
 use tripline::engine::EngineOptions;
+use tripline::telemetry::events::{Observer, Telemetry};
 
 /// An OTLP/HTTP sink on loopback that answers 200 to everything; its URL.
 fn sink() -> String {
@@ -135,12 +136,12 @@ fn emit_child(on: bool) {
         ..CheckpointCommitted::default()
     };
     for _ in 0..1_000 {
-        tripline::telemetry::events::checkpoint_committed(&build());
+        Telemetry.checkpoint_committed(&build());
     }
     let n = 100_000;
     let t0 = now();
     for _ in 0..n {
-        tripline::telemetry::events::checkpoint_committed(&build());
+        Telemetry.checkpoint_committed(&build());
     }
     println!("EMIT {}", t0.elapsed().as_nanos() as f64 / n as f64);
 }

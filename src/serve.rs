@@ -25,7 +25,8 @@ use tripline::config::Config;
 use tripline::engine::{EngineOptions, RuleSet};
 use tripline::files::AddPath;
 use tripline::rules::StreamDef;
-use tripline::telemetry::{self, events::RulesReload};
+use tripline::telemetry;
+use tripline::telemetry::events::{Observer, RulesReload, Telemetry};
 
 /// How the running rules were read, to read them again the same way.
 pub struct RuleSource {
@@ -92,7 +93,7 @@ impl RuleWatch {
             Err(e) => {
                 let text = e.to_string();
                 if self.failed.as_ref() != Some(&text) {
-                    telemetry::events::rules_reloaded(&RulesReload::Invalid { errors: &text });
+                    Telemetry.rules_reloaded(&RulesReload::Invalid { errors: &text });
                     self.failed = Some(text);
                 }
             }

@@ -16,7 +16,7 @@ fn rules() -> &'static std::sync::Arc<RuleSet> {
 
 fuzz_target!(|data: &[u8]| {
     let rs = rules();
-    if let Ok(ev) = rs.decoder.decode(data, 0) {
+    if let Ok(ev) = rs.decoder().decode(data, 0) {
         let mut engine = tripline::engine::Engine::new(rs.clone());
         let mut out = tripline::engine::Outputs::default();
         engine.on_event(ev, &mut out);

@@ -65,9 +65,6 @@ pub struct CompiledRule {
     pub(crate) matcher: Matcher,
     /// Index into [`RuleSet::keyings`].
     pub(crate) keying: usize,
-    /// For a feature set, the column of its first feature in
-    /// [`RuleSet::feature_columns`].
-    pub(crate) feature_offset: usize,
 }
 
 impl CompiledRule {
@@ -81,25 +78,9 @@ impl CompiledRule {
         &self.name
     }
 
-    /// Stage names by id, shared by its alerts.
-    pub fn stage_names(&self) -> &[Arc<str>] {
-        &self.stage_names
-    }
-
     /// The matcher.
     pub fn matcher(&self) -> &Matcher {
         &self.matcher
-    }
-
-    /// Index into [`RuleSet::keyings`].
-    pub fn keying(&self) -> usize {
-        self.keying
-    }
-
-    /// For a feature set, the column of its first feature in
-    /// [`RuleSet::feature_columns`].
-    pub fn feature_offset(&self) -> usize {
-        self.feature_offset
     }
 }
 
@@ -160,26 +141,10 @@ impl RuleSet {
         &self.decoder
     }
 
-    /// Options it was built with.
-    pub fn options(&self) -> EngineOptions {
-        self.options
-    }
-
     /// The features of every feature set, in definition order: the columns
     /// of [`super::FeatureRow::values`].
     pub fn feature_columns(&self) -> &[Arc<str>] {
         &self.feature_columns
-    }
-
-    /// The event slots of [`RuleSet::feature_columns`].
-    pub fn feature_slots(&self) -> &[crate::event::Slot] {
-        &self.feature_slots
-    }
-
-    /// Events get computed values (features or model scores) before the
-    /// rules see them.
-    pub fn derives(&self) -> bool {
-        self.derives
     }
 
     /// Compiles checked rules.
@@ -189,7 +154,6 @@ impl RuleSet {
         let mut feature_columns: Vec<Arc<str>> = Vec::new();
         let mut feature_slots = Vec::new();
         for (i, r) in def.rules.iter().enumerate() {
-            let feature_offset = feature_columns.len();
             if r.features {
                 feature_columns.extend(r.payload.iter().map(|(n, _)| Arc::from(n.as_str())));
                 feature_slots.extend(&r.feature_slots);
@@ -233,7 +197,6 @@ impl RuleSet {
                     .with_lazy(lazy)
                     .with_single_stage(single),
                 keying,
-                feature_offset,
                 def: r.clone(),
             });
         }
