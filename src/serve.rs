@@ -3,8 +3,6 @@
 //! feeds it the bundled sample of card transactions and shows the alerts.
 
 use anyhow::{Context, Result};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use std::io::BufRead;
 use std::process::ExitCode;
@@ -17,10 +15,11 @@ use tripline::adapters::api::server::{self, ServerLimits};
 use tripline::adapters::api::{
     ApiConfig, ApiState, Health, KeyLookup, KeyState, Readiness, RulesStatus, router,
 };
-use tripline::adapters::kafka::alert_tail::Tail;
+use tripline::adapters::kafka::alerts::{AlertsReader, StartAt};
 use tripline::adapters::kafka::owners::{GroupOwners, Partitioner};
 use tripline::adapters::kafka::{self, ServiceHandle, service};
 use tripline::adapters::webhook::Webhooks;
+use tripline::adapters::worker::Worker;
 use tripline::config::Config;
 use tripline::engine::{EngineOptions, RuleSet};
 use tripline::files::AddPath;
@@ -105,94 +104,143 @@ impl RuleWatch {
 /// rule file changes are picked up while it runs.
 pub fn serve(config: Config, rules: Arc<RuleSet>, source: RuleSource) -> Result<ExitCode> {
     let brokers = brokers_or_embedded(&config)?;
-    let (handle, mut watch, _tail) = start_service(&config, brokers, rules, source)?;
-    wait_for_signal(&handle, &mut watch, || {})?;
-    handle.stop();
-    handle.join()?;
+    let mut service = Service::start(&config, brokers, rules, source)?;
+    service.run_until_signal(|| {})?;
+    service.stop()?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// The service with what runs beside it: the REST API (with its reader of
-/// the alerts topic) and the watch on the rule files.
-fn start_service(
-    config: &Config,
-    brokers: String,
-    rules: Arc<RuleSet>,
-    source: RuleSource,
-) -> Result<(ServiceHandle, RuleWatch, Running)> {
-    #[allow(clippy::disallowed_methods)]
-    let start = std::time::Instant::now();
-    let mut watch = RuleWatch {
-        paths: config.rules.paths.clone(),
-        every: Duration::from_millis(config.rules.reload_interval_ms),
-        next: start + Duration::from_millis(config.rules.reload_interval_ms),
-        seen: rules.def().hash,
-        failed: None,
-        api: None,
-        source,
-    };
-    // Bound before the service starts: its group membership carries the
-    // API's address (for the other instances to send clients here).
-    let mut config = config.clone();
-    let listener = bind_api(&mut config)?;
-    check_notify(&config, &rules)?;
-    // Before the service: a webhook that cannot start (a missing secret)
-    // stops `serve` before it consumes anything.
-    let webhooks = Webhooks::start(&config, &brokers)?;
-    let handle = service::start(config.clone(), brokers.clone(), rules.clone())?;
-    let progress = handle.progress().clone();
-    telemetry::observe_service(move || progress.figures());
-    if let Some(w) = &webhooks {
-        let status = w.status();
-        telemetry::observe_webhooks(move || {
-            status
-                .endpoints()
-                .into_iter()
-                .map(|e| telemetry::WebhookFigures {
-                    endpoint: e.name,
-                    queued: e.queued,
-                    retrying: e.retrying,
-                    in_flight: e.in_flight,
-                    delivered: e.delivered,
-                    failed_attempts: e.failed_attempts,
-                    dead: e.dead,
-                })
-                .collect()
-        });
+/// The service with what runs beside it, started together and stopped in
+/// one order: the REST API (with its reader of the alerts topic), the
+/// webhooks, and the watch on the rule files.
+struct Service {
+    handle: ServiceHandle,
+    watch: RuleWatch,
+    api: Option<Api>,
+    webhooks: Option<Webhooks>,
+}
+
+/// The REST API's server and the reader that feeds it committed alerts.
+struct Api {
+    server: Worker,
+    tail: Worker,
+}
+
+impl Service {
+    /// Runs until SIGINT, SIGTERM or the service's end, polling the rule
+    /// files and calling `on_tick` every 200 ms.
+    fn run_until_signal(&mut self, on_tick: impl FnMut()) -> Result<()> {
+        wait_for_signal(&self.handle, &mut self.watch, on_tick)
     }
-    let mut tail = None;
-    if let Some(listener) = listener {
-        // Alerts as the alerts topic has them (read_committed): those of
-        // every instance, and those from before a restart.
-        let log = AlertLog::new(config.api.alerts_kept);
-        let feed = log.clone();
-        tail = Some(kafka::alert_tail::tail(
-            &config,
-            &brokers,
-            config.api.alerts_kept,
-            Arc::new(move |json: &[u8]| feed.push_published(json)),
-        )?);
-        watch.api = Some(start_api(
-            &config,
-            &brokers,
-            &handle,
-            rules,
-            &watch.source,
-            log,
-            listener,
-        )?);
+
+    /// Whether the service has ended on its own (a fatal error).
+    fn is_finished(&self) -> bool {
+        self.handle.is_finished()
     }
-    if let (Some(api), Some(w)) = (&watch.api, &webhooks) {
-        api.set_webhooks(w.status());
+
+    /// Stops every part and waits for them: the service first (its last
+    /// checkpoint commits what it has processed, so the readers of the
+    /// alerts topic can still see those alerts), then the API and its feed,
+    /// then the webhooks (what they have not delivered stays in their
+    /// outbox for the next start). Returns how the service ended.
+    fn stop(self) -> Result<()> {
+        self.handle.stop();
+        let ended = self.handle.join();
+        if let Some(api) = self.api {
+            api.server.stop();
+            api.tail.stop();
+            api.server.join().ok();
+            api.tail.join().ok();
+        }
+        if let Some(w) = self.webhooks {
+            w.stop();
+        }
+        Ok(ended?)
     }
-    Ok((
-        handle,
-        watch,
-        Running {
-            _tail: tail,
-            _webhooks: webhooks,
-        },
-    ))
+}
+
+impl Service {
+    /// Starts the parts, each after what it needs.
+    fn start(
+        config: &Config,
+        brokers: String,
+        rules: Arc<RuleSet>,
+        source: RuleSource,
+    ) -> Result<Service> {
+        #[allow(clippy::disallowed_methods)]
+        let start = std::time::Instant::now();
+        let mut watch = RuleWatch {
+            paths: config.rules.paths.clone(),
+            every: Duration::from_millis(config.rules.reload_interval_ms),
+            next: start + Duration::from_millis(config.rules.reload_interval_ms),
+            seen: rules.def().hash,
+            failed: None,
+            api: None,
+            source,
+        };
+        // Bound before the service starts: its group membership carries the
+        // API's address (for the other instances to send clients here).
+        let mut config = config.clone();
+        let listener = bind_api(&mut config)?;
+        check_notify(&config, &rules)?;
+        // Before the service: a webhook that cannot start (a missing secret)
+        // stops `serve` before it consumes anything.
+        let webhooks = Webhooks::start(&config, &brokers)?;
+        let handle = service::start(config.clone(), brokers.clone(), rules.clone())?;
+        let progress = handle.progress().clone();
+        telemetry::observe_service(move || progress.figures());
+        if let Some(w) = &webhooks {
+            let status = w.status();
+            telemetry::observe_webhooks(move || {
+                status
+                    .endpoints()
+                    .into_iter()
+                    .map(|e| telemetry::WebhookFigures {
+                        endpoint: e.name,
+                        queued: e.queued,
+                        retrying: e.retrying,
+                        in_flight: e.in_flight,
+                        delivered: e.delivered,
+                        failed_attempts: e.failed_attempts,
+                        dead: e.dead,
+                    })
+                    .collect()
+            });
+        }
+        let mut api = None;
+        if let Some(listener) = listener {
+            // Alerts as the alerts topic has them (read_committed): those of
+            // every instance, and those from before a restart.
+            let log = AlertLog::new(config.api.alerts_kept);
+            let feed = log.clone();
+            let tail = kafka::alerts::tail(
+                &config,
+                &brokers,
+                config.api.alerts_kept,
+                Arc::new(move |json: &[u8]| feed.push_published(json)),
+            )?;
+            let (state, server) = start_api(
+                &config,
+                &brokers,
+                &handle,
+                rules,
+                &watch.source,
+                log,
+                listener,
+            )?;
+            if let Some(w) = &webhooks {
+                state.set_webhooks(w.status());
+            }
+            watch.api = Some(state);
+            api = Some(Api { server, tail });
+        }
+        Ok(Service {
+            handle,
+            watch,
+            api,
+            webhooks,
+        })
+    }
 }
 
 /// Every endpoint a rule names in `notify` must be configured (unless
@@ -223,12 +271,6 @@ fn check_notify(config: &Config, rules: &RuleSet) -> Result<()> {
         unknown.join(", "),
         names.join(", ")
     )
-}
-
-/// What runs beside the service until it is dropped.
-pub struct Running {
-    _tail: Option<Tail>,
-    _webhooks: Option<Webhooks>,
 }
 
 /// Binds `api.listen` (none when empty) and fills in `api.advertise` from
@@ -329,7 +371,8 @@ fn allowed_hosts(a: &tripline::config::ApiSettings) -> Vec<String> {
     hosts
 }
 
-/// Starts the REST API on its own thread, on the bound `listener`.
+/// Starts the REST API on its own thread, on the bound `listener`; it
+/// serves until the returned worker is stopped.
 fn start_api(
     config: &Config,
     brokers: &str,
@@ -338,7 +381,7 @@ fn start_api(
     source: &RuleSource,
     log: Arc<AlertLog>,
     listener: std::net::TcpListener,
-) -> Result<ApiState> {
+) -> Result<(ApiState, Worker)> {
     let a = &config.api;
     let addr = listener.local_addr()?;
     let store = RuleStore::new(
@@ -381,31 +424,40 @@ fn start_api(
         Arc::new(ServiceHealth(handle.progress().clone())),
     );
     let app = router(state.clone());
-    std::thread::Builder::new()
-        .name("tripline-api".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => return tracing::error!("REST API runtime: {e}"),
+    let server = Worker::spawn("tripline-api", move |stop| {
+        let rt = match tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!("REST API runtime: {e}");
+                return Ok(());
+            }
+        };
+        rt.block_on(async move {
+            let l = match tokio::net::TcpListener::from_std(listener) {
+                Ok(l) => l,
+                Err(e) => return tracing::error!("REST API listener: {e}"),
             };
-            rt.block_on(async move {
-                match tokio::net::TcpListener::from_std(listener) {
-                    Ok(l) => {
-                        if let Err(e) = server::serve(l, app, limits).await {
-                            tracing::error!("REST API stopped: {e}");
-                        }
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            tokio::select! {
+                r = server::serve(l, app, limits) => {
+                    if let Err(e) = r {
+                        tracing::error!("REST API stopped: {e}");
                     }
-                    Err(e) => tracing::error!("REST API listener: {e}"),
                 }
-            });
-        })?;
+                _ = async { while !stop.requested() { tick.tick().await; } } => {}
+            }
+        });
+        // Requests still on the way end with the runtime.
+        rt.shutdown_timeout(Duration::from_secs(1));
+        Ok(())
+    })?;
     tracing::info!(%addr, advertised = %a.advertise, "REST API listening");
     eprintln!("REST API listening on http://{addr}");
-    Ok(state)
+    Ok((state, server))
 }
 
 /// The configured brokers, or the embedded broker with the input topic.
@@ -498,28 +550,32 @@ pub fn demo(
         &[&k.alerts_topic, &k.dead_letter_topic],
         k.partitions,
     )?;
-    let reader = AlertReader::new(&config, &brokers)?;
-    let (handle, mut watch, _tail) = start_service(&config, brokers.clone(), rules, source)?;
-    let progress = handle.progress().clone();
+    let reader = AlertsReader::assigned(&config, &brokers, "demo-reader", StartAt::Beginning)?;
+    let mut service = Service::start(&config, brokers.clone(), rules, source)?;
+    let progress = service.handle.progress().clone();
     let mut shown = 0u64;
     loop {
-        shown += reader.show(Duration::from_millis(100));
-        if handle.is_finished() {
-            break;
-        }
-        if progress.caught_up(produced) {
+        shown += show_alerts(&reader, Duration::from_millis(100));
+        if service.is_finished() || progress.caught_up(produced) {
             break;
         }
     }
-    if keep_running && !handle.is_finished() {
+    if keep_running && !service.is_finished() {
         // Scripts wait for this line: the sample is consumed and committed.
         eprintln!("serving on {brokers} until Ctrl-C");
-        wait_for_signal(&handle, &mut watch, || shown += reader.show(Duration::ZERO))?;
+        service.run_until_signal(|| shown += show_alerts(&reader, Duration::ZERO))?;
     }
-    handle.stop();
-    handle.join()?;
-    // Alerts committed by the last checkpoint may still be on their way.
-    shown += reader.drain();
+    service.stop()?;
+    // Alerts committed by the last checkpoint may still be on their way:
+    // read until nothing more arrives for a second (the service has
+    // stopped, so everything committed is readable by then).
+    loop {
+        let got = show_alerts(&reader, Duration::from_secs(1));
+        if got == 0 {
+            break;
+        }
+        shown += got;
+    }
     eprintln!(
         "demo: {} events committed, {} alerts, {} dead-lettered, {} transactions; {shown} alerts read back from `{}` (read_committed)",
         progress.records.load(Ordering::Relaxed),
@@ -564,63 +620,21 @@ fn produce_events(config: &Config, brokers: &str, rules: &RuleSet, path: &str) -
     Ok(n)
 }
 
-/// Reads the alerts topic (read_committed) and prints one line per alert.
-struct AlertReader {
-    consumer: BaseConsumer,
-}
-
-impl AlertReader {
-    fn new(config: &Config, brokers: &str) -> Result<AlertReader> {
-        let consumer: BaseConsumer = kafka::client_config(&config.kafka, brokers)
-            .set("group.id", format!("{}-demo-reader", config.kafka.group_id))
-            .set("isolation.level", "read_committed")
-            .set("enable.auto.commit", "false")
-            .create()?;
-        let topic = config.kafka.alerts_topic.clone();
-        let counts = kafka::partition_counts(&config.kafka, brokers, &[&topic])?;
-        consumer.assign(&kafka::from_beginning(
-            &topic,
-            0..counts[0].unwrap_or(0) as i32,
-        )?)?;
-        Ok(AlertReader { consumer })
-    }
-
-    /// Prints what arrives within `wait`; returns how many alerts.
-    fn show(&self, wait: Duration) -> u64 {
-        let mut n = 0;
-        let mut timeout = wait;
-        while let Some(m) = self.consumer.poll(timeout) {
-            timeout = Duration::ZERO;
-            let Ok(m) = m else { continue };
-            let Some(v) = m.payload() else { continue };
-            n += 1;
-            match serde_json::from_slice::<serde_json::Value>(v) {
-                Ok(a) => println!(
-                    "alert {:<16} key {:<8} at {}  severity {:<8} score {}",
-                    a["rule"].as_str().unwrap_or("?"),
-                    m.key().map(String::from_utf8_lossy).unwrap_or_default(),
-                    a["event_time"].as_str().unwrap_or("?"),
-                    a["severity"].as_str().unwrap_or("?"),
-                    a["score"],
-                ),
-                Err(e) => println!("unreadable alert: {e}"),
-            }
+/// Prints one line per alert that arrives within `wait`; returns how many.
+fn show_alerts(reader: &AlertsReader, wait: Duration) -> u64 {
+    reader.read(wait, usize::MAX, |a| {
+        match serde_json::from_slice::<serde_json::Value>(a.value) {
+            Ok(v) => println!(
+                "alert {:<16} key {:<8} at {}  severity {:<8} score {}",
+                v["rule"].as_str().unwrap_or("?"),
+                String::from_utf8_lossy(a.key),
+                v["event_time"].as_str().unwrap_or("?"),
+                v["severity"].as_str().unwrap_or("?"),
+                v["score"],
+            ),
+            Err(e) => println!("unreadable alert: {e}"),
         }
-        n
-    }
-
-    /// Reads until nothing more arrives for a second (the service has
-    /// stopped, so everything committed is readable by then).
-    fn drain(&self) -> u64 {
-        let mut n = 0;
-        loop {
-            let got = self.show(Duration::from_secs(1));
-            if got == 0 {
-                return n;
-            }
-            n += got;
-        }
-    }
+    }) as u64
 }
 
 /// Removes a directory when dropped.

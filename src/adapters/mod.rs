@@ -5,3 +5,4 @@ pub mod api;
 pub mod kafka;
 pub mod local;
 pub mod webhook;
+pub mod worker;

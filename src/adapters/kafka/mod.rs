@@ -2,7 +2,7 @@
 //! embedded broker, and the [`service`] that consumes the input topic in a
 //! consumer group and produces alerts and dead letters exactly once.
 
-pub mod alert_tail;
+pub mod alerts;
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
 pub mod changelog;

@@ -23,6 +23,7 @@ use super::sink::KafkaSink;
 use super::source::{Ctx, KafkaSource, Member, MemberConsumer, lock, record_of};
 use super::{ensure_topics, ensure_topics_with, partition_counts};
 use crate::adapters::local::{LocalError, LocalState};
+use crate::adapters::worker::{Stop, Worker, WorkerError};
 use crate::config::Config;
 use crate::coordinator::{Clock, CoordError, Coordinator, Parts, Ports, Settings, Topology};
 use crate::engine::RuleSet;
@@ -31,9 +32,7 @@ use actix::{Arbiter, ArbiterHandle};
 use rdkafka::consumer::{Consumer, ConsumerGroupMetadata};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub use crate::coordinator::Progress;
@@ -98,11 +97,10 @@ pub enum ServiceError {
 
 /// A running service.
 pub struct ServiceHandle {
-    stop: Arc<AtomicBool>,
     progress: Arc<Progress>,
     pending_rules: PendingRules,
     directory: Arc<ShardDirectory>,
-    thread: JoinHandle<Result<(), ServiceError>>,
+    worker: Worker<ServiceError>,
 }
 
 /// A rule set waiting for the next checkpoint boundary.
@@ -147,19 +145,20 @@ impl ServiceHandle {
     /// Asks the service to stop: it commits what it has processed, leaves
     /// the group and returns from [`ServiceHandle::join`].
     pub fn stop(&self) {
-        self.stop.store(true, Ordering::SeqCst);
+        self.worker.stop();
     }
 
     /// Whether the service thread has ended.
     pub fn is_finished(&self) -> bool {
-        self.thread.is_finished()
+        self.worker.is_finished()
     }
 
     /// Waits for the service to end.
     pub fn join(self) -> Result<(), ServiceError> {
-        self.thread
-            .join()
-            .unwrap_or_else(|_| Err(ServiceError::Thread("panicked".into())))
+        self.worker.join().map_err(|e| match e {
+            WorkerError::Failed(e) => e,
+            other => ServiceError::Thread(other.to_string()),
+        })
     }
 }
 
@@ -194,32 +193,28 @@ pub fn start(
         &[("cleanup.policy", "compact")],
     )?;
     let topology = Arc::new(topology);
-    let stop = Arc::new(AtomicBool::new(false));
     let progress = Arc::new(Progress::default());
     let pending_rules = PendingRules::default();
     let directory = Arc::new(ShardDirectory::new(sources as i32));
     let shared = Shared {
-        stop: stop.clone(),
         progress: progress.clone(),
         pending_rules: pending_rules.clone(),
         directory: directory.clone(),
     };
-    let thread = std::thread::Builder::new()
-        .name("tripline-service".into())
-        .spawn(move || run(config, brokers, topology, shared))
-        .map_err(|e| ServiceError::Thread(e.to_string()))?;
+    let worker = Worker::spawn("tripline-service", move |stop| {
+        run(config, brokers, topology, shared, stop)
+    })
+    .map_err(|e| ServiceError::Thread(e.to_string()))?;
     Ok(ServiceHandle {
-        stop,
         progress,
         pending_rules,
         directory,
-        thread,
+        worker,
     })
 }
 
 /// What the service thread shares with its handle.
 struct Shared {
-    stop: Arc<AtomicBool>,
     progress: Arc<Progress>,
     directory: Arc<ShardDirectory>,
     pending_rules: PendingRules,
@@ -230,6 +225,7 @@ fn run(
     brokers: String,
     topology: Arc<Topology>,
     shared: Shared,
+    stop: Stop,
 ) -> Result<(), ServiceError> {
     let system = actix::System::new();
     system.block_on(async move {
@@ -240,7 +236,7 @@ fn run(
         let arbiters: Vec<Arbiter> = (0..threads).map(|_| Arbiter::new()).collect();
         let handles: Vec<ArbiterHandle> = arbiters.iter().map(|a| a.handle()).collect();
         let result = tokio::task::spawn_blocking(move || {
-            coordinate(config, brokers, topology, handles, shared)
+            coordinate(config, brokers, topology, handles, shared, &stop)
         })
         .await
         .unwrap_or_else(|e| Err(ServiceError::Thread(e.to_string())));
@@ -272,9 +268,9 @@ fn coordinate(
     topology: Arc<Topology>,
     arbiters: Vec<ArbiterHandle>,
     shared: Shared,
+    stop: &Stop,
 ) -> Result<(), ServiceError> {
     let Shared {
-        stop,
         progress,
         pending_rules,
         directory,
@@ -314,7 +310,7 @@ fn coordinate(
     let topics: Vec<&str> = topology.topics.iter().map(|t| t.name.as_str()).collect();
     consumer.subscribe(&topics)?;
     tracing::info!(topic = %k.input_topic, group = %k.group_id, %instance, "service started");
-    let result = drive(&config, &consumer, &member, &stop, &pending_rules);
+    let result = drive(&config, &consumer, &member, stop, &pending_rules);
     // Leave the group before dropping the consumer: a subscribed consumer
     // that is dropped can hang in its destructor.
     consumer.unsubscribe();
@@ -374,7 +370,7 @@ fn drive(
     config: &Config,
     consumer: &MemberConsumer,
     member: &Mutex<Member>,
-    stop: &AtomicBool,
+    stop: &Stop,
     pending_rules: &PendingRules,
 ) -> Result<(), ServiceError> {
     let src = KafkaSource(consumer);
@@ -383,7 +379,7 @@ fn drive(
     let mut next_checkpoint = now() + interval;
     let mut flushed = false;
     loop {
-        if stop.load(Ordering::SeqCst) {
+        if stop.requested() {
             return Ok(lock(member).coordinator.checkpoint(&src)?);
         }
         let next = if flushed {

@@ -35,20 +35,19 @@ pub use status::{DeliveryStatus, DeliveryView, EndpointView};
 
 use self::outbox::{Outbox, OutboxError, Queued, State, Status};
 use self::sign::SigningKey;
-use crate::adapters::kafka::{client_config, ensure_topics, group_member_config};
+use crate::adapters::kafka::alerts::{AlertRecord, AlertsReader};
+use crate::adapters::kafka::{client_config, ensure_topics};
+use crate::adapters::worker::{Stop, Worker};
 use crate::config::{Config, WebhookEndpoint};
 use crate::rules::Severity;
 use bytes::Bytes;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
@@ -214,18 +213,16 @@ impl Shared {
 /// The running webhooks; stopped when dropped.
 pub struct Webhooks {
     shared: Arc<Shared>,
-    stop: Arc<AtomicBool>,
     stop_lanes: watch::Sender<bool>,
-    reader: Option<JoinHandle<()>>,
+    reader: Option<Worker>,
     lanes: Vec<tokio::task::JoinHandle<()>>,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl Drop for Webhooks {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.reader.take() {
-            t.join().ok();
+        if let Some(r) = self.reader.take() {
+            r.stop_and_join().ok();
         }
         self.stop_lanes.send(true).ok();
         if let Some(rt) = self.runtime.take() {
@@ -313,16 +310,12 @@ impl Webhooks {
         if !orphans.is_empty() {
             dead_letter_orphans(&shared, orphans);
         }
-        let consumer: BaseConsumer =
-            group_member_config(k, brokers, &format!("{}-webhooks", k.group_id))
-                // A dead instance's partitions move as soon as the service's own.
-                .set("session.timeout.ms", k.session_timeout_ms.to_string())
-                .set("max.poll.interval.ms", k.max_poll_interval_ms.to_string())
-                .set("enable.auto.commit", "false")
-                .set("auto.offset.reset", "earliest")
-                .set("isolation.level", "read_committed")
-                .create()?;
-        consumer.subscribe(&[&k.alerts_topic])?;
+        let reader = AlertsReader::member(
+            config,
+            brokers,
+            "webhooks",
+            &format!("{}-webhooks", k.group_id),
+        )?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("tripline-webhooks")
@@ -340,12 +333,13 @@ impl Webhooks {
                 .build()?;
             lane_tasks.push(runtime.spawn(run_lane(shared.clone(), i, client, stopped.clone())));
         }
-        let stop = Arc::new(AtomicBool::new(false));
         let reader = {
-            let (shared, stop) = (shared.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name("tripline-webhook-reader".into())
-                .spawn(move || read_alerts(&shared, &consumer, &stop))?
+            let shared = shared.clone();
+            Worker::spawn("tripline-webhook-reader", move |stop| {
+                read_alerts(&shared, &reader, &stop);
+                Ok(())
+            })
+            .map_err(|e| std::io::Error::other(e.to_string()))?
         };
         tracing::info!(
             endpoints = shared.lanes.len(),
@@ -353,12 +347,18 @@ impl Webhooks {
         );
         Ok(Some(Webhooks {
             shared,
-            stop,
             stop_lanes,
             reader: Some(reader),
             lanes: lane_tasks,
             runtime: Some(runtime),
         }))
+    }
+
+    /// Stops reading and delivering, waiting up to the endpoints' timeout
+    /// for requests on the way; what is not delivered stays in the outbox
+    /// for the next start. (Dropping does the same.)
+    pub fn stop(self) {
+        drop(self);
     }
 
     /// The delivery status, for the REST API.

@@ -44,7 +44,7 @@ pub(super) const COMMIT_EVERY: Duration = Duration::from_millis(500);
 /// The reader of the alerts topic (its own thread): queues deliveries,
 /// commits offsets up to the oldest unfinished alert, and forgets the
 /// deliveries of partitions that went to another instance.
-pub(super) fn read_alerts(shared: &Shared, consumer: &BaseConsumer, stop: &AtomicBool) {
+pub(super) fn read_alerts(shared: &Shared, reader: &AlertsReader, stop: &Stop) {
     let mut next: BTreeMap<i32, i64> = BTreeMap::new();
     let mut committed: BTreeMap<i32, i64> = BTreeMap::new();
     let mut assigned: BTreeSet<i32> = BTreeSet::new();
@@ -52,21 +52,12 @@ pub(super) fn read_alerts(shared: &Shared, consumer: &BaseConsumer, stop: &Atomi
     let mut last_commit = std::time::Instant::now();
     let mut batch: Vec<(usize, u64, Queued)> = Vec::new();
     loop {
-        let stopping = stop.load(Ordering::Relaxed);
-        let mut wait = Duration::from_millis(100);
-        while !stopping && batch.len() < 500 {
-            match consumer.poll(wait) {
-                Some(Ok(m)) => {
-                    wait = Duration::ZERO;
-                    next.insert(m.partition(), m.offset() + 1);
-                    route(shared, &m, &mut batch);
-                }
-                Some(Err(e)) => {
-                    tracing::warn!("webhooks: reading the alerts topic: {e}");
-                    break;
-                }
-                None => break,
-            }
+        let stopping = stop.requested();
+        if !stopping {
+            reader.read(Duration::from_millis(100), 500, |a| {
+                next.insert(a.partition, a.offset + 1);
+                route(shared, &a, &mut batch);
+            });
         }
         if !batch.is_empty() {
             let items: Vec<(&str, u64, Queued)> = batch
@@ -81,26 +72,24 @@ pub(super) fn read_alerts(shared: &Shared, consumer: &BaseConsumer, stop: &Atomi
                 l.wake.notify_one();
             }
         }
-        if let Ok(tpl) = consumer.assignment() {
-            let now: BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-            let lost: BTreeSet<i32> = assigned.difference(&now).copied().collect();
-            if !lost.is_empty() {
-                forget_partitions(shared, &lost);
-                for p in &lost {
-                    next.remove(p);
-                    committed.remove(p);
-                }
+        let now = reader.assignment();
+        let lost: BTreeSet<i32> = assigned.difference(&now).copied().collect();
+        if !lost.is_empty() {
+            forget_partitions(shared, &lost);
+            for p in &lost {
+                next.remove(p);
+                committed.remove(p);
             }
-            if now != assigned {
-                tracing::info!(partitions = ?now, "webhooks: reading the alerts topic's partitions");
-            }
-            assigned = now;
         }
+        if now != assigned {
+            tracing::info!(partitions = ?now, "webhooks: reading the alerts topic's partitions");
+        }
+        assigned = now;
         if stopping || last_commit.elapsed() >= COMMIT_EVERY {
             #[allow(clippy::disallowed_methods)]
             let now = std::time::Instant::now();
             last_commit = now;
-            commit(shared, consumer, &assigned, &next, &mut committed);
+            commit(shared, reader, &assigned, &next, &mut committed);
         }
         if stopping {
             return;
@@ -110,17 +99,13 @@ pub(super) fn read_alerts(shared: &Shared, consumer: &BaseConsumer, stop: &Atomi
 
 /// Queues an alert record for the endpoints that select it (dead-letters
 /// a record that is not an alert).
-pub(super) fn route(
-    shared: &Shared,
-    m: &rdkafka::message::BorrowedMessage<'_>,
-    batch: &mut Vec<(usize, u64, Queued)>,
-) {
-    let body = m.payload().unwrap_or_default();
+pub(super) fn route(shared: &Shared, m: &AlertRecord<'_>, batch: &mut Vec<(usize, u64, Queued)>) {
+    let body = m.value;
     let queued = |alert_id: &str| Queued {
         alert_id: alert_id.to_string(),
-        key: m.key().unwrap_or_default().to_vec(),
-        partition: m.partition(),
-        offset: m.offset(),
+        key: m.key.to_vec(),
+        partition: m.partition,
+        offset: m.offset,
         body: body.to_vec(),
     };
     let head = match serde_json::from_slice::<AlertHead<'_>>(body) {
@@ -128,8 +113,8 @@ pub(super) fn route(
         Err(e) => {
             let reason = format!("the alerts topic record is not an alert: {e}");
             tracing::error!(
-                partition = m.partition(),
-                offset = m.offset(),
+                partition = m.partition,
+                offset = m.offset,
                 "webhooks: {reason}"
             );
             dead_letter_now(shared, "", &queued(""), &reason).ok();
@@ -168,9 +153,9 @@ pub(super) fn route(
     }
     if n > 0 {
         let mut o = shared.outstanding.lock().unwrap_or_else(|p| p.into_inner());
-        *o.entry(m.partition())
+        *o.entry(m.partition)
             .or_default()
-            .entry(m.offset())
+            .entry(m.offset)
             .or_default() += n;
     }
 }
@@ -180,7 +165,7 @@ pub(super) fn route(
 /// offset is past a delivery the disk does not hold.
 pub(super) fn commit(
     shared: &Shared,
-    consumer: &BaseConsumer,
+    reader: &AlertsReader,
     assigned: &BTreeSet<i32>,
     next: &BTreeMap<i32, i64>,
     committed: &mut BTreeMap<i32, i64>,
@@ -188,8 +173,7 @@ pub(super) fn commit(
     if let Err(e) = shared.outbox.sync() {
         return tracing::error!("{e}");
     }
-    let mut tpl = TopicPartitionList::new();
-    let mut offsets = Vec::new();
+    let mut offsets = BTreeMap::new();
     {
         let o = shared.outstanding.lock().unwrap_or_else(|p| p.into_inner());
         for p in assigned {
@@ -197,19 +181,15 @@ pub(super) fn commit(
             let Some(off) = oldest.or_else(|| next.get(p).copied()) else {
                 continue;
             };
-            if committed.get(p) != Some(&off)
-                && tpl
-                    .add_partition_offset(&shared.alerts_topic, *p, Offset::Offset(off))
-                    .is_ok()
-            {
-                offsets.push((*p, off));
+            if committed.get(p) != Some(&off) {
+                offsets.insert(*p, off);
             }
         }
     }
     if offsets.is_empty() {
         return;
     }
-    match consumer.commit(&tpl, CommitMode::Sync) {
+    match reader.commit(&offsets) {
         Ok(()) => committed.extend(offsets),
         Err(e) => tracing::warn!("webhooks: committing the alerts topic's offsets: {e}"),
     }
