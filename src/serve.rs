@@ -157,9 +157,6 @@ impl Service {
         }
         Ok(ended?)
     }
-}
-
-impl Service {
     /// Starts the parts, each after what it needs.
     fn start(
         config: &Config,
