@@ -13,7 +13,7 @@ use std::time::Instant;
 use tripline::adapters::local::LocalState;
 use tripline::config::Config;
 use tripline::engine::{Engine, EngineOptions, Outputs, RuleSet, inspect};
-use tripline::event::{FieldPath, TimeFormat, format_time};
+use tripline::event::{EventLines, FieldPath, TimeFormat, format_time};
 use tripline::export::{FeatureFormat, FeatureWriter};
 use tripline::rules::{CompileError, StreamDef, parse_duration};
 use tripline::telemetry::Telemetry;
@@ -513,7 +513,6 @@ pub fn open_events(path: &str) -> Result<Box<dyn BufRead>> {
 /// Counters of one replay.
 #[derive(Default)]
 struct Summary {
-    lines: u64,
     invalid: u64,
     late: u64,
     errors: u64,
@@ -551,7 +550,7 @@ fn replay(
     flush: bool,
     mut features: Option<FeatureFile>,
 ) -> Result<ExitCode> {
-    let mut input = open_events(events)?;
+    let mut input = EventLines::new(open_events(events)?);
     let stdout = std::io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
     let mut err = std::io::stderr().lock();
@@ -562,29 +561,14 @@ fn replay(
     let mut outputs = Outputs::default();
     let mut per_rule = vec![0u64; rs.rules().len()];
     let mut summary = Summary::default();
-    let mut line = Vec::with_capacity(1024);
     let mut buf = Vec::with_capacity(1024);
     // Wall-clock time only for the throughput summary, never for processing.
     #[allow(clippy::disallowed_methods)]
     let started = Instant::now();
-    loop {
-        line.clear();
-        let n = input
-            .read_until(b'\n', &mut line)
-            .context("reading events")?;
-        if n == 0 {
-            break;
-        }
-        summary.lines += 1;
-        if line.iter().all(|b| b.is_ascii_whitespace()) {
-            continue;
-        }
-        match rs.decoder().decode(&line, summary.lines) {
-            Ok(ev) => engine.on_event(ev, &mut outputs),
-            Err(e) => {
-                summary.invalid += 1;
-                writeln!(err, "line {}: {e}", summary.lines)?;
-            }
+    while let Some((n, line)) = input.next_record().context("reading events")? {
+        if let Err(e) = engine.on_record(line, n, &mut outputs, |_, _| {}) {
+            summary.invalid += 1;
+            writeln!(err, "line {n}: {e}")?;
         }
         drain(
             &mut buf,
@@ -626,7 +610,7 @@ fn replay(
     writeln!(
         err,
         "replay: {} lines, {} events, {} invalid, {} late, {} future, {} without some rule's key, {} rule errors, {} alerts ({}), {} buffered at end; {:.3} s, {:.0} events/s",
-        summary.lines,
+        input.lines(),
         stats.events,
         summary.invalid,
         summary.late,

@@ -105,13 +105,15 @@ impl Backtest {
 
     /// Runs one event (a JSON line; `seq` its position in the input).
     pub fn event(&mut self, line: &[u8], seq: u64) -> Result<(), DecodeError> {
-        let event = self.rules.decoder().decode(line, seq)?;
+        let (days, positives, label) = (&mut self.days, &mut self.positives, &self.label);
+        self.engine
+            .on_record(line, seq, &mut self.outputs, |event, _| {
+                days.insert(event.time.div_euclid(DAY_MS));
+                if is_labelled(line, label) {
+                    positives.insert(seq);
+                }
+            })?;
         self.events += 1;
-        self.days.insert(event.time.div_euclid(DAY_MS));
-        if is_labelled(line, &self.label) {
-            self.positives.insert(seq);
-        }
-        self.engine.on_event(event, &mut self.outputs);
         self.collect();
         Ok(())
     }

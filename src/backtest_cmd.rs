@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use tripline::backtest::{Backtest, Report, RuleScore};
 use tripline::engine::RuleSet;
+use tripline::event::EventLines;
 
 /// Counts the bytes read through it (the compressed ones, for a `.gz`
 /// file), for the progress bar.
@@ -62,41 +63,30 @@ pub fn backtest(
     label: &str,
     flush: bool,
 ) -> Result<ExitCode> {
-    let (mut input, bar) = open(events)?;
+    let (input, bar) = open(events)?;
     if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let mut cand = Backtest::new(candidate, label);
     let mut curr = current.map(|rs| Backtest::new(rs, label));
-    let mut line = Vec::with_capacity(1024);
-    let (mut lines, mut invalid) = (0u64, 0u64);
-    loop {
-        line.clear();
-        if input
-            .read_until(b'\n', &mut line)
-            .context("reading events")?
-            == 0
-        {
-            break;
-        }
-        lines += 1;
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        if let Err(e) = cand.event(&line, lines) {
+    let mut input = EventLines::new(input);
+    let mut invalid = 0u64;
+    while let Some((n, line)) = input.next_record().context("reading events")? {
+        if let Err(e) = cand.event(line, n) {
             invalid += 1;
-            bar.suspend(|| eprintln!("line {lines}: {e}"));
+            bar.suspend(|| eprintln!("line {n}: {e}"));
             continue;
         }
         if let Some(c) = &mut curr {
             // Invalid for the current rules only (they read other fields):
             // its figures cover fewer events, which the summary shows.
-            c.event(&line, lines).ok();
+            c.event(line, n).ok();
         }
-        if lines % 8192 == 0 {
+        if n % 8192 == 0 {
             bar.set_message(format!("{} events", cand.events()));
         }
     }
+    let lines = input.lines();
     bar.finish_and_clear();
     let cand = cand.finish(flush);
     let curr = curr.map(|c| c.finish(flush));

@@ -330,6 +330,32 @@ mod tests {
     }
 
     #[test]
+    fn every_part_of_the_rules_refuses_what_the_whole_refuses() {
+        let (full, by_term, _) = by_terminal();
+        let own = full.for_key(full.stream_key_slot());
+        let empty = full.for_key(None);
+        for bad in [
+            r#"{"term":"t1","ts":1000,"amount":5}"#,
+            r#"{"card":"c1","term":{"id":1},"ts":1000,"amount":5}"#,
+            r#"{"card":"c1","term":"t1","amount":5}"#,
+        ] {
+            let whole = full.decoder().decode(bad.as_bytes(), 0).unwrap_err();
+            for part in [&by_term, &own, &empty] {
+                assert_eq!(
+                    part.decoder().decode(bad.as_bytes(), 0),
+                    Err(whole.clone()),
+                    "{bad}"
+                );
+            }
+        }
+        let mut s = Shard::new(0, full.clone(), by_term, Role::Internal { sources: 1 });
+        s.process(rec(0, r#"{"term":"t1","ts":1000,"amount":500}"#));
+        let out = s.take_output();
+        assert_eq!(out.dead_letters.len(), 1, "a record without the stream key");
+        assert_eq!(out.dead_letters[0].kind, DeadLetterKind::Malformed);
+    }
+
+    #[test]
     fn an_internal_shard_waits_for_the_slowest_source_that_is_not_idle() {
         let (full, by_term, _) = by_terminal();
         let mut s = Shard::new(0, full, by_term, Role::Internal { sources: 2 });

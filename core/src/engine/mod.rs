@@ -20,7 +20,7 @@ pub use passivate::PassivationStats;
 pub use ruleset::{CompiledRule, EngineOptions, Keying, RuleSet};
 pub use snapshot::check_entry;
 
-use crate::event::{Event, EventTime, Value, ValueKey};
+use crate::event::{DecodeError, Event, EventTime, Value, ValueKey};
 use crate::pattern::eval::{Scope, eval};
 use crate::pattern::{MatcherState, Output, Scratch};
 use crate::time::{TimerQueue, WatermarkTracker};
@@ -386,6 +386,26 @@ impl Engine {
     /// Events waiting for the watermark.
     pub fn buffered(&self) -> usize {
         self.buffer.len()
+    }
+
+    /// Decodes one input record with the rule set's decoder and takes the
+    /// event (see [`Engine::on_event`]): the one path from bytes to the
+    /// engine for `replay`, backtests, rule examples and the service's
+    /// shards, so they cannot disagree on what an event is. `before` sees
+    /// the decoded event first, with whether the engine will refuse it
+    /// (late or future; see [`Engine::refuses`]). `seq` is the record's
+    /// position in its input. A record that does not decode changes nothing.
+    pub fn on_record(
+        &mut self,
+        bytes: &[u8],
+        seq: u64,
+        out: &mut Outputs,
+        before: impl FnOnce(&Event, bool),
+    ) -> Result<(), DecodeError> {
+        let event = self.rules.decoder().decode(bytes, seq)?;
+        before(&event, self.refuses(event.time));
+        self.on_event(event, out);
+        Ok(())
     }
 
     /// Takes one event. Late events go to `out.late`.
@@ -929,17 +949,11 @@ fn group_by_stage(
 pub fn run_example(rules: &Arc<RuleSet>, ex: &crate::rules::ExampleDef) -> Result<(), String> {
     let mut engine = Engine::new(rules.clone());
     let mut out = Outputs::default();
-    for (i, line) in ex
-        .events
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let ev = rules
-            .decoder
-            .decode(line.as_bytes(), i as u64 + 1)
-            .map_err(|e| format!("event {}: {e}", i + 1))?;
-        engine.on_event(ev, &mut out);
+    let mut events = crate::event::EventLines::new(ex.events.as_bytes());
+    while let Some((n, line)) = events.next_record().map_err(|e| e.to_string())? {
+        engine
+            .on_record(line, n, &mut out, |_, _| {})
+            .map_err(|e| format!("event {n}: {e}"))?;
     }
     engine.finish(&mut out);
     if let Some(l) = out.late.first() {

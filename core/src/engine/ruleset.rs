@@ -149,6 +149,10 @@ impl RuleSet {
 
     /// Compiles checked rules.
     pub fn build(def: RuleSetDef, options: EngineOptions) -> Arc<RuleSet> {
+        Arc::new(RuleSet::compile(def, options))
+    }
+
+    fn compile(def: RuleSetDef, options: EngineOptions) -> RuleSet {
         let mut keyings: Vec<Keying> = Vec::new();
         let mut rules = Vec::new();
         let mut feature_columns: Vec<Arc<str>> = Vec::new();
@@ -216,7 +220,7 @@ impl RuleSet {
             options.max_record_bytes,
         );
         let derives = !feature_slots.is_empty() || !def.models.is_empty();
-        Arc::new(RuleSet {
+        RuleSet {
             def,
             rules,
             keyings,
@@ -225,19 +229,24 @@ impl RuleSet {
             feature_columns,
             feature_slots,
             derives,
-        })
+        }
     }
 
     /// The rules keyed by `slot` as a rule set of their own, with the same
-    /// schema, decoder layout and hash: what a runtime runs on events
-    /// partitioned by that field. No rule is keyed by `slot`: an empty set.
+    /// schema, decoder and hash: what a runtime runs on events partitioned
+    /// by that field. Its decoder is the whole set's, so every part accepts
+    /// and refuses the same records as `replay` of the whole set does. No
+    /// rule is keyed by `slot`: an empty set.
     pub fn for_key(&self, slot: Option<Slot>) -> Arc<RuleSet> {
         let mut def = self.def.clone();
         def.rules.retain(|r| Some(r.key_slot) == slot);
         def.examples.clear();
         def.models
             .retain(|m| def.rules.iter().any(|r| r.models.contains(&m.name)));
-        RuleSet::build(def, self.options)
+        Arc::new(RuleSet {
+            decoder: self.decoder.clone(),
+            ..RuleSet::compile(def, self.options)
+        })
     }
 
     /// Rules that read a model whose inputs include features computed under

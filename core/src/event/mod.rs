@@ -1,16 +1,19 @@
 //! Events: the decoded form of one input record, field paths and the schema
-//! that maps them to slots, time parsing, and the JSON decoder.
+//! that maps them to slots, time parsing, the JSON decoder, and the reader
+//! of newline-delimited records.
 //!
 //! An [`Event`] holds only the fields the compiled rule set reads (by slot),
 //! its event time, its position in the input, and the original record text —
 //! alerts carry matched events "as they were read".
 
 mod decode;
+mod lines;
 mod schema;
 mod timefmt;
 mod value;
 
 pub use decode::{DecodeError, Decoder, MAX_KEY_BYTES};
+pub use lines::EventLines;
 pub use schema::{FieldPath, Schema, Slot};
 pub use timefmt::{
     EventTime, MAX_EVENT_TIME_MS, TimeFormat, epoch_to_millis, format_time, parse_time_str,

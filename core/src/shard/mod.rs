@@ -1,6 +1,7 @@
 //! The shard: one input partition's engine, fed records in offset order.
-//! It decodes each record, forwards it for rules keyed by other fields,
-//! runs it through the engine, and keeps what it produced until the next
+//! It runs each record through the engine ([`Engine::on_record`]: the
+//! decoder and engine that `replay` uses), forwards it for rules keyed by
+//! other fields, and keeps what it produced until the next
 //! barrier; a record that cannot be processed becomes a dead letter, never
 //! an error. Synchronous, and given the clock rather than reading one: the
 //! service runs it as an actor (`tripline::runtime`), the deterministic
@@ -38,7 +39,8 @@ pub fn check_entry(key: &[u8], value: &[u8]) -> Result<(), SnapshotError> {
 /// The actor of one input partition.
 pub struct Shard {
     partition: i32,
-    /// The whole rule set: its decoder checks every event.
+    /// The whole rule set, of which the engine runs a part (see
+    /// [`RuleSet::for_key`]).
     rules: Arc<RuleSet>,
     role: Role,
     engine: Engine,
@@ -260,9 +262,56 @@ impl Shard {
             );
             return;
         };
-        let event = match self.rules.decoder.decode(&payload, record.offset as u64) {
-            Ok(e) => e,
-            Err(e) => {
+        let Shard {
+            engine,
+            outputs,
+            role,
+            pending,
+            output_limit,
+            ..
+        } = self;
+        // Empty, without allocating, but for events too large to forward.
+        let mut too_large = Vec::new();
+        let processed = catch_unwind(AssertUnwindSafe(|| {
+            engine.on_record(&payload, record.offset as u64, outputs, |event, refused| {
+                if let Role::Source { forward } = role
+                    && !refused
+                {
+                    for f in forward {
+                        let v = event.field(f.slot);
+                        if v.is_null() {
+                            continue;
+                        }
+                        let key = value_text(v).into_bytes();
+                        if key.len() + payload.len() > *output_limit {
+                            too_large.push(f.slot);
+                            continue;
+                        }
+                        let value = payload.clone();
+                        pending.forwarded.push((f.target, OutRecord { key, value }));
+                    }
+                }
+            })
+        }));
+        for slot in too_large {
+            let reason = format!(
+                "the event is too large ({} bytes) to forward to the rules keyed by `{}` \
+                 (output limit {} bytes); the rules keyed by the stream key saw it",
+                payload.len(),
+                self.rules.def.schema.path(slot),
+                self.output_limit
+            );
+            self.dead_letter(
+                DeadLetterKind::Malformed,
+                reason,
+                record.offset,
+                record.key.clone(),
+                Some(payload.clone()),
+            );
+        }
+        match processed {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
                 self.dead_letter(
                     DeadLetterKind::Malformed,
                     e.to_string(),
@@ -272,63 +321,20 @@ impl Shard {
                 );
                 return;
             }
-        };
-        if let Role::Source { forward } = &self.role
-            && !forward.is_empty()
-            && !self.engine.refuses(event.time)
-        {
-            // Empty, without allocating, but for events too large to forward.
-            let mut too_large = Vec::new();
-            for f in forward {
-                let v = event.field(f.slot);
-                if v.is_null() {
-                    continue;
-                }
-                let key = value_text(v).into_bytes();
-                if key.len() + payload.len() > self.output_limit {
-                    too_large.push(f.slot);
-                    continue;
-                }
-                self.pending.forwarded.push((
-                    f.target,
-                    OutRecord {
-                        key,
-                        value: payload.clone(),
-                    },
-                ));
-            }
-            for slot in too_large {
-                let reason = format!(
-                    "the event is too large ({} bytes) to forward to the rules keyed by `{}` \
-                     (output limit {} bytes); the rules keyed by the stream key saw it",
-                    payload.len(),
-                    self.rules.def.schema.path(slot),
-                    self.output_limit
+            Err(_) => {
+                tracing::error!(
+                    partition = self.partition,
+                    offset = record.offset,
+                    "internal error while processing a record; it was dead-lettered and skipped"
                 );
                 self.dead_letter(
-                    DeadLetterKind::Malformed,
-                    reason,
+                    DeadLetterKind::Internal,
+                    "internal error while processing this record".into(),
                     record.offset,
-                    record.key.clone(),
-                    Some(payload.clone()),
+                    record.key,
+                    Some(payload),
                 );
             }
-        }
-        let engine = &mut self.engine;
-        let outputs = &mut self.outputs;
-        if catch_unwind(AssertUnwindSafe(|| engine.on_event(event, outputs))).is_err() {
-            tracing::error!(
-                partition = self.partition,
-                offset = record.offset,
-                "internal error while processing a record; it was dead-lettered and skipped"
-            );
-            self.dead_letter(
-                DeadLetterKind::Internal,
-                "internal error while processing this record".into(),
-                record.offset,
-                record.key,
-                Some(payload),
-            );
         }
         self.collect();
     }

@@ -3,16 +3,19 @@
 //! (engines called directly), over an in-memory cluster (`world.rs`) whose
 //! ports (`ports.rs`) a seeded injector fails or kills at any call. A seeded
 //! scheduler interleaves polls, shard work, flushes, checkpoints, eager
-//! rebalances between two members, crashes and restarts; then it drains
-//! the input without faults and checks the invariants against the replay
-//! oracle (each partition's records through one shard, uninterrupted):
+//! rebalances between two members, crashes, restarts and (in one seed in
+//! three) changes of the rules file to rules that fire the same; then it
+//! drains the input without faults and checks the invariants against the
+//! replay oracle (each partition's records through one shard,
+//! uninterrupted):
 //!
 //! - the committed alerts of each key are exactly the oracle's, in order
 //!   (none lost, none twice); an alert the sink refuses is a dead letter;
 //! - the committed dead letters are exactly the oracle's;
 //! - the committed input offsets reach the end of every partition;
 //! - each partition's committed changelog, compacted, is the oracle
-//!   shard's state.
+//!   shard's state (after rule changes, as a shard restored from each
+//!   writes it under the last rules: see `restored_state`).
 //!
 //! A failing seed prints its schedule; `SIM_SEED=n` runs that seed alone.
 //! `SIM_SEEDS` and `SIM_FIRST_SEED` set which seeds the default test runs
@@ -34,6 +37,7 @@ use std::sync::Arc;
 use tripline_core::coordinator::{Coordinator, Parts, Progress, Settings, ShardId, Topology};
 use tripline_core::engine::RuleSet;
 use tripline_core::shard::{DeadLetter, DeadLetterKind, Record, Shard};
+use tripline_core::state::{MemoryStore, StateStore};
 use world::{Bug, World};
 
 /// The alerts topic.
@@ -55,8 +59,17 @@ rule burst { within 25ms skip past last pattern { x: true repeat 3 } payload { n
 rule timeouts { within 15ms report timeouts pattern { a: v == 1 next b: v == 1 } }
 "#;
 
+/// A rule that never fires (no event has `v == 7`): swapping to the rules
+/// with it and back changes the rule set's hash, so every shard migrates
+/// its state, while the oracle's alerts stay the same.
+const QUIET: &str = "rule quiet { within 10ms pattern { q: v == 7 then r: v == 7 } }";
+
 fn rules() -> Arc<RuleSet> {
     RuleSet::from_source("sim.tl", RULES, None).expect("compiles")
+}
+
+fn alternate_rules() -> Arc<RuleSet> {
+    RuleSet::from_source("sim.tl", &format!("{RULES}{QUIET}"), None).expect("compiles")
 }
 
 /// One seed's input and settings.
@@ -67,6 +80,9 @@ struct Scenario {
     local: bool,
     settings: Settings,
     capacity: usize,
+    /// Whether the rules file changes during the run (a rule swap compiles
+    /// rules, which costs more than the rest of a step: one seed in three).
+    rule_changes: bool,
 }
 
 fn scenario(rng: &mut fastrand::Rng) -> Scenario {
@@ -102,12 +118,15 @@ fn scenario(rng: &mut fastrand::Rng) -> Scenario {
             output_limit: tripline_core::shard::DEFAULT_OUTPUT_LIMIT,
         },
         capacity: rng.usize(1..=3),
+        rule_changes: rng.u8(0..3) == 0,
     }
 }
 
 /// One member process.
 struct Member {
     coordinator: Coordinator<SimPorts>,
+    /// Moved to other rules since its last committed checkpoint.
+    migrated: bool,
     source: SimSource,
     shards: Rc<RefCell<ShardsInner>>,
     link: Rc<Link>,
@@ -122,6 +141,7 @@ struct Figures {
     commits: u64,
     aborts: u64,
     faults: u64,
+    swaps: u64,
 }
 
 impl std::ops::AddAssign for Figures {
@@ -132,12 +152,20 @@ impl std::ops::AddAssign for Figures {
         self.commits += o.commits;
         self.aborts += o.aborts;
         self.faults += o.faults;
+        self.swaps += o.swaps;
     }
 }
 
 struct Sim {
     rules: Arc<RuleSet>,
     topology: Arc<Topology>,
+    /// The other rule set, and which of the two the rules file holds now:
+    /// a member moves to it after its next committed checkpoint, a new one
+    /// starts on it.
+    alternate: Arc<Topology>,
+    published: Arc<Topology>,
+    /// The rules file changed during the run.
+    rules_changed: bool,
     scenario: Scenario,
     world: Rc<RefCell<World>>,
     faults: Rc<RefCell<Faults>>,
@@ -179,9 +207,21 @@ impl Sim {
             rng,
             schedule: Vec::new(),
         };
+        let alternate = Arc::new(
+            Topology::new(
+                INPUT,
+                GROUP,
+                alternate_rules(),
+                scenario.partitions as usize,
+            )
+            .expect("partitionable"),
+        );
         Sim {
             rules,
+            published: topology.clone(),
+            rules_changed: false,
             topology,
+            alternate,
             scenario,
             world: Rc::new(RefCell::new(world)),
             faults: Rc::new(RefCell::new(faults)),
@@ -243,12 +283,13 @@ impl Sim {
         self.progress[id] = progress.clone();
         let coordinator = Coordinator::new(
             self.scenario.settings.clone(),
-            self.topology.clone(),
+            self.published.clone(),
             parts,
             progress,
         );
         self.members[id] = Some(Member {
             coordinator,
+            migrated: false,
             source: SimSource {
                 link: link.clone(),
                 positions: RefCell::default(),
@@ -466,11 +507,7 @@ impl Sim {
             }
             72..85 => {
                 self.note(format!("m{id} checkpoint"));
-                let m = self.members[id].as_mut().expect("live");
-                let r = match m.coordinator.checkpoint(&m.source) {
-                    Ok(()) => Ok(()),
-                    Err(e) => m.coordinator.recover(&m.source, e),
-                };
+                let r = self.checkpoint(id);
                 self.after(id, r);
             }
             85..88 => self.rebalance(),
@@ -480,6 +517,7 @@ impl Sim {
                 self.rebalance();
             }
             93..95 => self.zombie(id),
+            95..97 if self.scenario.rule_changes => self.publish(),
             90..93 => {
                 if let Some(free) = (0..MEMBERS).find(|i| self.members[*i].is_none()) {
                     self.start(free);
@@ -498,6 +536,47 @@ impl Sim {
         if !self.all_owned() {
             self.rebalance();
         }
+    }
+
+    /// The rules file changes to the other rule set.
+    fn publish(&mut self) {
+        let next = if Arc::ptr_eq(&self.published, &self.topology) {
+            self.alternate.clone()
+        } else {
+            self.topology.clone()
+        };
+        self.note(format!("rules → {:x}", next.rules.def().hash));
+        self.published = next;
+        self.rules_changed = true;
+    }
+
+    /// Member `id` checkpoints; committed, it moves to the published rules
+    /// if it runs others (as the service does).
+    fn checkpoint(&mut self, id: usize) -> Result<(), tripline_core::coordinator::CoordError> {
+        let published = self.published.clone();
+        let m = self.members[id].as_mut().expect("live");
+        match m.coordinator.checkpoint(&m.source) {
+            Ok(()) => {
+                m.migrated = false;
+                if m.coordinator.topology().rules.def().hash != published.rules.def().hash {
+                    m.coordinator.swap_rules(published.rules.clone());
+                    m.migrated = true;
+                    self.figures.swaps += 1;
+                    self.note(format!("  m{id} swaps rules"));
+                }
+                Ok(())
+            }
+            Err(e) => m.coordinator.recover(&m.source, e),
+        }
+    }
+
+    /// Every live member runs the published rules and has committed since.
+    fn settled(&self) -> bool {
+        self.live().iter().all(|&id| {
+            let m = self.members[id].as_ref().expect("live");
+            !m.migrated
+                && m.coordinator.topology().rules.def().hash == self.published.rules.def().hash
+        })
     }
 
     /// Runs the seed's schedule, then drains the input without faults.
@@ -519,11 +598,10 @@ impl Sim {
         for _ in 0..200 {
             for id in self.live() {
                 self.poll(id, 1000);
-                let m = self.members[id].as_mut().expect("live");
-                let r = m.coordinator.checkpoint(&m.source);
+                let r = self.checkpoint(id);
                 self.after(id, r);
             }
-            if self.drained() {
+            if self.drained() && self.settled() {
                 break;
             }
             if !self.all_owned() || self.live().is_empty() {
@@ -604,17 +682,68 @@ impl Sim {
                     None => state.remove(&key),
                 };
             }
-            if state != oracle.state[p as usize] {
+            let mut want = oracle.state[p as usize].clone();
+            if self.rules_changed {
+                // Migrations rewrite every key with its exact next deadline
+                // and drop keys that hold nothing, which the oracle's
+                // uninterrupted shard does lazily: compare what a shard
+                // restored from each holds, moved to the rules the run ends on.
+                want = restored_state(&self.published, p, want);
+                state = restored_state(&self.published, p, state);
+            }
+            if state != want {
+                let differ: Vec<String> = want
+                    .keys()
+                    .chain(state.keys())
+                    .filter(|k| want.get(*k) != state.get(*k))
+                    .map(|k| String::from_utf8_lossy(k).into_owned())
+                    .collect();
                 return Err(format!(
                     "partition {p}: the committed changelog is not the oracle shard's state \
-                     ({} keys, oracle {})",
+                     ({} keys, oracle {}; differing: {differ:?})",
                     state.len(),
-                    oracle.state[p as usize].len()
+                    want.len()
                 ));
             }
         }
         Ok(())
     }
+}
+
+/// `state`, as the shard of partition `p` restored from it and moved to
+/// `topology`'s rules writes it: every key rewritten, those holding nothing
+/// gone.
+fn restored_state(
+    topology: &Topology,
+    p: i32,
+    mut state: BTreeMap<Vec<u8>, Vec<u8>>,
+) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let mut store = MemoryStore::default();
+    store
+        .write(
+            state
+                .iter()
+                .map(|(k, v)| (k.clone(), Some(v.clone())))
+                .collect(),
+        )
+        .expect("in memory");
+    let plan = &topology.topics[0];
+    let mut shard = Shard::new(
+        p,
+        topology.rules.clone(),
+        plan.rules.clone(),
+        plan.role.clone(),
+    )
+    .restored(&store)
+    .expect("the committed changelog restores");
+    shard.reload(topology.rules.clone(), plan.rules.clone());
+    for (k, v) in shard.take_output().state {
+        match v {
+            Some(v) => state.insert(k, v),
+            None => state.remove(&k),
+        };
+    }
+    state
 }
 
 fn dead_letter_line(r: &world::LogRecord) -> String {
@@ -767,9 +896,16 @@ fn sweep(first: u64, count: u64) {
     }
     println!(
         "simulation: {count} seeds from {first} passed: {} steps, {} injected faults, \
-         {} member deaths, {} rebalances, {} commits, {} aborts; invariants: alerts per key \
-         = oracle, dead letters = oracle, offsets at the end, changelog = oracle state",
-        total.steps, total.faults, total.crashes, total.rebalances, total.commits, total.aborts
+         {} member deaths, {} rebalances, {} commits, {} aborts, {} rule swaps; invariants: \
+         alerts per key = oracle, dead letters = oracle, offsets at the end, changelog = oracle \
+         state",
+        total.steps,
+        total.faults,
+        total.crashes,
+        total.rebalances,
+        total.commits,
+        total.aborts,
+        total.swaps
     );
 }
 
