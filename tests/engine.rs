@@ -1,7 +1,9 @@
 //! Engine behaviour not covered by the matcher tests: memory is released for
-//! keys that went quiet, in both matching modes.
+//! keys that went quiet, in both matching modes; records in through
+//! `Engine::on_record`.
 
 use tripline::engine::{Engine, EngineOptions, Outputs, RuleSet};
+use tripline::event::DecodeError;
 
 const RULES: &str = r#"
 stream s { key k time t time format epoch_ms }
@@ -97,4 +99,36 @@ fn immediate_and_buffered_release_give_the_same_order() {
     );
     assert!(immediate.iter().any(|a| a.contains(r#""kind":"timeout""#)));
     assert_eq!(immediate, buffered);
+}
+
+#[test]
+fn a_record_is_decoded_shown_then_taken_and_a_bad_one_changes_nothing() {
+    let rs = RuleSet::from_source("e.tl", RULES, None).unwrap();
+    let mut engine = Engine::new(rs);
+    let mut out = Outputs::default();
+    let mut seen = Vec::new();
+    let mut feed = |engine: &mut Engine, out: &mut Outputs, seq: u64, line: &str| {
+        engine.on_record(line.as_bytes(), seq, out, |e, refused| {
+            seen.push((e.seq, e.time, refused))
+        })
+    };
+    for (seq, line) in [
+        (1, r#"{"k":1,"t":0,"v":"A"}"#),
+        (2, r#"{"k":1,"t":10,"v":"B"}"#),
+        (3, r#"{"k":1,"t":20,"v":"C"}"#),
+    ] {
+        feed(&mut engine, &mut out, seq, line).unwrap();
+    }
+    assert_eq!(out.alerts.len(), 1);
+    let err = feed(&mut engine, &mut out, 4, r#"{"k":1,"v":"A"}"#).unwrap_err();
+    assert!(matches!(err, DecodeError::MissingTime(_)), "{err}");
+    // At or before the watermark (lateness 0: the newest time seen, less 1).
+    feed(&mut engine, &mut out, 5, r#"{"k":2,"t":5,"v":"A"}"#).unwrap();
+    assert_eq!(
+        seen,
+        [(1, 0, false), (2, 10, false), (3, 20, false), (5, 5, true)],
+        "the callback sees each decoded event, and whether the engine refuses it"
+    );
+    assert_eq!(out.late.len(), 1);
+    assert_eq!(engine.stats().events, 3);
 }
