@@ -13,7 +13,7 @@ use tripline::adapters::api::alerts::AlertLog;
 use tripline::adapters::api::rules::RuleStore;
 use tripline::adapters::api::server::{self, ServerLimits};
 use tripline::adapters::api::{
-    ApiConfig, ApiState, Health, KeyLookup, KeyState, Readiness, RulesStatus, router,
+    ApiConfig, ApiState, Health, KeyLookup, KeyState, LookupError, Readiness, RulesStatus, router,
 };
 use tripline::adapters::kafka::alerts::{AlertsReader, StartAt};
 use tripline::adapters::kafka::owners::{GroupOwners, Partitioner};
@@ -302,7 +302,10 @@ struct ShardKeys {
 }
 
 impl KeyLookup for ShardKeys {
-    fn lookup(&self, key: String) -> futures::future::BoxFuture<'static, Result<KeyState, String>> {
+    fn lookup(
+        &self,
+        key: String,
+    ) -> futures::future::BoxFuture<'static, Result<KeyState, LookupError>> {
         let partition = self
             .partitioner
             .partition(key.as_bytes(), self.shards.input_partitions());
@@ -312,11 +315,16 @@ impl KeyLookup for ShardKeys {
         let me = self.me.clone();
         Box::pin(async move {
             if shards.holds_input(partition) {
-                return shards.key_view(key).await.map(KeyState::Here);
+                return shards
+                    .key_view(key)
+                    .await
+                    .map(KeyState::Here)
+                    .map_err(LookupError::Shard);
             }
             let map = tokio::task::spawn_blocking(move || owners.owners(Duration::from_secs(5)))
                 .await
-                .map_err(|e| e.to_string())??;
+                .map_err(|e| LookupError::Owners(e.to_string()))?
+                .map_err(LookupError::Owners)?;
             Ok(match map.get(&at) {
                 Some(url) if *url != me => KeyState::Elsewhere(url.clone()),
                 // Assigned here but not started yet, or not assigned.

@@ -17,7 +17,7 @@ mod sample;
 use tripline::adapters::api::alerts::AlertLog;
 use tripline::adapters::api::rules::RuleStore;
 use tripline::adapters::api::{
-    ApiConfig, ApiState, Health, KeyLookup, KeyState, Readiness, router,
+    ApiConfig, ApiState, Health, KeyLookup, KeyState, LookupError, Readiness, router,
 };
 use tripline::engine::{Engine, EngineOptions, Outputs, inspect};
 
@@ -25,16 +25,21 @@ const TOKEN: &str = "s3cret";
 
 struct Keys(Mutex<Engine>);
 
-/// Keys held here, except two made-up ones: `card-elsewhere` is held by
-/// another instance, `card-moving` is in a partition being reassigned.
+/// Keys held here, except three made-up ones: `card-elsewhere` is held by
+/// another instance, `card-moving` is in a partition being reassigned,
+/// `card-stuck` is on a shard that does not answer.
 impl KeyLookup for Keys {
-    fn lookup(&self, key: String) -> BoxFuture<'static, Result<KeyState, String>> {
+    fn lookup(&self, key: String) -> BoxFuture<'static, Result<KeyState, LookupError>> {
         let found = match key.as_str() {
-            "card-elsewhere" => KeyState::Elsewhere("http://10.0.0.2:8080".into()),
-            "card-moving" => KeyState::Unassigned,
-            _ => KeyState::Here(inspect::key_view(&mut self.0.lock().unwrap(), &key)),
+            "card-elsewhere" => Ok(KeyState::Elsewhere("http://10.0.0.2:8080".into())),
+            "card-moving" => Ok(KeyState::Unassigned),
+            "card-stuck" => Err(LookupError::Shard("Mailbox has closed".into())),
+            _ => Ok(KeyState::Here(inspect::key_view(
+                &mut self.0.lock().unwrap(),
+                &key,
+            ))),
         };
-        Box::pin(async move { Ok(found) })
+        Box::pin(async move { found })
     }
 }
 
@@ -252,6 +257,21 @@ async fn a_keys_score_alerts_and_state() {
         (s, error_code(&j)),
         (StatusCode::SERVICE_UNAVAILABLE, "unassigned")
     );
+    // A shard that does not answer: retry later, and the detail stays in
+    // the service's log.
+    let (s, j) = call(
+        &a,
+        "GET",
+        "/v1/keys/transactions/card-stuck/score",
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(
+        (s, error_code(&j)),
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    );
+    assert!(!j.to_string().contains("Mailbox"), "{j}");
 }
 
 #[tokio::test]

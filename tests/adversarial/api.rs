@@ -15,7 +15,7 @@ use tripline::adapters::api::alerts::AlertLog;
 use tripline::adapters::api::rules::RuleStore;
 use tripline::adapters::api::server::{ServerLimits, serve};
 use tripline::adapters::api::{
-    ApiConfig, ApiState, Health, KeyLookup, KeyState, Readiness, router,
+    ApiConfig, ApiState, Health, KeyLookup, KeyState, LookupError, Readiness, router,
 };
 use tripline::engine::EngineOptions;
 
@@ -24,7 +24,7 @@ const STREAM: &str = "stream tx { key CUSTOMER_ID time TX_DATETIME }\n";
 
 struct NoKeys;
 impl KeyLookup for NoKeys {
-    fn lookup(&self, _: String) -> BoxFuture<'static, Result<KeyState, String>> {
+    fn lookup(&self, _: String) -> BoxFuture<'static, Result<KeyState, LookupError>> {
         Box::pin(async { Ok(KeyState::Here(Vec::new())) })
     }
 }

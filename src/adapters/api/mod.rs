@@ -89,7 +89,19 @@ impl Default for ApiConfig {
 pub trait KeyLookup: Send + Sync {
     /// The state of `key` under every key field that has some (one JSON
     /// object each), from whichever shard owns it, or where it is.
-    fn lookup(&self, key: String) -> BoxFuture<'static, Result<KeyState, String>>;
+    fn lookup(&self, key: String) -> BoxFuture<'static, Result<KeyState, LookupError>>;
+}
+
+/// Why a key's state could not be read. Every kind passes (a shard
+/// restarts, the group settles): the API answers 503 and logs the detail.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    /// A shard of this instance did not answer.
+    #[error("a shard did not answer: {0}")]
+    Shard(String),
+    /// Which instance holds the key's partition could not be learned.
+    #[error("the consumer group's assignment could not be read: {0}")]
+    Owners(String),
 }
 
 /// Where a key's state is.
