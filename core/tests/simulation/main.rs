@@ -688,8 +688,12 @@ impl Sim {
                 // and drop keys that hold nothing, which the oracle's
                 // uninterrupted shard does lazily: compare what a shard
                 // restored from each holds, moved to the rules the run ends on.
-                want = restored_state(&self.published, p, want);
-                state = restored_state(&self.published, p, state);
+                want = restored_state(&self.published, p, want).map_err(|e| {
+                    format!("partition {p}: the oracle's state does not restore: {e}")
+                })?;
+                state = restored_state(&self.published, p, state).map_err(|e| {
+                    format!("partition {p}: the committed changelog does not restore: {e}")
+                })?;
             }
             if state != want {
                 let differ: Vec<String> = want
@@ -717,7 +721,7 @@ fn restored_state(
     topology: &Topology,
     p: i32,
     mut state: BTreeMap<Vec<u8>, Vec<u8>>,
-) -> BTreeMap<Vec<u8>, Vec<u8>> {
+) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, tripline_core::state::SnapshotError> {
     let mut store = MemoryStore::default();
     store
         .write(
@@ -734,8 +738,7 @@ fn restored_state(
         plan.rules.clone(),
         plan.role.clone(),
     )
-    .restored(&store)
-    .expect("the committed changelog restores");
+    .restored(&store)?;
     shard.reload(topology.rules.clone(), plan.rules.clone());
     for (k, v) in shard.take_output().state {
         match v {
@@ -743,7 +746,7 @@ fn restored_state(
             None => state.remove(&k),
         };
     }
-    state
+    Ok(state)
 }
 
 fn dead_letter_line(r: &world::LogRecord) -> String {
