@@ -1,6 +1,7 @@
-//! Runs the CEP conformance corpus (`tests/data/flink_cep_cases.jsonl`, and
-//! any further files listed in `TRIPLINE_CONFORMANCE_CASES`, separated by
-//! `:`) through the rule language and the matcher. Cases listed in
+//! Runs the CEP conformance corpus (`tests/data/flink_cep_cases.jsonl`,
+//! `tests/data/match_recognize_cases.jsonl`, and any further files listed in
+//! `TRIPLINE_CONFORMANCE_CASES`, separated by `:`) through the rule language
+//! and the matcher. Cases listed in
 //! `tests/conformance_deviations.md` are reported but not failed.
 
 mod support;
@@ -12,7 +13,10 @@ fn flink_cep_conformance_corpus() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let deviations =
         std::fs::read_to_string(root.join("tests/conformance_deviations.md")).unwrap_or_default();
-    let mut files = vec![root.join("tests/data/flink_cep_cases.jsonl")];
+    let mut files = vec![
+        root.join("tests/data/flink_cep_cases.jsonl"),
+        root.join("tests/data/match_recognize_cases.jsonl"),
+    ];
     if let Ok(extra) = std::env::var("TRIPLINE_CONFORMANCE_CASES") {
         files.extend(
             extra
@@ -41,7 +45,7 @@ fn flink_cep_conformance_corpus() {
             }
         }
     }
-    assert!(total >= 137, "corpus has {total} cases");
+    assert!(total >= 148, "corpus has {total} cases");
     eprintln!("{} of {total} cases pass", total - failed.len());
     assert!(failed.is_empty(), "{} cases fail: {failed:?}", failed.len());
 }

@@ -63,6 +63,7 @@ fn contiguity(c: &J) -> Result<&'static str, String> {
 fn condition(c: &str, sql: bool) -> String {
     let mut out = c.to_string();
     if sql {
+        out = out.replace("<>", "!=");
         out = rewrite_weighted_avg(&out);
         out = rewrite_sql_sum(&out);
         // SQL `=` compares; the rule language spells it `==`.
@@ -218,7 +219,16 @@ fn stages_dsl(
 /// The rule-language text for a case.
 pub fn translate(case: &J) -> Result<String, String> {
     let sql = case["kind"].as_str() == Some("sql_match_recognize");
-    let mut s = String::from("stream cases { key _k time _t time format epoch_ms }\nrule case {\n");
+    let query = sql_text(case);
+    let mut s = String::from("stream cases { key _k time _t time format epoch_ms");
+    if sql {
+        let ties = order_by(&query).into_iter().skip(1).collect::<Vec<_>>();
+        if !ties.is_empty() {
+            s.push_str("\n  order ");
+            s.push_str(&ties.join(", "));
+        }
+    }
+    s.push_str(" }\nrule case {\n");
     if sql {
         s.push_str("  aggregates include current\n");
     }
@@ -236,7 +246,12 @@ pub fn translate(case: &J) -> Result<String, String> {
     } else {
         ""
     };
-    match case["skip"].as_str().unwrap_or("noSkip") {
+    let skip = if sql {
+        sql_skip(&query)?
+    } else {
+        case["skip"].as_str().unwrap_or("noSkip").to_string()
+    };
+    match skip.as_str() {
         "noSkip" => {}
         "skipToNext" => s.push_str("  skip to next\n"),
         "skipPastLastEvent" => s.push_str("  skip past last\n"),
@@ -256,7 +271,7 @@ pub fn translate(case: &J) -> Result<String, String> {
     let stages = case["pattern"]["stages"].as_array().ok_or("no stages")?;
     stages_dsl(stages, case, sql, &mut s, 2, &mut 0)?;
     s.push_str("  }\n");
-    if sql && let Some(measures) = sql_measures(case["sql"].as_str().unwrap_or("")) {
+    if sql && let Some(measures) = sql_measures(&query) {
         s.push_str("  payload {\n");
         for (i, (expr, _)) in measures.iter().enumerate() {
             s.push_str(&format!("    m{i} = {}\n", condition(expr, true)));
@@ -265,6 +280,106 @@ pub fn translate(case: &J) -> Result<String, String> {
     }
     s.push_str("}\n");
     Ok(s)
+}
+
+/// The query of a MATCH_RECOGNIZE case, with Java's `\\uXXXX` escapes (the
+/// tests' source text keeps them) decoded.
+fn sql_text(case: &J) -> String {
+    let raw = case["sql"].as_str().unwrap_or("");
+    let mut out = String::new();
+    let mut rest = raw;
+    while let Some(at) = rest.find("\\u") {
+        out.push_str(&rest[..at]);
+        let hex = rest.get(at + 2..at + 6).unwrap_or("");
+        match u32::from_str_radix(hex, 16).ok().and_then(char::from_u32) {
+            Some(c) if hex.len() == 4 => {
+                out.push(c);
+                rest = &rest[at + 6..];
+            }
+            _ => {
+                out.push_str("\\u");
+                rest = &rest[at + 2..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The text of a clause: from after `start` to the first of `ends` (or the end).
+fn clause<'a>(sql: &'a str, start: &str, ends: &[&str]) -> Option<&'a str> {
+    let upper = sql.to_uppercase();
+    let from = upper.find(start)? + start.len();
+    let to = ends
+        .iter()
+        .filter_map(|k| upper[from..].find(k))
+        .min()
+        .map_or(sql.len(), |e| e + from);
+    Some(&sql[from..to])
+}
+
+/// ORDER BY of the MATCH_RECOGNIZE clause, each key in the rule
+/// language's spelling (`field`, `field desc`); the first is the time.
+fn order_by(sql: &str) -> Vec<String> {
+    let Some(body) = clause(
+        sql,
+        "ORDER BY",
+        &["MEASURES", "ONE ROW", "ALL ROWS", "AFTER MATCH", "PATTERN"],
+    ) else {
+        return Vec::new();
+    };
+    body.split(',')
+        .map(|k| {
+            let words: Vec<&str> = k.split_whitespace().collect();
+            match words.as_slice() {
+                [f, d] if d.eq_ignore_ascii_case("desc") => format!("{} desc", ident(f)),
+                [f, ..] => ident(f),
+                [] => String::new(),
+            }
+        })
+        .filter(|k| !k.is_empty())
+        .collect()
+}
+
+/// AFTER MATCH of a query in the corpus's spelling; the SQL standard's
+/// default, SKIP PAST LAST ROW, when the query has none.
+fn sql_skip(sql: &str) -> Result<String, String> {
+    let Some(body) = clause(sql, "AFTER MATCH", &["PATTERN", "DEFINE"]) else {
+        return Ok("skipPastLastEvent".into());
+    };
+    let words: Vec<&str> = body.split_whitespace().collect();
+    let upper: Vec<String> = words.iter().map(|w| w.to_uppercase()).collect();
+    let upper: Vec<&str> = upper.iter().map(|w| w.as_str()).collect();
+    Ok(match upper.as_slice() {
+        ["SKIP", "PAST", "LAST", "ROW"] => "skipPastLastEvent".into(),
+        ["SKIP", "TO", "NEXT", "ROW"] => "skipToNext".into(),
+        ["SKIP", "TO", "FIRST", _] => format!("skipToFirst:{}", unquote(words[3])),
+        ["SKIP", "TO", "LAST", _] | ["SKIP", "TO", _] => {
+            format!("skipToLast:{}", unquote(words[words.len() - 1]))
+        }
+        _ => return Err(format!("unknown AFTER MATCH clause `{}`", body.trim())),
+    })
+}
+
+fn unquote(name: &str) -> String {
+    name.trim_matches('`').to_string()
+}
+
+/// The SELECT list: `None` for `*`, else the column names (qualifiers dropped).
+fn select_list(sql: &str) -> Option<Vec<String>> {
+    let body = clause(sql, "SELECT", &["FROM"])?.trim();
+    if body == "*" {
+        return None;
+    }
+    Some(
+        body.split(',')
+            .map(|c| {
+                let c = c.trim();
+                let c = c.rsplit_once(' ').map_or(c, |(_, alias)| alias);
+                unquote(c.rsplit_once('.').map_or(c, |(_, col)| col))
+            })
+            .collect(),
+    )
 }
 
 /// MEASURES of a MATCH_RECOGNIZE query: (expression, alias).
@@ -321,6 +436,15 @@ fn partition_by(sql: &str) -> Vec<String> {
         .collect()
 }
 
+/// A row `{"seq": n, "watermark": W}`: the watermark moves to W.
+fn is_watermark_row(row: &J) -> bool {
+    row.get("watermark").is_some()
+        && row.as_object().is_some_and(|o| {
+            o.keys()
+                .all(|k| ["seq", "ref", "t", "watermark"].contains(&k.as_str()))
+        })
+}
+
 fn is_expected_error(case: &J) -> bool {
     case.get("expected_error").is_some_and(|e| !e.is_null())
 }
@@ -363,7 +487,14 @@ pub fn run_case(case: &J) -> Result<(), String> {
     }
     let rule = &rules.rules()[0];
     let matcher = &rule.matcher();
-    let mut state = matcher.new_state();
+    let sql = case["kind"].as_str() == Some("sql_match_recognize");
+    let query = sql_text(case);
+    let partition_cols = if sql {
+        partition_by(&query)
+    } else {
+        Vec::new()
+    };
+    let mut states: HashMap<String, tripline::pattern::MatcherState> = HashMap::new();
     let mut scratch = Scratch::default();
     let only_pending = case["expected_matches_source"]
         .as_str()
@@ -374,31 +505,81 @@ pub fn run_case(case: &J) -> Result<(), String> {
     let mut by_seq: HashMap<u64, J> = HashMap::new();
     let mut out = Vec::new();
     let events = case["events"].as_array().ok_or("no events")?;
+    // Each row decoded, in input order, with its time (None: no timestamp)
+    // or, for a watermark row, the watermark.
+    enum Row {
+        Event(Arc<Event>, Option<i64>),
+        Watermark(i64),
+    }
+    let mut rows = Vec::new();
     for (i, ev) in events.iter().enumerate() {
-        if ev.get("watermark").is_some() && ev.get("symbol").is_none() && ev.get("name").is_none() {
+        if is_watermark_row(ev) {
+            rows.push(Row::Watermark(ev["watermark"].as_i64().unwrap_or(i64::MIN)));
             continue;
         }
         let mut obj = ev.clone();
-        let t = &ev["t"];
-        let t_ms = match t {
-            J::Null => None,
+        let t_ms = match &ev["t"] {
             J::Number(n) => n.as_i64(),
             J::String(s) => tripline::event::parse_time_str(s),
             _ => None,
         };
         obj["_t"] = J::from(t_ms.unwrap_or(0));
         obj["_k"] = J::from(1);
-        let line = obj.to_string();
         let seq = i as u64;
         by_seq.insert(seq, ev.clone());
         let event = rules
             .decoder()
-            .decode(line.as_bytes(), seq)
+            .decode(obj.to_string().as_bytes(), seq)
             .map_err(|e| format!("event {i}: {e}"))?;
-        let event = Arc::new(event);
+        rows.push(Row::Event(Arc::new(event), t_ms));
+    }
+    // A MATCH_RECOGNIZE query in event time sees its rows sorted by ORDER BY
+    // as the watermark passes them (rows at or before it are late and
+    // dropped); the input ends with a watermark past every row. Everything
+    // else is fed in input order, as the reference harness does.
+    let event_time = sql && rows.iter().any(|r| matches!(r, Row::Event(_, Some(_))));
+    let mut feed: Vec<(Arc<Event>, Option<i64>)> = Vec::new();
+    if event_time {
+        let mut pending: Vec<Arc<Event>> = Vec::new();
+        let mut watermark = i64::MIN;
+        let release = |upto: i64, pending: &mut Vec<Arc<Event>>, feed: &mut Vec<_>| {
+            pending.sort_by(|a, b| rules.event_order(a, b).then(a.seq.cmp(&b.seq)));
+            let keep = pending.split_off(pending.partition_point(|e| e.time <= upto));
+            for e in std::mem::replace(pending, keep) {
+                let t = e.time;
+                feed.push((e, Some(t)));
+            }
+        };
+        for row in rows {
+            match row {
+                Row::Event(e, _) if e.time <= watermark => {}
+                Row::Event(e, _) => pending.push(e),
+                Row::Watermark(w) => {
+                    watermark = watermark.max(w);
+                    release(watermark, &mut pending, &mut feed);
+                }
+            }
+        }
+        release(i64::MAX, &mut pending, &mut feed);
+    } else {
+        feed.extend(rows.into_iter().filter_map(|r| match r {
+            Row::Event(e, t) => Some((e, t)),
+            Row::Watermark(_) => None,
+        }));
+    }
+    for (event, t_ms) in feed {
+        let row = by_seq.get(&event.seq).cloned().unwrap_or(J::Null);
+        let partition = partition_cols
+            .iter()
+            .map(|c| row[c].to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let state = states
+            .entry(partition)
+            .or_insert_with(|| matcher.new_state());
         if let Some(ts) = t_ms {
             out.clear();
-            matcher.advance_time(&mut state, ts, &mut out);
+            matcher.advance_time(state, ts, &mut out);
             collect(
                 &out,
                 &mut matches,
@@ -410,7 +591,7 @@ pub fn run_case(case: &J) -> Result<(), String> {
         }
         out.clear();
         matcher
-            .process(&mut state, &event, &[], &mut scratch, &mut out)
+            .process(state, &event, &[], &mut scratch, &mut out)
             .map_err(|e| e.to_string())?;
         if !only_pending {
             collect(
@@ -466,29 +647,50 @@ pub fn run_case(case: &J) -> Result<(), String> {
         }
         return Ok(());
     }
-    if case["kind"].as_str() == Some("sql_match_recognize") && case["expected_rows"].is_array() {
-        let sql = case["sql"].as_str().unwrap_or("");
-        let parts = partition_by(sql);
-        let mut got: Vec<String> = matches
-            .iter()
-            .zip(&payloads)
-            .map(|(m, vals)| {
-                let first = m
-                    .first()
-                    .and_then(|e| by_seq.get(&e.seq))
-                    .cloned()
-                    .unwrap_or(J::Null);
-                let mut cols: Vec<String> = parts
-                    .iter()
-                    .map(|p| match &first[p] {
-                        J::String(s) => s.clone(),
-                        v => v.to_string(),
-                    })
-                    .collect();
-                cols.extend(vals.iter().cloned());
-                cols.join(",")
-            })
+    if sql && case["expected_rows"].is_array() {
+        let measures: Vec<String> = sql_measures(&query)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(_, alias)| unquote(&alias).to_lowercase())
             .collect();
+        let select = select_list(&query);
+        let mut got: Vec<String> = Vec::new();
+        for (m, vals) in matches.iter().zip(&payloads) {
+            let first = m
+                .first()
+                .and_then(|e| by_seq.get(&e.seq))
+                .cloned()
+                .unwrap_or(J::Null);
+            let partition_value = |p: &str| match &first[p] {
+                J::String(s) => s.clone(),
+                v => v.to_string(),
+            };
+            let cols: Vec<String> = match &select {
+                // SELECT *: the partition columns, then the measures.
+                None => partition_cols
+                    .iter()
+                    .map(|p| partition_value(p))
+                    .chain(vals.iter().cloned())
+                    .collect(),
+                Some(names) => names
+                    .iter()
+                    .map(|n| {
+                        if let Some(i) = measures.iter().position(|m| *m == n.to_lowercase()) {
+                            Ok(vals[i].clone())
+                        } else if let Some(p) =
+                            partition_cols.iter().find(|p| p.eq_ignore_ascii_case(n))
+                        {
+                            Ok(partition_value(p))
+                        } else {
+                            Err(format!(
+                                "SELECT names `{n}`, neither a measure nor a partition column"
+                            ))
+                        }
+                    })
+                    .collect::<Result<_, _>>()?,
+            };
+            got.push(cols.join(","));
+        }
         let mut want: Vec<String> = case["expected_rows"]
             .as_array()
             .into_iter()

@@ -219,7 +219,7 @@ impl Engine {
         };
         for e in &self.buffer {
             match redecode(e) {
-                Ok(e) => engine.buffer.push_back(Arc::new(e)),
+                Ok(e) => engine.buffer_insert(Arc::new(e)),
                 Err(why) => migration.rejected.push((e.seq, e.raw.clone(), why)),
             }
         }

@@ -441,20 +441,44 @@ impl Engine {
         };
         let frontier = w.saturating_add(1);
         let event = Arc::new(event);
-        if self.buffer.is_empty() && event.time <= frontier {
+        if self.buffer.is_empty() && event.time <= self.release_upto(frontier) {
             // Deadlines up to the event's time fire first, as on the buffered path.
             self.fire_timers(event.time, out);
             self.dispatch(event, out);
             self.fire_timers(frontier, out);
         } else {
-            let key = (event.time, event.seq);
-            if self.buffer.back().is_none_or(|b| (b.time, b.seq) <= key) {
-                self.buffer.push_back(event);
-            } else {
-                let at = self.buffer.partition_point(|b| (b.time, b.seq) <= key);
-                self.buffer.insert(at, event);
-            }
+            self.buffer_insert(event);
             self.release(frontier, out);
+        }
+    }
+
+    /// The latest event time that may be processed once the watermark is
+    /// `frontier - 1`: events at `frontier` are on time, but when the stream
+    /// orders events of the same time by fields, one that comes later may
+    /// still go first.
+    fn release_upto(&self, frontier: EventTime) -> EventTime {
+        if self.rules.orders_ties() {
+            frontier.saturating_sub(1)
+        } else {
+            frontier
+        }
+    }
+
+    /// Buffers `event` in processing order ([`RuleSet::event_order`], then
+    /// arrival).
+    fn buffer_insert(&mut self, event: Arc<Event>) {
+        let rules = &self.rules;
+        let before = |b: &Arc<Event>| {
+            rules
+                .event_order(b, &event)
+                .then(b.seq.cmp(&event.seq))
+                .is_le()
+        };
+        if self.buffer.back().is_none_or(before) {
+            self.buffer.push_back(event);
+        } else {
+            let at = self.buffer.partition_point(before);
+            self.buffer.insert(at, event);
         }
     }
 
@@ -470,7 +494,8 @@ impl Engine {
     }
 
     fn release(&mut self, frontier: EventTime, out: &mut Outputs) {
-        while self.buffer.front().is_some_and(|e| e.time <= frontier) {
+        let upto = self.release_upto(frontier);
+        while self.buffer.front().is_some_and(|e| e.time <= upto) {
             let Some(ev) = self.buffer.pop_front() else {
                 break;
             };

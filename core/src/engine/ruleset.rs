@@ -2,7 +2,7 @@
 //! fields they read, and which key each rule groups by. Immutable; shared
 //! (`Arc`) by every key and swapped whole on reload.
 
-use crate::event::{Decoder, Slot};
+use crate::event::{Decoder, Event, Slot};
 use crate::pattern::lazy::SymbolDfa;
 use crate::pattern::{Matcher, nfa};
 use crate::rules::{CompileError, Compiler, RuleDef, RuleSetDef, StreamDef};
@@ -139,6 +139,29 @@ impl RuleSet {
     /// Decoder for the fields the rules read.
     pub fn decoder(&self) -> &Decoder {
         &self.decoder
+    }
+
+    /// Whether the stream orders events with the same time by fields
+    /// (`order`), so such events wait until no more of that time can come.
+    pub fn orders_ties(&self) -> bool {
+        !self.def.order.is_empty()
+    }
+
+    /// The order a key's events are processed in: event time, then the
+    /// stream's `order` fields (null first when ascending); events equal in
+    /// both keep their arrival order.
+    pub fn event_order(&self, a: &Event, b: &Event) -> std::cmp::Ordering {
+        a.time.cmp(&b.time).then_with(|| {
+            self.def
+                .order
+                .iter()
+                .map(|&(slot, descending)| {
+                    let o = a.field(slot).sort_order(b.field(slot));
+                    if descending { o.reverse() } else { o }
+                })
+                .find(|o| o.is_ne())
+                .unwrap_or(std::cmp::Ordering::Equal)
+        })
     }
 
     /// The features of every feature set, in definition order: the columns

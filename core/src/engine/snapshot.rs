@@ -371,17 +371,10 @@ impl Engine {
         }
         for e in buffered {
             let e = e.into_event(slots)?;
-            engine.stored_buffer.insert((e.time, e.seq));
-            if engine
-                .buffer
-                .back()
-                .is_some_and(|b| (b.time, b.seq) > (e.time, e.seq))
-            {
-                return Err(SnapshotError::Corrupt(
-                    "buffered events out of order".into(),
-                ));
+            if !engine.stored_buffer.insert((e.time, e.seq)) {
+                return Err(SnapshotError::Corrupt("an event buffered twice".into()));
             }
-            engine.buffer.push_back(Arc::new(e));
+            engine.buffer_insert(Arc::new(e));
         }
         engine.stats = EngineStats {
             events: meta.stats.0,

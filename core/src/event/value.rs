@@ -116,6 +116,28 @@ impl Value {
         }
     }
 
+    /// A total order for sorting: null, then booleans, then numbers (numeric
+    /// text by its number), then strings; NaN after every other number.
+    pub fn sort_order(&self, other: &Value) -> Ordering {
+        fn rank(v: &Value) -> u8 {
+            match v {
+                Value::Null => 0,
+                Value::Bool(_) => 1,
+                Value::Num(_) | Value::NumText(_) => 2,
+                Value::Str(_) => 3,
+            }
+        }
+        match (self, other) {
+            (Value::Bool(a), Value::Bool(b)) => a.cmp(b),
+            (Value::Str(a), Value::Str(b)) => a.as_str().cmp(b.as_str()),
+            _ if rank(self) == 2 && rank(other) == 2 => {
+                let (a, b) = (self.as_f64(), other.as_f64());
+                a.unwrap_or(f64::NAN).total_cmp(&b.unwrap_or(f64::NAN))
+            }
+            _ => rank(self).cmp(&rank(other)),
+        }
+    }
+
     /// A stable name of the value's type, for error messages.
     pub fn type_name(&self) -> &'static str {
         match self {

@@ -110,20 +110,11 @@ pub fn holds(e: &CExpr, s: Scope<'_>) -> bool {
 fn binary(op: BinOp, a: &Value, b: &Value) -> Value {
     use std::cmp::Ordering::*;
     match op {
-        BinOp::Eq => {
-            if a.is_null() || b.is_null() {
-                Value::Bool(a.is_null() && b.is_null())
-            } else {
-                Value::Bool(a.loose_eq(b))
-            }
-        }
-        BinOp::Ne => {
-            if a.is_null() || b.is_null() {
-                Value::Bool(a.is_null() != b.is_null())
-            } else {
-                Value::Bool(!a.loose_eq(b))
-            }
-        }
+        // SQL: a comparison with null is null (neither true nor false), so
+        // `not (x == 1)` does not hold for a missing `x` either.
+        BinOp::Eq | BinOp::Ne if a.is_null() || b.is_null() => Value::Null,
+        BinOp::Eq => Value::Bool(a.loose_eq(b)),
+        BinOp::Ne => Value::Bool(!a.loose_eq(b)),
         BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge => match a.partial_order(b) {
             None => Value::Null,
             Some(o) => Value::Bool(match op {

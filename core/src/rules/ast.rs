@@ -59,6 +59,9 @@ pub struct StreamAst {
     pub clock_skew: Option<(i64, Span)>,
     /// Declared fields, for checking names in rules.
     pub fields: Vec<(String, Span)>,
+    /// `order F [desc], ..`: how events with the same time are ordered
+    /// (field path, descending, where).
+    pub order: Vec<(String, bool, Span)>,
 }
 
 /// `example NAME { events """...""" expect RULE N ... }`.

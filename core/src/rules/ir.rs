@@ -40,6 +40,20 @@ pub struct StreamDef {
     pub clock_skew_ms: Option<i64>,
     /// Declared fields; when given, rules may name only these.
     pub fields: Option<Vec<FieldPath>>,
+    /// How events with the same time are ordered (`order` in the stream
+    /// block; otherwise by arrival). Not serialized, as `skew_ms`.
+    #[serde(skip)]
+    pub order: Vec<OrderKey>,
+}
+
+/// One field of a stream's `order`: events with the same time are
+/// processed by these fields, in turn, before arrival order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrderKey {
+    /// The field.
+    pub field: FieldPath,
+    /// Largest first.
+    pub descending: bool,
 }
 
 /// The default `skew`: seven days. A watermark moved years ahead by one
@@ -73,6 +87,9 @@ impl std::fmt::Debug for StreamDef {
         if let Some(c) = &self.clock_skew_ms {
             d.field("clock_skew_ms", c);
         }
+        if !self.order.is_empty() {
+            d.field("order", &self.order);
+        }
         d.finish()
     }
 }
@@ -91,6 +108,7 @@ impl StreamDef {
             skew_ms: DEFAULT_SKEW_MS,
             clock_skew_ms: None,
             fields: None,
+            order: Vec::new(),
         })
     }
 }
@@ -469,6 +487,9 @@ pub struct RuleSetDef {
     pub schema: Schema,
     /// Slot of the time field.
     pub time_slot: Slot,
+    /// The stream's `order`: (slot, descending) of each field events with
+    /// the same time are ordered by.
+    pub order: Vec<(Slot, bool)>,
     /// Hash of the sources and stream definition; versions per-key state.
     pub hash: u64,
     /// What it was compiled from, so that state written under it can be

@@ -96,6 +96,23 @@ impl RuleChecker<'_> {
             ExprKind::Null => CExpr::Lit(Value::Null),
             ExprKind::Path(parts) => return self.path(parts, ctx, e.span),
             ExprKind::Unary(op, x) => CExpr::Unary(*op, Box::new(self.expr(x, ctx)?)),
+            ExprKind::Binary(op @ (BinOp::Eq | BinOp::Ne), a, b)
+                if [a, b].iter().any(|x| matches!(x.kind, ExprKind::Null)) =>
+            {
+                let is = if *op == BinOp::Eq {
+                    "is null"
+                } else {
+                    "is not null"
+                };
+                self.err(
+                    Diagnostic::error(
+                        e.span,
+                        "a comparison with `null` is null, so it is never true",
+                    )
+                    .with_hint(format!("use `{is}`")),
+                );
+                return None;
+            }
             ExprKind::Binary(op, a, b) => {
                 let a = self.expr(a, ctx);
                 let b = self.expr(b, ctx);

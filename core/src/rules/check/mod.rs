@@ -197,6 +197,11 @@ impl Compiler {
         let mut schema = Schema::default();
         let key_slot = schema.intern(&stream.key);
         let time_slot = schema.intern(&stream.time);
+        let order = stream
+            .order
+            .iter()
+            .map(|o| (schema.intern(&o.field), o.descending))
+            .collect();
         let _ = key_slot;
         let files = std::mem::take(&mut self.files);
         let derived = self.derived_names(&files);
@@ -353,6 +358,7 @@ impl Compiler {
             models,
             schema,
             time_slot,
+            order,
             hash: h.digest(),
             origin: Arc::new(origin),
             model_files: std::mem::take(&mut self.models),
@@ -537,6 +543,7 @@ impl Compiler {
                 skew_ms: s.skew.map_or(crate::rules::ir::DEFAULT_SKEW_MS, |l| l.0),
                 clock_skew_ms: s.clock_skew.map(|l| l.0),
                 fields: None,
+                order: Vec::new(),
             };
             let path = |p: &Option<(String, Span)>,
                         what: &str,
@@ -605,8 +612,25 @@ impl Compiler {
                     }
                 }
             }
+            for (p, descending, sp) in &s.order {
+                match FieldPath::parse(p) {
+                    Some(field) => def.order.push(crate::rules::ir::OrderKey {
+                        field,
+                        descending: *descending,
+                    }),
+                    None => self.errors.push(Diagnostic::error(
+                        *sp,
+                        format!("bad order field path `{p}`"),
+                    )),
+                }
+            }
             if let Some(fields) = &mut def.fields {
-                for p in [&def.key, &def.time] {
+                for p in def
+                    .order
+                    .iter()
+                    .map(|o| &o.field)
+                    .chain([&def.key, &def.time])
+                {
                     if !fields.contains(p) {
                         fields.push(p.clone());
                     }
@@ -980,6 +1004,21 @@ mod tests {
             (
                 "rule r { pattern { a: true } skip to first a or fail }",
                 "never advances",
+            ),
+            (
+                "rule r { pattern { a: true optional then b: true } skip to first a }",
+                "never advances",
+            ),
+            ("rule r { pattern { a: x == null } }", "use `is null`"),
+            ("rule r { pattern { a: null != x } }", "use `is not null`"),
+            ("rule r { pattern { a: x like 5 } }", "a pattern in quotes"),
+            (
+                "rule r { pattern { a: x like \"5!\" escape \"!\" } }",
+                "ends with its escape",
+            ),
+            (
+                "rule r { pattern { a: x like \"5\" escape \"!!\" } }",
+                "one character",
             ),
             (
                 "rule r { pattern { a: true repeat 300 then b: (c: true next d: true repeat 300) repeat 10 } }",

@@ -230,24 +230,25 @@ impl RuleChecker<'_> {
                     ));
                     return None;
                 }
-                if *strict {
-                    if info.may_be_absent {
-                        self.err(
-                            Diagnostic::error(st.span, format!("stage `{}` may be absent from a match", st.name))
-                                .with_hint("`or fail` needs a stage present in every match; drop `or fail` to skip nothing when it is absent"),
-                        );
-                        return None;
-                    }
-                    if first && pattern.stages.first().is_some_and(|f| f.id == id) {
-                        self.err(
-                            Diagnostic::error(
-                                sp,
-                                "skipping to the first event of the first stage never advances",
-                            )
-                            .with_hint("use `skip to next`"),
-                        );
-                        return None;
-                    }
+                if *strict && info.may_be_absent {
+                    self.err(
+                        Diagnostic::error(st.span, format!("stage `{}` may be absent from a match", st.name))
+                            .with_hint("`or fail` needs a stage present in every match; drop `or fail` to skip nothing when it is absent"),
+                    );
+                    return None;
+                }
+                // When the first stage takes part in a match, its first event
+                // is the match's first: resuming there would find the same
+                // match again (Flink fails such a query at run time).
+                if first && pattern.stages.first().is_some_and(|f| f.id == id) {
+                    self.err(
+                        Diagnostic::error(
+                            sp,
+                            "skipping to the first event of the first stage never advances",
+                        )
+                        .with_hint("use `skip to next`"),
+                    );
+                    return None;
                 }
                 if first {
                     SkipDef::ToFirst(id, *strict)

@@ -84,9 +84,20 @@ impl Parser {
             let r = self.add_expr()?;
             return Some(bin(op, l, r));
         }
-        let negated = self.is_kw("not") && self.is_kw_at(1, "in");
+        let negated = self.is_kw("not") && (self.is_kw_at(1, "in") || self.is_kw_at(1, "like"));
         if negated {
             self.bump();
+        }
+        if self.eat_kw("like") {
+            let like = self.like(l)?;
+            if !negated {
+                return Some(like);
+            }
+            let span = like.span;
+            return Some(Expr {
+                kind: ExprKind::Unary(UnOp::Not, Box::new(like)),
+                span,
+            });
         }
         if self.eat_kw("in") {
             self.expect_sym("[")?;
@@ -129,6 +140,61 @@ impl Parser {
             });
         }
         Some(l)
+    }
+
+    /// The rest of `x like 'pattern' [escape 'c']` (SQL: `%` is any run of
+    /// characters, `_` any one, the whole value must match), as the regular
+    /// expression it means.
+    fn like(&mut self, l: Expr) -> PResult<Expr> {
+        let Tok::Str(pattern) = self.peek().clone() else {
+            return self.error("a pattern in quotes (`%` any run of characters, `_` any one)");
+        };
+        let pattern_span = self.bump().span;
+        let mut escape = None;
+        if self.eat_kw("escape") {
+            let sp = self.span();
+            match self.peek().clone() {
+                Tok::Str(e) if e.chars().count() == 1 => {
+                    self.bump();
+                    escape = e.chars().next();
+                }
+                _ => {
+                    self.errors.push(Diagnostic::error(
+                        sp,
+                        "the escape must be one character in quotes",
+                    ));
+                    return None;
+                }
+            }
+        }
+        let mut re = String::from("(?s)^");
+        let mut chars = pattern.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                c if Some(c) == escape => match chars.next() {
+                    Some(next) => re.push_str(&regex_syntax::escape(next.encode_utf8(&mut [0; 4]))),
+                    None => {
+                        self.errors.push(
+                            Diagnostic::error(
+                                pattern_span,
+                                "the pattern ends with its escape character",
+                            )
+                            .with_hint("escape `%`, `_` or the escape character itself"),
+                        );
+                        return None;
+                    }
+                },
+                '%' => re.push_str(".*"),
+                '_' => re.push('.'),
+                c => re.push_str(&regex_syntax::escape(c.encode_utf8(&mut [0; 4]))),
+            }
+        }
+        re.push('$');
+        let span = l.span.to(self.prev_span());
+        Some(Expr {
+            kind: ExprKind::Matches(Box::new(l), re, pattern_span),
+            span,
+        })
     }
 
     pub(super) fn add_expr(&mut self) -> PResult<Expr> {

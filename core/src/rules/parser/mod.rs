@@ -346,6 +346,29 @@ mod tests {
         assert_eq!(errs[0].span.start, 18, "points at the name");
     }
 
+    /// `like` is the anchored regular expression it means, with every
+    /// character but `%`, `_` and the escape taken literally.
+    #[test]
+    fn like_means_an_anchored_regular_expression() {
+        let regex = |src: &str| match parse_expr(0, src).map(|e| e.kind) {
+            Ok(ExprKind::Matches(_, re, _)) => re,
+            other => panic!("{src}: {other:?}"),
+        };
+        let cases = [
+            ("x like 'a%b_'", "(?s)^a.*b.$"),
+            ("x like '1.5 (x)*'", r"(?s)^1\.5 \(x\)\*$"),
+            ("x like '50!%!_!!' escape '!'", r"(?s)^50%_!$"),
+        ];
+        for (src, want) in cases {
+            assert_eq!(regex(src), want, "{src}");
+        }
+        let negated = parse_expr(0, "x not like 'a%'").map(|e| e.kind);
+        assert!(
+            matches!(negated, Ok(ExprKind::Unary(UnOp::Not, ref m)) if matches!(m.kind, ExprKind::Matches(..))),
+            "{negated:?}"
+        );
+    }
+
     #[test]
     fn parses_a_rule_with_every_clause() {
         let src = r#"

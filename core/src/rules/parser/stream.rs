@@ -26,9 +26,10 @@ impl Parser {
             skew: None,
             clock_skew: None,
             fields: Vec::new(),
+            order: Vec::new(),
         };
         const CLAUSES: &[&str] = &[
-            "key", "time", "type", "lateness", "idle", "skew", "clock", "fields",
+            "key", "time", "type", "lateness", "idle", "skew", "clock", "fields", "order",
         ];
         loop {
             if self.eat_sym("}") {
@@ -71,9 +72,23 @@ impl Parser {
                     while self.eat_sym(",") {
                         s.fields.push(self.path()?);
                     }
+                } else if self.eat_kw("order") {
+                    self.eat_kw("by");
+                    loop {
+                        let (path, sp) = self.path()?;
+                        let descending = self.eat_kw("desc");
+                        if !descending {
+                            self.eat_kw("asc");
+                        }
+                        s.order.push((path, descending, sp));
+                        if !self.eat_sym(",") {
+                            break;
+                        }
+                    }
                 } else {
-                    return self
-                        .error("key, time, type, lateness, idle, skew, clock skew or fields");
+                    return self.error(
+                        "key, time, type, lateness, idle, skew, clock skew, fields or order",
+                    );
                 }
                 Some(())
             })();
