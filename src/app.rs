@@ -70,6 +70,8 @@ enum Command {
         )]
         with_fields: Vec<String>,
         #[command(flatten)]
+        lists: ListArgs,
+        #[command(flatten)]
         stream: StreamArgs,
     },
     /// Score a candidate rule set against labelled history, beside the
@@ -96,6 +98,8 @@ enum Command {
         /// deadlines fire.
         #[arg(long)]
         flush: bool,
+        #[command(flatten)]
+        lists: ListArgs,
         #[command(flatten)]
         stream: StreamArgs,
     },
@@ -184,6 +188,28 @@ impl StateDir {
     }
 }
 
+/// The contents of the lists the rules declare.
+#[derive(Args, Debug)]
+struct ListArgs {
+    /// A list's changes: `NAME=FILE`, a `.csv` (value[,from][,until][,op]
+    /// [,author][,comment]) or the `.jsonl` the API exports. Repeat for
+    /// each list; lookups are as of each event's time.
+    #[arg(long = "list", value_name = "NAME=FILE")]
+    lists: Vec<String>,
+}
+
+impl ListArgs {
+    /// The lists for `rules`, saying on standard error which declared
+    /// lists no file fills.
+    fn load(&self, rules: &RuleSet) -> Result<Arc<tripline_core::lists::Lists>> {
+        let (lists, empty) = tripline::list_files::load_list_files(&self.lists, rules)?;
+        for name in empty {
+            eprintln!("note: list `{name}` is empty (give its entries with --list {name}=FILE)");
+        }
+        Ok(lists)
+    }
+}
+
 /// The stream definition from flags (overrides a `stream` block).
 #[derive(Args, Debug)]
 struct StreamArgs {
@@ -241,6 +267,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             matcher,
             features,
             with_fields,
+            lists,
             stream,
         } => {
             let options = EngineOptions {
@@ -255,7 +282,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 Some(path) => Some(feature_writer(&rs, &path, with_fields)?),
                 None => None,
             };
-            replay(rs, &events, flush, features)
+            let lists = lists.load(&rs)?;
+            replay(rs, &events, flush, features, lists)
         }
         Command::Backtest {
             rules,
@@ -264,12 +292,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             events,
             label,
             flush,
+            lists,
             stream,
         } => {
             let def = stream.to_def()?;
             let Some(candidate) = load(&rules, def.clone(), EngineOptions::default())? else {
                 return Ok(ExitCode::from(1));
             };
+            let list_data = lists.load(&candidate)?;
             let current = if alone {
                 Vec::new()
             } else if current.is_empty() {
@@ -293,7 +323,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     None => return Ok(ExitCode::from(1)),
                 }
             };
-            crate::backtest_cmd::backtest(candidate, current, &events, &label, flush)
+            crate::backtest_cmd::backtest(candidate, current, &events, &label, flush, list_data)
         }
         Command::Test { rules } => test_examples(&rules),
         Command::Serve { config } => {
@@ -549,12 +579,13 @@ fn replay(
     events: &str,
     flush: bool,
     mut features: Option<FeatureFile>,
+    lists: Arc<tripline_core::lists::Lists>,
 ) -> Result<ExitCode> {
     let mut input = EventLines::new(open_events(events)?);
     let stdout = std::io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
     let mut err = std::io::stderr().lock();
-    let mut engine = Engine::new(rs.clone());
+    let mut engine = Engine::new(rs.clone()).with_lists(lists);
     if features.is_some() {
         engine = engine.collect_features();
     }

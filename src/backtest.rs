@@ -103,6 +103,12 @@ impl Backtest {
         }
     }
 
+    /// Looks list lookups up in `lists` (see [`Engine::with_lists`]).
+    pub fn with_lists(mut self, lists: Arc<crate::lists::Lists>) -> Backtest {
+        self.engine = self.engine.with_lists(lists);
+        self
+    }
+
     /// Runs one event (a JSON line; `seq` its position in the input).
     pub fn event(&mut self, line: &[u8], seq: u64) -> Result<(), DecodeError> {
         let (days, positives, label) = (&mut self.days, &mut self.positives, &self.label);

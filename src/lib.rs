@@ -81,10 +81,13 @@
 //! ```
 
 pub mod adapters;
-pub use tripline_core::{coordinator, engine, event, model, pattern, rules, state, time, window};
+pub use tripline_core::{
+    coordinator, engine, event, lists, model, pattern, rules, state, time, window,
+};
 pub mod backtest;
 pub mod config;
 pub mod export;
 pub mod files;
+pub mod list_files;
 pub mod runtime;
 pub mod telemetry;

@@ -16,6 +16,8 @@
 //! - [`pattern`]: a rule's stages compiled to an NFA ([`pattern::nfa`]) with
 //!   Flink CEP semantics, and the per-key [`pattern::Matcher`].
 //! - [`window`]: incremental per-key window aggregates.
+//! - [`lists`]: named lists the rules read (`x in blocked_terminals`),
+//!   each entry with its history, looked up as of the event's time.
 //! - [`model`]: trained models (ONNX) the rules declare: a flat-array
 //!   evaluator for tree ensembles, tract for other graphs.
 //! - [`time`]: watermarks and event-time timers.
@@ -31,6 +33,7 @@
 pub mod coordinator;
 pub mod engine;
 pub mod event;
+pub mod lists;
 pub mod model;
 pub mod pattern;
 pub mod rules;

@@ -198,6 +198,7 @@ impl Engine {
         let mut engine = Engine {
             external_watermark: self.external_watermark,
             dirty: self.dirty.as_ref().map(|_| hashbrown::HashSet::new()),
+            lists: self.lists.clone(),
             ..Engine::new(rules.clone())
         };
         self.hand_over_passivation(&mut engine);

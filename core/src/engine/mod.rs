@@ -241,6 +241,8 @@ pub struct Engine {
     state_limit: Option<usize>,
     /// Keys reset for their state's size, to report.
     reset_keys: Vec<RuleError>,
+    /// The lists the rules look values up in.
+    lists: Arc<crate::lists::Lists>,
 }
 
 impl Engine {
@@ -270,8 +272,21 @@ impl Engine {
             advanced_at: None,
             state_limit: None,
             reset_keys: Vec::new(),
+            lists: Arc::default(),
             rules,
         }
+    }
+
+    /// Reads list lookups (`x in LIST`) from `lists`, which others may
+    /// change while the engine runs (without it, every list is empty).
+    pub fn with_lists(mut self, lists: Arc<crate::lists::Lists>) -> Engine {
+        self.lists = lists;
+        self
+    }
+
+    /// The lists the engine reads.
+    pub fn lists(&self) -> &Arc<crate::lists::Lists> {
+        &self.lists
     }
 
     /// Gives the engine the wall clock (epoch ms), for the stream's limits on
@@ -692,6 +707,21 @@ impl Engine {
         if event.fields.len() < width {
             event.fields.resize(width, Value::Null);
         }
+        // Lookups first: features and models may read them.
+        for l in &rules.def.lookups {
+            let key = eval(
+                &l.key,
+                Scope {
+                    event,
+                    path: &[],
+                    windows: &[],
+                },
+            );
+            event.fields[l.slot as usize] = self
+                .lists
+                .contains(&l.list, &key, event.time)
+                .map_or(Value::Null, Value::Bool);
+        }
         for (ki, keying) in rules.keyings.iter().enumerate() {
             if !keying.features {
                 continue;
@@ -908,7 +938,7 @@ fn emit(
             Output::Match(p) => (AlertKind::Match, p, at),
             Output::Timeout { path, at } => (AlertKind::Timeout, path, at),
         };
-        let values = match path.last() {
+        let mut values: Vec<(Arc<str>, Value)> = match path.last() {
             Some((_, last)) => rule
                 .def
                 .payload
@@ -927,6 +957,17 @@ fn emit(
                 .collect(),
             None => Vec::new(),
         };
+        // The evidence of each list lookup: a hit if a matched event had
+        // one, else what the last event found.
+        for (name, slot) in &rule.lookups {
+            let hit = path
+                .iter()
+                .rev()
+                .map(|(_, e)| e.field(*slot))
+                .find(|v| v.is_true());
+            let v = hit.or_else(|| path.last().map(|(_, e)| e.field(*slot)));
+            values.push((name.clone(), v.cloned().unwrap_or(Value::Null)));
+        }
         let matches = group_by_stage(&rule.stage_names, path);
         let id = Alert::compute_id(&rule.name, &ks.key, kind, &matches);
         stats.alerts += 1;
@@ -972,7 +1013,20 @@ fn group_by_stage(
 /// Runs a rule file's example through a fresh engine (watermark flushed at
 /// the end) and compares alert counts per rule.
 pub fn run_example(rules: &Arc<RuleSet>, ex: &crate::rules::ExampleDef) -> Result<(), String> {
-    let mut engine = Engine::new(rules.clone());
+    let lists = crate::lists::Lists::new();
+    for (list, values) in &ex.lists {
+        for v in values {
+            let on = crate::lists::ListChange {
+                op: crate::lists::ListOp::Add,
+                at: EventTime::MIN,
+                until: None,
+                author: None,
+                comment: Some(format!("example {}", ex.name)),
+            };
+            lists.apply(list, v, on);
+        }
+    }
+    let mut engine = Engine::new(rules.clone()).with_lists(Arc::new(lists));
     let mut out = Outputs::default();
     let mut events = crate::event::EventLines::new(ex.events.as_bytes());
     while let Some((n, line)) = events.next_record().map_err(|e| e.to_string())? {

@@ -65,6 +65,8 @@ pub struct CompiledRule {
     pub(crate) matcher: Matcher,
     /// Index into [`RuleSet::keyings`].
     pub(crate) keying: usize,
+    /// The list lookups it reads (name, event slot): its alerts show them.
+    pub(crate) lookups: Vec<(Arc<str>, Slot)>,
 }
 
 impl CompiledRule {
@@ -224,6 +226,11 @@ impl RuleSet {
                     .with_lazy(lazy)
                     .with_single_stage(single),
                 keying,
+                lookups: r
+                    .lookups
+                    .iter()
+                    .map(|&i| (Arc::from(def.lookups[i].name.as_str()), def.lookups[i].slot))
+                    .collect(),
                 def: r.clone(),
             });
         }
@@ -242,7 +249,8 @@ impl RuleSet {
             def.stream.time_format,
             options.max_record_bytes,
         );
-        let derives = !feature_slots.is_empty() || !def.models.is_empty();
+        let derives =
+            !feature_slots.is_empty() || !def.models.is_empty() || !def.lookups.is_empty();
         RuleSet {
             def,
             rules,

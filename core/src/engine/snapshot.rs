@@ -333,6 +333,7 @@ impl Engine {
         let prior = Engine {
             external_watermark: this.external_watermark,
             dirty: this.dirty.as_ref().map(|_| hashbrown::HashSet::new()),
+            lists: this.lists.clone(),
             ..Engine::new(old)
         }
         .restored(store)?;

@@ -23,6 +23,8 @@ pub struct FileAst {
     pub examples: Vec<ExampleAst>,
     /// Model declarations.
     pub models: Vec<ModelAst>,
+    /// `list NAME` declarations.
+    pub lists: Vec<Ident>,
 }
 
 /// `model NAME from "PATH"`: a trained model whose score is readable as
@@ -73,6 +75,8 @@ pub struct ExampleAst {
     pub events: Option<(String, Span)>,
     /// Expected alert counts per rule.
     pub expect: Vec<(Ident, u64)>,
+    /// `list NAME "v1", "v2"`: values on a list throughout the example.
+    pub lists: Vec<(Ident, Vec<String>)>,
 }
 
 /// After-match skip strategy, as written.
@@ -209,6 +213,9 @@ pub enum ExprKind {
     In(Box<Expr>, Vec<Expr>, bool),
     /// `x matches "regex"`.
     Matches(Box<Expr>, String, Span),
+    /// `x in LIST` / `x not in LIST` (negated): membership in a declared
+    /// list, as of the event's time.
+    InList(Box<Expr>, Ident, bool),
     /// `x is null` / `x is not null`.
     IsNull(Box<Expr>, bool),
     /// A function or aggregate call.

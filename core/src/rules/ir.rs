@@ -266,6 +266,19 @@ impl CExpr {
             CExpr::Func(_, args) => args.iter().any(|a| a.depends_on_match()),
         }
     }
+
+    /// Whether the value depends on the key's window aggregates.
+    pub fn reads_windows(&self) -> bool {
+        match self {
+            CExpr::Window(_) => true,
+            CExpr::Lit(_) | CExpr::Field(_) | CExpr::StageLast(..) => false,
+            CExpr::MatchAgg(a) => a.arg.as_ref().is_some_and(|e| e.reads_windows()),
+            CExpr::Unary(_, e) | CExpr::IsNull(e, _) | CExpr::Matches(e, _) => e.reads_windows(),
+            CExpr::Binary(_, a, b) => a.reads_windows() || b.reads_windows(),
+            CExpr::In(e, items, _) => e.reads_windows() || items.iter().any(|i| i.reads_windows()),
+            CExpr::Func(_, args) => args.iter().any(|a| a.reads_windows()),
+        }
+    }
 }
 
 /// The quantifier of a stage, normalised.
@@ -441,6 +454,24 @@ pub struct RuleDef {
     pub models: Vec<String>,
     /// Window aggregates used by conditions and payload.
     pub windows: Vec<WindowSpec>,
+    /// The list lookups the rule reads (indices into
+    /// [`RuleSetDef::lookups`]): its alerts show their values.
+    pub lookups: Vec<usize>,
+}
+
+/// A list lookup (`x in LIST`): computed once per event, before features,
+/// into the event slot `slot` (true, false, or null for a null `x`), as of
+/// the event's time; conditions read the slot.
+#[derive(Clone, Debug)]
+pub struct LookupDef {
+    /// How alerts name it (`TERMINAL_ID in blocked_terminals`).
+    pub name: String,
+    /// The list.
+    pub list: String,
+    /// The value looked up, over the event alone.
+    pub key: CExpr,
+    /// Where the result is written.
+    pub slot: Slot,
 }
 
 /// A declared model: its score is written to the event slot `slot` after
@@ -470,6 +501,8 @@ pub struct ExampleDef {
     pub events: String,
     /// Expected alerts per rule.
     pub expect: Vec<(String, u64)>,
+    /// Values on each list throughout the example.
+    pub lists: Vec<(String, Vec<String>)>,
 }
 
 /// A checked rule set: what the engine compiles and runs.
@@ -490,6 +523,10 @@ pub struct RuleSetDef {
     /// The stream's `order`: (slot, descending) of each field events with
     /// the same time are ordered by.
     pub order: Vec<(Slot, bool)>,
+    /// Declared lists (`list NAME`).
+    pub lists: Vec<String>,
+    /// List lookups, shared by the rules that read them.
+    pub lookups: Vec<LookupDef>,
     /// Hash of the sources and stream definition; versions per-key state.
     pub hash: u64,
     /// What it was compiled from, so that state written under it can be

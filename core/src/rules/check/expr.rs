@@ -127,6 +127,38 @@ impl RuleChecker<'_> {
                     *neg,
                 )
             }
+            ExprKind::InList(x, list, negated) => {
+                let key = self.expr(x, ctx);
+                if !self.lookups.lists.contains_key(&list.name) {
+                    let d = Diagnostic::error(list.span, format!("unknown list `{}`", list.name));
+                    let d = if self.lookups.lists.is_empty() {
+                        d.with_hint(format!("declare it: `list {}`", list.name))
+                    } else {
+                        let names: Vec<String> = self.lookups.lists.keys().cloned().collect();
+                        hint_closest(d, &list.name, names.iter().map(|s| s.as_str()))
+                    };
+                    self.err(d);
+                    return None;
+                }
+                let key = key?;
+                if key.depends_on_match() || key.reads_windows() {
+                    self.err(
+                        Diagnostic::error(
+                            x.span,
+                            "a list lookup reads the event being tested, not the match or its windows",
+                        )
+                        .with_hint("look up a field of the event (`TERMINAL_ID in LIST`) in the stage that takes it"),
+                    );
+                    return None;
+                }
+                let i = self.lookup(&list.name, key, x);
+                let found = CExpr::Field(self.lookups.defs[i].slot);
+                if *negated {
+                    CExpr::Unary(UnOp::Not, Box::new(found))
+                } else {
+                    found
+                }
+            }
             ExprKind::Matches(x, re, sp) => {
                 let x = self.expr(x, ctx)?;
                 if self.regex_room.refused {
@@ -279,9 +311,10 @@ impl RuleChecker<'_> {
                     out.push((id, p[0].span));
                 }
             }
-            ExprKind::Unary(_, x) | ExprKind::IsNull(x, _) | ExprKind::Matches(x, _, _) => {
-                self.stage_refs(x, out)
-            }
+            ExprKind::Unary(_, x)
+            | ExprKind::IsNull(x, _)
+            | ExprKind::Matches(x, _, _)
+            | ExprKind::InList(x, _, _) => self.stage_refs(x, out),
             ExprKind::Binary(_, a, b) => {
                 self.stage_refs(a, out);
                 self.stage_refs(b, out);
@@ -295,6 +328,43 @@ impl RuleChecker<'_> {
             ExprKind::Call(_) | ExprKind::Member(..) => {}
             _ => {}
         }
+    }
+
+    /// The lookup of `key` (written `x`) in `list`, shared with any other
+    /// rule that makes the same one; the rule reads it.
+    fn lookup(&mut self, list: &str, key: CExpr, x: &Expr) -> usize {
+        let same = format!("{key:?}");
+        let i = match self
+            .lookups
+            .defs
+            .iter()
+            .position(|d| d.list == list && format!("{:?}", d.key) == same)
+        {
+            Some(i) => i,
+            None => {
+                let what = match &x.kind {
+                    ExprKind::Path(parts) => parts
+                        .iter()
+                        .map(|p| p.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join("."),
+                    _ => format!("value {}", self.lookups.defs.len() + 1),
+                };
+                let name = format!("{what} in {list}");
+                let slot = self.schema.intern(&FieldPath::single(&name));
+                self.lookups.defs.push(LookupDef {
+                    name,
+                    list: list.to_string(),
+                    key,
+                    slot,
+                });
+                self.lookups.defs.len() - 1
+            }
+        };
+        if !self.lookups_read.contains(&i) {
+            self.lookups_read.push(i);
+        }
+        i
     }
 
     pub(super) fn call(&mut self, c: &Call, ctx: Ctx, span: Span) -> Option<CExpr> {

@@ -235,6 +235,28 @@ impl Compiler {
             room: self.limits.max_regex_total_bytes,
             refused: false,
         };
+        let mut lookups = LookupTable::default();
+        for (_, file) in &files {
+            for l in &file.lists {
+                if let Some(prev) = lookups.lists.get(&l.name) {
+                    let (line, _) = self.sources.line_col(prev.file, prev.start);
+                    self.errors.push(
+                        Diagnostic::error(l.span, format!("list `{}` is declared twice", l.name))
+                            .with_hint(format!(
+                                "first declared in {} line {line}",
+                                self.sources.get(prev.file).name
+                            )),
+                    );
+                } else if derived.contains_key(&l.name) {
+                    self.errors.push(Diagnostic::error(
+                        l.span,
+                        format!("`{}` is already a feature or model name", l.name),
+                    ));
+                } else {
+                    lookups.lists.insert(l.name.clone(), l.span);
+                }
+            }
+        }
         let mut names: BTreeMap<String, Span> = BTreeMap::new();
         let mut feature_names: BTreeMap<String, String> = BTreeMap::new();
         for (_, file) in &files {
@@ -287,6 +309,8 @@ impl Compiler {
                     in_features: r.features,
                     models_read: Vec::new(),
                     regex_room: &mut regex_room,
+                    lookups: &mut lookups,
+                    lookups_read: Vec::new(),
                 };
                 if let Some(def) = rc.rule(r) {
                     rules.push(def);
@@ -307,6 +331,14 @@ impl Compiler {
                         ));
                     }
                 }
+                for (list, _) in &ex.lists {
+                    if !lookups.lists.contains_key(&list.name) {
+                        self.errors.push(
+                            Diagnostic::error(list.span, format!("unknown list `{}`", list.name))
+                                .with_hint(format!("declare it: `list {}`", list.name)),
+                        );
+                    }
+                }
                 match &ex.events {
                     Some((events, _)) => examples.push(ExampleDef {
                         name: ex.name.name.clone(),
@@ -316,6 +348,11 @@ impl Compiler {
                             .expect
                             .iter()
                             .map(|(r, n)| (r.name.clone(), *n))
+                            .collect(),
+                        lists: ex
+                            .lists
+                            .iter()
+                            .map(|(l, v)| (l.name.clone(), v.clone()))
                             .collect(),
                     }),
                     None => self.errors.push(Diagnostic::error(
@@ -359,6 +396,8 @@ impl Compiler {
             schema,
             time_slot,
             order,
+            lists: lookups.lists.keys().cloned().collect(),
+            lookups: lookups.defs,
             hash: h.digest(),
             origin: Arc::new(origin),
             model_files: std::mem::take(&mut self.models),
@@ -716,6 +755,18 @@ struct RuleChecker<'a> {
     models_read: Vec<String>,
     /// What is left of the rule set's regular expression budget.
     regex_room: &'a mut RegexBudget,
+    /// Declared lists and the lookups rules make.
+    lookups: &'a mut LookupTable,
+    /// Lookups the rule reads.
+    lookups_read: Vec<usize>,
+}
+
+/// Declared lists and the lookups of every rule (shared: one lookup per
+/// list and value expression, whichever rules read it).
+#[derive(Default)]
+pub(super) struct LookupTable {
+    pub(super) lists: BTreeMap<String, Span>,
+    pub(super) defs: Vec<LookupDef>,
 }
 
 /// The memory left for a rule set's regular expressions.
@@ -876,6 +927,7 @@ impl RuleChecker<'_> {
             feature_slots,
             models: std::mem::take(&mut self.models_read),
             windows: std::mem::take(&mut self.windows),
+            lookups: std::mem::take(&mut self.lookups_read),
         })
     }
 }

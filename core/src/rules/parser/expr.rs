@@ -100,6 +100,14 @@ impl Parser {
             });
         }
         if self.eat_kw("in") {
+            if let Tok::Ident(_) = self.peek() {
+                let list = self.ident("a list name")?;
+                let span = l.span.to(list.span);
+                return Some(Expr {
+                    kind: ExprKind::InList(Box::new(l), list, negated),
+                    span,
+                });
+            }
             self.expect_sym("[")?;
             let mut items = Vec::new();
             while !self.is_sym("]") {

@@ -256,7 +256,7 @@ impl Parser {
                 }
                 Tok::Ident(s)
                     if depth == 0
-                        && ["rule", "features", "stream", "example", "model"]
+                        && ["rule", "features", "stream", "example", "model", "list"]
                             .contains(&s.as_str()) =>
                 {
                     return;
@@ -318,9 +318,16 @@ impl Parser {
                     Some(m) => ast.models.push(m),
                     None => self.skip_item(0),
                 },
+                Tok::Ident(s) if s == "list" => {
+                    self.bump();
+                    match self.ident("a list name") {
+                        Some(name) => ast.lists.push(name),
+                        None => self.skip_item(0),
+                    }
+                }
                 _ => {
                     let _: PResult<()> =
-                        self.error("`rule`, `features`, `model`, `stream` or `example`");
+                        self.error("`rule`, `features`, `model`, `list`, `stream` or `example`");
                     self.bump();
                     self.skip_item(0);
                 }

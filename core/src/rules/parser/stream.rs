@@ -118,6 +118,7 @@ impl Parser {
             name,
             events: None,
             expect: Vec::new(),
+            lists: Vec::new(),
         };
         loop {
             if self.eat_sym("}") {
@@ -140,14 +141,29 @@ impl Parser {
                     let rule = self.name("a rule name")?;
                     let (n, _) = self.count("an alert count")?;
                     ex.expect.push((rule, n as u64));
+                } else if self.eat_kw("list") {
+                    let name = self.ident("a list name")?;
+                    let mut values = Vec::new();
+                    loop {
+                        match self.peek().clone() {
+                            Tok::Str(v) => values.push(v),
+                            Tok::Num(n) => values.push(crate::event::Value::Num(n).to_string()),
+                            _ => return self.error("a value in quotes"),
+                        }
+                        self.bump();
+                        if !self.eat_sym(",") {
+                            break;
+                        }
+                    }
+                    ex.lists.push((name, values));
                 } else {
-                    return self.error("`events` or `expect`");
+                    return self.error("`events`, `expect` or `list`");
                 }
                 Some(())
             })();
             if ok.is_none() {
                 let at = self.pos;
-                self.sync_clause(&["events", "expect"], level);
+                self.sync_clause(&["events", "expect", "list"], level);
                 if self.pos == at {
                     self.bump();
                 }
