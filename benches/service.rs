@@ -90,7 +90,7 @@ fn throughput(brokers: &str, events: usize) {
     )
     .unwrap();
     let (t0, cpu0) = (now(), cpu_seconds());
-    let handle = service::start(c.clone(), brokers.to_string(), rules).unwrap();
+    let handle = service::start(c.clone(), brokers.to_string(), rules, Default::default()).unwrap();
     let p = handle.progress();
     // Its first commit: (seconds since start, records it committed).
     let mut first = None;
@@ -153,7 +153,7 @@ fn latency(brokers: &str, count: usize) {
         None,
     )
     .unwrap();
-    let handle = service::start(c.clone(), brokers.to_string(), rules).unwrap();
+    let handle = service::start(c.clone(), brokers.to_string(), rules, Default::default()).unwrap();
     let k = &c.kafka;
     kafka::ensure_topics(k, brokers, &[&k.alerts_topic], 1).unwrap();
     let reader: BaseConsumer = kafka::client_config(k, brokers)

@@ -73,17 +73,44 @@ pub fn parse_list_file(name: &str, path: &Path, text: &str) -> Result<Vec<ListEn
         }
         return Ok(out);
     }
-    parse_list_csv(name, text, None).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    parse_list_csv(name, text, &CsvDefaults::default())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
-/// Rows of a CSV list file as changes of list `name` (see the module docs);
-/// `author` is the default author of rows that name none. Errors name the
-/// line.
+/// What a CSV row that leaves them out gets.
+#[derive(Clone, Copy, Debug)]
+pub struct CsvDefaults<'a> {
+    /// The author.
+    pub author: Option<&'a str>,
+    /// The time a change applies from (files: the beginning of time; the
+    /// API: now).
+    pub from: EventTime,
+    /// When the changes were made.
+    pub recorded: Option<i64>,
+}
+
+impl Default for CsvDefaults<'_> {
+    fn default() -> Self {
+        CsvDefaults {
+            author: None,
+            from: EventTime::MIN,
+            recorded: None,
+        }
+    }
+}
+
+/// Rows of a CSV list file as changes of list `name` (see the module docs),
+/// with `defaults` for what a row leaves out. Errors name the line.
 pub fn parse_list_csv(
     name: &str,
     text: &str,
-    author: Option<&str>,
+    defaults: &CsvDefaults<'_>,
 ) -> Result<Vec<ListEntry>, String> {
+    let CsvDefaults {
+        author,
+        from: default_from,
+        recorded,
+    } = *defaults;
     let mut rd = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .from_reader(text.as_bytes());
@@ -134,10 +161,11 @@ pub fn parse_list_csv(
                 Some(s) if s == "remove" => ListOp::Remove,
                 Some(s) => return Err(format!("line {line}: bad op `{s}` (add or remove)")),
             },
-            at: time(from, "from")?.unwrap_or(EventTime::MIN),
+            at: time(from, "from")?.unwrap_or(default_from),
             until: time(until, "until")?,
             author: cell(who).or(author).map(String::from),
             comment: cell(why).map(String::from),
+            recorded,
         };
         let i = *index.entry(value.to_string()).or_insert_with(|| {
             entries.push(ListEntry {
@@ -164,7 +192,11 @@ mod tests {
     #[test]
     fn csv_rows_are_changes_from_their_times() {
         let text = "value,from,until,op,comment\nT1,,,,\nT2,1000,2000,,attack 7\nT1,1500,,remove,cleared\n";
-        let entries = parse_list_csv("blocked", text, Some("ops")).unwrap();
+        let defaults = CsvDefaults {
+            author: Some("ops"),
+            ..CsvDefaults::default()
+        };
+        let entries = parse_list_csv("blocked", text, &defaults).unwrap();
         let lists = Lists::new();
         for e in entries {
             lists.put(e);
@@ -190,7 +222,7 @@ mod tests {
             ("value,op\nT1,flip\n", "line 2: bad op `flip`"),
             ("value\n\"\"\n", "line 2: empty value"),
         ] {
-            let err = parse_list_csv("l", text, None).unwrap_err();
+            let err = parse_list_csv("l", text, &CsvDefaults::default()).unwrap_err();
             assert!(err.contains(want), "{text:?}: {err}");
         }
     }

@@ -118,6 +118,8 @@ struct Service {
     watch: RuleWatch,
     api: Option<Api>,
     webhooks: Option<Webhooks>,
+    /// Reads the lists topic into the lists the engines read.
+    lists: Worker,
 }
 
 /// The REST API's server and the reader that feeds it committed alerts.
@@ -155,6 +157,8 @@ impl Service {
         if let Some(w) = self.webhooks {
             w.stop();
         }
+        self.lists.stop();
+        self.lists.join().ok();
         Ok(ended?)
     }
     /// Starts the parts, each after what it needs.
@@ -183,7 +187,15 @@ impl Service {
         // Before the service: a webhook that cannot start (a missing secret)
         // stops `serve` before it consumes anything.
         let webhooks = Webhooks::start(&config, &brokers)?;
-        let handle = service::start(config.clone(), brokers.clone(), rules.clone())?;
+        // Before the service: its first events see the lists as the topic has them.
+        let lists = Arc::new(tripline::lists::Lists::new());
+        let lists_reader = kafka::lists::follow(&config, &brokers, lists.clone())?;
+        let handle = service::start(
+            config.clone(),
+            brokers.clone(),
+            rules.clone(),
+            lists.clone(),
+        )?;
         let progress = handle.progress().clone();
         telemetry::observe_service(move || progress.figures());
         if let Some(w) = &webhooks {
@@ -225,6 +237,8 @@ impl Service {
                 log,
                 listener,
             )?;
+            let writer = kafka::lists::KafkaListWriter::new(&config, &brokers, lists.clone())?;
+            state.set_lists(lists, Arc::new(writer));
             if let Some(w) = &webhooks {
                 state.set_webhooks(w.status());
             }
@@ -236,6 +250,7 @@ impl Service {
             watch,
             api,
             webhooks,
+            lists: lists_reader,
         })
     }
 }

@@ -41,6 +41,9 @@ pub struct ListChange {
     /// Why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
+    /// When it was made (wall clock, epoch ms), where known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recorded: Option<i64>,
 }
 
 /// One value's history on one list: what the list topic holds per entry,
@@ -170,6 +173,16 @@ impl Lists {
         out
     }
 
+    /// The lists that have entries, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let lists = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        lists
+            .iter()
+            .filter(|(_, l)| !l.is_empty())
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
     /// How many values are on `list` at event time `t`.
     pub fn size_at(&self, list: &str, t: EventTime) -> usize {
         let lists = self.inner.read().unwrap_or_else(|p| p.into_inner());
@@ -190,6 +203,7 @@ mod tests {
             until,
             author: None,
             comment: None,
+            recorded: None,
         }
     }
 

@@ -12,6 +12,7 @@ impl Config {
             ("kafka.input_topic", &k.input_topic),
             ("kafka.alerts_topic", &k.alerts_topic),
             ("kafka.dead_letter_topic", &k.dead_letter_topic),
+            ("kafka.lists_topic", &k.lists_topic),
         ] {
             if let Err(e) = check_topic(topic) {
                 p.push(format!("{name} `{topic}`: {e}"));
@@ -20,6 +21,12 @@ impl Config {
         if k.alerts_topic == k.input_topic || k.dead_letter_topic == k.input_topic {
             p.push(
                 "kafka: the alerts and dead-letter topics must differ from the input topic".into(),
+            );
+        }
+        if [&k.input_topic, &k.alerts_topic, &k.dead_letter_topic].contains(&&k.lists_topic) {
+            p.push(
+                "kafka.lists_topic must differ from the input, alerts and dead-letter topics"
+                    .into(),
             );
         }
         if k.group_id.trim().is_empty() {

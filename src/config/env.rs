@@ -24,6 +24,7 @@ const FIELDS: &[&str] = &[
     "advertise",
     "alerts_topic",
     "dead_letter_topic",
+    "lists_topic",
     "partitions",
     "session_timeout_ms",
     "transaction_timeout_ms",

@@ -281,6 +281,10 @@ pub struct KafkaConfig {
     /// The topic malformed and late events are written to, unchanged, with the
     /// reason in record headers.
     pub dead_letter_topic: String,
+    /// The compacted topic that holds the lists' entries (one record per
+    /// list and value, with its whole history), which every instance reads
+    /// whole; the REST API writes it.
+    pub lists_topic: String,
     /// Partitions for topics tripline creates (input topic on the embedded
     /// broker, alerts, dead letters). Existing topics are left as they are.
     pub partitions: i32,
@@ -332,6 +336,7 @@ impl Default for KafkaConfig {
             input_partitioner: "consistent_random".into(),
             alerts_topic: "tripline.alerts".into(),
             dead_letter_topic: "tripline.dead-letter".into(),
+            lists_topic: "tripline.lists".into(),
             partitions: 4,
             session_timeout_ms: 10_000,
             transaction_timeout_ms: 10_000,

@@ -81,6 +81,7 @@ pub fn config(test: &str) -> Config {
     c.kafka.input_topic = format!("{name}.in");
     c.kafka.alerts_topic = format!("{name}.alerts");
     c.kafka.dead_letter_topic = format!("{name}.dlq");
+    c.kafka.lists_topic = format!("{name}.lists");
     c.kafka.session_timeout_ms = 6000;
     c.kafka.max_poll_interval_ms = 10_000;
     c.kafka.partitions = 4;
@@ -237,7 +238,7 @@ pub fn serve_until_caught_up(
     rules: Arc<RuleSet>,
     produced: u64,
 ) -> Arc<service::Progress> {
-    let handle = service::start(c.clone(), broker(), rules).unwrap();
+    let handle = service::start(c.clone(), broker(), rules, Default::default()).unwrap();
     let stopped_early = wait_progressing(
         Duration::from_secs(120),
         || {

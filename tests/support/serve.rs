@@ -19,7 +19,8 @@ pub fn serve_command(c: &Config) -> Command {
         .env(
             "TRIPLINE__KAFKA__DEAD_LETTER_TOPIC",
             &c.kafka.dead_letter_topic,
-        );
+        )
+        .env("TRIPLINE__KAFKA__LISTS_TOPIC", &c.kafka.lists_topic);
     cmd
 }
 

@@ -83,6 +83,9 @@ pub struct Settings {
     pub memory_budget_bytes: usize,
     /// The largest record (key and value) the sink accepts.
     pub output_limit: usize,
+    /// The lists the rules look values up in (shared with whoever changes
+    /// them).
+    pub lists: Arc<crate::lists::Lists>,
 }
 
 /// What a shard's local state covers.

@@ -289,6 +289,7 @@ impl<P: Ports> Coordinator<P> {
             plan.role.clone(),
         )
         .with_output_limit(self.settings.output_limit)
+        .with_lists(self.settings.lists.clone())
     }
 
     /// Starts a shard in the state `state` holds (empty if it cannot be

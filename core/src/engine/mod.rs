@@ -1022,6 +1022,7 @@ pub fn run_example(rules: &Arc<RuleSet>, ex: &crate::rules::ExampleDef) -> Resul
                 until: None,
                 author: None,
                 comment: Some(format!("example {}", ex.name)),
+                recorded: None,
             };
             lists.apply(list, v, on);
         }

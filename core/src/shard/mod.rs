@@ -104,6 +104,14 @@ impl Shard {
         self
     }
 
+    /// Looks list lookups up in `lists` (see [`Engine::with_lists`]).
+    pub fn with_lists(mut self, lists: Arc<crate::lists::Lists>) -> Shard {
+        let placeholder = Engine::new(self.engine.rules().clone());
+        let engine = std::mem::replace(&mut self.engine, placeholder);
+        self.engine = engine.with_lists(lists);
+        self
+    }
+
     /// This fresh shard in the state last checkpointed to `store` (built
     /// from its changelog).
     pub fn restored(self, store: &impl StateStore) -> Result<Shard, SnapshotError> {

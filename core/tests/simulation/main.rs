@@ -116,6 +116,7 @@ fn scenario(rng: &mut fastrand::Rng) -> Scenario {
             // Small enough, with a local store, that keys are passivated.
             memory_budget_bytes: if local && rng.bool() { 2048 } else { 0 },
             output_limit: tripline_core::shard::DEFAULT_OUTPUT_LIMIT,
+            lists: Default::default(),
         },
         capacity: rng.usize(1..=3),
         rule_changes: rng.u8(0..3) == 0,

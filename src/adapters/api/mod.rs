@@ -16,6 +16,7 @@ pub mod alerts;
 mod dashboard;
 mod error;
 mod guard;
+mod list_routes;
 mod rule_routes;
 pub mod rules;
 pub mod server;
@@ -24,6 +25,11 @@ use dashboard::*;
 pub use dashboard::{Dashboard, PartitionView, RiskyKey, RuleCount};
 pub use error::{ApiError, DiagnosticJson, ErrorBody, ErrorDetail};
 use guard::*;
+use list_routes::*;
+pub use list_routes::{
+    AddEntry, BulkResult, ListChangeView, ListEntryView, ListSummary, ListView, ListWriter,
+    ListsPage,
+};
 use rule_routes::*;
 pub use rule_routes::{ModelInfo, PendingRules, RuleChange, RuleInfo, RuleList, Validation};
 
@@ -161,6 +167,8 @@ struct Inner {
     subscribers: Arc<std::sync::atomic::AtomicUsize>,
     /// One rule compile at a time (see [`compile`]).
     compile_slot: Arc<tokio::sync::Semaphore>,
+    /// The lists and how to change them; without them, list writes are 503.
+    lists: std::sync::OnceLock<ListAccess>,
 }
 
 /// What the handlers share.
@@ -185,7 +193,13 @@ impl ApiState {
             webhooks: std::sync::OnceLock::new(),
             subscribers: Default::default(),
             compile_slot: Arc::new(tokio::sync::Semaphore::new(1)),
+            lists: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Serves `lists` (`/v1/lists`), changed through `writer`.
+    pub fn set_lists(&self, lists: Arc<crate::lists::Lists>, writer: Arc<dyn ListWriter>) {
+        self.0.lists.set(ListAccess { lists, writer }).ok();
     }
 
     /// Shows the webhooks' delivery status (`/v1/webhooks`, and an
@@ -524,11 +538,13 @@ impl utoipa::Modify for BearerAuth {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "tripline", description = "Risk scores, alerts and rules of a tripline service."),
-    paths(healthz, readyz, metrics, dashboard::dashboard, key_score, list_alerts, alert_deliveries, list_webhooks, rule_routes::list_rules, rule_routes::validate_rules, rule_routes::put_rule, rule_routes::delete_rule, openapi_json),
+    paths(healthz, readyz, metrics, dashboard::dashboard, key_score, list_alerts, alert_deliveries, list_webhooks, rule_routes::list_rules, rule_routes::validate_rules, rule_routes::put_rule, rule_routes::delete_rule,
+          list_routes::lists, list_routes::list, list_routes::add_entry, list_routes::remove_entry, list_routes::bulk_load, list_routes::export, openapi_json),
     components(schemas(ErrorBody, ErrorDetail, DiagnosticJson, RuleInfo, ModelInfo, RuleList,
                         RuleChange, Validation, AlertPage, PendingRules, KeyScore, Healthy, Readiness,
                         WebhookList, EndpointView, Deliveries, DeliveryView,
-                        Dashboard, RuleCount, RiskyKey, PartitionView)),
+                        Dashboard, RuleCount, RiskyKey, PartitionView,
+                        ListsPage, ListSummary, ListView, ListEntryView, ListChangeView, AddEntry, BulkResult)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -570,6 +586,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/dashboard", get(dashboard::dashboard))
         .route("/v1/alerts/stream", get(alert_stream))
+        .route("/v1/lists", get(list_routes::lists))
+        .route("/v1/lists/{name}", get(list_routes::list))
+        .route("/v1/lists/{name}/export", get(list_routes::export))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             authorize_read,
@@ -577,6 +596,15 @@ pub fn router(state: ApiState) -> Router {
     let writes = Router::new()
         .route("/v1/rules:validate", post(validate_rules))
         .route("/v1/rules/{name}", put(put_rule).delete(delete_rule))
+        .route("/v1/lists/{name}/entries", post(list_routes::add_entry))
+        .route(
+            "/v1/lists/{name}/entries:bulk",
+            post(list_routes::bulk_load),
+        )
+        .route(
+            "/v1/lists/{name}/entries/{value}",
+            axum::routing::delete(list_routes::remove_entry),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             authorize_write,

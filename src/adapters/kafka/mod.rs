@@ -7,6 +7,7 @@ pub mod alerts;
 pub mod broker;
 pub mod changelog;
 pub mod identity;
+pub mod lists;
 pub mod owners;
 pub mod service;
 pub mod shards;

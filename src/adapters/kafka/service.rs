@@ -162,11 +162,13 @@ impl ServiceHandle {
     }
 }
 
-/// Starts the service on its own threads.
+/// Starts the service on its own threads; its engines look list lookups up
+/// in `lists`.
 pub fn start(
     config: Config,
     brokers: String,
     rules: Arc<RuleSet>,
+    lists: Arc<crate::lists::Lists>,
 ) -> Result<ServiceHandle, ServiceError> {
     let k = &config.kafka;
     ensure_topics(
@@ -200,6 +202,7 @@ pub fn start(
         progress: progress.clone(),
         pending_rules: pending_rules.clone(),
         directory: directory.clone(),
+        lists,
     };
     let worker = Worker::spawn("tripline-service", move |stop| {
         run(config, brokers, topology, shared, stop)
@@ -218,6 +221,7 @@ struct Shared {
     progress: Arc<Progress>,
     directory: Arc<ShardDirectory>,
     pending_rules: PendingRules,
+    lists: Arc<crate::lists::Lists>,
 }
 
 fn run(
@@ -249,7 +253,7 @@ fn run(
 }
 
 /// The protocol's settings from the service's configuration.
-fn settings(config: &Config) -> Settings {
+fn settings(config: &Config, lists: Arc<crate::lists::Lists>) -> Settings {
     let k = &config.kafka;
     Settings {
         input_topic: k.input_topic.clone(),
@@ -259,6 +263,7 @@ fn settings(config: &Config) -> Settings {
         batch_size: config.runtime.batch_size,
         memory_budget_bytes: config.state.memory_budget_mb.saturating_mul(1 << 20),
         output_limit: super::output_limit(k),
+        lists,
     }
 }
 
@@ -274,6 +279,7 @@ fn coordinate(
         progress,
         pending_rules,
         directory,
+        lists,
     } = shared;
     let k = &config.kafka;
     let instance = super::instance_name(k);
@@ -300,8 +306,12 @@ fn coordinate(
         clock: WallClock(now()),
         observer: Telemetry,
     };
-    let coordinator =
-        Coordinator::new(settings(&config), topology.clone(), parts, progress.clone());
+    let coordinator = Coordinator::new(
+        settings(&config, lists),
+        topology.clone(),
+        parts,
+        progress.clone(),
+    );
     let member = Arc::new(Mutex::new(Member {
         coordinator,
         failed: None,

@@ -1,0 +1,169 @@
+//! The lists topic (`kafka.lists_topic`, compacted): one record per list
+//! and value, keyed `LIST\0VALUE`, whose value is the entry with its whole
+//! history ([`ListEntry`]), so compaction keeps every change. Every
+//! instance reads the whole topic into its [`Lists`] before it consumes
+//! events (lists survive restarts) and goes on reading it, so a change
+//! made through any instance's API reaches every instance's next events;
+//! the API writes through [`KafkaListWriter`].
+
+use super::{ADMIN_TIMEOUT, ServiceError, client_config, ensure_topics_with};
+use crate::adapters::api::ListWriter;
+use crate::adapters::worker::Worker;
+use crate::config::Config;
+use crate::lists::{ListEntry, Lists};
+use futures::future::BoxFuture;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The record key of an entry.
+fn record_key(entry: &ListEntry) -> Vec<u8> {
+    let mut k = Vec::with_capacity(entry.list.len() + entry.value.len() + 1);
+    k.extend_from_slice(entry.list.as_bytes());
+    k.push(0);
+    k.extend_from_slice(entry.value.as_bytes());
+    k
+}
+
+/// Creates the lists topic if missing, reads it whole into `lists`, then
+/// keeps reading it on its own thread until the worker is stopped.
+pub fn follow(config: &Config, brokers: &str, lists: Arc<Lists>) -> Result<Worker, ServiceError> {
+    let k = &config.kafka;
+    ensure_topics_with(
+        k,
+        brokers,
+        &[&k.lists_topic],
+        1,
+        &[("cleanup.policy", "compact")],
+    )?;
+    let consumer: BaseConsumer = client_config(k, brokers)
+        .set("group.id", format!("{}-lists", k.group_id))
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let topic = k.lists_topic.clone();
+    let metadata = consumer.fetch_metadata(Some(&topic), ADMIN_TIMEOUT)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = Vec::new();
+    for &p in &partitions {
+        tpl.add_partition_offset(&topic, p, Offset::Beginning)?;
+        let (_, high) = consumer.fetch_watermarks(&topic, p, ADMIN_TIMEOUT)?;
+        ends.push((p, high));
+    }
+    consumer.assign(&tpl)?;
+    let apply = |m: &rdkafka::message::BorrowedMessage<'_>, lists: &Lists| {
+        let Some(value) = m.payload() else {
+            return;
+        };
+        match serde_json::from_slice::<ListEntry>(value) {
+            Ok(entry) => lists.put(entry),
+            Err(e) => tracing::warn!(
+                offset = m.offset(),
+                "lists topic: a record that is not a list entry: {e}"
+            ),
+        }
+    };
+    // Caught up: every partition read to the end it had when we started.
+    let mut next: Vec<(i32, i64)> = partitions.iter().map(|&p| (p, 0)).collect();
+    let caught_up = |next: &[(i32, i64)]| {
+        ends.iter()
+            .all(|(p, end)| next.iter().any(|(q, n)| q == p && n >= end))
+    };
+    while !caught_up(&next) {
+        match consumer.poll(ADMIN_TIMEOUT) {
+            Some(Ok(m)) => {
+                apply(&m, &lists);
+                if let Some(n) = next.iter_mut().find(|(p, _)| *p == m.partition()) {
+                    n.1 = m.offset() + 1;
+                }
+            }
+            Some(Err(e)) => return Err(e.into()),
+            // Nothing for a while: compaction may have removed the last
+            // offsets, so ask where each partition is now.
+            None => {
+                for (p, n) in &mut next {
+                    if let Ok(Some(o)) = consumer.position().map(|tpl| {
+                        tpl.find_partition(&topic, *p)
+                            .and_then(|e| e.offset().to_raw())
+                    }) {
+                        *n = (*n).max(o);
+                    }
+                }
+                if !caught_up(&next) {
+                    return Err(ServiceError::Thread(format!(
+                        "the lists topic `{topic}` could not be read to its end"
+                    )));
+                }
+            }
+        }
+    }
+    tracing::info!(topic = %topic, "lists read");
+    Worker::spawn("tripline-lists", move |stop| {
+        while !stop.requested() {
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => apply(&m, &lists),
+                Some(Err(e)) => tracing::warn!("reading the lists topic: {e}"),
+                None => {}
+            }
+        }
+        Ok(())
+    })
+    .map_err(|e| ServiceError::Thread(e.to_string()))
+}
+
+/// Writes list changes to the lists topic (the API's [`ListWriter`]).
+pub struct KafkaListWriter {
+    producer: FutureProducer,
+    topic: String,
+    lists: Arc<Lists>,
+}
+
+impl KafkaListWriter {
+    /// A writer to `config`'s lists topic that also applies what it wrote
+    /// to `lists` (this instance's reader would, a moment later).
+    pub fn new(
+        config: &Config,
+        brokers: &str,
+        lists: Arc<Lists>,
+    ) -> Result<KafkaListWriter, ServiceError> {
+        let producer: FutureProducer = client_config(&config.kafka, brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .create()?;
+        Ok(KafkaListWriter {
+            producer,
+            topic: config.kafka.lists_topic.clone(),
+            lists,
+        })
+    }
+}
+
+impl ListWriter for KafkaListWriter {
+    fn write(&self, entries: Vec<ListEntry>) -> BoxFuture<'static, Result<(), String>> {
+        let producer = self.producer.clone();
+        let topic = self.topic.clone();
+        let lists = self.lists.clone();
+        Box::pin(async move {
+            for e in entries {
+                let key = record_key(&e);
+                let value = serde_json::to_vec(&e).map_err(|e| e.to_string())?;
+                producer
+                    .send(
+                        FutureRecord::to(&topic).key(&key).payload(&value),
+                        Duration::from_secs(10),
+                    )
+                    .await
+                    .map_err(|(e, _)| e.to_string())?;
+                lists.put(e);
+            }
+            Ok(())
+        })
+    }
+}
