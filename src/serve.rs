@@ -190,6 +190,18 @@ impl Service {
         // Before the service: its first events see the lists as the topic has them.
         let lists = Arc::new(tripline::lists::Lists::new());
         let lists_reader = kafka::lists::follow(&config, &brokers, lists.clone())?;
+        let sizes = lists.clone();
+        telemetry::observe_lists(move || {
+            let now = telemetry::now_ms();
+            let names = sizes.names();
+            names
+                .into_iter()
+                .map(|n| {
+                    let size = sizes.size_at(&n, now) as u64;
+                    (n, size)
+                })
+                .collect()
+        });
         let handle = service::start(
             config.clone(),
             brokers.clone(),

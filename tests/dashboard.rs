@@ -3,7 +3,8 @@
 //! `chromium`, driven over the DevTools protocol) loads it. An alert produced
 //! after the page loaded must appear in its live feed, and the page's tables
 //! must show the rule's count and the key's score; clicking the key shows
-//! its features.
+//! its features. A value added to a list from the page (which asks for the
+//! token) flags the next event.
 //!
 //! Needs `/usr/bin/chromium` (or `CHROMIUM` set to a Chromium binary); `.ci/run`
 //! installs it.
@@ -30,7 +31,11 @@ rule big {
   payload { amount = b.amount }
 }
 rule small { severity low pattern { s: amount < 0 } }
+list blocked
+rule listed { severity medium pattern { l: card in blocked } }
 ";
+
+const TOKEN: &str = "dashboard-test-token";
 
 fn browser() -> Browser {
     let path = std::env::var_os("CHROMIUM").unwrap_or_else(|| "/usr/bin/chromium".into());
@@ -70,6 +75,7 @@ fn an_alert_produced_to_kafka_appears_on_the_dashboard() {
             )
             .env("TRIPLINE__CHECKPOINT__INTERVAL_MS", "100")
             .env("TRIPLINE__API__LISTEN", "127.0.0.1:0")
+            .env("TRIPLINE__API__TOKEN", TOKEN)
             .env("TRIPLINE__STATE__DIR", &c.state.dir)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -155,6 +161,76 @@ fn an_alert_produced_to_kafka_appears_on_the_dashboard() {
     }
     // The partitions the service holds, with their lag.
     wait("#partitions tr");
+
+    // Lists: the declared one is shown; adding a value from the page asks
+    // for the token (writes need it), then the value flags the next event.
+    wait("#lists tr[data-list=\"blocked\"]");
+    let js = |code: &str| tab.evaluate(code, false).unwrap().value;
+    let submit_entry = "document.getElementById('list-name').value = 'blocked';\
+        document.getElementById('list-value').value = 'card-9';\
+        document.getElementById('list-comment').value = 'seen in attack 7';\
+        document.getElementById('list-form').requestSubmit();";
+    js(submit_entry);
+    let started = now();
+    while js("getComputedStyle(document.getElementById('token')).display")
+        != Some(serde_json::json!("flex"))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no token asked for"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    js(&format!(
+        "document.getElementById('token-input').value = '{TOKEN}';\
+         document.getElementById('token').requestSubmit();"
+    ));
+    js(submit_entry);
+    let started = now();
+    loop {
+        let result = tab
+            .find_element("#list-result")
+            .and_then(|e| e.get_inner_text())
+            .unwrap_or_default();
+        if result.contains("card-9 is on blocked") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "list result: {result}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // On a partition card-7 is not on: its watermark is years behind now,
+    // and an event of now on card-7's would be `future` there.
+    let by_key = tripline::adapters::kafka::owners::Partitioner::Consistent;
+    let busy = by_key.partition(b"card-7", 4);
+    let ts = tripline::telemetry::now_ms() + 1_000;
+    produce(
+        &c,
+        &[Input {
+            key: Some("card-9".into()),
+            partition: Some((busy + 1) % 4),
+            payload: Some(format!(r#"{{"card":"card-9","ts":{ts},"amount":5}}"#).into_bytes()),
+        }],
+    );
+    let item = wait("#feed li[data-rule=\"listed\"]");
+    assert!(item.get_inner_text().unwrap().contains("card-9"));
+    let started = now();
+    loop {
+        let row = tab
+            .find_element("#lists tr[data-list=\"blocked\"]")
+            .and_then(|e| e.get_inner_text())
+            .unwrap_or_default();
+        if row.contains('1') {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "lists row: {row}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     drop(tab);
     drop(browser);

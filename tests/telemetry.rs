@@ -129,6 +129,30 @@ fn metrics_scrape_agrees_with_the_topics() {
     let _files = TestFiles::of(&c);
     let receiver = Receiver::start(SECRET, Duration::from_secs(2));
     let (produced, malformed, late, expected_alerts) = produce_sample_with_bad_records(&c);
+    // A list with one value on it and one expired, as the API writes them.
+    kafka::ensure_topics_with(
+        &c.kafka,
+        &broker(),
+        &[&c.kafka.lists_topic],
+        1,
+        &[("cleanup.policy", "compact")],
+    )
+    .unwrap();
+    let entry = |value: &str, until: Option<i64>| Input {
+        key: Some(format!("blocked\u{0}{value}")),
+        partition: None,
+        payload: Some(
+            serde_json::json!({"list": "blocked", "value": value,
+                               "changes": [{"op": "add", "at": 0, "until": until}]})
+            .to_string()
+            .into_bytes(),
+        ),
+    };
+    produce_to(
+        &c,
+        &c.kafka.lists_topic,
+        &[entry("T1", None), entry("T2", Some(1_000))],
+    );
     let log = std::env::temp_dir().join(format!("{}.log", c.kafka.group_id));
     let endpoints = format!(
         r#"[{{name = "desk", url = "{}", secret = "{SECRET}"}}]"#,
@@ -199,6 +223,11 @@ fn metrics_scrape_agrees_with_the_topics() {
     assert_eq!(receiver.delivered().len() as f64, alerts);
     assert!(alerts > 0.0);
     assert_eq!(scrape.sum("tripline_alerts_total", &[]), Some(alerts));
+    assert_eq!(
+        scrape.sum("tripline_list_size", &[("list", "blocked")]),
+        Some(1.0),
+        "T1 is on the list, T2 expired"
+    );
     assert_eq!(
         scrape.sum("tripline_alert_latency_seconds_count", &[]),
         Some(alerts)

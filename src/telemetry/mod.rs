@@ -463,6 +463,21 @@ pub struct WebhookFigures {
     pub dead: u64,
 }
 
+/// Registers the list gauge: how many values each list holds now.
+pub fn observe_lists(read: impl Fn() -> Vec<(String, u64)> + Send + Sync + 'static) {
+    keep(
+        meter()
+            .u64_observable_gauge("tripline_list_size")
+            .with_description("Values on each list for events of now")
+            .with_callback(move |o| {
+                for (list, n) in read() {
+                    o.observe(n, &[KeyValue::new("list", list)]);
+                }
+            })
+            .build(),
+    );
+}
+
 /// Registers the webhook delivery gauges and counters.
 pub fn observe_webhooks(read: impl Fn() -> Vec<WebhookFigures> + Send + Sync + 'static) {
     let read = std::sync::Arc::new(read);
