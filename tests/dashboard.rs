@@ -186,21 +186,27 @@ fn an_alert_produced_to_kafka_appears_on_the_dashboard() {
          document.getElementById('token').requestSubmit();"
     ));
     js(submit_entry);
-    let started = now();
-    loop {
-        let result = tab
-            .find_element("#list-result")
+    let text_of = |selector: &str| {
+        tab.find_element(selector)
             .and_then(|e| e.get_inner_text())
-            .unwrap_or_default();
-        if result.contains("card-9 is on blocked") {
-            break;
+            .unwrap_or_default()
+    };
+    // Waits up to 30 s for the text of `selector` to satisfy `ok`.
+    let wait_text = |selector: &str, ok: &dyn Fn(&str) -> bool| {
+        let started = now();
+        loop {
+            let text = text_of(selector);
+            if ok(&text) {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{selector}: {text}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "list result: {result}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    };
+    wait_text("#list-result", &|t| t.contains("card-9 is on blocked"));
     // On a partition card-7 is not on: its watermark is years behind now,
     // and an event of now on card-7's would be `future` there.
     let by_key = tripline::adapters::kafka::owners::Partitioner::Consistent;
@@ -216,21 +222,7 @@ fn an_alert_produced_to_kafka_appears_on_the_dashboard() {
     );
     let item = wait("#feed li[data-rule=\"listed\"]");
     assert!(item.get_inner_text().unwrap().contains("card-9"));
-    let started = now();
-    loop {
-        let row = tab
-            .find_element("#lists tr[data-list=\"blocked\"]")
-            .and_then(|e| e.get_inner_text())
-            .unwrap_or_default();
-        if row.contains('1') {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "lists row: {row}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_text("#lists tr[data-list=\"blocked\"]", &|t| t.contains('1'));
 
     drop(tab);
     drop(browser);

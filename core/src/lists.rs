@@ -73,12 +73,6 @@ impl ListEntry {
         }
         on
     }
-
-    /// Whether the value is on the list for events after every change
-    /// (what `GET /lists/NAME` shows as current at `now`).
-    pub fn current(&self, now: EventTime) -> bool {
-        self.contains_at(now)
-    }
 }
 
 /// The text a value is listed under: strings as they are, numbers in their
@@ -117,12 +111,21 @@ impl Lists {
     /// Whether `value` is on `list` at event time `t` (false for an unknown
     /// list; None for a null value).
     pub fn contains(&self, list: &str, value: &Value, t: EventTime) -> Option<bool> {
-        let key = list_key(value)?;
+        // Once per event and lookup: a string, the usual key, is looked up
+        // as it is, not copied.
+        let owned;
+        let key = match value {
+            Value::Str(s) => s.as_str(),
+            other => {
+                owned = list_key(other)?;
+                owned.as_str()
+            }
+        };
         let lists = self.inner.read().unwrap_or_else(|p| p.into_inner());
         Some(
             lists
                 .get(list)
-                .and_then(|l| l.get(key.as_str()))
+                .and_then(|l| l.get(key))
                 .is_some_and(|e| e.contains_at(t)),
         )
     }
@@ -181,6 +184,12 @@ impl Lists {
             .filter(|(_, l)| !l.is_empty())
             .map(|(n, _)| n.clone())
             .collect()
+    }
+
+    /// How many values of `list` have a history (on it or not).
+    pub fn len(&self, list: &str) -> usize {
+        let lists = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        lists.get(list).map_or(0, |l| l.len())
     }
 
     /// How many values are on `list` at event time `t`.

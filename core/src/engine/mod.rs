@@ -284,11 +284,6 @@ impl Engine {
         self
     }
 
-    /// The lists the engine reads.
-    pub fn lists(&self) -> &Arc<crate::lists::Lists> {
-        &self.lists
-    }
-
     /// Gives the engine the wall clock (epoch ms), for the stream's limits on
     /// future events: `clock skew`, and `skew` widened by the time the input
     /// has been quiet, so that a real gap longer than the skew (a partition

@@ -205,7 +205,7 @@ pub(super) async fn lists(State(s): State<ApiState>) -> Json<ListsPage> {
         .into_iter()
         .map(|name| {
             let (size, entries) = s.0.lists.get().map_or((0, 0), |a| {
-                (a.lists.size_at(&name, now), a.lists.entries(&name).len())
+                (a.lists.size_at(&name, now), a.lists.len(&name))
             });
             ListSummary {
                 declared: declared.contains(&name),
