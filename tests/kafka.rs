@@ -274,7 +274,7 @@ fn a_restore_reads_past_another_producers_open_transaction() {
                     keys.push(String::from_utf8_lossy(key.unwrap_or_default()).into_owned());
                 }
                 ChangelogEvent::End(_, at) => end = Some(at),
-                ChangelogEvent::Reset(_) => {}
+                ChangelogEvent::Reset(_) | ChangelogEvent::Waiting => {}
             }
             Ok(())
         })

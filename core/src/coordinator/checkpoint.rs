@@ -455,7 +455,8 @@ impl<P: Ports> Coordinator<P> {
     }
 
     /// After a failed checkpoint: abort the transaction and rewind every
-    /// shard to the last commit. An error here (or a fatal `error`) is the
+    /// shard to the last commit (its partition paused and sought back, its
+    /// state restored again as on assignment). An error here (or a fatal `error`) is the
     /// service's end, returned for the caller to stop on.
     pub fn recover<S: Source>(&mut self, src: &S, error: CoordError) -> Result<(), CoordError> {
         self.observer.checkpoint_failed(&CheckpointFailed {
@@ -486,11 +487,10 @@ impl<P: Ports> Coordinator<P> {
             self.slots.remove(&id);
             self.shards.stop(id);
         }
-        self.start_shards(&ids)?;
         for (id, offset) in ids.into_iter().zip(committed) {
-            self.pause(src, id, false);
+            self.queue_restore(src, id, Vec::new());
             src.seek(self.topic(id.0), id.1, offset)?;
         }
-        Ok(())
+        self.start_restore()
     }
 }

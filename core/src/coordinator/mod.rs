@@ -51,10 +51,11 @@ pub mod topology;
 pub use checkpoint::MARK_HEADER;
 pub use ports::{
     ChangelogEvent, ChangelogReader, Clock, Fault, LocalShard, LocalStore, Observer, Outgoing,
-    PortError, Ports, ShardId, Shards, Source, TxSink,
+    PortError, Ports, Restorer, ShardId, Shards, Source, TxSink,
 };
 pub use progress::Progress;
 pub use report::RulesReload;
+pub use restore::{RestoreDone, RestoreJob};
 pub use topology::Topology;
 
 use crate::engine::RuleSet;
@@ -141,12 +142,20 @@ pub enum CoordError {
     /// The local copy of a shard's state could not be read or written.
     #[error("local state: {0}")]
     Local(#[from] SnapshotError),
+    /// A restore was stopped: its partitions were revoked.
+    #[error("restore stopped: its partitions were revoked")]
+    Cancelled,
 }
 
 impl CoordError {
     /// Whether the service must stop rather than abort and rewind.
     pub fn is_fatal(&self) -> bool {
         matches!(self, CoordError::Port(e) if e.fault == Fault::Fatal)
+    }
+
+    /// Whether trying again may succeed (a port's passing failure).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, CoordError::Port(e) if e.fault == Fault::Retry)
     }
 }
 
@@ -190,6 +199,12 @@ pub struct Coordinator<P: Ports> {
     /// The outputs produced into the open transaction ahead of its
     /// checkpoint (see [`Coordinator::flush`]).
     flushed: BTreeMap<ShardId, ShardOutput>,
+    /// Partitions held whose shards are being restored.
+    restoring: BTreeMap<ShardId, restore::Pending>,
+    restorer: P::Restorer,
+    /// The restore running.
+    job: Option<restore::RunningJob>,
+    next_job: u64,
 }
 
 /// The ports a coordinator is built with.
@@ -206,6 +221,8 @@ pub struct Parts<P: Ports> {
     pub clock: P::Clock,
     /// Where what happens is reported.
     pub observer: P::Observer,
+    /// Where restores run.
+    pub restorer: P::Restorer,
 }
 
 impl<P: Ports> Coordinator<P> {
@@ -233,6 +250,10 @@ impl<P: Ports> Coordinator<P> {
             progress,
             txn_open: false,
             flushed: BTreeMap::new(),
+            restoring: BTreeMap::new(),
+            restorer: parts.restorer,
+            job: None,
+            next_job: 0,
         }
     }
 
@@ -241,27 +262,38 @@ impl<P: Ports> Coordinator<P> {
         &self.topology
     }
 
-    /// The shards held.
+    /// The shards held and running.
     pub fn held(&self) -> Vec<ShardId> {
         self.slots.keys().copied().collect()
+    }
+
+    /// The partitions assigned: the shards running and those being
+    /// restored.
+    pub fn assigned(&self) -> Vec<ShardId> {
+        let mut ids = self.held();
+        ids.extend(self.restoring.keys().copied());
+        ids.sort_unstable();
+        ids
     }
 
     fn topic(&self, t: usize) -> &str {
         &self.topology.topics[t].name
     }
 
-    /// Partitions assigned: their shards start, each in the state its
-    /// changelog holds. Reading starts where the group committed (the
+    /// Partitions assigned: their shards start once restored, each in the
+    /// state its changelog holds (see [`restore`]); until then their
+    /// partitions are paused. Reading starts where the group committed (the
     /// source does that on assignment).
-    pub fn assign(&mut self, ids: &[ShardId]) -> Result<(), CoordError> {
-        let ids: Vec<ShardId> = ids
-            .iter()
-            .copied()
-            .filter(|id| !self.slots.contains_key(id))
-            .collect();
-        self.start_shards(&ids)?;
-        self.publish();
-        Ok(())
+    pub fn assign<S: Source>(&mut self, src: &S, ids: &[ShardId]) -> Result<(), CoordError> {
+        for &id in ids {
+            if !self.slots.contains_key(&id) {
+                // Anything polled under an earlier assignment is stale: the
+                // source reads from the committed offset again.
+                self.forget_restoring(id);
+                self.queue_restore(src, id, Vec::new());
+            }
+        }
+        self.start_restore()
     }
 
     /// Partitions revoked: what their shards did is committed first (with
@@ -279,6 +311,7 @@ impl<P: Ports> Coordinator<P> {
         };
         for id in ids {
             self.drop_shard(*id);
+            self.forget_restoring(*id);
         }
         self.publish();
         result
@@ -290,6 +323,7 @@ impl<P: Ports> Coordinator<P> {
         for id in self.held() {
             self.drop_shard(id);
         }
+        self.stop_restores();
         self.publish();
     }
 
@@ -316,11 +350,13 @@ impl<P: Ports> Coordinator<P> {
     }
 
     /// One record polled from partition `id`, queued for its shard (handed
-    /// over in batches of `batch_size`). A record of a partition not held
-    /// (fetched before its revocation) is dropped.
+    /// over in batches of `batch_size`; kept until it runs if it is being
+    /// restored). A record of a partition not held (fetched before its
+    /// revocation) is dropped.
     pub fn enqueue<S: Source>(&mut self, src: &S, id: ShardId, record: Record) {
         let batch_size = self.settings.batch_size;
         let Some(slot) = self.slots.get_mut(&id) else {
+            self.enqueue_restoring(id, record);
             return;
         };
         slot.polled_to = Some(record.offset + 1);

@@ -3,12 +3,14 @@
 //! changelog, the local copy of the state, the shards and the clock), and
 //! the one error type they return.
 //!
-//! Every port is synchronous and called from the coordinator's thread. The
+//! Every port is synchronous and called from the coordinator's thread
+//! (a [`Restorer`] runs restores elsewhere and hands them back there). The
 //! Kafka adapter implements them with rdkafka clients and actix shard
 //! actors; the deterministic simulation (`core/tests/simulation`) implements
 //! them in memory with a seeded fault injector.
 
 use super::report::{CheckpointCommitted, CheckpointFailed, RulesReload};
+use super::restore::{RestoreDone, RestoreJob};
 use super::{CoordError, Position};
 use crate::engine::RuleSet;
 use crate::shard::{Barrier, Record, Shard, ShardOutput};
@@ -182,6 +184,10 @@ pub enum ChangelogEvent<'a> {
     },
     /// The partition's end: the offset after the last record read.
     End(i32, i64),
+    /// Nothing new yet (the reader waits for records or for open
+    /// transactions to end): the visitor may stop the read here by
+    /// returning an error.
+    Waiting,
 }
 
 /// Reads the changelog topics.
@@ -239,14 +245,33 @@ pub trait Shards {
     fn persisted(&mut self, id: ShardId, batch: u64, budget_bytes: usize);
 }
 
+/// Runs restores ([`RestoreJob::run`]) away from the coordinator's
+/// thread. A restore reads a changelog and rebuilds every key of its
+/// shards, which can take longer than a group member may go without
+/// polling (`max.poll.interval.ms`): run on the polling thread, a large
+/// restore would put the member out of its group, which would then assign
+/// the partitions again and restore again, for ever. While a job runs its
+/// partitions are paused and the member keeps polling and committing the
+/// others.
+pub trait Restorer<P: Ports> {
+    /// Runs `job` (on another thread, or later: its result comes back
+    /// through [`Restorer::finished`]).
+    fn start(&mut self, job: RestoreJob<P>);
+    /// The jobs that ended since the last call.
+    fn finished(&mut self) -> Vec<RestoreDone<P>>;
+    /// Waits until every job started has ended (jobs no longer wanted were
+    /// told to stop, and do soon).
+    fn wait(&mut self);
+}
+
 /// The coordinator's ports, as one type family.
-pub trait Ports {
+pub trait Ports: Sized {
     /// The group membership offsets are committed under.
     type Group;
     /// The sink.
     type Sink: TxSink<Group = Self::Group>;
-    /// The changelog reader.
-    type Changelog: ChangelogReader;
+    /// The changelog reader (each restore job reads with its own copy).
+    type Changelog: ChangelogReader + Clone;
     /// The local store.
     type Local: LocalStore;
     /// The shards.
@@ -255,4 +280,6 @@ pub trait Ports {
     type Clock: Clock;
     /// Where what happens is reported.
     type Observer: Observer;
+    /// Where restores run.
+    type Restorer: Restorer<Self>;
 }

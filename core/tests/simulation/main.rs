@@ -27,8 +27,8 @@ mod ports;
 mod world;
 
 use ports::{
-    Faults, Link, Quiet, REFUSED_KEY, ShardsInner, SimChangelog, SimClock, SimLocal, SimPorts,
-    SimShards, SimSink, SimSource,
+    Faults, Link, Quiet, REFUSED_KEY, RestoresInner, ShardsInner, SimChangelog, SimClock, SimLocal,
+    SimPorts, SimRestorer, SimShards, SimSink, SimSource,
 };
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -130,6 +130,7 @@ struct Member {
     migrated: bool,
     source: SimSource,
     shards: Rc<RefCell<ShardsInner>>,
+    restores: Rc<RefCell<RestoresInner>>,
     link: Rc<Link>,
 }
 
@@ -256,6 +257,7 @@ impl Sim {
             w.fence(id);
             (w.epoch[&id], w.disk(id))
         };
+        let restores = Rc::new(RefCell::new(RestoresInner::default()));
         let shards = Rc::new(RefCell::new(ShardsInner {
             shards: BTreeMap::new(),
             capacity: self.scenario.capacity,
@@ -279,6 +281,7 @@ impl Sim {
             },
             clock: self.clock.clone(),
             observer: Quiet,
+            restorer: SimRestorer(restores.clone()),
         };
         let progress = Arc::new(Progress::default());
         self.progress[id] = progress.clone();
@@ -298,6 +301,7 @@ impl Sim {
                 generation: Cell::new(0),
             },
             shards,
+            restores,
             link,
         });
     }
@@ -403,7 +407,7 @@ impl Sim {
     /// at the start of an eager rebalance.
     fn revoke_all(&mut self, id: usize) {
         let m = self.members[id].as_mut().expect("live");
-        let held = m.coordinator.held();
+        let held = m.coordinator.assigned();
         let r = m.coordinator.revoke(&m.source, &held);
         m.source.positions.borrow_mut().clear();
         m.source.paused.borrow_mut().clear();
@@ -423,7 +427,19 @@ impl Sim {
                 pos.insert((INPUT.to_string(), p), at.unwrap_or(0));
             }
         }
-        let r = m.coordinator.assign(ids);
+        let r = m.coordinator.assign(&m.source, ids);
+        self.after(id, r);
+    }
+
+    /// Member `id`'s oldest restore job runs, and the member picks up
+    /// what ended (as the service's loop does between polls).
+    fn run_restore(&mut self, id: usize) {
+        let restores = self.members[id].as_ref().expect("live").restores.clone();
+        if restores.borrow_mut().run_one() {
+            self.note(format!("m{id} restore runs"));
+        }
+        let m = self.members[id].as_mut().expect("live");
+        let r = m.coordinator.poll_restores(&m.source);
         self.after(id, r);
     }
 
@@ -495,7 +511,9 @@ impl Sim {
             }
             60..66 => {
                 let m = self.members[id].as_mut().expect("live");
+                let r = m.coordinator.poll_restores(&m.source);
                 m.coordinator.hand_over(&m.source);
+                self.after(id, r);
             }
             66..72 => {
                 self.note(format!("m{id} flush"));
@@ -519,6 +537,7 @@ impl Sim {
             }
             93..95 => self.zombie(id),
             95..97 if self.scenario.rule_changes => self.publish(),
+            97..100 => self.run_restore(id),
             90..93 => {
                 if let Some(free) = (0..MEMBERS).find(|i| self.members[*i].is_none()) {
                     self.start(free);
@@ -598,6 +617,16 @@ impl Sim {
         }
         for _ in 0..200 {
             for id in self.live() {
+                while self.members[id].is_some()
+                    && self.members[id]
+                        .as_ref()
+                        .is_some_and(|m| !m.restores.borrow().queued.is_empty())
+                {
+                    self.run_restore(id);
+                }
+                if self.members[id].is_none() {
+                    continue;
+                }
                 self.poll(id, 1000);
                 let r = self.checkpoint(id);
                 self.after(id, r);
@@ -628,7 +657,34 @@ impl Sim {
     /// The invariants, against the oracle.
     fn check(&self) -> Result<(), String> {
         if !self.drained() {
-            return Err("the input was not committed to its end".into());
+            let holding: Vec<String> = self
+                .live()
+                .iter()
+                .map(|&id| {
+                    let m = self.members[id].as_ref().expect("live");
+                    let c = &m.coordinator;
+                    format!(
+                        "m{id} runs {:?}, restores {}, paused {:?}, at {:?}",
+                        c.held(),
+                        c.restoring(),
+                        m.source.paused.borrow(),
+                        m.source.positions.borrow()
+                    )
+                })
+                .collect();
+            let w = self.world.borrow();
+            let ends: Vec<(i64, Option<i64>)> = (0..self.scenario.partitions)
+                .map(|p| {
+                    (
+                        w.log(INPUT, p).len() as i64,
+                        w.committed.get(&(INPUT.to_string(), p)).copied(),
+                    )
+                })
+                .collect();
+            return Err(format!(
+                "the input was not committed to its end ({}; ends, committed: {ends:?})",
+                holding.join("; ")
+            ));
         }
         let oracle = Oracle::of(&self.rules, &self.topology, &self.scenario);
         let w = self.world.borrow();

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tripline_core::coordinator::report::{CheckpointCommitted, CheckpointFailed, RulesReload};
 use tripline_core::coordinator::{
     ChangelogEvent, ChangelogReader, Clock, CoordError, LocalShard, LocalStore, Observer, Outgoing,
-    PortError, Ports, Position, ShardId, Shards, Source, TxSink,
+    PortError, Ports, Position, RestoreDone, RestoreJob, Restorer, ShardId, Shards, Source, TxSink,
 };
 use tripline_core::engine::RuleSet;
 use tripline_core::shard::{Barrier, Record, Shard, ShardOutput};
@@ -303,6 +303,7 @@ impl TxSink for SimSink {
 }
 
 /// Reads changelogs from the simulated logs.
+#[derive(Clone)]
 pub struct SimChangelog {
     pub link: Rc<Link>,
 }
@@ -547,6 +548,45 @@ impl Shards for SimShards {
     }
 }
 
+/// A member's restore jobs: they run when the schedule says (so a
+/// rebalance, a kill or a checkpoint can fall while one runs).
+#[derive(Default)]
+pub struct RestoresInner {
+    pub queued: VecDeque<RestoreJob<SimPorts>>,
+    pub done: Vec<RestoreDone<SimPorts>>,
+}
+
+impl RestoresInner {
+    /// Runs the oldest job queued; whether there was one.
+    pub fn run_one(&mut self) -> bool {
+        match self.queued.pop_front() {
+            Some(job) => {
+                self.done.push(job.run());
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// The coordinator's handle on its member's restore jobs.
+pub struct SimRestorer(pub Rc<RefCell<RestoresInner>>);
+
+impl Restorer<SimPorts> for SimRestorer {
+    fn start(&mut self, job: RestoreJob<SimPorts>) {
+        self.0.borrow_mut().queued.push_back(job);
+    }
+
+    fn finished(&mut self) -> Vec<RestoreDone<SimPorts>> {
+        std::mem::take(&mut self.0.borrow_mut().done)
+    }
+
+    /// A stopped job ends at once: it is dropped unrun.
+    fn wait(&mut self) {
+        self.0.borrow_mut().queued.clear();
+    }
+}
+
 /// The simulation's port types.
 pub struct SimPorts;
 
@@ -558,4 +598,5 @@ impl Ports for SimPorts {
     type Shards = SimShards;
     type Clock = SimClock;
     type Observer = Quiet;
+    type Restorer = SimRestorer;
 }

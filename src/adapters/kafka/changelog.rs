@@ -37,6 +37,7 @@ const RESTORE_TIMEOUT: Duration = Duration::from_secs(50);
 const RESTORE_LOG_EVERY: Duration = Duration::from_secs(5);
 
 /// Reads changelog topics with the service's client settings.
+#[derive(Clone)]
 pub struct KafkaChangelog {
     kafka: KafkaConfig,
     brokers: String,
@@ -61,6 +62,7 @@ impl KafkaChangelog {
         changelog: &str,
         ends: &BTreeMap<i32, i64>,
         patience: Duration,
+        visit: &mut dyn FnMut(ChangelogEvent<'_>) -> Result<(), CoordError>,
     ) -> Result<(), CoordError> {
         let started = super::service::now();
         for (&p, &end) in ends {
@@ -87,6 +89,7 @@ impl KafkaChangelog {
                     end,
                     "waiting for an open transaction in the changelog"
                 );
+                visit(ChangelogEvent::Waiting)?;
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
@@ -140,7 +143,7 @@ impl ChangelogReader for KafkaChangelog {
         let patience = RESTORE_TIMEOUT.max(
             Duration::from_millis(self.kafka.transaction_timeout_ms) + Duration::from_secs(10),
         );
-        self.wait_stable(&reader, changelog, &ends, patience)?;
+        self.wait_stable(&reader, changelog, &ends, patience, visit)?;
         reader.assign(&tpl).map_err(kafka("changelog assign"))?;
         let starts: BTreeMap<i32, Option<i64>> = from.iter().copied().collect();
         let mut open: BTreeSet<i32> = starts.keys().copied().collect();
@@ -176,7 +179,7 @@ impl ChangelogReader for KafkaChangelog {
                 );
             }
             match reader.poll(Duration::from_millis(100)) {
-                None => {}
+                None => visit(ChangelogEvent::Waiting)?,
                 Some(Err(KafkaError::PartitionEOF(p))) if open.contains(&p) => {
                     let position = reader
                         .position()

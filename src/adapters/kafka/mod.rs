@@ -9,10 +9,12 @@ pub mod changelog;
 pub mod identity;
 pub mod lists;
 pub mod owners;
+mod restorer;
 pub mod service;
 pub mod shards;
 pub mod sink;
 mod source;
+mod watch;
 pub use crate::coordinator::topology;
 
 use crate::config::KafkaConfig;

@@ -11,16 +11,20 @@
 //! # Threads
 //!
 //! The coordinator runs on a blocking thread (the Kafka client calls it
-//! makes block); shards run on `runtime.shard_threads` actix arbiters.
+//! makes block); shards run on `runtime.shard_threads` actix arbiters;
+//! restores run on threads of their own (see [`super::restorer`]), so that
+//! the loop keeps polling however long a shard's state takes to rebuild.
 //! Rebalance callbacks run inside `poll`, on the same thread, and reach the
 //! coordinator through the same mutex as the loop.
 
 use super::changelog::KafkaChangelog;
 use super::identity::{Identity, IdentityError};
+use super::restorer::ThreadRestorer;
 use super::shards::ActorShards;
 pub use super::shards::ShardDirectory;
 use super::sink::KafkaSink;
 use super::source::{Ctx, KafkaSource, Member, MemberConsumer, lock, record_of};
+use super::watch::{self, LoopState, Phase};
 use super::{ensure_topics, ensure_topics_with, partition_counts};
 use crate::adapters::local::{LocalError, LocalState};
 use crate::adapters::worker::{Stop, Worker, WorkerError};
@@ -54,6 +58,7 @@ impl Ports for KafkaPorts {
     type Shards = ActorShards;
     type Clock = WallClock;
     type Observer = Telemetry;
+    type Restorer = ThreadRestorer;
 }
 
 /// The monotonic clock of this process.
@@ -305,6 +310,7 @@ fn coordinate(
         shards,
         clock: WallClock(now()),
         observer: Telemetry,
+        restorer: ThreadRestorer::default(),
     };
     let coordinator = Coordinator::new(
         settings(&config, lists),
@@ -316,11 +322,17 @@ fn coordinate(
         coordinator,
         failed: None,
     }));
-    let consumer = member_consumer(&config, &brokers, member.clone(), progress)?;
+    let state = Arc::new(LoopState::default());
+    let consumer = member_consumer(&config, &brokers, member.clone(), progress, state.clone())?;
     let topics: Vec<&str> = topology.topics.iter().map(|t| t.name.as_str()).collect();
     consumer.subscribe(&topics)?;
     tracing::info!(topic = %k.input_topic, group = %k.group_id, %instance, "service started");
-    let result = drive(&config, &consumer, &member, stop, &pending_rules);
+    let watch = watch::start(
+        state.clone(),
+        Duration::from_millis(k.max_poll_interval_ms / 2),
+    );
+    let result = drive(&config, &consumer, &member, stop, &pending_rules, &state);
+    drop(watch);
     // Leave the group before dropping the consumer: a subscribed consumer
     // that is dropped can hang in its destructor.
     consumer.unsubscribe();
@@ -336,6 +348,7 @@ fn member_consumer(
     brokers: &str,
     member: Arc<Mutex<Member>>,
     progress: Arc<Progress>,
+    watch: Arc<LoopState>,
 ) -> Result<MemberConsumer, ServiceError> {
     let k = &config.kafka;
     let mut consumer_config = super::group_member_config(k, brokers, &k.group_id);
@@ -370,7 +383,11 @@ fn member_consumer(
         .set("isolation.level", "read_committed")
         .set("session.timeout.ms", k.session_timeout_ms.to_string())
         .set("max.poll.interval.ms", k.max_poll_interval_ms.to_string())
-        .create_with_context(Ctx { member, progress })?)
+        .create_with_context(Ctx {
+            member,
+            progress,
+            watch,
+        })?)
 }
 
 /// The main loop: poll, hand over, flush a little before each checkpoint,
@@ -382,6 +399,7 @@ fn drive(
     member: &Mutex<Member>,
     stop: &Stop,
     pending_rules: &PendingRules,
+    watch: &LoopState,
 ) -> Result<(), ServiceError> {
     let src = KafkaSource(consumer);
     let interval = Duration::from_millis(config.checkpoint.interval_ms);
@@ -390,6 +408,7 @@ fn drive(
     let mut flushed = false;
     loop {
         if stop.requested() {
+            watch.enter(Phase::Checkpoint);
             return Ok(lock(member).coordinator.checkpoint(&src)?);
         }
         let next = if flushed {
@@ -407,6 +426,7 @@ fn drive(
         let mut timeout = next.saturating_duration_since(now()).min(longest);
         let mut polled = 0;
         while polled < POLL_BURST {
+            watch.polling();
             let Some(msg) = consumer.poll(timeout) else {
                 break;
             };
@@ -414,6 +434,7 @@ fn drive(
             polled += 1;
             match msg {
                 Ok(m) => {
+                    watch.enter(Phase::Records);
                     let mut guard = lock(member);
                     let c = &mut guard.coordinator;
                     let Some(t) = c.topology().index(m.topic()) else {
@@ -430,16 +451,22 @@ fn drive(
             return Err(e.into());
         }
         let c = &mut m.coordinator;
+        watch.enter(Phase::Restores);
+        c.poll_restores(&src)?;
+        watch.enter(Phase::HandOver);
         c.hand_over(&src);
         if !flushed && now() >= next_checkpoint - lead {
             flushed = true;
+            watch.enter(Phase::Flush);
             if let Err(e) = c.flush(&src) {
+                watch.enter(Phase::Recover);
                 c.recover(&src, e)?;
             }
         }
         if now() >= next_checkpoint {
             next_checkpoint = now() + interval;
             flushed = false;
+            watch.enter(Phase::Checkpoint);
             match c.checkpoint(&src) {
                 Ok(()) => {
                     let rules = pending_rules
@@ -450,7 +477,10 @@ fn drive(
                         c.swap_rules(rules);
                     }
                 }
-                Err(e) => c.recover(&src, e)?,
+                Err(e) => {
+                    watch.enter(Phase::Recover);
+                    c.recover(&src, e)?;
+                }
             }
         }
     }

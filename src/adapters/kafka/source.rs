@@ -6,6 +6,7 @@
 
 use super::service::KafkaPorts;
 use super::sink::{TRACEPARENT, TXN_TIMEOUT, port_error};
+use super::watch::{LoopState, Phase};
 use crate::coordinator::{
     CoordError, Coordinator, MARK_HEADER, PortError, Progress, ShardId, Source,
 };
@@ -40,6 +41,8 @@ pub(super) struct Ctx {
     pub(super) member: Arc<Mutex<Member>>,
     /// Apart from `member`: statistics arrive while it may be locked.
     pub(super) progress: Arc<Progress>,
+    /// What the service loop is doing, for its watch.
+    pub(super) watch: Arc<LoopState>,
 }
 
 /// The consumer as the coordinator's [`Source`].
@@ -139,23 +142,27 @@ fn shard_ids(c: &Coordinator<KafkaPorts>, tpl: &TopicPartitionList) -> Vec<Shard
 impl ConsumerContext for Ctx {
     fn pre_rebalance(&self, consumer: &MemberConsumer, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
+            self.watch.enter(Phase::Revoke);
             let mut m = lock(&self.member);
             let ids = shard_ids(&m.coordinator, tpl);
             if let Err(e) = m.coordinator.revoke(&KafkaSource(consumer), &ids) {
                 m.failed = Some(e);
             }
             tracing::info!(partitions = tpl.count(), "partitions revoked");
+            self.watch.enter(Phase::Poll);
         }
     }
 
-    fn post_rebalance(&self, _: &MemberConsumer, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &MemberConsumer, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
+            self.watch.enter(Phase::Assign);
             let mut m = lock(&self.member);
             let ids = shard_ids(&m.coordinator, tpl);
-            if let Err(e) = m.coordinator.assign(&ids) {
+            if let Err(e) = m.coordinator.assign(&KafkaSource(consumer), &ids) {
                 m.failed = Some(e);
             }
             tracing::info!(partitions = tpl.count(), "partitions assigned");
+            self.watch.enter(Phase::Poll);
         }
     }
 }
