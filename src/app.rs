@@ -188,7 +188,7 @@ impl StateDir {
     }
 }
 
-/// The contents of the lists the rules declare.
+/// The contents of the lists and tables the rules declare.
 #[derive(Args, Debug)]
 struct ListArgs {
     /// A list's changes: `NAME=FILE`, a `.csv` (value[,from][,until][,op]
@@ -196,17 +196,32 @@ struct ListArgs {
     /// each list; lookups are as of each event's time.
     #[arg(long = "list", value_name = "NAME=FILE")]
     lists: Vec<String>,
+    /// A table's rows: `NAME=FILE`, one JSON object per line, keyed and
+    /// timed by the fields the table's declaration names. Repeat for each
+    /// table; lookups are as of each event's time.
+    #[arg(long = "table", value_name = "NAME=FILE")]
+    tables: Vec<String>,
 }
 
+/// The lists and tables rules look values up in.
+type Reference = (
+    Arc<tripline_core::lists::Lists>,
+    Arc<tripline_core::tables::Tables>,
+);
+
 impl ListArgs {
-    /// The lists for `rules`, saying on standard error which declared
-    /// lists no file fills.
-    fn load(&self, rules: &RuleSet) -> Result<Arc<tripline_core::lists::Lists>> {
+    /// The lists and tables for `rules`, saying on standard error which
+    /// declared ones no file fills.
+    fn load(&self, rules: &RuleSet) -> Result<Reference> {
         let (lists, empty) = tripline::list_files::load_list_files(&self.lists, rules)?;
         for name in empty {
             eprintln!("note: list `{name}` is empty (give its entries with --list {name}=FILE)");
         }
-        Ok(lists)
+        let (tables, empty) = tripline::table_files::load_table_files(&self.tables, rules)?;
+        for name in empty {
+            eprintln!("note: table `{name}` is empty (give its rows with --table {name}=FILE)");
+        }
+        Ok((lists, tables))
     }
 }
 
@@ -282,8 +297,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 Some(path) => Some(feature_writer(&rs, &path, with_fields)?),
                 None => None,
             };
-            let lists = lists.load(&rs)?;
-            replay(rs, &events, flush, features, lists)
+            let reference = lists.load(&rs)?;
+            replay(rs, &events, flush, features, reference)
         }
         Command::Backtest {
             rules,
@@ -299,7 +314,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             let Some(candidate) = load(&rules, def.clone(), EngineOptions::default())? else {
                 return Ok(ExitCode::from(1));
             };
-            let list_data = lists.load(&candidate)?;
+            let (list_data, table_data) = lists.load(&candidate)?;
             let current = if alone {
                 Vec::new()
             } else if current.is_empty() {
@@ -323,7 +338,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     None => return Ok(ExitCode::from(1)),
                 }
             };
-            crate::backtest_cmd::backtest(candidate, current, &events, &label, flush, list_data)
+            crate::backtest_cmd::backtest(
+                candidate, current, &events, &label, flush, list_data, table_data,
+            )
         }
         Command::Test { rules } => test_examples(&rules),
         Command::Serve { config } => {
@@ -579,13 +596,15 @@ fn replay(
     events: &str,
     flush: bool,
     mut features: Option<FeatureFile>,
-    lists: Arc<tripline_core::lists::Lists>,
+    (lists, tables): Reference,
 ) -> Result<ExitCode> {
     let mut input = EventLines::new(open_events(events)?);
     let stdout = std::io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
     let mut err = std::io::stderr().lock();
-    let mut engine = Engine::new(rs.clone()).with_lists(lists);
+    let mut engine = Engine::new(rs.clone())
+        .with_lists(lists)
+        .with_tables(tables);
     if features.is_some() {
         engine = engine.collect_features();
     }

@@ -103,6 +103,12 @@ impl Backtest {
         }
     }
 
+    /// Looks table lookups up in `tables` (see [`Engine::with_tables`]).
+    pub fn with_tables(mut self, tables: Arc<crate::tables::Tables>) -> Backtest {
+        self.engine = self.engine.with_tables(tables);
+        self
+    }
+
     /// Looks list lookups up in `lists` (see [`Engine::with_lists`]).
     pub fn with_lists(mut self, lists: Arc<crate::lists::Lists>) -> Backtest {
         self.engine = self.engine.with_lists(lists);

@@ -63,13 +63,20 @@ pub fn backtest(
     label: &str,
     flush: bool,
     lists: std::sync::Arc<tripline::lists::Lists>,
+    tables: std::sync::Arc<tripline::tables::Tables>,
 ) -> Result<ExitCode> {
     let (input, bar) = open(events)?;
     if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let mut cand = Backtest::new(candidate, label).with_lists(lists.clone());
-    let mut curr = current.map(|rs| Backtest::new(rs, label).with_lists(lists.clone()));
+    let mut cand = Backtest::new(candidate, label)
+        .with_lists(lists.clone())
+        .with_tables(tables.clone());
+    let mut curr = current.map(|rs| {
+        Backtest::new(rs, label)
+            .with_lists(lists.clone())
+            .with_tables(tables.clone())
+    });
     let mut input = EventLines::new(input);
     let mut invalid = 0u64;
     while let Some((n, line)) = input.next_record().context("reading events")? {

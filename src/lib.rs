@@ -82,7 +82,7 @@
 
 pub mod adapters;
 pub use tripline_core::{
-    coordinator, engine, event, lists, model, pattern, rules, state, time, window,
+    coordinator, engine, event, lists, model, pattern, rules, state, tables, time, window,
 };
 pub mod backtest;
 pub mod config;
@@ -90,4 +90,5 @@ pub mod export;
 pub mod files;
 pub mod list_files;
 pub mod runtime;
+pub mod table_files;
 pub mod telemetry;

@@ -39,5 +39,6 @@ pub mod pattern;
 pub mod rules;
 pub mod shard;
 pub mod state;
+pub mod tables;
 pub mod time;
 pub mod window;

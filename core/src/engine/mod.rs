@@ -23,6 +23,7 @@ pub use snapshot::check_entry;
 use crate::event::{DecodeError, Event, EventTime, Value, ValueKey};
 use crate::pattern::eval::{Scope, eval};
 use crate::pattern::{MatcherState, Output, Scratch};
+use crate::rules::ir::LookupSource;
 use crate::time::{TimerQueue, WatermarkTracker};
 use crate::window::WindowState;
 use hashbrown::HashMap;
@@ -243,6 +244,8 @@ pub struct Engine {
     reset_keys: Vec<RuleError>,
     /// The lists the rules look values up in.
     lists: Arc<crate::lists::Lists>,
+    /// The tables the rules look rows up in.
+    tables: Arc<crate::tables::Tables>,
 }
 
 impl Engine {
@@ -273,8 +276,17 @@ impl Engine {
             state_limit: None,
             reset_keys: Vec::new(),
             lists: Arc::default(),
+            tables: Arc::default(),
             rules,
         }
+    }
+
+    /// Reads table lookups (`profiles.HOME_COUNTRY`) from `tables`, which
+    /// others may change while the engine runs (without it, every table is
+    /// empty).
+    pub fn with_tables(mut self, tables: Arc<crate::tables::Tables>) -> Engine {
+        self.tables = tables;
+        self
     }
 
     /// Reads list lookups (`x in LIST`) from `lists`, which others may
@@ -712,10 +724,15 @@ impl Engine {
                     windows: &[],
                 },
             );
-            event.fields[l.slot as usize] = self
-                .lists
-                .contains(&l.list, &key, event.time)
-                .map_or(Value::Null, Value::Bool);
+            event.fields[l.slot as usize] = match &l.source {
+                LookupSource::List(list) => self
+                    .lists
+                    .contains(list, &key, event.time)
+                    .map_or(Value::Null, Value::Bool),
+                LookupSource::Table { table, field } => {
+                    self.tables.get(table, &key, event.time, field)
+                }
+            };
         }
         for (ki, keying) in rules.keyings.iter().enumerate() {
             if !keying.features {
@@ -1022,7 +1039,20 @@ pub fn run_example(rules: &Arc<RuleSet>, ex: &crate::rules::ExampleDef) -> Resul
             lists.apply(list, v, on);
         }
     }
-    let mut engine = Engine::new(rules.clone()).with_lists(Arc::new(lists));
+    let tables = crate::tables::Tables::new();
+    for (table, rows) in &ex.tables {
+        let Some(decl) = rules.def.tables.iter().find(|t| &t.spec.name == table) else {
+            return Err(format!("unknown table `{table}`"));
+        };
+        for row in rows.lines().filter(|r| !r.trim().is_empty()) {
+            tables
+                .load(&decl.spec, row)
+                .map_err(|e| format!("table `{table}`: {e}"))?;
+        }
+    }
+    let mut engine = Engine::new(rules.clone())
+        .with_lists(Arc::new(lists))
+        .with_tables(Arc::new(tables));
     let mut out = Outputs::default();
     let mut events = crate::event::EventLines::new(ex.events.as_bytes());
     while let Some((n, line)) = events.next_record().map_err(|e| e.to_string())? {

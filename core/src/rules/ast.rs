@@ -25,6 +25,22 @@ pub struct FileAst {
     pub models: Vec<ModelAst>,
     /// `list NAME` declarations.
     pub lists: Vec<Ident>,
+    /// `table NAME { .. }` declarations.
+    pub tables: Vec<TableAst>,
+}
+
+/// `table NAME { key FIELD  time FIELD  topic "TOPIC" }`: reference rows
+/// the rules look up by key, as of the event's time.
+#[derive(Clone, Debug)]
+pub struct TableAst {
+    /// Its name.
+    pub name: Ident,
+    /// The field of a row that is its key.
+    pub key: Option<(String, Span)>,
+    /// The field of a row that says from when it applies.
+    pub time: Option<(String, Span)>,
+    /// The topic the service reads it from.
+    pub topic: Option<(String, Span)>,
 }
 
 /// `model NAME from "PATH"`: a trained model whose score is readable as
@@ -77,6 +93,9 @@ pub struct ExampleAst {
     pub expect: Vec<(Ident, u64)>,
     /// `list NAME "v1", "v2"`: values on a list throughout the example.
     pub lists: Vec<(Ident, Vec<String>)>,
+    /// `table NAME """rows"""`: rows of a table throughout the example,
+    /// one JSON object per line.
+    pub tables: Vec<(Ident, String, Span)>,
 }
 
 /// After-match skip strategy, as written.

@@ -459,19 +459,44 @@ pub struct RuleDef {
     pub lookups: Vec<usize>,
 }
 
-/// A list lookup (`x in LIST`): computed once per event, before features,
-/// into the event slot `slot` (true, false, or null for a null `x`), as of
-/// the event's time; conditions read the slot.
+/// What a lookup reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LookupSource {
+    /// Whether the value is on a list (`x in LIST`).
+    List(String),
+    /// A field of a table's row (`TABLE.FIELD`, `lookup(TABLE, x).FIELD`).
+    Table {
+        /// The table.
+        table: String,
+        /// The field of its row.
+        field: FieldPath,
+    },
+}
+
+/// A lookup in a list (`x in LIST`) or a table (`profiles.HOME_COUNTRY`):
+/// computed once per event, before features, into the event slot `slot`
+/// (for a list true, false, or null for a null `x`; for a table the row's
+/// field, or null), as of the event's time; conditions read the slot.
 #[derive(Clone, Debug)]
 pub struct LookupDef {
     /// How alerts name it (`TERMINAL_ID in blocked_terminals`).
     pub name: String,
-    /// The list.
-    pub list: String,
+    /// What it reads.
+    pub source: LookupSource,
     /// The value looked up, over the event alone.
     pub key: CExpr,
     /// Where the result is written.
     pub slot: Slot,
+}
+
+/// A declared table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableDecl {
+    /// Its name, key field and time field.
+    pub spec: crate::tables::TableSpec,
+    /// The topic the service reads its rows from (`topic`; default: the
+    /// table's name).
+    pub topic: String,
 }
 
 /// A declared model: its score is written to the event slot `slot` after
@@ -503,6 +528,8 @@ pub struct ExampleDef {
     pub expect: Vec<(String, u64)>,
     /// Values on each list throughout the example.
     pub lists: Vec<(String, Vec<String>)>,
+    /// Rows of each table (JSON lines) throughout the example.
+    pub tables: Vec<(String, String)>,
 }
 
 /// A checked rule set: what the engine compiles and runs.
@@ -525,6 +552,8 @@ pub struct RuleSetDef {
     pub order: Vec<(Slot, bool)>,
     /// Declared lists (`list NAME`).
     pub lists: Vec<String>,
+    /// Declared tables (`table NAME { key F, time G }`).
+    pub tables: Vec<TableDecl>,
     /// List lookups, shared by the rules that read them.
     pub lookups: Vec<LookupDef>,
     /// Hash of the sources and stream definition; versions per-key state.

@@ -213,6 +213,9 @@ impl RuleChecker<'_> {
 
     pub(super) fn path(&mut self, parts: &[Ident], ctx: Ctx, span: Span) -> Option<CExpr> {
         let head = &parts[0].name;
+        if self.stage_id(head).is_none() && self.lookups.tables.contains_key(head) {
+            return self.table_path(parts, span);
+        }
         if let Some(id) = self.stage_id(head) {
             if self.stages[id as usize].negated {
                 self.err(Diagnostic::error(
@@ -333,28 +336,38 @@ impl RuleChecker<'_> {
     /// The lookup of `key` (written `x`) in `list`, shared with any other
     /// rule that makes the same one; the rule reads it.
     fn lookup(&mut self, list: &str, key: CExpr, x: &Expr) -> usize {
+        let name = format!("{} in {list}", self.written(x));
+        self.shared_lookup(LookupSource::List(list.to_string()), key, name)
+    }
+
+    /// How alerts name a looked-up value: its field, or its place.
+    fn written(&self, x: &Expr) -> String {
+        match &x.kind {
+            ExprKind::Path(parts) => parts
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join("."),
+            _ => format!("value {}", self.lookups.defs.len() + 1),
+        }
+    }
+
+    /// The lookup of `source` by `key`, named `name` in alerts, shared with
+    /// any other rule that makes the same one; the rule reads it.
+    fn shared_lookup(&mut self, source: LookupSource, key: CExpr, name: String) -> usize {
         let same = format!("{key:?}");
         let i = match self
             .lookups
             .defs
             .iter()
-            .position(|d| d.list == list && format!("{:?}", d.key) == same)
+            .position(|d| d.source == source && format!("{:?}", d.key) == same)
         {
             Some(i) => i,
             None => {
-                let what = match &x.kind {
-                    ExprKind::Path(parts) => parts
-                        .iter()
-                        .map(|p| p.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join("."),
-                    _ => format!("value {}", self.lookups.defs.len() + 1),
-                };
-                let name = format!("{what} in {list}");
                 let slot = self.schema.intern(&FieldPath::single(&name));
                 self.lookups.defs.push(LookupDef {
                     name,
-                    list: list.to_string(),
+                    source,
                     key,
                     slot,
                 });
@@ -367,8 +380,107 @@ impl RuleChecker<'_> {
         i
     }
 
+    /// A table lookup: field `field` of `table`'s row for `key` (an
+    /// expression over the event), as of the event's time.
+    fn table_lookup(
+        &mut self,
+        table: &str,
+        key: CExpr,
+        field: &[Ident],
+        name: String,
+        span: Span,
+    ) -> Option<CExpr> {
+        if key.depends_on_match() || key.reads_windows() {
+            self.err(
+                Diagnostic::error(
+                    span,
+                    "a table lookup reads the event being tested, not the match or its windows",
+                )
+                .with_hint("look up by a field of the event in the stage that takes it"),
+            );
+            return None;
+        }
+        let field = FieldPath(field.iter().map(|p| p.name.as_str().into()).collect());
+        let source = LookupSource::Table {
+            table: table.to_string(),
+            field,
+        };
+        let i = self.shared_lookup(source, key, name);
+        Some(CExpr::Field(self.lookups.defs[i].slot))
+    }
+
+    /// `TABLE.FIELD`: the row of the event's own value of the table's key
+    /// field.
+    fn table_path(&mut self, parts: &[Ident], span: Span) -> Option<CExpr> {
+        let table = parts[0].name.clone();
+        let key_path = self.lookups.tables[&table].0.spec.key.clone();
+        if parts.len() == 1 {
+            self.err(
+                Diagnostic::error(span, format!("table `{table}` is not a value")).with_hint(
+                    format!("name a field of its row: `{table}.FIELD`, or look a row up by another field: `lookup({table}, FIELD).FIELD`"),
+                ),
+            );
+            return None;
+        }
+        self.check_declared(&key_path, parts[0].span);
+        let key = CExpr::Field(self.schema.intern(&key_path));
+        let name = parts
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>()
+            .join(".");
+        self.table_lookup(&table, key, &parts[1..], name, span)
+    }
+
+    /// `lookup(TABLE, x).FIELD`.
+    fn table_member(&mut self, c: &Call, path: &[Ident], ctx: Ctx, span: Span) -> Option<CExpr> {
+        let [table, key] = c.args.as_slice() else {
+            self.err(
+                Diagnostic::error(span, "`lookup` takes a table and a key")
+                    .with_hint("`lookup(terminals, TERMINAL_ID).risk`"),
+            );
+            return None;
+        };
+        let table_name = match &table.kind {
+            ExprKind::Path(p) if p.len() == 1 => p[0].name.clone(),
+            _ => {
+                self.err(Diagnostic::error(table.span, "name a table here"));
+                return None;
+            }
+        };
+        if !self.lookups.tables.contains_key(&table_name) {
+            self.unknown_table(&table_name, table.span);
+            return None;
+        }
+        let key_expr = self.expr(key, ctx)?;
+        let written = self.written(key);
+        let field: Vec<&str> = path.iter().map(|p| p.name.as_str()).collect();
+        let name = format!("lookup({table_name}, {written}).{}", field.join("."));
+        self.table_lookup(&table_name, key_expr, path, name, span)
+    }
+
+    fn unknown_table(&mut self, name: &str, span: Span) {
+        let d = Diagnostic::error(span, format!("unknown table `{name}`"));
+        let d = if self.lookups.tables.is_empty() {
+            d.with_hint(format!(
+                "declare it: `table {name} {{ key FIELD, time FIELD }}`"
+            ))
+        } else {
+            let names: Vec<String> = self.lookups.tables.keys().cloned().collect();
+            hint_closest(d, name, names.iter().map(|s| s.as_str()))
+        };
+        self.err(d);
+    }
+
     pub(super) fn call(&mut self, c: &Call, ctx: Ctx, span: Span) -> Option<CExpr> {
         let name = c.name.name.as_str();
+        if name == "lookup" {
+            self.err(
+                Diagnostic::error(span, "`lookup` gives a row: name its field")
+                    .with_hint("`lookup(terminals, TERMINAL_ID).risk`"),
+            );
+            return None;
+        }
         if name == "event_type" {
             if !c.args.is_empty() || c.star || c.window.is_some() {
                 self.err(Diagnostic::error(span, "`event_type()` takes no argument"));
@@ -577,6 +689,9 @@ impl RuleChecker<'_> {
             ));
             return None;
         };
+        if c.name.name == "lookup" {
+            return self.table_member(c, path, _ctx, span);
+        }
         let func = match c.name.name.as_str() {
             "first" => AggFunc::First,
             "last" => AggFunc::Last,

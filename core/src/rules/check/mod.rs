@@ -257,6 +257,11 @@ impl Compiler {
                 }
             }
         }
+        for (_, file) in &files {
+            for t in &file.tables {
+                self.declare_table(t, &derived, &mut lookups);
+            }
+        }
         let mut names: BTreeMap<String, Span> = BTreeMap::new();
         let mut feature_names: BTreeMap<String, String> = BTreeMap::new();
         for (_, file) in &files {
@@ -339,6 +344,33 @@ impl Compiler {
                         );
                     }
                 }
+                for (table, rows, sp) in &ex.tables {
+                    let Some((decl, _)) = lookups.tables.get(&table.name) else {
+                        self.errors.push(
+                            Diagnostic::error(
+                                table.span,
+                                format!("unknown table `{}`", table.name),
+                            )
+                            .with_hint(format!(
+                                "declare it: `table {} {{ key FIELD, time FIELD }}`",
+                                table.name
+                            )),
+                        );
+                        continue;
+                    };
+                    let check = crate::tables::Tables::new();
+                    for (i, row) in rows.lines().enumerate() {
+                        if row.trim().is_empty() {
+                            continue;
+                        }
+                        if let Err(e) = check.load(&decl.spec, row) {
+                            self.errors.push(Diagnostic::error(
+                                *sp,
+                                format!("table `{}` row {}: {e}", table.name, i + 1),
+                            ));
+                        }
+                    }
+                }
                 match &ex.events {
                     Some((events, _)) => examples.push(ExampleDef {
                         name: ex.name.name.clone(),
@@ -353,6 +385,11 @@ impl Compiler {
                             .lists
                             .iter()
                             .map(|(l, v)| (l.name.clone(), v.clone()))
+                            .collect(),
+                        tables: ex
+                            .tables
+                            .iter()
+                            .map(|(t, rows, _)| (t.name.clone(), rows.clone()))
                             .collect(),
                     }),
                     None => self.errors.push(Diagnostic::error(
@@ -397,11 +434,83 @@ impl Compiler {
             time_slot,
             order,
             lists: lookups.lists.keys().cloned().collect(),
+            tables: lookups.tables.into_values().map(|(t, _)| t).collect(),
             lookups: lookups.defs,
             hash: h.digest(),
             origin: Arc::new(origin),
             model_files: std::mem::take(&mut self.models),
         })
+    }
+
+    /// Checks a `table` declaration and records it.
+    fn declare_table(
+        &mut self,
+        t: &TableAst,
+        derived: &BTreeMap<String, (Derived, Span)>,
+        lookups: &mut LookupTable,
+    ) {
+        let name = &t.name.name;
+        if let Some((_, prev)) = lookups.tables.get(name) {
+            let (line, _) = self.sources.line_col(prev.file, prev.start);
+            self.errors.push(
+                Diagnostic::error(t.name.span, format!("table `{name}` is declared twice"))
+                    .with_hint(format!(
+                        "first declared in {} line {line}",
+                        self.sources.get(prev.file).name
+                    )),
+            );
+            return;
+        }
+        if lookups.lists.contains_key(name) || derived.contains_key(name) {
+            self.errors.push(Diagnostic::error(
+                t.name.span,
+                format!("`{name}` is already a list, feature or model name"),
+            ));
+            return;
+        }
+        let path =
+            |(p, sp): &(String, Span), errors: &mut Vec<Diagnostic>| match FieldPath::parse(p) {
+                Some(f) => Some(f),
+                None => {
+                    errors.push(Diagnostic::error(*sp, format!("`{p}` is not a field path")));
+                    None
+                }
+            };
+        let Some(key) = &t.key else {
+            self.errors.push(
+                Diagnostic::error(t.name.span, format!("table `{name}` has no key"))
+                    .with_hint("say which field of a row is its key: `key CUSTOMER_ID`"),
+            );
+            return;
+        };
+        let Some(key) = path(key, &mut self.errors) else {
+            return;
+        };
+        let time = match &t.time {
+            Some(time) => match path(time, &mut self.errors) {
+                Some(f) => Some(f),
+                None => return,
+            },
+            None => None,
+        };
+        let topic = t
+            .topic
+            .as_ref()
+            .map_or_else(|| name.clone(), |(topic, _)| topic.clone());
+        lookups.tables.insert(
+            name.clone(),
+            (
+                TableDecl {
+                    spec: crate::tables::TableSpec {
+                        name: name.clone(),
+                        key,
+                        time,
+                    },
+                    topic,
+                },
+                t.name.span,
+            ),
+        );
     }
 
     fn finish_err(mut self) -> CompileError {
@@ -766,6 +875,7 @@ struct RuleChecker<'a> {
 #[derive(Default)]
 pub(super) struct LookupTable {
     pub(super) lists: BTreeMap<String, Span>,
+    pub(super) tables: BTreeMap<String, (TableDecl, Span)>,
     pub(super) defs: Vec<LookupDef>,
 }
 

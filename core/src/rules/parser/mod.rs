@@ -256,8 +256,10 @@ impl Parser {
                 }
                 Tok::Ident(s)
                     if depth == 0
-                        && ["rule", "features", "stream", "example", "model", "list"]
-                            .contains(&s.as_str()) =>
+                        && [
+                            "rule", "features", "stream", "example", "model", "list", "table",
+                        ]
+                        .contains(&s.as_str()) =>
                 {
                     return;
                 }
@@ -325,9 +327,15 @@ impl Parser {
                         None => self.skip_item(0),
                     }
                 }
+                Tok::Ident(s) if s == "table" => {
+                    if let Some(t) = self.table() {
+                        ast.tables.push(t);
+                    }
+                }
                 _ => {
-                    let _: PResult<()> =
-                        self.error("`rule`, `features`, `model`, `list`, `stream` or `example`");
+                    let _: PResult<()> = self.error(
+                        "`rule`, `features`, `model`, `list`, `table`, `stream` or `example`",
+                    );
                     self.bump();
                     self.skip_item(0);
                 }

@@ -103,6 +103,62 @@ impl Parser {
         }
     }
 
+    /// `table NAME { key FIELD  time FIELD  topic "TOPIC" }`.
+    pub(super) fn table(&mut self) -> PResult<TableAst> {
+        self.bump();
+        let Some(name) = self.name("a table name") else {
+            self.skip_item(0);
+            return None;
+        };
+        if self.expect_sym("{").is_none() {
+            self.skip_item(0);
+            return None;
+        }
+        let level = self.braces;
+        let mut t = TableAst {
+            name,
+            key: None,
+            time: None,
+            topic: None,
+        };
+        const CLAUSES: &[&str] = &["key", "time", "topic"];
+        loop {
+            if self.eat_sym("}") {
+                return Some(t);
+            }
+            if matches!(self.peek(), Tok::Eof) {
+                self.error::<()>("`}`");
+                return Some(t);
+            }
+            let ok = (|| -> PResult<()> {
+                if self.eat_kw("key") {
+                    t.key = Some(self.path()?);
+                } else if self.eat_kw("time") {
+                    t.time = Some(self.path()?);
+                } else if self.eat_kw("topic") {
+                    match self.peek().clone() {
+                        Tok::Str(topic) => {
+                            let span = self.bump().span;
+                            t.topic = Some((topic, span));
+                        }
+                        _ => return self.error("the topic as a string (`\"customer-profiles\"`)"),
+                    }
+                } else {
+                    return self.error("key, time or topic");
+                }
+                Some(())
+            })();
+            if ok.is_none() {
+                let at = self.pos;
+                self.sync_clause(CLAUSES, level);
+                if self.pos == at {
+                    self.bump();
+                }
+            }
+            self.eat_sym(";");
+        }
+    }
+
     pub(super) fn example(&mut self) -> PResult<ExampleAst> {
         self.bump();
         let Some(name) = self.name("an example name") else {
@@ -119,6 +175,7 @@ impl Parser {
             events: None,
             expect: Vec::new(),
             lists: Vec::new(),
+            tables: Vec::new(),
         };
         loop {
             if self.eat_sym("}") {
@@ -156,14 +213,23 @@ impl Parser {
                         }
                     }
                     ex.lists.push((name, values));
+                } else if self.eat_kw("table") {
+                    let name = self.ident("a table name")?;
+                    match self.peek().clone() {
+                        Tok::Block(b) | Tok::Str(b) => {
+                            let sp = self.bump().span;
+                            ex.tables.push((name, b, sp));
+                        }
+                        _ => return self.error("a \"\"\" block of JSON rows, one per line"),
+                    }
                 } else {
-                    return self.error("`events`, `expect` or `list`");
+                    return self.error("`events`, `expect`, `list` or `table`");
                 }
                 Some(())
             })();
             if ok.is_none() {
                 let at = self.pos;
-                self.sync_clause(&["events", "expect", "list"], level);
+                self.sync_clause(&["events", "expect", "list", "table"], level);
                 if self.pos == at {
                     self.bump();
                 }
