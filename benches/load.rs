@@ -51,7 +51,14 @@ fn run(brokers: &str, rate: u64, seconds: u64) -> Run {
         None,
     )
     .unwrap();
-    let handle = service::start(c.clone(), brokers.to_string(), rules, Default::default()).unwrap();
+    let handle = service::start(
+        c.clone(),
+        brokers.to_string(),
+        rules,
+        Default::default(),
+        Default::default(),
+    )
+    .unwrap();
     let k = &c.kafka;
     kafka::ensure_topics(k, brokers, &[&k.alerts_topic], partitions).unwrap();
     while handle.progress().partitions.load(Ordering::Relaxed) == 0 {

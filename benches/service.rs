@@ -90,7 +90,14 @@ fn throughput(brokers: &str, events: usize) {
     )
     .unwrap();
     let (t0, cpu0) = (now(), cpu_seconds());
-    let handle = service::start(c.clone(), brokers.to_string(), rules, Default::default()).unwrap();
+    let handle = service::start(
+        c.clone(),
+        brokers.to_string(),
+        rules,
+        Default::default(),
+        Default::default(),
+    )
+    .unwrap();
     let p = handle.progress();
     // Its first commit: (seconds since start, records it committed).
     let mut first = None;
@@ -153,7 +160,14 @@ fn latency(brokers: &str, count: usize) {
         None,
     )
     .unwrap();
-    let handle = service::start(c.clone(), brokers.to_string(), rules, Default::default()).unwrap();
+    let handle = service::start(
+        c.clone(),
+        brokers.to_string(),
+        rules,
+        Default::default(),
+        Default::default(),
+    )
+    .unwrap();
     let k = &c.kafka;
     kafka::ensure_topics(k, brokers, &[&k.alerts_topic], 1).unwrap();
     let reader: BaseConsumer = kafka::client_config(k, brokers)

@@ -85,7 +85,14 @@ fn child(brokers: &str, events: usize, on: bool) {
     )
     .unwrap();
     let (t0, cpu0) = (now(), cpu_seconds());
-    let handle = service::start(c.clone(), brokers.to_string(), rules, Default::default()).unwrap();
+    let handle = service::start(
+        c.clone(),
+        brokers.to_string(),
+        rules,
+        Default::default(),
+        Default::default(),
+    )
+    .unwrap();
     if on {
         let progress = handle.progress().clone();
         tripline::telemetry::observe_service(move || progress.figures());

@@ -120,6 +120,8 @@ struct Service {
     webhooks: Option<Webhooks>,
     /// Reads the lists topic into the lists the engines read.
     lists: Worker,
+    /// Reads the tables' topics into the tables the engines read.
+    tables: Option<Worker>,
 }
 
 /// The REST API's server and the reader that feeds it committed alerts.
@@ -159,6 +161,10 @@ impl Service {
         }
         self.lists.stop();
         self.lists.join().ok();
+        if let Some(t) = self.tables {
+            t.stop();
+            t.join().ok();
+        }
         Ok(ended?)
     }
     /// Starts the parts, each after what it needs.
@@ -202,11 +208,16 @@ impl Service {
                 })
                 .collect()
         });
+        // Before the service too: its first events see every table's rows.
+        let tables = Arc::new(tripline::tables::Tables::new());
+        let tables_reader =
+            kafka::tables::follow(&config, &brokers, &rules.def().tables, tables.clone())?;
         let handle = service::start(
             config.clone(),
             brokers.clone(),
             rules.clone(),
             lists.clone(),
+            tables,
         )?;
         let progress = handle.progress().clone();
         telemetry::observe_service(move || progress.figures());
@@ -263,6 +274,7 @@ impl Service {
             api,
             webhooks,
             lists: lists_reader,
+            tables: tables_reader,
         })
     }
 }

@@ -238,7 +238,14 @@ pub fn serve_until_caught_up(
     rules: Arc<RuleSet>,
     produced: u64,
 ) -> Arc<service::Progress> {
-    let handle = service::start(c.clone(), broker(), rules, Default::default()).unwrap();
+    let handle = service::start(
+        c.clone(),
+        broker(),
+        rules,
+        Default::default(),
+        Default::default(),
+    )
+    .unwrap();
     let stopped_early = wait_progressing(
         Duration::from_secs(120),
         || {

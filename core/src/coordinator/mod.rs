@@ -87,6 +87,9 @@ pub struct Settings {
     /// The lists the rules look values up in (shared with whoever changes
     /// them).
     pub lists: Arc<crate::lists::Lists>,
+    /// The tables the rules look rows up in (shared with whoever reads
+    /// their rows).
+    pub tables: Arc<crate::tables::Tables>,
 }
 
 /// What a shard's local state covers.
@@ -205,6 +208,8 @@ pub struct Coordinator<P: Ports> {
     /// The restore running.
     job: Option<restore::RunningJob>,
     next_job: u64,
+    /// After a restore failed: not started again before this time.
+    retry_restore_at: Option<Duration>,
 }
 
 /// The ports a coordinator is built with.
@@ -254,6 +259,7 @@ impl<P: Ports> Coordinator<P> {
             restorer: parts.restorer,
             job: None,
             next_job: 0,
+            retry_restore_at: None,
         }
     }
 
@@ -456,6 +462,23 @@ impl<P: Ports> Coordinator<P> {
                  (running: {:?}, new: {:?}); restart the service to apply it",
                 self.topology.internal().collect::<Vec<_>>(),
                 topology.internal().collect::<Vec<_>>(),
+            );
+            self.refuse_rules(hash, reason);
+            return;
+        }
+        if topology.rules.def.tables != self.topology.rules.def.tables {
+            let names = |t: &Topology| -> Vec<String> {
+                t.rules
+                    .def
+                    .tables
+                    .iter()
+                    .map(|d| format!("{} (topic {})", d.spec.name, d.topic))
+                    .collect()
+            };
+            let reason = format!(
+                "it declares other tables, whose topics the service reads from its start                  (running: {:?}, new: {:?}); restart the service to apply it",
+                names(&self.topology),
+                names(&topology),
             );
             self.refuse_rules(hash, reason);
             return;

@@ -26,6 +26,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Changelog records applied to a store at once.
 const BATCH: usize = 4096;
+/// How long a restore that failed for a passing reason waits before it
+/// starts again (so that a broker that refuses at once is not asked again
+/// in a tight loop).
+const RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// What reading a changelog finds, for the caller to apply.
 enum Restore {
@@ -89,6 +93,7 @@ struct Recipe {
     role: Role,
     output_limit: usize,
     lists: Arc<crate::lists::Lists>,
+    tables: Arc<crate::tables::Tables>,
     /// With a local store and a memory budget: the shard's share.
     passivation_budget: Option<usize>,
 }
@@ -102,7 +107,8 @@ impl Recipe {
             self.role.clone(),
         )
         .with_output_limit(self.output_limit)
-        .with_lists(self.lists.clone());
+        .with_lists(self.lists.clone())
+        .with_tables(self.tables.clone());
         match (store, self.passivation_budget) {
             (Some(store), Some(budget)) => shard.with_passivation(Box::new(store.clone()), budget),
             _ => shard,
@@ -495,7 +501,11 @@ impl<P: Ports> Coordinator<P> {
                 Err(_) if !done.ids.iter().any(|id| wanted(self, id)) => continue,
                 Err(CoordError::Cancelled) => continue,
                 Err(e) if e.is_retryable() => {
-                    tracing::warn!("restore failed, starting it again: {e}");
+                    tracing::warn!(
+                        "restore failed, starting it again in {} ms: {e}",
+                        RETRY_AFTER.as_millis()
+                    );
+                    self.retry_restore_at = Some(self.clock.now() + RETRY_AFTER);
                     for id in &done.ids {
                         if wanted(self, id)
                             && let Some(p) = self.restoring.get_mut(id)
@@ -533,6 +543,12 @@ impl<P: Ports> Coordinator<P> {
     pub(super) fn start_restore(&mut self) -> Result<(), CoordError> {
         if self.job.is_some() {
             return Ok(());
+        }
+        if let Some(at) = self.retry_restore_at {
+            if self.clock.now() < at {
+                return Ok(());
+            }
+            self.retry_restore_at = None;
         }
         let ids: Vec<ShardId> = self
             .restoring
@@ -593,6 +609,7 @@ impl<P: Ports> Coordinator<P> {
             role: plan.role.clone(),
             output_limit: self.settings.output_limit,
             lists: self.settings.lists.clone(),
+            tables: self.settings.tables.clone(),
             passivation_budget,
         }
     }

@@ -199,6 +199,7 @@ impl Engine {
             external_watermark: self.external_watermark,
             dirty: self.dirty.as_ref().map(|_| hashbrown::HashSet::new()),
             lists: self.lists.clone(),
+            tables: self.tables.clone(),
             ..Engine::new(rules.clone())
         };
         self.hand_over_passivation(&mut engine);

@@ -334,6 +334,7 @@ impl Engine {
             external_watermark: this.external_watermark,
             dirty: this.dirty.as_ref().map(|_| hashbrown::HashSet::new()),
             lists: this.lists.clone(),
+            tables: this.tables.clone(),
             ..Engine::new(old)
         }
         .restored(store)?;

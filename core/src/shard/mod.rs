@@ -104,6 +104,14 @@ impl Shard {
         self
     }
 
+    /// Looks table lookups up in `tables` (see [`Engine::with_tables`]).
+    pub fn with_tables(mut self, tables: Arc<crate::tables::Tables>) -> Shard {
+        let placeholder = Engine::new(self.engine.rules().clone());
+        let engine = std::mem::replace(&mut self.engine, placeholder);
+        self.engine = engine.with_tables(tables);
+        self
+    }
+
     /// Looks list lookups up in `lists` (see [`Engine::with_lists`]).
     pub fn with_lists(mut self, lists: Arc<crate::lists::Lists>) -> Shard {
         let placeholder = Engine::new(self.engine.rules().clone());

@@ -6,16 +6,14 @@
 //! made through any instance's API reaches every instance's next events;
 //! the API writes through [`KafkaListWriter`].
 
-use super::{ADMIN_TIMEOUT, ServiceError, client_config, ensure_topics_with};
+use super::{ServiceError, client_config, ensure_topics_with};
 use crate::adapters::api::ListWriter;
 use crate::adapters::worker::Worker;
 use crate::config::Config;
 use crate::lists::{ListEntry, Lists};
 use futures::future::BoxFuture;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,26 +37,7 @@ pub fn follow(config: &Config, brokers: &str, lists: Arc<Lists>) -> Result<Worke
         1,
         &[("cleanup.policy", "compact")],
     )?;
-    let consumer: BaseConsumer = client_config(k, brokers)
-        .set("group.id", format!("{}-lists", k.group_id))
-        .set("enable.auto.commit", "false")
-        .create()?;
-    let topic = k.lists_topic.clone();
-    let metadata = consumer.fetch_metadata(Some(&topic), ADMIN_TIMEOUT)?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    let mut tpl = TopicPartitionList::new();
-    let mut ends = Vec::new();
-    for &p in &partitions {
-        tpl.add_partition_offset(&topic, p, Offset::Beginning)?;
-        let (_, high) = consumer.fetch_watermarks(&topic, p, ADMIN_TIMEOUT)?;
-        ends.push((p, high));
-    }
-    consumer.assign(&tpl)?;
-    let apply = |m: &rdkafka::message::BorrowedMessage<'_>, lists: &Lists| {
+    let apply = move |m: &rdkafka::message::BorrowedMessage<'_>| {
         let Some(value) = m.payload() else {
             return;
         };
@@ -70,52 +49,15 @@ pub fn follow(config: &Config, brokers: &str, lists: Arc<Lists>) -> Result<Worke
             ),
         }
     };
-    // Caught up: every partition read to the end it had when we started.
-    let mut next: Vec<(i32, i64)> = partitions.iter().map(|&p| (p, 0)).collect();
-    let caught_up = |next: &[(i32, i64)]| {
-        ends.iter()
-            .all(|(p, end)| next.iter().any(|(q, n)| q == p && n >= end))
-    };
-    while !caught_up(&next) {
-        match consumer.poll(ADMIN_TIMEOUT) {
-            Some(Ok(m)) => {
-                apply(&m, &lists);
-                if let Some(n) = next.iter_mut().find(|(p, _)| *p == m.partition()) {
-                    n.1 = m.offset() + 1;
-                }
-            }
-            Some(Err(e)) => return Err(e.into()),
-            // Nothing for a while: compaction may have removed the last
-            // offsets, so ask where each partition is now.
-            None => {
-                for (p, n) in &mut next {
-                    if let Ok(Some(o)) = consumer.position().map(|tpl| {
-                        tpl.find_partition(&topic, *p)
-                            .and_then(|e| e.offset().to_raw())
-                    }) {
-                        *n = (*n).max(o);
-                    }
-                }
-                if !caught_up(&next) {
-                    return Err(ServiceError::Thread(format!(
-                        "the lists topic `{topic}` could not be read to its end"
-                    )));
-                }
-            }
-        }
-    }
-    tracing::info!(topic = %topic, "lists read");
-    Worker::spawn("tripline-lists", move |stop| {
-        while !stop.requested() {
-            match consumer.poll(Duration::from_millis(100)) {
-                Some(Ok(m)) => apply(&m, &lists),
-                Some(Err(e)) => tracing::warn!("reading the lists topic: {e}"),
-                None => {}
-            }
-        }
-        Ok(())
-    })
-    .map_err(|e| ServiceError::Thread(e.to_string()))
+    super::compacted::read_then_follow(
+        k,
+        brokers,
+        std::slice::from_ref(&k.lists_topic),
+        "lists",
+        "lists",
+        "tripline-lists",
+        apply,
+    )
 }
 
 /// Writes list changes to the lists topic (the API's [`ListWriter`]).

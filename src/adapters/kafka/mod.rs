@@ -6,6 +6,7 @@ pub mod alerts;
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
 pub mod changelog;
+mod compacted;
 pub mod identity;
 pub mod lists;
 pub mod owners;
@@ -14,6 +15,7 @@ pub mod service;
 pub mod shards;
 pub mod sink;
 mod source;
+pub mod tables;
 mod watch;
 pub use crate::coordinator::topology;
 

@@ -168,12 +168,13 @@ impl ServiceHandle {
 }
 
 /// Starts the service on its own threads; its engines look list lookups up
-/// in `lists`.
+/// in `lists` and table lookups in `tables`.
 pub fn start(
     config: Config,
     brokers: String,
     rules: Arc<RuleSet>,
     lists: Arc<crate::lists::Lists>,
+    tables: Arc<crate::tables::Tables>,
 ) -> Result<ServiceHandle, ServiceError> {
     let k = &config.kafka;
     ensure_topics(
@@ -208,6 +209,7 @@ pub fn start(
         pending_rules: pending_rules.clone(),
         directory: directory.clone(),
         lists,
+        tables,
     };
     let worker = Worker::spawn("tripline-service", move |stop| {
         run(config, brokers, topology, shared, stop)
@@ -227,6 +229,7 @@ struct Shared {
     directory: Arc<ShardDirectory>,
     pending_rules: PendingRules,
     lists: Arc<crate::lists::Lists>,
+    tables: Arc<crate::tables::Tables>,
 }
 
 fn run(
@@ -258,7 +261,11 @@ fn run(
 }
 
 /// The protocol's settings from the service's configuration.
-fn settings(config: &Config, lists: Arc<crate::lists::Lists>) -> Settings {
+fn settings(
+    config: &Config,
+    lists: Arc<crate::lists::Lists>,
+    tables: Arc<crate::tables::Tables>,
+) -> Settings {
     let k = &config.kafka;
     Settings {
         input_topic: k.input_topic.clone(),
@@ -269,6 +276,7 @@ fn settings(config: &Config, lists: Arc<crate::lists::Lists>) -> Settings {
         memory_budget_bytes: config.state.memory_budget_mb.saturating_mul(1 << 20),
         output_limit: super::output_limit(k),
         lists,
+        tables,
     }
 }
 
@@ -285,6 +293,7 @@ fn coordinate(
         pending_rules,
         directory,
         lists,
+        tables,
     } = shared;
     let k = &config.kafka;
     let instance = super::instance_name(k);
@@ -313,7 +322,7 @@ fn coordinate(
         restorer: ThreadRestorer::default(),
     };
     let coordinator = Coordinator::new(
-        settings(&config, lists),
+        settings(&config, lists, tables),
         topology.clone(),
         parts,
         progress.clone(),

@@ -1,0 +1,83 @@
+//! The tables' topics: each declared table (`table NAME { .. topic "T" }`)
+//! is a compacted topic another system writes, one record per row, keyed
+//! by the row's key, the row as a JSON object. Every instance reads every
+//! table topic whole (a global table, as Kafka Streams' GlobalKTable:
+//! terminals and merchants are looked up by fields other than the
+//! partitioning key, so no instance can do with its own partitions' rows)
+//! into its [`Tables`] before it consumes events, then follows them. A
+//! record without a value deletes its key's row from the record's time.
+
+use super::{ServiceError, ensure_topics_with};
+use crate::adapters::worker::Worker;
+use crate::config::Config;
+use crate::rules::ir::TableDecl;
+use crate::tables::{Row, Tables};
+use rdkafka::message::{BorrowedMessage, Message};
+use std::sync::Arc;
+
+/// Creates missing table topics (compacted), reads them whole into
+/// `tables`, then keeps reading them until the worker is stopped. `None`
+/// when the rules declare no table.
+pub fn follow(
+    config: &Config,
+    brokers: &str,
+    decls: &[TableDecl],
+    tables: Arc<Tables>,
+) -> Result<Option<Worker>, ServiceError> {
+    if decls.is_empty() {
+        return Ok(None);
+    }
+    let k = &config.kafka;
+    let topics: Vec<String> = decls.iter().map(|d| d.topic.clone()).collect();
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    ensure_topics_with(k, brokers, &names, 1, &[("cleanup.policy", "compact")])?;
+    let decls = decls.to_vec();
+    let apply = move |m: &BorrowedMessage<'_>| {
+        for d in decls.iter().filter(|d| d.topic == m.topic()) {
+            apply_record(d, m, &tables);
+        }
+    };
+    super::compacted::read_then_follow(
+        k,
+        brokers,
+        &topics,
+        "tables",
+        "tables",
+        "tripline-tables",
+        apply,
+    )
+    .map(Some)
+}
+
+/// Applies one record of `decl`'s topic.
+fn apply_record(decl: &TableDecl, m: &BorrowedMessage<'_>, tables: &Tables) {
+    let table = &decl.spec.name;
+    let Some(value) = m.payload() else {
+        // A deletion: its key is the row's key, its time the record's.
+        let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
+        match (key, m.timestamp().to_millis()) {
+            (Some(key), Some(at)) => tables.put(table, &key, at, None),
+            _ => tracing::warn!(
+                table,
+                offset = m.offset(),
+                "a deletion without a key or time: ignored"
+            ),
+        }
+        return;
+    };
+    let row: Row = match serde_json::from_slice(value) {
+        Ok(serde_json::Value::Object(row)) => row,
+        _ => {
+            tracing::warn!(
+                table,
+                offset = m.offset(),
+                "a record that is not a JSON object: ignored"
+            );
+            return;
+        }
+    };
+    match Tables::key_and_time(&decl.spec, &row) {
+        Ok((key, at)) => tables.put(table, &key, at, Some(row)),
+        Err(e) => tracing::warn!(table, offset = m.offset(), "a row that cannot be used: {e}"),
+    }
+}
