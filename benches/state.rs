@@ -17,24 +17,15 @@
 //! `cargo bench --bench state [-- KEYS]` (default 1000000 keys). Single
 //! thread; figures are per core.
 
-use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
-use std::alloc::System;
+#[path = "support/heap.rs"]
+mod heap;
+use heap::allocated;
 use std::path::Path;
 use std::time::Instant;
 use tripline::adapters::local::LocalState;
 use tripline::engine::{Engine, EngineOptions, Outputs, RuleSet};
 use tripline::event::Event;
 use tripline::state::StateStore;
-
-#[global_allocator]
-static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
-
-/// Bytes held on the heap now (a reallocation's difference is counted in
-/// `bytes_allocated` or `bytes_deallocated` already).
-fn allocated() -> isize {
-    let s = INSTRUMENTED_SYSTEM.stats();
-    s.bytes_allocated as isize - s.bytes_deallocated as isize
-}
 
 #[allow(clippy::disallowed_methods)]
 fn now() -> Instant {

@@ -212,12 +212,25 @@ impl Service {
         let tables = Arc::new(tripline::tables::Tables::new());
         let tables_reader =
             kafka::tables::follow(&config, &brokers, &rules.def().tables, tables.clone())?;
+        let names: Vec<String> = rules
+            .def()
+            .tables
+            .iter()
+            .map(|d| d.spec.name.clone())
+            .collect();
+        let sizes = tables.clone();
+        telemetry::observe_tables(move || {
+            names
+                .iter()
+                .map(|n| (n.clone(), sizes.len(n) as u64))
+                .collect()
+        });
         let handle = service::start(
             config.clone(),
             brokers.clone(),
             rules.clone(),
             lists.clone(),
-            tables,
+            tables.clone(),
         )?;
         let progress = handle.progress().clone();
         telemetry::observe_service(move || progress.figures());
@@ -262,6 +275,7 @@ impl Service {
             )?;
             let writer = kafka::lists::KafkaListWriter::new(&config, &brokers, lists.clone())?;
             state.set_lists(lists, Arc::new(writer));
+            state.set_tables(tables);
             if let Some(w) = &webhooks {
                 state.set_webhooks(w.status());
             }

@@ -16,8 +16,9 @@ use std::time::Duration;
 use tripline::adapters::kafka;
 use tripline::config::Config;
 
-/// A `tripline serve` member, killed (SIGKILL) when dropped.
-struct Member(Child);
+/// A `tripline serve` member and its API's address, killed (SIGKILL)
+/// when dropped.
+struct Member(Child, String);
 
 impl Drop for Member {
     fn drop(&mut self) {
@@ -63,8 +64,8 @@ fn start(c: &Config, rules: &std::path::Path) -> Member {
         .spawn()
         .expect("tripline serve starts");
     // Listening means the tables were read: they are read first.
-    api_address(&log);
-    Member(child)
+    let api = format!("http://{}", api_address(&log));
+    Member(child, api)
 }
 
 fn event(card: u32, ts: i64, country: &str) -> Input {
@@ -174,7 +175,50 @@ fn members_read_tables_as_of_event_time_and_after_a_kill() {
     let (mark, json) = row(5, t0, "NL");
     let mark = keep(&dir, mark, &json);
     produce_to(&c, &table_topic, &[moved, mark]);
-    let _member = start(&c, &dir);
+    let member = start(&c, &dir);
+    // The API shows what the member holds: the table, and a key's versions.
+    let get = |path: &str| -> (u16, serde_json::Value) {
+        match ureq::get(format!("{}{path}", member.1)).call() {
+            Ok(mut r) => (r.status().as_u16(), r.body_mut().read_json().unwrap()),
+            Err(ureq::Error::StatusCode(code)) => (code, serde_json::Value::Null),
+            Err(e) => panic!("GET {path}: {e}"),
+        }
+    };
+    let (code, page) = get("/v1/tables");
+    assert_eq!(code, 200);
+    assert_eq!(page["tables"][0]["name"], "profiles", "{page}");
+    assert_eq!(page["tables"][0]["keys"], 3, "{page}");
+    assert_eq!(page["tables"][0]["time"], "UPDATED_AT", "{page}");
+    let (code, row) = get("/v1/tables/profiles/rows/2");
+    assert_eq!(code, 200);
+    let versions: Vec<(i64, String)> = row["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["from"].as_i64().unwrap(),
+                v["row"]["home"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(versions, [(t0, "DE".to_string()), (t1, "IT".to_string())]);
+    assert_eq!(get("/v1/tables/profiles/rows/9").0, 404);
+    let metrics = ureq::get(format!("{}/metrics", member.1))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("tripline_table_keys{")
+                && l.contains("table=\"profiles\"")
+                && l.ends_with(" 3")),
+        "{metrics}"
+    );
+    assert_eq!(get("/v1/tables/nope/rows/2").0, 404);
     // Paid in IT just before the move (home DE then: abroad) and at it
     // (home IT: not abroad).
     produce(

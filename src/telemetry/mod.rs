@@ -478,6 +478,21 @@ pub fn observe_lists(read: impl Fn() -> Vec<(String, u64)> + Send + Sync + 'stat
     );
 }
 
+/// Registers the table gauge: how many keys each table has a row for.
+pub fn observe_tables(read: impl Fn() -> Vec<(String, u64)> + Send + Sync + 'static) {
+    keep(
+        meter()
+            .u64_observable_gauge("tripline_table_keys")
+            .with_description("Keys each table has a row for (in any version)")
+            .with_callback(move |o| {
+                for (table, n) in read() {
+                    o.observe(n, &[KeyValue::new("table", table)]);
+                }
+            })
+            .build(),
+    );
+}
+
 /// Registers the webhook delivery gauges and counters.
 pub fn observe_webhooks(read: impl Fn() -> Vec<WebhookFigures> + Send + Sync + 'static) {
     let read = std::sync::Arc::new(read);

@@ -20,6 +20,7 @@ mod list_routes;
 mod rule_routes;
 pub mod rules;
 pub mod server;
+mod table_routes;
 
 use dashboard::*;
 pub use dashboard::{Dashboard, PartitionView, RiskyKey, RuleCount};
@@ -32,6 +33,7 @@ pub use list_routes::{
 };
 use rule_routes::*;
 pub use rule_routes::{ModelInfo, PendingRules, RuleChange, RuleInfo, RuleList, Validation};
+pub use table_routes::{RowVersionView, TableRowView, TableSummary, TablesPage};
 
 use self::alerts::{AlertLog, Filter};
 use self::rules::{RuleChangeError, RuleStore, valid_name};
@@ -169,6 +171,8 @@ struct Inner {
     compile_slot: Arc<tokio::sync::Semaphore>,
     /// The lists and how to change them; without them, list writes are 503.
     lists: std::sync::OnceLock<ListAccess>,
+    /// The tables' rows; without them, every table is empty.
+    tables: std::sync::OnceLock<Arc<crate::tables::Tables>>,
 }
 
 /// What the handlers share.
@@ -194,7 +198,13 @@ impl ApiState {
             subscribers: Default::default(),
             compile_slot: Arc::new(tokio::sync::Semaphore::new(1)),
             lists: std::sync::OnceLock::new(),
+            tables: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Serves `tables` (`/v1/tables`).
+    pub fn set_tables(&self, tables: Arc<crate::tables::Tables>) {
+        self.0.tables.set(tables).ok();
     }
 
     /// Serves `lists` (`/v1/lists`), changed through `writer`.
@@ -539,12 +549,14 @@ impl utoipa::Modify for BearerAuth {
 #[openapi(
     info(title = "tripline", description = "Risk scores, alerts and rules of a tripline service."),
     paths(healthz, readyz, metrics, dashboard::dashboard, key_score, list_alerts, alert_deliveries, list_webhooks, rule_routes::list_rules, rule_routes::validate_rules, rule_routes::put_rule, rule_routes::delete_rule,
-          list_routes::lists, list_routes::list, list_routes::add_entry, list_routes::remove_entry, list_routes::bulk_load, list_routes::export, openapi_json),
+          list_routes::lists, list_routes::list, list_routes::add_entry, list_routes::remove_entry, list_routes::bulk_load, list_routes::export,
+          table_routes::list_tables, table_routes::table_row, openapi_json),
     components(schemas(ErrorBody, ErrorDetail, DiagnosticJson, RuleInfo, ModelInfo, RuleList,
                         RuleChange, Validation, AlertPage, PendingRules, KeyScore, Healthy, Readiness,
                         WebhookList, EndpointView, Deliveries, DeliveryView,
                         Dashboard, RuleCount, RiskyKey, PartitionView,
-                        ListsPage, ListSummary, ListView, ListEntryView, ListChangeView, AddEntry, BulkResult)),
+                        ListsPage, ListSummary, ListView, ListEntryView, ListChangeView, AddEntry, BulkResult,
+                        TablesPage, TableSummary, TableRowView, RowVersionView)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -589,6 +601,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/lists", get(list_routes::lists))
         .route("/v1/lists/{name}", get(list_routes::list))
         .route("/v1/lists/{name}/export", get(list_routes::export))
+        .route("/v1/tables", get(table_routes::list_tables))
+        .route("/v1/tables/{name}/rows/{key}", get(table_routes::table_row))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             authorize_read,

@@ -15,6 +15,12 @@ use crate::tables::{Row, Tables};
 use rdkafka::message::{BorrowedMessage, Message};
 use std::sync::Arc;
 
+/// How far back in event time a row's versions are kept (30 days): an
+/// event later than that sees the row's version of 30 days before now, not
+/// the one of its own time. Without a bound, a row updated every day would
+/// hold every version it ever had.
+const HISTORY_MS: i64 = 30 * 24 * 3_600_000;
+
 /// Creates missing table topics (compacted), reads them whole into
 /// `tables`, then keeps reading them until the worker is stopped. `None`
 /// when the rules declare no table.
@@ -56,7 +62,10 @@ fn apply_record(decl: &TableDecl, m: &BorrowedMessage<'_>, tables: &Tables) {
         // A deletion: its key is the row's key, its time the record's.
         let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
         match (key, m.timestamp().to_millis()) {
-            (Some(key), Some(at)) => tables.put(table, &key, at, None),
+            (Some(key), Some(at)) => {
+                tables.put(table, &key, at, None);
+                tables.forget_before(table, &key, crate::telemetry::now_ms() - HISTORY_MS);
+            }
             _ => tracing::warn!(
                 table,
                 offset = m.offset(),
@@ -77,7 +86,10 @@ fn apply_record(decl: &TableDecl, m: &BorrowedMessage<'_>, tables: &Tables) {
         }
     };
     match Tables::key_and_time(&decl.spec, &row) {
-        Ok((key, at)) => tables.put(table, &key, at, Some(row)),
+        Ok((key, at)) => {
+            tables.put(table, &key, at, Some(row));
+            tables.forget_before(table, &key, crate::telemetry::now_ms() - HISTORY_MS);
+        }
         Err(e) => tracing::warn!(table, offset = m.offset(), "a row that cannot be used: {e}"),
     }
 }

@@ -1,0 +1,128 @@
+//! Tables benchmark (in memory, single thread):
+//!
+//! 1. loading: N profile rows (`{"CUSTOMER_ID", "UPDATED_AT", "HOME_COUNTRY",
+//!    "MONTHLY_INCOME", "SEGMENT"}`, about 110 bytes of JSON each) read as
+//!    the service's table follower reads them, in rows/s, and the heap
+//!    bytes per row held, counted by a counting allocator (`stats_alloc`);
+//! 2. a lookup: ns per `profiles.MONTHLY_INCOME` of a random key, as the
+//!    engine makes it once per event;
+//! 3. the engine with and without a table lookup: events/s of a rule that
+//!    compares each event's amount with 5 × the customer's declared income,
+//!    against the same rule with a constant, over the same events.
+//!
+//! `cargo bench --bench tables [-- ROWS]` (default 1000000 rows).
+
+#[path = "support/heap.rs"]
+mod heap;
+use heap::allocated;
+use std::sync::Arc;
+use std::time::Instant;
+use tripline::engine::{Engine, EngineOptions, Outputs, RuleSet};
+use tripline::event::{FieldPath, Value};
+use tripline::tables::Tables;
+
+#[allow(clippy::disallowed_methods)]
+fn now() -> Instant {
+    Instant::now()
+}
+
+const START: i64 = 1_522_540_800_000;
+const EVENTS: u64 = 2_000_000;
+
+fn rules(condition: &str) -> Arc<RuleSet> {
+    let text = format!(
+        "stream s {{ key CUSTOMER_ID  time ts  time format epoch_ms }}\n\
+         table profiles {{ key CUSTOMER_ID  time UPDATED_AT }}\n\
+         rule over_income {{ pattern {{ tx: {condition} }} }}\n"
+    );
+    let mut c = tripline::files::compiler();
+    c.add_source("bench.tl", &text);
+    RuleSet::build(
+        c.compile().expect("bench rules compile"),
+        EngineOptions::default(),
+    )
+}
+
+fn row(i: u64) -> String {
+    format!(
+        r#"{{"CUSTOMER_ID":{i},"UPDATED_AT":{START},"HOME_COUNTRY":"FR","MONTHLY_INCOME":{}.5,"SEGMENT":"retail"}}"#,
+        1000 + i % 4000
+    )
+}
+
+/// Events/s of `rs` over `EVENTS` events on `rows` customers.
+fn run(rs: &Arc<RuleSet>, tables: &Arc<Tables>, rows: u64) -> (f64, u64) {
+    let mut engine = Engine::new(rs.clone()).with_tables(tables.clone());
+    let mut out = Outputs::default();
+    let lines: Vec<String> = (0..EVENTS)
+        .map(|i| {
+            format!(
+                r#"{{"CUSTOMER_ID":{},"ts":{},"amount":{}}}"#,
+                (i * 7919) % rows,
+                START + 1000 + i as i64,
+                i % 30_000
+            )
+        })
+        .collect();
+    let mut alerts = 0;
+    let t = now();
+    for (i, l) in lines.iter().enumerate() {
+        engine
+            .on_record(l.as_bytes(), i as u64, &mut out, |_, _| {})
+            .expect("valid event");
+        alerts += out.alerts.len() as u64;
+        out.alerts.clear();
+    }
+    (EVENTS as f64 / t.elapsed().as_secs_f64(), alerts)
+}
+
+fn main() {
+    let rows: u64 = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
+    let rs = rules("amount > 5 * profiles.MONTHLY_INCOME");
+    let spec = rs.def().tables[0].spec.clone();
+    let lines: Vec<String> = (0..rows).map(row).collect();
+    let json_bytes: usize = lines.iter().map(String::len).sum();
+
+    let tables = Arc::new(Tables::new());
+    let before = allocated();
+    let t = now();
+    for l in &lines {
+        tables.load(&spec, l).expect("valid row");
+    }
+    let load_s = t.elapsed().as_secs_f64();
+    let held = allocated() - before;
+    drop(lines);
+    println!(
+        "load: {rows} rows in {load_s:.2} s = {:.0} rows/s; {:.0} heap bytes per row held \
+         ({:.0} bytes of JSON per row)",
+        rows as f64 / load_s,
+        held as f64 / rows as f64,
+        json_bytes as f64 / rows as f64
+    );
+
+    let field = FieldPath::single("MONTHLY_INCOME");
+    let lookups = 2_000_000u64;
+    let t = now();
+    let mut found = 0u64;
+    for i in 0..lookups {
+        let key = Value::Num(((i * 7919) % rows) as f64);
+        if !tables.get("profiles", &key, START + 1, &field).is_null() {
+            found += 1;
+        }
+    }
+    let ns = t.elapsed().as_secs_f64() * 1e9 / lookups as f64;
+    assert_eq!(found, lookups);
+    println!("lookup: {ns:.0} ns per lookup of a numeric key ({lookups} lookups)");
+
+    let (with, a1) = run(&rs, &tables, rows);
+    let constant = rules("amount > 5 * 3000.5");
+    let (without, a2) = run(&constant, &tables, rows);
+    println!(
+        "engine: {with:.0} events/s with the table lookup ({a1} alerts), {without:.0} events/s \
+         with a constant ({a2} alerts): {:.0} % more time per event",
+        (without / with - 1.0) * 100.0
+    );
+}
