@@ -2,33 +2,16 @@
 //! list, lookups are as of each event's time, alerts show what they found,
 //! and a list the rules do not declare is refused.
 
-use std::path::Path;
-use std::process::Command;
+#[path = "support/cli.rs"]
+mod cli;
+
+use cli::{tripline, write};
 
 const RULES: &str = r#"
 stream s { key card  time ts  time format epoch_ms }
 list blocked
 rule at_blocked { pattern { tx: terminal in blocked } }
 "#;
-
-/// (exit success, stdout, stderr) of `tripline ARGS`.
-fn tripline(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tripline"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> String {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p.display().to_string()
-}
 
 #[test]
 fn replay_looks_lists_up_as_of_each_event_time() {

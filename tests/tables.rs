@@ -3,8 +3,10 @@
 //! join), a missing row is null, alerts show the values they read, and bad
 //! declarations, references and rows get clear errors.
 
-use std::path::Path;
-use std::process::Command;
+#[path = "support/cli.rs"]
+mod cli;
+
+use cli::{tripline, write};
 
 const RULES: &str = r#"
 stream s { key CUSTOMER_ID  time ts  time format epoch_ms }
@@ -20,25 +22,6 @@ rule risky_terminal {
   pattern { tx: lookup(terminals, TERMINAL_ID).risk >= 0.8 }
 }
 "#;
-
-/// (exit success, stdout, stderr) of `tripline ARGS`.
-fn tripline(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tripline"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> String {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p.display().to_string()
-}
 
 fn alerts(stdout: &str) -> Vec<serde_json::Value> {
     stdout

@@ -170,6 +170,27 @@ impl<P: Ports> RestoreJob<P> {
         }
     }
 
+    /// As [`RestoreJob::run`], but a panic in the restore (a bug) ends it
+    /// with a fatal error: the service stops rather than wait for ever for
+    /// a restore that will not end.
+    pub fn run_catching(self) -> RestoreDone<P> {
+        let seq = self.seq;
+        let rules_hash = self.topology.rules.def.hash;
+        let ids = self.plans.iter().map(|p| p.id).collect();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run())) {
+            Ok(done) => done,
+            Err(_) => RestoreDone {
+                seq,
+                rules_hash,
+                ids,
+                result: Err(CoordError::Port(super::PortError::fatal(
+                    "restore",
+                    "the restore panicked",
+                ))),
+            },
+        }
+    }
+
     fn check_cancel(&self) -> Result<(), CoordError> {
         if self.cancel.load(Ordering::Relaxed) {
             return Err(CoordError::Cancelled);

@@ -39,7 +39,7 @@ impl Restorer<KafkaPorts> for ThreadRestorer {
                 let job = theirs.lock().unwrap_or_else(PoisonError::into_inner).take();
                 if let Some(job) = job {
                     // The coordinator may be gone (the service stopped).
-                    tx.send(job.run()).ok();
+                    tx.send(job.run_catching()).ok();
                 }
             });
         match spawned {
@@ -48,7 +48,7 @@ impl Restorer<KafkaPorts> for ThreadRestorer {
                 tracing::error!("cannot start a restore thread, restoring here: {e}");
                 let job = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
                 if let Some(job) = job {
-                    self.done_tx.send(job.run()).ok();
+                    self.done_tx.send(job.run_catching()).ok();
                 }
             }
         }

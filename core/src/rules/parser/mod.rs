@@ -269,6 +269,38 @@ impl Parser {
         }
     }
 
+    /// Reads the clauses of a `{ … }` block whose `{` was just read, up to
+    /// its `}` (or the end of the file): `clause` reads one; after an
+    /// error, reading goes on at the next of `names` that starts a line.
+    /// With `semicolons`, a `;` may end a clause.
+    fn block_clauses(
+        &mut self,
+        names: &[&str],
+        semicolons: bool,
+        mut clause: impl FnMut(&mut Parser) -> PResult<()>,
+    ) {
+        let level = self.braces;
+        loop {
+            if self.eat_sym("}") {
+                return;
+            }
+            if matches!(self.peek(), Tok::Eof) {
+                self.error::<()>("`}`");
+                return;
+            }
+            if clause(self).is_none() {
+                let at = self.pos;
+                self.sync_clause(names, level);
+                if self.pos == at {
+                    self.bump();
+                }
+            }
+            if semicolons {
+                self.eat_sym(";");
+            }
+        }
+    }
+
     /// Skips to the next clause keyword at brace level `level`, or to the
     /// `}` that closes that level (not consumed).
     fn sync_clause(&mut self, clauses: &[&str], level: i32) {

@@ -14,7 +14,6 @@ impl Parser {
             self.skip_item(0);
             return None;
         }
-        let level = self.braces;
         let mut s = StreamAst {
             name,
             key: None,
@@ -31,76 +30,59 @@ impl Parser {
         const CLAUSES: &[&str] = &[
             "key", "time", "type", "lateness", "idle", "skew", "clock", "fields", "order",
         ];
-        loop {
-            if self.eat_sym("}") {
-                return Some(s);
-            }
-            if matches!(self.peek(), Tok::Eof) {
-                self.error::<()>("`}`");
-                return Some(s);
-            }
-            let ok = (|| -> PResult<()> {
-                if self.eat_kw("key") {
-                    s.key = Some(self.path()?);
-                } else if self.eat_kw("time") {
-                    if self.eat_kw("format") {
-                        let id = self.ident("auto, epoch_ms or epoch_s")?;
-                        s.time_format = Some((id.name, id.span));
-                    } else {
-                        s.time = Some(self.path()?);
-                    }
-                } else if self.eat_kw("type") {
-                    s.event_type = Some(self.path()?);
-                } else if self.eat_kw("lateness") {
-                    s.lateness = Some(self.duration("a duration")?);
-                } else if self.eat_kw("idle") {
-                    s.idle = Some(self.duration("a duration")?);
-                } else if self.eat_kw("skew") {
-                    let at = self.span();
-                    s.skew = Some(if self.eat_kw("none") {
-                        (0, at)
-                    } else {
-                        self.duration("a duration or `none`")?
-                    });
-                } else if self.eat_kw("clock") {
-                    if !self.eat_kw("skew") {
-                        return self.error("`skew` (as in `clock skew 5m`)");
-                    }
-                    s.clock_skew = Some(self.duration("a duration")?);
-                } else if self.eat_kw("fields") {
-                    s.fields.push(self.path()?);
-                    while self.eat_sym(",") {
-                        s.fields.push(self.path()?);
-                    }
-                } else if self.eat_kw("order") {
-                    self.eat_kw("by");
-                    loop {
-                        let (path, sp) = self.path()?;
-                        let descending = self.eat_kw("desc");
-                        if !descending {
-                            self.eat_kw("asc");
-                        }
-                        s.order.push((path, descending, sp));
-                        if !self.eat_sym(",") {
-                            break;
-                        }
-                    }
+        self.block_clauses(CLAUSES, true, |p| {
+            if p.eat_kw("key") {
+                s.key = Some(p.path()?);
+            } else if p.eat_kw("time") {
+                if p.eat_kw("format") {
+                    let id = p.ident("auto, epoch_ms or epoch_s")?;
+                    s.time_format = Some((id.name, id.span));
                 } else {
-                    return self.error(
-                        "key, time, type, lateness, idle, skew, clock skew, fields or order",
-                    );
+                    s.time = Some(p.path()?);
                 }
-                Some(())
-            })();
-            if ok.is_none() {
-                let at = self.pos;
-                self.sync_clause(CLAUSES, level);
-                if self.pos == at {
-                    self.bump();
+            } else if p.eat_kw("type") {
+                s.event_type = Some(p.path()?);
+            } else if p.eat_kw("lateness") {
+                s.lateness = Some(p.duration("a duration")?);
+            } else if p.eat_kw("idle") {
+                s.idle = Some(p.duration("a duration")?);
+            } else if p.eat_kw("skew") {
+                let at = p.span();
+                s.skew = Some(if p.eat_kw("none") {
+                    (0, at)
+                } else {
+                    p.duration("a duration or `none`")?
+                });
+            } else if p.eat_kw("clock") {
+                if !p.eat_kw("skew") {
+                    return p.error("`skew` (as in `clock skew 5m`)");
                 }
+                s.clock_skew = Some(p.duration("a duration")?);
+            } else if p.eat_kw("fields") {
+                s.fields.push(p.path()?);
+                while p.eat_sym(",") {
+                    s.fields.push(p.path()?);
+                }
+            } else if p.eat_kw("order") {
+                p.eat_kw("by");
+                loop {
+                    let (path, sp) = p.path()?;
+                    let descending = p.eat_kw("desc");
+                    if !descending {
+                        p.eat_kw("asc");
+                    }
+                    s.order.push((path, descending, sp));
+                    if !p.eat_sym(",") {
+                        break;
+                    }
+                }
+            } else {
+                return p
+                    .error("key, time, type, lateness, idle, skew, clock skew, fields or order");
             }
-            self.eat_sym(";");
-        }
+            Some(())
+        });
+        Some(s)
     }
 
     /// `table NAME { key FIELD  time FIELD  topic "TOPIC" }`.
@@ -114,7 +96,6 @@ impl Parser {
             self.skip_item(0);
             return None;
         }
-        let level = self.braces;
         let mut t = TableAst {
             name,
             key: None,
@@ -122,41 +103,25 @@ impl Parser {
             topic: None,
         };
         const CLAUSES: &[&str] = &["key", "time", "topic"];
-        loop {
-            if self.eat_sym("}") {
-                return Some(t);
-            }
-            if matches!(self.peek(), Tok::Eof) {
-                self.error::<()>("`}`");
-                return Some(t);
-            }
-            let ok = (|| -> PResult<()> {
-                if self.eat_kw("key") {
-                    t.key = Some(self.path()?);
-                } else if self.eat_kw("time") {
-                    t.time = Some(self.path()?);
-                } else if self.eat_kw("topic") {
-                    match self.peek().clone() {
-                        Tok::Str(topic) => {
-                            let span = self.bump().span;
-                            t.topic = Some((topic, span));
-                        }
-                        _ => return self.error("the topic as a string (`\"customer-profiles\"`)"),
+        self.block_clauses(CLAUSES, true, |p| {
+            if p.eat_kw("key") {
+                t.key = Some(p.path()?);
+            } else if p.eat_kw("time") {
+                t.time = Some(p.path()?);
+            } else if p.eat_kw("topic") {
+                match p.peek().clone() {
+                    Tok::Str(topic) => {
+                        let span = p.bump().span;
+                        t.topic = Some((topic, span));
                     }
-                } else {
-                    return self.error("key, time or topic");
+                    _ => return p.error("the topic as a string (`\"customer-profiles\"`)"),
                 }
-                Some(())
-            })();
-            if ok.is_none() {
-                let at = self.pos;
-                self.sync_clause(CLAUSES, level);
-                if self.pos == at {
-                    self.bump();
-                }
+            } else {
+                return p.error("key, time or topic");
             }
-            self.eat_sym(";");
-        }
+            Some(())
+        });
+        Some(t)
     }
 
     pub(super) fn example(&mut self) -> PResult<ExampleAst> {
@@ -169,7 +134,6 @@ impl Parser {
             self.skip_item(0);
             return None;
         }
-        let level = self.braces;
         let mut ex = ExampleAst {
             name,
             events: None,
@@ -177,64 +141,49 @@ impl Parser {
             lists: Vec::new(),
             tables: Vec::new(),
         };
-        loop {
-            if self.eat_sym("}") {
-                return Some(ex);
-            }
-            if matches!(self.peek(), Tok::Eof) {
-                self.error::<()>("`}`");
-                return Some(ex);
-            }
-            let ok = (|| -> PResult<()> {
-                if self.eat_kw("events") {
-                    match self.peek().clone() {
-                        Tok::Block(b) | Tok::Str(b) => {
-                            let sp = self.bump().span;
-                            ex.events = Some((b, sp));
-                        }
-                        _ => return self.error("a \"\"\" block of JSON events, one per line"),
+        self.block_clauses(&["events", "expect", "list", "table"], false, |p| {
+            if p.eat_kw("events") {
+                match p.peek().clone() {
+                    Tok::Block(b) | Tok::Str(b) => {
+                        let sp = p.bump().span;
+                        ex.events = Some((b, sp));
                     }
-                } else if self.eat_kw("expect") {
-                    let rule = self.name("a rule name")?;
-                    let (n, _) = self.count("an alert count")?;
-                    ex.expect.push((rule, n as u64));
-                } else if self.eat_kw("list") {
-                    let name = self.ident("a list name")?;
-                    let mut values = Vec::new();
-                    loop {
-                        match self.peek().clone() {
-                            Tok::Str(v) => values.push(v),
-                            Tok::Num(n) => values.push(crate::event::Value::Num(n).to_string()),
-                            _ => return self.error("a value in quotes"),
-                        }
-                        self.bump();
-                        if !self.eat_sym(",") {
-                            break;
-                        }
-                    }
-                    ex.lists.push((name, values));
-                } else if self.eat_kw("table") {
-                    let name = self.ident("a table name")?;
-                    match self.peek().clone() {
-                        Tok::Block(b) | Tok::Str(b) => {
-                            let sp = self.bump().span;
-                            ex.tables.push((name, b, sp));
-                        }
-                        _ => return self.error("a \"\"\" block of JSON rows, one per line"),
-                    }
-                } else {
-                    return self.error("`events`, `expect`, `list` or `table`");
+                    _ => return p.error("a \"\"\" block of JSON events, one per line"),
                 }
-                Some(())
-            })();
-            if ok.is_none() {
-                let at = self.pos;
-                self.sync_clause(&["events", "expect", "list", "table"], level);
-                if self.pos == at {
-                    self.bump();
+            } else if p.eat_kw("expect") {
+                let rule = p.name("a rule name")?;
+                let (n, _) = p.count("an alert count")?;
+                ex.expect.push((rule, n as u64));
+            } else if p.eat_kw("list") {
+                let name = p.ident("a list name")?;
+                let mut values = Vec::new();
+                loop {
+                    match p.peek().clone() {
+                        Tok::Str(v) => values.push(v),
+                        Tok::Num(n) => values.push(crate::event::Value::Num(n).to_string()),
+                        _ => return p.error("a value in quotes"),
+                    }
+                    p.bump();
+                    if !p.eat_sym(",") {
+                        break;
+                    }
                 }
+                ex.lists.push((name, values));
+            } else if p.eat_kw("table") {
+                let name = p.ident("a table name")?;
+                match p.peek().clone() {
+                    Tok::Block(b) | Tok::Str(b) => {
+                        let sp = p.bump().span;
+                        ex.tables.push((name, b, sp));
+                    }
+                    _ => return p.error("a \"\"\" block of JSON rows, one per line"),
+                }
+            } else {
+                return p.error("`events`, `expect`, `list` or `table`");
             }
-        }
+            Some(())
+        });
+        Some(ex)
     }
 
     // ---- expressions ----
