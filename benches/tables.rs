@@ -68,7 +68,7 @@ fn run(rs: &Arc<RuleSet>, tables: &Arc<Tables>, rows: u64) -> (f64, u64) {
     let t = now();
     for (i, l) in lines.iter().enumerate() {
         engine
-            .on_record(l.as_bytes(), i as u64, &mut out, |_, _| {})
+            .on_record(0, l.as_bytes(), i as u64, &mut out, |_, _| {})
             .expect("valid event");
         alerts += out.alerts.len() as u64;
         out.alerts.clear();

@@ -13,7 +13,7 @@ use std::time::Instant;
 use tripline::adapters::local::LocalState;
 use tripline::config::Config;
 use tripline::engine::{Engine, EngineOptions, Outputs, RuleSet, inspect};
-use tripline::event::{EventLines, FieldPath, TimeFormat, format_time};
+use tripline::event::{FieldPath, Merged, MergedLines, TimeFormat, format_time};
 use tripline::export::{FeatureFormat, FeatureWriter};
 use tripline::rules::{CompileError, StreamDef, parse_duration};
 use tripline::telemetry::Telemetry;
@@ -42,8 +42,10 @@ enum Command {
         #[arg(long, short, required = true, num_args = 1..)]
         rules: Vec<PathBuf>,
         /// Events: a .jsonl or .jsonl.gz file, or `-` for standard input.
-        #[arg(long, short)]
-        events: String,
+        /// With several streams, repeat it as `--events STREAM=FILE` for
+        /// each stream but the main one; the files are merged by event time.
+        #[arg(long, short, required = true)]
+        events: Vec<String>,
         /// At end of input, advance the watermark to the end so that pending
         /// deadlines (windows, trailing `not then`) fire.
         #[arg(long)]
@@ -87,9 +89,11 @@ enum Command {
         /// Only the candidate, no comparison.
         #[arg(long, conflicts_with = "current")]
         alone: bool,
-        /// Labelled events: a .jsonl or .jsonl.gz file, or `-` for standard input.
-        #[arg(long, short)]
-        events: String,
+        /// Labelled events: a .jsonl or .jsonl.gz file, or `-` for standard
+        /// input; with several streams, `--events STREAM=FILE` for each
+        /// stream but the main one.
+        #[arg(long, short, required = true)]
+        events: Vec<String>,
         /// The top-level field that marks an event as what the rules should
         /// catch (true, a non-zero number, or "1"/"true"/"yes").
         #[arg(long, default_value = "TX_FRAUD")]
@@ -543,6 +547,62 @@ fn check(paths: &[PathBuf], stream: Option<StreamDef>) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The inputs of `--events` (`FILE` for the main stream, `STREAM=FILE` for
+/// any stream), by stream index, each stream at most once.
+pub(crate) fn stream_inputs(rs: &RuleSet, events: &[String]) -> Result<Vec<(u16, String)>> {
+    let def = rs.def();
+    let mut out: Vec<(u16, String)> = Vec::new();
+    for e in events {
+        // A path may hold `=`: only a declared stream's name makes a prefix.
+        let (stream, path) = match e.split_once('=') {
+            Some((name, path)) if def.stream_index(name).is_some() => {
+                (def.stream_index(name).unwrap_or(0), path.to_string())
+            }
+            Some((name, _)) if !name.contains(['/', '.']) && !std::path::Path::new(e).exists() => {
+                let names: Vec<&str> = def.streams.iter().map(|s| s.name.as_str()).collect();
+                bail!(
+                    "--events {e}: the rules define no stream `{name}` (streams: {})",
+                    names.join(", ")
+                );
+            }
+            _ => (0, e.clone()),
+        };
+        if out.iter().any(|(s, _)| *s == stream) {
+            bail!(
+                "--events: two inputs for stream `{}`",
+                def.streams[stream as usize].name
+            );
+        }
+        out.push((stream, path));
+    }
+    Ok(out)
+}
+
+/// The merged records of `--events` (see [`stream_inputs`]).
+pub(crate) fn open_stream_inputs(
+    rs: &RuleSet,
+    events: &[String],
+) -> Result<MergedLines<Box<dyn BufRead>>> {
+    let inputs = stream_inputs(rs, events)?
+        .into_iter()
+        .map(|(stream, path)| Ok((stream, open_events(&path)?)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(MergedLines::new(inputs))
+}
+
+/// Where a record of a merged input is, for messages: its line, and its
+/// stream when the rules define several.
+pub(crate) fn record_place(rs: &RuleSet, m: &Merged) -> String {
+    match rs.def().streams.len() {
+        1 => format!("line {}", m.line),
+        _ => format!(
+            "{} line {}",
+            rs.def().streams[m.stream as usize].name,
+            m.line
+        ),
+    }
+}
+
 pub fn open_events(path: &str) -> Result<Box<dyn BufRead>> {
     let raw: Box<dyn Read> = if path == "-" {
         Box::new(std::io::stdin().lock())
@@ -576,7 +636,7 @@ fn feature_writer(rs: &RuleSet, path: &Path, with: Vec<String>) -> Result<Featur
         bail!("--features {}: name a .csv or .jsonl file", path.display());
     };
     let with = if with.is_empty() {
-        let s = &rs.def().stream;
+        let s = &rs.def().stream();
         vec![s.key.to_string(), s.time.to_string()]
     } else {
         with
@@ -593,12 +653,12 @@ fn feature_writer(rs: &RuleSet, path: &Path, with: Vec<String>) -> Result<Featur
 
 fn replay(
     rs: Arc<RuleSet>,
-    events: &str,
+    events: &[String],
     flush: bool,
     mut features: Option<FeatureFile>,
     (lists, tables): Reference,
 ) -> Result<ExitCode> {
-    let mut input = EventLines::new(open_events(events)?);
+    let mut input = open_stream_inputs(&rs, events)?;
     let stdout = std::io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
     let mut err = std::io::stderr().lock();
@@ -615,10 +675,13 @@ fn replay(
     // Wall-clock time only for the throughput summary, never for processing.
     #[allow(clippy::disallowed_methods)]
     let started = Instant::now();
-    while let Some((n, line)) = input.next_record().context("reading events")? {
-        if let Err(e) = engine.on_record(line, n, &mut outputs, |_, _| {}) {
-            summary.invalid += 1;
-            writeln!(err, "line {n}: {e}")?;
+    while let Some(m) = input.next(rs.decoders()).context("reading events")? {
+        match m.event {
+            Ok(event) => engine.on_event(event, &mut outputs),
+            Err(ref e) => {
+                summary.invalid += 1;
+                writeln!(err, "{}: {e}", record_place(&rs, &m))?;
+            }
         }
         drain(
             &mut buf,

@@ -11,7 +11,7 @@
 //! report.
 
 use crate::engine::{Alert, Engine, Outputs, RuleSet};
-use crate::event::{DecodeError, EventTime};
+use crate::event::{DecodeError, Event, EventTime};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -74,16 +74,19 @@ pub struct Backtest {
     engine: Engine,
     outputs: Outputs,
     label: String,
-    /// Sequence numbers of labelled events.
-    positives: BTreeSet<u64>,
+    /// Labelled events.
+    positives: BTreeSet<EventId>,
     days: BTreeSet<EventTime>,
     events: u64,
-    per_rule: BTreeMap<Arc<str>, (u64, u64, BTreeSet<u64>)>,
-    caught_any: BTreeSet<u64>,
+    per_rule: BTreeMap<Arc<str>, (u64, u64, BTreeSet<EventId>)>,
+    caught_any: BTreeSet<EventId>,
     alerts_any: (u64, u64),
 }
 
 const DAY_MS: i64 = 86_400_000;
+
+/// An event of the input: its stream and its position in that stream's.
+type EventId = (u16, u64);
 
 impl Backtest {
     /// A backtest of `rules`, whose events are labelled by the top-level
@@ -115,19 +118,24 @@ impl Backtest {
         self
     }
 
-    /// Runs one event (a JSON line; `seq` its position in the input).
+    /// Runs one event of the main stream (a JSON line; `seq` its position
+    /// in the input).
     pub fn event(&mut self, line: &[u8], seq: u64) -> Result<(), DecodeError> {
-        let (days, positives, label) = (&mut self.days, &mut self.positives, &self.label);
-        self.engine
-            .on_record(line, seq, &mut self.outputs, |event, _| {
-                days.insert(event.time.div_euclid(DAY_MS));
-                if is_labelled(line, label) {
-                    positives.insert(seq);
-                }
-            })?;
+        let event = self.rules.decoder().decode(line, seq)?;
+        self.take(event);
+        Ok(())
+    }
+
+    /// Runs one decoded event, of any of the rule set's streams.
+    pub fn take(&mut self, event: Event) {
+        self.days.insert(event.time.div_euclid(DAY_MS));
+        if is_labelled(event.raw.as_bytes(), &self.label) {
+            let stream = self.rules.def().stream_of(&event);
+            self.positives.insert((stream, event.seq));
+        }
+        self.engine.on_event(event, &mut self.outputs);
         self.events += 1;
         self.collect();
-        Ok(())
     }
 
     fn collect(&mut self) {
@@ -141,10 +149,11 @@ impl Backtest {
     }
 
     fn score(&mut self, alert: &Alert) {
-        let evidence: BTreeSet<u64> = alert
+        let def = self.rules.def();
+        let evidence: BTreeSet<EventId> = alert
             .matches
             .iter()
-            .flat_map(|(_, events)| events.iter().map(|e| e.seq))
+            .flat_map(|(_, events)| events.iter().map(|e| (def.stream_of(e), e.seq)))
             .filter(|s| self.positives.contains(s))
             .collect();
         let right = u64::from(!evidence.is_empty());

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use tripline::backtest::{Backtest, Report, RuleScore};
 use tripline::engine::RuleSet;
-use tripline::event::EventLines;
+use tripline::event::MergedLines;
 
 /// Counts the bytes read through it (the compressed ones, for a `.gz`
 /// file), for the progress bar.
@@ -59,45 +59,72 @@ fn open(path: &str) -> Result<(Box<dyn BufRead>, ProgressBar)> {
 pub fn backtest(
     candidate: Arc<RuleSet>,
     current: Option<Arc<RuleSet>>,
-    events: &str,
+    events: &[String],
     label: &str,
     flush: bool,
     lists: std::sync::Arc<tripline::lists::Lists>,
     tables: std::sync::Arc<tripline::tables::Tables>,
 ) -> Result<ExitCode> {
-    let (input, bar) = open(events)?;
-    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    let mut bar = None;
+    let mut inputs = Vec::new();
+    for (stream, path) in crate::app::stream_inputs(&candidate, events)? {
+        let (input, b) = open(&path)?;
+        if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            b.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        // The main stream's file shows the progress.
+        if stream == 0 {
+            bar = Some(b);
+        }
+        inputs.push((stream, input));
     }
-    let mut cand = Backtest::new(candidate, label)
+    let bar = bar.unwrap_or_else(ProgressBar::hidden);
+    let mut cand = Backtest::new(candidate.clone(), label)
         .with_lists(lists.clone())
         .with_tables(tables.clone());
     let mut curr = current.map(|rs| {
-        Backtest::new(rs, label)
+        let b = Backtest::new(rs.clone(), label)
             .with_lists(lists.clone())
-            .with_tables(tables.clone())
+            .with_tables(tables.clone());
+        (rs, b)
     });
-    let mut input = EventLines::new(input);
+    let mut input = MergedLines::new(inputs);
     let mut invalid = 0u64;
-    while let Some((n, line)) = input.next_record().context("reading events")? {
-        if let Err(e) = cand.event(line, n) {
-            invalid += 1;
-            bar.suspend(|| eprintln!("line {n}: {e}"));
-            continue;
+    let mut n = 0u64;
+    while let Some(m) = input.next(candidate.decoders()).context("reading events")? {
+        n += 1;
+        let event = match m.event {
+            Ok(event) => event,
+            Err(ref e) => {
+                invalid += 1;
+                bar.suspend(|| eprintln!("{}: {e}", crate::app::record_place(&candidate, &m)));
+                continue;
+            }
+        };
+        if let Some((rs, c)) = &mut curr {
+            // The current rules decode the record for themselves (they may
+            // read other fields, or number the streams otherwise); invalid
+            // for them only, it is left out of their figures, which the
+            // summary shows.
+            let name = &candidate.def().streams[m.stream as usize].name;
+            let decoder = match rs.def().stream_index(name) {
+                Some(i) => rs.decoder_for(i),
+                None if m.stream == 0 => Some(rs.decoder()),
+                None => None,
+            };
+            if let Some(Ok(e)) = decoder.map(|d| d.decode(event.raw.as_bytes(), event.seq)) {
+                c.take(e);
+            }
         }
-        if let Some(c) = &mut curr {
-            // Invalid for the current rules only (they read other fields):
-            // its figures cover fewer events, which the summary shows.
-            c.event(line, n).ok();
-        }
-        if n % 8192 == 0 {
+        cand.take(event);
+        if n.is_multiple_of(8192) {
             bar.set_message(format!("{} events", cand.events()));
         }
     }
     let lines = input.lines();
     bar.finish_and_clear();
     let cand = cand.finish(flush);
-    let curr = curr.map(|c| c.finish(flush));
+    let curr = curr.map(|(_, c)| c.finish(flush));
     let mut out = std::io::stdout().lock();
     print_report(&mut out, &cand, curr.as_ref(), label)?;
     out.flush()?;

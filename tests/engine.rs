@@ -108,7 +108,7 @@ fn a_record_is_decoded_shown_then_taken_and_a_bad_one_changes_nothing() {
     let mut out = Outputs::default();
     let mut seen = Vec::new();
     let mut feed = |engine: &mut Engine, out: &mut Outputs, seq: u64, line: &str| {
-        engine.on_record(line.as_bytes(), seq, out, |e, refused| {
+        engine.on_record(0, line.as_bytes(), seq, out, |e, refused| {
             seen.push((e.seq, e.time, refused))
         })
     };

@@ -239,8 +239,8 @@ fn identical_rule_sets_migrate_as_identity_and_fingerprints_are_stable() {
     ]);
     for (ra, rb) in a.rules().iter().zip(b.rules()) {
         assert_eq!(
-            ra.def().state_fingerprint(&a.def().schema),
-            rb.def().state_fingerprint(&b.def().schema)
+            ra.def().state_fingerprint(a.def()),
+            rb.def().state_fingerprint(b.def())
         );
     }
     let engine = Engine::new(a);

@@ -354,7 +354,7 @@ impl<P: Ports> Coordinator<P> {
         if self.topology.topics.len() < 2 {
             return Vec::new();
         }
-        let idle_ms = self.topology.rules.def.stream.idle_ms;
+        let idle_ms = self.topology.rules.def.stream().idle_ms;
         let now = self.clock.now();
         let mut marks = Vec::new();
         for ((topic, p), out) in outputs {

@@ -48,6 +48,14 @@ impl Topology {
         if !problems.is_empty() {
             return Err(problems.join("\n"));
         }
+        if rules.def.streams.len() > 1 {
+            let names: Vec<&str> = rules.def.streams.iter().map(|s| s.name.as_str()).collect();
+            return Err(format!(
+                "the rules define several streams ({}); the service reads one input topic, so \
+                 rule sets with several streams run in replay, backtest and test only",
+                names.join(", ")
+            ));
+        }
         let stream_key = rules.stream_key_slot();
         let mut topics = vec![TopicPlan {
             name: input.to_string(),

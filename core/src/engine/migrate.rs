@@ -153,9 +153,7 @@ fn sources(old: &RuleSet, new: &RuleSet, ki: usize) -> Vec<Source> {
             }) else {
                 return Source::None;
             };
-            if orule.def.state_fingerprint(&old.def.schema)
-                == rule.def.state_fingerprint(&new.def.schema)
-            {
+            if orule.def.state_fingerprint(&old.def) == rule.def.state_fingerprint(&new.def) {
                 return Source::Whole(ol);
             }
             let old_windows: Vec<u64> = orule
@@ -207,9 +205,20 @@ impl Engine {
         engine.stats = self.stats;
         engine.stored_buffer = self.stored_buffer;
         engine.rewrite_buffer = true;
+        let old_streams = &old.def;
         let redecode = |e: &Event| -> Result<Event, String> {
-            let fresh = rules
-                .decoder
+            // By the stream it came from, which the new rules may number
+            // differently or no longer define.
+            let name = &old_streams.streams[old_streams.stream_of(e) as usize].name;
+            let decoder = match rules.def.stream_index(name) {
+                Some(i) => rules.decoder_for(i),
+                None if rules.def.streams.len() == 1 && old_streams.streams.len() == 1 => {
+                    rules.decoder_for(0)
+                }
+                None => None,
+            }
+            .ok_or_else(|| format!("its stream `{name}` is no longer defined"))?;
+            let fresh = decoder
                 .decode(e.raw.as_bytes(), e.seq)
                 .map_err(|err| err.to_string())?;
             Ok(Event {

@@ -251,7 +251,14 @@ pub struct Engine {
 impl Engine {
     /// An engine for `rules` with its stream's lateness.
     pub fn new(rules: Arc<RuleSet>) -> Engine {
-        let lateness = rules.def.stream.lateness_ms;
+        // One watermark for every stream: the most lateness any allows.
+        let lateness = rules
+            .def
+            .streams
+            .iter()
+            .map(|s| s.lateness_ms)
+            .max()
+            .unwrap_or(0);
         Engine {
             keys: rules.keyings.iter().map(|_| HashMap::new()).collect(),
             buffer: VecDeque::new(),
@@ -308,12 +315,12 @@ impl Engine {
 
     /// The latest event time the engine takes now, if it limits them: an
     /// event past it is future.
-    fn future_limit(&self) -> Option<EventTime> {
+    fn future_limit(&self, stream: u16) -> Option<EventTime> {
         if self.external_watermark {
             // Decided upstream, where each event was checked.
             return None;
         }
-        let stream = &self.rules.def.stream;
+        let stream = &self.rules.def.streams[stream as usize];
         let quiet = match (self.clock, self.advanced_at) {
             (Some(now), Some(at)) => now.saturating_sub(at).max(0),
             _ => 0,
@@ -362,10 +369,14 @@ impl Engine {
         self.watermark.is_late(t)
     }
 
-    /// Whether an event at `t` would be refused, late or future: such
-    /// events are not forwarded to the shards of other keys.
-    pub fn refuses(&self, t: EventTime) -> bool {
-        self.is_late(t) || self.future_limit().is_some_and(|l| t > l)
+    /// Whether `event` would be refused, late or future: such events are
+    /// not forwarded to the shards of other keys.
+    pub fn refuses_event(&self, event: &Event) -> bool {
+        let t = event.time;
+        self.is_late(t)
+            || self
+                .future_limit(self.rules.def.stream_of(event))
+                .is_some_and(|l| t > l)
     }
 
     /// The rule set.
@@ -415,17 +426,25 @@ impl Engine {
     /// engine for `replay`, backtests, rule examples and the service's
     /// shards, so they cannot disagree on what an event is. `before` sees
     /// the decoded event first, with whether the engine will refuse it
-    /// (late or future; see [`Engine::refuses`]). `seq` is the record's
-    /// position in its input. A record that does not decode changes nothing.
+    /// (late or future; see [`Engine::refuses`]). `stream` is the index of
+    /// the record's stream ([`RuleSetDef::stream_index`]; 0 is the main
+    /// stream) and `seq` its position in its input. A record that does not
+    /// decode changes nothing.
+    ///
+    /// [`RuleSetDef::stream_index`]: crate::rules::RuleSetDef::stream_index
     pub fn on_record(
         &mut self,
+        stream: u16,
         bytes: &[u8],
         seq: u64,
         out: &mut Outputs,
         before: impl FnOnce(&Event, bool),
     ) -> Result<(), DecodeError> {
-        let event = self.rules.decoder().decode(bytes, seq)?;
-        before(&event, self.refuses(event.time));
+        let Some(decoder) = self.rules.decoder_for(stream) else {
+            return Err(DecodeError::UnknownStream(stream));
+        };
+        let event = decoder.decode(bytes, seq)?;
+        before(&event, self.refuses_event(&event));
         self.on_event(event, out);
         Ok(())
     }
@@ -441,7 +460,7 @@ impl Engine {
             });
             return;
         }
-        if let Some(limit) = self.future_limit()
+        if let Some(limit) = self.future_limit(self.rules.def.stream_of(&event))
             && event.time > limit
         {
             // It must not move the watermark: every later event would be late.
@@ -626,9 +645,10 @@ impl Engine {
         }
         // The rules are borrowed field by field rather than cloned: an Arc
         // clone and drop per event are two atomic operations on the hot path.
+        let bit = self.rules.stream_bit(&event);
         for ki in 0..self.rules.keyings.len() {
             let keying = &self.rules.keyings[ki];
-            if !keying.patterns {
+            if !keying.patterns || keying.streams & bit == 0 {
                 continue;
             }
             let key_value = event.field(keying.slot);
@@ -653,7 +673,7 @@ impl Engine {
             };
             for (local, &ri) in keying.rules.iter().enumerate() {
                 let rule = &rules.rules[ri];
-                if rule.def.features {
+                if rule.def.features || rule.streams & bit == 0 {
                     continue;
                 }
                 update_windows(rule, ks, local, &event);
@@ -734,8 +754,19 @@ impl Engine {
                 }
             };
         }
+        let bit = rules.stream_bit(event);
         for (ki, keying) in rules.keyings.iter().enumerate() {
             if !keying.features {
+                continue;
+            }
+            if keying.streams & bit == 0 {
+                // Feature sets of other streams: their features are missing
+                // (and not whatever the input carried under their names).
+                for &ri in &keying.rules {
+                    for &slot in &rules.rules[ri].def.feature_slots {
+                        event.fields[slot as usize] = Value::Null;
+                    }
+                }
                 continue;
             }
             let key_value = event.field(keying.slot).clone();
@@ -758,6 +789,12 @@ impl Engine {
             for (local, &ri) in keying.rules.iter().enumerate() {
                 let rule = &rules.rules[ri];
                 if !rule.def.features {
+                    continue;
+                }
+                if rule.streams & bit == 0 {
+                    for &slot in &rule.def.feature_slots {
+                        event.fields[slot as usize] = Value::Null;
+                    }
                     continue;
                 }
                 let Some(ks) = ks.as_deref_mut() else {
@@ -1054,11 +1091,25 @@ pub fn run_example(rules: &Arc<RuleSet>, ex: &crate::rules::ExampleDef) -> Resul
         .with_lists(Arc::new(lists))
         .with_tables(Arc::new(tables));
     let mut out = Outputs::default();
-    let mut events = crate::event::EventLines::new(ex.events.as_bytes());
-    while let Some((n, line)) = events.next_record().map_err(|e| e.to_string())? {
-        engine
-            .on_record(line, n, &mut out, |_, _| {})
-            .map_err(|e| format!("event {n}: {e}"))?;
+    let several = rules.def.streams.len() > 1;
+    let mut events = crate::event::MergedLines::new(
+        ex.events
+            .iter()
+            .map(|(stream, text)| (*stream, text.as_bytes()))
+            .collect(),
+    );
+    while let Some(m) = events.next(&rules.decoders).map_err(|e| e.to_string())? {
+        let event = m.event.map_err(|e| {
+            let n = m.line;
+            match several {
+                true => format!(
+                    "event {n} of stream `{}`: {e}",
+                    rules.def.streams[m.stream as usize].name
+                ),
+                false => format!("event {n}: {e}"),
+            }
+        })?;
+        engine.on_event(event, &mut out);
     }
     engine.finish(&mut out);
     if let Some(l) = out.late.first() {

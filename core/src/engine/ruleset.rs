@@ -67,6 +67,8 @@ pub struct CompiledRule {
     pub(crate) keying: usize,
     /// The list lookups it reads (name, event slot): its alerts show them.
     pub(crate) lookups: Vec<(Arc<str>, Slot)>,
+    /// The streams it reads, a bit each.
+    pub(crate) streams: u64,
 }
 
 impl CompiledRule {
@@ -97,6 +99,8 @@ pub struct Keying {
     pub features: bool,
     /// Some of its rules are patterns.
     pub patterns: bool,
+    /// The streams its rules read, a bit each.
+    pub streams: u64,
 }
 
 /// A compiled rule set.
@@ -108,8 +112,8 @@ pub struct RuleSet {
     pub(crate) rules: Vec<CompiledRule>,
     /// Key fields in use.
     pub(crate) keyings: Vec<Keying>,
-    /// Decoder for the fields the rules read.
-    pub(crate) decoder: Decoder,
+    /// Decoder of each stream's records, by stream.
+    pub(crate) decoders: Vec<Decoder>,
     /// Options it was built with.
     pub(crate) options: EngineOptions,
     /// The features of every feature set, in definition order: the columns
@@ -138,32 +142,53 @@ impl RuleSet {
         &self.keyings
     }
 
-    /// Decoder for the fields the rules read.
+    /// Decoder of the main stream's records.
     pub fn decoder(&self) -> &Decoder {
-        &self.decoder
+        &self.decoders[0]
     }
 
-    /// Whether the stream orders events with the same time by fields
-    /// (`order`), so such events wait until no more of that time can come.
+    /// Decoders of every stream's records, by stream.
+    pub fn decoders(&self) -> &[Decoder] {
+        &self.decoders
+    }
+
+    /// Decoder of the records of stream `index` (see
+    /// [`RuleSetDef::stream_index`]).
+    pub fn decoder_for(&self, index: u16) -> Option<&Decoder> {
+        self.decoders.get(index as usize)
+    }
+
+    /// Whether events with the same time wait until no more of that time
+    /// can come: a stream orders them by fields (`order`), or events of
+    /// several streams meet, whose order must not depend on which input
+    /// delivered first.
     pub fn orders_ties(&self) -> bool {
-        !self.def.order.is_empty()
+        self.def.streams.len() > 1 || self.def.stream_slots.iter().any(|s| !s.order.is_empty())
     }
 
-    /// The order a key's events are processed in: event time, then the
-    /// stream's `order` fields (null first when ascending); events equal in
-    /// both keep their arrival order.
+    /// The order a key's events are processed in: event time, then stream
+    /// (in declaration order), then the stream's `order` fields (null first
+    /// when ascending); events equal in all keep their arrival order.
     pub fn event_order(&self, a: &Event, b: &Event) -> std::cmp::Ordering {
         a.time.cmp(&b.time).then_with(|| {
-            self.def
-                .order
-                .iter()
-                .map(|&(slot, descending)| {
-                    let o = a.field(slot).sort_order(b.field(slot));
-                    if descending { o.reverse() } else { o }
-                })
-                .find(|o| o.is_ne())
-                .unwrap_or(std::cmp::Ordering::Equal)
+            let (sa, sb) = (self.def.stream_of(a), self.def.stream_of(b));
+            sa.cmp(&sb).then_with(|| {
+                self.def.stream_slots[sa as usize]
+                    .order
+                    .iter()
+                    .map(|&(slot, descending)| {
+                        let o = a.field(slot).sort_order(b.field(slot));
+                        if descending { o.reverse() } else { o }
+                    })
+                    .find(|o| o.is_ne())
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            })
         })
+    }
+
+    /// The bit of the stream `event` comes from (see [`Keying::streams`]).
+    pub(crate) fn stream_bit(&self, event: &Event) -> u64 {
+        1 << self.def.stream_of(event)
     }
 
     /// The features of every feature set, in definition order: the columns
@@ -195,6 +220,7 @@ impl RuleSet {
                         rules: Vec::new(),
                         features: false,
                         patterns: false,
+                        streams: 0,
                     });
                     keyings.len() - 1
                 }
@@ -202,6 +228,8 @@ impl RuleSet {
             keyings[keying].rules.push(i);
             keyings[keying].features |= r.features;
             keyings[keying].patterns |= !r.features;
+            let streams = r.streams.iter().fold(0u64, |m, &s| m | 1 << s);
+            keyings[keying].streams |= streams;
             let nfa = nfa::compile(
                 &r.pattern,
                 r.within,
@@ -231,31 +259,44 @@ impl RuleSet {
                     .iter()
                     .map(|&i| (Arc::from(def.lookups[i].name.as_str()), def.lookups[i].slot))
                     .collect(),
+                streams,
                 def: r.clone(),
             });
         }
         let schema = Arc::new(def.schema.clone());
-        // The stream's key is required; rules keyed by other fields skip events
-        // without them (counted by the engine), so those are checked for type only.
-        let stream_key = def.schema.slot(&def.stream.key);
-        let key_slots: Vec<(Slot, bool)> = keyings
+        // A stream's own key is required of its events; rules keyed by other
+        // fields skip events without them (counted by the engine), so those
+        // are checked for type only.
+        let decoders = def
+            .streams
             .iter()
-            .map(|k| (k.slot, Some(k.slot) == stream_key))
+            .zip(&def.stream_slots)
+            .enumerate()
+            .map(|(i, (stream, slots))| {
+                let key_slots: Vec<(Slot, bool)> = keyings
+                    .iter()
+                    .map(|k| (k.slot, k.slot == slots.key))
+                    .collect();
+                let d = Decoder::new(
+                    schema.clone(),
+                    slots.time,
+                    key_slots,
+                    stream.time_format,
+                    options.max_record_bytes,
+                );
+                match def.stream_slot {
+                    Some(slot) => d.for_stream(slot, i as u16),
+                    None => d,
+                }
+            })
             .collect();
-        let decoder = Decoder::new(
-            schema,
-            def.time_slot,
-            key_slots,
-            def.stream.time_format,
-            options.max_record_bytes,
-        );
         let derives =
             !feature_slots.is_empty() || !def.models.is_empty() || !def.lookups.is_empty();
         RuleSet {
             def,
             rules,
             keyings,
-            decoder,
+            decoders,
             options,
             feature_columns,
             feature_slots,
@@ -275,7 +316,7 @@ impl RuleSet {
         def.models
             .retain(|m| def.rules.iter().any(|r| r.models.contains(&m.name)));
         Arc::new(RuleSet {
-            decoder: self.decoder.clone(),
+            decoders: self.decoders.clone(),
             ..RuleSet::compile(def, self.options)
         })
     }
@@ -358,7 +399,7 @@ impl RuleSet {
 
     /// The slot of the stream's key field.
     pub fn stream_key_slot(&self) -> Option<Slot> {
-        self.def.schema.slot(&self.def.stream.key)
+        self.def.schema.slot(&self.def.stream().key)
     }
 
     /// Compiles rules from source text (for tests and the API).

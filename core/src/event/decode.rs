@@ -23,6 +23,9 @@ pub enum DecodeError {
         /// The limit.
         limit: usize,
     },
+    /// The record was read from an input the rule set has no stream for.
+    #[error("the rule set has no stream number {0}")]
+    UnknownStream(u16),
     /// The bytes are not UTF-8.
     #[error("record is not valid UTF-8 (at byte {0})")]
     NotUtf8(usize),
@@ -76,6 +79,9 @@ pub struct Decoder {
     /// By slot: the field is a key, whose numbers keep their exact value
     /// ([`Value::exact_number`]) so that distinct keys never merge.
     exact: Vec<bool>,
+    /// With several streams: the slot each event's stream goes to, and
+    /// this decoder's stream.
+    stream: Option<(Slot, u16)>,
 }
 
 impl Decoder {
@@ -102,7 +108,15 @@ impl Decoder {
             time_format,
             max_record_bytes,
             exact,
+            stream: None,
         }
+    }
+
+    /// Marks every event it decodes as from stream `index`, in `slot`
+    /// (whatever the record holds there).
+    pub fn for_stream(mut self, slot: Slot, index: u16) -> Decoder {
+        self.stream = Some((slot, index));
+        self
     }
 
     /// The schema.
@@ -162,6 +176,9 @@ impl Decoder {
             });
         }
         let time = self.read_time(&fields[self.time_slot as usize])?;
+        if let Some((slot, index)) = self.stream {
+            fields[slot as usize] = Value::Num(f64::from(index));
+        }
         Ok(Event {
             time,
             seq,

@@ -526,7 +526,7 @@ mod tests {
         let (mut found, mut errors) = (Vec::new(), Vec::new());
         for (i, v) in values.iter().enumerate() {
             let line = format!(r#"{{"k":1,"t":{i},"v":"{v}"}}"#);
-            let e = Arc::new(rs.decoder.decode(line.as_bytes(), i as u64).unwrap());
+            let e = Arc::new(rs.decoder().decode(line.as_bytes(), i as u64).unwrap());
             m.advance_time(&mut st, e.time, &mut out);
             if let Err(err) = m.process(&mut st, &e, &[], &mut scratch, &mut out) {
                 errors.push(err);

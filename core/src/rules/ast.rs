@@ -87,8 +87,9 @@ pub struct StreamAst {
 pub struct ExampleAst {
     /// Its name.
     pub name: Ident,
-    /// The events, one JSON object per line.
-    pub events: Option<(String, Span)>,
+    /// The events, one JSON object per line, of the main stream (no name)
+    /// or of a named stream (`events logins """.."""`).
+    pub events: Vec<(Option<Ident>, String, Span)>,
     /// Expected alert counts per rule.
     pub expect: Vec<(Ident, u64)>,
     /// `list NAME "v1", "v2"`: values on a list throughout the example.
@@ -164,6 +165,9 @@ pub struct PatternAst {
 pub struct StageAst {
     /// Its name.
     pub name: Ident,
+    /// The stream its events come from (`name: STREAM where COND`); none:
+    /// the rule's stream.
+    pub stream: Option<Ident>,
     /// Relation to the previous stage (`Relaxed` for the first).
     pub contiguity: Contiguity,
     /// Where the connector is written.

@@ -95,6 +95,12 @@ impl std::fmt::Debug for StreamDef {
 }
 
 impl StreamDef {
+    /// Whether its events may carry the field: it declares the field, or
+    /// declares none.
+    pub fn may_hold(&self, p: &FieldPath) -> bool {
+        self.fields.as_ref().is_none_or(|f| f.contains(p))
+    }
+
     /// A stream keyed by `key` with time in `time`, no lateness.
     pub fn new(key: &str, time: &str) -> Option<StreamDef> {
         Some(StreamDef {
@@ -457,6 +463,10 @@ pub struct RuleDef {
     /// The list lookups the rule reads (indices into
     /// [`RuleSetDef::lookups`]): its alerts show their values.
     pub lookups: Vec<usize>,
+    /// The streams whose events it reads (indices into
+    /// [`RuleSetDef::streams`], ascending, never empty): events of other
+    /// streams pass it by, as if they did not exist.
+    pub streams: Vec<u16>,
 }
 
 /// What a lookup reads.
@@ -522,8 +532,8 @@ pub struct ExampleDef {
     pub name: String,
     /// File it is in.
     pub file: String,
-    /// JSON lines.
-    pub events: String,
+    /// JSON lines of each stream (by index into [`RuleSetDef::streams`]).
+    pub events: Vec<(u16, String)>,
     /// Expected alerts per rule.
     pub expect: Vec<(String, u64)>,
     /// Values on each list throughout the example.
@@ -535,8 +545,15 @@ pub struct ExampleDef {
 /// A checked rule set: what the engine compiles and runs.
 #[derive(Clone, Debug)]
 pub struct RuleSetDef {
-    /// The stream.
-    pub stream: StreamDef,
+    /// The streams, the main one (rules that name none read it) first.
+    pub streams: Vec<StreamDef>,
+    /// Where each stream's key, time and `order` fields are, by stream.
+    pub stream_slots: Vec<StreamSlots>,
+    /// With several streams, the slot the decoder writes each event's
+    /// stream (its index, a number) to: [`STREAM_FIELD`], which rules
+    /// cannot name and input cannot set. Stored with the event's fields,
+    /// so that state keeps where each event came from.
+    pub stream_slot: Option<Slot>,
     /// Rules.
     pub rules: Vec<RuleDef>,
     /// Examples.
@@ -545,11 +562,6 @@ pub struct RuleSetDef {
     pub models: Vec<ModelDef>,
     /// Fields read.
     pub schema: Schema,
-    /// Slot of the time field.
-    pub time_slot: Slot,
-    /// The stream's `order`: (slot, descending) of each field events with
-    /// the same time are ordered by.
-    pub order: Vec<(Slot, bool)>,
     /// Declared lists (`list NAME`).
     pub lists: Vec<String>,
     /// Declared tables (`table NAME { key F, time G }`).
@@ -563,6 +575,45 @@ pub struct RuleSetDef {
     pub origin: Arc<RuleOrigin>,
     /// How its models were read (the same reader compiles the origin again).
     pub model_files: super::check::ModelReader,
+}
+
+/// The field an event's stream is kept in when a rule set has several
+/// ([`RuleSetDef::stream_slot`]): not a name the rule language can write.
+pub const STREAM_FIELD: &str = "$stream";
+
+/// Where a stream's fields are in the rule set's schema.
+#[derive(Clone, Debug)]
+pub struct StreamSlots {
+    /// The key field.
+    pub key: Slot,
+    /// The time field.
+    pub time: Slot,
+    /// The stream's `order`: (slot, descending) of each field events with
+    /// the same time are ordered by.
+    pub order: Vec<(Slot, bool)>,
+}
+
+impl RuleSetDef {
+    /// The main stream: the first declared, read by rules that name none.
+    pub fn stream(&self) -> &StreamDef {
+        &self.streams[0]
+    }
+
+    /// The index of the stream `event` came from.
+    pub fn stream_of(&self, event: &crate::event::Event) -> u16 {
+        match self.stream_slot.map(|s| event.field(s)) {
+            Some(Value::Num(n)) => *n as u16,
+            _ => 0,
+        }
+    }
+
+    /// The index of the stream called `name`.
+    pub fn stream_index(&self, name: &str) -> Option<u16> {
+        self.streams
+            .iter()
+            .position(|s| s.name == name)
+            .map(|i| i as u16)
+    }
 }
 
 /// The inputs a rule set was compiled from.
@@ -659,8 +710,8 @@ impl RuleDef {
     /// Name, description, severity, score and payload are left out: they
     /// change what an alert says, not what state leads to it. Equal
     /// fingerprints: the rule's state carries over a rule change as it is.
-    pub fn state_fingerprint(&self, schema: &Schema) -> u64 {
-        canonical_hash(schema, |f| {
+    pub fn state_fingerprint(&self, set: &RuleSetDef) -> u64 {
+        canonical_hash(&set.schema, |f| {
             let mut r = self.clone();
             f(&mut r.key_slot);
             r.pattern.visit_slots(f);
@@ -669,7 +720,7 @@ impl RuleDef {
                     a.visit_slots(f);
                 }
             }
-            format!(
+            let mut text = format!(
                 "{:?}|{:?}|{:?}|{}|{}|{:?}|{:?}",
                 r.key_slot,
                 r.within,
@@ -678,7 +729,17 @@ impl RuleDef {
                 r.inclusive_aggregates,
                 r.pattern,
                 r.windows
-            )
+            );
+            // Rules of the main stream alone keep the fingerprint they had
+            // before rule sets could have several streams; others name
+            // theirs (names, not indices, which a new stream can shift).
+            if r.streams != [0] {
+                for &s in &r.streams {
+                    text.push_str("|stream ");
+                    text.push_str(&set.streams[s as usize].name);
+                }
+            }
+            text
         })
     }
 }

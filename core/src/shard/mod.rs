@@ -289,25 +289,33 @@ impl Shard {
         // Empty, without allocating, but for events too large to forward.
         let mut too_large = Vec::new();
         let processed = catch_unwind(AssertUnwindSafe(|| {
-            engine.on_record(&payload, record.offset as u64, outputs, |event, refused| {
-                if let Role::Source { forward } = role
-                    && !refused
-                {
-                    for f in forward {
-                        let v = event.field(f.slot);
-                        if v.is_null() {
-                            continue;
+            // The service runs rule sets of one stream (`Topology::new`
+            // refuses others): every record is of the main stream.
+            engine.on_record(
+                0,
+                &payload,
+                record.offset as u64,
+                outputs,
+                |event, refused| {
+                    if let Role::Source { forward } = role
+                        && !refused
+                    {
+                        for f in forward {
+                            let v = event.field(f.slot);
+                            if v.is_null() {
+                                continue;
+                            }
+                            let key = value_text(v).into_bytes();
+                            if key.len() + payload.len() > *output_limit {
+                                too_large.push(f.slot);
+                                continue;
+                            }
+                            let value = payload.clone();
+                            pending.forwarded.push((f.target, OutRecord { key, value }));
                         }
-                        let key = value_text(v).into_bytes();
-                        if key.len() + payload.len() > *output_limit {
-                            too_large.push(f.slot);
-                            continue;
-                        }
-                        let value = payload.clone();
-                        pending.forwarded.push((f.target, OutRecord { key, value }));
                     }
-                }
-            })
+                },
+            )
         }));
         for slot in too_large {
             let reason = format!(

@@ -123,7 +123,7 @@ pub(super) async fn dashboard(
     let figures = s.0.health.figures().unwrap_or_default();
     let now = crate::telemetry::now_ms();
     Ok(Json(Dashboard {
-        stream: rules.def().stream.name.to_string(),
+        stream: rules.def().stream().name.to_string(),
         alerts_kept: s.0.alerts.len(),
         keys_resident: figures.keys_resident,
         keys_passivated: figures.keys_passivated,

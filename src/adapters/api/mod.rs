@@ -334,10 +334,10 @@ async fn key_score(
 ) -> Result<Json<KeyScore>, ApiError> {
     let Path((stream, key)) = p?;
     let rules = s.0.rules.current();
-    if stream != rules.def().stream.name {
+    if stream != rules.def().stream().name {
         return Err(ApiError::not_found(format!(
             "no stream `{stream}` (this service reads `{}`)",
-            rules.def().stream.name
+            rules.def().stream().name
         )));
     }
     let page = s.0.alerts.page(

@@ -70,7 +70,7 @@ pub(super) fn rule_list(rs: &RuleSet) -> RuleList {
     RuleList {
         rule_set: format!("{:016x}", rs.def().hash),
         pending: None,
-        stream: rs.def().stream.name.clone(),
+        stream: rs.def().stream().name.clone(),
         rules: rs
             .rules()
             .iter()

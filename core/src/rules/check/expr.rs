@@ -30,6 +30,33 @@ const AGG_NAMES: &[&str] = &[
 ];
 
 impl RuleChecker<'_> {
+    /// The fields that may be named where the checker is: those the
+    /// streams in scope declare, or None when one of them declares none.
+    fn scope_fields(&self) -> Option<Vec<FieldPath>> {
+        let mut out: Vec<FieldPath> = Vec::new();
+        for &i in &self.scope {
+            for f in self.streams[i as usize].fields.as_ref()? {
+                if !out.contains(f) {
+                    out.push(f.clone());
+                }
+            }
+        }
+        Some(out)
+    }
+
+    /// "stream `a`" or "streams `a` and `b`", for messages.
+    pub(super) fn scope_names(&self) -> String {
+        let names: Vec<String> = self
+            .scope
+            .iter()
+            .map(|&i| format!("`{}`", self.streams[i as usize].name))
+            .collect();
+        match names.as_slice() {
+            [one] => format!("stream {one}"),
+            _ => format!("streams {}", names.join(" and ")),
+        }
+    }
+
     pub(super) fn check_declared(&mut self, p: &FieldPath, sp: Span) {
         if p.0.len() > 1
             && self.stage_id(&p.0[0]).is_none()
@@ -39,7 +66,7 @@ impl RuleChecker<'_> {
             self.err(d.with_hint(format!("did you mean `{s}`?")));
             return;
         }
-        if let Some(fields) = &self.stream.fields
+        if let Some(fields) = self.scope_fields()
             && !fields.contains(p)
         {
             let name = p.to_string();
@@ -51,8 +78,8 @@ impl RuleChecker<'_> {
             let d = match suggest(&name, cands_ref) {
                 Some(s) => d.with_hint(format!("did you mean `{s}`?")),
                 None => d.with_hint(format!(
-                    "stream `{}` declares: {}",
-                    self.stream.name,
+                    "{} declares: {}",
+                    self.scope_names(),
                     cands.join(", ")
                 )),
             };
@@ -258,28 +285,27 @@ impl RuleChecker<'_> {
                 }
             };
         }
-        if parts.len() == 1 && self.stream.fields.is_some() {
+        if parts.len() == 1
+            && let Some(declared) = self.scope_fields()
+        {
             // Unknown single names may be misspelt stage names too.
-            let known = self
-                .stream
-                .fields
-                .as_ref()
-                .is_some_and(|f| f.contains(&FieldPath::single(head)));
+            let known = declared.contains(&FieldPath::single(head));
             if !known {
                 let stage_names: Vec<String> = self.stages.iter().map(|s| s.name.clone()).collect();
-                let fields: Vec<String> = self
-                    .stream
-                    .fields
-                    .iter()
-                    .flatten()
-                    .map(|f| f.to_string())
-                    .collect();
+                let fields: Vec<String> = declared.iter().map(|f| f.to_string()).collect();
                 let d = Diagnostic::error(span, format!("unknown field or stage `{head}`"));
-                self.err(hint_closest(
-                    d,
+                let d = match suggest(
                     head,
                     stage_names.iter().chain(fields.iter()).map(|s| s.as_str()),
-                ));
+                ) {
+                    Some(s) => d.with_hint(format!("did you mean `{s}`?")),
+                    None => d.with_hint(format!(
+                        "{} declares: {}",
+                        self.scope_names(),
+                        fields.join(", ")
+                    )),
+                };
+                self.err(d);
                 return None;
             }
         }
@@ -486,16 +512,34 @@ impl RuleChecker<'_> {
                 self.err(Diagnostic::error(span, "`event_type()` takes no argument"));
                 return None;
             }
-            let Some(path) = self.stream.event_type.clone() else {
+            let types: Vec<Option<FieldPath>> = self
+                .scope
+                .iter()
+                .map(|&i| self.streams[i as usize].event_type.clone())
+                .collect();
+            let Some(Some(path)) = types.first().cloned() else {
                 self.err(
                     Diagnostic::error(
                         span,
-                        format!("stream `{}` declares no event type field", self.stream.name),
+                        format!("{} declares no event type field", self.scope_names()),
                     )
                     .with_hint("add `type FIELD` to the stream block"),
                 );
                 return None;
             };
+            if types.iter().any(|t| t.as_ref() != Some(&path)) {
+                self.err(
+                    Diagnostic::error(
+                        span,
+                        format!(
+                            "{} do not name their event type by the same field",
+                            self.scope_names()
+                        ),
+                    )
+                    .with_hint("name the stream in the stage (`STAGE: STREAM where ..`) or compare the type field itself"),
+                );
+                return None;
+            }
             return Some(CExpr::Field(self.schema.intern(&path)));
         }
         if let Some((w, wsp)) = &c.window {

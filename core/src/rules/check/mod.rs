@@ -18,6 +18,10 @@ mod expr;
 mod pattern;
 
 use pattern::estimate_states;
+
+/// The most streams one rule set may define: a rule's streams are a bit
+/// set in the engine's dispatch.
+pub const MAX_STREAMS: usize = 64;
 use std::sync::Arc;
 
 /// Limits on what user input may compile to.
@@ -190,24 +194,32 @@ impl Compiler {
         if !self.io_errors.is_empty() {
             return Err(CompileError::Io(self.io_errors));
         }
-        let stream = self.resolve_stream();
-        let Some(stream) = stream else {
+        let Some(streams) = self.resolve_streams() else {
             return Err(self.finish_err());
         };
         let mut schema = Schema::default();
-        let key_slot = schema.intern(&stream.key);
-        let time_slot = schema.intern(&stream.time);
-        let order = stream
-            .order
+        let stream_slots: Vec<StreamSlots> = streams
             .iter()
-            .map(|o| (schema.intern(&o.field), o.descending))
+            .map(|s| StreamSlots {
+                key: schema.intern(&s.key),
+                time: schema.intern(&s.time),
+                order: s
+                    .order
+                    .iter()
+                    .map(|o| (schema.intern(&o.field), o.descending))
+                    .collect(),
+            })
             .collect();
-        let _ = key_slot;
+        let stream_slot =
+            (streams.len() > 1).then(|| schema.intern(&FieldPath::single(STREAM_FIELD)));
         let files = std::mem::take(&mut self.files);
         let derived = self.derived_names(&files);
         // Rules may name computed values wherever they may name fields.
-        let mut visible = stream.clone();
-        if let Some(fields) = &mut visible.fields {
+        let mut visible = streams.clone();
+        for stream in &mut visible {
+            let Some(fields) = &mut stream.fields else {
+                continue;
+            };
             for (name, (_, span)) in &derived {
                 let p = FieldPath::single(name);
                 if fields.contains(&p) {
@@ -305,7 +317,11 @@ impl Compiler {
                 let mut rc = RuleChecker {
                     errors: &mut self.errors,
                     schema: &mut schema,
-                    stream: &visible,
+                    streams: &visible,
+                    rule_streams: Vec::new(),
+                    default_stream: 0,
+                    scope: Vec::new(),
+                    stream_slot,
                     limits: self.limits,
                     stages: Vec::new(),
                     windows: Vec::new(),
@@ -371,32 +387,65 @@ impl Compiler {
                         }
                     }
                 }
-                match &ex.events {
-                    Some((events, _)) => examples.push(ExampleDef {
-                        name: ex.name.name.clone(),
-                        file: self.sources.get(*id).name.clone(),
-                        events: events.clone(),
-                        expect: ex
-                            .expect
-                            .iter()
-                            .map(|(r, n)| (r.name.clone(), *n))
-                            .collect(),
-                        lists: ex
-                            .lists
-                            .iter()
-                            .map(|(l, v)| (l.name.clone(), v.clone()))
-                            .collect(),
-                        tables: ex
-                            .tables
-                            .iter()
-                            .map(|(t, rows, _)| (t.name.clone(), rows.clone()))
-                            .collect(),
-                    }),
-                    None => self.errors.push(Diagnostic::error(
+                if ex.events.is_empty() {
+                    self.errors.push(Diagnostic::error(
                         ex.name.span,
                         "example has no `events` block",
-                    )),
+                    ));
+                    continue;
                 }
+                let mut events: Vec<(u16, String)> = Vec::new();
+                for (stream, text, sp) in &ex.events {
+                    let index = match stream {
+                        None => 0,
+                        Some(name) => match streams.iter().position(|s| s.name == name.name) {
+                            Some(i) => i as u16,
+                            None => {
+                                let d = Diagnostic::error(
+                                    name.span,
+                                    format!("unknown stream `{}`", name.name),
+                                );
+                                self.errors.push(hint_closest(
+                                    d,
+                                    &name.name,
+                                    streams.iter().map(|s| s.name.as_str()),
+                                ));
+                                continue;
+                            }
+                        },
+                    };
+                    if events.iter().any(|(i, _)| *i == index) {
+                        self.errors.push(Diagnostic::error(
+                            *sp,
+                            format!(
+                                "the example gives the events of stream `{}` twice",
+                                streams[index as usize].name
+                            ),
+                        ));
+                        continue;
+                    }
+                    events.push((index, text.clone()));
+                }
+                examples.push(ExampleDef {
+                    name: ex.name.name.clone(),
+                    file: self.sources.get(*id).name.clone(),
+                    events,
+                    expect: ex
+                        .expect
+                        .iter()
+                        .map(|(r, n)| (r.name.clone(), *n))
+                        .collect(),
+                    lists: ex
+                        .lists
+                        .iter()
+                        .map(|(l, v)| (l.name.clone(), v.clone()))
+                        .collect(),
+                    tables: ex
+                        .tables
+                        .iter()
+                        .map(|(t, rows, _)| (t.name.clone(), rows.clone()))
+                        .collect(),
+                });
             }
         }
         if !self.errors.is_empty() {
@@ -410,7 +459,10 @@ impl Compiler {
             h.update(s.text.as_bytes());
             h.update(&[0]);
         }
-        h.update(format!("{stream:?}").as_bytes());
+        // One stream hashes as it did before rule sets could have several.
+        for stream in &streams {
+            h.update(format!("{stream:?}").as_bytes());
+        }
         // A retrained model is a rule change: alerts and migration see it.
         for m in &models {
             h.update(&m.model.hash().to_le_bytes());
@@ -426,13 +478,13 @@ impl Compiler {
             stream: self.stream.clone(),
         };
         Ok(RuleSetDef {
-            stream,
+            streams,
+            stream_slots,
+            stream_slot,
             rules,
             examples,
             models,
             schema,
-            time_slot,
-            order,
             lists: lookups.lists.keys().cloned().collect(),
             tables: lookups.tables.into_values().map(|(t, _)| t).collect(),
             lookups: lookups.defs,
@@ -563,7 +615,7 @@ impl Compiler {
         &mut self,
         files: &[(u32, FileAst)],
         derived: &BTreeMap<String, (Derived, Span)>,
-        visible: &StreamDef,
+        visible: &[StreamDef],
         schema: &mut Schema,
     ) -> Vec<ModelDef> {
         let mut out = Vec::new();
@@ -626,12 +678,12 @@ impl Compiler {
                         (_, Some((Derived::Model, _))) => Some(format!(
                             "`{input}` is a model's score; models read features and fields"
                         )),
-                        (Some(p), None)
-                            if visible.fields.as_ref().is_some_and(|f| !f.contains(&p)) =>
-                        {
+                        (Some(p), None) if !visible.iter().any(|s| s.may_hold(&p)) => {
+                            let names: Vec<String> =
+                                visible.iter().map(|s| format!("`{}`", s.name)).collect();
                             Some(format!(
-                                "`{input}` is neither a feature nor a field of stream `{}`",
-                                visible.name
+                                "`{input}` is neither a feature nor a field of stream {}",
+                                names.join(" or ")
                             ))
                         }
                         (Some(p), _) => {
@@ -663,137 +715,164 @@ impl Compiler {
         out
     }
 
-    fn resolve_stream(&mut self) -> Option<StreamDef> {
-        let decls: Vec<&StreamAst> = self
+    /// Every declared stream, the first declared (the main stream) first.
+    /// The stream given outside the sources (`--key`/`--time`) replaces the
+    /// main stream's key and time, or is the main stream when none is
+    /// declared.
+    fn resolve_streams(&mut self) -> Option<Vec<StreamDef>> {
+        let decls: Vec<StreamAst> = self
             .files
             .iter()
-            .flat_map(|(_, f)| f.streams.iter())
+            .flat_map(|(_, f)| f.streams.iter().cloned())
             .collect();
-        if decls.len() > 1 {
-            self.errors.push(
-                Diagnostic::error(
-                    decls[1].name.span,
-                    "only one stream may be defined per rule set",
-                )
-                .with_hint(format!("`{}` is already defined", decls[0].name.name)),
-            );
-        }
-        let mut base = self.stream.clone();
-        if let Some(s) = decls.first() {
-            let mut def = StreamDef {
-                name: s.name.name.clone(),
-                key: FieldPath::single("key"),
-                time: FieldPath::single("time"),
-                event_type: None,
-                time_format: TimeFormat::Auto,
-                lateness_ms: s.lateness.map_or(0, |l| l.0),
-                idle_ms: s.idle.map_or(0, |l| l.0),
-                skew_ms: s.skew.map_or(crate::rules::ir::DEFAULT_SKEW_MS, |l| l.0),
-                clock_skew_ms: s.clock_skew.map(|l| l.0),
-                fields: None,
-                order: Vec::new(),
-            };
-            let path = |p: &Option<(String, Span)>,
-                        what: &str,
-                        errs: &mut Vec<Diagnostic>|
-             -> Option<FieldPath> {
-                match p {
-                    Some((p, sp)) => {
-                        let fp = FieldPath::parse(p);
-                        if fp.is_none() {
-                            errs.push(Diagnostic::error(
-                                *sp,
-                                format!("bad {what} field path `{p}`"),
-                            ));
-                        }
-                        fp
-                    }
-                    None => None,
-                }
-            };
-            let key = path(&s.key, "key", &mut self.errors);
-            let time = path(&s.time, "time", &mut self.errors);
-            def.event_type = path(&s.event_type, "type", &mut self.errors);
-            if let Some((f, sp)) = &s.time_format {
-                def.time_format = match f.as_str() {
-                    "auto" => TimeFormat::Auto,
-                    "epoch_ms" => TimeFormat::EpochMillis,
-                    "epoch_s" => TimeFormat::EpochSeconds,
-                    _ => {
-                        self.errors.push(
-                            Diagnostic::error(*sp, format!("unknown time format `{f}`"))
-                                .with_hint("use auto, epoch_ms or epoch_s"),
-                        );
-                        TimeFormat::Auto
-                    }
-                };
-            }
-            if !s.fields.is_empty() {
-                def.fields = Some(
-                    s.fields
-                        .iter()
-                        .filter_map(|(p, _)| FieldPath::parse(p))
-                        .collect(),
-                );
-            }
-            // Flags given on the command line win over the file.
-            match &base {
-                Some(b) => {
-                    def.key = b.key.clone();
-                    def.time = b.time.clone();
-                    def.lateness_ms = b.lateness_ms.max(def.lateness_ms);
-                }
-                None => {
-                    match key {
-                        Some(k) => def.key = k,
-                        None => self.errors.push(
-                            Diagnostic::error(s.name.span, "stream has no `key` field")
-                                .with_hint("add `key FIELD` (the field events are grouped by)"),
-                        ),
-                    }
-                    match time {
-                        Some(t) => def.time = t,
-                        None => self.errors.push(
-                            Diagnostic::error(s.name.span, "stream has no `time` field")
-                                .with_hint("add `time FIELD` (the event-time field)"),
-                        ),
-                    }
-                }
-            }
-            for (p, descending, sp) in &s.order {
-                match FieldPath::parse(p) {
-                    Some(field) => def.order.push(crate::rules::ir::OrderKey {
-                        field,
-                        descending: *descending,
-                    }),
-                    None => self.errors.push(Diagnostic::error(
-                        *sp,
-                        format!("bad order field path `{p}`"),
+        let mut out: Vec<StreamDef> = Vec::new();
+        for (i, s) in decls.iter().enumerate() {
+            if let Some(prev) = decls[..i].iter().find(|p| p.name.name == s.name.name) {
+                let (line, _) = self
+                    .sources
+                    .line_col(prev.name.span.file, prev.name.span.start);
+                self.errors.push(
+                    Diagnostic::error(
+                        s.name.span,
+                        format!("stream `{}` is defined twice", s.name.name),
+                    )
+                    .with_hint(format!(
+                        "first defined in {} line {line}",
+                        self.sources.get(prev.name.span.file).name
                     )),
+                );
+                continue;
+            }
+            let base = if i == 0 { self.stream.clone() } else { None };
+            out.push(self.resolve_stream(s, base));
+        }
+        if out.len() > MAX_STREAMS {
+            self.errors.push(Diagnostic::error(
+                decls[MAX_STREAMS].name.span,
+                format!("a rule set may define at most {MAX_STREAMS} streams"),
+            ));
+        }
+        if out.is_empty() {
+            match self.stream.clone() {
+                Some(s) => out.push(s),
+                None => {
+                    self.io_errors.push(
+                        "no stream definition: add a `stream` block to the rules or pass --key and --time"
+                            .into(),
+                    );
+                    return None;
                 }
             }
-            if let Some(fields) = &mut def.fields {
-                for p in def
-                    .order
-                    .iter()
-                    .map(|o| &o.field)
-                    .chain([&def.key, &def.time])
-                {
-                    if !fields.contains(p) {
-                        fields.push(p.clone());
+        }
+        Some(out)
+    }
+
+    fn resolve_stream(&mut self, s: &StreamAst, base: Option<StreamDef>) -> StreamDef {
+        let mut def = StreamDef {
+            name: s.name.name.clone(),
+            key: FieldPath::single("key"),
+            time: FieldPath::single("time"),
+            event_type: None,
+            time_format: TimeFormat::Auto,
+            lateness_ms: s.lateness.map_or(0, |l| l.0),
+            idle_ms: s.idle.map_or(0, |l| l.0),
+            skew_ms: s.skew.map_or(crate::rules::ir::DEFAULT_SKEW_MS, |l| l.0),
+            clock_skew_ms: s.clock_skew.map(|l| l.0),
+            fields: None,
+            order: Vec::new(),
+        };
+        let path = |p: &Option<(String, Span)>,
+                    what: &str,
+                    errs: &mut Vec<Diagnostic>|
+         -> Option<FieldPath> {
+            match p {
+                Some((p, sp)) => {
+                    let fp = FieldPath::parse(p);
+                    if fp.is_none() {
+                        errs.push(Diagnostic::error(
+                            *sp,
+                            format!("bad {what} field path `{p}`"),
+                        ));
                     }
+                    fp
+                }
+                None => None,
+            }
+        };
+        let key = path(&s.key, "key", &mut self.errors);
+        let time = path(&s.time, "time", &mut self.errors);
+        def.event_type = path(&s.event_type, "type", &mut self.errors);
+        if let Some((f, sp)) = &s.time_format {
+            def.time_format = match f.as_str() {
+                "auto" => TimeFormat::Auto,
+                "epoch_ms" => TimeFormat::EpochMillis,
+                "epoch_s" => TimeFormat::EpochSeconds,
+                _ => {
+                    self.errors.push(
+                        Diagnostic::error(*sp, format!("unknown time format `{f}`"))
+                            .with_hint("use auto, epoch_ms or epoch_s"),
+                    );
+                    TimeFormat::Auto
+                }
+            };
+        }
+        if !s.fields.is_empty() {
+            def.fields = Some(
+                s.fields
+                    .iter()
+                    .filter_map(|(p, _)| FieldPath::parse(p))
+                    .collect(),
+            );
+        }
+        // Flags given on the command line win over the file.
+        match &base {
+            Some(b) => {
+                def.key = b.key.clone();
+                def.time = b.time.clone();
+                def.lateness_ms = b.lateness_ms.max(def.lateness_ms);
+            }
+            None => {
+                match key {
+                    Some(k) => def.key = k,
+                    None => self.errors.push(
+                        Diagnostic::error(s.name.span, "stream has no `key` field")
+                            .with_hint("add `key FIELD` (the field events are grouped by)"),
+                    ),
+                }
+                match time {
+                    Some(t) => def.time = t,
+                    None => self.errors.push(
+                        Diagnostic::error(s.name.span, "stream has no `time` field")
+                            .with_hint("add `time FIELD` (the event-time field)"),
+                    ),
                 }
             }
-            base = Some(def);
         }
-        if base.is_none() {
-            self.io_errors.push(
-                "no stream definition: add a `stream` block to the rules or pass --key and --time"
-                    .into(),
-            );
-            return None;
+        for (p, descending, sp) in &s.order {
+            match FieldPath::parse(p) {
+                Some(field) => def.order.push(crate::rules::ir::OrderKey {
+                    field,
+                    descending: *descending,
+                }),
+                None => self.errors.push(Diagnostic::error(
+                    *sp,
+                    format!("bad order field path `{p}`"),
+                )),
+            }
         }
-        base
+        if let Some(fields) = &mut def.fields {
+            for p in def
+                .order
+                .iter()
+                .map(|o| &o.field)
+                .chain([&def.key, &def.time])
+            {
+                if !fields.contains(p) {
+                    fields.push(p.clone());
+                }
+            }
+        }
+        def
     }
 }
 
@@ -849,8 +928,16 @@ enum Derived {
 struct RuleChecker<'a> {
     errors: &'a mut Vec<Diagnostic>,
     schema: &'a mut Schema,
-    /// The stream, with features and models among its declared fields.
-    stream: &'a StreamDef,
+    /// The streams, with features and models among their declared fields.
+    streams: &'a [StreamDef],
+    /// The streams the rule reads.
+    rule_streams: Vec<u16>,
+    /// The stream of stages that name none.
+    default_stream: u16,
+    /// The streams whose fields may be named where the checker is.
+    scope: Vec<u16>,
+    /// Where an event's stream is, with several streams.
+    stream_slot: Option<crate::event::Slot>,
     limits: Limits,
     stages: Vec<StageInfo>,
     windows: Vec<WindowSpec>,
@@ -892,8 +979,97 @@ impl RuleChecker<'_> {
         self.errors.push(d);
     }
 
+    /// The index of the stream `name` names, reporting an unknown one.
+    fn stream_named(&mut self, name: &Ident) -> Option<u16> {
+        match self.streams.iter().position(|s| s.name == name.name) {
+            Some(i) => Some(i as u16),
+            None => {
+                let d = Diagnostic::error(name.span, format!("unknown stream `{}`", name.name));
+                let names: Vec<&str> = self.streams.iter().map(|s| s.name.as_str()).collect();
+                let d = match suggest(&name.name, names.iter().copied()) {
+                    Some(s) => d.with_hint(format!("did you mean `{s}`?")),
+                    None => d.with_hint(format!("the streams are: {}", names.join(", "))),
+                };
+                self.err(d);
+                None
+            }
+        }
+    }
+
+    /// The stream of each condition stage (its own, or the rule's), into
+    /// `out`; a group names none.
+    fn stage_streams(&mut self, stages: &[StageAst], out: &mut Vec<u16>) {
+        for s in stages {
+            match &s.body {
+                StageBody::Group(g) => {
+                    if let Some(name) = &s.stream {
+                        self.err(
+                            Diagnostic::error(name.span, "a group takes no stream")
+                                .with_hint("name the stream in the stages inside the group"),
+                        );
+                    }
+                    self.stage_streams(&g.stages, out);
+                }
+                StageBody::Cond(_) => {
+                    let stream = match &s.stream {
+                        Some(name) => self.stream_named(name),
+                        None => Some(self.default_stream),
+                    };
+                    out.extend(stream);
+                }
+            }
+        }
+    }
+
+    /// The stream a condition stage reads, once [`Self::stage_streams`] has
+    /// reported unknown names.
+    pub(super) fn stage_stream(&self, s: &StageAst) -> u16 {
+        s.stream
+            .as_ref()
+            .and_then(|n| self.streams.iter().position(|st| st.name == n.name))
+            .map_or(self.default_stream, |i| i as u16)
+    }
+
+    /// The key of a rule reading `rule_streams` without a `key` clause:
+    /// the key field they share.
+    fn shared_key(&mut self, r: &RuleAst) -> FieldPath {
+        let first = &self.streams[self.rule_streams[0] as usize];
+        if let Some(&other) = self
+            .rule_streams
+            .iter()
+            .find(|&&i| self.streams[i as usize].key != first.key)
+        {
+            let other = &self.streams[other as usize];
+            let d = Diagnostic::error(
+                r.name.span,
+                format!(
+                    "rule `{}` reads streams `{}` (key {}) and `{}` (key {}): a rule's events are grouped by one field",
+                    r.name.name, first.name, first.key, other.name, other.key
+                ),
+            )
+            .with_hint("give the streams the same key field, or add `key FIELD` naming a field events of both carry");
+            self.err(d);
+        }
+        first.key.clone()
+    }
+
     fn rule(&mut self, r: &RuleAst) -> Option<RuleDef> {
         let before = self.errors.len();
+        self.default_stream = match &r.stream {
+            Some(name) => self.stream_named(name).unwrap_or(0),
+            None => 0,
+        };
+        let mut streams = Vec::new();
+        if let Some(pat) = &r.pattern {
+            self.stage_streams(&pat.stages, &mut streams);
+        }
+        if streams.is_empty() {
+            streams.push(self.default_stream);
+        }
+        streams.sort_unstable();
+        streams.dedup();
+        self.rule_streams = streams;
+        self.scope = self.rule_streams.clone();
         let key = match &r.key {
             Some((k, sp)) => match FieldPath::parse(k) {
                 Some(p) => {
@@ -902,10 +1078,10 @@ impl RuleChecker<'_> {
                 }
                 None => {
                     self.err(Diagnostic::error(*sp, format!("bad key field path `{k}`")));
-                    self.stream.key.clone()
+                    self.streams[self.default_stream as usize].key.clone()
                 }
             },
-            None => self.stream.key.clone(),
+            None => self.shared_key(r),
         };
         let key_slot = self.schema.intern(&key);
         let Some(pat) = &r.pattern else {
@@ -1038,6 +1214,7 @@ impl RuleChecker<'_> {
             models: std::mem::take(&mut self.models_read),
             windows: std::mem::take(&mut self.windows),
             lookups: std::mem::take(&mut self.lookups_read),
+            streams: self.rule_streams.clone(),
         })
     }
 }

@@ -103,6 +103,24 @@ impl RuleChecker<'_> {
             }
             // Resolve every part even when one fails, so all errors are reported.
             let quant = self.quant(s);
+            // A condition sees the fields of its stage's stream; when the
+            // rule reads several streams it also tests where the event
+            // comes from.
+            let rule_scope = std::mem::take(&mut self.scope);
+            let stream = self.stage_stream(s);
+            self.scope = vec![stream];
+            let stream_slot = self.stream_slot;
+            let from_stream = |c: CExpr| match stream_slot {
+                Some(slot) if rule_scope.len() > 1 => {
+                    let test = CExpr::Binary(
+                        BinOp::Eq,
+                        Box::new(CExpr::Field(slot)),
+                        Box::new(CExpr::Lit(Value::Num(f64::from(stream)))),
+                    );
+                    CExpr::Binary(BinOp::And, Box::new(test), Box::new(c))
+                }
+                _ => c,
+            };
             let until = match &q.until {
                 Some(u) => {
                     if quant.is_some_and(|q| q.kind != QuantKind::Looping) {
@@ -112,16 +130,21 @@ impl RuleChecker<'_> {
                         );
                         ok = false;
                     }
-                    self.expr(u, Ctx::Event)
+                    self.expr(u, Ctx::Event).map(from_stream)
                 }
                 None => None,
             };
             let body = match &s.body {
-                StageBody::Cond(e) => self.expr(e, Ctx::Event).map(StageBodyDef::Cond),
-                StageBody::Group(g) => self
-                    .pattern(&g.stages, next_id, false)
-                    .map(StageBodyDef::Group),
+                StageBody::Cond(e) => self
+                    .expr(e, Ctx::Event)
+                    .map(|c| StageBodyDef::Cond(from_stream(c))),
+                StageBody::Group(g) => {
+                    self.scope = rule_scope.clone();
+                    self.pattern(&g.stages, next_id, false)
+                        .map(StageBodyDef::Group)
+                }
             };
+            self.scope = rule_scope;
             let (Some(quant), Some(body)) = (quant, body) else {
                 ok = false;
                 continue;

@@ -35,6 +35,7 @@ fn every_event(at: Span) -> PatternAst {
             name: "event".into(),
             span: at,
         },
+        stream: None,
         contiguity: Contiguity::Relaxed,
         contiguity_span: at,
         body: StageBody::Cond(Expr {

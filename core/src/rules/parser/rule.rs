@@ -412,6 +412,15 @@ impl Parser {
     ) -> PResult<StageAst> {
         let name = self.ident("a stage name")?;
         self.expect_sym(":")?;
+        // `STREAM where COND`: an identifier followed by `where` cannot
+        // start an expression, so the prefix is unambiguous.
+        let stream = if matches!(self.peek(), Tok::Ident(_)) && self.is_kw_at(1, "where") {
+            let s = self.ident("a stream name")?;
+            self.bump();
+            Some(s)
+        } else {
+            None
+        };
         let body = if self.is_sym("(")
             && matches!(self.peek_at(1), Tok::Ident(_) | Tok::Quoted(_))
             && matches!(self.peek_at(2), Tok::Sym(":"))
@@ -459,6 +468,7 @@ impl Parser {
         let span = name.span.to(self.prev_span());
         Some(StageAst {
             name,
+            stream,
             contiguity,
             contiguity_span,
             body,

@@ -136,17 +136,21 @@ impl Parser {
         }
         let mut ex = ExampleAst {
             name,
-            events: None,
+            events: Vec::new(),
             expect: Vec::new(),
             lists: Vec::new(),
             tables: Vec::new(),
         };
         self.block_clauses(&["events", "expect", "list", "table"], false, |p| {
             if p.eat_kw("events") {
+                let stream = match p.peek() {
+                    Tok::Ident(_) => Some(p.ident("a stream name")?),
+                    _ => None,
+                };
                 match p.peek().clone() {
                     Tok::Block(b) | Tok::Str(b) => {
                         let sp = p.bump().span;
-                        ex.events = Some((b, sp));
+                        ex.events.push((stream, b, sp));
                     }
                     _ => return p.error("a \"\"\" block of JSON events, one per line"),
                 }
