@@ -121,9 +121,20 @@ enum Command {
         /// its brokers are ignored.
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// Events to produce (.jsonl or .jsonl.gz).
-        #[arg(long, short, default_value = "examples/handbook-sample.jsonl.gz")]
-        events: String,
+        /// Events to produce (.jsonl or .jsonl.gz): a file for the main
+        /// stream, `STREAM=FILE` for another (default: the bundled sample's
+        /// file of each stream the rules define, under `examples/`).
+        #[arg(long, short)]
+        events: Vec<String>,
+        /// The lists' and tables' contents, as `replay` takes them (default:
+        /// the bundled sample's, for those it has).
+        #[command(flatten)]
+        reference: ListArgs,
+        /// Rule files or directories (default: the configuration's
+        /// `rules.paths`, and `examples/rules`: the example rules that read
+        /// logins, customer profiles and a terminal blocklist).
+        #[arg(long, short, num_args = 1..)]
+        rules: Vec<PathBuf>,
         /// Keep serving after the sample is processed, until Ctrl-C.
         #[arg(long)]
         keep_running: bool,
@@ -348,7 +359,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Test { rules } => test_examples(&rules),
         Command::Serve { config } => {
-            let (config, rules, _telemetry) = service_setup(config)?;
+            let (config, rules, _telemetry) = service_setup(config, RulePaths::Configured)?;
             match rules {
                 Some((rules, source)) => crate::serve::serve(config, rules, source),
                 None => Ok(ExitCode::from(1)),
@@ -357,12 +368,23 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Demo {
             config,
             events,
+            reference,
+            rules,
             keep_running,
         } => {
-            let (config, rules, _telemetry) = service_setup(config)?;
+            let paths = match rules.is_empty() {
+                true => RulePaths::WithExamples,
+                false => RulePaths::Given(rules),
+            };
+            let (config, rules, _telemetry) = service_setup(config, paths)?;
+            let inputs = crate::serve::DemoInputs {
+                events,
+                tables: reference.tables,
+                lists: reference.lists,
+            };
             match rules {
                 Some((rules, source)) => {
-                    crate::serve::demo(config, rules, source, &events, keep_running)
+                    crate::serve::demo(config, rules, source, inputs, keep_running)
                 }
                 None => Ok(ExitCode::from(1)),
             }
@@ -464,18 +486,43 @@ fn print_line(out: &mut impl Write, line: std::fmt::Arguments<'_>) -> Result<boo
 /// errors, already printed), with telemetry set up as it says (kept until
 /// the command ends: dropping it flushes the exporters).
 #[allow(clippy::type_complexity)]
-fn service_setup(
-    path: Option<PathBuf>,
-) -> Result<(
+/// A service command's configuration, its rules (`None`: they did not
+/// compile, the errors printed) and its telemetry.
+type ServiceSetup = (
     Config,
     Option<(Arc<RuleSet>, crate::serve::RuleSource)>,
     Telemetry,
-)> {
+);
+
+/// Which rules a service command runs.
+enum RulePaths {
+    /// The configuration's `rules.paths`.
+    Configured,
+    /// The configuration's, and the example rules of a checkout's
+    /// `examples/rules` when it is there (`demo`).
+    WithExamples,
+    /// These (`demo --rules`).
+    Given(Vec<PathBuf>),
+}
+
+/// The configuration at `path` (default: ./tripline.toml if it exists),
+/// its telemetry, and the rules of `rule_paths`.
+fn service_setup(path: Option<PathBuf>, rule_paths: RulePaths) -> Result<ServiceSetup> {
     let path = path.or_else(|| {
         let default = PathBuf::from("tripline.toml");
         default.exists().then_some(default)
     });
-    let config = Config::load(path.as_deref())?;
+    let mut config = Config::load(path.as_deref())?;
+    match rule_paths {
+        RulePaths::Configured => {}
+        RulePaths::WithExamples => {
+            let examples = PathBuf::from("examples/rules");
+            if examples.is_dir() && !config.rules.paths.contains(&examples) {
+                config.rules.paths.push(examples);
+            }
+        }
+        RulePaths::Given(paths) => config.rules.paths = paths,
+    }
     let telemetry = tripline::telemetry::init(&config.telemetry)?;
     let s = &config.stream;
     let stream = StreamArgs {

@@ -581,12 +581,76 @@ fn wait_for_signal(
     })
 }
 
+/// The bundled sample (`examples/`; `scripts/gen-reference-data` derives
+/// all but the transactions from them): the file `demo` feeds a stream,
+/// table or list of that name when it is given none.
+const SAMPLE_STREAMS: &[(&str, &str)] = &[
+    ("transactions", "examples/handbook-sample.jsonl.gz"),
+    ("logins", "examples/handbook-logins.jsonl.gz"),
+];
+const SAMPLE_TABLES: &[(&str, &str)] = &[("profiles", "examples/handbook-profiles.jsonl")];
+const SAMPLE_LISTS: &[(&str, &str)] = &[(
+    "blocked_terminals",
+    "examples/handbook-blocked-terminals.csv",
+)];
+
+/// What `demo` feeds the service, as `replay` takes it: `FILE` or
+/// `STREAM=FILE` per stream, `NAME=FILE` per table and per list.
+#[derive(Debug, Default)]
+pub struct DemoInputs {
+    /// Events of each stream.
+    pub events: Vec<String>,
+    /// Rows of each table.
+    pub tables: Vec<String>,
+    /// Changes of each list.
+    pub lists: Vec<String>,
+}
+
+impl DemoInputs {
+    /// These inputs, with the bundled sample's file added for what the
+    /// rules declare and nothing was given for: every stream when no
+    /// events were given (the main stream reads the card transactions
+    /// whatever its name), each table and list not named.
+    pub fn with_sample(mut self, rules: &RuleSet) -> DemoInputs {
+        let sample = |of: &[(&str, &'static str)], name: &str| {
+            of.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
+        };
+        let named = |given: &[String], name: &str| {
+            given
+                .iter()
+                .any(|g| g.split_once('=').is_some_and(|(n, _)| n == name))
+        };
+        let def = rules.def();
+        if self.events.is_empty() {
+            for (i, s) in def.streams.iter().enumerate() {
+                match (i, sample(SAMPLE_STREAMS, &s.name)) {
+                    (0, file) => self.events.push(file.unwrap_or(SAMPLE_STREAMS[0].1).into()),
+                    (_, Some(file)) => self.events.push(format!("{}={file}", s.name)),
+                    (_, None) => {}
+                }
+            }
+        }
+        for t in &def.tables {
+            let name = &t.spec.name;
+            if let Some(file) = sample(SAMPLE_TABLES, name).filter(|_| !named(&self.tables, name)) {
+                self.tables.push(format!("{name}={file}"));
+            }
+        }
+        for name in &def.lists {
+            if let Some(file) = sample(SAMPLE_LISTS, name).filter(|_| !named(&self.lists, name)) {
+                self.lists.push(format!("{name}={file}"));
+            }
+        }
+        self
+    }
+}
+
 /// `tripline demo`: the embedded broker, the bundled sample, live alerts.
 pub fn demo(
     mut config: Config,
     rules: Arc<RuleSet>,
     source: RuleSource,
-    events: &str,
+    inputs: DemoInputs,
     keep_running: bool,
 ) -> Result<ExitCode> {
     config.kafka.brokers.clear();
@@ -595,12 +659,16 @@ pub fn demo(
     let state_dir = std::env::temp_dir().join(format!("tripline-demo-{}", std::process::id()));
     config.state.dir = state_dir.clone();
     let _cleanup = RemoveOnDrop(state_dir);
+    let inputs = inputs.with_sample(&rules);
+    // Every file is read before anything is produced: a wrong name or a
+    // bad row stops the demo before it starts the broker.
+    let (lists, _) = tripline::list_files::load_list_files(&inputs.lists, &rules)?;
+    tripline::table_files::load_table_files(&inputs.tables, &rules)?;
+    let streams = crate::app::stream_inputs(&rules, &inputs.events)?;
     let brokers = brokers_or_embedded(&config)?;
-    let produced = produce_events(&config, &brokers, &rules, events)?;
-    eprintln!(
-        "produced {produced} events from {events} to `{}`",
-        config.kafka.input_topic
-    );
+    let produced = produce_events(&config, &brokers, &rules, &streams)?;
+    produce_tables(&config, &brokers, &rules, &inputs.tables)?;
+    write_lists(&config, &brokers, &rules, &lists)?;
     let k = &config.kafka;
     kafka::ensure_topics(
         k,
@@ -645,37 +713,141 @@ pub fn demo(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Produces each line of `path` keyed by the stream key; returns the count.
-fn produce_events(config: &Config, brokers: &str, rules: &RuleSet, path: &str) -> Result<u64> {
-    let producer: ThreadedProducer<DefaultProducerContext> =
-        kafka::client_config(&config.kafka, brokers)
-            .set("linger.ms", "5")
-            .create()?;
-    let input = crate::app::open_events(path)?;
-    let key_slot = rules.stream_key_slot();
-    let mut n = 0u64;
-    for (i, line) in input.lines().enumerate() {
-        let line = line.with_context(|| format!("reading {path}"))?;
-        if line.trim().is_empty() {
-            continue;
+/// A producer for the demo's inputs.
+fn demo_producer(
+    config: &Config,
+    brokers: &str,
+) -> Result<ThreadedProducer<DefaultProducerContext>> {
+    Ok(kafka::client_config(&config.kafka, brokers)
+        .set("linger.ms", "5")
+        .create()?)
+}
+
+/// Produces each stream's file to the stream's topic, each line keyed by
+/// the stream's key; returns how many records.
+fn produce_events(
+    config: &Config,
+    brokers: &str,
+    rules: &RuleSet,
+    streams: &[(u16, String)],
+) -> Result<u64> {
+    let k = &config.kafka;
+    let topics = tripline::coordinator::Topology::input_topics(rules, &k.input_topic);
+    let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    kafka::ensure_topics(k, brokers, &refs, k.partitions)?;
+    let producer = demo_producer(config, brokers)?;
+    let mut total = 0u64;
+    for (stream, path) in streams {
+        let (topic, decoder) = (&topics[*stream as usize], rules.decoder_for(*stream));
+        let key_slot = rules.def().stream_slots[*stream as usize].key;
+        let input = crate::app::open_events(path)?;
+        let mut n = 0u64;
+        for (i, line) in input.lines().enumerate() {
+            let line = line.with_context(|| format!("reading {path}"))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            // Keyed by the stream key so each key's events stay in one
+            // partition; lines that cannot be decoded go unkeyed (tripline
+            // dead-letters them).
+            let key = decoder
+                .and_then(|d| d.decode(line.as_bytes(), i as u64).ok())
+                .map(|e| tripline::runtime::value_text(e.field(key_slot)));
+            let mut record = BaseRecord::<str, str>::to(topic).payload(&line);
+            if let Some(k) = &key {
+                record = record.key(k.as_str());
+            }
+            kafka::send_waiting(&producer, record)
+                .with_context(|| format!("producing to `{topic}`"))?;
+            n += 1;
         }
-        // Keyed by the stream key so each key's events stay in one partition;
-        // lines that cannot be decoded go unkeyed (tripline dead-letters them).
-        let key = rules
-            .decoder()
-            .decode(line.as_bytes(), i as u64)
-            .ok()
-            .zip(key_slot)
-            .map(|(e, s)| tripline::runtime::value_text(e.field(s)));
-        let mut record = BaseRecord::<str, str>::to(&config.kafka.input_topic).payload(&line);
-        if let Some(k) = &key {
-            record = record.key(k.as_str());
-        }
-        kafka::send_waiting(&producer, record).context("producing to the input topic")?;
-        n += 1;
+        eprintln!("produced {n} events from {path} to `{topic}`");
+        total += n;
     }
     producer.flush(Duration::from_secs(30))?;
-    Ok(n)
+    Ok(total)
+}
+
+/// Produces each table file's rows to the table's topic, keyed by the
+/// row's key (the service reads the topics whole before it starts).
+fn produce_tables(config: &Config, brokers: &str, rules: &RuleSet, specs: &[String]) -> Result<()> {
+    let k = &config.kafka;
+    let producer = demo_producer(config, brokers)?;
+    for spec in specs {
+        let Some((name, file)) = spec.split_once('=') else {
+            continue;
+        };
+        let Some(decl) = rules.def().tables.iter().find(|d| d.spec.name == name) else {
+            continue;
+        };
+        kafka::ensure_topics_with(
+            k,
+            brokers,
+            &[&decl.topic],
+            1,
+            &[("cleanup.policy", "compact")],
+        )?;
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
+        let mut n = 0u64;
+        for (i, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let row: tripline::tables::Row =
+                serde_json::from_str(line).with_context(|| format!("{file} line {}", i + 1))?;
+            let (key, _) = tripline::tables::Tables::key_and_time(&decl.spec, &row)
+                .with_context(|| format!("{file} line {}", i + 1))?;
+            let record = BaseRecord::<str, str>::to(&decl.topic)
+                .key(&key)
+                .payload(line);
+            kafka::send_waiting(&producer, record)
+                .with_context(|| format!("producing to `{}`", decl.topic))?;
+            n += 1;
+        }
+        eprintln!(
+            "produced {n} rows of table `{name}` from {file} to `{}`",
+            decl.topic
+        );
+    }
+    producer.flush(Duration::from_secs(30))?;
+    Ok(())
+}
+
+/// Writes the lists' entries to the lists topic, as the API would.
+fn write_lists(
+    config: &Config,
+    brokers: &str,
+    rules: &RuleSet,
+    lists: &Arc<tripline::lists::Lists>,
+) -> Result<()> {
+    use tripline::adapters::api::ListWriter;
+    let entries: Vec<_> = rules
+        .def()
+        .lists
+        .iter()
+        .flat_map(|l| lists.entries(l))
+        .collect();
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let n = entries.len();
+    let k = &config.kafka;
+    kafka::ensure_topics_with(
+        k,
+        brokers,
+        &[&k.lists_topic],
+        1,
+        &[("cleanup.policy", "compact")],
+    )?;
+    let writer = kafka::lists::KafkaListWriter::new(config, brokers, Arc::new(Default::default()))?;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(writer.write(entries))
+        .map_err(|e| anyhow::anyhow!("writing to `{}`: {e}", k.lists_topic))?;
+    eprintln!("wrote {n} list entries to `{}`", k.lists_topic);
+    Ok(())
 }
 
 /// Prints one line per alert that arrives within `wait`; returns how many.

@@ -44,28 +44,36 @@ fn a_wrong_expectation_is_reported() {
 /// and a wrong expectation fails the command with the example named.
 #[test]
 fn the_test_command_checks_examples() {
-    let run = |path: &Path| {
+    let run = |paths: &[&Path]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_tripline"))
             .arg("test")
-            .arg(path)
+            .args(paths)
             .output()
             .expect("run tripline test")
     };
-    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
-    let out = run(&rules);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let rules = root.join("rules");
+    // The shipped rules, and with them the example rules that read logins,
+    // profiles and a blocklist (what `demo` runs).
+    for paths in [
+        vec![rules.as_path()],
+        vec![&rules, &root.join("examples/rules")],
+    ] {
+        let out = run(&paths);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+    }
 
     let dir = std::env::temp_dir().join(format!("tripline-test-cmd-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("wrong.tl");
     std::fs::write(&file, OFF_BY_ONE).unwrap();
-    let out = run(&file);
+    let out = run(&[&file]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     std::fs::remove_dir_all(&dir).ok();
     assert_eq!(out.status.code(), Some(1), "{stdout}");

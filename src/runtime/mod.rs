@@ -30,7 +30,8 @@
 
 pub use tripline_core::shard::{
     AlertRecord, Barrier, DEFAULT_OUTPUT_LIMIT, DeadLetter, DeadLetterKind, Forward, OutRecord,
-    PARTIALS_EVERY, Record, Role, Shard, ShardOutput, WatermarkMark, check_entry, value_text,
+    PARTIALS_EVERY, Record, Role, STREAM_HEADER, Shard, ShardOutput, WatermarkMark, check_entry,
+    value_text,
 };
 
 use crate::engine::RuleSet;
@@ -302,7 +303,7 @@ mod tests {
         let (full, _, slot) = by_terminal();
         let own = full.for_key(full.stream_key_slot());
         let forward = vec![Forward { target: 0, slot }];
-        let mut s = Shard::new(0, full, own, Role::Source { forward });
+        let mut s = Shard::new(0, full, own, Role::Source { forward, stream: 0 });
         s.process(rec(
             0,
             r#"{"card":"c1","term":"t1","ts":1000,"amount":5000}"#,

@@ -7,7 +7,9 @@
 use super::ports::{Clock, Fault, LocalStore, Observer, Outgoing, Ports, Shards, Source, TxSink};
 use super::report::{AlertCommit, CheckpointCommitted, CheckpointFailed, PartitionCommit};
 use super::{CoordError, Coordinator, ShardId};
-use crate::shard::{Barrier, DeadLetter, DeadLetterKind, OutRecord, ShardOutput, WatermarkMark};
+use crate::shard::{
+    Barrier, DeadLetter, DeadLetterKind, OutRecord, Role, STREAM_HEADER, ShardOutput, WatermarkMark,
+};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
@@ -126,14 +128,22 @@ impl<P: Ports> Coordinator<P> {
                 let what = || format!("an alert of rule `{}`", a.rule);
                 self.send_or_dead_letter(r, what, &a.record, source, p)?;
             }
+            // With several streams, a forwarded event says which it is of.
+            let stream: Vec<(&str, &[u8])> = match &topology.topics[t].role {
+                Role::Source { stream, .. } if topology.rules.def.streams.len() > 1 => {
+                    let name = &topology.rules.def.streams[*stream as usize].name;
+                    vec![(STREAM_HEADER, name.as_bytes())]
+                }
+                _ => Vec::new(),
+            };
             for (target, r) in &out.forwarded {
-                let to = topology.topics[target + 1].name.as_str();
+                let to = topology.internal_topic(*target).name.as_str();
                 let record = Outgoing {
                     topic: to,
                     partition: None,
                     key: Some(&r.key),
                     value: Some(&r.value),
-                    headers: &[],
+                    headers: &stream,
                     changelog_of: None,
                     span: None,
                 };
@@ -262,7 +272,7 @@ impl<P: Ports> Coordinator<P> {
             let value = mark.encode();
             let headers: [(&str, &[u8]); 1] = [(MARK_HEADER, value.as_bytes())];
             for internal in topology.internal() {
-                for partition in 0..topology.sources as i32 {
+                for partition in 0..topology.internal_partitions() as i32 {
                     self.sink.send(Outgoing {
                         topic: internal,
                         partition: Some(partition),
@@ -325,7 +335,9 @@ impl<P: Ports> Coordinator<P> {
             }
         }
         // One account of the checkpoint: the counters and the telemetry.
-        self.progress.count(&committed, &topology.topics[0].name);
+        self.progress.count(&committed, |name| {
+            topology.inputs.iter().any(|i| i.name == name)
+        });
         self.observer.checkpoint_committed(&committed);
         for ((t, p), out) in &outputs {
             let polled_to = self.slots.get(&(*t, *p)).and_then(|s| s.polled_to);
@@ -341,7 +353,7 @@ impl<P: Ports> Coordinator<P> {
                 });
         }
         for mark in marks {
-            if let Some((last, _)) = self.marks.get_mut(&(mark.source as i32)) {
+            if let Some((last, _)) = self.marks.get_mut(&mark.source) {
                 *last = Some(mark);
             }
         }
@@ -351,14 +363,17 @@ impl<P: Ports> Coordinator<P> {
     /// The watermark marks to write for the source partitions held: those
     /// that moved or changed idleness since they were last written.
     fn new_marks(&mut self, outputs: &[(ShardId, ShardOutput)]) -> Vec<WatermarkMark> {
-        if self.topology.topics.len() < 2 {
+        if self.topology.internal().next().is_none() {
             return Vec::new();
         }
-        let idle_ms = self.topology.rules.def.stream().idle_ms;
         let now = self.clock.now();
         let mut marks = Vec::new();
         for ((topic, p), out) in outputs {
-            let Some((last, active)) = self.marks.get_mut(p).filter(|_| *topic == 0) else {
+            let Some(source) = self.topology.source_id(*topic, *p) else {
+                continue;
+            };
+            let idle_ms = self.topology.rules.def.streams[*topic].idle_ms;
+            let Some((last, active)) = self.marks.get_mut(&source) else {
                 continue;
             };
             if out.records > 0 {
@@ -367,7 +382,7 @@ impl<P: Ports> Coordinator<P> {
             let idle =
                 crate::time::is_idle(active.as_millis() as i64, now.as_millis() as i64, idle_ms);
             let mark = WatermarkMark {
-                source: *p as u32,
+                source,
                 watermark: out.watermark,
                 idle,
             };

@@ -56,7 +56,7 @@ pub use ports::{
 pub use progress::Progress;
 pub use report::RulesReload;
 pub use restore::{RestoreDone, RestoreJob};
-pub use topology::Topology;
+pub use topology::{SourceTopic, Topology};
 
 use crate::engine::RuleSet;
 use crate::shard::{Record, ShardOutput, WatermarkMark};
@@ -195,7 +195,7 @@ pub struct Coordinator<P: Ports> {
     slots: BTreeMap<ShardId, Slot<<P::Local as LocalStore>::Shard>>,
     /// Per source partition held: the last mark written to the internal
     /// topics, and when it last had input.
-    marks: BTreeMap<i32, (Option<WatermarkMark>, Duration)>,
+    marks: BTreeMap<u32, (Option<WatermarkMark>, Duration)>,
     progress: Arc<Progress>,
     /// A transaction has begun and not yet committed or aborted.
     txn_open: bool,
@@ -344,8 +344,8 @@ impl<P: Ports> Coordinator<P> {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&(topic, id.1));
-        if id.0 == 0 {
-            self.marks.remove(&id.1);
+        if let Some(source) = self.topology.source_id(id.0, id.1) {
+            self.marks.remove(&source);
         }
     }
 
@@ -443,7 +443,32 @@ impl<P: Ports> Coordinator<P> {
         let _span = tracing::info_span!("tripline.rules.reload").entered();
         let hash = rules.def.hash;
         let s = &self.settings;
-        let topology = match Topology::new(&s.input_topic, &s.group, rules, self.topology.sources) {
+        let wanted = Topology::input_topics(&rules, &s.input_topic);
+        let inputs: Option<Vec<SourceTopic>> = wanted
+            .iter()
+            .map(|name| {
+                self.topology
+                    .inputs
+                    .iter()
+                    .find(|t| &t.name == name)
+                    .cloned()
+            })
+            .collect();
+        let Some(inputs) = inputs else {
+            let running: Vec<&str> = self
+                .topology
+                .inputs
+                .iter()
+                .map(|t| t.name.as_str())
+                .collect();
+            let reason = format!(
+                "its streams are read from other topics (running: {running:?}, new: {wanted:?}); \
+                 restart the service to apply it"
+            );
+            self.refuse_rules(hash, reason);
+            return;
+        };
+        let topology = match Topology::with_inputs(&s.group, rules, inputs) {
             Ok(t) => t,
             Err(e) => {
                 self.refuse_rules(hash, e);

@@ -147,10 +147,10 @@ impl Progress {
 
     /// Counts a committed checkpoint (whose input topic is `input`): the
     /// same account its telemetry event gives.
-    pub(crate) fn count(&self, c: &CheckpointCommitted<'_>, input: &str) {
+    pub(crate) fn count(&self, c: &CheckpointCommitted<'_>, is_input: impl Fn(&str) -> bool) {
         let (mut records, mut internal) = (0, 0);
         for p in &c.partitions {
-            if p.topic == input {
+            if is_input(p.topic) {
                 records += p.events;
             } else {
                 internal += p.events;

@@ -656,9 +656,9 @@ impl<P: Ports> Coordinator<P> {
                 paused: true,
             },
         );
-        if id.0 == 0 {
+        if let Some(source) = self.topology.source_id(id.0, id.1) {
             let now = self.clock.now();
-            self.marks.insert(id.1, (None, now));
+            self.marks.insert(source, (None, now));
         }
     }
 }

@@ -63,8 +63,6 @@ pub struct CompiledRule {
     pub(crate) stage_names: Vec<Arc<str>>,
     /// The matcher.
     pub(crate) matcher: Matcher,
-    /// Index into [`RuleSet::keyings`].
-    pub(crate) keying: usize,
     /// The list lookups it reads (name, event slot): its alerts show them.
     pub(crate) lookups: Vec<(Arc<str>, Slot)>,
     /// The streams it reads, a bit each.
@@ -253,7 +251,6 @@ impl RuleSet {
                 matcher: Matcher::new(nfa, r.skip, r.report_timeouts, options.max_partials_per_key)
                     .with_lazy(lazy)
                     .with_single_stage(single),
-                keying,
                 lookups: r
                     .lookups
                     .iter()
@@ -310,8 +307,14 @@ impl RuleSet {
     /// and refuses the same records as `replay` of the whole set does. No
     /// rule is keyed by `slot`: an empty set.
     pub fn for_key(&self, slot: Option<Slot>) -> Arc<RuleSet> {
+        self.part(|r| Some(r.key_slot) == slot)
+    }
+
+    /// The rules `keep` keeps as a rule set of their own, with the same
+    /// schema, decoders and hash (see [`RuleSet::for_key`]).
+    pub fn part(&self, keep: impl Fn(&RuleDef) -> bool) -> Arc<RuleSet> {
         let mut def = self.def.clone();
-        def.rules.retain(|r| Some(r.key_slot) == slot);
+        def.rules.retain(|r| keep(r));
         def.examples.clear();
         def.models
             .retain(|m| def.rules.iter().any(|r| r.models.contains(&m.name)));
@@ -327,6 +330,13 @@ impl RuleSet {
     /// own key, where the other key's features do not exist: such a rule
     /// set cannot run there. One message per such rule.
     pub fn cross_key_models(&self) -> Vec<String> {
+        self.cross_part_models(|r| r.key_slot)
+    }
+
+    /// As [`RuleSet::cross_key_models`], for the service's parts: a rule
+    /// that reads a model whose inputs are computed by a feature set that
+    /// `part` puts elsewhere.
+    pub fn cross_part_models<P: PartialEq>(&self, part: impl Fn(&RuleDef) -> P) -> Vec<String> {
         let mut problems = Vec::new();
         for r in self.rules.iter().filter(|r| !r.def.features) {
             for name in &r.def.models {
@@ -342,14 +352,14 @@ impl RuleSet {
                         self.rules
                             .iter()
                             .find(|f| f.def.features && f.def.feature_slots.contains(slot))
-                            .filter(|f| f.keying != r.keying)
+                            .filter(|f| part(&f.def) != part(&r.def))
                             .map(|f| (input, f))
                     });
                 if let Some((input, set)) = other {
                     problems.push(format!(
                         "rule `{}` (keyed by {}) reads model `{name}`, whose input `{input}` is computed per {} by feature set `{}`: \
-                         the service computes features on their own key's partitions, so a model there may read only \
-                         features of its rule's key (run this rule set with `tripline replay`)",
+                         the service computes features on the partitions of their own key and stream, so a model there may read only \
+                         features of its rule's key and streams (run this rule set with `tripline replay`)",
                         r.name, r.def.key, set.def.key, set.name
                     ));
                 }

@@ -80,6 +80,8 @@ pub struct StreamAst {
     /// `order F [desc], ..`: how events with the same time are ordered
     /// (field path, descending, where).
     pub order: Vec<(String, bool, Span)>,
+    /// `topic "NAME"`: the topic the service reads the stream from.
+    pub topic: Option<(String, Span)>,
 }
 
 /// `example NAME { events """...""" expect RULE N ... }`.

@@ -44,6 +44,11 @@ pub struct StreamDef {
     /// block; otherwise by arrival). Not serialized, as `skew_ms`.
     #[serde(skip)]
     pub order: Vec<OrderKey>,
+    /// The topic the service reads it from (`topic`; default: the
+    /// configured input topic for the main stream, the stream's name for
+    /// the others). Not serialized, as `skew_ms`.
+    #[serde(skip)]
+    pub topic: Option<String>,
 }
 
 /// One field of a stream's `order`: events with the same time are
@@ -90,6 +95,9 @@ impl std::fmt::Debug for StreamDef {
         if !self.order.is_empty() {
             d.field("order", &self.order);
         }
+        if let Some(t) = &self.topic {
+            d.field("topic", t);
+        }
         d.finish()
     }
 }
@@ -115,6 +123,7 @@ impl StreamDef {
             clock_skew_ms: None,
             fields: None,
             order: Vec::new(),
+            topic: None,
         })
     }
 }

@@ -20,7 +20,14 @@ pub struct Record {
     pub timestamp_ms: Option<i64>,
     /// Set when its path to its alerts is traced.
     pub span: Option<tracing::Span>,
+    /// On an internal topic, the stream the event is of (the
+    /// [`STREAM_HEADER`]), when the rules have several.
+    pub stream: Option<Box<str>>,
 }
+
+/// The header that says which stream a record forwarded to an internal
+/// topic is of, when the rules define several.
+pub const STREAM_HEADER: &str = "tripline.stream";
 
 impl Record {
     /// A data record.
@@ -32,6 +39,7 @@ impl Record {
             mark: None,
             timestamp_ms: None,
             span: None,
+            stream: None,
         }
     }
 }
@@ -86,8 +94,10 @@ pub enum Role {
     /// A partition of the input topic: runs the rules keyed by the stream
     /// key and forwards events for the other keys.
     Source {
-        /// One per other key field.
+        /// One per internal topic its stream feeds.
         forward: Vec<Forward>,
+        /// The stream whose topic the partition is of.
+        stream: u16,
     },
     /// A partition of an internal topic: runs the rules keyed by its field,
     /// with the watermark of `sources` upstream partitions.

@@ -13,7 +13,7 @@ mod output;
 use crate::engine::{Engine, Migration, Outputs, RuleSet};
 use crate::event::Value;
 use crate::state::{self, SnapshotError, StateStore};
-pub use messages::{Barrier, Forward, Record, Role, WatermarkMark};
+pub use messages::{Barrier, Forward, Record, Role, STREAM_HEADER, WatermarkMark};
 pub use output::{AlertRecord, DeadLetter, DeadLetterKind, OutRecord, ShardOutput};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -242,6 +242,7 @@ impl Shard {
             rules,
             Role::Source {
                 forward: Vec::new(),
+                stream: 0,
             },
         )
     }
@@ -286,18 +287,26 @@ impl Shard {
             output_limit,
             ..
         } = self;
+        // A stream's topic holds that stream's events; an internal topic
+        // those of every stream its rules read, each marked with its stream
+        // (unmarked: the main stream's, as before rule sets had several).
+        let stream = match (&*role, &record.stream) {
+            (Role::Source { stream, .. }, _) => *stream,
+            (Role::Internal { .. }, None) => 0,
+            (Role::Internal { .. }, Some(name)) => {
+                engine.rules().def().stream_index(name).unwrap_or(u16::MAX)
+            }
+        };
         // Empty, without allocating, but for events too large to forward.
         let mut too_large = Vec::new();
         let processed = catch_unwind(AssertUnwindSafe(|| {
-            // The service runs rule sets of one stream (`Topology::new`
-            // refuses others): every record is of the main stream.
             engine.on_record(
-                0,
+                stream,
                 &payload,
                 record.offset as u64,
                 outputs,
                 |event, refused| {
-                    if let Role::Source { forward } = role
+                    if let Role::Source { forward, .. } = role
                         && !refused
                     {
                         for f in forward {

@@ -29,7 +29,9 @@ use super::{ensure_topics, ensure_topics_with, partition_counts};
 use crate::adapters::local::{LocalError, LocalState};
 use crate::adapters::worker::{Stop, Worker, WorkerError};
 use crate::config::Config;
-use crate::coordinator::{Clock, CoordError, Coordinator, Parts, Ports, Settings, Topology};
+use crate::coordinator::{
+    Clock, CoordError, Coordinator, Parts, Ports, Settings, SourceTopic, Topology,
+};
 use crate::engine::RuleSet;
 use crate::telemetry::events::Telemetry;
 use actix::{Arbiter, ArbiterHandle};
@@ -80,9 +82,16 @@ pub enum ServiceError {
     /// A Kafka client call failed in a way that cannot be retried.
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
-    /// The input topic does not exist.
-    #[error("input topic `{0}` does not exist")]
-    NoInputTopic(String),
+    /// An input topic (a stream's) does not exist.
+    #[error(
+        "input topic `{topic}` of stream `{stream}` does not exist: create it, or read the stream from another topic (`kafka.input_topic` for the main stream, `topic \"NAME\"` in the stream's block for the others)"
+    )]
+    NoInputTopic {
+        /// The topic.
+        topic: String,
+        /// The stream read from it.
+        stream: String,
+    },
     /// The rules cannot run partitioned by key.
     #[error("{0}")]
     Unpartitionable(String),
@@ -183,23 +192,40 @@ pub fn start(
         &[&k.alerts_topic, &k.dead_letter_topic],
         k.partitions,
     )?;
-    let Some(sources) = partition_counts(k, &brokers, &[&k.input_topic])?[0] else {
-        return Err(ServiceError::NoInputTopic(k.input_topic.clone()));
-    };
-    let topology = Topology::new(&k.input_topic, &k.group_id, rules, sources)
-        .map_err(ServiceError::Unpartitionable)?;
+    let names = Topology::input_topics(&rules, &k.input_topic);
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut inputs = Vec::new();
+    let counts = partition_counts(k, &brokers, &refs)?;
+    for ((name, count), stream) in names.iter().zip(counts).zip(&rules.def().streams) {
+        let Some(partitions) = count else {
+            return Err(ServiceError::NoInputTopic {
+                topic: name.clone(),
+                stream: stream.name.clone(),
+            });
+        };
+        inputs.push(SourceTopic {
+            name: name.clone(),
+            partitions,
+        });
+    }
+    let topology =
+        Topology::with_inputs(&k.group_id, rules, inputs).map_err(ServiceError::Unpartitionable)?;
+    let sources = topology.internal_partitions();
     let internal: Vec<&str> = topology.internal().collect();
     // Internal topics have the input's partition count, so one key field's
     // events spread as widely as the input's.
     ensure_topics(k, &brokers, &internal, sources as i32)?;
-    let changelogs: Vec<&str> = topology.changelogs().collect();
-    ensure_topics_with(
-        k,
-        &brokers,
-        &changelogs,
-        sources as i32,
-        &[("cleanup.policy", "compact")],
-    )?;
+    // A changelog has a partition per partition of its topic.
+    for (i, plan) in topology.topics.iter().enumerate() {
+        let partitions = topology.inputs.get(i).map_or(sources, |t| t.partitions);
+        ensure_topics_with(
+            k,
+            &brokers,
+            &[plan.changelog.as_str()],
+            partitions as i32,
+            &[("cleanup.policy", "compact")],
+        )?;
+    }
     let topology = Arc::new(topology);
     let progress = Arc::new(Progress::default());
     let pending_rules = PendingRules::default();
@@ -449,7 +475,8 @@ fn drive(
                     let Some(t) = c.topology().index(m.topic()) else {
                         continue;
                     };
-                    c.enqueue(&src, (t, m.partition()), record_of(&m, t));
+                    let internal = !c.topology().is_source(t);
+                    c.enqueue(&src, (t, m.partition()), record_of(&m, internal));
                 }
                 Err(e) => tracing::warn!("consumer: {e}"),
             }

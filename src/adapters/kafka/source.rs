@@ -10,7 +10,7 @@ use super::watch::{LoopState, Phase};
 use crate::coordinator::{
     CoordError, Coordinator, MARK_HEADER, PortError, Progress, ShardId, Source,
 };
-use crate::runtime::{Record, WatermarkMark};
+use crate::runtime::{Record, STREAM_HEADER, WatermarkMark};
 use crate::telemetry;
 use rdkafka::consumer::{
     BaseConsumer, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance,
@@ -167,16 +167,19 @@ impl ConsumerContext for Ctx {
     }
 }
 
-/// A fetched message as a record of topic `t` (0: the input; internal
-/// topics carry watermark marks).
-pub(super) fn record_of(m: &impl Message, t: usize) -> Record {
+/// A fetched message as a record, of an internal topic (whose records
+/// carry watermark marks and their events' stream) or of a stream's.
+pub(super) fn record_of(m: &impl Message, internal: bool) -> Record {
     let mut record = Record::data(
         m.offset(),
         m.key().map(<[u8]>::to_vec),
         m.payload().map(<[u8]>::to_vec),
     );
-    if t > 0 {
+    if internal {
         record.mark = header(m, MARK_HEADER).and_then(WatermarkMark::decode);
+        record.stream = header(m, STREAM_HEADER)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .map(Box::from);
     }
     record.timestamp_ms = m.timestamp().to_millis();
     if telemetry::tracing_enabled() {

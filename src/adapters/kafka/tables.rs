@@ -15,10 +15,12 @@ use crate::tables::{Row, Tables};
 use rdkafka::message::{BorrowedMessage, Message};
 use std::sync::Arc;
 
-/// How far back in event time a row's versions are kept (30 days): an
-/// event later than that sees the row's version of 30 days before now, not
-/// the one of its own time. Without a bound, a row updated every day would
-/// hold every version it ever had.
+/// How far back in event time a row's versions are kept (30 days before the
+/// row's latest version): an event older than that sees the version of 30
+/// days before the latest, not the one of its own time. Without a bound, a
+/// row updated every day would hold every version it ever had. The bound is
+/// the row's own time, not the clock, so a replay of old data over the
+/// table's topic sees what `replay` over its file sees.
 const HISTORY_MS: i64 = 30 * 24 * 3_600_000;
 
 /// Creates missing table topics (compacted), reads them whole into
@@ -64,7 +66,7 @@ fn apply_record(decl: &TableDecl, m: &BorrowedMessage<'_>, tables: &Tables) {
         match (key, m.timestamp().to_millis()) {
             (Some(key), Some(at)) => {
                 tables.put(table, &key, at, None);
-                tables.forget_before(table, &key, crate::telemetry::now_ms() - HISTORY_MS);
+                tables.forget_before(table, &key, at - HISTORY_MS);
             }
             _ => tracing::warn!(
                 table,
@@ -88,7 +90,7 @@ fn apply_record(decl: &TableDecl, m: &BorrowedMessage<'_>, tables: &Tables) {
     match Tables::key_and_time(&decl.spec, &row) {
         Ok((key, at)) => {
             tables.put(table, &key, at, Some(row));
-            tables.forget_before(table, &key, crate::telemetry::now_ms() - HISTORY_MS);
+            tables.forget_before(table, &key, at - HISTORY_MS);
         }
         Err(e) => tracing::warn!(table, offset = m.offset(), "a row that cannot be used: {e}"),
     }

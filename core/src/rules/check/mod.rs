@@ -780,6 +780,7 @@ impl Compiler {
             clock_skew_ms: s.clock_skew.map(|l| l.0),
             fields: None,
             order: Vec::new(),
+            topic: s.topic.as_ref().map(|(t, _)| t.clone()),
         };
         let path = |p: &Option<(String, Span)>,
                     what: &str,

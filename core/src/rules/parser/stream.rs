@@ -26,9 +26,10 @@ impl Parser {
             clock_skew: None,
             fields: Vec::new(),
             order: Vec::new(),
+            topic: None,
         };
         const CLAUSES: &[&str] = &[
-            "key", "time", "type", "lateness", "idle", "skew", "clock", "fields", "order",
+            "key", "time", "type", "lateness", "idle", "skew", "clock", "fields", "order", "topic",
         ];
         self.block_clauses(CLAUSES, true, |p| {
             if p.eat_kw("key") {
@@ -76,9 +77,18 @@ impl Parser {
                         break;
                     }
                 }
+            } else if p.eat_kw("topic") {
+                match p.peek().clone() {
+                    Tok::Str(topic) => {
+                        let span = p.bump().span;
+                        s.topic = Some((topic, span));
+                    }
+                    _ => return p.error("the topic as a string (`\"logins\"`)"),
+                }
             } else {
-                return p
-                    .error("key, time, type, lateness, idle, skew, clock skew, fields or order");
+                return p.error(
+                    "key, time, type, lateness, idle, skew, clock skew, fields, order or topic",
+                );
             }
             Some(())
         });
