@@ -10,13 +10,19 @@
 //!    compares each event's amount with 5 × the customer's declared income,
 //!    against the same rule with a constant, over the same events.
 //!
-//! `cargo bench --bench tables [-- ROWS]` (default 1000000 rows).
+//! `cargo bench --bench tables [-- ROWS] [disk]` (default 1000000 rows, in
+//! memory). With `disk` the rows are held in the service's RocksDB store
+//! (`state.tables = "disk"`, 64 MiB block cache) in a temporary directory;
+//! the heap count then misses RocksDB's own memory, so the process's
+//! resident memory after loading is printed too, with the store's size on
+//! disk.
 
 #[path = "support/heap.rs"]
 mod heap;
 use heap::allocated;
 use std::sync::Arc;
 use std::time::Instant;
+use tripline::adapters::table_store::DiskRows;
 use tripline::engine::{Engine, EngineOptions, Outputs, RuleSet};
 use tripline::event::{FieldPath, Value};
 use tripline::tables::Tables;
@@ -76,17 +82,47 @@ fn run(rs: &Arc<RuleSet>, tables: &Arc<Tables>, rows: u64) -> (f64, u64) {
     (EVENTS as f64 / t.elapsed().as_secs_f64(), alerts)
 }
 
+/// The process's resident memory (Linux; 0 elsewhere).
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// The bytes of the files in `dir`.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 fn main() {
     let rows: u64 = std::env::args()
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(1_000_000);
+    let disk = std::env::args().any(|a| a == "disk");
+    let dir = std::env::temp_dir().join(format!("tripline-bench-tables-{}", std::process::id()));
     let rs = rules("amount > 5 * profiles.MONTHLY_INCOME");
     let spec = rs.def().tables[0].spec.clone();
     let lines: Vec<String> = (0..rows).map(row).collect();
     let json_bytes: usize = lines.iter().map(String::len).sum();
 
-    let tables = Arc::new(Tables::new());
+    let rss_before = rss_bytes();
+    let tables = Arc::new(match disk {
+        true => Tables::on(DiskRows::open(&dir, 64 << 20).expect("a store in the temp dir")),
+        false => Tables::new(),
+    });
     let before = allocated();
     let t = now();
     for l in &lines {
@@ -96,11 +132,21 @@ fn main() {
     let held = allocated() - before;
     drop(lines);
     println!(
-        "load: {rows} rows in {load_s:.2} s = {:.0} rows/s; {:.0} heap bytes per row held \
-         ({:.0} bytes of JSON per row)",
+        "load ({}): {rows} rows in {load_s:.2} s = {:.0} rows/s; {:.0} heap bytes per row held \
+         ({:.0} bytes of JSON per row); resident memory {:.0} MiB more than before the load{}",
+        if disk { "disk" } else { "memory" },
         rows as f64 / load_s,
         held as f64 / rows as f64,
-        json_bytes as f64 / rows as f64
+        json_bytes as f64 / rows as f64,
+        (rss_bytes().saturating_sub(rss_before)) as f64 / (1 << 20) as f64,
+        if disk {
+            format!(
+                ", {:.0} MiB on disk",
+                dir_bytes(&dir) as f64 / (1 << 20) as f64
+            )
+        } else {
+            String::new()
+        }
     );
 
     let field = FieldPath::single("MONTHLY_INCOME");
@@ -125,4 +171,6 @@ fn main() {
          with a constant ({a2} alerts): {:.0} % more time per event",
         (without / with - 1.0) * 100.0
     );
+    drop(tables);
+    std::fs::remove_dir_all(&dir).ok();
 }

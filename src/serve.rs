@@ -209,7 +209,15 @@ impl Service {
                 .collect()
         });
         // Before the service too: its first events see every table's rows.
-        let tables = Arc::new(tripline::tables::Tables::new());
+        let tables = Arc::new(match config.state.tables.as_str() {
+            "disk" => {
+                tripline::tables::Tables::on(tripline::adapters::table_store::DiskRows::open(
+                    &tripline::adapters::table_store::dir_beside(&config.state.dir),
+                    config.state.tables_cache_mb << 20,
+                )?)
+            }
+            _ => tripline::tables::Tables::new(),
+        });
         let tables_reader =
             kafka::tables::follow(&config, &brokers, &rules.def().tables, tables.clone())?;
         let names: Vec<String> = rules

@@ -1,7 +1,8 @@
 //! Tables in the service, on a real Kafka-protocol broker (see
 //! `support/kafka.rs`): a member reads a table's topic whole before its
 //! first event, lookups are as of each event's time, a row changed while
-//! the member was down (killed) is read back at restart, and `replay` over
+//! the member was down (killed) is read back at restart (into the disk
+//! store, `state.tables = "disk"`), and `replay` over
 //! the same rows and events commits the same alerts.
 
 #[path = "support/kafka.rs"]
@@ -38,7 +39,14 @@ rule abroad {{ pattern {{ tx: country != profiles.home }} }}
     )
 }
 
-fn start(c: &Config, rules: &std::path::Path) -> Member {
+/// Where a member holds the tables' rows (`state.tables`).
+#[derive(Clone, Copy)]
+enum Store {
+    Memory,
+    Disk,
+}
+
+fn start(c: &Config, rules: &std::path::Path, store: Store) -> Member {
     static RUN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let run = RUN.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let log = std::env::temp_dir().join(format!("{}-{run}.log", c.kafka.group_id));
@@ -51,6 +59,13 @@ fn start(c: &Config, rules: &std::path::Path) -> Member {
         .env("TRIPLINE__CHECKPOINT__INTERVAL_MS", "100")
         .env("TRIPLINE__RUNTIME__SHARD_THREADS", "1")
         .env("TRIPLINE__API__LISTEN", "127.0.0.1:0")
+        .env(
+            "TRIPLINE__STATE__TABLES",
+            match store {
+                Store::Memory => "memory",
+                Store::Disk => "disk",
+            },
+        )
         .env(
             "TRIPLINE__RULES__PATHS",
             serde_json::to_string(&[rules]).unwrap(),
@@ -152,7 +167,7 @@ fn members_read_tables_as_of_event_time_and_after_a_kill() {
     )
     .unwrap();
     produce_to(&c, &table_topic, &inputs);
-    let member = start(&c, &dir);
+    let member = start(&c, &dir, Store::Memory);
     // Card 3 has no row: null compares to nothing.
     produce(
         &c,
@@ -175,7 +190,8 @@ fn members_read_tables_as_of_event_time_and_after_a_kill() {
     let (mark, json) = row(5, t0, "NL");
     let mark = keep(&dir, mark, &json);
     produce_to(&c, &table_topic, &[moved, mark]);
-    let member = start(&c, &dir);
+    // Restarted with the rows on disk: the store is rebuilt from the topic.
+    let member = start(&c, &dir, Store::Disk);
     // The API shows what the member holds: the table, and a key's versions.
     let get = |path: &str| -> (u16, serde_json::Value) {
         match ureq::get(format!("{}{path}", member.1)).call() {

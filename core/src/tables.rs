@@ -23,7 +23,7 @@ pub type Row = serde_json::Map<String, serde_json::Value>;
 /// path (`a.b` for field `b` of object `a`), sorted by path. Flat and
 /// without the JSON's other values, it takes a fraction of the parsed
 /// JSON's memory and is read without walking objects.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct HeldRow(Box<[(CompactString, Value)]>);
 
 impl HeldRow {
@@ -131,10 +131,112 @@ pub enum RowError {
     NoTime(String),
 }
 
-/// Every declared table's rows, shared by the engines that read them.
+/// Where the tables' row versions are held: in memory ([`MemoryRows`],
+/// the default), or on disk for tables larger than memory (the service's
+/// RocksDB store). Keys are the text [`list_key`] gives.
+pub trait RowStore: Send + Sync + std::fmt::Debug {
+    /// Calls `f` with the version of `key`'s row in `table` in force at
+    /// event time `t`: the latest from at or before `t` (`None`: no row
+    /// then, or deleted).
+    fn with_row_at(
+        &self,
+        table: &str,
+        key: &str,
+        t: EventTime,
+        f: &mut dyn FnMut(Option<&HeldRow>),
+    );
+    /// Records `row` (`None`: the key's deletion) as the version of `key`
+    /// from `at`, replacing one from the same time.
+    fn put(&self, table: &str, key: &str, at: EventTime, row: Option<HeldRow>);
+    /// Drops the versions no event from `from` on can see: those before
+    /// the last version at or before `from`.
+    fn forget_before(&self, table: &str, key: &str, from: EventTime);
+    /// The versions of `key`'s row, in time order.
+    fn versions(&self, table: &str, key: &str) -> Vec<(EventTime, Option<HeldRow>)>;
+    /// How many keys `table` has a row for (in any version).
+    fn len(&self, table: &str) -> usize;
+}
+
+/// Row versions in memory: per table, per key, in time order.
 #[derive(Debug, Default)]
-pub struct Tables {
+pub struct MemoryRows {
     inner: RwLock<BTreeMap<String, hashbrown::HashMap<CompactString, Vec<Version>>>>,
+}
+
+impl RowStore for MemoryRows {
+    fn with_row_at(
+        &self,
+        table: &str,
+        key: &str,
+        t: EventTime,
+        f: &mut dyn FnMut(Option<&HeldRow>),
+    ) {
+        let tables = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        let Some(versions) = tables.get(table).and_then(|rows| rows.get(key)) else {
+            return f(None);
+        };
+        // Versions are in time order: the last one from at or before `t`.
+        let i = versions.partition_point(|v| v.at <= t);
+        f(i.checked_sub(1).and_then(|i| versions[i].row.as_deref()))
+    }
+
+    fn put(&self, table: &str, key: &str, at: EventTime, row: Option<HeldRow>) {
+        let mut tables = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        let versions = tables
+            .entry(table.to_string())
+            .or_default()
+            .entry(CompactString::from(key))
+            .or_default();
+        let version = Version {
+            at,
+            row: row.map(Box::new),
+        };
+        let i = versions.partition_point(|v| v.at < at);
+        match versions.get_mut(i) {
+            Some(v) if v.at == at => *v = version,
+            _ => versions.insert(i, version),
+        }
+    }
+
+    fn forget_before(&self, table: &str, key: &str, from: EventTime) {
+        let mut tables = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(versions) = tables.get_mut(table).and_then(|rows| rows.get_mut(key)) {
+            let seen = versions.partition_point(|v| v.at <= from);
+            if seen > 1 {
+                versions.drain(..seen - 1);
+            }
+        }
+    }
+
+    fn versions(&self, table: &str, key: &str) -> Vec<(EventTime, Option<HeldRow>)> {
+        let tables = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        tables
+            .get(table)
+            .and_then(|rows| rows.get(key))
+            .map(|v| {
+                v.iter()
+                    .map(|v| (v.at, v.row.as_deref().cloned()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn len(&self, table: &str) -> usize {
+        let tables = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        tables.get(table).map_or(0, |rows| rows.len())
+    }
+}
+
+/// Every declared table's rows, shared by the engines that read them.
+#[derive(Debug)]
+pub struct Tables {
+    store: Box<dyn RowStore>,
+}
+
+impl Default for Tables {
+    fn default() -> Tables {
+        Tables::on(MemoryRows::default())
+    }
 }
 
 /// The value at `path` in `row` (`Null` if absent, or not a string, number
@@ -164,9 +266,16 @@ fn row_time(row: &Row, path: &FieldPath) -> Option<EventTime> {
 }
 
 impl Tables {
-    /// No rows.
+    /// No rows, held in memory.
     pub fn new() -> Tables {
         Tables::default()
+    }
+
+    /// No rows yet, held in `store`.
+    pub fn on(store: impl RowStore + 'static) -> Tables {
+        Tables {
+            store: Box::new(store),
+        }
     }
 
     /// Field `field` of the row `key` had in `table` at event time `t`
@@ -183,63 +292,42 @@ impl Tables {
                 None => return Value::Null,
             },
         };
-        let tables = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        let Some(versions) = tables.get(table).and_then(|rows| rows.get(key)) else {
-            return Value::Null;
-        };
-        // Versions are in time order: the last one from at or before `t`.
-        let i = versions.partition_point(|v| v.at <= t);
-        let Some(row) = i.checked_sub(1).and_then(|i| versions[i].row.as_ref()) else {
-            return Value::Null;
-        };
-        match field.0.as_slice() {
-            [one] => row.get(one),
-            parts => {
-                // Paths are short: joined inline, without allocating.
-                let mut path = CompactString::default();
-                for (n, p) in parts.iter().enumerate() {
-                    if n > 0 {
-                        path.push('.');
+        let mut out = Value::Null;
+        self.store.with_row_at(table, key, t, &mut |row| {
+            let Some(row) = row else {
+                return;
+            };
+            out = match field.0.as_slice() {
+                [one] => row.get(one),
+                parts => {
+                    // Paths are short: joined inline, without allocating.
+                    let mut path = CompactString::default();
+                    for (n, p) in parts.iter().enumerate() {
+                        if n > 0 {
+                            path.push('.');
+                        }
+                        path.push_str(p);
                     }
-                    path.push_str(p);
+                    row.get(&path)
                 }
-                row.get(&path)
-            }
-        }
+            };
+        });
+        out
     }
 
     /// Records `row` (or, for `None`, the key's deletion) as the version of
     /// `key` in `table` from event time `at`; a version already there from
     /// the same time is replaced.
     pub fn put(&self, table: &str, key: &str, at: EventTime, row: Option<Row>) {
-        let mut tables = self.inner.write().unwrap_or_else(|p| p.into_inner());
-        let versions = tables
-            .entry(table.to_string())
-            .or_default()
-            .entry(CompactString::from(key))
-            .or_default();
-        let version = Version {
-            at,
-            row: row.map(|r| Box::new(HeldRow::of(&r))),
-        };
-        let i = versions.partition_point(|v| v.at < at);
-        match versions.get_mut(i) {
-            Some(v) if v.at == at => *v = version,
-            _ => versions.insert(i, version),
-        }
+        self.store
+            .put(table, key, at, row.as_ref().map(HeldRow::of));
     }
 
     /// Drops the versions of `key`'s row in `table` that no event from
     /// `from` on can see: those before the last version at or before
     /// `from` (which stays, for events from `from` until the next).
     pub fn forget_before(&self, table: &str, key: &str, from: EventTime) {
-        let mut tables = self.inner.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(versions) = tables.get_mut(table).and_then(|rows| rows.get_mut(key)) {
-            let seen = versions.partition_point(|v| v.at <= from);
-            if seen > 1 {
-                versions.drain(..seen - 1);
-            }
-        }
+        self.store.forget_before(table, key, from);
     }
 
     /// Reads one row of `spec`'s table as its key and version time.
@@ -268,22 +356,12 @@ impl Tables {
     /// The versions of `key`'s row in `table`, in time order: from when
     /// each applies, and the row (`None`: deleted from then).
     pub fn versions(&self, table: &str, key: &str) -> Vec<(EventTime, Option<HeldRow>)> {
-        let tables = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        tables
-            .get(table)
-            .and_then(|rows| rows.get(key))
-            .map(|v| {
-                v.iter()
-                    .map(|v| (v.at, v.row.as_deref().cloned()))
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.store.versions(table, key)
     }
 
     /// How many keys `table` has a row for (in any version).
     pub fn len(&self, table: &str) -> usize {
-        let tables = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        tables.get(table).map_or(0, |rows| rows.len())
+        self.store.len(table)
     }
 
     /// Whether `table` has no rows.

@@ -4,5 +4,6 @@
 pub mod api;
 pub mod kafka;
 pub mod local;
+pub mod table_store;
 pub mod webhook;
 pub mod worker;

@@ -193,6 +193,17 @@ impl Config {
                 w.status_retention
             ));
         }
+        match self.state.tables.as_str() {
+            "memory" => {}
+            "disk" if self.state.dir.as_os_str().is_empty() => {
+                p.push("state.tables `disk` needs state.dir: the rows are kept there".into());
+            }
+            "disk" if self.state.tables_cache_mb == 0 => {
+                p.push("state.tables_cache_mb must be at least 1".into());
+            }
+            "disk" => {}
+            other => p.push(format!("state.tables `{other}` must be `memory` or `disk`")),
+        }
         if !w.endpoints.is_empty() && self.state.dir.as_os_str().is_empty() {
             p.push("webhooks need state.dir: their outbox is kept there".into());
         }

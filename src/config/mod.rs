@@ -424,6 +424,12 @@ pub struct StateConfig {
     /// data directory and read back on their next event or deadline. 0: no
     /// limit. Needs `dir`.
     pub memory_budget_mb: usize,
+    /// Where the tables' rows are held: `memory`, or `disk` (a RocksDB
+    /// store beside `dir`, `<dir>.tables`, rebuilt from the tables' topics at start, its
+    /// memory bounded by `tables_cache_mb`) for tables larger than memory.
+    pub tables: String,
+    /// The disk tables' block cache, in MiB.
+    pub tables_cache_mb: usize,
 }
 
 impl Default for StateConfig {
@@ -431,6 +437,8 @@ impl Default for StateConfig {
         StateConfig {
             dir: PathBuf::from("tripline-state"),
             memory_budget_mb: 1024,
+            tables: "memory".into(),
+            tables_cache_mb: 64,
         }
     }
 }
