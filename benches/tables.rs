@@ -130,6 +130,7 @@ fn main() {
     }
     let load_s = t.elapsed().as_secs_f64();
     let held = allocated() - before;
+    let rss_after = rss_bytes();
     drop(lines);
     println!(
         "load ({}): {rows} rows in {load_s:.2} s = {:.0} rows/s; {:.0} heap bytes per row held \
@@ -138,7 +139,7 @@ fn main() {
         rows as f64 / load_s,
         held as f64 / rows as f64,
         json_bytes as f64 / rows as f64,
-        (rss_bytes().saturating_sub(rss_before)) as f64 / (1 << 20) as f64,
+        (rss_after.saturating_sub(rss_before)) as f64 / (1 << 20) as f64,
         if disk {
             format!(
                 ", {:.0} MiB on disk",
