@@ -113,6 +113,12 @@ impl DiskRows {
         k
     }
 
+    /// Whether the record key `k` is a version of the key of `prefix`
+    /// (not of a longer key that starts the same).
+    fn is_version_of(k: &[u8], prefix: &[u8]) -> bool {
+        k.len() == prefix.len() + 8 && k.starts_with(prefix)
+    }
+
     fn time_of(key: &[u8]) -> EventTime {
         let mut b = [0u8; 8];
         b.copy_from_slice(&key[key.len() - 8..]);
@@ -145,7 +151,7 @@ impl DiskRows {
         let mut it = self.db.raw_iterator();
         it.seek_for_prev(Self::version_key(prefix, t));
         match (it.key(), it.value()) {
-            (Some(k), Some(v)) if k.len() == prefix.len() + 8 && k.starts_with(prefix) => {
+            (Some(k), Some(v)) if Self::is_version_of(k, prefix) => {
                 Some((Self::time_of(k), v.to_vec()))
             }
             _ => None,
@@ -168,9 +174,7 @@ impl RowStore for DiskRows {
         let mut it = self.db.raw_iterator();
         it.seek_for_prev(Self::version_key(&prefix, t));
         let row = match (it.key(), it.value()) {
-            (Some(k), Some(v)) if k.len() == prefix.len() + 8 && k.starts_with(&prefix) => {
-                Self::decode(v)
-            }
+            (Some(k), Some(v)) if Self::is_version_of(k, &prefix) => Self::decode(v),
             _ => None,
         };
         f(row.as_ref())
@@ -222,8 +226,7 @@ impl RowStore for DiskRows {
         it.seek(&prefix);
         let mut older = Vec::new();
         while let Some(k) = it.key() {
-            if !(k.len() == prefix.len() + 8 && k.starts_with(&prefix)) || Self::time_of(k) >= kept
-            {
+            if !Self::is_version_of(k, &prefix) || Self::time_of(k) >= kept {
                 break;
             }
             older.push(k.to_vec());
@@ -245,7 +248,7 @@ impl RowStore for DiskRows {
         it.seek(&prefix);
         let mut out = Vec::new();
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
-            if !(k.len() == prefix.len() + 8 && k.starts_with(&prefix)) {
+            if !Self::is_version_of(k, &prefix) {
                 break;
             }
             out.push((Self::time_of(k), Self::decode(v)));
