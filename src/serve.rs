@@ -214,6 +214,7 @@ impl Service {
                 tripline::tables::Tables::on(tripline::adapters::table_store::DiskRows::open(
                     &tripline::adapters::table_store::dir_beside(&config.state.dir),
                     config.state.tables_cache_mb << 20,
+                    &kafka::tables::store_identity(&brokers, &rules.def().tables),
                 )?)
             }
             _ => tripline::tables::Tables::new(),

@@ -2,7 +2,8 @@
 //! `support/kafka.rs`): a member reads a table's topic whole before its
 //! first event, lookups are as of each event's time, a row changed while
 //! the member was down (killed) is read back at restart (into the disk
-//! store, `state.tables = "disk"`), and `replay` over
+//! store, `state.tables = "disk"`, which a second kill does not lose: only
+//! the rows written meanwhile are read), and `replay` over
 //! the same rows and events commits the same alerts.
 
 #[path = "support/kafka.rs"]
@@ -17,9 +18,9 @@ use std::time::Duration;
 use tripline::adapters::kafka;
 use tripline::config::Config;
 
-/// A `tripline serve` member and its API's address, killed (SIGKILL)
-/// when dropped.
-struct Member(Child, String);
+/// A `tripline serve` member, its API's address and its log, killed
+/// (SIGKILL) when dropped.
+struct Member(Child, String, std::path::PathBuf);
 
 impl Drop for Member {
     fn drop(&mut self) {
@@ -80,7 +81,7 @@ fn start(c: &Config, rules: &std::path::Path, store: Store) -> Member {
         .expect("tripline serve starts");
     // Listening means the tables were read: they are read first.
     let api = format!("http://{}", api_address(&log));
-    Member(child, api)
+    Member(child, api, log)
 }
 
 fn event(card: u32, ts: i64, country: &str) -> Input {
@@ -205,9 +206,9 @@ fn members_read_tables_as_of_event_time_and_after_a_kill() {
     assert_eq!(page["tables"][0]["name"], "profiles", "{page}");
     assert_eq!(page["tables"][0]["keys"], 3, "{page}");
     assert_eq!(page["tables"][0]["time"], "UPDATED_AT", "{page}");
-    let (code, row) = get("/v1/tables/profiles/rows/2");
+    let (code, rows2) = get("/v1/tables/profiles/rows/2");
     assert_eq!(code, 200);
-    let versions: Vec<(i64, String)> = row["versions"]
+    let versions: Vec<(i64, String)> = rows2["versions"]
         .as_array()
         .unwrap()
         .iter()
@@ -282,5 +283,34 @@ fn members_read_tables_as_of_event_time_and_after_a_kill() {
     replayed.sort();
     served.sort();
     assert_eq!(replayed, served);
+
+    // Killed again, card 2 moves to ES meanwhile: the restarted member
+    // keeps what its disk store held and reads only the new row.
+    drop(member);
+    let t2 = t1 + 10_000;
+    let (moved, json) = row(2, t2, "ES");
+    produce_to(&c, &table_topic, &[keep(&dir, moved, &json)]);
+    let member = start(&c, &dir, Store::Disk);
+    let log = std::fs::read_to_string(&member.2).unwrap();
+    let read = log
+        .lines()
+        .find(|l| l.contains("tables read"))
+        .unwrap_or_else(|| panic!("no `tables read` in:\n{log}"));
+    // The topic holds 5 records: 4 were kept, 1 is read.
+    assert!(read.contains("kept=4") && read.contains("read=1"), "{read}");
+    let row2 = ureq::get(format!("{}/v1/tables/profiles/rows/2", member.1))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_json::<serde_json::Value>()
+        .unwrap();
+    let homes: Vec<&str> = row2["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["row"]["home"].as_str().unwrap())
+        .collect();
+    assert_eq!(homes, ["DE", "IT", "ES"], "{row2}");
+    drop(member);
     std::fs::remove_dir_all(&dir).ok();
 }

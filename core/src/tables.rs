@@ -155,6 +155,19 @@ pub trait RowStore: Send + Sync + std::fmt::Debug {
     fn versions(&self, table: &str, key: &str) -> Vec<(EventTime, Option<HeldRow>)>;
     /// How many keys `table` has a row for (in any version).
     fn len(&self, table: &str) -> usize;
+    /// Where the store's copy of a source's partition ends (the next
+    /// offset to read), for a store that keeps its rows across restarts;
+    /// `None` (the default): read the partition from its beginning.
+    fn position(&self, _source: &str, _partition: i32) -> Option<i64> {
+        None
+    }
+    /// Records that the records of `source`'s `partition` before `next`
+    /// are in the store. A store that keeps its rows across restarts must
+    /// never keep a position past rows it lost.
+    fn set_position(&self, _source: &str, _partition: i32, _next: i64) {}
+    /// Forgets every row and position (the sources went back: a topic
+    /// deleted and made again).
+    fn clear(&self);
 }
 
 /// Row versions in memory: per table, per key, in time order.
@@ -224,6 +237,13 @@ impl RowStore for MemoryRows {
     fn len(&self, table: &str) -> usize {
         let tables = self.inner.read().unwrap_or_else(|p| p.into_inner());
         tables.get(table).map_or(0, |rows| rows.len())
+    }
+
+    fn clear(&self) {
+        self.inner
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 }
 
@@ -367,6 +387,23 @@ impl Tables {
     /// Whether `table` has no rows.
     pub fn is_empty(&self, table: &str) -> bool {
         self.len(table) == 0
+    }
+
+    /// Where the rows read from `source`'s `partition` end, when the store
+    /// kept them across a restart (see [`RowStore::position`]).
+    pub fn position(&self, source: &str, partition: i32) -> Option<i64> {
+        self.store.position(source, partition)
+    }
+
+    /// Records that the records of `source`'s `partition` before `next`
+    /// are applied (see [`RowStore::set_position`]).
+    pub fn set_position(&self, source: &str, partition: i32, next: i64) {
+        self.store.set_position(source, partition, next)
+    }
+
+    /// Forgets every row and position.
+    pub fn clear(&self) {
+        self.store.clear()
     }
 }
 

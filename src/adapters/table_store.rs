@@ -3,19 +3,34 @@
 //! memory (10 M customer profiles, every terminal of a network). Memory is
 //! bounded by the block cache and the write buffers, whatever the rows.
 //!
-//! The database is a cache of the tables' topics, which stay the source of
-//! truth: it is emptied when the service starts and filled as the topics are
-//! read, so nothing in it needs a write-ahead log or a recovery.
+//! The database is a copy of the tables' topics, which stay the source of
+//! truth. It keeps, beside the rows, where it is in each topic partition
+//! ([`RowStore::position`]), so a restart reads only what the topics
+//! gained meanwhile, not 10 M rows again. Writes go to the write-ahead log
+//! unsynced: a killed process loses nothing, and after a machine's crash
+//! RocksDB comes back with a prefix of the writes; since a position is
+//! written after the rows it covers, what was lost is read again (a row
+//! written twice is the same version). The store is emptied
+//! when the tables it was filled for change (their names, topics, key or
+//! time fields: the `identity` given to [`DiskRows::open`]), when a topic
+//! went back (deleted and made again), or when it cannot be opened.
 //!
 //! A version is keyed by table, key and time, so that the version in force
 //! at an event's time is one `seek_for_prev` away:
 //! `u16 table id | u32 key length | key | u64 time` (big-endian; the time's
 //! sign bit flipped, so that negative times sort first). Its value is a
-//! tag byte (0: deleted from then, 1: a row) and the row in postcard.
+//! tag byte (0: deleted from then, 1: a row) and the row in postcard. A
+//! prefix extractor (the key without its time) and prefix bloom filters let
+//! a lookup skip the files that hold no version of its key. Bookkeeping
+//! sits under table id `0xFFFF`: the identity, each table's id and count
+//! of keys, each partition's position.
 
 use crate::event::EventTime;
 use crate::tables::{HeldRow, RowStore};
-use rocksdb::{BlockBasedOptions, Cache, DB, Options, WriteOptions};
+use rocksdb::{
+    BlockBasedIndexType, BlockBasedOptions, Cache, DB, Direction, IteratorMode, Options,
+    ReadOptions, SliceTransform, WriteBatch, WriteOptions,
+};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -27,11 +42,14 @@ pub struct DiskRowsError {
     source: Box<dyn std::error::Error + Send + Sync>,
 }
 
+/// A table's id in the store and its count of keys.
+type TableEntry = (String, u16, u64);
+
 /// Row versions in RocksDB (see the module docs).
 pub struct DiskRows {
     db: DB,
-    /// Table names by id, and each table's count of keys.
-    tables: Mutex<Vec<(String, usize)>>,
+    /// Every table the store holds.
+    tables: Mutex<Vec<TableEntry>>,
     dir: PathBuf,
 }
 
@@ -53,48 +71,166 @@ pub fn dir_beside(state_dir: &Path) -> PathBuf {
 const DELETED: u8 = 0;
 const ROW: u8 = 1;
 
+/// The table id under which the bookkeeping is kept.
+const META: [u8; 2] = [0xFF, 0xFF];
+const IDENTITY: u8 = b'i';
+const POSITION: u8 = b'p';
+const TABLE: u8 = b't';
+/// The format of the store: a binary that writes another one empties it.
+const FORMAT: &str = "tables-store-1";
+
+/// The prefix of a version key: all but its time.
+fn key_prefix(k: &[u8]) -> &[u8] {
+    &k[..k.len() - 8]
+}
+
+/// Whether `k` is a version key (the bookkeeping's keys are not).
+fn is_version_key(k: &[u8]) -> bool {
+    k.len() >= 2 + 4 + 8 && k[..2] != META
+}
+
+fn meta_key(kind: u8, name: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(3 + name.len());
+    k.extend_from_slice(&META);
+    k.push(kind);
+    k.extend_from_slice(name);
+    k
+}
+
+fn position_key(source: &str, partition: i32) -> Vec<u8> {
+    let mut name = Vec::with_capacity(source.len() + 5);
+    name.extend_from_slice(source.as_bytes());
+    name.push(0);
+    name.extend_from_slice(&partition.to_be_bytes());
+    meta_key(POSITION, &name)
+}
+
+fn table_value(id: u16, keys: u64) -> [u8; 10] {
+    let mut v = [0u8; 10];
+    v[..2].copy_from_slice(&id.to_be_bytes());
+    v[2..].copy_from_slice(&keys.to_be_bytes());
+    v
+}
+
 impl DiskRows {
-    /// An empty store in `dir` (whatever was there is removed), with a
-    /// block cache of `cache_bytes`.
-    pub fn open(dir: &Path, cache_bytes: usize) -> Result<DiskRows, DiskRowsError> {
+    /// The store in `dir`, with a block cache of `cache_bytes`: what it
+    /// held when it was last filled for the same `identity` (the tables'
+    /// declarations), empty otherwise.
+    pub fn open(dir: &Path, cache_bytes: usize, identity: &str) -> Result<DiskRows, DiskRowsError> {
         let error = |e: Box<dyn std::error::Error + Send + Sync>| DiskRowsError {
             dir: dir.to_path_buf(),
             source: e,
         };
-        if dir.exists() {
-            std::fs::remove_dir_all(dir).map_err(|e| error(e.into()))?;
+        let identity = format!("{FORMAT}\n{identity}");
+        let opts = Self::options(cache_bytes);
+        let db = match DB::open(&opts, dir) {
+            Ok(db) if Self::identity(&db).as_deref() == Some(identity.as_bytes()) => db,
+            opened => {
+                match opened {
+                    Ok(db) => drop(db),
+                    Err(e) => tracing::warn!(
+                        dir = %dir.display(),
+                        "tables store: emptied, it could not be opened: {e}"
+                    ),
+                }
+                if dir.exists() {
+                    std::fs::remove_dir_all(dir).map_err(|e| error(e.into()))?;
+                }
+                let db = DB::open(&opts, dir).map_err(|e| error(e.into()))?;
+                db.put_opt(meta_key(IDENTITY, b""), &identity, &Self::write_options())
+                    .map_err(|e| error(e.into()))?;
+                db
+            }
+        };
+        let mut tables = Vec::new();
+        let from = meta_key(TABLE, b"");
+        for item in db.iterator_opt(
+            IteratorMode::From(&from, Direction::Forward),
+            Self::total_order(),
+        ) {
+            let (k, v) = item.map_err(|e| error(e.into()))?;
+            let Some(name) = k.strip_prefix(from.as_slice()) else {
+                break;
+            };
+            let (Ok(name), Ok(v)) = (std::str::from_utf8(name), <[u8; 10]>::try_from(&*v)) else {
+                return Err(error("a table entry that cannot be read".into()));
+            };
+            let id = u16::from_be_bytes([v[0], v[1]]);
+            let keys = u64::from_be_bytes(v[2..].try_into().unwrap_or_default());
+            tables.push((name.to_string(), id, keys));
         }
-        let mut block = BlockBasedOptions::default();
-        block.set_block_cache(&Cache::new_lru_cache(cache_bytes));
-        // Lookups are point reads of one key's versions: a bloom filter
-        // over whole keys would not serve `seek_for_prev`, but the cache of
-        // index and filter blocks keeps memory inside the cache's bound.
-        block.set_cache_index_and_filter_blocks(true);
-        let mut opts = Options::default();
-        opts.create_if_missing(true);
-        opts.set_block_based_table_factory(&block);
-        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        opts.set_write_buffer_size(32 << 20);
-        opts.set_max_write_buffer_number(2);
-        let db = DB::open(&opts, dir).map_err(|e| error(e.into()))?;
         Ok(DiskRows {
             db,
-            tables: Mutex::new(Vec::new()),
+            tables: Mutex::new(tables),
             dir: dir.to_path_buf(),
         })
     }
 
-    /// The id of `table`, registered on first use when `register`.
+    fn options(cache_bytes: usize) -> Options {
+        let mut block = BlockBasedOptions::default();
+        block.set_block_cache(&Cache::new_lru_cache(cache_bytes));
+        // Index and filter blocks in the cache: memory stays inside its
+        // bound however many rows there are. Partitioned, since one filter
+        // for a file of 10 M keys (12 MB) is larger than a cache shard and
+        // would be read from the file again on every lookup; the top level
+        // of each stays pinned.
+        block.set_cache_index_and_filter_blocks(true);
+        block.set_cache_index_and_filter_blocks_with_high_priority(true);
+        block.set_pin_l0_filter_and_index_blocks_in_cache(true);
+        block.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
+        block.set_partition_filters(true);
+        block.set_metadata_block_size(4096);
+        block.set_pin_top_level_index_and_filter(true);
+        // Filters over keys' prefixes (not whole version keys, which no
+        // lookup names): a lookup of a key a file does not hold skips it.
+        block.set_bloom_filter(10.0, false);
+        block.set_whole_key_filtering(false);
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.set_block_based_table_factory(&block);
+        opts.set_prefix_extractor(SliceTransform::create(
+            "tripline.table-key",
+            key_prefix,
+            Some(is_version_key),
+        ));
+        opts.set_memtable_prefix_bloom_ratio(0.1);
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        opts.set_write_buffer_size(32 << 20);
+        opts.set_max_write_buffer_number(2);
+        opts
+    }
+
+    fn identity(db: &DB) -> Option<Vec<u8>> {
+        db.get(meta_key(IDENTITY, b"")).ok().flatten()
+    }
+
+    /// Reads that stay within one key's versions (and may use the filters).
+    fn within_key() -> ReadOptions {
+        let mut r = ReadOptions::default();
+        r.set_prefix_same_as_start(true);
+        r
+    }
+
+    /// Reads across keys (the bookkeeping).
+    fn total_order() -> ReadOptions {
+        let mut r = ReadOptions::default();
+        r.set_total_order_seek(true);
+        r
+    }
+
+    /// The id of `table`, registered (without its entry written) on first
+    /// use when `register`; with whether it is new.
     fn table_id(&self, table: &str, register: bool) -> Option<u16> {
         let mut tables = self.tables.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(i) = tables.iter().position(|(t, _)| t == table) {
-            return Some(i as u16);
+        if let Some((_, id, _)) = tables.iter().find(|(t, _, _)| t == table) {
+            return Some(*id);
         }
-        if !register {
+        let next = tables.iter().map(|(_, id, _)| id + 1).max().unwrap_or(0);
+        if !register || next == u16::from_be_bytes(META) {
             return None;
         }
-        tables.push((table.to_string(), 0));
-        Some((tables.len() - 1) as u16)
+        tables.push((table.to_string(), next, 0));
+        Some(next)
     }
 
     /// The prefix of `key`'s versions in table `id`.
@@ -139,23 +275,16 @@ impl DiskRows {
     }
 
     fn write_options() -> WriteOptions {
-        let mut w = WriteOptions::default();
-        // The topics are the log: the store is rebuilt from them at start.
-        w.disable_wal(true);
-        w
+        // Unsynced (the default): the topics are the durable log, the store
+        // only needs to come back with a prefix of its writes.
+        WriteOptions::default()
     }
 
-    /// The time of the last version of `prefix` at or before `t`, with its
-    /// value.
-    fn version_at(&self, prefix: &[u8], t: EventTime) -> Option<(EventTime, Vec<u8>)> {
-        let mut it = self.db.raw_iterator();
-        it.seek_for_prev(Self::version_key(prefix, t));
-        match (it.key(), it.value()) {
-            (Some(k), Some(v)) if Self::is_version_of(k, prefix) => {
-                Some((Self::time_of(k), v.to_vec()))
-            }
-            _ => None,
-        }
+    /// Whether `prefix` has a version at all.
+    fn has_versions(&self, prefix: &[u8]) -> bool {
+        let mut it = self.db.raw_iterator_opt(Self::within_key());
+        it.seek_for_prev(Self::version_key(prefix, EventTime::MAX));
+        it.key().is_some_and(|k| Self::is_version_of(k, prefix))
     }
 }
 
@@ -171,7 +300,7 @@ impl RowStore for DiskRows {
             return f(None);
         };
         let prefix = Self::prefix(id, key);
-        let mut it = self.db.raw_iterator();
+        let mut it = self.db.raw_iterator_opt(Self::within_key());
         it.seek_for_prev(Self::version_key(&prefix, t));
         let row = match (it.key(), it.value()) {
             (Some(k), Some(v)) if Self::is_version_of(k, &prefix) => Self::decode(v),
@@ -182,10 +311,11 @@ impl RowStore for DiskRows {
 
     fn put(&self, table: &str, key: &str, at: EventTime, row: Option<HeldRow>) {
         let Some(id) = self.table_id(table, true) else {
+            tracing::error!(table, "tables store: too many tables");
             return;
         };
         let prefix = Self::prefix(id, key);
-        let new_key = self.version_at(&prefix, EventTime::MAX).is_none();
+        let new_key = !self.has_versions(&prefix);
         let mut value = vec![if row.is_some() { ROW } else { DELETED }];
         if let Some(row) = &row {
             match postcard::to_extend(row, value) {
@@ -200,17 +330,23 @@ impl RowStore for DiskRows {
                 }
             }
         }
-        if let Err(e) = self.db.put_opt(
-            Self::version_key(&prefix, at),
-            value,
-            &Self::write_options(),
-        ) {
-            tracing::error!(table, key, "tables store: a write failed: {e}");
+        let mut batch = WriteBatch::default();
+        batch.put(Self::version_key(&prefix, at), value);
+        let mut tables = self.tables.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(entry) = tables.iter_mut().find(|(t, _, _)| t == table) else {
             return;
-        }
+        };
+        // The count goes with the row, so that a crash keeps them together.
         if new_key {
-            let mut tables = self.tables.lock().unwrap_or_else(|p| p.into_inner());
-            tables[id as usize].1 += 1;
+            batch.put(
+                meta_key(TABLE, table.as_bytes()),
+                table_value(id, entry.2 + 1),
+            );
+        }
+        match self.db.write_opt(batch, &Self::write_options()) {
+            Ok(()) if new_key => entry.2 += 1,
+            Ok(()) => {}
+            Err(e) => tracing::error!(table, key, "tables store: a write failed: {e}"),
         }
     }
 
@@ -219,23 +355,27 @@ impl RowStore for DiskRows {
             return;
         };
         let prefix = Self::prefix(id, key);
-        let Some((kept, _)) = self.version_at(&prefix, from) else {
-            return;
-        };
-        let mut it = self.db.raw_iterator();
-        it.seek(&prefix);
-        let mut older = Vec::new();
+        let mut it = self.db.raw_iterator_opt(Self::within_key());
+        it.seek(Self::version_key(&prefix, EventTime::MIN));
+        // Every version up to `from`: all but the last are forgotten.
+        let mut seen = Vec::new();
         while let Some(k) = it.key() {
-            if !Self::is_version_of(k, &prefix) || Self::time_of(k) >= kept {
+            if !Self::is_version_of(k, &prefix) || Self::time_of(k) > from {
                 break;
             }
-            older.push(k.to_vec());
+            seen.push(k.to_vec());
             it.next();
         }
-        for k in older {
-            if let Err(e) = self.db.delete_opt(k, &Self::write_options()) {
-                tracing::error!(table, key, "tables store: a delete failed: {e}");
-            }
+        seen.pop();
+        if seen.is_empty() {
+            return;
+        }
+        let mut batch = WriteBatch::default();
+        for k in seen {
+            batch.delete(k);
+        }
+        if let Err(e) = self.db.write_opt(batch, &Self::write_options()) {
+            tracing::error!(table, key, "tables store: a delete failed: {e}");
         }
     }
 
@@ -244,8 +384,8 @@ impl RowStore for DiskRows {
             return Vec::new();
         };
         let prefix = Self::prefix(id, key);
-        let mut it = self.db.raw_iterator();
-        it.seek(&prefix);
+        let mut it = self.db.raw_iterator_opt(Self::within_key());
+        it.seek(Self::version_key(&prefix, EventTime::MIN));
         let mut out = Vec::new();
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
             if !Self::is_version_of(k, &prefix) {
@@ -261,8 +401,39 @@ impl RowStore for DiskRows {
         let tables = self.tables.lock().unwrap_or_else(|p| p.into_inner());
         tables
             .iter()
-            .find(|(t, _)| t == table)
-            .map_or(0, |(_, n)| *n)
+            .find(|(t, _, _)| t == table)
+            .map_or(0, |(_, _, n)| *n as usize)
+    }
+
+    fn position(&self, source: &str, partition: i32) -> Option<i64> {
+        let v = self.db.get(position_key(source, partition)).ok()??;
+        Some(i64::from_be_bytes(v.as_slice().try_into().ok()?))
+    }
+
+    fn set_position(&self, source: &str, partition: i32, next: i64) {
+        if let Err(e) = self.db.put_opt(
+            position_key(source, partition),
+            next.to_be_bytes(),
+            &Self::write_options(),
+        ) {
+            tracing::error!(
+                source,
+                partition,
+                "tables store: a position write failed: {e}"
+            );
+        }
+    }
+
+    fn clear(&self) {
+        let mut tables = self.tables.lock().unwrap_or_else(|p| p.into_inner());
+        let mut batch = WriteBatch::default();
+        batch.delete_range([0u8, 0], META);
+        batch.delete_range(meta_key(POSITION, b""), meta_key(POSITION + 1, b""));
+        batch.delete_range(meta_key(TABLE, b""), meta_key(TABLE + 1, b""));
+        match self.db.write_opt(batch, &Self::write_options()) {
+            Ok(()) => tables.clear(),
+            Err(e) => tracing::error!("tables store: could not be emptied: {e}"),
+        }
     }
 }
 
@@ -299,8 +470,10 @@ mod tests {
         /// memory store does.
         #[test]
         fn disk_rows_answer_as_memory_rows(ops in proptest::collection::vec(op(), 1..60)) {
-            let path = dir("prop");
-            let disk = Tables::on(DiskRows::open(&path, 1 << 20).unwrap());
+            // A directory per case: a store there would be kept.
+            static CASE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let path = dir(&format!("prop-{}", CASE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
+            let disk = Tables::on(DiskRows::open(&path, 1 << 20, "t").unwrap());
             let memory = Tables::new();
             for op in &ops {
                 for t in [&disk, &memory] {
@@ -339,16 +512,61 @@ mod tests {
     }
 
     #[test]
-    fn open_starts_empty() {
+    fn a_store_reopened_for_the_same_tables_keeps_rows_counts_and_positions() {
         let path = dir("reopen");
+        let open = |identity: &str| Tables::on(DiskRows::open(&path, 1 << 20, identity).unwrap());
+        let row = |v: u8| serde_json::json!({"v": v}).as_object().unwrap().clone();
         {
-            let t = Tables::on(DiskRows::open(&path, 1 << 20).unwrap());
-            t.put("t", "1", 0, Some(serde_json::Map::new()));
-            assert_eq!(t.len("t"), 1);
+            let t = open("profiles");
+            t.put("t", "1", 0, Some(row(1)));
+            t.put("t", "1", 5, Some(row(2)));
+            t.put("u", "1", 0, Some(row(3)));
+            t.put("u", "2", 0, None);
+            t.set_position("topic-t", 3, 42);
+            assert_eq!(t.position("topic-t", 3), Some(42));
         }
-        let t = Tables::on(DiskRows::open(&path, 1 << 20).unwrap());
+        {
+            let t = open("profiles");
+            assert_eq!((t.len("t"), t.len("u")), (1, 2));
+            assert_eq!(t.versions("t", "1").len(), 2);
+            let v = FieldPath::single("v");
+            assert_eq!(t.get("t", &Value::Num(1.0), 4, &v), Value::Num(1.0));
+            assert_eq!(t.get("u", &Value::Num(1.0), 4, &v), Value::Num(3.0));
+            assert_eq!(t.position("topic-t", 3), Some(42));
+            assert_eq!(t.position("topic-t", 2), None);
+            // A table registered after the reopening gets an id of its own.
+            t.put("w", "1", 0, Some(row(4)));
+            assert_eq!(t.get("w", &Value::Num(1.0), 0, &v), Value::Num(4.0));
+            assert_eq!(t.get("t", &Value::Num(1.0), 0, &v), Value::Num(1.0));
+            t.clear();
+            assert_eq!((t.len("t"), t.len("w")), (0, 0));
+            assert!(t.versions("t", "1").is_empty());
+            assert_eq!(t.position("topic-t", 3), None);
+            t.put("t", "1", 0, Some(row(5)));
+            t.set_position("topic-t", 3, 1);
+        }
+        {
+            let t = open("profiles");
+            assert_eq!(t.len("t"), 1);
+            assert_eq!(t.position("topic-t", 3), Some(1));
+        }
+        // Filled for other tables: emptied.
+        let t = open("profiles and terminals");
         assert_eq!(t.len("t"), 0);
         assert!(t.versions("t", "1").is_empty());
+        assert_eq!(t.position("topic-t", 3), None);
+        drop(t);
+        std::fs::remove_dir_all(&path).ok();
+    }
+
+    #[test]
+    fn a_store_that_cannot_be_opened_is_made_again() {
+        let path = dir("broken");
+        std::fs::create_dir_all(&path).unwrap();
+        std::fs::write(path.join("CURRENT"), "MANIFEST-nowhere\n").unwrap();
+        let t = Tables::on(DiskRows::open(&path, 1 << 20, "t").unwrap());
+        t.put("t", "1", 0, None);
+        assert_eq!(t.len("t"), 1);
         drop(t);
         std::fs::remove_dir_all(&path).ok();
     }

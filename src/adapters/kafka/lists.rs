@@ -56,6 +56,7 @@ pub fn follow(config: &Config, brokers: &str, lists: Arc<Lists>) -> Result<Worke
         "lists",
         "lists",
         "tripline-lists",
+        super::compacted::FROM_THE_BEGINNING,
         apply,
     )
 }

@@ -40,10 +40,15 @@ pub fn follow(
     let names: Vec<&str> = topics.iter().map(String::as_str).collect();
     ensure_topics_with(k, brokers, &names, 1, &[("cleanup.policy", "compact")])?;
     let decls = decls.to_vec();
+    let kept = tables.clone();
+    let forget = tables.clone();
     let apply = move |m: &BorrowedMessage<'_>| {
         for d in decls.iter().filter(|d| d.topic == m.topic()) {
             apply_record(d, m, &tables);
         }
+        // After the record's rows: a store that keeps them across restarts
+        // never keeps a position past rows it lost.
+        tables.set_position(m.topic(), m.partition(), m.offset() + 1);
     };
     super::compacted::read_then_follow(
         k,
@@ -52,9 +57,31 @@ pub fn follow(
         "tables",
         "tables",
         "tripline-tables",
+        super::compacted::Resume {
+            kept: &|topic, partition| kept.position(topic, partition),
+            forget: &|| forget.clear(),
+        },
         apply,
     )
     .map(Some)
+}
+
+/// What a disk store of tables is filled for: the cluster, and each
+/// table's name, topic, key and time fields, and how far back its versions
+/// go. A store filled for anything else is emptied.
+pub fn store_identity(brokers: &str, decls: &[TableDecl]) -> String {
+    let mut identity = format!("brokers {brokers}\nhistory {HISTORY_MS}\n");
+    for d in decls {
+        let time = d.spec.time.as_ref().map(ToString::to_string);
+        identity.push_str(&format!(
+            "table {} topic {} key {} time {}\n",
+            d.spec.name,
+            d.topic,
+            d.spec.key,
+            time.as_deref().unwrap_or("-")
+        ));
+    }
+    identity
 }
 
 /// Applies one record of `decl`'s topic.
