@@ -191,3 +191,89 @@ fn events_with_the_same_time_go_by_the_stream_order() {
         );
     }
 }
+
+/// A shard whose stream says `stream_extra`, fed one approval of 650 at
+/// `t0` when the clock reads `now`; then ticked at each of `ticks` (ms
+/// after `now`): the alerts and waiting events after each tick.
+fn quiet_input(stream_extra: &str, ticks: &[i64]) -> (tripline::runtime::Shard, Vec<(usize, u64)>) {
+    use tripline::runtime::{Record, Shard};
+    let rs = RuleSet::from_source(
+        "q.tl",
+        &format!(
+            "stream s {{ key card time t time format epoch_ms lateness 5s {stream_extra} }}\n\
+             rule big {{ pattern {{ b: amount > 600 }} }}"
+        ),
+        None,
+    )
+    .unwrap();
+    let mut shard = Shard::standalone(0, rs);
+    let now = 1_700_000_000_000;
+    let t0: i64 = 1_522_540_800_000;
+    let event = format!(r#"{{"card":7,"t":{t0},"amount":650}}"#);
+    shard.process_batch_at(vec![Record::data(0, None, Some(event.into_bytes()))], now);
+    let mut seen = Vec::new();
+    for tick in ticks {
+        shard.tick(now + tick);
+        let out = shard.take_output();
+        seen.push((out.alerts.len(), out.waiting_events));
+    }
+    (shard, seen)
+}
+
+/// On a quiet input, an event waiting for the watermark waits for as long
+/// as no later event comes; with `advance after`, event time moves with
+/// the wall clock once the input has been quiet that long, and the event
+/// is released when the clock has covered the lateness too.
+#[test]
+fn a_quiet_input_releases_waiting_events_after_advance_after() {
+    let (_, seen) = quiet_input("", &[0, 60_000, 86_400_000]);
+    assert_eq!(seen, [(0, 1), (0, 1), (0, 1)], "without `advance after`");
+
+    let (_, seen) = quiet_input("advance after 10s", &[0, 9_999, 10_000, 20_000]);
+    assert_eq!(seen, [(0, 1), (0, 1), (1, 0), (0, 0)]);
+
+    // Quiet for 2 s moves event time by 2 s: less than the lateness, so the
+    // event waits until the clock has covered the 5 s of lateness.
+    let (mut shard, seen) = quiet_input("advance after 2s", &[2_000, 4_999, 5_000, 60_000]);
+    assert_eq!(seen, [(0, 1), (0, 1), (1, 0), (0, 0)]);
+    // The trade-off: an event that comes later, older than where event
+    // time moved to, is late (dead-lettered with the reason, never lost).
+    let late = r#"{"card":7,"t":1522540801000,"amount":650}"#;
+    shard.process_batch_at(
+        vec![tripline::runtime::Record::data(
+            1,
+            None,
+            Some(late.as_bytes().to_vec()),
+        )],
+        1_700_000_060_001,
+    );
+    let out = shard.take_output();
+    assert_eq!(out.alerts.len(), 0);
+    assert_eq!(out.dead_letters.len(), 1);
+    assert!(
+        out.dead_letters[0].reason.contains("watermark"),
+        "{}",
+        out.dead_letters[0].reason
+    );
+}
+
+/// `advance after` reads as it is written and says what it expects when it
+/// is not.
+#[test]
+fn advance_after_is_checked() {
+    let source = |extra: &str| {
+        format!(
+            "stream s {{ key card time t time format epoch_ms lateness 5s {extra} }}\n\
+             rule big {{ pattern {{ b: amount > 600 }} }}"
+        )
+    };
+    let with = RuleSet::from_source("q.tl", &source("advance after 90s"), None).unwrap();
+    assert_eq!(with.def().streams[0].advance_after_ms, Some(90_000));
+    let error = RuleSet::from_source("q.tl", &source("advance 90s"), None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("q.tl:1:") && error.contains("advance after 30s"),
+        "{error}"
+    );
+}

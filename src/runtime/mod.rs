@@ -112,7 +112,10 @@ impl Handler<Cut> for ShardActor {
     type Result = MessageResult<Cut>;
     fn handle(&mut self, Cut(b): Cut, _: &mut Context<Self>) -> Self::Result {
         MessageResult(match b {
-            Barrier::Checkpoint => self.0.take_output(),
+            Barrier::Checkpoint => {
+                self.0.tick(crate::telemetry::now_ms());
+                self.0.take_output()
+            }
             Barrier::Flush => self.0.take_flush(),
         })
     }

@@ -398,6 +398,12 @@ pub fn observe_service(read: impl Fn() -> ServiceFigures + Send + Sync + 'static
         "Partial matches alive in resident keys (counted every few seconds)",
         |f| f.partitions.iter().filter_map(|p| p.partial_matches).sum(),
     );
+    gauge(
+        "tripline_events_waiting",
+        "",
+        "Events waiting for the watermark to pass their time (at the last checkpoint)",
+        |f| f.partitions.iter().map(|p| p.waiting_events).sum(),
+    );
     let pauses = read.clone();
     keep(
         m.u64_observable_counter("tripline_backpressure_pauses")

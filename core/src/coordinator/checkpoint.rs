@@ -402,6 +402,9 @@ impl<P: Ports> Coordinator<P> {
                 self.progress
                     .with_partition(self.topic(*t), *p, |f| f.partial_matches = Some(n));
             }
+            self.progress.with_partition(self.topic(*t), *p, |f| {
+                f.waiting_events = out.waiting_events;
+            });
             if let Some(p) = &out.passivation {
                 cold += p.cold_keys;
                 bytes += p.resident_bytes;

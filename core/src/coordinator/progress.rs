@@ -115,6 +115,7 @@ impl Progress {
                 all_committed: false,
                 watermark_ms: None,
                 partial_matches: None,
+                waiting_events: 0,
             });
         f(entry);
     }

@@ -115,6 +115,8 @@ pub struct PartitionFigures {
     pub watermark_ms: Option<i64>,
     /// Partial matches alive in the shard's resident keys, as last counted.
     pub partial_matches: Option<u64>,
+    /// Events waiting for the shard's watermark, at the last checkpoint.
+    pub waiting_events: u64,
 }
 
 impl PartitionFigures {

@@ -238,6 +238,8 @@ pub struct Engine {
     clock: Option<i64>,
     /// The wall-clock time the latest event time seen last moved.
     advanced_at: Option<i64>,
+    /// The wall-clock time the last event on time arrived.
+    arrived_at: Option<i64>,
     /// The largest key state a checkpoint writes ([`Engine::limit_key_state`]).
     state_limit: Option<usize>,
     /// Keys reset for their state's size, to report.
@@ -280,6 +282,7 @@ impl Engine {
             model_row: Vec::new(),
             clock: None,
             advanced_at: None,
+            arrived_at: None,
             state_limit: None,
             reset_keys: Vec::new(),
             lists: Arc::default(),
@@ -478,6 +481,7 @@ impl Engine {
             if self.watermark.max_seen().is_none_or(|m| event.time > m) {
                 self.advanced_at = self.clock;
             }
+            self.arrived_at = self.clock;
             self.watermark.observe(0, event.time, 0)
         };
         let frontier = w.saturating_add(1);
@@ -527,6 +531,39 @@ impl Engine {
     pub fn advance_watermark(&mut self, w: EventTime, out: &mut Outputs) {
         let w = self.watermark.advance_to(w);
         self.release(w.saturating_add(1), out);
+    }
+
+    /// Moves event time with the wall clock (`now_ms`, epoch ms) when the
+    /// input has been quiet for a stream's `advance after`: the watermark
+    /// becomes the latest event time seen plus the wall-clock time since
+    /// it was seen, less the lateness, so that events waiting for a later
+    /// one (and deadlines) are not held for as long as the input is quiet.
+    /// Returns whether the watermark moved. Only an engine that keeps its
+    /// own watermark advances; one fed from upstream follows its sources.
+    pub fn advance_with_clock(&mut self, now_ms: i64, out: &mut Outputs) -> bool {
+        let after = self
+            .rules
+            .def
+            .streams
+            .iter()
+            .filter_map(|s| s.advance_after_ms)
+            .min();
+        self.set_clock(now_ms);
+        self.arrived_at.get_or_insert(now_ms);
+        let (Some(after), Some(moved), Some(arrived)) = (after, self.advanced_at, self.arrived_at)
+        else {
+            return false;
+        };
+        if self.external_watermark || now_ms.saturating_sub(arrived) < after {
+            return false;
+        }
+        match self.watermark.projected(now_ms.saturating_sub(moved)) {
+            Some(w) if w > self.watermark.current() => {
+                self.advance_watermark(w, out);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// End of input: releases every buffered event and fires every deadline.

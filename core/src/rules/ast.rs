@@ -75,6 +75,9 @@ pub struct StreamAst {
     pub skew: Option<(i64, Span)>,
     /// `clock skew DURATION`: how far ahead of the wall clock (ms).
     pub clock_skew: Option<(i64, Span)>,
+    /// `advance after DURATION`: how long (ms) the input may be quiet
+    /// before its event time moves with the wall clock.
+    pub advance_after: Option<(i64, Span)>,
     /// Declared fields, for checking names in rules.
     pub fields: Vec<(String, Span)>,
     /// `order F [desc], ..`: how events with the same time are ordered

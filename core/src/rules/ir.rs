@@ -38,6 +38,11 @@ pub struct StreamDef {
     /// serialized, as `skew_ms`.
     #[serde(skip)]
     pub clock_skew_ms: Option<i64>,
+    /// After this long (ms) of wall-clock time without events, the input's
+    /// event time moves with the clock (`advance after`); only the service
+    /// has a clock. Not serialized, as `skew_ms`.
+    #[serde(skip)]
+    pub advance_after_ms: Option<i64>,
     /// Declared fields; when given, rules may name only these.
     pub fields: Option<Vec<FieldPath>>,
     /// How events with the same time are ordered (`order` in the stream
@@ -121,6 +126,7 @@ impl StreamDef {
             idle_ms: 0,
             skew_ms: DEFAULT_SKEW_MS,
             clock_skew_ms: None,
+            advance_after_ms: None,
             fields: None,
             order: Vec::new(),
             topic: None,

@@ -257,6 +257,16 @@ impl Shard {
         }
     }
 
+    /// Lets event time move with the wall clock (`clock_ms`, epoch ms) on
+    /// a quiet input (the stream's `advance after`; see
+    /// [`Engine::advance_with_clock`]). Called at checkpoints, so that what
+    /// it releases is in that checkpoint's output.
+    pub fn tick(&mut self, clock_ms: i64) {
+        if self.engine.advance_with_clock(clock_ms, &mut self.outputs) {
+            self.collect();
+        }
+    }
+
     /// Processes one record.
     pub fn process(&mut self, mut record: Record) {
         self.pending.records += 1;
@@ -391,6 +401,7 @@ impl Shard {
         self.pending.next_offset = next;
         out.next_offset = next;
         out.watermark = self.engine.watermark();
+        out.waiting_events = self.engine.buffered() as u64;
         out.state_error = self.engine.take_state_error();
         if out.records > 0 || self.engine.needs_checkpoint() {
             out.state = self.engine.take_changes();

@@ -153,6 +153,8 @@ pub struct ShardOutput {
     /// Partial matches alive in resident keys, when counted (every
     /// [`PARTIALS_EVERY`] barriers: the count walks every resident key).
     pub partial_matches: Option<u64>,
+    /// Events waiting for the watermark to pass their time.
+    pub waiting_events: u64,
 }
 
 impl ShardOutput {
@@ -180,6 +182,7 @@ impl ShardOutput {
         self.passivation = later.passivation;
         self.resident_keys = later.resident_keys;
         self.partial_matches = later.partial_matches.or(self.partial_matches);
+        self.waiting_events = later.waiting_events;
     }
 
     /// Nothing to produce: no alert, forwarded event, dead letter or state

@@ -113,6 +113,17 @@ impl WatermarkTracker {
         self.current
     }
 
+    /// The watermark event time would have if it had gone on from the
+    /// latest time seen for `elapsed` ms (`None`: nothing seen yet).
+    pub fn projected(&self, elapsed: i64) -> Option<EventTime> {
+        let max = self.max_seen()?;
+        Some(
+            max.saturating_add(elapsed.max(0))
+                .saturating_sub(self.lateness)
+                .saturating_sub(1),
+        )
+    }
+
     /// Moves the watermark to `w` (e.g. end of input); never backwards.
     pub fn advance_to(&mut self, w: EventTime) -> EventTime {
         self.current = self.current.max(w);

@@ -54,6 +54,9 @@ pub struct PartitionView {
     pub lag: Option<i64>,
     /// Wall clock minus the partition's watermark.
     pub watermark_delay_seconds: Option<f64>,
+    /// Events waiting for the watermark to pass their time (see the
+    /// stream's `lateness` and `advance after`).
+    pub waiting_events: u64,
 }
 
 /// What the dashboard shows.
@@ -137,6 +140,7 @@ pub(super) async fn dashboard(
                 partition: p.partition,
                 lag: p.lag(),
                 watermark_delay_seconds: p.watermark_delay(now),
+                waiting_events: p.waiting_events,
             })
             .collect(),
     }))

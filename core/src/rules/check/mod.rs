@@ -778,6 +778,7 @@ impl Compiler {
             idle_ms: s.idle.map_or(0, |l| l.0),
             skew_ms: s.skew.map_or(crate::rules::ir::DEFAULT_SKEW_MS, |l| l.0),
             clock_skew_ms: s.clock_skew.map(|l| l.0),
+            advance_after_ms: s.advance_after.map(|l| l.0),
             fields: None,
             order: Vec::new(),
             topic: s.topic.as_ref().map(|(t, _)| t.clone()),

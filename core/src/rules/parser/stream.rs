@@ -1,4 +1,4 @@
-//! The stream block (key, time, format, lateness, skew, idleness) and
+//! The stream block (key, time, format, lateness, skew, idleness, advance) and
 //! rule examples.
 
 use super::*;
@@ -24,12 +24,14 @@ impl Parser {
             idle: None,
             skew: None,
             clock_skew: None,
+            advance_after: None,
             fields: Vec::new(),
             order: Vec::new(),
             topic: None,
         };
         const CLAUSES: &[&str] = &[
-            "key", "time", "type", "lateness", "idle", "skew", "clock", "fields", "order", "topic",
+            "key", "time", "type", "lateness", "idle", "skew", "clock", "advance", "fields",
+            "order", "topic",
         ];
         self.block_clauses(CLAUSES, true, |p| {
             if p.eat_kw("key") {
@@ -59,6 +61,11 @@ impl Parser {
                     return p.error("`skew` (as in `clock skew 5m`)");
                 }
                 s.clock_skew = Some(p.duration("a duration")?);
+            } else if p.eat_kw("advance") {
+                if !p.eat_kw("after") {
+                    return p.error("`after` (as in `advance after 30s`)");
+                }
+                s.advance_after = Some(p.duration("a duration")?);
             } else if p.eat_kw("fields") {
                 s.fields.push(p.path()?);
                 while p.eat_sym(",") {
@@ -87,7 +94,7 @@ impl Parser {
                 }
             } else {
                 return p.error(
-                    "key, time, type, lateness, idle, skew, clock skew, fields, order or topic",
+"key, time, type, lateness, idle, skew, clock skew, advance after, fields, order or topic",
                 );
             }
             Some(())
