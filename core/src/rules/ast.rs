@@ -147,6 +147,9 @@ pub struct RuleAst {
     pub inclusive_aggregates: bool,
     /// The pattern.
     pub pattern: Option<PatternAst>,
+    /// A `pattern` clause was written but did not parse (its error says
+    /// why; the rule is not also reported as having no pattern).
+    pub pattern_failed: bool,
     /// Computed values added to the alert; for a feature set, its features.
     pub payload: Vec<(Ident, Expr)>,
     /// A `features` block: computes its payload for every event of its key

@@ -66,6 +66,26 @@ impl RuleChecker<'_> {
             self.err(d.with_hint(format!("did you mean `{s}`?")));
             return;
         }
+        if p.0.len() > 1
+            && self.stage_id(&p.0[0]).is_none()
+            && let Some(fields) = self.scope_fields()
+            && !fields.iter().any(|f| f.0.first() == p.0.first())
+        {
+            let stages: Vec<String> = self
+                .stages
+                .iter()
+                .map(|s| format!("`{}`", s.name))
+                .collect();
+            let d =
+                Diagnostic::error(sp, format!("unknown stage `{}`", p.0[0])).with_hint(format!(
+                    "the stages here are {}, and {} declares no field `{}`",
+                    stages.join(", "),
+                    self.scope_names(),
+                    p.0[0]
+                ));
+            self.err(d);
+            return;
+        }
         if let Some(fields) = self.scope_fields()
             && !fields.contains(p)
         {
@@ -85,6 +105,65 @@ impl RuleChecker<'_> {
             };
             self.err(d);
         }
+    }
+
+    /// Records that the event field `field` (if it is one) is compared
+    /// with the literal `with` (if it is one; `field_left`: written first),
+    /// reporting a field compared with a number in one place and with text
+    /// in another.
+    fn compared(&mut self, op: BinOp, (field, with): (&Expr, &Expr), field_left: bool, span: Span) {
+        let ExprKind::Path(parts) = &field.kind else {
+            return;
+        };
+        let parts = match parts.split_first() {
+            Some((stage, rest)) if !rest.is_empty() && self.stage_id(&stage.name).is_some() => rest,
+            _ => parts.as_slice(),
+        };
+        if parts.len() == 1 && self.derived.contains_key(&parts[0].name) {
+            return;
+        }
+        let (number, literal) = match &with.kind {
+            ExprKind::Num(n) => (true, n.to_string()),
+            ExprKind::Str(s) => (false, format!("{s:?}")),
+            _ => return,
+        };
+        let name = parts
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>()
+            .join(".");
+        let shown = match field_left {
+            true => format!("{name} {} {literal}", op.symbol()),
+            false => format!("{literal} {} {name}", op.symbol()),
+        };
+        let key = (self.scope.clone(), name.clone());
+        let rule = self.rule_name.clone();
+        let first = self.field_uses.0.entry(key).or_insert(FieldUse {
+            number,
+            shown: shown.clone(),
+            rule,
+            reported: false,
+        });
+        if first.number == number || first.reported {
+            return;
+        }
+        first.reported = true;
+        let kind = |number: bool| if number { "a number" } else { "text" };
+        let d = Diagnostic::error(
+            span,
+            format!(
+                "`{name}` is compared with {} here (`{shown}`), but with {} in rule `{}` (`{}`)",
+                kind(number),
+                kind(first.number),
+                first.rule,
+                first.shown
+            ),
+        )
+        .with_hint(format!(
+            "a field holds one type: a number is written `100`, text `\"100\"`; compare `{name}` \
+             with the type its events carry"
+        ));
+        self.err(d);
     }
 
     pub(super) fn field(&mut self, parts: &[Ident]) -> Option<CExpr> {
@@ -141,6 +220,13 @@ impl RuleChecker<'_> {
                 return None;
             }
             ExprKind::Binary(op, a, b) => {
+                if matches!(
+                    op,
+                    BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge
+                ) {
+                    self.compared(*op, (a, b), true, e.span);
+                    self.compared(*op, (b, a), false, e.span);
+                }
                 let a = self.expr(a, ctx);
                 let b = self.expr(b, ctx);
                 CExpr::Binary(*op, Box::new(a?), Box::new(b?))
@@ -300,7 +386,7 @@ impl RuleChecker<'_> {
                 ) {
                     Some(s) => d.with_hint(format!("did you mean `{s}`?")),
                     None => d.with_hint(format!(
-                        "{} declares: {}",
+                        "text is quoted (`\"{head}\"`); {} declares: {}",
                         self.scope_names(),
                         fields.join(", ")
                     )),

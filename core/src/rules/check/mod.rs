@@ -248,6 +248,7 @@ impl Compiler {
             refused: false,
         };
         let mut lookups = LookupTable::default();
+        let mut field_uses = FieldUses::default();
         for (_, file) in &files {
             for l in &file.lists {
                 if let Some(prev) = lookups.lists.get(&l.name) {
@@ -332,6 +333,8 @@ impl Compiler {
                     regex_room: &mut regex_room,
                     lookups: &mut lookups,
                     lookups_read: Vec::new(),
+                    field_uses: &mut field_uses,
+                    rule_name: r.name.name.clone(),
                 };
                 if let Some(def) = rc.rule(r) {
                     rules.push(def);
@@ -957,6 +960,27 @@ struct RuleChecker<'a> {
     lookups: &'a mut LookupTable,
     /// Lookups the rule reads.
     lookups_read: Vec<usize>,
+    /// What fields are compared with, across the rule set.
+    field_uses: &'a mut FieldUses,
+    /// The rule being checked.
+    rule_name: String,
+}
+
+/// What each field is compared with across the rule set (numbers or text),
+/// by the streams in scope and the field's path: a field compared with
+/// both is a rule that can never be what its author meant (`amount ==
+/// "big"` where other rules read `amount > 100`).
+#[derive(Default)]
+pub(super) struct FieldUses(BTreeMap<(Vec<u16>, String), FieldUse>);
+
+/// The first comparison of a field with a literal.
+struct FieldUse {
+    number: bool,
+    /// The comparison, as written (`> 100`).
+    shown: String,
+    rule: String,
+    /// A conflict was reported (once per field).
+    reported: bool,
 }
 
 /// Declared lists and the lookups of every rule (shared: one lookup per
@@ -1087,6 +1111,10 @@ impl RuleChecker<'_> {
         };
         let key_slot = self.schema.intern(&key);
         let Some(pat) = &r.pattern else {
+            if r.pattern_failed {
+                // Its parse error says what is wrong.
+                return None;
+            }
             self.err(
                 Diagnostic::error(
                     r.name.span,

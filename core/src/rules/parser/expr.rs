@@ -294,6 +294,20 @@ impl Parser {
                 ExprKind::Null
             }
             Tok::Ident(_) if matches!(self.peek_at(1), Tok::Sym("(")) => return self.call(),
+            // A connector where a value belongs: the value is missing
+            // (`status == then b: …`), not a field named `then`.
+            Tok::Ident(s)
+                if ["then", "next"].contains(&s.to_ascii_lowercase().as_str())
+                    && !matches!(self.peek_at(1), Tok::Sym(".")) =>
+            {
+                let r = self.error("a value or a field");
+                if let Some(last) = self.errors.last_mut() {
+                    last.hint = Some(format!(
+                        "`{s}` starts the next stage; a field named `{s}` is written `` `{s}` ``"
+                    ));
+                }
+                return r;
+            }
             Tok::Ident(_) | Tok::Quoted(_) => {
                 let mut parts = vec![self.ident("a name")?];
                 while self.is_sym(".") && matches!(self.peek_at(1), Tok::Ident(_) | Tok::Quoted(_))

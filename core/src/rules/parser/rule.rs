@@ -66,6 +66,7 @@ impl Parser {
             report_timeouts: false,
             inclusive_aggregates: false,
             pattern,
+            pattern_failed: false,
             payload: Vec::new(),
             features,
             span: start,
@@ -256,6 +257,7 @@ impl Parser {
             "pattern" => {
                 self.bump();
                 dup(self, r.pattern.is_some());
+                r.pattern_failed = true;
                 let open = self.expect_sym("{")?;
                 let stages = self.stages("}")?;
                 let close = self.expect_sym("}")?;
@@ -263,6 +265,7 @@ impl Parser {
                     stages,
                     span: open.to(close),
                 });
+                r.pattern_failed = false;
             }
             "payload" => {
                 self.bump();
