@@ -513,6 +513,7 @@ fn service_setup(path: Option<PathBuf>, rule_paths: RulePaths) -> Result<Service
         default.exists().then_some(default)
     });
     let mut config = Config::load(path.as_deref())?;
+    let given = matches!(rule_paths, RulePaths::Given(_));
     match rule_paths {
         RulePaths::Configured => {}
         RulePaths::WithExamples => {
@@ -522,6 +523,19 @@ fn service_setup(path: Option<PathBuf>, rule_paths: RulePaths) -> Result<Service
             }
         }
         RulePaths::Given(paths) => config.rules.paths = paths,
+    }
+    if let Some(missing) = config.rules.paths.iter().find(|p| !p.exists()) {
+        let from = match &path {
+            _ if given => "--rules".to_string(),
+            Some(p) => format!("`rules.paths` in {}", p.display()),
+            None => "`rules.paths` (no tripline.toml here: the default)".to_string(),
+        };
+        let cwd = std::env::current_dir().map_or_else(|_| "?".into(), |d| d.display().to_string());
+        bail!(
+            "{}: no such file or directory, named by {from} (relative paths are from {cwd}); \
+             point `rules.paths` (or TRIPLINE__RULES__PATHS) at the rule files or directories",
+            missing.display()
+        );
     }
     let telemetry = tripline::telemetry::init(&config.telemetry)?;
     let s = &config.stream;
@@ -670,6 +684,47 @@ struct Summary {
     invalid: u64,
     late: u64,
     errors: u64,
+    repeated: Repeated,
+}
+
+/// Per-record problems, each kind shown for its first few records and then
+/// only counted: a wrong `--key` makes every line of a file invalid, and
+/// 95,815 identical lines help no one.
+#[derive(Default)]
+pub(crate) struct Repeated {
+    /// By kind (the message without its digits): how many, the first
+    /// message and where it was.
+    kinds: std::collections::BTreeMap<String, (u64, String)>,
+}
+
+impl Repeated {
+    /// Records of a kind shown before they are only counted.
+    const SHOWN: u64 = 5;
+
+    /// Notes `problem` at `place`; whether to show it.
+    pub(crate) fn note(&mut self, place: &str, problem: &str) -> bool {
+        let kind: String = problem.chars().filter(|c| !c.is_ascii_digit()).collect();
+        let entry = self
+            .kinds
+            .entry(kind)
+            .or_insert_with(|| (0, format!("{place}: {problem}")));
+        entry.0 += 1;
+        entry.0 <= Self::SHOWN
+    }
+
+    /// One line per kind with more records than were shown.
+    pub(crate) fn summary(&self) -> Vec<String> {
+        self.kinds
+            .values()
+            .filter(|(n, _)| *n > Self::SHOWN)
+            .map(|(n, first)| {
+                format!(
+                    "{n} records with the problem of {first} ({} shown, the rest counted)",
+                    Self::SHOWN
+                )
+            })
+            .collect()
+    }
 }
 
 type FeatureFile = FeatureWriter<BufWriter<std::fs::File>>;
@@ -727,7 +782,11 @@ fn replay(
             Ok(event) => engine.on_event(event, &mut outputs),
             Err(ref e) => {
                 summary.invalid += 1;
-                writeln!(err, "{}: {e}", record_place(&rs, &m))?;
+                let place = record_place(&rs, &m);
+                let problem = e.to_string();
+                if summary.repeated.note(&place, &problem) {
+                    writeln!(err, "{place}: {problem}")?;
+                }
             }
         }
         drain(
@@ -783,6 +842,18 @@ fn replay(
         secs,
         stats.events as f64 / secs.max(1e-9),
     )?;
+    for line in summary.repeated.summary() {
+        writeln!(err, "replay: {line}")?;
+    }
+    if stats.events == 0 && summary.invalid > 0 {
+        let s = rs.def().stream();
+        writeln!(
+            err,
+            "replay: no line was an event: check the key field `{}` and time field `{}` \
+             (`--key`/`--time`, or the rules' `stream` block) against the events' fields",
+            s.key, s.time
+        )?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -815,29 +886,32 @@ fn drain(
         out.write_all(buf)?;
     }
     for l in outputs.late.drain(..) {
-        match l.future_limit {
+        let place = format!("line {}", l.event.seq);
+        let problem = match l.future_limit {
             None => {
                 summary.late += 1;
-                writeln!(
-                    err,
-                    "line {}: late event: time {} is at or before the watermark {}",
-                    l.event.seq,
+                format!(
+                    "late event: time {} is at or before the watermark {}",
                     format_time(l.event.time),
                     format_time(l.watermark)
-                )?;
+                )
             }
-            Some(limit) => writeln!(
-                err,
-                "line {}: future event: time {} is after {}, the stream's `skew` past the latest event time",
-                l.event.seq,
+            Some(limit) => format!(
+                "future event: time {} is after {}, the stream's `skew` past the latest event time",
                 format_time(l.event.time),
                 format_time(limit)
-            )?,
+            ),
+        };
+        if summary.repeated.note(&place, &problem) {
+            writeln!(err, "{place}: {problem}")?;
         }
     }
     for e in outputs.errors.drain(..) {
         summary.errors += 1;
-        writeln!(err, "rule {} key {}: {}", e.rule, e.key, e.message)?;
+        let place = format!("rule {} key {}", e.rule, e.key);
+        if summary.repeated.note(&place, &e.message) {
+            writeln!(err, "{place}: {}", e.message)?;
+        }
     }
     Ok(())
 }

@@ -90,6 +90,7 @@ pub fn backtest(
     });
     let mut input = MergedLines::new(inputs);
     let mut invalid = 0u64;
+    let mut repeated = crate::app::Repeated::default();
     let mut n = 0u64;
     while let Some(m) = input.next(candidate.decoders()).context("reading events")? {
         n += 1;
@@ -97,7 +98,11 @@ pub fn backtest(
             Ok(event) => event,
             Err(ref e) => {
                 invalid += 1;
-                bar.suspend(|| eprintln!("{}: {e}", crate::app::record_place(&candidate, &m)));
+                let place = crate::app::record_place(&candidate, &m);
+                let problem = e.to_string();
+                if repeated.note(&place, &problem) {
+                    bar.suspend(|| eprintln!("{place}: {problem}"));
+                }
                 continue;
             }
         };
@@ -129,6 +134,9 @@ pub fn backtest(
     print_report(&mut out, &cand, curr.as_ref(), label)?;
     out.flush()?;
     eprintln!("backtest: {lines} lines, {invalid} invalid");
+    for line in repeated.summary() {
+        eprintln!("backtest: {line}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -43,6 +43,10 @@ pub trait AddPath {
 
 impl AddPath for Compiler {
     fn add_path(&mut self, path: &Path) -> &mut Compiler {
+        if !path.exists() {
+            self.io_error(format!("{}: no such file or directory", path.display()));
+            return self;
+        }
         let files = match rule_files(path) {
             Ok(files) => files,
             Err(errors) => {

@@ -339,8 +339,8 @@ fn bind_api(config: &mut Config) -> Result<Option<std::net::TcpListener>> {
     if a.listen.is_empty() {
         return Ok(None);
     }
-    let listener = std::net::TcpListener::bind(&a.listen)
-        .with_context(|| format!("api.listen: cannot listen on {}", a.listen))?;
+    let listener =
+        std::net::TcpListener::bind(&a.listen).map_err(|e| cannot_listen(&a.listen, e))?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     if a.advertise.is_empty() {
@@ -351,6 +351,28 @@ fn bind_api(config: &mut Config) -> Result<Option<std::net::TcpListener>> {
         };
     }
     Ok(Some(listener))
+}
+
+/// Why the API cannot listen on `listen`, and what to do.
+fn cannot_listen(listen: &str, e: std::io::Error) -> anyhow::Error {
+    let what = match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            "the address is in use (another tripline, or another program, listens there)"
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            "permission denied (ports below 1024 need privileges)"
+        }
+        _ => "",
+    };
+    let what = if what.is_empty() {
+        e.to_string()
+    } else {
+        what.to_string()
+    };
+    anyhow::anyhow!(
+        "api.listen: cannot listen on {listen}: {what}; stop what holds it, or set `api.listen` \
+         (or TRIPLINE__API__LISTEN) to another address, e.g. 127.0.0.1:0 for any free port"
+    )
 }
 
 /// Key state from the service's shards, or the instance that has it.
@@ -530,6 +552,7 @@ fn start_api(
 /// The configured brokers, or the embedded broker with the input topic.
 fn brokers_or_embedded(config: &Config) -> Result<String> {
     if !config.kafka.brokers.is_empty() {
+        reachable(config)?;
         return Ok(config.kafka.brokers.clone());
     }
     let brokers = embedded(config)?;
@@ -539,6 +562,35 @@ fn brokers_or_embedded(config: &Config) -> Result<String> {
         config.kafka.input_topic
     );
     Ok(brokers)
+}
+
+/// Fails with what to check when no broker of `kafka.brokers` answers,
+/// before anything else (webhooks, lists, tables) tries and fails in its
+/// own terms.
+fn reachable(config: &Config) -> Result<()> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    const WAIT: Duration = Duration::from_secs(10);
+    let brokers = &config.kafka.brokers;
+    let client: BaseConsumer = kafka::client_config(&config.kafka, brokers)
+        .create()
+        .with_context(|| format!("kafka.brokers `{brokers}`"))?;
+    if let Err(e) = client.fetch_metadata(None, WAIT) {
+        let why = e
+            .rdkafka_error_code()
+            .map_or_else(|| e.to_string(), |c| c.to_string());
+        let from = match std::env::var("TRIPLINE__KAFKA__BROKERS") {
+            Ok(_) => "TRIPLINE__KAFKA__BROKERS",
+            Err(_) => "`kafka.brokers`",
+        };
+        anyhow::bail!(
+            "no Kafka broker answered at `{brokers}` ({from}) within {} s: {why}. \
+             Check that a broker runs there and that the address and port are right \
+             (and `kafka.client` security settings, if the cluster needs them); \
+             leave `kafka.brokers` empty to run on the embedded broker",
+            WAIT.as_secs()
+        );
+    }
+    Ok(())
 }
 
 #[cfg(feature = "embedded-broker")]
@@ -674,6 +726,14 @@ pub fn demo(
     let (lists, _) = tripline::list_files::load_list_files(&inputs.lists, &rules)?;
     tripline::table_files::load_table_files(&inputs.tables, &rules)?;
     let streams = crate::app::stream_inputs(&rules, &inputs.events)?;
+    // The API's address is tried before the sample is produced: taken, the
+    // demo would stop only once the whole sample was in.
+    if !config.api.listen.is_empty() {
+        drop(
+            std::net::TcpListener::bind(&config.api.listen)
+                .map_err(|e| cannot_listen(&config.api.listen, e))?,
+        );
+    }
     let brokers = brokers_or_embedded(&config)?;
     let produced = produce_events(&config, &brokers, &rules, &streams)?;
     produce_tables(&config, &brokers, &rules, &inputs.tables)?;

@@ -526,24 +526,82 @@ impl Config {
             fail(vec![e.to_string().trim_end().replace('\n', "\n    ")])
         })?;
         let mut problems = Vec::new();
+        // Settings from the environment, by dotted path, with their variable:
+        // their problems name the variable, not the file.
+        let mut from_env: Vec<(String, String)> = Vec::new();
         for (name, value) in env {
             let Some(path) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
-            if let Err(p) = apply_override(&mut table, path, &value) {
-                problems.push(format!("{name}: {p}"));
+            match apply_override(&mut table, path, &value) {
+                Ok(()) => from_env.push((
+                    path.split("__")
+                        .collect::<Vec<_>>()
+                        .join(".")
+                        .to_ascii_lowercase(),
+                    name,
+                )),
+                Err(p) => problems.push(format!("environment variable {name}: {p}")),
             }
         }
+        let var_of = |path: &str| {
+            from_env
+                .iter()
+                .find(|(p, _)| p == path)
+                .map(|(_, v)| v.clone())
+        };
+        // A value of the wrong type stops serde at the first: each is
+        // reported and taken out (its default applies), until none is left,
+        // so that every problem is reported at once.
         let mut unknown = Vec::new();
-        let config: Result<Config, _> =
-            serde_ignored::deserialize(toml::Value::Table(table), |path| {
-                unknown.push(path.to_string())
-            });
+        let config = loop {
+            unknown.clear();
+            let attempt: Result<Config, _> =
+                serde_ignored::deserialize(toml::Value::Table(table.clone()), |path| {
+                    unknown.push(path.to_string())
+                });
+            match attempt {
+                Ok(c) => break Some(c),
+                Err(e) => {
+                    let (problem, path) = env::type_problem(&e.to_string());
+                    match path {
+                        Some(path) => {
+                            let shown = env::value_at(&table, &path);
+                            problems.push(match var_of(&path) {
+                                Some(var) => format!(
+                                    "environment variable {var}: `{path}` = {shown}: {problem}"
+                                ),
+                                None => format!("`{path}` = {shown}: {problem}"),
+                            });
+                            if !env::remove_at(&mut table, &path) || problems.len() > 100 {
+                                break None;
+                            }
+                        }
+                        None => {
+                            problems.push(problem);
+                            break None;
+                        }
+                    }
+                }
+            }
+        };
         for path in unknown {
-            problems.push(unknown_field(&path));
+            problems.push(match var_of(&path) {
+                Some(var) => env::unknown_variable(&var, &path),
+                None => unknown_field(&path),
+            });
         }
+        let name = if from_env.is_empty() {
+            source_name.to_string()
+        } else {
+            format!("{source_name} with the environment's {ENV_PREFIX} overrides")
+        };
+        let fail = |problems: Vec<String>| ConfigError {
+            source_name: name.clone(),
+            problems,
+        };
         match config {
-            Ok(c) => {
+            Some(c) => {
                 problems.extend(c.problems());
                 if problems.is_empty() {
                     Ok(c)
@@ -551,10 +609,7 @@ impl Config {
                     Err(fail(problems))
                 }
             }
-            Err(e) => {
-                problems.push(e.to_string());
-                Err(fail(problems))
-            }
+            None => Err(fail(problems)),
         }
     }
 }
@@ -629,6 +684,55 @@ mod tests {
         assert!(text.contains("kafka.partitions 0"));
         assert!(text.contains("\"transactional.id\" is set by tripline"));
         assert!(text.contains("checkpoint.interval_ms 1 must be"), "{text}");
+    }
+
+    #[test]
+    fn values_of_the_wrong_type_are_all_reported_in_the_configurations_terms() {
+        let e = load(
+            "[kafka]\npartitions = \"two\"\n[rules]\nreload_interval_ms = -5\n[api]\nlistn = \"x\"",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.problems,
+            [
+                "`kafka.partitions` = \"two\": expected a whole number",
+                "`rules.reload_interval_ms` = -5: expected a whole number, 0 or more",
+                "unknown field `api.listn` (did you mean `listen`?)",
+            ],
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_setting_from_the_environment_is_blamed_on_its_variable() {
+        let e = load(
+            "[kafka]\nbrokers = \"a:1\"",
+            &[
+                ("TRIPLINE__KAFKA__BROKER", "b:2"),
+                ("TRIPLINE__CHECKPOINT__INTERVAL_MS", "soon"),
+            ],
+        )
+        .unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("test.toml with the environment's TRIPLINE__ overrides"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "environment variable TRIPLINE__KAFKA__BROKER: no setting `kafka.broker` \
+                 (did you mean TRIPLINE__KAFKA__BROKERS?)"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "environment variable TRIPLINE__CHECKPOINT__INTERVAL_MS: \
+                 `checkpoint.interval_ms` = \"soon\": expected a whole number"
+            ),
+            "{text}"
+        );
     }
 
     #[test]
