@@ -114,6 +114,18 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Create the topics the service reads and writes on `kafka.brokers`:
+    /// each stream's input topic (`kafka.partitions` partitions), the alerts
+    /// and dead-letter topics, and the compacted lists and table topics.
+    /// Topics that exist are left as they are and listed with their
+    /// partitions. The service makes its internal topics itself.
+    ///
+    /// Example: `tripline topics -c tripline.toml`
+    Topics {
+        /// The configuration file (default: ./tripline.toml if it exists).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Start the embedded broker, feed it the bundled sample of card
     /// transactions, run the service and print the alerts as they commit.
     Demo {
@@ -362,6 +374,13 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             let (config, rules, _telemetry) = service_setup(config, RulePaths::Configured)?;
             match rules {
                 Some((rules, source)) => crate::serve::serve(config, rules, source),
+                None => Ok(ExitCode::from(1)),
+            }
+        }
+        Command::Topics { config } => {
+            let (config, rules, _telemetry) = service_setup(config, RulePaths::Configured)?;
+            match rules {
+                Some((rules, _)) => crate::serve::create_topics(&config, &rules),
                 None => Ok(ExitCode::from(1)),
             }
         }

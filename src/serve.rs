@@ -564,6 +564,72 @@ fn brokers_or_embedded(config: &Config) -> Result<String> {
     Ok(brokers)
 }
 
+/// A topic `tripline topics` makes: its name, what it is, its partitions
+/// when created and its configuration.
+type TopicPlan = (String, String, i32, &'static [(&'static str, &'static str)]);
+
+/// `tripline topics`: creates the topics the service reads and writes that
+/// do not exist, and lists each with its partitions.
+pub fn create_topics(config: &Config, rules: &RuleSet) -> Result<ExitCode> {
+    let k = &config.kafka;
+    if k.brokers.is_empty() {
+        anyhow::bail!(
+            "kafka.brokers is empty: set it (or TRIPLINE__KAFKA__BROKERS) to the cluster to \
+             create the topics on (the embedded broker makes its own)"
+        );
+    }
+    reachable(config)?;
+    let compacted: &[(&str, &str)] = &[("cleanup.policy", "compact")];
+    let mut plan: Vec<TopicPlan> = Vec::new();
+    let inputs = tripline::coordinator::Topology::input_topics(rules, &k.input_topic);
+    for (topic, stream) in inputs.into_iter().zip(&rules.def().streams) {
+        plan.push((
+            topic,
+            format!("input of stream `{}`", stream.name),
+            k.partitions,
+            &[],
+        ));
+    }
+    plan.push((k.alerts_topic.clone(), "alerts".into(), k.partitions, &[]));
+    plan.push((
+        k.dead_letter_topic.clone(),
+        "dead letters".into(),
+        k.partitions,
+        &[],
+    ));
+    plan.push((
+        k.lists_topic.clone(),
+        "lists (compacted)".into(),
+        1,
+        compacted,
+    ));
+    for t in &rules.def().tables {
+        plan.push((
+            t.topic.clone(),
+            format!("table `{}` (compacted)", t.spec.name),
+            1,
+            compacted,
+        ));
+    }
+    let names: Vec<&str> = plan.iter().map(|p| p.0.as_str()).collect();
+    let before = kafka::partition_counts(k, &k.brokers, &names)?;
+    for ((topic, _, partitions, configs), existed) in plan.iter().zip(&before) {
+        if existed.is_none() {
+            kafka::ensure_topics_with(k, &k.brokers, &[topic], *partitions, configs)?;
+        }
+    }
+    let after = kafka::partition_counts(k, &k.brokers, &names)?;
+    for (((topic, what, _, _), existed), now) in plan.iter().zip(&before).zip(&after) {
+        let state = match (existed, now) {
+            (Some(n), _) => format!("exists, {n} partitions"),
+            (None, Some(n)) => format!("created, {n} partitions"),
+            (None, None) => "not created".to_string(),
+        };
+        println!("{topic:<32} {what:<32} {state}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Fails with what to check when no broker of `kafka.brokers` answers,
 /// before anything else (webhooks, lists, tables) tries and fails in its
 /// own terms.

@@ -84,7 +84,7 @@ pub enum ServiceError {
     Kafka(#[from] KafkaError),
     /// An input topic (a stream's) does not exist.
     #[error(
-        "input topic `{topic}` of stream `{stream}` does not exist: create it, or read the stream from another topic (`kafka.input_topic` for the main stream, `topic \"NAME\"` in the stream's block for the others)"
+        "input topic `{topic}` of stream `{stream}` does not exist: create it (`tripline topics` creates every topic the service needs), or read the stream from another topic (`kafka.input_topic` for the main stream, `topic \"NAME\"` in the stream's block for the others)"
     )]
     NoInputTopic {
         /// The topic.
