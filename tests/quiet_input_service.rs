@@ -86,12 +86,7 @@ fn a_quiet_partition_raises_its_alert_after_advance_after() {
         || (0, (waiting() == Some(0)).then_some(())),
         |_| format!("waiting: {:?}", waiting()),
     );
-    let metrics = ureq::get(format!("{api}/metrics"))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
+    let metrics = serve_support::metrics(&api);
     assert!(
         metrics
             .lines()

@@ -221,12 +221,7 @@ fn members_read_tables_as_of_event_time_and_after_a_kill() {
         .collect();
     assert_eq!(versions, [(t0, "DE".to_string()), (t1, "IT".to_string())]);
     assert_eq!(get("/v1/tables/profiles/rows/9").0, 404);
-    let metrics = ureq::get(format!("{}/metrics", member.1))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
+    let metrics = serve_support::metrics(&member.1);
     assert!(
         metrics
             .lines()

@@ -4,6 +4,8 @@
 
 #[path = "support/kafka.rs"]
 mod kafka_support;
+#[path = "support/serve.rs"]
+mod serve_support;
 
 use kafka_support::*;
 use tripline::adapters::kafka;
@@ -28,16 +30,7 @@ fn topics_creates_what_the_service_needs_once() {
     // The input topic exists already, with 2 partitions.
     kafka::ensure_topics(&c.kafka, &broker(), &[&c.kafka.input_topic], 2).unwrap();
     let run = || {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tripline"))
-            .arg("topics")
-            .env("TRIPLINE__KAFKA__BROKERS", &c.kafka.brokers)
-            .env("TRIPLINE__KAFKA__INPUT_TOPIC", &c.kafka.input_topic)
-            .env("TRIPLINE__KAFKA__ALERTS_TOPIC", &c.kafka.alerts_topic)
-            .env(
-                "TRIPLINE__KAFKA__DEAD_LETTER_TOPIC",
-                &c.kafka.dead_letter_topic,
-            )
-            .env("TRIPLINE__KAFKA__LISTS_TOPIC", &c.kafka.lists_topic)
+        let out = serve_support::tripline_command(&c, "topics")
             .env("TRIPLINE__KAFKA__PARTITIONS", "3")
             .env(
                 "TRIPLINE__RULES__PATHS",

@@ -686,6 +686,14 @@ mod tests {
         assert!(text.contains("checkpoint.interval_ms 1 must be"), "{text}");
     }
 
+    /// The configuration the container image and the systemd unit ship.
+    #[test]
+    fn the_deployed_configuration_loads() {
+        let c = load(include_str!("../../deploy/tripline.toml"), &[]).unwrap();
+        assert_eq!(c.rules.paths, [PathBuf::from("/etc/tripline/rules")]);
+        assert_eq!(c.state.dir, PathBuf::from("/var/lib/tripline/state"));
+    }
+
     #[test]
     fn values_of_the_wrong_type_are_all_reported_in_the_configurations_terms() {
         let e = load(

@@ -10,8 +10,14 @@ use tripline::config::Config;
 /// `tripline serve` with the broker, group and topics of `c` in its
 /// environment.
 pub fn serve_command(c: &Config) -> Command {
+    tripline_command(c, "serve")
+}
+
+/// `tripline SUBCOMMAND` with the broker, group and topics of `c` in its
+/// environment.
+pub fn tripline_command(c: &Config, subcommand: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tripline"));
-    cmd.arg("serve")
+    cmd.arg(subcommand)
         .env("TRIPLINE__KAFKA__BROKERS", &c.kafka.brokers)
         .env("TRIPLINE__KAFKA__GROUP_ID", &c.kafka.group_id)
         .env("TRIPLINE__KAFKA__INPUT_TOPIC", &c.kafka.input_topic)
@@ -35,6 +41,16 @@ impl Drop for Terminated {
             .status();
         let _ = self.0.wait();
     }
+}
+
+/// The Prometheus text the REST API at `api` (`http://host:port`) serves.
+pub fn metrics(api: &str) -> String {
+    ureq::get(format!("{api}/metrics"))
+        .call()
+        .expect("GET /metrics")
+        .body_mut()
+        .read_to_string()
+        .expect("the metrics' text")
 }
 
 /// The REST API's `host:port`, once the log of `serve` at `log` says it

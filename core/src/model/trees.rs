@@ -1,10 +1,13 @@
 //! A flat-array evaluator for ONNX tree ensembles.
 //!
-//! Every tree's nodes sit in one array of 16-byte nodes; a child reference
-//! with the top bit set is a leaf, indexing the array of leaf values (already
-//! reduced to the one output tripline reads). Scoring walks each tree from
-//! its root and sums the leaves it reaches: no allocation, no dynamic
-//! dispatch, and the whole model of a 100-tree, depth-8 forest fits in L2.
+//! Every tree's nodes sit in one array of 16-byte nodes (feature and flags,
+//! threshold, the two children). A leaf is a node whose children are itself,
+//! its value (already reduced to the one output tripline reads) in place of
+//! the threshold, so every walk takes the same number of steps, the
+//! ensemble's depth, without asking whether it has ended. Scoring walks 8
+//! trees side by side from their roots, overlapping their chains of
+//! dependent loads, and sums the leaves reached: no allocation, no dynamic
+//! dispatch, and a 100-tree, depth-8 forest fits in L2.
 //!
 //! Semantics follow the ONNX-ML operators as onnxruntime implements them:
 //! `BRANCH_LEQ` / `BRANCH_LT` (and `GTE` / `GT`, as the same tests with the
