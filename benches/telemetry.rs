@@ -132,6 +132,7 @@ fn emit_child(on: bool) {
             .map(|i| AlertCommit {
                 rule: rules[i % 3],
                 severity: if i % 2 == 0 { "high" } else { "medium" },
+                shadow: false,
                 cause_ms: Some(1_700_000_000_000),
                 span: None,
             })

@@ -20,7 +20,20 @@ use tripline::telemetry::Telemetry;
 
 /// Real-time complex-event processing and fraud detection.
 #[derive(Parser, Debug)]
-#[command(name = "tripline", version, about)]
+#[command(
+    name = "tripline",
+    version,
+    about,
+    after_help = "Every command that reads rules takes them as `--rules PATH…` (files or \
+directories of .tl files; default: ./rules).
+
+Examples:
+  tripline demo                                  run the service on the bundled sample
+  tripline check --rules rules                   validate rules
+  tripline test --rules rules                    run the rules' examples
+  tripline replay --rules rules --events examples/handbook-sample.jsonl.gz
+  tripline serve -c tripline.toml                run the service"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -29,18 +42,27 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Validate rule files; print every error with file:line:col (exit 1 on any).
+    #[command(after_help = "Examples:
+  tripline check --rules rules
+  tripline check -r rules/velocity.tl examples/rules
+  tripline check -r my_rules.tl --key CUSTOMER_ID --time TX_DATETIME   (no `stream` block)")]
     Check {
-        /// Rule files or directories of `.tl` files.
-        #[arg(required = true)]
-        rules: Vec<PathBuf>,
+        #[command(flatten)]
+        rules: RuleArgs,
         #[command(flatten)]
         stream: StreamArgs,
     },
     /// Run rules over a file of JSON events (one per line); alerts go to stdout.
+    #[command(after_help = "Examples:
+  tripline replay --rules rules --events examples/handbook-sample.jsonl.gz > alerts.jsonl
+  tripline replay -r rules -e events.jsonl --flush --features features.csv
+  tripline replay -r rules examples/rules -e examples/handbook-sample.jsonl.gz \\
+      --events logins=examples/handbook-logins.jsonl.gz \\
+      --table profiles=examples/handbook-profiles.jsonl \\
+      --list blocked_terminals=examples/handbook-blocked-terminals.csv")]
     Replay {
-        /// Rule files or directories.
-        #[arg(long, short, required = true, num_args = 1..)]
-        rules: Vec<PathBuf>,
+        #[command(flatten)]
+        rules: RuleArgs,
         /// Events: a .jsonl or .jsonl.gz file, or `-` for standard input.
         /// With several streams, repeat it as `--events STREAM=FILE` for
         /// each stream but the main one; the files are merged by event time.
@@ -78,9 +100,15 @@ enum Command {
     },
     /// Score a candidate rule set against labelled history, beside the
     /// current rules: alerts, alerts per day, precision and recall per rule.
+    #[command(after_help = "Examples:
+  tripline backtest --rules candidate/ --events examples/handbook-sample.jsonl.gz
+  tripline backtest -r candidate/ --current rules -e history.jsonl.gz --label IS_FRAUD
+  tripline backtest -r candidate/ --alone -e history.jsonl.gz
+  tripline backtest -r candidate/ --topic transactions --since 2018-04-01T00:00:00Z -c tripline.toml")]
+    #[command(group(clap::ArgGroup::new("input").required(true).args(["events", "topic"])))]
     Backtest {
-        /// The candidate rule files or directories.
-        #[arg(long, short, required = true, num_args = 1..)]
+        /// The candidate rules: files or directories of `.tl` files.
+        #[arg(long, short, required = true, num_args = 1.., value_name = "PATH")]
         rules: Vec<PathBuf>,
         /// The current rule files or directories, to compare with (default:
         /// `rules`, when it exists and is not the candidate).
@@ -92,8 +120,23 @@ enum Command {
         /// Labelled events: a .jsonl or .jsonl.gz file, or `-` for standard
         /// input; with several streams, `--events STREAM=FILE` for each
         /// stream but the main one.
-        #[arg(long, short, required = true)]
+        #[arg(long, short)]
         events: Vec<String>,
+        /// Labelled events from a topic instead, read whole (read_committed)
+        /// from `kafka.brokers` and taken in event-time order; with several
+        /// streams, `--topic STREAM=TOPIC` for each stream but the main one.
+        #[arg(long, value_name = "TOPIC", conflicts_with = "events")]
+        topic: Vec<String>,
+        /// Only events at or after this time (RFC 3339).
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Only events before this time (RFC 3339).
+        #[arg(long, value_name = "TIME")]
+        until: Option<String>,
+        /// The configuration whose `kafka` settings `--topic` reads with
+        /// (default: ./tripline.toml if it exists).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
         /// The top-level field that marks an event as what the rules should
         /// catch (true, a non-zero number, or "1"/"true"/"yes").
         #[arg(long, default_value = "TX_FRAUD")]
@@ -109,6 +152,16 @@ enum Command {
     },
     /// Run the service: consume the input topic in a consumer group, commit
     /// alerts and dead letters exactly once. Stops on SIGINT/SIGTERM.
+    #[command(
+        after_help = "Every setting of the configuration file can be overridden by an \
+environment variable: TRIPLINE__<SECTION>__<KEY>, e.g. TRIPLINE__KAFKA__BROKERS=kafka-1:9092 or \
+TRIPLINE__API__LISTEN=0.0.0.0:8080 (values are TOML: numbers and true/false as such, anything else \
+as text). Every setting is documented in tripline.toml; see docs/service.md.
+
+Examples:
+  tripline topics -c tripline.toml && tripline serve -c tripline.toml
+  TRIPLINE__KAFKA__BROKERS=kafka-1:9092,kafka-2:9092 tripline serve"
+    )]
     Serve {
         /// The configuration file (default: ./tripline.toml if it exists).
         #[arg(long, short)]
@@ -120,7 +173,8 @@ enum Command {
     /// Topics that exist are left as they are and listed with their
     /// partitions. The service makes its internal topics itself.
     ///
-    /// Example: `tripline topics -c tripline.toml`
+    #[command(after_help = "Example:
+  tripline topics -c tripline.toml")]
     Topics {
         /// The configuration file (default: ./tripline.toml if it exists).
         #[arg(long, short)]
@@ -128,6 +182,10 @@ enum Command {
     },
     /// Start the embedded broker, feed it the bundled sample of card
     /// transactions, run the service and print the alerts as they commit.
+    #[command(after_help = "Examples:
+  tripline demo
+  tripline demo --keep-running        then open http://127.0.0.1:8080/dashboard
+  tripline demo --rules rules --events my-events.jsonl.gz")]
     Demo {
         /// The configuration file (default: ./tripline.toml if it exists);
         /// its brokers are ignored.
@@ -145,17 +203,21 @@ enum Command {
         /// Rule files or directories (default: the configuration's
         /// `rules.paths`, and `examples/rules`: the example rules that read
         /// logins, customer profiles and a terminal blocklist).
-        #[arg(long, short, num_args = 1..)]
+        #[arg(long, short, num_args = 1.., value_name = "PATH")]
         rules: Vec<PathBuf>,
         /// Keep serving after the sample is processed, until Ctrl-C.
         #[arg(long)]
         keep_running: bool,
     },
-    /// Run the examples in rule files (events in, alert counts out).
+    /// Run the examples in rule files (events in, alerts out; the syntax is
+    /// in docs/rules.md#examples). On a failure, prints what was expected
+    /// and the alerts the rule raised.
+    #[command(after_help = "Examples:
+  tripline test --rules rules
+  tripline test -r rules examples/rules")]
     Test {
-        /// Rule files or directories.
-        #[arg(required = true)]
-        rules: Vec<PathBuf>,
+        #[command(flatten)]
+        rules: RuleArgs,
     },
     /// Look into a data directory (`state.dir`): its shards, or one key's
     /// state; or compact it.
@@ -169,6 +231,9 @@ enum StateCommand {
     /// Print each shard's position and state summary, or with `--key` the
     /// state of that key (window aggregates, deadlines, partial matches,
     /// held events) as JSON. Reads a copy while the service runs.
+    #[command(after_help = "Examples:
+  tripline state inspect -c tripline.toml
+  tripline state inspect --dir /var/lib/tripline --key 3833")]
     Inspect {
         #[command(flatten)]
         dir: StateDir,
@@ -181,6 +246,8 @@ enum StateCommand {
     },
     /// Compact every shard's store, dropping overwritten and deleted
     /// entries. The service must be stopped.
+    #[command(after_help = "Example:
+  tripline state compact --dir /var/lib/tripline")]
     Compact {
         #[command(flatten)]
         dir: StateDir,
@@ -212,6 +279,37 @@ impl StateDir {
             bail!("no data directory: `state.dir` is empty; pass --dir");
         }
         Ok(dir)
+    }
+}
+
+/// The rules a command reads: `--rules PATH…`, the one way every command
+/// names them (`check` and `test` also take the paths as arguments, as
+/// they once did).
+#[derive(Args, Debug)]
+struct RuleArgs {
+    /// Rule files or directories of `.tl` files [default: rules]
+    #[arg(long = "rules", short = 'r', num_args = 1.., value_name = "PATH")]
+    rules: Vec<PathBuf>,
+    #[arg(value_name = "PATH", hide = true)]
+    positional: Vec<PathBuf>,
+}
+
+impl RuleArgs {
+    /// The paths given, or `./rules`.
+    fn paths(self) -> Result<Vec<PathBuf>> {
+        let mut paths = self.rules;
+        paths.extend(self.positional);
+        if paths.is_empty() {
+            let default = PathBuf::from("rules");
+            if !default.is_dir() {
+                bail!(
+                    "no rules given, and there is no `rules` directory here: \
+                     pass the rule files or directories with --rules PATH…"
+                );
+            }
+            paths.push(default);
+        }
+        Ok(paths)
     }
 }
 
@@ -300,7 +398,7 @@ impl StreamArgs {
 /// Runs a command.
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Check { rules, stream } => check(&rules, stream.to_def()?),
+        Command::Check { rules, stream } => check(&rules.paths()?, stream.to_def()?),
         Command::Replay {
             rules,
             events,
@@ -317,7 +415,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 lazy_regular_rules: matcher == "auto",
                 ..EngineOptions::default()
             };
-            let Some(rs) = load(&rules, stream.to_def()?, options)? else {
+            let Some(rs) = load(&rules.paths()?, stream.to_def()?, options)? else {
                 return Ok(ExitCode::from(1));
             };
             let features = match features {
@@ -332,6 +430,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             current,
             alone,
             events,
+            topic,
+            since,
+            until,
+            config,
             label,
             flush,
             lists,
@@ -365,11 +467,33 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     None => return Ok(ExitCode::from(1)),
                 }
             };
+            let time = |flag: &str, t: Option<String>| -> Result<Option<i64>> {
+                t.map(|t| {
+                    tripline::event::parse_time_str(&t).with_context(|| {
+                        format!("--{flag} `{t}` is not a time (RFC 3339: 2018-04-01T00:00:00Z)")
+                    })
+                })
+                .transpose()
+            };
+            let range = crate::backtest_cmd::Range {
+                since: time("since", since)?,
+                until: time("until", until)?,
+            };
+            let source = if topic.is_empty() {
+                crate::backtest_cmd::Source::Files(events)
+            } else {
+                let path = config.or_else(|| {
+                    let default = PathBuf::from("tripline.toml");
+                    default.exists().then_some(default)
+                });
+                let config = Config::load(path.as_deref())?;
+                crate::backtest_cmd::Source::Topics(topic, Box::new(config))
+            };
             crate::backtest_cmd::backtest(
-                candidate, current, &events, &label, flush, list_data, table_data,
+                candidate, current, &source, range, &label, flush, list_data, table_data,
             )
         }
-        Command::Test { rules } => test_examples(&rules),
+        Command::Test { rules } => test_examples(&rules.paths()?),
         Command::Serve { config } => {
             let (config, rules, _telemetry) = service_setup(config, RulePaths::Configured)?;
             match rules {
@@ -861,6 +985,13 @@ fn replay(
         secs,
         stats.events as f64 / secs.max(1e-9),
     )?;
+    if stats.silenced > 0 {
+        writeln!(
+            err,
+            "replay: {} alerts not raised: their rule's `suppress` period for the key was running",
+            stats.silenced
+        )?;
+    }
     for line in summary.repeated.summary() {
         writeln!(err, "replay: {line}")?;
     }
@@ -948,7 +1079,10 @@ fn test_examples(paths: &[PathBuf]) -> Result<ExitCode> {
             }
             Err(why) => {
                 failed += 1;
-                println!("FAIL {} ({}): {why}", ex.name, ex.file);
+                println!("FAIL {} ({})", ex.name, ex.file);
+                for line in why.lines() {
+                    println!("  {line}");
+                }
             }
         }
     }

@@ -54,20 +54,37 @@ fn open(path: &str) -> Result<(Box<dyn BufRead>, ProgressBar)> {
     Ok((Box::new(BufReader::with_capacity(1 << 16, reader)), bar))
 }
 
-/// Runs `candidate` (and `current`, if given) over `events`; prints the
-/// comparison to stdout and invalid lines to stderr.
-pub fn backtest(
-    candidate: Arc<RuleSet>,
-    current: Option<Arc<RuleSet>>,
-    events: &[String],
-    label: &str,
-    flush: bool,
-    lists: std::sync::Arc<tripline::lists::Lists>,
-    tables: std::sync::Arc<tripline::tables::Tables>,
-) -> Result<ExitCode> {
+/// Where a backtest's events come from.
+pub enum Source {
+    /// Files: the main stream's, and `STREAM=FILE` for the others.
+    Files(Vec<String>),
+    /// Topics read whole from the brokers of `config`: the main stream's,
+    /// and `STREAM=TOPIC` for the others.
+    Topics(Vec<String>, Box<tripline::config::Config>),
+}
+
+/// The event-time range a backtest keeps (`since` included, `until` not).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Range {
+    /// The first event time kept.
+    pub since: Option<tripline::event::EventTime>,
+    /// The first event time left out.
+    pub until: Option<tripline::event::EventTime>,
+}
+
+impl Range {
+    fn holds(&self, t: tripline::event::EventTime) -> bool {
+        self.since.is_none_or(|s| t >= s) && self.until.is_none_or(|u| t < u)
+    }
+}
+
+/// Each stream's input, and the progress bar of the main stream's.
+type Inputs = (Vec<(u16, Box<dyn BufRead>)>, ProgressBar);
+
+fn open_files(candidate: &RuleSet, events: &[String]) -> Result<Inputs> {
     let mut bar = None;
     let mut inputs = Vec::new();
-    for (stream, path) in crate::app::stream_inputs(&candidate, events)? {
+    for (stream, path) in crate::app::stream_inputs(candidate, events)? {
         let (input, b) = open(&path)?;
         if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
             b.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -78,7 +95,74 @@ pub fn backtest(
         }
         inputs.push((stream, input));
     }
-    let bar = bar.unwrap_or_else(ProgressBar::hidden);
+    Ok((inputs, bar.unwrap_or_else(ProgressBar::hidden)))
+}
+
+/// Each stream's topic read whole, its records in event-time order (the
+/// order a file of the same events has; a topic's partitions interleave
+/// keys in no order), records that do not decode last.
+fn open_topics(
+    candidate: &RuleSet,
+    topics: &[String],
+    config: &tripline::config::Config,
+) -> Result<Inputs> {
+    let brokers = &config.kafka.brokers;
+    if brokers.is_empty() {
+        anyhow::bail!(
+            "--topic reads from `kafka.brokers`, which is empty: set it in tripline.toml \
+             (or TRIPLINE__KAFKA__BROKERS), or give the configuration with --config"
+        );
+    }
+    let mut inputs: Vec<(u16, Box<dyn BufRead>)> = Vec::new();
+    for (stream, topic) in crate::app::stream_inputs(candidate, topics)? {
+        let (records, partitions) =
+            tripline::adapters::kafka::history::read_topic(&config.kafka, brokers, &topic)?;
+        let decoder = candidate
+            .decoder_for(stream)
+            .context("a stream the rules do not define")?;
+        let mut timed: Vec<(tripline::event::EventTime, Vec<u8>)> = records
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let t = decoder.decode(&r, i as u64).map_or(i64::MAX, |e| e.time);
+                (t, r)
+            })
+            .collect();
+        timed.sort_by_key(|(t, _)| *t);
+        let mut text = Vec::with_capacity(timed.iter().map(|(_, r)| r.len() + 1).sum());
+        for (_, r) in timed {
+            // One record, one line: a raw newline in JSON is only ever
+            // whitespace between tokens.
+            text.extend(r.iter().map(|&b| if b == b'\n' { b' ' } else { b }));
+            text.push(b'\n');
+        }
+        eprintln!(
+            "backtest: read {} records of topic `{topic}` ({partitions} partitions)",
+            text.iter().filter(|&&b| b == b'\n').count()
+        );
+        inputs.push((stream, Box::new(std::io::Cursor::new(text))));
+    }
+    Ok((inputs, ProgressBar::hidden()))
+}
+
+/// Runs `candidate` (and `current`, if given) over the events of `source`
+/// within `range`; prints the comparison to stdout and invalid lines to
+/// stderr.
+#[allow(clippy::too_many_arguments)]
+pub fn backtest(
+    candidate: Arc<RuleSet>,
+    current: Option<Arc<RuleSet>>,
+    source: &Source,
+    range: Range,
+    label: &str,
+    flush: bool,
+    lists: std::sync::Arc<tripline::lists::Lists>,
+    tables: std::sync::Arc<tripline::tables::Tables>,
+) -> Result<ExitCode> {
+    let (inputs, bar) = match source {
+        Source::Files(events) => open_files(&candidate, events)?,
+        Source::Topics(topics, config) => open_topics(&candidate, topics, config)?,
+    };
     let mut cand = Backtest::new(candidate.clone(), label)
         .with_lists(lists.clone())
         .with_tables(tables.clone());
@@ -90,6 +174,7 @@ pub fn backtest(
     });
     let mut input = MergedLines::new(inputs);
     let mut invalid = 0u64;
+    let mut outside = 0u64;
     let mut repeated = crate::app::Repeated::default();
     let mut n = 0u64;
     while let Some(m) = input.next(candidate.decoders()).context("reading events")? {
@@ -106,6 +191,10 @@ pub fn backtest(
                 continue;
             }
         };
+        if !range.holds(event.time) {
+            outside += 1;
+            continue;
+        }
         if let Some((rs, c)) = &mut curr {
             // The current rules decode the record for themselves (they may
             // read other fields, or number the streams otherwise); invalid
@@ -133,7 +222,7 @@ pub fn backtest(
     let mut out = std::io::stdout().lock();
     print_report(&mut out, &cand, curr.as_ref(), label)?;
     out.flush()?;
-    eprintln!("backtest: {lines} lines, {invalid} invalid");
+    eprintln!("backtest: {lines} lines, {invalid} invalid, {outside} outside the time range");
     for line in repeated.summary() {
         eprintln!("backtest: {line}");
     }

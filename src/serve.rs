@@ -592,6 +592,12 @@ pub fn create_topics(config: &Config, rules: &RuleSet) -> Result<ExitCode> {
     }
     plan.push((k.alerts_topic.clone(), "alerts".into(), k.partitions, &[]));
     plan.push((
+        k.shadow_topic.clone(),
+        "shadow rules' alerts".into(),
+        k.partitions,
+        &[],
+    ));
+    plan.push((
         k.dead_letter_topic.clone(),
         "dead letters".into(),
         k.partitions,
@@ -812,39 +818,62 @@ pub fn demo(
         k.partitions,
     )?;
     let reader = AlertsReader::assigned(&config, &brokers, "demo-reader", StartAt::Beginning)?;
-    let mut service = Service::start(&config, brokers.clone(), rules, source)?;
+    let mut service = Service::start(&config, brokers.clone(), rules.clone(), source)?;
     let progress = service.handle.progress().clone();
-    let mut shown = 0u64;
+    // The sample's alerts are gathered while it is processed and printed
+    // in event-time order (they commit in partition order); alerts of
+    // events produced later (`--keep-running`) print as they commit.
+    let mut seen = DemoAlerts::default();
     loop {
-        shown += show_alerts(&reader, Duration::from_millis(100));
+        seen.read(&reader, Duration::from_millis(100));
         if service.is_finished() || progress.caught_up(produced) {
             break;
         }
     }
+    let api = (!config.api.listen.is_empty()).then(|| format!("http://{}", config.api.listen));
     if keep_running && !service.is_finished() {
+        seen.read(&reader, Duration::from_secs(1));
+        seen.print_pending();
+        if let Some(api) = &api {
+            eprintln!("demo: the dashboard is at {api}/dashboard, the API at {api}/v1/alerts");
+        }
         // Scripts wait for this line: the sample is consumed and committed.
         eprintln!("serving on {brokers} until Ctrl-C");
-        service.run_until_signal(|| shown += show_alerts(&reader, Duration::ZERO))?;
+        service.run_until_signal(|| {
+            seen.read(&reader, Duration::ZERO);
+            seen.print_pending();
+        })?;
     }
     service.stop()?;
     // Alerts committed by the last checkpoint may still be on their way:
     // read until nothing more arrives for a second (the service has
     // stopped, so everything committed is readable by then).
-    loop {
-        let got = show_alerts(&reader, Duration::from_secs(1));
-        if got == 0 {
-            break;
-        }
-        shown += got;
-    }
+    while seen.read(&reader, Duration::from_secs(1)) > 0 {}
+    seen.print_pending();
+    seen.print_summary(&rules);
     eprintln!(
-        "demo: {} events committed, {} alerts, {} dead-lettered, {} transactions; {shown} alerts read back from `{}` (read_committed)",
+        "demo: {} events committed, {} alerts, {} dead-lettered, in {} checkpoints (Kafka \
+         transactions); {} alerts read back from `{}` (read_committed)",
         progress.records.load(Ordering::Relaxed),
         progress.alerts.load(Ordering::Relaxed),
         progress.dead_letters.load(Ordering::Relaxed),
         progress.commits.load(Ordering::Relaxed),
+        seen.all.len(),
         config.kafka.alerts_topic,
     );
+    if !keep_running {
+        eprintln!(
+            "
+next:
+  tripline demo --keep-running            the same, then keep serving: the dashboard at {}/dashboard
+  tripline replay --rules rules --events examples/handbook-sample.jsonl.gz
+                                          the same rules over the same file, no broker: the same alerts
+  tripline backtest --rules rules --events examples/handbook-sample.jsonl.gz
+                                          precision and recall per rule against the sample's labels
+  docs/rules.md                           write a rule; docs/service.md: run on your Kafka",
+            api.as_deref().unwrap_or("http://127.0.0.1:8080")
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -985,21 +1014,171 @@ fn write_lists(
     Ok(())
 }
 
-/// Prints one line per alert that arrives within `wait`; returns how many.
-fn show_alerts(reader: &AlertsReader, wait: Duration) -> u64 {
-    reader.read(wait, usize::MAX, |a| {
-        match serde_json::from_slice::<serde_json::Value>(a.value) {
-            Ok(v) => println!(
-                "alert {:<16} key {:<8} at {}  severity {:<8} score {}",
-                v["rule"].as_str().unwrap_or("?"),
-                String::from_utf8_lossy(a.key),
-                v["event_time"].as_str().unwrap_or("?"),
-                v["severity"].as_str().unwrap_or("?"),
-                v["score"],
-            ),
-            Err(e) => println!("unreadable alert: {e}"),
+/// One committed alert as the demo shows it.
+struct DemoAlert {
+    event_time: String,
+    rule: String,
+    severity: String,
+    key: String,
+    /// What it found: its payload values, or the last matched event.
+    what: String,
+    /// Whether its last matched event is labelled fraud (`TX_FRAUD`), where
+    /// the events say.
+    fraud: Option<bool>,
+}
+
+/// The alerts the demo has read, and those not printed yet.
+#[derive(Default)]
+struct DemoAlerts {
+    all: Vec<DemoAlert>,
+    printed: usize,
+}
+
+impl DemoAlerts {
+    /// Reads the alerts that arrive within `wait`; returns how many.
+    fn read(&mut self, reader: &AlertsReader, wait: Duration) -> usize {
+        reader.read(wait, usize::MAX, |a| {
+            self.all
+                .push(match serde_json::from_slice::<AlertJson>(a.value) {
+                    Ok(v) => DemoAlert::of(&v),
+                    Err(e) => DemoAlert {
+                        event_time: String::new(),
+                        rule: "?".into(),
+                        severity: "?".into(),
+                        key: String::from_utf8_lossy(a.key).into_owned(),
+                        what: format!("an unreadable alert: {e}"),
+                        fraud: None,
+                    },
+                })
+        })
+    }
+
+    /// Prints the alerts read since the last call, in event-time order.
+    fn print_pending(&mut self) {
+        let pending = &mut self.all[self.printed..];
+        pending.sort_by(|a, b| a.event_time.cmp(&b.event_time));
+        for a in pending.iter() {
+            let time = a.event_time.replace('T', " ").replace('Z', "");
+            println!(
+                "{time}  {:<16} {:<8} key {:<6} {}",
+                a.rule, a.severity, a.key, a.what
+            );
         }
-    }) as u64
+        self.printed = self.all.len();
+    }
+
+    /// Alerts per rule, with how many fell on transactions labelled fraud
+    /// where the events carry the label.
+    fn print_summary(&self, rules: &RuleSet) {
+        println!();
+        let labelled = self.all.iter().any(|a| a.fraud.is_some());
+        match labelled {
+            true => println!("{:<20} {:>7} {:>10}", "rule", "alerts", "on fraud"),
+            false => println!("{:<20} {:>7}", "rule", "alerts"),
+        }
+        for r in rules.rules().iter().filter(|r| !r.def().features) {
+            let of_rule = self.all.iter().filter(|a| *a.rule == **r.name());
+            let (n, fraud) = of_rule.fold((0, 0), |(n, f), a| {
+                (n + 1, f + usize::from(a.fraud == Some(true)))
+            });
+            match labelled {
+                true => println!("{:<20} {n:>7} {fraud:>10}", r.name()),
+                false => println!("{:<20} {n:>7}", r.name()),
+            }
+        }
+    }
+}
+
+/// The parts of a committed alert the demo shows, its objects' fields in
+/// the order the alert has them (stages in pattern order, values in the
+/// rule's payload order).
+#[derive(serde::Deserialize)]
+struct AlertJson {
+    #[serde(default)]
+    event_time: serde_json::Value,
+    #[serde(default)]
+    rule: serde_json::Value,
+    #[serde(default)]
+    severity: serde_json::Value,
+    #[serde(default)]
+    key: serde_json::Value,
+    #[serde(default)]
+    matches: Ordered,
+    #[serde(default)]
+    values: Ordered,
+}
+
+/// A JSON object's fields in their order.
+#[derive(Default)]
+struct Ordered(Vec<(String, serde_json::Value)>);
+
+impl<'de> serde::Deserialize<'de> for Ordered {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Ordered, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = Ordered;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Ordered, A::Error> {
+                let mut fields = Vec::new();
+                while let Some(entry) = m.next_entry()? {
+                    fields.push(entry);
+                }
+                Ok(Ordered(fields))
+            }
+        }
+        d.deserialize_map(Fields)
+    }
+}
+
+impl DemoAlert {
+    fn of(v: &AlertJson) -> DemoAlert {
+        let text = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_string();
+        let last = v
+            .matches
+            .0
+            .last()
+            .and_then(|(_, events)| events.as_array()?.last());
+        let what = match (v.values.0.is_empty(), last) {
+            (false, _) => v
+                .values
+                .0
+                .iter()
+                .map(|(n, v)| format!("{n} = {}", short_number(v)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            (true, Some(event)) => format!("on {event}"),
+            (true, None) => String::new(),
+        };
+        let fraud = last.and_then(|e| match &e["TX_FRAUD"] {
+            serde_json::Value::Number(n) => Some(n.as_f64() != Some(0.0)),
+            serde_json::Value::Bool(b) => Some(*b),
+            _ => None,
+        });
+        DemoAlert {
+            event_time: text(&v.event_time),
+            rule: text(&v.rule),
+            severity: text(&v.severity),
+            key: match &v.key {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            },
+            what,
+            fraud,
+        }
+    }
+}
+
+/// A value as a person reads it: numbers to two decimals at most.
+fn short_number(v: &serde_json::Value) -> String {
+    match v.as_f64() {
+        Some(n) if n.fract() != 0.0 => format!("{:.2}", n),
+        _ => v.to_string(),
+    }
 }
 
 /// Removes a directory when dropped.

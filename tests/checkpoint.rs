@@ -41,6 +41,7 @@ rule absent { within 30ms pattern { a: v == 0 not then b: v == 1 } }
 rule burst { within 25ms skip past last pattern { x: true repeat 3 } payload { n = count(over 30ms), d = count(distinct v over 1s) } }
 rule late_label { key g pattern { x: count(over 50ms ending 20ms ago) >= 2 and avg(v over 50ms ending 20ms ago) > 0.5 } }
 rule timeouts { within 15ms report timeouts pattern { a: v == 1 next b: v == 1 } }
+rule quiet { suppress 20ms pattern { x: v == 2 } payload { n = count(over 30ms) } }
 "#;
 
 fn rules() -> Arc<RuleSet> {

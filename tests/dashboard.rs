@@ -43,6 +43,8 @@ fn browser() -> Browser {
     let options = LaunchOptions::default_builder()
         .path(Some(path.into()))
         .headless(true)
+        // Tall enough for every panel at once (and the screenshots).
+        .window_size(Some((1280, 1700)))
         // Root in CI: Chromium's sandbox refuses to run as root.
         .sandbox(false)
         .user_data_dir(Some(profile))
@@ -134,9 +136,32 @@ fn an_alert_produced_to_kafka_appears_on_the_dashboard() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // The alert opens to its evidence: the values its rule computed and
+    // the event it matched, field by field.
+    item.click().unwrap();
+    let panel = wait("#alert-panel:not([hidden]) #alert-detail table");
+    let evidence = tab
+        .find_element("#alert-detail")
+        .unwrap()
+        .get_inner_text()
+        .unwrap();
+    assert!(
+        evidence.contains("Values") && evidence.contains("amount"),
+        "{evidence}"
+    );
+    assert!(
+        evidence.contains("Matched: b (1)") && evidence.contains("950"),
+        "{evidence}"
+    );
+    drop(panel);
+    screenshot(&tab, "alert");
     let key = wait("#keys tr[data-key=\"card-7\"]");
     let row = key.get_inner_text().unwrap();
-    assert!(row.contains("25.0") && row.contains("big"), "{row}");
+    // Scores read as numbers do: 25, not 25.0.
+    assert!(
+        row.contains("25") && !row.contains("25.0") && row.contains("big"),
+        "{row}"
+    );
     // The row may be rebuilt between finding and clicking it: find it again
     // until the click lands.
     let started = now();
@@ -150,8 +175,9 @@ fn an_alert_produced_to_kafka_appears_on_the_dashboard() {
             .unwrap()
             .get_inner_text()
             .unwrap();
-        if detail.contains("\"score\": 25") {
-            assert!(detail.contains("card-7"), "{detail}");
+        if detail.contains("25 (low)") {
+            assert!(detail.contains("As card card-7"), "{detail}");
+            assert!(detail.contains("big (25)"), "{detail}");
             break;
         }
         assert!(
@@ -159,13 +185,31 @@ fn an_alert_produced_to_kafka_appears_on_the_dashboard() {
             "key detail: {detail}"
         );
     }
+    screenshot(&tab, "key");
+    // A key found by its value, not only from the ranking.
+    let js = |code: &str| tab.evaluate(code, false).unwrap().value;
+    js("document.getElementById('key-detail').textContent = '';\
+        document.getElementById('key-search').value = 'card-7';\
+        document.getElementById('search').requestSubmit();");
+    let started = now();
+    while !tab
+        .find_element("#key-detail")
+        .and_then(|e| e.get_inner_text())
+        .unwrap_or_default()
+        .contains("25 (low)")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "search found nothing"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // The partitions the service holds, with their lag.
     wait("#partitions tr");
 
     // Lists: the declared one is shown; adding a value from the page asks
     // for the token (writes need it), then the value flags the next event.
     wait("#lists tr[data-list=\"blocked\"]");
-    let js = |code: &str| tab.evaluate(code, false).unwrap().value;
     let submit_entry = "document.getElementById('list-name').value = 'blocked';\
         document.getElementById('list-value').value = 'card-9';\
         document.getElementById('list-comment').value = 'seen in attack 7';\
@@ -229,4 +273,21 @@ fn an_alert_produced_to_kafka_appears_on_the_dashboard() {
     std::fs::remove_dir_all(&c.state.dir).ok();
     std::fs::remove_dir_all(&rules).ok();
     std::fs::remove_file(&log).ok();
+}
+
+/// Saves the page as `NAME.png` in `$TRIPLINE_SCREENSHOTS` when set (how
+/// the console's pictures in docs/console/ are made), else nowhere.
+fn screenshot(tab: &headless_chrome::Tab, name: &str) {
+    let Some(dir) = std::env::var_os("TRIPLINE_SCREENSHOTS") else {
+        return;
+    };
+    let png = tab
+        .capture_screenshot(
+            headless_chrome::protocol::cdp::Page::CaptureScreenshotFormatOption::Png,
+            None,
+            None,
+            true,
+        )
+        .expect("a screenshot");
+    std::fs::write(std::path::Path::new(&dir).join(format!("{name}.png")), png).unwrap();
 }

@@ -75,6 +75,6 @@ fn readme_diagnostics_are_what_check_prints() {
     assert!(shown.ends_with("3 errors"), "{shown}");
     assert!(
         readme.contains(&shown),
-        "README must quote `tripline check docs/examples/broken.tl`:\n{shown}"
+        "README must quote `tripline check --rules docs/examples/broken.tl`:\n{shown}"
     );
 }

@@ -8,6 +8,9 @@
 //!    stages that satisfy the semantics written out in `reference_matches`.
 //! 2. The engine is deterministic, and events shuffled within the allowed
 //!    lateness give the same alerts as the ordered stream.
+//! 3. `suppress D` keeps exactly the alerts that a per-key filter of the
+//!    same rule's alerts without it keeps: an alert is raised when no alert
+//!    of its key was raised in the `D` before its time.
 
 use proptest::prelude::*;
 use std::collections::BTreeSet;
@@ -302,10 +305,15 @@ stream s { key k time t time format epoch_ms lateness 50ms }
 rule seq { within 40ms pattern { a: v == 0 then b: v == 1 repeat 1.. then c: v == 2 } }
 rule absent { within 30ms pattern { a: v == 0 not then b: v == 1 } }
 rule burst { within 20ms skip past last pattern { x: true repeat 3 } payload { n = count(over 30ms) } }
+rule quiet { within 30ms suppress 25ms pattern { a: v == 0 then b: v == 2 } }
 "#;
 
 fn run_engine(lines: &[String]) -> Vec<String> {
-    let rs = RuleSet::from_source("e.tl", ENGINE_RULES, None).expect("compiles");
+    run_rules(ENGINE_RULES, lines)
+}
+
+fn run_rules(source: &str, lines: &[String]) -> Vec<String> {
+    let rs = RuleSet::from_source("e.tl", source, None).expect("compiles");
     let mut engine = Engine::new(rs.clone());
     let mut out = Outputs::default();
     for (i, l) in lines.iter().enumerate() {
@@ -359,5 +367,59 @@ proptest! {
         a.sort();
         b.sort();
         prop_assert_eq!(a, b);
+    }
+}
+
+/// A rule with every kind of output (matches, timeouts, several matches at
+/// one event), with and without `suppress`.
+fn suppress_rules(suppress: Option<i64>) -> String {
+    let clause = suppress.map_or(String::new(), |d| format!("suppress {d}ms"));
+    format!(
+        r#"
+stream s {{ key k time t time format epoch_ms lateness 50ms }}
+rule r {{ within 30ms report timeouts {clause} pattern {{ a: v == 0 then b: v == 1 repeat 1.. then c: v == 2 }} }}
+"#
+    )
+}
+
+/// The reference: `alerts` (JSON lines, in the order raised) filtered per
+/// key, keeping an alert when its key's last kept alert is `period` or more
+/// before it.
+fn suppressed_reference(alerts: &[String], period: i64) -> Vec<String> {
+    let mut last: std::collections::BTreeMap<String, i64> = Default::default();
+    let mut kept = Vec::new();
+    for line in alerts {
+        let a: serde_json::Value = serde_json::from_str(line).expect("alert JSON");
+        let key = a["key"].to_string();
+        let at = a["event_time"]
+            .as_str()
+            .expect("time")
+            .parse::<jiff::Timestamp>()
+            .expect("an RFC 3339 time")
+            .as_millisecond();
+        if last.get(&key).is_none_or(|&l| at >= l + period) {
+            last.insert(key, at);
+            kept.push(line.clone());
+        }
+    }
+    kept
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    #[test]
+    fn suppress_keeps_what_a_per_key_cooldown_keeps(
+        raw in prop::collection::vec((0u8..3, 0u8..3, 0i64..6), 1..80),
+        period in 1i64..40,
+    ) {
+        let mut t = 0;
+        let lines: Vec<String> = raw
+            .iter()
+            .map(|(k, v, dt)| { t += dt; format!("{{\"k\":{k},\"t\":{t},\"v\":{v}}}") })
+            .collect();
+        let all = run_rules(&suppress_rules(None), &lines);
+        let got = run_rules(&suppress_rules(Some(period)), &lines);
+        prop_assert_eq!(got, suppressed_reference(&all, period));
     }
 }

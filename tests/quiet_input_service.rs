@@ -9,8 +9,7 @@ mod kafka_support;
 mod serve_support;
 
 use kafka_support::*;
-use serve_support::{Terminated, api_address, serve_command};
-use std::process::Stdio;
+use serve_support::{Terminated, api_address, rules_member};
 use std::time::Duration;
 use tripline::adapters::kafka;
 
@@ -27,20 +26,9 @@ fn a_quiet_partition_raises_its_alert_after_advance_after() {
     )
     .unwrap();
     let log = std::env::temp_dir().join(format!("{}.log", c.kafka.group_id));
+    let state = std::env::temp_dir().join(format!("{}.state", c.kafka.group_id));
     let member = Terminated(
-        serve_command(&c)
-            .env("TRIPLINE__CHECKPOINT__INTERVAL_MS", "100")
-            .env("TRIPLINE__API__LISTEN", "127.0.0.1:0")
-            .env(
-                "TRIPLINE__RULES__PATHS",
-                serde_json::to_string(&[&rules]).unwrap(),
-            )
-            .env(
-                "TRIPLINE__STATE__DIR",
-                std::env::temp_dir().join(format!("{}.state", c.kafka.group_id)),
-            )
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
+        rules_member(&c, &rules, &state, &log)
             .spawn()
             .expect("tripline serve starts"),
     );

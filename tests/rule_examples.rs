@@ -40,13 +40,72 @@ fn a_wrong_expectation_is_reported() {
     assert!(err.contains("expected 2 alerts, got 1"), "{err}");
 }
 
+/// An example whose events are grouped by key (each key's events in time
+/// order, the keys' times interleaved), with alerts expected by their key,
+/// time and payload values.
+const BY_KEY: &str = r#"
+stream s { key card time t }
+rule big { suppress 1h pattern { x: amount > 100 } payload { amount = x.amount, shop = x.shop } }
+example "grouped by card" {
+  events """
+  {"card":1,"t":"2018-04-01T10:00:00Z","amount":150,"shop":"a"}
+  {"card":1,"t":"2018-04-01T12:00:00Z","amount":300.5,"shop":"b"}
+  {"card":2,"t":"2018-04-01T09:00:00Z","amount":120,"shop":"c"}
+  {"card":2,"t":"2018-04-01T09:30:00Z","amount":130,"shop":"d"}
+  """
+  expect big 3
+  expect big { key = 1, event_time = "2018-04-01T12:00:00Z", amount = 300.5, shop = "b" }
+  expect big { key = 2, amount = 120 }
+}"#;
+
+#[test]
+fn examples_may_group_events_by_key_and_expect_values() {
+    let rs = RuleSet::from_source("k.tl", BY_KEY, None).unwrap_or_else(|e| panic!("{e}"));
+    run_example(&rs, &rs.def().examples[0]).unwrap_or_else(|e| panic!("{e}"));
+
+    // A value no alert has: the failure names it and lists the alerts.
+    let wrong = BY_KEY.replace("amount = 120 }", "amount = 130 }");
+    let rs = RuleSet::from_source("k.tl", &wrong, None).unwrap();
+    let err = run_example(&rs, &rs.def().examples[0]).unwrap_err();
+    assert!(
+        err.contains("big: expected an alert with key = 2, amount = 130, and none has"),
+        "{err}"
+    );
+    assert!(
+        err.contains("key 2 at 2018-04-01T09:00:00Z: amount = 120, shop = \"c\""),
+        "{err}"
+    );
+    // The 09:30 alert of card 2 is suppressed (within the hour).
+    assert!(!err.contains("amount = 130, shop"), "{err}");
+
+    // Names the rule's alerts do not carry are rejected with where they are.
+    let unknown = BY_KEY.replace("shop = \"b\" }", "shops = \"b\" }");
+    let e = RuleSet::from_source("k.tl", &unknown, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("k.tl:12:"), "{e}");
+    assert!(
+        e.contains("rule `big`'s alerts carry no value `shops`"),
+        "{e}"
+    );
+    assert!(
+        e.contains("they carry: key, event_time, amount, shop"),
+        "{e}"
+    );
+    let bad_time = BY_KEY.replace("\"2018-04-01T12:00:00Z\", amount", "12, amount");
+    let e = RuleSet::from_source("k.tl", &bad_time, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`event_time` is a time in quotes"), "{e}");
+}
+
 /// `tripline test`, the command rule authors run: the shipped examples pass,
 /// and a wrong expectation fails the command with the example named.
 #[test]
 fn the_test_command_checks_examples() {
     let run = |paths: &[&Path]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_tripline"))
-            .arg("test")
+            .args(["test", "--rules"])
             .args(paths)
             .output()
             .expect("run tripline test")
@@ -78,5 +137,8 @@ fn the_test_command_checks_examples() {
     std::fs::remove_dir_all(&dir).ok();
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("FAIL off by one"), "{stdout}");
+    // What the rule raised, to compare with what was expected.
+    assert!(stdout.contains("the alerts of `any`:"), "{stdout}");
+    assert!(stdout.contains("key 1 at "), "{stdout}");
     assert!(stdout.contains("0 passed, 1 failed"), "{stdout}");
 }

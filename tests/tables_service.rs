@@ -12,8 +12,8 @@ mod kafka_support;
 mod serve_support;
 
 use kafka_support::*;
-use serve_support::{api_address, serve_command};
-use std::process::{Child, Stdio};
+use serve_support::{api_address, rules_member};
+use std::process::Child;
 use std::time::Duration;
 use tripline::adapters::kafka;
 use tripline::config::Config;
@@ -51,15 +51,14 @@ fn start(c: &Config, rules: &std::path::Path, store: Store) -> Member {
     static RUN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let run = RUN.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let log = std::env::temp_dir().join(format!("{}-{run}.log", c.kafka.group_id));
-    let child = serve_command(c)
+    let state = std::env::temp_dir().join(format!("{}.state", c.kafka.group_id));
+    let child = rules_member(c, rules, &state, &log)
         .env("TRIPLINE__KAFKA__INSTANCE_ID", &c.kafka.instance_id)
         .env("TRIPLINE__KAFKA__SESSION_TIMEOUT_MS", "6000")
         .env("TRIPLINE__KAFKA__MAX_POLL_INTERVAL_MS", "10000")
         // The restarted member takes its partitions back at once.
         .env("TRIPLINE__KAFKA__STATIC_MEMBERSHIP", "true")
-        .env("TRIPLINE__CHECKPOINT__INTERVAL_MS", "100")
         .env("TRIPLINE__RUNTIME__SHARD_THREADS", "1")
-        .env("TRIPLINE__API__LISTEN", "127.0.0.1:0")
         .env(
             "TRIPLINE__STATE__TABLES",
             match store {
@@ -67,16 +66,6 @@ fn start(c: &Config, rules: &std::path::Path, store: Store) -> Member {
                 Store::Disk => "disk",
             },
         )
-        .env(
-            "TRIPLINE__RULES__PATHS",
-            serde_json::to_string(&[rules]).unwrap(),
-        )
-        .env(
-            "TRIPLINE__STATE__DIR",
-            std::env::temp_dir().join(format!("{}.state", c.kafka.group_id)),
-        )
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .expect("tripline serve starts");
     // Listening means the tables were read: they are read first.

@@ -11,6 +11,7 @@ impl Config {
         for (name, topic) in [
             ("kafka.input_topic", &k.input_topic),
             ("kafka.alerts_topic", &k.alerts_topic),
+            ("kafka.shadow_topic", &k.shadow_topic),
             ("kafka.dead_letter_topic", &k.dead_letter_topic),
             ("kafka.lists_topic", &k.lists_topic),
         ] {
@@ -21,6 +22,19 @@ impl Config {
         if k.alerts_topic == k.input_topic || k.dead_letter_topic == k.input_topic {
             p.push(
                 "kafka: the alerts and dead-letter topics must differ from the input topic".into(),
+            );
+        }
+        if [
+            &k.input_topic,
+            &k.alerts_topic,
+            &k.dead_letter_topic,
+            &k.lists_topic,
+        ]
+        .contains(&&k.shadow_topic)
+        {
+            p.push(
+                "kafka.shadow_topic must differ from the input, alerts, dead-letter and lists topics"
+                    .into(),
             );
         }
         if [&k.input_topic, &k.alerts_topic, &k.dead_letter_topic].contains(&&k.lists_topic) {

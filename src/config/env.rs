@@ -25,6 +25,7 @@ const FIELDS: &[&str] = &[
     "input_partitioner",
     "advertise",
     "alerts_topic",
+    "shadow_topic",
     "dead_letter_topic",
     "lists_topic",
     "partitions",

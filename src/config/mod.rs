@@ -278,6 +278,9 @@ pub struct KafkaConfig {
     pub input_partitioner: String,
     /// The topic alerts are written to (key: the rule's key).
     pub alerts_topic: String,
+    /// The topic the alerts of rules in `mode shadow` are written to,
+    /// beside the alerts topic (webhooks never read it).
+    pub shadow_topic: String,
     /// The topic malformed and late events are written to, unchanged, with the
     /// reason in record headers.
     pub dead_letter_topic: String,
@@ -335,6 +338,7 @@ impl Default for KafkaConfig {
             input_topic: "transactions".into(),
             input_partitioner: "consistent_random".into(),
             alerts_topic: "tripline.alerts".into(),
+            shadow_topic: "tripline.shadow-alerts".into(),
             dead_letter_topic: "tripline.dead-letter".into(),
             lists_topic: "tripline.lists".into(),
             partitions: 4,

@@ -39,6 +39,7 @@ impl Observer for Telemetry {
                 &[
                     KeyValue::new("rule", a.rule.to_string()),
                     KeyValue::new("severity", a.severity),
+                    KeyValue::new("mode", if a.shadow { "shadow" } else { "live" }),
                 ],
             );
             if let Some(at) = a.cause_ms {
@@ -71,6 +72,9 @@ impl Observer for Telemetry {
         }
         if e.rule_errors > 0 {
             m.rule_errors.add(e.rule_errors, &[]);
+        }
+        if e.silenced > 0 {
+            m.alerts_suppressed.add(e.silenced, &[]);
         }
         m.checkpoints.add(1, &[]);
         m.checkpoint_duration.record(e.total.as_secs_f64(), &[]);

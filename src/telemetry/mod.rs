@@ -203,6 +203,7 @@ pub(crate) struct Metrics {
     pub decode_errors: Counter<u64>,
     pub late_events: Counter<u64>,
     pub rule_errors: Counter<u64>,
+    pub alerts_suppressed: Counter<u64>,
     pub dead_letters: Counter<u64>,
     pub alerts: Counter<u64>,
     pub alert_latency: Histogram<f64>,
@@ -254,7 +255,13 @@ pub(crate) fn metrics() -> &'static Metrics {
                 .u64_counter("tripline_rule_errors")
                 .with_description(
                     "A rule's limit hit for one key (partial matches trimmed, alerts of one event \
-                     suppressed, a state too large reset); logged with the rule and key",
+                     not raised, a state too large reset); logged with the rule and key",
+                )
+                .build(),
+            alerts_suppressed: m
+                .u64_counter("tripline_alerts_suppressed")
+                .with_description(
+                    "Alerts not raised because their rule's `suppress` period for the key was running",
                 )
                 .build(),
             dead_letters: m
@@ -329,6 +336,7 @@ pub fn observe_service(read: impl Fn() -> ServiceFigures + Send + Sync + 'static
         &c.decode_errors,
         &c.late_events,
         &c.rule_errors,
+        &c.alerts_suppressed,
         &c.checkpoints,
         &c.aborts,
     ] {

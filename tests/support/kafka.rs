@@ -80,6 +80,7 @@ pub fn config(test: &str) -> Config {
     c.kafka.instance_id = name.clone();
     c.kafka.input_topic = format!("{name}.in");
     c.kafka.alerts_topic = format!("{name}.alerts");
+    c.kafka.shadow_topic = format!("{name}.shadow");
     c.kafka.dead_letter_topic = format!("{name}.dlq");
     c.kafka.lists_topic = format!("{name}.lists");
     c.kafka.session_timeout_ms = 6000;

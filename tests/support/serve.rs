@@ -7,6 +7,29 @@ use std::process::{Child, Command};
 use std::time::Duration;
 use tripline::config::Config;
 
+/// `tripline serve` of `c` running the rule files `rules`, with its state
+/// in `state` and its log (standard error) in `log`, its API on a port of
+/// its choosing (see [`api_address`]) and checkpoints every 100 ms: what the
+/// service tests run, before their own settings.
+pub fn rules_member(
+    c: &Config,
+    rules: &std::path::Path,
+    state: &std::path::Path,
+    log: &std::path::Path,
+) -> Command {
+    let mut cmd = serve_command(c);
+    cmd.env("TRIPLINE__CHECKPOINT__INTERVAL_MS", "100")
+        .env("TRIPLINE__API__LISTEN", "127.0.0.1:0")
+        .env(
+            "TRIPLINE__RULES__PATHS",
+            serde_json::to_string(&[rules]).unwrap(),
+        )
+        .env("TRIPLINE__STATE__DIR", state)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap());
+    cmd
+}
+
 /// `tripline serve` with the broker, group and topics of `c` in its
 /// environment.
 pub fn serve_command(c: &Config) -> Command {
@@ -22,6 +45,7 @@ pub fn tripline_command(c: &Config, subcommand: &str) -> Command {
         .env("TRIPLINE__KAFKA__GROUP_ID", &c.kafka.group_id)
         .env("TRIPLINE__KAFKA__INPUT_TOPIC", &c.kafka.input_topic)
         .env("TRIPLINE__KAFKA__ALERTS_TOPIC", &c.kafka.alerts_topic)
+        .env("TRIPLINE__KAFKA__SHADOW_TOPIC", &c.kafka.shadow_topic)
         .env(
             "TRIPLINE__KAFKA__DEAD_LETTER_TOPIC",
             &c.kafka.dead_letter_topic,

@@ -112,12 +112,17 @@ impl<P: Ports> Coordinator<P> {
         self.begin()?;
         let topology = self.topology.clone();
         let alerts_topic = self.settings.alerts_topic.clone();
+        let shadow_topic = self.settings.shadow_topic.clone();
         for (id, out) in outputs {
             let (t, p) = *id;
             let source = topology.topics[t].name.as_str();
             for a in &out.alerts {
                 let r = Outgoing {
-                    topic: &alerts_topic,
+                    topic: if a.shadow {
+                        &shadow_topic
+                    } else {
+                        &alerts_topic
+                    },
                     partition: None,
                     key: Some(&a.record.key),
                     value: Some(&a.record.value),
@@ -311,6 +316,7 @@ impl<P: Ports> Coordinator<P> {
                 .map(|a| AlertCommit {
                     rule: &a.rule,
                     severity: a.severity.as_str(),
+                    shadow: a.shadow,
                     cause_ms: a.cause_ms,
                     span: a.span.as_ref(),
                 })
@@ -326,6 +332,7 @@ impl<P: Ports> Coordinator<P> {
             ..CheckpointCommitted::default()
         };
         committed.rule_errors = outputs.iter().map(|(_, out)| out.rule_errors).sum();
+        committed.silenced = outputs.iter().map(|(_, out)| out.silenced).sum();
         for d in outputs.iter().flat_map(|(_, out)| &out.dead_letters) {
             match d.kind {
                 DeadLetterKind::Malformed => committed.malformed += 1,

@@ -56,7 +56,7 @@ pub use ports::{
 pub use progress::Progress;
 pub use report::RulesReload;
 pub use restore::{RestoreDone, RestoreJob};
-pub use topology::{SourceTopic, Topology};
+pub use topology::{SourceTopic, Topology, TopologyError};
 
 use crate::engine::RuleSet;
 use crate::shard::{Record, ShardOutput, WatermarkMark};
@@ -75,6 +75,8 @@ pub struct Settings {
     pub group: String,
     /// Where alerts go.
     pub alerts_topic: String,
+    /// Where the alerts of rules in `mode shadow` go.
+    pub shadow_topic: String,
     /// Where dead letters go.
     pub dead_letter_topic: String,
     /// Records handed to a shard at once.
@@ -471,7 +473,7 @@ impl<P: Ports> Coordinator<P> {
         let topology = match Topology::with_inputs(&s.group, rules, inputs) {
             Ok(t) => t,
             Err(e) => {
-                self.refuse_rules(hash, e);
+                self.refuse_rules(hash, e.to_string());
                 return;
             }
         };

@@ -22,6 +22,8 @@ pub struct AlertCommit<'a> {
     pub rule: &'a str,
     /// Its severity (`low` … `critical`).
     pub severity: &'static str,
+    /// Of a rule in `mode shadow` (committed to the shadow topic).
+    pub shadow: bool,
     /// The append time (epoch ms) of the input record that made it fire.
     pub cause_ms: Option<i64>,
     /// The traced event that made it fire, if it was traced.
@@ -44,6 +46,9 @@ pub struct CheckpointCommitted<'a> {
     pub future: u64,
     /// Rule limits hit (see `tripline_rule_errors`).
     pub rule_errors: u64,
+    /// Alerts not raised: their rule's `suppress` period for the key was
+    /// running.
+    pub silenced: u64,
     /// Records skipped after an internal error.
     pub internal: u64,
     /// Events forwarded to internal topics.

@@ -24,6 +24,26 @@ pub struct TopicPlan {
     pub changelog: String,
 }
 
+/// Why a rule set cannot run as the service's topics.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopologyError {
+    /// The input topics given do not match the rule set's streams.
+    #[error("the rules define {streams} streams, and {topics} input topics were given")]
+    StreamCount {
+        /// The rule set's streams.
+        streams: usize,
+        /// The topics given.
+        topics: usize,
+    },
+    /// Two streams would be read from one topic.
+    #[error("two streams are read from topic `{0}`; each stream needs a topic of its own")]
+    SharedTopic(String),
+    /// Models read features that the service computes on other partitions
+    /// (one sentence per rule).
+    #[error("{}", .0.join("\n"))]
+    ModelsAcrossParts(Vec<String>),
+}
+
 /// A topic of events the service reads: a stream's.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SourceTopic {
@@ -55,7 +75,7 @@ impl Topology {
         group: &str,
         rules: Arc<RuleSet>,
         sources: usize,
-    ) -> Result<Topology, String> {
+    ) -> Result<Topology, TopologyError> {
         let input = SourceTopic {
             name: input.to_string(),
             partitions: sources,
@@ -92,22 +112,18 @@ impl Topology {
         group: &str,
         rules: Arc<RuleSet>,
         inputs: Vec<SourceTopic>,
-    ) -> Result<Topology, String> {
+    ) -> Result<Topology, TopologyError> {
         let def = &rules.def;
         if inputs.len() != def.streams.len() {
-            return Err(format!(
-                "the rules define {} streams, and {} input topics were given",
-                def.streams.len(),
-                inputs.len()
-            ));
+            return Err(TopologyError::StreamCount {
+                streams: def.streams.len(),
+                topics: inputs.len(),
+            });
         }
         if let Some(i) =
             (1..inputs.len()).find(|&i| inputs[..i].iter().any(|t| t.name == inputs[i].name))
         {
-            return Err(format!(
-                "two streams are read from topic `{}`; each stream needs a topic of its own",
-                inputs[i].name
-            ));
+            return Err(TopologyError::SharedTopic(inputs[i].name.clone()));
         }
         // Where each rule runs: at its stream's topic (Some(stream)), or on
         // the internal topic of its key (None).
@@ -119,7 +135,7 @@ impl Topology {
         };
         let problems = rules.cross_part_models(|r| (r.key_slot, at_source(r)));
         if !problems.is_empty() {
-            return Err(problems.join("\n"));
+            return Err(TopologyError::ModelsAcrossParts(problems));
         }
         let mut topics: Vec<TopicPlan> = inputs
             .iter()
@@ -350,6 +366,11 @@ mod tests {
             2
         ];
         let err = Topology::with_inputs("g", t.rules.clone(), same_topic).unwrap_err();
-        assert!(err.contains("two streams are read from topic `x`"), "{err}");
+        assert_eq!(err, TopologyError::SharedTopic("x".into()));
+        assert!(
+            err.to_string()
+                .contains("two streams are read from topic `x`"),
+            "{err}"
+        );
     }
 }

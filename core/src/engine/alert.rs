@@ -40,6 +40,8 @@ pub struct Alert {
     pub values: Vec<(Arc<str>, Value)>,
     /// Webhook endpoints the rule names (`notify`).
     pub notify: Arc<[Arc<str>]>,
+    /// Raised by a rule in `mode shadow`: it goes to the shadow topic.
+    pub shadow: bool,
 }
 
 impl Alert {
@@ -68,6 +70,20 @@ impl Alert {
             }
         }
         hex32(xxhash_rust::xxh3::xxh3_128(&text))
+    }
+
+    /// One line for a person: key, time, kind if not a match, and the
+    /// payload values (`key 7 at 2018-04-10T10:00:00Z: amount = 900`).
+    pub fn summary(&self) -> String {
+        let mut line = format!("key {} at {}", self.key, format_time(self.event_time));
+        if self.kind != AlertKind::Match {
+            line.push_str(" (timeout)");
+        }
+        for (i, (name, v)) in self.values.iter().enumerate() {
+            line.push_str(if i == 0 { ": " } else { ", " });
+            let _ = write!(line, "{name} = {v}");
+        }
+        line
     }
 
     /// One line of JSON (no trailing newline).
@@ -191,6 +207,9 @@ impl Alert {
             out.extend_from_slice(b",\"notify\":");
             put_json(out, &self.notify);
         }
+        if self.shadow {
+            out.extend_from_slice(b",\"mode\":\"shadow\"");
+        }
         if left_out_bytes > 0 {
             let _ = write!(
                 ByteWriter(out),
@@ -283,6 +302,7 @@ mod tests {
                 (Arc::from("s"), Value::Null),
             ],
             notify: Arc::from([]),
+            shadow: false,
         };
         let line = a.to_json_line();
         let v: serde_json::Value = serde_json::from_str(&line).expect("valid JSON");
@@ -312,6 +332,15 @@ mod tests {
             line.ends_with(r#""values":{"n":3,"s":null},"notify":["fraud-desk","ops"]}"#),
             "{line}"
         );
+        // A shadow rule's alert says so, last; the same alert of a live
+        // rule says nothing (its bytes are as before modes existed).
+        let shadow = Alert {
+            shadow: true,
+            ..a.clone()
+        };
+        let line = shadow.to_json_line();
+        assert!(line.ends_with(r#","mode":"shadow"}"#), "{line}");
+        assert_eq!(shadow.id, a.id);
         for v in [0u128, 1, 0xdead_beef, u128::MAX, 1 << 127] {
             assert_eq!(hex32(v), format!("{v:032x}"));
         }

@@ -4,7 +4,7 @@
 //! running rules changed).
 
 use super::snapshot::{
-    BUFFER_PREFIX, KEY_PREFIX, KeySnapshot, META_KEY, Meta, RULES_KEY, StoredRules,
+    BUFFER_PREFIX, KEY_PREFIX, META_KEY, Meta, RULES_KEY, StoredRules, decode_key_snapshot,
     decode_key_state, key_bytes,
 };
 use super::{Engine, RuleSet, earliest_deadline};
@@ -100,7 +100,7 @@ pub fn inspect_key(
                 continue;
             };
             let ks = decode_key_state(&rules, ki, &bytes)?;
-            let raw: KeySnapshot = decode(&bytes, rules.def.hash)?;
+            let raw = decode_key_snapshot(crate::state::body(&bytes, rules.def.hash)?)?;
             let per_rule: Vec<Json> = keying
                 .rules
                 .iter()
@@ -118,6 +118,7 @@ pub fn inspect_key(
                         "rule": rule.name.to_string(),
                         "idle": ks.matchers[local].is_idle(),
                         "next_deadline": ks.matchers[local].next_deadline().map(format_time),
+                        "suppressed_until": ks.quiet.get(local).filter(|&&q| q != i64::MIN).map(|&q| format_time(q)),
                         "windows": windows,
                     })
                 })
@@ -185,6 +186,7 @@ pub fn key_view(engine: &mut Engine, key: &str) -> Vec<Json> {
                     "rule": rule.name.to_string(),
                     "partial_match": !ks.matchers[local].is_idle(),
                     "next_deadline": ks.matchers[local].next_deadline().map(format_time),
+                    "suppressed_until": ks.quiet.get(local).filter(|&&q| q != i64::MIN).map(|&q| format_time(q)),
                     "windows": rule.def.windows.iter().zip(&ks.values[local])
                         .map(|(w, v)| json!({ "aggregate": format!("{:?}", w.func).to_lowercase(), "value": v.to_json() }))
                         .collect::<Vec<_>>(),

@@ -203,6 +203,7 @@ impl Engine {
         self.hand_over_passivation(&mut engine);
         engine.watermark = self.watermark;
         engine.stats = self.stats;
+        engine.processed_to = self.processed_to;
         engine.stored_buffer = self.stored_buffer;
         engine.rewrite_buffer = true;
         let old_streams = &old.def;
@@ -268,10 +269,14 @@ impl Engine {
                                 Some(m) => fresh.matchers[local] = m,
                                 None => migration.reset_states += 1,
                             }
+                            carry_quiet(&ks, *ol, &mut fresh, local, &rules.rules[ri]);
                             fresh.windows[local] = ks.windows[*ol].clone();
                             fresh.values[local] = ks.values[*ol].clone();
                         }
                         Source::Windows(ol, map) => {
+                            // The rule is the same one, changed: its
+                            // suppression goes on too.
+                            carry_quiet(&ks, *ol, &mut fresh, local, &rules.rules[ri]);
                             for (wi, from) in map.iter().enumerate() {
                                 if let Some(j) = from {
                                     fresh.windows[local][wi] = ks.windows[*ol][*j].clone();
@@ -285,7 +290,7 @@ impl Engine {
                     d.insert((ki as u32, key.clone()));
                 }
                 fresh.written = engine.batches + 1;
-                if is_idle(&fresh) {
+                if is_idle(&fresh, engine.processed_to) {
                     continue;
                 }
                 let next = earliest_deadline(&fresh);
@@ -295,6 +300,29 @@ impl Engine {
             }
         }
         (engine, migration)
+    }
+}
+
+/// Carries rule `old_local`'s running `suppress` period of old key state
+/// `ks` to rule `local` of `fresh` (one key's alert stays the one alert of
+/// its period when the rule is edited), if the rule still suppresses.
+fn carry_quiet(
+    ks: &KeyState,
+    old_local: usize,
+    fresh: &mut KeyState,
+    local: usize,
+    rule: &super::CompiledRule,
+) {
+    if rule.def.suppress_ms.is_some()
+        && let Some(&q) = ks.quiet.get(old_local)
+        && q != crate::event::EventTime::MIN
+    {
+        if fresh.quiet.len() <= local {
+            fresh
+                .quiet
+                .resize(fresh.matchers.len().max(local + 1), i64::MIN);
+        }
+        fresh.quiet[local] = q;
     }
 }
 

@@ -90,6 +90,9 @@ pub struct EngineStats {
     /// Alerts not raised: over the budget of one event (not kept in
     /// snapshots).
     pub suppressed: u64,
+    /// Alerts not raised because their rule's `suppress` period for the
+    /// key was running (not kept in snapshots).
+    pub silenced: u64,
     /// Alerts emitted.
     pub alerts: u64,
     /// Rule errors.
@@ -109,6 +112,10 @@ struct KeyState {
     windows: Vec<Vec<WindowState>>,
     values: Vec<Vec<Value>>,
     timer: Option<EventTime>,
+    /// Per rule of the keying, for rules with `suppress`: the event time
+    /// before which its alerts for this key are not raised (`i64::MIN`:
+    /// none). Empty until a rule of the keying first alerts with it.
+    quiet: Vec<EventTime>,
     /// The number of the [`Engine::take_changes`] batch that holds its
     /// latest change (0: none since the restore): it may be passivated once
     /// that batch is persisted.
@@ -146,6 +153,7 @@ impl KeyState {
                 .map(|&r| vec![Value::Null; rules.rules[r].def.windows.len()])
                 .collect(),
             timer: None,
+            quiet: Vec::new(),
             written: 0,
             bytes: 0,
         }
@@ -248,6 +256,10 @@ pub struct Engine {
     lists: Arc<crate::lists::Lists>,
     /// The tables the rules look rows up in.
     tables: Arc<crate::tables::Tables>,
+    /// The latest event time processed (an event dispatched or a deadline
+    /// fired): every later alert is at or after it, so a `suppress` period
+    /// ending by then holds nothing back (see [`is_idle`]).
+    processed_to: EventTime,
 }
 
 impl Engine {
@@ -287,6 +299,7 @@ impl Engine {
             reset_keys: Vec::new(),
             lists: Arc::default(),
             tables: Arc::default(),
+            processed_to: EventTime::MIN,
             rules,
         }
     }
@@ -585,6 +598,8 @@ impl Engine {
 
     fn fire_timers(&mut self, upto: EventTime, out: &mut Outputs) {
         while let Some((at, (keying, key))) = self.timers.pop_due(upto) {
+            self.processed_to = self.processed_to.max(at);
+            let now = self.processed_to;
             let rules = self.rules.clone();
             if self.passive.as_ref().is_some_and(|p| p.has_cold()) {
                 self.revive(keying as usize, &key);
@@ -648,7 +663,7 @@ impl Engine {
                 continue;
             }
             Self::schedule(keying as usize, &key, ks, next, &mut self.timers);
-            if is_idle(ks) {
+            if is_idle(ks, now) {
                 self.drop_key(keying as usize, &key);
             }
         }
@@ -676,6 +691,7 @@ impl Engine {
 
     fn dispatch(&mut self, mut event: Arc<Event>, out: &mut Outputs) {
         self.stats.events += 1;
+        self.processed_to = self.processed_to.max(event.time);
         if self.rules.derives {
             let rules = self.rules.clone();
             self.derive(&rules, Arc::make_mut(&mut event));
@@ -888,6 +904,7 @@ impl Engine {
     pub fn sweep_idle_keys(&mut self) {
         self.since_sweep = 0;
         let now = self.watermark.current();
+        let processed_to = self.processed_to;
         let mut freed = 0usize;
         for (keying, keys) in self.keys.iter_mut().enumerate() {
             let rules = &self.rules.keyings[keying].rules;
@@ -903,7 +920,7 @@ impl Engine {
                         .matcher
                         .expire_lazy(&mut ks.matchers[local], now);
                 }
-                let keep = !is_idle(ks);
+                let keep = !is_idle(ks, processed_to);
                 if !keep {
                     freed += ks.bytes as usize;
                     if let Some(d) = dirty.as_mut() {
@@ -982,10 +999,15 @@ fn update_windows(rule: &CompiledRule, ks: &mut KeyState, local: usize, event: &
     }
 }
 
-fn is_idle(ks: &KeyState) -> bool {
+/// Whether the key holds nothing that later events could need, once event
+/// time `now` is processed: no partial match, window content, timer, or
+/// `suppress` period running past `now` (every later alert is at or after
+/// it).
+fn is_idle(ks: &KeyState, now: EventTime) -> bool {
     ks.timer.is_none()
         && ks.matchers.iter().all(|m| m.is_idle())
         && ks.windows.iter().flatten().all(|w| w.is_empty())
+        && ks.quiet.iter().all(|&q| q <= now)
 }
 
 /// Raises the alerts of `produced`, at most `budget` of them: one event
@@ -996,7 +1018,7 @@ fn is_idle(ks: &KeyState) -> bool {
 #[allow(clippy::too_many_arguments)]
 fn emit(
     rule: &CompiledRule,
-    ks: &KeyState,
+    ks: &mut KeyState,
     local: usize,
     at: EventTime,
     produced: &mut Vec<Output>,
@@ -1014,7 +1036,7 @@ fn emit(
             key: ks.key.clone(),
             message: format!(
                 "{} matches completed at once; the first {budget} were raised and {over} \
-                 suppressed (rules.max_alerts_per_event)",
+                 were not (rules.max_alerts_per_event)",
                 budget + over
             ),
         });
@@ -1024,6 +1046,17 @@ fn emit(
             Output::Match(p) => (AlertKind::Match, p, at),
             Output::Timeout { path, at } => (AlertKind::Timeout, path, at),
         };
+        if let Some(period) = rule.def.suppress_ms {
+            if ks.quiet.len() <= local {
+                ks.quiet
+                    .resize(ks.matchers.len().max(local + 1), EventTime::MIN);
+            }
+            if at < ks.quiet[local] {
+                stats.silenced += 1;
+                continue;
+            }
+            ks.quiet[local] = at.saturating_add(period);
+        }
         let mut values: Vec<(Arc<str>, Value)> = match path.last() {
             Some((_, last)) => rule
                 .def
@@ -1068,6 +1101,7 @@ fn emit(
             matches,
             values,
             notify: rule.def.notify.clone(),
+            shadow: rule.def.shadow,
         });
     }
 }
@@ -1097,7 +1131,11 @@ fn group_by_stage(
 }
 
 /// Runs a rule file's example through a fresh engine (watermark flushed at
-/// the end) and compares alert counts per rule.
+/// the end) and compares alert counts per rule and the alerts expected by
+/// their values. An example's events are a description, not an arrival
+/// order: they are taken in event-time order (ties as written), so they
+/// may be grouped by key. On failure, says what differs and lists the
+/// alerts of the rules at fault.
 pub fn run_example(rules: &Arc<RuleSet>, ex: &crate::rules::ExampleDef) -> Result<(), String> {
     let lists = crate::lists::Lists::new();
     for (list, values) in &ex.lists {
@@ -1135,6 +1173,7 @@ pub fn run_example(rules: &Arc<RuleSet>, ex: &crate::rules::ExampleDef) -> Resul
             .map(|(stream, text)| (*stream, text.as_bytes()))
             .collect(),
     );
+    let mut taken = Vec::new();
     while let Some(m) = events.next(&rules.decoders).map_err(|e| e.to_string())? {
         let event = m.event.map_err(|e| {
             let n = m.line;
@@ -1146,6 +1185,10 @@ pub fn run_example(rules: &Arc<RuleSet>, ex: &crate::rules::ExampleDef) -> Resul
                 false => format!("event {n}: {e}"),
             }
         })?;
+        taken.push(event);
+    }
+    taken.sort_by_key(|e| e.time);
+    for event in taken {
         engine.on_event(event, &mut out);
     }
     engine.finish(&mut out);
@@ -1158,15 +1201,68 @@ pub fn run_example(rules: &Arc<RuleSet>, ex: &crate::rules::ExampleDef) -> Resul
         return Err(format!("event {} is {what}", l.event.seq));
     }
     let mut problems = Vec::new();
+    let mut show: Vec<&str> = Vec::new();
     for (rule, want) in &ex.expect {
         let got = out.alerts.iter().filter(|a| &*a.rule == rule).count() as u64;
         if got != *want {
             problems.push(format!("{rule}: expected {want} alerts, got {got}"));
+            show.push(rule);
+        }
+    }
+    for (rule, values) in &ex.expect_alerts {
+        let found = out
+            .alerts
+            .iter()
+            .any(|a| &*a.rule == rule && values.iter().all(|(n, v)| alert_has(a, n, v)));
+        if !found {
+            let wanted: Vec<String> = values.iter().map(|(n, v)| format!("{n} = {v}")).collect();
+            problems.push(format!(
+                "{rule}: expected an alert with {}, and none has",
+                wanted.join(", ")
+            ));
+            show.push(rule);
         }
     }
     if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems.join("; "))
+        return Ok(());
+    }
+    show.dedup();
+    let mut text = problems.join("\n");
+    for rule in show {
+        let alerts: Vec<&Alert> = out.alerts.iter().filter(|a| &*a.rule == rule).collect();
+        if alerts.is_empty() {
+            continue;
+        }
+        text.push_str(&format!("\n  the alerts of `{rule}`:"));
+        for a in alerts {
+            text.push_str(&format!("\n    {}", a.summary()));
+        }
+    }
+    Err(text)
+}
+
+/// Whether alert `a` carries `want` under `name`: its key, its event time
+/// (given as text) or a payload value. Numbers agree to 1 part in 10⁹ (a
+/// computed average is written with the digits it shows), and a number and
+/// a text agree when they read the same (a key field of numbers in text).
+fn alert_has(a: &Alert, name: &str, want: &Value) -> bool {
+    let got = match name {
+        "key" => &a.key,
+        "event_time" => {
+            return matches!(want, Value::Str(t)
+                if crate::event::parse_time_str(t) == Some(a.event_time));
+        }
+        _ => match a.values.iter().find(|(n, _)| &**n == name) {
+            Some((_, v)) => v,
+            None => return false,
+        },
+    };
+    let text = |v: &Value| match v {
+        Value::Str(s) => s.to_string(),
+        other => other.to_string(),
+    };
+    match (got, want) {
+        (Value::Num(x), Value::Num(y)) => (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0),
+        _ => got == want || (!got.is_null() && text(got) == text(want)),
     }
 }

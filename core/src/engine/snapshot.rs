@@ -79,6 +79,10 @@ pub(super) struct Meta {
     pub(super) stats: (u64, u64, u64, u64, u64),
 }
 
+/// A key's stored state. Its encoding is the postcard body of these
+/// fields, followed by `quiet` only when some rule's `suppress` period is
+/// running ([`encode_key_snapshot`]): state without one is written as it
+/// was before rules could suppress, and such state reads unchanged.
 #[derive(Serialize, Deserialize)]
 pub(super) struct KeySnapshot {
     key: Value,
@@ -87,6 +91,40 @@ pub(super) struct KeySnapshot {
     windows: Vec<Vec<WindowState>>,
     values: Vec<Vec<Value>>,
     timer: Option<i64>,
+    /// Per rule of the keying: the event time before which its alerts for
+    /// this key are suppressed (`i64::MIN`: none); empty when none is.
+    #[serde(skip)]
+    quiet: Vec<i64>,
+}
+
+/// A key's stored body: [`KeySnapshot`]'s fields, then its running
+/// suppressions if there are any.
+fn encode_key_snapshot(snap: &KeySnapshot, out: Vec<u8>) -> Vec<u8> {
+    // A postcard Vec writer cannot fail on these derive-only types.
+    let out = postcard::to_extend(snap, out).unwrap_or_default();
+    if snap.quiet.is_empty() {
+        out
+    } else {
+        postcard::to_extend(&snap.quiet, out).unwrap_or_default()
+    }
+}
+
+/// Reads a body written by [`encode_key_snapshot`].
+pub(super) fn decode_key_snapshot(body: &[u8]) -> Result<KeySnapshot, SnapshotError> {
+    let (mut snap, rest): (KeySnapshot, &[u8]) =
+        postcard::take_from_bytes(body).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
+    if !rest.is_empty() {
+        snap.quiet = crate::state::decode_body(rest)?;
+        if snap.quiet.len() != snap.matchers.len() {
+            return Err(SnapshotError::Corrupt(format!(
+                "key {} has suppressions for {} rules and state for {}",
+                snap.key,
+                snap.quiet.len(),
+                snap.matchers.len()
+            )));
+        }
+    }
+    Ok(snap)
 }
 
 fn buffer_key(time: i64, seq: u64) -> Vec<u8> {
@@ -378,6 +416,10 @@ impl Engine {
             }
             engine.buffer_insert(Arc::new(e));
         }
+        // Every later alert is at or after the watermark (what was
+        // processed is at or before it): a `suppress` period ending by then
+        // holds nothing back.
+        engine.processed_to = engine.watermark.current();
         engine.stats = EngineStats {
             events: meta.stats.0,
             late: meta.stats.1,
@@ -386,6 +428,7 @@ impl Engine {
             unkeyed: meta.stats.4,
             future: 0,
             suppressed: 0,
+            silenced: 0,
         };
         let keyings = rules.keyings.len();
         store.for_each_prefix(KEY_PREFIX, &mut |k, v| {
@@ -406,14 +449,14 @@ impl Engine {
 
 /// A key's store entry value.
 pub(super) fn key_value(rules: &RuleSet, ks: &KeyState) -> Vec<u8> {
-    encode(rules.def.hash, &key_snapshot(ks))
+    let snap = key_snapshot(ks);
+    encode_key_snapshot(&snap, crate::state::header(rules.def.hash, 50))
 }
 
 /// A key's store entry value without its header, which is the same for
 /// every key (what frozen keys keep in memory).
 pub(super) fn key_body(ks: &KeyState) -> Vec<u8> {
-    // A postcard Vec writer cannot fail on these derive-only types.
-    postcard::to_allocvec(&key_snapshot(ks)).unwrap_or_default()
+    encode_key_snapshot(&key_snapshot(ks), Vec::new())
 }
 
 /// What a frozen key keeps: its entry's body less the header and the key
@@ -467,6 +510,11 @@ fn key_snapshot(ks: &KeyState) -> KeySnapshot {
         windows: ks.windows.clone(),
         values: ks.values.clone(),
         timer: ks.timer,
+        quiet: if ks.quiet.iter().any(|&q| q != i64::MIN) {
+            ks.quiet.clone()
+        } else {
+            Vec::new()
+        },
     }
 }
 
@@ -495,7 +543,7 @@ pub(super) fn decode_key_body(
     body: &[u8],
 ) -> Result<KeyState, SnapshotError> {
     let slots = rules.def.schema.len();
-    let snap: KeySnapshot = crate::state::decode_body(body)?;
+    let snap = decode_key_snapshot(body)?;
     let keying_rules = &rules.keyings[keying].rules;
     if snap.matchers.len() != keying_rules.len()
         || snap.windows.len() != keying_rules.len()
@@ -542,6 +590,7 @@ pub(super) fn decode_key_body(
         windows: snap.windows,
         values: snap.values,
         timer: snap.timer,
+        quiet: snap.quiet,
         written: 0,
         bytes: 0,
     })
@@ -559,7 +608,7 @@ pub fn check_entry(key: &[u8], value: &[u8]) -> Result<(), SnapshotError> {
         decode::<StoredRules>(value, hash).map(drop)
     } else if key.starts_with(KEY_PREFIX) {
         keying_of(key, usize::MAX)?;
-        decode::<KeySnapshot>(value, hash).map(drop)
+        decode_key_snapshot(crate::state::body(value, hash)?).map(drop)
     } else if key.starts_with(BUFFER_PREFIX) {
         decode::<EventSnapshot>(value, hash).map(drop)
     } else {

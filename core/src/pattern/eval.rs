@@ -274,6 +274,16 @@ fn match_agg(a: &MatchAgg, s: Scope<'_>) -> Value {
                 .map_or(Value::Null, |i| value_of(v[i]))
         }
         AggFunc::Count => Value::Num(events.map(value_of).filter(|v| !v.is_null()).count() as f64),
+        AggFunc::CountDistinct => {
+            // A match holds few events: a linear scan beats hashing.
+            let mut seen: smallvec::SmallVec<[Value; 8]> = smallvec::SmallVec::new();
+            for v in events.map(value_of).filter(|v| !v.is_null()) {
+                if !seen.contains(&v) {
+                    seen.push(v);
+                }
+            }
+            Value::Num(seen.len() as f64)
+        }
         AggFunc::Sum => Value::Num(events.filter_map(|e| value_of(e).as_f64()).sum()),
         AggFunc::Avg => {
             let (n, sum) = events

@@ -97,12 +97,18 @@ pub struct ExampleAst {
     pub events: Vec<(Option<Ident>, String, Span)>,
     /// Expected alert counts per rule.
     pub expect: Vec<(Ident, u64)>,
+    /// `expect RULE { NAME = VALUE, … }`: an alert of the rule whose key
+    /// (`key`), time (`event_time`) and payload values are these.
+    pub expect_alerts: Vec<(Ident, Vec<ExpectedValue>)>,
     /// `list NAME "v1", "v2"`: values on a list throughout the example.
     pub lists: Vec<(Ident, Vec<String>)>,
     /// `table NAME """rows"""`: rows of a table throughout the example,
     /// one JSON object per line.
     pub tables: Vec<(Ident, String, Span)>,
 }
+
+/// One `NAME = VALUE` of an `expect RULE { … }`, with the value's span.
+pub type ExpectedValue = (Ident, crate::event::Value, Span);
 
 /// After-match skip strategy, as written.
 #[derive(Clone, Debug, PartialEq)]
@@ -140,6 +146,12 @@ pub struct RuleAst {
     pub within: Option<(i64, Span)>,
     /// After-match skip.
     pub skip: Option<(SkipAst, Span)>,
+    /// `suppress DURATION`: after an alert for a key, the rule's alerts
+    /// for that key are not raised until that much event time has passed.
+    pub suppress: Option<(i64, Span)>,
+    /// `mode shadow` (true) or `mode live`, with the clause's span (from
+    /// `mode` to its word: what promotion removes).
+    pub shadow: Option<(bool, Span)>,
     /// Emit timed-out partial matches as alerts too.
     pub report_timeouts: bool,
     /// Stage conditions see the candidate event in their own stage's

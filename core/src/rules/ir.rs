@@ -182,6 +182,8 @@ pub enum Func {
 pub enum AggFunc {
     /// Number of events (with an argument: of non-null values).
     Count,
+    /// Number of distinct non-null values.
+    CountDistinct,
     /// Sum.
     Sum,
     /// Mean.
@@ -454,6 +456,12 @@ pub struct RuleDef {
     pub within: Option<i64>,
     /// After-match skip.
     pub skip: SkipDef,
+    /// `suppress`: the event time (ms) after one of its alerts for a key
+    /// during which its further alerts for that key are not raised.
+    pub suppress_ms: Option<i64>,
+    /// `mode shadow`: evaluated like any rule, its alerts go to the shadow
+    /// topic (and the console), never to the alerts topic or webhooks.
+    pub shadow: bool,
     /// Emit timed-out partial matches.
     pub report_timeouts: bool,
     /// A stage's condition sees the candidate event as the last event of its
@@ -551,6 +559,9 @@ pub struct ExampleDef {
     pub events: Vec<(u16, String)>,
     /// Expected alerts per rule.
     pub expect: Vec<(String, u64)>,
+    /// Alerts expected by their values: for each, an alert of the rule
+    /// whose `key`, `event_time` and payload values equal these.
+    pub expect_alerts: Vec<(String, Vec<(String, crate::event::Value)>)>,
     /// Values on each list throughout the example.
     pub lists: Vec<(String, Vec<String>)>,
     /// Rows of each table (JSON lines) throughout the example.

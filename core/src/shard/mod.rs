@@ -54,6 +54,9 @@ pub struct Shard {
     /// The largest record (key and value) the shard produces; see
     /// [`Shard::with_output_limit`].
     output_limit: usize,
+    /// The engine's count of alerts its rules' `suppress` held back, as
+    /// of the last output.
+    silenced_seen: u64,
 }
 
 /// The default [`Shard::with_output_limit`]: below librdkafka's default
@@ -87,6 +90,7 @@ impl Shard {
             cause: (None, None),
             barriers: 0,
             output_limit: DEFAULT_OUTPUT_LIMIT,
+            silenced_seen: 0,
         }
         .with_output_limit(DEFAULT_OUTPUT_LIMIT)
     }
@@ -134,6 +138,7 @@ impl Shard {
             cause,
             barriers,
             output_limit,
+            silenced_seen,
         } = self;
         if let Some(bytes) = store.get(MARKS_KEY)? {
             // Marks mean the same under any rules: read whatever wrote them.
@@ -159,6 +164,7 @@ impl Shard {
             cause,
             barriers,
             output_limit,
+            silenced_seen,
         };
         shard.engine.limit_key_state(output_limit);
         if let Some(m) = shard.engine.take_migration() {
@@ -177,6 +183,7 @@ impl Shard {
         let (engine, migration) = engine.migrate(engine_rules);
         self.engine = engine;
         self.engine.limit_key_state(self.output_limit);
+        self.silenced_seen = self.engine.stats().silenced;
         self.rules = rules;
         self.migrated(migration, "rules reloaded");
     }
@@ -402,6 +409,9 @@ impl Shard {
         out.next_offset = next;
         out.watermark = self.engine.watermark();
         out.waiting_events = self.engine.buffered() as u64;
+        let silenced = self.engine.stats().silenced;
+        out.silenced = silenced.saturating_sub(self.silenced_seen);
+        self.silenced_seen = silenced;
         out.state_error = self.engine.take_state_error();
         if out.records > 0 || self.engine.needs_checkpoint() {
             out.state = self.engine.take_changes();
@@ -466,6 +476,7 @@ impl Shard {
                 record: OutRecord { key, value },
                 rule: alert.rule.clone(),
                 severity: alert.severity,
+                shadow: alert.shadow,
                 cause_ms: self.cause.0,
                 span: self.cause.1.clone(),
             });

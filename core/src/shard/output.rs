@@ -24,6 +24,8 @@ pub struct AlertRecord {
     pub rule: Arc<str>,
     /// Its severity.
     pub severity: Severity,
+    /// Of a rule in `mode shadow`: produced to the shadow topic.
+    pub shadow: bool,
     /// The append time of the input record whose processing made it fire.
     pub cause_ms: Option<i64>,
     /// That record's span, when it is traced.
@@ -138,6 +140,9 @@ pub struct ShardOutput {
     pub marks: u64,
     /// Rule failures since the last barrier (logged; processing went on).
     pub rule_errors: u64,
+    /// Alerts not raised since the last barrier because their rule's
+    /// `suppress` period for the key was running.
+    pub silenced: u64,
     /// The state changes since the last barrier, as a store batch (empty
     /// when no record was processed): what the changelog records.
     pub state: Vec<Change>,
@@ -175,6 +180,7 @@ impl ShardOutput {
         self.records += later.records;
         self.marks += later.marks;
         self.rule_errors += later.rule_errors;
+        self.silenced += later.silenced;
         self.watermark = later.watermark;
         self.next_offset = later.next_offset.or(self.next_offset);
         self.batch = later.batch;

@@ -111,6 +111,7 @@ fn scenario(rng: &mut fastrand::Rng) -> Scenario {
             input_topic: INPUT.into(),
             group: GROUP.into(),
             alerts_topic: ALERTS.into(),
+            shadow_topic: format!("{ALERTS}.shadow"),
             dead_letter_topic: DEAD.into(),
             batch_size: rng.usize(1..=4),
             // Small enough, with a local store, that keys are passivated.

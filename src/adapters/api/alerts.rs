@@ -6,6 +6,7 @@
 use crate::engine::Alert;
 use crate::event::{EventTime, Value};
 use hashbrown::HashMap;
+use serde_json::value::RawValue;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -24,8 +25,11 @@ pub struct LoggedAlert {
     pub score: f64,
     /// Its severity (`low` … `critical`).
     pub severity: Arc<str>,
-    /// The alert as published (docs/alerts.md).
-    pub json: Arc<str>,
+    /// The alert as committed to the alerts topic, byte for byte
+    /// (docs/alerts.md).
+    pub json: Arc<RawValue>,
+    /// Raised by a rule in `mode shadow` (read from the shadow topic).
+    pub shadow: bool,
 }
 
 /// A key as the API names it: strings as they are, numbers in their JSON
@@ -87,6 +91,8 @@ pub struct Filter {
     pub since: Option<EventTime>,
     /// Only alerts older than this cursor.
     pub before: Option<u64>,
+    /// The alerts of rules in `mode shadow` instead of the live ones.
+    pub shadow: bool,
 }
 
 impl AlertLog {
@@ -116,6 +122,9 @@ impl AlertLog {
         let Ok(v) = serde_json::from_slice::<serde_json::Value>(json) else {
             return;
         };
+        let Ok(raw) = RawValue::from_string(String::from_utf8_lossy(json).into_owned()) else {
+            return;
+        };
         let (Some(rule), Some(time)) = (
             v["rule"].as_str(),
             v["event_time"]
@@ -140,7 +149,8 @@ impl AlertLog {
             event_time: time,
             score: v["score"].as_f64().unwrap_or(0.0),
             severity: Arc::from(v["severity"].as_str().unwrap_or("")),
-            json: Arc::from(String::from_utf8_lossy(json)),
+            json: Arc::from(raw),
+            shadow: v["mode"] == "shadow",
         });
         self.trim(&mut g);
         let next = g.next;
@@ -169,11 +179,12 @@ impl AlertLog {
         g.alerts.iter().skip(start).cloned().collect()
     }
 
-    /// Alerts held per rule, most first (ties by name).
-    pub fn rule_counts(&self) -> Vec<(Arc<str>, usize)> {
+    /// Alerts held per rule, most first (ties by name): the live ones, or
+    /// those of rules in `mode shadow`.
+    pub fn rule_counts(&self, shadow: bool) -> Vec<(Arc<str>, usize)> {
         let g = self.lock();
         let mut counts: HashMap<Arc<str>, usize> = HashMap::new();
-        for a in &g.alerts {
+        for a in g.alerts.iter().filter(|a| a.shadow == shadow) {
             *counts.entry(a.rule.clone()).or_default() += 1;
         }
         let mut v: Vec<(Arc<str>, usize)> = counts.into_iter().collect();
@@ -192,17 +203,17 @@ impl AlertLog {
             .iter()
             .filter_map(|(key, seqs)| {
                 let get = |seq: &u64| g.alerts.get((seq - first) as usize);
-                let latest = get(seqs.back()?)?;
-                let score = seqs
-                    .iter()
-                    .filter_map(get)
+                // A key's risk is its live alerts'; shadow rules are on trial.
+                let live = || seqs.iter().filter_map(get).filter(|a| !a.shadow);
+                let latest = live().next_back()?;
+                let score = live()
                     .filter(|a| a.event_time > latest.event_time - window_ms)
                     .map(|a| a.score)
                     .sum();
                 Some(KeyRisk {
                     key: key.clone(),
                     score,
-                    alerts: seqs.len(),
+                    alerts: live().count(),
                     last_rule: latest.rule.clone(),
                     last_event_time: latest.event_time,
                 })
@@ -235,6 +246,7 @@ impl AlertLog {
         let before = filter.before.unwrap_or(u64::MAX);
         let keep = |a: &LoggedAlert| {
             a.seq < before
+                && a.shadow == filter.shadow
                 && filter.rule.as_deref().is_none_or(|r| *a.rule == *r)
                 && filter.since.is_none_or(|t| a.event_time >= t)
         };
@@ -340,7 +352,7 @@ mod tests {
         let all = alerts(40);
         let log = AlertLog::new(1000);
         log.extend(&all);
-        let counts = log.rule_counts();
+        let counts = log.rule_counts(false);
         let count = |r: &str| all.iter().filter(|a| &*a.rule == r).count();
         assert_eq!(
             counts,
@@ -443,5 +455,40 @@ mod tests {
             })
             .sum();
         assert_eq!(total, 5);
+    }
+
+    #[test]
+    fn shadow_alerts_are_listed_apart_and_score_nothing() {
+        let all = alerts(40);
+        let log = AlertLog::new(1000);
+        for a in &all {
+            let shadow = Alert {
+                shadow: &*a.rule == "huge",
+                ..a.clone()
+            };
+            log.push_published(shadow.to_json_line().as_bytes());
+        }
+        let live = log.page(&Filter::default(), 1000).alerts;
+        let shadow = log
+            .page(
+                &Filter {
+                    shadow: true,
+                    ..Filter::default()
+                },
+                1000,
+            )
+            .alerts;
+        assert!(live.iter().all(|a| &*a.rule == "big" && !a.shadow));
+        assert!(shadow.iter().all(|a| &*a.rule == "huge" && a.shadow));
+        assert_eq!(live.len() + shadow.len(), all.len());
+        assert_eq!(log.rule_counts(true), [(Arc::from("huge"), shadow.len())]);
+        // Scores count the live rule's alerts only (big: 10 each).
+        for k in log.riskiest(1_000_000, 3) {
+            let big = all
+                .iter()
+                .filter(|a| &*a.rule == "big" && key_text(&a.key) == *k.key)
+                .count();
+            assert_eq!(k.score, 10.0 * big as f64);
+        }
     }
 }

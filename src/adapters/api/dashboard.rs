@@ -23,8 +23,11 @@ pub(super) async fn dashboard_page() -> Response {
 pub struct RuleCount {
     /// The rule.
     pub rule: String,
-    /// Its alerts among those kept.
+    /// Its alerts among those kept (for a rule in `mode shadow`, on the
+    /// shadow topic).
     pub alerts: usize,
+    /// `live`, or `shadow`: its alerts go to the shadow topic only.
+    pub mode: String,
 }
 
 /// A key ranked by risk.
@@ -94,20 +97,32 @@ pub(super) async fn dashboard(
         return Err(ApiError::bad_request(format!("top {top} must be 1..=100")));
     }
     let rules = s.0.rules.current();
-    let counts = s.0.alerts.rule_counts();
-    let mut per_rule: Vec<RuleCount> = counts
-        .iter()
-        .map(|(rule, n)| RuleCount {
-            rule: rule.to_string(),
-            alerts: *n,
-        })
-        .collect();
-    // Feature sets raise no alert: not listed.
+    let mode = |shadow: bool| if shadow { "shadow" } else { "live" }.to_string();
+    let mut per_rule: Vec<RuleCount> = Vec::new();
+    for shadow in [false, true] {
+        per_rule.extend(
+            s.0.alerts
+                .rule_counts(shadow)
+                .into_iter()
+                .map(|(rule, n)| RuleCount {
+                    rule: rule.to_string(),
+                    alerts: n,
+                    mode: mode(shadow),
+                }),
+        );
+    }
+    per_rule.sort_by(|a, b| b.alerts.cmp(&a.alerts).then_with(|| a.rule.cmp(&b.rule)));
+    // Every running rule (feature sets raise no alert: not listed), in its
+    // current mode, with none yet.
     for r in rules.def().rules.iter().filter(|r| !r.features) {
-        if !counts.iter().any(|(name, _)| **name == *r.name) {
+        if !per_rule
+            .iter()
+            .any(|c| *c.rule == *r.name && c.mode == mode(r.shadow))
+        {
             per_rule.push(RuleCount {
                 rule: r.name.to_string(),
                 alerts: 0,
+                mode: mode(r.shadow),
             });
         }
     }
@@ -203,7 +218,7 @@ pub(super) async fn alert_stream(State(s): State<ApiState>, headers: HeaderMap) 
                     let event = SseEvent::default()
                         .event("alert")
                         .id(a.seq.to_string())
-                        .data(&*a.json);
+                        .data(a.json.get());
                     return Some((
                         Ok::<_, std::convert::Infallible>(event),
                         (log, rx, from, pending, subscriber),

@@ -12,7 +12,24 @@ use crate::lists::{ListChange, ListEntry, ListOp};
 pub trait ListWriter: Send + Sync {
     /// Records each entry (its whole new history) and makes it visible to
     /// this instance's engines; `Err` says why it could not.
-    fn write(&self, entries: Vec<ListEntry>) -> BoxFuture<'static, Result<(), String>>;
+    fn write(&self, entries: Vec<ListEntry>) -> BoxFuture<'static, Result<(), ListWriteError>>;
+}
+
+/// A list change that could not be recorded (the API answers 503 and logs
+/// this; the entries before it in the same request are recorded).
+#[derive(Debug, thiserror::Error)]
+pub enum ListWriteError {
+    /// The entry could not be encoded.
+    #[error("encoding a list entry: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// The topic refused it or did not answer.
+    #[error("writing to the lists topic `{topic}`: {source}")]
+    Topic {
+        /// The lists topic.
+        topic: String,
+        /// What its producer said.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// The lists an API serves and how it changes them.

@@ -28,8 +28,8 @@ pub use error::{ApiError, DiagnosticJson, ErrorBody, ErrorDetail};
 use guard::*;
 use list_routes::*;
 pub use list_routes::{
-    AddEntry, BulkResult, ListChangeView, ListEntryView, ListSummary, ListView, ListWriter,
-    ListsPage,
+    AddEntry, BulkResult, ListChangeView, ListEntryView, ListSummary, ListView, ListWriteError,
+    ListWriter, ListsPage,
 };
 use rule_routes::*;
 pub use rule_routes::{ModelInfo, PendingRules, RuleChange, RuleInfo, RuleList, Validation};
@@ -53,6 +53,7 @@ use axum::{Json, Router};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json_;
+use serde_json::value::RawValue;
 use std::sync::Arc;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
@@ -238,14 +239,18 @@ pub struct AlertQuery {
     limit: Option<usize>,
     /// The `next` cursor of the previous page.
     cursor: Option<u64>,
+    /// `live` (default): the alerts topic's; `shadow`: those of rules in
+    /// `mode shadow`, from the shadow topic.
+    mode: Option<String>,
 }
 
 /// A page of alerts.
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct AlertPage {
-    /// Alerts, newest first, as published (docs/alerts.md).
+    /// Alerts, newest first, each the bytes committed to the alerts topic
+    /// (docs/alerts.md; field order included).
     #[schema(value_type = Vec<Object>)]
-    pub alerts: Vec<Json_>,
+    pub alerts: Vec<Arc<RawValue>>,
     /// Pass as `cursor` for the next (older) page; absent on the last.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next: Option<u64>,
@@ -256,8 +261,10 @@ pub struct AlertPage {
 pub struct KeyScore {
     /// The stream.
     pub stream: String,
-    /// The key.
-    pub key: String,
+    /// The key, typed as in its alerts and state (a number for a numeric
+    /// key field).
+    #[schema(value_type = Value)]
+    pub key: Json_,
     /// Sum of the score contributions of the key's alerts over the score
     /// window before its latest alert.
     pub score: f64,
@@ -267,9 +274,9 @@ pub struct KeyScore {
     /// Event time of its latest alert (RFC 3339).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_alert_time: Option<String>,
-    /// Its most recent alerts, newest first.
+    /// Its most recent alerts, newest first, as committed.
     #[schema(value_type = Vec<Object>)]
-    pub recent_alerts: Vec<Json_>,
+    pub recent_alerts: Vec<Arc<RawValue>>,
     /// Its state per key field: features as of its latest event (those
     /// that read the event's own fields are null), window aggregates,
     /// pending deadlines.
@@ -291,10 +298,6 @@ fn risk_level(score: f64) -> &'static str {
         s if s < 100.0 => "medium",
         _ => "high",
     }
-}
-
-fn parse_json(text: &str) -> Json_ {
-    serde_json::from_str(text).unwrap_or(Json_::Null)
 }
 
 /// Liveness: the process answers.
@@ -392,9 +395,20 @@ async fn key_score(
             "no state and no recent alert for key `{key}`"
         )));
     }
+    // The path gives the key as text; its alerts and state say its type.
+    let typed_key = state
+        .iter()
+        .find_map(|s| s.get("key").cloned())
+        .or_else(|| {
+            page.alerts
+                .first()
+                .and_then(|a| serde_json::from_str::<Json_>(a.json.get()).ok())
+                .map(|v| v["key"].clone())
+        })
+        .unwrap_or(Json_::String(key));
     Ok(Json(KeyScore {
         stream,
-        key,
+        key: typed_key,
         score,
         risk: risk_level(score).into(),
         last_alert_time: latest.map(crate::event::format_time),
@@ -402,7 +416,7 @@ async fn key_score(
             .alerts
             .iter()
             .take(10)
-            .map(|a| parse_json(&a.json))
+            .map(|a| a.json.clone())
             .collect(),
         state,
     }))
@@ -433,17 +447,27 @@ async fn list_alerts(
             s.0.config.max_page
         )));
     }
+    let shadow = match q.mode.as_deref() {
+        None | Some("live") => false,
+        Some("shadow") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "`mode` is `live` or `shadow`, not `{other}`"
+            )));
+        }
+    };
     let page = s.0.alerts.page(
         &Filter {
             key: q.key,
             rule: q.rule,
             since,
             before: q.cursor,
+            shadow,
         },
         limit,
     );
     Ok(Json(AlertPage {
-        alerts: page.alerts.iter().map(|a| parse_json(&a.json)).collect(),
+        alerts: page.alerts.iter().map(|a| a.json.clone()).collect(),
         next: page.next,
     }))
 }
@@ -548,7 +572,7 @@ impl utoipa::Modify for BearerAuth {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "tripline", description = "Risk scores, alerts and rules of a tripline service."),
-    paths(healthz, readyz, metrics, dashboard::dashboard, key_score, list_alerts, alert_deliveries, list_webhooks, rule_routes::list_rules, rule_routes::validate_rules, rule_routes::put_rule, rule_routes::delete_rule,
+    paths(healthz, readyz, metrics, dashboard::dashboard, key_score, list_alerts, alert_deliveries, list_webhooks, rule_routes::list_rules, rule_routes::validate_rules, rule_routes::put_rule, rule_routes::delete_rule, rule_routes::promote_rule,
           list_routes::lists, list_routes::list, list_routes::add_entry, list_routes::remove_entry, list_routes::bulk_load, list_routes::export,
           table_routes::list_tables, table_routes::table_row, openapi_json),
     components(schemas(ErrorBody, ErrorDetail, DiagnosticJson, RuleInfo, ModelInfo, RuleList,
@@ -610,6 +634,7 @@ pub fn router(state: ApiState) -> Router {
     let writes = Router::new()
         .route("/v1/rules:validate", post(validate_rules))
         .route("/v1/rules/{name}", put(put_rule).delete(delete_rule))
+        .route("/v1/rules/{name}/promote", post(promote_rule))
         .route("/v1/lists/{name}/entries", post(list_routes::add_entry))
         .route(
             "/v1/lists/{name}/entries:bulk",

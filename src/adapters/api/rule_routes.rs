@@ -22,6 +22,12 @@ pub struct RuleInfo {
     pub description: Option<String>,
     /// Models it reads.
     pub models: Vec<String>,
+    /// `live`, or `shadow` (`mode shadow`: its alerts go to the shadow
+    /// topic only, until it is promoted).
+    pub mode: String,
+    /// `suppress`: at most one alert per key in this many ms of event time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suppress_ms: Option<i64>,
 }
 
 /// A model as listed.
@@ -85,6 +91,8 @@ pub(super) fn rule_list(rs: &RuleSet) -> RuleList {
                 score: r.def().score,
                 description: r.def().description.clone(),
                 models: r.def().models.clone(),
+                mode: if r.def().shadow { "shadow" } else { "live" }.into(),
+                suppress_ms: r.def().suppress_ms,
             })
             .collect(),
         models: rs
@@ -296,5 +304,29 @@ pub(super) async fn delete_rule(
         rule_set: format!("{:016x}", rules.def().hash),
         created: false,
         file: None,
+    }))
+}
+
+/// Takes a rule out of shadow mode (`mode shadow` removed from its file):
+/// its alerts go to the alerts topic, and to webhooks, from the checkpoint
+/// at which the service switches rules; its state (partial matches, window
+/// aggregates) carries over.
+#[utoipa::path(post, path = "/v1/rules/{name}/promote",
+    params(("name" = String, Path, description = "rule name")),
+    responses((status = 200, body = RuleChange), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 400, body = ErrorBody),
+              (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(super) async fn promote_rule(
+    State(s): State<ApiState>,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Json<RuleChange>, ApiError> {
+    let name = checked_name(name)?;
+    let w = compile(&s, move |store| store.promote(&name)).await?;
+    Ok(Json(RuleChange {
+        rule_set: format!("{:016x}", w.rules.def().hash),
+        created: false,
+        file: Some(s.0.rules.display_name(&w.file.display().to_string())),
     }))
 }

@@ -359,6 +359,49 @@ impl RuleStore {
         Ok(rules)
     }
 
+    /// Takes rule `name` out of shadow mode: removes its `mode shadow`
+    /// clause from its file (nothing else changes), so that the service
+    /// moves its alerts from the shadow topic to the alerts topic at the
+    /// checkpoint that switches rules. Its state carries over: the mode is
+    /// not part of what a rule's state means.
+    pub fn promote(&self, name: &str) -> Result<Written, RuleChangeError> {
+        let _w = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut by_path = self.files_by_path()?;
+        let Some((g, i)) = by_path.iter().enumerate().find_map(|(g, files)| {
+            files
+                .iter()
+                .position(|(_, t)| names_in(t).iter().any(|n| n == name))
+                .map(|i| (g, i))
+        }) else {
+            return Err(RuleChangeError::NotFound(name.to_string()));
+        };
+        let (path, text) = &mut by_path[g][i];
+        let (ast, _) = parse_file(0, text);
+        let clause = ast
+            .rules
+            .iter()
+            .find(|r| r.name.name == name)
+            .and_then(|r| r.shadow);
+        let Some((true, span)) = clause else {
+            return Err(RuleChangeError::Conflict(format!(
+                "rule `{name}` is not in shadow mode: it is live already"
+            )));
+        };
+        let (start, end) = line_of(text, span.start as usize, span.end as usize);
+        let promoted = format!("{}{}", &text[..start], &text[end..]);
+        *text = promoted.clone();
+        let target = path.clone();
+        let files: Vec<_> = by_path.into_iter().flatten().collect();
+        let rules = self.compile(&files, Some(&target))?;
+        write_atomically(&target, &promoted)?;
+        self.accept(rules.clone());
+        Ok(Written {
+            file: target,
+            created: false,
+            rules,
+        })
+    }
+
     fn accept(&self, rules: Arc<RuleSet>) {
         self.set_current(rules.clone());
         if let Some(f) = &self.on_change {
@@ -392,6 +435,20 @@ fn rule_span(text: &str, name: &str) -> Option<(usize, usize)> {
         && text.is_char_boundary(start)
         && text.is_char_boundary(end))
     .then_some((start, end))
+}
+
+/// The range to cut for the clause at `start..end` of `text`: its whole
+/// line when nothing else is on it, else the clause and the blanks after it.
+fn line_of(text: &str, start: usize, end: usize) -> (usize, usize) {
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[end..].find('\n').map_or(text.len(), |i| end + i + 1);
+    let alone = text[line_start..start].trim().is_empty() && text[end..line_end].trim().is_empty();
+    if alone {
+        (line_start, line_end)
+    } else {
+        let blanks = text[end..].len() - text[end..].trim_start_matches([' ', '\t']).len();
+        (start, end + blanks)
+    }
 }
 
 fn has_stream(text: &str) -> bool {

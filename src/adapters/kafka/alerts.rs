@@ -61,30 +61,45 @@ impl AlertsReader {
         name: &'static str,
         start: StartAt,
     ) -> Result<AlertsReader, ServiceError> {
-        let topic = config.kafka.alerts_topic.clone();
-        let partitions =
-            partition_counts(&config.kafka, brokers, &[&topic])?[0].unwrap_or(0) as i32;
+        let k = &config.kafka;
+        Self::assigned_to(config, brokers, name, start, &[&k.alerts_topic])
+    }
+
+    /// As [`AlertsReader::assigned`], over every partition of `topics` (a
+    /// topic that does not exist yet is left out), `start` applying to
+    /// each.
+    pub fn assigned_to(
+        config: &Config,
+        brokers: &str,
+        name: &'static str,
+        start: StartAt,
+        topics: &[&str],
+    ) -> Result<AlertsReader, ServiceError> {
+        let counts = partition_counts(&config.kafka, brokers, topics)?;
         let consumer: BaseConsumer = client_config(&config.kafka, brokers)
             .set("group.id", format!("{}-{name}", config.kafka.group_id))
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed")
             .create()?;
         let mut tpl = TopicPartitionList::new();
-        for p in 0..partitions {
-            let offset = match start {
-                StartAt::Beginning => Offset::Beginning,
-                StartAt::Last(n) => {
-                    let per_partition = (n as i64 / i64::from(partitions.max(1))).max(1);
-                    let (low, high) = consumer.fetch_watermarks(&topic, p, ADMIN_TIMEOUT)?;
-                    Offset::Offset((high - per_partition).max(low))
-                }
-            };
-            tpl.add_partition_offset(&topic, p, offset)?;
+        for (topic, count) in topics.iter().zip(counts) {
+            let partitions = count.unwrap_or(0) as i32;
+            for p in 0..partitions {
+                let offset = match start {
+                    StartAt::Beginning => Offset::Beginning,
+                    StartAt::Last(n) => {
+                        let per_partition = (n as i64 / i64::from(partitions.max(1))).max(1);
+                        let (low, high) = consumer.fetch_watermarks(topic, p, ADMIN_TIMEOUT)?;
+                        Offset::Offset((high - per_partition).max(low))
+                    }
+                };
+                tpl.add_partition_offset(topic, p, offset)?;
+            }
         }
         consumer.assign(&tpl)?;
         Ok(AlertsReader {
             consumer,
-            topic,
+            topic: topics.first().map_or_else(String::new, |t| t.to_string()),
             name,
         })
     }
@@ -170,15 +185,25 @@ impl AlertsReader {
 /// Called with each committed alert (the record's value).
 pub type OnAlert = Arc<dyn Fn(&[u8]) + Send + Sync>;
 
-/// Reads the alerts topic on its own thread from about its last `keep`
-/// alerts on, calling `on_alert` with each, until the worker is stopped.
+/// Reads the alerts and shadow topics on their own thread from about their
+/// last `keep` alerts on, calling `on_alert` with each, until the worker is
+/// stopped.
 pub fn tail(
     config: &Config,
     brokers: &str,
     keep: usize,
     on_alert: OnAlert,
 ) -> Result<Worker, ServiceError> {
-    let reader = AlertsReader::assigned(config, brokers, "alerts-tail", StartAt::Last(keep))?;
+    // The shadow rules' alerts too: the API and the dashboard show them
+    // (marked `"mode":"shadow"`) beside the live ones.
+    let k = &config.kafka;
+    let reader = AlertsReader::assigned_to(
+        config,
+        brokers,
+        "alerts-tail",
+        StartAt::Last(keep),
+        &[&k.alerts_topic, &k.shadow_topic],
+    )?;
     Worker::spawn("tripline-alert-tail", move |stop| {
         while !stop.requested() {
             reader.read(Duration::from_millis(100), 1000, |a| on_alert(a.value));

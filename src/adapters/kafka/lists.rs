@@ -7,7 +7,7 @@
 //! the API writes through [`KafkaListWriter`].
 
 use super::{ServiceError, client_config, ensure_topics_with};
-use crate::adapters::api::ListWriter;
+use crate::adapters::api::{ListWriteError, ListWriter};
 use crate::adapters::worker::Worker;
 use crate::config::Config;
 use crate::lists::{ListEntry, Lists};
@@ -89,21 +89,24 @@ impl KafkaListWriter {
 }
 
 impl ListWriter for KafkaListWriter {
-    fn write(&self, entries: Vec<ListEntry>) -> BoxFuture<'static, Result<(), String>> {
+    fn write(&self, entries: Vec<ListEntry>) -> BoxFuture<'static, Result<(), ListWriteError>> {
         let producer = self.producer.clone();
         let topic = self.topic.clone();
         let lists = self.lists.clone();
         Box::pin(async move {
             for e in entries {
                 let key = record_key(&e);
-                let value = serde_json::to_vec(&e).map_err(|e| e.to_string())?;
+                let value = serde_json::to_vec(&e)?;
                 producer
                     .send(
                         FutureRecord::to(&topic).key(&key).payload(&value),
                         Duration::from_secs(10),
                     )
                     .await
-                    .map_err(|(e, _)| e.to_string())?;
+                    .map_err(|(e, _)| ListWriteError::Topic {
+                        topic: topic.clone(),
+                        source: Box::new(e),
+                    })?;
                 lists.put(e);
             }
             Ok(())

@@ -7,6 +7,7 @@ pub mod alerts;
 pub mod broker;
 pub mod changelog;
 mod compacted;
+pub mod history;
 pub mod identity;
 pub mod lists;
 pub mod owners;

@@ -30,7 +30,7 @@ use crate::adapters::local::{LocalError, LocalState};
 use crate::adapters::worker::{Stop, Worker, WorkerError};
 use crate::config::Config;
 use crate::coordinator::{
-    Clock, CoordError, Coordinator, Parts, Ports, Settings, SourceTopic, Topology,
+    Clock, CoordError, Coordinator, Parts, Ports, Settings, SourceTopic, Topology, TopologyError,
 };
 use crate::engine::RuleSet;
 use crate::telemetry::events::Telemetry;
@@ -93,8 +93,8 @@ pub enum ServiceError {
         stream: String,
     },
     /// The rules cannot run partitioned by key.
-    #[error("{0}")]
-    Unpartitionable(String),
+    #[error(transparent)]
+    Unpartitionable(#[from] TopologyError),
     /// The protocol met an error it cannot recover from.
     #[error("{0}")]
     Coordinator(#[from] CoordError),
@@ -189,7 +189,7 @@ pub fn start(
     ensure_topics(
         k,
         &brokers,
-        &[&k.alerts_topic, &k.dead_letter_topic],
+        &[&k.alerts_topic, &k.shadow_topic, &k.dead_letter_topic],
         k.partitions,
     )?;
     let names = Topology::input_topics(&rules, &k.input_topic);
@@ -297,6 +297,7 @@ fn settings(
         input_topic: k.input_topic.clone(),
         group: k.group_id.clone(),
         alerts_topic: k.alerts_topic.clone(),
+        shadow_topic: k.shadow_topic.clone(),
         dead_letter_topic: k.dead_letter_topic.clone(),
         batch_size: config.runtime.batch_size,
         memory_budget_bytes: config.state.memory_budget_mb.saturating_mul(1 << 20),

@@ -381,7 +381,7 @@ pub(super) async fn send_dead_letter(
     reason: &str,
     status: Option<u16>,
     attempts: u32,
-) -> Result<(), String> {
+) -> Result<(), DeadLetterError> {
     let partition = q.partition.to_string();
     let offset = q.offset.to_string();
     let attempts = attempts.to_string();
@@ -412,10 +412,8 @@ pub(super) async fn send_dead_letter(
         .send(record, Duration::from_secs(30))
         .await
         .map(|_| ())
-        .map_err(|(e, _)| {
-            format!(
-                "writing to the dead-letter topic `{}`: {e}",
-                shared.dead_letter_topic
-            )
+        .map_err(|(source, _)| DeadLetterError {
+            topic: shared.dead_letter_topic.clone(),
+            source,
         })
 }

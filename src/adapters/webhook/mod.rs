@@ -80,6 +80,19 @@ pub enum WebhookError {
     Service(#[from] crate::adapters::kafka::ServiceError),
 }
 
+/// A dead letter the producer could not write (the delivery stays pending
+/// and is given up again later: a delivery ends only once its dead letter
+/// is written).
+#[derive(Debug, thiserror::Error)]
+#[error("writing to the dead-letter topic `{topic}`: {source}")]
+pub struct DeadLetterError {
+    /// The webhooks' dead-letter topic.
+    pub topic: String,
+    /// What the producer said.
+    #[source]
+    pub source: KafkaError,
+}
+
 /// Milliseconds since the epoch.
 fn now_ms() -> i64 {
     // Delivery times are wall-clock times (backoff, give-up horizon,

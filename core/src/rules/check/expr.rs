@@ -631,10 +631,16 @@ impl RuleChecker<'_> {
         if let Some((w, wsp)) = &c.window {
             return self.window_call(c, w, *wsp, ctx);
         }
-        if c.distinct {
+        // `count(distinct stage.FIELD)`: over the match. Otherwise
+        // `distinct` belongs to a window.
+        let over_match = c.args.first().is_some_and(|a| match &a.kind {
+            ExprKind::Path(p) => p.len() >= 2 && self.stage_id(&p[0].name).is_some(),
+            _ => false,
+        });
+        if c.distinct && !(name == "count" && over_match && c.args.len() == 1) {
             self.err(
-                Diagnostic::error(c.name.span, "`distinct` needs a window")
-                    .with_hint("e.g. `count(distinct TERMINAL_ID over 1d)`"),
+                Diagnostic::error(c.name.span, "`distinct` needs a window or a stage's field")
+                    .with_hint("e.g. `count(distinct TERMINAL_ID over 1d)`, or `count(distinct burst.TERMINAL_ID)` over a stage's events"),
             );
             return None;
         }
@@ -706,6 +712,7 @@ impl RuleChecker<'_> {
 
     pub(super) fn match_agg(&mut self, c: &Call, span: Span) -> Option<CExpr> {
         let func = match c.name.name.as_str() {
+            "count" if c.distinct => AggFunc::CountDistinct,
             "count" => AggFunc::Count,
             "sum" => AggFunc::Sum,
             "avg" => AggFunc::Avg,

@@ -344,7 +344,9 @@ impl Compiler {
         let mut examples = Vec::new();
         for (id, file) in &files {
             for ex in &file.examples {
-                for (rule, _) in &ex.expect {
+                self.check_expected_values(&ex.expect_alerts, &rules, &lookups.defs);
+                let expected = ex.expect.iter().map(|(r, _)| r);
+                for rule in expected.chain(ex.expect_alerts.iter().map(|(r, _)| r)) {
                     if !names.contains_key(&rule.name) {
                         let d =
                             Diagnostic::error(rule.span, format!("unknown rule `{}`", rule.name));
@@ -437,6 +439,17 @@ impl Compiler {
                         .expect
                         .iter()
                         .map(|(r, n)| (r.name.clone(), *n))
+                        .collect(),
+                    expect_alerts: ex
+                        .expect_alerts
+                        .iter()
+                        .map(|(r, values)| {
+                            let values = values
+                                .iter()
+                                .map(|(n, v, _)| (n.name.clone(), v.clone()))
+                                .collect();
+                            (r.name.clone(), values)
+                        })
                         .collect(),
                     lists: ex
                         .lists
@@ -566,6 +579,47 @@ impl Compiler {
                 t.name.span,
             ),
         );
+    }
+
+    /// Each name in an example's `expect RULE { … }` is one the rule's
+    /// alerts carry: `key`, `event_time`, a payload value or a lookup's
+    /// evidence (an unknown rule is reported with the counts').
+    fn check_expected_values(
+        &mut self,
+        expected: &[(Ident, Vec<ExpectedValue>)],
+        rules: &[RuleDef],
+        lookups: &[LookupDef],
+    ) {
+        for (rule, values) in expected {
+            let Some(def) = rules.iter().find(|r| r.name == rule.name) else {
+                continue;
+            };
+            let names: Vec<&str> = ["key", "event_time"]
+                .into_iter()
+                .chain(def.payload.iter().map(|(n, _)| n.as_str()))
+                .chain(def.lookups.iter().map(|&i| lookups[i].name.as_str()))
+                .collect();
+            for (name, value, sp) in values {
+                if !names.contains(&name.name.as_str()) {
+                    let d = Diagnostic::error(
+                        name.span,
+                        format!(
+                            "rule `{}`'s alerts carry no value `{}`",
+                            rule.name, name.name
+                        ),
+                    )
+                    .with_hint(format!("they carry: {}", names.join(", ")));
+                    self.errors.push(d);
+                } else if name.name == "event_time"
+                    && !matches!(value, crate::event::Value::Str(t) if crate::event::parse_time_str(t).is_some())
+                {
+                    self.errors.push(
+                        Diagnostic::error(*sp, "`event_time` is a time in quotes")
+                            .with_hint("e.g. `event_time = \"2018-04-10T10:00:00Z\"`"),
+                    );
+                }
+            }
+        }
     }
 
     fn finish_err(mut self) -> CompileError {
@@ -1145,6 +1199,15 @@ impl RuleChecker<'_> {
         {
             self.err(Diagnostic::error(sp, "`within` must be positive"));
         }
+        if let Some((d, sp)) = r.suppress
+            && d <= 0
+        {
+            self.err(
+                Diagnostic::error(sp, "`suppress` must be positive").with_hint(
+                    "`suppress 24h` raises at most one alert per key every 24 hours of event time",
+                ),
+            );
+        }
         if let Some(last) = pat.stages.last()
             && last.contiguity == Contiguity::NotFollow
             && r.within.is_none()
@@ -1234,6 +1297,8 @@ impl RuleChecker<'_> {
             notify: r.notify.iter().map(|n| n.name.as_str().into()).collect(),
             within: r.within.map(|w| w.0),
             skip,
+            suppress_ms: r.suppress.map(|s| s.0),
+            shadow: r.shadow.is_some_and(|s| s.0),
             report_timeouts: r.report_timeouts,
             inclusive_aggregates: r.inclusive_aggregates,
             stage_names: self.stages.iter().map(|s| s.name.clone()).collect(),

@@ -22,6 +22,8 @@ const RULE_CLAUSES: &[&str] = &[
     "score",
     "within",
     "skip",
+    "suppress",
+    "mode",
     "report",
     "aggregates",
     "pattern",

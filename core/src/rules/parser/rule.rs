@@ -63,6 +63,8 @@ impl Parser {
             notify: Vec::new(),
             within: None,
             skip: None,
+            suppress: None,
+            shadow: None,
             report_timeouts: false,
             inclusive_aggregates: false,
             pattern,
@@ -141,7 +143,7 @@ impl Parser {
             Tok::Ident(s) => s.clone(),
             _ => {
                 return self
-                    .error("a rule clause (pattern, within, severity, score, key, skip, payload)");
+                    .error("a rule clause (pattern, within, severity, score, key, skip, suppress, mode, payload)");
             }
         };
         let owner = if r.features { "feature set" } else { "rule" };
@@ -233,6 +235,28 @@ impl Parser {
                 self.bump();
                 dup(self, r.within.is_some());
                 r.within = Some(self.duration("a duration")?);
+            }
+            "mode" => {
+                self.bump();
+                dup(self, r.shadow.is_some());
+                let id = self.ident("`live` or `shadow`")?;
+                let shadow = match id.name.as_str() {
+                    "shadow" => true,
+                    "live" => false,
+                    _ => {
+                        self.errors.push(
+                            Diagnostic::error(id.span, format!("unknown mode `{}`", id.name))
+                                .with_hint("use `mode shadow` (alerts to the shadow topic only) or `mode live`"),
+                        );
+                        return Some(());
+                    }
+                };
+                r.shadow = Some((shadow, kw_span.to(id.span)));
+            }
+            "suppress" => {
+                self.bump();
+                dup(self, r.suppress.is_some());
+                r.suppress = Some(self.duration("a duration, as in `suppress 24h`")?);
             }
             "skip" => {
                 self.bump();

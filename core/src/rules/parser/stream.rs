@@ -155,6 +155,7 @@ impl Parser {
             name,
             events: Vec::new(),
             expect: Vec::new(),
+            expect_alerts: Vec::new(),
             lists: Vec::new(),
             tables: Vec::new(),
         };
@@ -173,8 +174,13 @@ impl Parser {
                 }
             } else if p.eat_kw("expect") {
                 let rule = p.name("a rule name")?;
-                let (n, _) = p.count("an alert count")?;
-                ex.expect.push((rule, n as u64));
+                if p.eat_sym("{") {
+                    let values = p.expected_values()?;
+                    ex.expect_alerts.push((rule, values));
+                } else {
+                    let (n, _) = p.count("an alert count, or `{ NAME = VALUE, … }`")?;
+                    ex.expect.push((rule, n as u64));
+                }
             } else if p.eat_kw("list") {
                 let name = p.ident("a list name")?;
                 let mut values = Vec::new();
@@ -205,6 +211,36 @@ impl Parser {
             Some(())
         });
         Some(ex)
+    }
+
+    /// The `NAME = VALUE, …` of `expect RULE { … }` after its `{`, and
+    /// the `}`: each value a literal (number, string, `true`, `false`,
+    /// `null`).
+    fn expected_values(&mut self) -> PResult<Vec<ExpectedValue>> {
+        use crate::event::Value;
+        let mut values = Vec::new();
+        while !self.eat_sym("}") {
+            let name = self.name("a payload name, `key` or `event_time`")?;
+            if !self.eat_sym("=") && !self.eat_sym(":") {
+                return self.error("`=`");
+            }
+            let start = self.span();
+            let neg = self.eat_sym("-");
+            let v = match self.peek().clone() {
+                Tok::Num(n) => Value::Num(if neg { -n } else { n }),
+                Tok::Str(s) if !neg => Value::Str(s.as_str().into()),
+                Tok::Ident(s) if !neg && s.eq_ignore_ascii_case("true") => Value::Bool(true),
+                Tok::Ident(s) if !neg && s.eq_ignore_ascii_case("false") => Value::Bool(false),
+                Tok::Ident(s) if !neg && s.eq_ignore_ascii_case("null") => Value::Null,
+                _ => return self.error("a number, a string in quotes, `true`, `false` or `null`"),
+            };
+            let sp = start.to(self.bump().span);
+            values.push((name, v, sp));
+            if !self.eat_sym(",") {
+                self.eat_sym(";");
+            }
+        }
+        Some(values)
     }
 
     // ---- expressions ----
