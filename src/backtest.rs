@@ -211,6 +211,33 @@ impl Backtest {
     }
 }
 
+/// Runs `backtest` over each stream's events, `inputs` (stream name, one
+/// record per line), merged by event time; events of streams its rules do
+/// not define, and records they do not decode, are left out. Returns the
+/// report (after `flush`, as [`Backtest::finish`]) and the records left out.
+pub fn run_streams(
+    mut backtest: Backtest,
+    inputs: &[(String, &[u8])],
+    flush: bool,
+) -> (Report, u64) {
+    let def = backtest.rules.def();
+    let readers: Vec<(u16, &[u8])> = inputs
+        .iter()
+        .filter_map(|(name, text)| def.stream_index(name).map(|i| (i, *text)))
+        .collect();
+    let mut merged = crate::event::MergedLines::new(readers);
+    let rules = backtest.rules.clone();
+    let mut left_out = 0;
+    // In-memory readers do not fail.
+    while let Ok(Some(m)) = merged.next(rules.decoders()) {
+        match m.event {
+            Ok(event) => backtest.take(event),
+            Err(_) => left_out += 1,
+        }
+    }
+    (backtest.finish(flush), left_out)
+}
+
 /// Whether the JSON object `line` has a truthy top-level field `label`.
 fn is_labelled(line: &[u8], label: &str) -> bool {
     #[derive(serde::Deserialize)]

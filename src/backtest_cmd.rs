@@ -115,27 +115,12 @@ fn open_topics(
     }
     let mut inputs: Vec<(u16, Box<dyn BufRead>)> = Vec::new();
     for (stream, topic) in crate::app::stream_inputs(candidate, topics)? {
-        let (records, partitions) =
-            tripline::adapters::kafka::history::read_topic(&config.kafka, brokers, &topic)?;
+        use tripline::adapters::kafka::history;
+        let (records, partitions) = history::read_topic(&config.kafka, brokers, &topic, None)?;
         let decoder = candidate
             .decoder_for(stream)
             .context("a stream the rules do not define")?;
-        let mut timed: Vec<(tripline::event::EventTime, Vec<u8>)> = records
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| {
-                let t = decoder.decode(&r, i as u64).map_or(i64::MAX, |e| e.time);
-                (t, r)
-            })
-            .collect();
-        timed.sort_by_key(|(t, _)| *t);
-        let mut text = Vec::with_capacity(timed.iter().map(|(_, r)| r.len() + 1).sum());
-        for (_, r) in timed {
-            // One record, one line: a raw newline in JSON is only ever
-            // whitespace between tokens.
-            text.extend(r.iter().map(|&b| if b == b'\n' { b' ' } else { b }));
-            text.push(b'\n');
-        }
+        let text = history::in_event_time_order(decoder, records);
         eprintln!(
             "backtest: read {} records of topic `{topic}` ({partitions} partitions)",
             text.iter().filter(|&&b| b == b'\n').count()

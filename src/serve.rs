@@ -285,6 +285,10 @@ impl Service {
             let writer = kafka::lists::KafkaListWriter::new(&config, &brokers, lists.clone())?;
             state.set_lists(lists, Arc::new(writer));
             state.set_tables(tables);
+            state.set_history(Arc::new(kafka::history::KafkaHistory {
+                config: config.kafka.clone(),
+                brokers: brokers.clone(),
+            }));
             if let Some(w) = &webhooks {
                 state.set_webhooks(w.status());
             }

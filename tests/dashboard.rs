@@ -44,7 +44,7 @@ fn browser() -> Browser {
         .path(Some(path.into()))
         .headless(true)
         // Tall enough for every panel at once (and the screenshots).
-        .window_size(Some((1280, 1700)))
+        .window_size(Some((1280, 2300)))
         // Root in CI: Chromium's sandbox refuses to run as root.
         .sandbox(false)
         .user_data_dir(Some(profile))
@@ -204,6 +204,8 @@ fn an_alert_produced_to_kafka_appears_on_the_dashboard() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // The alerts-over-time chart has the rule's line.
+    wait("#chart polyline[data-rule=\"big\"]");
     // The partitions the service holds, with their lag.
     wait("#partitions tr");
 
@@ -267,6 +269,46 @@ fn an_alert_produced_to_kafka_appears_on_the_dashboard() {
     let item = wait("#feed li[data-rule=\"listed\"]");
     assert!(item.get_inner_text().unwrap().contains("card-9"));
     wait_text("#lists tr[data-list=\"blocked\"]", &|t| t.contains('1'));
+
+    // The rule editor: a rule's text from its file, a mistake checked with
+    // its line and column, the fix checked and saved.
+    wait("#rule-list tr[data-rule=\"big\"]").click().unwrap();
+    let text = || js("document.getElementById('edit-text').value");
+    let started = now();
+    while !text().is_some_and(|t| t.as_str().is_some_and(|t| t.starts_with("rule big {"))) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no rule text: {:?}",
+            text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Each evaluation in a block of its own: a top-level `const` lives on
+    // in the page between evaluations.
+    js("{ const t = document.getElementById('edit-text');\
+        t.value = t.value.replace('amount > 100', 'amount > maxx(100, 1)');\
+        document.getElementById('edit-check').click(); }");
+    wait_text("#edit-result", &|t| {
+        t.contains("unknown function `maxx`") && t.contains("big.tl:5:")
+    });
+    js("{ const t = document.getElementById('edit-text');\
+        t.value = t.value.replace('amount > maxx(100, 1)', 'amount > 200');\
+        document.getElementById('edit-check').click(); }");
+    wait_text("#edit-result", &|t| t.starts_with("valid"));
+    // Backtested before it is saved, over the input of the last 24 h (the
+    // two events produced above): the edit raises the alert of 950 as the
+    // running rule does.
+    js("document.getElementById('edit-backtest').click();");
+    wait_text("#edit-result", &|t| t.starts_with("2 events over"));
+    wait_text("#backtest tr[data-rule=\"big\"]", &|t| t.contains("1 / 1"));
+    screenshot(&tab, "rules");
+    js("document.getElementById('edit-save').click();");
+    wait_text("#edit-result", &|t| t.starts_with("saved to big.tl"));
+    let saved = std::fs::read_to_string(rules.join("big.tl")).unwrap();
+    assert!(
+        saved.contains("amount > 200") && saved.contains("rule small"),
+        "{saved}"
+    );
 
     drop(tab);
     drop(browser);

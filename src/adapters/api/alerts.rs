@@ -71,6 +71,19 @@ pub struct KeyRisk {
     pub last_event_time: EventTime,
 }
 
+/// One rule's alerts over event time ([`AlertLog::timeline`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RuleTimeline {
+    /// The rule.
+    pub rule: Arc<str>,
+    /// Its alerts are a shadow rule's.
+    pub shadow: bool,
+    /// The first bucket's start (epoch ms).
+    pub start: EventTime,
+    /// Alerts per bucket.
+    pub counts: Vec<u32>,
+}
+
 /// A page of alerts.
 #[derive(Debug)]
 pub struct Page {
@@ -177,6 +190,60 @@ impl AlertLog {
         let g = self.lock();
         let start = g.alerts.len().saturating_sub(limit);
         g.alerts.iter().skip(start).cloned().collect()
+    }
+
+    /// The alerts held per rule (live and shadow apart) per bucket of event
+    /// time: buckets of a round width (a minute to a day) that cut the span
+    /// of the alerts held into at most `buckets`; returns the width (ms)
+    /// and, per rule, the counts of every bucket from the first alert's.
+    pub fn timeline(&self, buckets: usize) -> (i64, Vec<RuleTimeline>) {
+        const WIDTHS: [i64; 7] = [
+            60_000,
+            300_000,
+            900_000,
+            3_600_000,
+            21_600_000,
+            86_400_000,
+            604_800_000,
+        ];
+        let g = self.lock();
+        let (Some(first), Some(last)) = (
+            g.alerts.iter().map(|a| a.event_time).min(),
+            g.alerts.iter().map(|a| a.event_time).max(),
+        ) else {
+            return (WIDTHS[0], Vec::new());
+        };
+        let span = last - first + 1;
+        let width = WIDTHS
+            .iter()
+            .copied()
+            .find(|w| span / w < buckets.max(1) as i64)
+            .unwrap_or(WIDTHS[WIDTHS.len() - 1]);
+        let start = first - first.rem_euclid(width);
+        let n = ((last - start) / width + 1) as usize;
+        let mut lines: Vec<RuleTimeline> = Vec::new();
+        for a in &g.alerts {
+            let i = ((a.event_time - start) / width) as usize;
+            let line = match lines
+                .iter_mut()
+                .position(|l| l.rule == a.rule && l.shadow == a.shadow)
+            {
+                Some(at) => &mut lines[at],
+                None => {
+                    lines.push(RuleTimeline {
+                        rule: a.rule.clone(),
+                        shadow: a.shadow,
+                        start,
+                        counts: vec![0; n],
+                    });
+                    let at = lines.len() - 1;
+                    &mut lines[at]
+                }
+            };
+            line.counts[i] += 1;
+        }
+        lines.sort_by(|a, b| (a.shadow, &a.rule).cmp(&(b.shadow, &b.rule)));
+        (width, lines)
     }
 
     /// Alerts held per rule, most first (ties by name): the live ones, or
@@ -490,5 +557,22 @@ mod tests {
                 .count();
             assert_eq!(k.score, 10.0 * big as f64);
         }
+    }
+
+    #[test]
+    fn the_timeline_counts_each_rules_alerts_per_bucket() {
+        let all = alerts(40);
+        let log = AlertLog::new(1000);
+        log.extend(&all);
+        // 40 events 1 s apart: one-minute buckets, one of them.
+        let (width, lines) = log.timeline(48);
+        assert_eq!(width, 60_000);
+        for l in &lines {
+            let n = all.iter().filter(|a| a.rule == l.rule).count() as u32;
+            assert_eq!(l.counts.iter().sum::<u32>(), n, "{}", l.rule);
+            assert_eq!(l.start, 0);
+        }
+        assert_eq!(lines.len(), 2);
+        assert!(AlertLog::new(5).timeline(48).1.is_empty());
     }
 }

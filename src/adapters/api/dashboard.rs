@@ -62,6 +62,28 @@ pub struct PartitionView {
     pub waiting_events: u64,
 }
 
+/// One rule's alerts over event time, among those kept.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RuleSeries {
+    /// The rule.
+    pub rule: String,
+    /// `live` or `shadow`.
+    pub mode: String,
+    /// Alerts per bucket, from [`Timeline::start`].
+    pub counts: Vec<u32>,
+}
+
+/// Alerts per rule over event time.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Timeline {
+    /// The first bucket's start (RFC 3339).
+    pub start: Option<String>,
+    /// A bucket's width in seconds (a minute to a week: at most 48 buckets).
+    pub bucket_seconds: i64,
+    /// Per rule with alerts kept.
+    pub rules: Vec<RuleSeries>,
+}
+
 /// What the dashboard shows.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Dashboard {
@@ -77,6 +99,8 @@ pub struct Dashboard {
     pub rules: Vec<RuleCount>,
     /// The riskiest keys, highest score first.
     pub top_keys: Vec<RiskyKey>,
+    /// Alerts per rule over event time.
+    pub timeline: Timeline,
     /// The partitions held, with lag and watermark delay.
     pub partitions: Vec<PartitionView>,
 }
@@ -138,6 +162,19 @@ pub(super) async fn dashboard(
                 last_event_time: crate::event::format_time(k.last_event_time),
             })
             .collect();
+    let (width, lines) = s.0.alerts.timeline(48);
+    let timeline = Timeline {
+        start: lines.first().map(|l| crate::event::format_time(l.start)),
+        bucket_seconds: width / 1000,
+        rules: lines
+            .into_iter()
+            .map(|l| RuleSeries {
+                rule: l.rule.to_string(),
+                mode: mode(l.shadow),
+                counts: l.counts,
+            })
+            .collect(),
+    };
     let figures = s.0.health.figures().unwrap_or_default();
     let now = crate::telemetry::now_ms();
     Ok(Json(Dashboard {
@@ -147,6 +184,7 @@ pub(super) async fn dashboard(
         keys_passivated: figures.keys_passivated,
         rules: per_rule,
         top_keys,
+        timeline,
         partitions: figures
             .partitions
             .iter()

@@ -32,7 +32,10 @@ pub use list_routes::{
     ListWriter, ListsPage,
 };
 use rule_routes::*;
-pub use rule_routes::{ModelInfo, PendingRules, RuleChange, RuleInfo, RuleList, Validation};
+pub use rule_routes::{
+    BacktestFigures, BacktestReport, BacktestRow, ModelInfo, PendingRules, RuleChange, RuleInfo,
+    RuleList, RuleSource, Validation,
+};
 pub use table_routes::{RowVersionView, TableRowView, TableSummary, TablesPage};
 
 use self::alerts::{AlertLog, Filter};
@@ -124,6 +127,19 @@ pub enum KeyState {
     Unassigned,
 }
 
+/// Each stream's events (by its index in the rule set), one record per
+/// line in event-time order.
+pub type StreamEvents = Vec<(u16, Vec<u8>)>;
+
+/// Why the input could not be read.
+pub type HistoryReadError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The service's recent input, for backtesting a rule edit.
+pub trait History: Send + Sync {
+    /// Each stream's events appended since `since_ms` (epoch ms).
+    fn events(&self, rules: &RuleSet, since_ms: i64) -> Result<StreamEvents, HistoryReadError>;
+}
+
 /// Whether the service can answer.
 pub trait Health: Send + Sync {
     /// Ready: partitions assigned and their state restored.
@@ -174,6 +190,9 @@ struct Inner {
     lists: std::sync::OnceLock<ListAccess>,
     /// The tables' rows; without them, every table is empty.
     tables: std::sync::OnceLock<Arc<crate::tables::Tables>>,
+    /// The input's recent events, for the editor's backtest; without it,
+    /// backtests are 503.
+    history: std::sync::OnceLock<Arc<dyn History>>,
 }
 
 /// What the handlers share.
@@ -200,7 +219,13 @@ impl ApiState {
             compile_slot: Arc::new(tokio::sync::Semaphore::new(1)),
             lists: std::sync::OnceLock::new(),
             tables: std::sync::OnceLock::new(),
+            history: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Backtests rule edits over `history` (`POST /v1/rules:backtest`).
+    pub fn set_history(&self, history: Arc<dyn History>) {
+        self.0.history.set(history).ok();
     }
 
     /// Serves `tables` (`/v1/tables`).
@@ -572,13 +597,13 @@ impl utoipa::Modify for BearerAuth {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "tripline", description = "Risk scores, alerts and rules of a tripline service."),
-    paths(healthz, readyz, metrics, dashboard::dashboard, key_score, list_alerts, alert_deliveries, list_webhooks, rule_routes::list_rules, rule_routes::validate_rules, rule_routes::put_rule, rule_routes::delete_rule, rule_routes::promote_rule,
+    paths(healthz, readyz, metrics, dashboard::dashboard, key_score, list_alerts, alert_deliveries, list_webhooks, rule_routes::list_rules, rule_routes::validate_rules, rule_routes::put_rule, rule_routes::delete_rule, rule_routes::promote_rule, rule_routes::get_rule, rule_routes::backtest_rules,
           list_routes::lists, list_routes::list, list_routes::add_entry, list_routes::remove_entry, list_routes::bulk_load, list_routes::export,
           table_routes::list_tables, table_routes::table_row, openapi_json),
     components(schemas(ErrorBody, ErrorDetail, DiagnosticJson, RuleInfo, ModelInfo, RuleList,
-                        RuleChange, Validation, AlertPage, PendingRules, KeyScore, Healthy, Readiness,
+                        RuleChange, RuleSource, Validation, BacktestReport, BacktestRow, BacktestFigures, AlertPage, PendingRules, KeyScore, Healthy, Readiness,
                         WebhookList, EndpointView, Deliveries, DeliveryView,
-                        Dashboard, RuleCount, RiskyKey, PartitionView,
+                        Dashboard, RuleCount, RiskyKey, PartitionView, Timeline, RuleSeries,
                         ListsPage, ListSummary, ListView, ListEntryView, ListChangeView, AddEntry, BulkResult,
                         TablesPage, TableSummary, TableRowView, RowVersionView)),
     modifiers(&BearerAuth)
@@ -633,7 +658,11 @@ pub fn router(state: ApiState) -> Router {
         ));
     let writes = Router::new()
         .route("/v1/rules:validate", post(validate_rules))
-        .route("/v1/rules/{name}", put(put_rule).delete(delete_rule))
+        .route("/v1/rules:backtest", post(backtest_rules))
+        .route(
+            "/v1/rules/{name}",
+            put(put_rule).delete(delete_rule).get(get_rule),
+        )
         .route("/v1/rules/{name}/promote", post(promote_rule))
         .route("/v1/lists/{name}/entries", post(list_routes::add_entry))
         .route(

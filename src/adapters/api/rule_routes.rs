@@ -330,3 +330,230 @@ pub(super) async fn promote_rule(
         file: Some(s.0.rules.display_name(&w.file.display().to_string())),
     }))
 }
+
+/// A rule's text, as its file has it.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct RuleSource {
+    /// The rule.
+    pub name: String,
+    /// Its file, relative to the rules directory.
+    pub file: String,
+    /// Its block (`rule NAME { … }`): what `PUT /v1/rules/{name}` takes back.
+    pub text: String,
+}
+
+/// A rule's text, for editing. It needs the token as writes do, open reads
+/// or not: a rule's text says what the fraud team looks for.
+#[utoipa::path(get, path = "/v1/rules/{name}",
+    params(("name" = String, Path, description = "rule name")),
+    responses((status = 200, body = RuleSource), (status = 404, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 400, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(super) async fn get_rule(
+    State(s): State<ApiState>,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Json<RuleSource>, ApiError> {
+    let name = checked_name(name)?;
+    let store = s.0.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        store
+            .rules
+            .source(&name)
+            .map(|(path, text)| (name, path, text))
+    })
+    .await
+    .map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "reading the rule failed inside tripline",
+        )
+    })?
+    .map_err(ApiError::rules)?;
+    let (name, path, text) = found;
+    Ok(Json(RuleSource {
+        name,
+        file: s.0.rules.display_name(&path.display().to_string()),
+        text,
+    }))
+}
+
+/// `POST /v1/rules:backtest` parameters.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct BacktestQuery {
+    /// The events appended in the last this many hours (1 to 720; default
+    /// 24).
+    hours: Option<i64>,
+    /// The top-level field that marks an event as fraud (default
+    /// `TX_FRAUD`).
+    label: Option<String>,
+}
+
+/// One rule's figures in a backtest.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct BacktestFigures {
+    /// Alerts raised.
+    pub alerts: u64,
+    /// Alerts per day of event time.
+    pub per_day: f64,
+    /// Share of its alerts whose evidence holds a labelled event (absent:
+    /// no alert).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub precision: Option<f64>,
+    /// Share of the labelled events in its alerts' evidence (absent: none
+    /// labelled).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recall: Option<f64>,
+}
+
+/// A rule of either rule set, side by side.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct BacktestRow {
+    /// The rule, or `(any rule)`.
+    pub rule: String,
+    /// With the edit (absent: the edit removes it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<BacktestFigures>,
+    /// As running (absent: the edit adds it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current: Option<BacktestFigures>,
+}
+
+/// What an edit would have done over the recent input.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct BacktestReport {
+    /// Events run (decoded by the edited rules).
+    pub events: u64,
+    /// Days of event time they cover.
+    pub days: u64,
+    /// Of them, labelled.
+    pub positives: u64,
+    /// Records the edited rules could not decode (left out).
+    pub left_out: u64,
+    /// Per rule.
+    pub rules: Vec<BacktestRow>,
+}
+
+/// How long a backtest may take, its compile included.
+const BACKTEST_BUDGET: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Runs rule text, as `:validate` checks it, and the running rules over the
+/// input appended in the last `hours` (read from the input topics, in
+/// event-time order) and compares them rule by rule: what the edit would
+/// have raised before it is saved. Changes nothing.
+#[utoipa::path(post, path = "/v1/rules:backtest", params(BacktestQuery),
+    request_body(content = String, content_type = "text/plain", description = "rule text (.tl)",
+                 example = json!(RULE_EXAMPLE)),
+    responses((status = 200, body = BacktestReport), (status = 422, body = ErrorBody),
+              (status = 409, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 413, body = ErrorBody),
+              (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(super) async fn backtest_rules(
+    State(s): State<ApiState>,
+    q: Result<Query<BacktestQuery>, QueryRejection>,
+    body: Result<String, StringRejection>,
+) -> Result<Json<BacktestReport>, ApiError> {
+    let Query(q) = q?;
+    let hours = q.hours.unwrap_or(24);
+    if !(1..=720).contains(&hours) {
+        return Err(ApiError::bad_request(format!(
+            "`hours` {hours} must be 1..=720"
+        )));
+    }
+    let label = q.label.unwrap_or_else(|| "TX_FRAUD".into());
+    let Some(history) = s.0.history.get().cloned() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "backtests need the service's input topics: not available here",
+        ));
+    };
+    let text = body?;
+    let candidate = compile(&s, move |store| store.validate(&text)).await?;
+    let current = s.0.rules.current();
+    let lists = s.0.lists.get().map(|l| l.lists.clone()).unwrap_or_default();
+    let tables = s.0.tables.get().cloned().unwrap_or_default();
+    let since = crate::telemetry::now_ms() - hours * 3_600_000;
+    let job = tokio::task::spawn_blocking(move || {
+        let events = history.events(&candidate, since)?;
+        let named: Vec<(String, &[u8])> = events
+            .iter()
+            .map(|(i, text)| {
+                let name = candidate.def().streams[*i as usize].name.clone();
+                (name, text.as_slice())
+            })
+            .collect();
+        let run = |rules: Arc<RuleSet>| {
+            let b = crate::backtest::Backtest::new(rules, &label)
+                .with_lists(lists.clone())
+                .with_tables(tables.clone());
+            crate::backtest::run_streams(b, &named, true)
+        };
+        let (cand, left_out) = run(candidate);
+        let (curr, _) = run(current);
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>((cand, curr, left_out))
+    });
+    let (cand, curr, left_out) = match tokio::time::timeout(BACKTEST_BUDGET, job).await {
+        Ok(Ok(Ok(r))) => r,
+        Ok(Ok(Err(e))) => {
+            return Err(ApiError::internal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the input topics could not be read; retry",
+                e,
+            ));
+        }
+        Ok(Err(_)) => {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the backtest failed inside tripline",
+            ));
+        }
+        Err(_) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                format!(
+                    "the backtest took longer than {} s; try fewer hours",
+                    BACKTEST_BUDGET.as_secs()
+                ),
+            ));
+        }
+    };
+    let figures =
+        |r: &crate::backtest::Report, score: &crate::backtest::RuleScore| BacktestFigures {
+            alerts: score.alerts,
+            per_day: r.per_day(score),
+            precision: score.precision(),
+            recall: score.recall(r.positives),
+        };
+    let mut names: Vec<&str> = cand.rules.iter().map(|r| r.rule.as_str()).collect();
+    for r in &curr.rules {
+        if !names.contains(&r.rule.as_str()) {
+            names.push(&r.rule);
+        }
+    }
+    let mut rows: Vec<BacktestRow> = names
+        .iter()
+        .map(|name| BacktestRow {
+            rule: name.to_string(),
+            candidate: cand.rule(name).map(|s| figures(&cand, s)),
+            current: curr.rule(name).map(|s| figures(&curr, s)),
+        })
+        .collect();
+    rows.push(BacktestRow {
+        rule: "(any rule)".into(),
+        candidate: Some(figures(&cand, &cand.any)),
+        current: Some(figures(&curr, &curr.any)),
+    });
+    Ok(Json(BacktestReport {
+        events: cand.events,
+        days: cand.days,
+        positives: cand.positives,
+        left_out,
+        rules: rows,
+    }))
+}

@@ -69,6 +69,17 @@ pub struct Written {
     pub rules: Arc<RuleSet>,
 }
 
+/// The rule files with one rule changed, not yet written.
+struct Planned {
+    files: Vec<(PathBuf, String)>,
+    /// The file changed or created.
+    target: PathBuf,
+    /// Its new text.
+    new_text: String,
+    /// It is a new file.
+    created: bool,
+}
+
 /// Rule sets [`RuleStore::recent`] remembers.
 const RECENT_SETS: usize = 8;
 
@@ -235,10 +246,19 @@ impl RuleStore {
         Ok(rules)
     }
 
-    /// Checks `text` as it would run: with the current files, less those
-    /// whose every rule it redefines.
+    /// Checks `text` as it would run: one rule that exists, in its file as
+    /// [`RuleStore::put`] would put it there; other text with the current
+    /// files, less those whose every rule it redefines.
     pub fn validate(&self, text: &str) -> Result<Arc<RuleSet>, RuleChangeError> {
         let defined = names_in(text);
+        // One rule that exists: checked in its file, as saving it would put
+        // it there (its errors at the file's lines).
+        if let [name] = defined.as_slice()
+            && let Ok(p) = self.planned(name, text)
+            && !p.created
+        {
+            return self.compile(&p.files, Some(&p.target));
+        }
         let mut files: Vec<_> = self
             .files()?
             .into_iter()
@@ -252,10 +272,12 @@ impl RuleStore {
         self.compile(&files, Some(&request))
     }
 
-    /// Creates or replaces rule (or feature set) `name` with `text`, which
-    /// must define it and nothing else but examples and models.
-    pub fn put(&self, name: &str, text: &str) -> Result<Written, RuleChangeError> {
-        let _w = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
+    /// The rule files as they would be with rule (or feature set) `name`
+    /// replaced or created by `text`, which must define it and nothing else
+    /// but examples and models: its block spliced into its file (comments,
+    /// examples, other rules and the stream around it byte for byte), or a
+    /// new `{name}.tl` in the rules directory.
+    fn planned(&self, name: &str, text: &str) -> Result<Planned, RuleChangeError> {
         let defined = names_in(text);
         if defined != [name] {
             return Err(RuleChangeError::Mismatch(format!(
@@ -282,8 +304,6 @@ impl RuleStore {
         let (target, new_text) = match home {
             Some((g, i)) => {
                 let (path, t) = &mut by_path[g][i];
-                // Only the rule's own block changes: comments, examples,
-                // other rules and the stream around it stay byte for byte.
                 let Some(span) = rule_span(t, name) else {
                     return Err(RuleChangeError::Shared(format!(
                         "rule `{name}` in {} cannot be located for editing; edit that file",
@@ -317,13 +337,25 @@ impl RuleStore {
                 (target, text.to_string())
             }
         };
-        let files: Vec<_> = by_path.into_iter().flatten().collect();
-        let rules = self.compile(&files, Some(&target))?;
-        write_atomically(&target, &new_text)?;
+        Ok(Planned {
+            files: by_path.into_iter().flatten().collect(),
+            target,
+            new_text,
+            created: home.is_none(),
+        })
+    }
+
+    /// Creates or replaces rule (or feature set) `name` with `text` (see
+    /// [`RuleStore::planned`]), if the whole rule set compiles with it.
+    pub fn put(&self, name: &str, text: &str) -> Result<Written, RuleChangeError> {
+        let _w = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
+        let p = self.planned(name, text)?;
+        let rules = self.compile(&p.files, Some(&p.target))?;
+        write_atomically(&p.target, &p.new_text)?;
         self.accept(rules.clone());
         Ok(Written {
-            file: target,
-            created: home.is_none(),
+            file: p.target,
+            created: p.created,
             rules,
         })
     }
@@ -357,6 +389,17 @@ impl RuleStore {
             .map_err(|e| RuleChangeError::Io(format!("{}: {e}", path.display())))?;
         self.accept(rules.clone());
         Ok(rules)
+    }
+
+    /// Rule `name`'s block as its file has it (comments inside it
+    /// included), and the file.
+    pub fn source(&self, name: &str) -> Result<(PathBuf, String), RuleChangeError> {
+        for (path, text) in self.files()? {
+            if let Some((start, end)) = rule_span(&text, name) {
+                return Ok((path, text[start..end].to_string()));
+            }
+        }
+        Err(RuleChangeError::NotFound(name.to_string()))
     }
 
     /// Takes rule `name` out of shadow mode: removes its `mode shadow`

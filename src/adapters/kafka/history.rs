@@ -1,6 +1,8 @@
-//! A topic's history read whole, for `tripline backtest --topic`: every
-//! partition from its earliest record to the end it has when the read
-//! begins, read_committed (nothing of an aborted or open transaction).
+//! A topic's history, for backtests (`tripline backtest --topic`, the rule
+//! editor's backtest): every partition from its earliest record, or from
+//! the first appended at or after a time, to the end it has when the read
+//! begins, read_committed (nothing of an aborted or open transaction), and
+//! the records put in event-time order.
 
 use super::{ADMIN_TIMEOUT, ToTheEnd, client_config};
 use crate::config::KafkaConfig;
@@ -38,13 +40,16 @@ pub enum HistoryError {
     },
 }
 
-/// Every record value of `topic` (records without one are left out), in
-/// partition order and each partition's offset order, and how many
-/// partitions it has. A topic that does not exist is an error naming it.
+/// Every record value of `topic` (records without one are left out) from
+/// the first record appended at or after `since_ms` (epoch ms; `None`: the
+/// earliest kept), in partition order and each partition's offset order,
+/// and how many partitions it has. A topic that does not exist is an error
+/// naming it.
 pub fn read_topic(
     k: &KafkaConfig,
     brokers: &str,
     topic: &str,
+    since_ms: Option<i64>,
 ) -> Result<(Vec<Vec<u8>>, usize), HistoryError> {
     let kafka = |source: KafkaError| HistoryError::Kafka {
         topic: topic.to_string(),
@@ -71,9 +76,22 @@ pub fn read_topic(
     }
     let mut by_partition: Vec<Vec<Vec<u8>>> = vec![Vec::new(); partitions.len()];
     for (i, &p) in partitions.iter().enumerate() {
-        let (low, high) = consumer
+        let (mut low, high) = consumer
             .fetch_watermarks(topic, p, ADMIN_TIMEOUT)
             .map_err(kafka)?;
+        if let Some(since) = since_ms {
+            let mut at = TopicPartitionList::new();
+            at.add_partition_offset(topic, p, Offset::Offset(since))
+                .map_err(kafka)?;
+            let found = consumer
+                .offsets_for_times(at, ADMIN_TIMEOUT)
+                .map_err(kafka)?;
+            // No record at or after the time: nothing to read here.
+            low = match found.find_partition(topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o.max(low),
+                _ => high,
+            };
+        }
         if high <= low {
             continue;
         }
@@ -105,4 +123,56 @@ pub fn read_topic(
     }
     let n = partitions.len();
     Ok((by_partition.into_iter().flatten().collect(), n))
+}
+
+/// `records` as one text of a record per line, in event-time order (the
+/// order a file of the same events has; a topic's partitions interleave
+/// keys in no time order), records that do not decode last: what a
+/// backtest reads a stream's events from.
+pub fn in_event_time_order(decoder: &crate::event::Decoder, records: Vec<Vec<u8>>) -> Vec<u8> {
+    let mut timed: Vec<(crate::event::EventTime, Vec<u8>)> = records
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let t = decoder.decode(&r, i as u64).map_or(i64::MAX, |e| e.time);
+            (t, r)
+        })
+        .collect();
+    timed.sort_by_key(|(t, _)| *t);
+    let mut text = Vec::with_capacity(timed.iter().map(|(_, r)| r.len() + 1).sum());
+    for (_, r) in timed {
+        // One record, one line: a raw newline in JSON is only ever
+        // whitespace between tokens.
+        text.extend(r.iter().map(|&b| if b == b'\n' { b' ' } else { b }));
+        text.push(b'\n');
+    }
+    text
+}
+
+/// The service's input topics, for the rule editor's backtest (the API's
+/// [`History`](crate::adapters::api::History) port).
+pub struct KafkaHistory {
+    /// The Kafka settings (the main stream's topic, client properties).
+    pub config: KafkaConfig,
+    /// The brokers.
+    pub brokers: String,
+}
+
+impl crate::adapters::api::History for KafkaHistory {
+    fn events(
+        &self,
+        rules: &crate::engine::RuleSet,
+        since_ms: i64,
+    ) -> Result<crate::adapters::api::StreamEvents, crate::adapters::api::HistoryReadError> {
+        let topics = crate::coordinator::Topology::input_topics(rules, &self.config.input_topic);
+        let mut out = Vec::new();
+        for (stream, topic) in topics.iter().enumerate() {
+            let (records, _) = read_topic(&self.config, &self.brokers, topic, Some(since_ms))?;
+            let Some(decoder) = rules.decoder_for(stream as u16) else {
+                continue;
+            };
+            out.push((stream as u16, in_event_time_order(decoder, records)));
+        }
+        Ok(out)
+    }
 }
