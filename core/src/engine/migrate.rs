@@ -20,6 +20,7 @@ use super::{Engine, KeyCell, KeyState, Keying, RuleSet, earliest_deadline, is_id
 use crate::event::Event;
 use crate::pattern::MatcherState;
 use crate::pattern::matcher::EventTable;
+use crate::window::Windows;
 use hashbrown::HashMap;
 use std::sync::Arc;
 
@@ -277,11 +278,24 @@ impl Engine {
                             // The rule is the same one, changed: its
                             // suppression goes on too.
                             carry_quiet(&ks, *ol, &mut fresh, local, &rules.rules[ri]);
+                            // Kept aggregates go over in their stored
+                            // form, each with its own events, and are laid
+                            // out again by the new rule's plan.
+                            let kept = ks.windows[*ol].to_states();
+                            let mut states = fresh.windows[local].to_states();
+                            let mut values = fresh.values[local].clone();
                             for (wi, from) in map.iter().enumerate() {
                                 if let Some(j) = from {
-                                    fresh.windows[local][wi] = ks.windows[*ol][*j].clone();
-                                    fresh.values[local][wi] = ks.values[*ol][*j].clone();
+                                    states[wi] = kept[*j].clone();
+                                    values[wi] = ks.values[*ol][*j].clone();
                                 }
+                            }
+                            match Windows::from_states(&rules.rules[ri].window_plan, states) {
+                                Ok(w) => {
+                                    fresh.windows[local] = w;
+                                    fresh.values[local] = values;
+                                }
+                                Err(_) => migration.reset_states += 1,
                             }
                         }
                     }

@@ -25,8 +25,9 @@ use crate::pattern::eval::{Scope, eval};
 use crate::pattern::{MatcherState, Output, Scratch};
 use crate::rules::ir::LookupSource;
 use crate::time::{TimerQueue, WatermarkTracker};
-use crate::window::WindowState;
+use crate::window::Windows;
 use hashbrown::HashMap;
+use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -108,8 +109,8 @@ struct KeyState {
     key: Value,
     /// Per rule of the keying: matcher state.
     matchers: Vec<MatcherState>,
-    /// Per rule of the keying: window states and their current values.
-    windows: Vec<Vec<WindowState>>,
+    /// Per rule of the keying: window aggregates and their current values.
+    windows: Vec<Windows>,
     values: Vec<Vec<Value>>,
     timer: Option<EventTime>,
     /// Per rule of the keying, for rules with `suppress`: the event time
@@ -138,14 +139,7 @@ impl KeyState {
             windows: keying
                 .rules
                 .iter()
-                .map(|&r| {
-                    rules.rules[r]
-                        .def
-                        .windows
-                        .iter()
-                        .map(fresh_window)
-                        .collect()
-                })
+                .map(|&r| Windows::new(&rules.rules[r].window_plan))
                 .collect(),
             values: keying
                 .rules
@@ -200,10 +194,6 @@ impl KeyCell {
             KeyCell::Frozen(body) => body.len() + passivate::FROZEN_OVERHEAD,
         }
     }
-}
-
-fn fresh_window(w: &crate::rules::WindowSpec) -> WindowState {
-    WindowState::new(w.func, &w.window, w.arg.is_none())
 }
 
 /// Runs a rule set over a stream of events.
@@ -980,23 +970,29 @@ fn live_key<'a>(
 
 /// Moves the rule's windows to the event and adds it to them.
 fn update_windows(rule: &CompiledRule, ks: &mut KeyState, local: usize, event: &Event) {
-    for (wi, spec) in rule.def.windows.iter().enumerate() {
-        let ws = &mut ks.windows[local][wi];
-        ws.advance(event.time);
-        let v = match &spec.arg {
-            Some(a) => eval(
-                a,
+    let plan = &rule.window_plan;
+    if plan.is_empty() {
+        return;
+    }
+    // Each value aggregated is evaluated once, however many windows read it.
+    let cols: SmallVec<[Value; 4]> = plan
+        .columns()
+        .iter()
+        .map(|c| {
+            eval(
+                c,
                 Scope {
                     event,
                     path: &[],
                     windows: &[],
                 },
-            ),
-            None => Value::Bool(true),
-        };
-        ws.update(event.time, v);
-        ks.values[local][wi] = ws.value();
-    }
+            )
+        })
+        .collect();
+    let ws = &mut ks.windows[local];
+    ws.advance(event.time);
+    ws.update(plan, event.time, &cols);
+    ws.values_into(&mut ks.values[local]);
 }
 
 /// Whether the key holds nothing that later events could need, once event
@@ -1006,7 +1002,7 @@ fn update_windows(rule: &CompiledRule, ks: &mut KeyState, local: usize, event: &
 fn is_idle(ks: &KeyState, now: EventTime) -> bool {
     ks.timer.is_none()
         && ks.matchers.iter().all(|m| m.is_idle())
-        && ks.windows.iter().flatten().all(|w| w.is_empty())
+        && ks.windows.iter().all(|w| w.is_empty())
         && ks.quiet.iter().all(|&q| q <= now)
 }
 

@@ -67,6 +67,8 @@ pub struct CompiledRule {
     pub(crate) lookups: Vec<(Arc<str>, Slot)>,
     /// The streams it reads, a bit each.
     pub(crate) streams: u64,
+    /// How its window aggregates are laid out per key.
+    pub(crate) window_plan: crate::window::Plan,
 }
 
 impl CompiledRule {
@@ -257,6 +259,7 @@ impl RuleSet {
                     .map(|&i| (Arc::from(def.lookups[i].name.as_str()), def.lookups[i].slot))
                     .collect(),
                 streams,
+                window_plan: crate::window::Plan::new(&r.windows),
                 def: r.clone(),
             });
         }

@@ -9,7 +9,7 @@ use crate::pattern::matcher::{EventTable, MatcherSnapshot, MatcherState};
 use crate::rules::RuleOrigin;
 use crate::state::{Change, SnapshotError, StateStore, decode, encode};
 use crate::time::WatermarkTracker;
-use crate::window::WindowState;
+use crate::window::{WindowState, Windows};
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 use std::sync::Arc;
@@ -507,7 +507,7 @@ fn key_snapshot(ks: &KeyState) -> KeySnapshot {
         key: ks.key.clone(),
         events: table.events.iter().map(|e| EventSnapshot::of(e)).collect(),
         matchers,
-        windows: ks.windows.clone(),
+        windows: ks.windows.iter().map(Windows::to_states).collect(),
         values: ks.values.clone(),
         timer: ks.timer,
         quiet: if ks.quiet.iter().any(|&q| q != i64::MIN) {
@@ -567,13 +567,21 @@ pub(super) fn decode_key_body(
                 .map_err(|e| SnapshotError::Corrupt(e.to_string()))?,
         );
     }
-    for (w, &ri) in snap.windows.iter().zip(keying_rules) {
-        if w.len() != rules.rules[ri].def.windows.len() {
+    let mut windows = Vec::with_capacity(snap.windows.len());
+    for ((w, v), &ri) in snap.windows.into_iter().zip(&snap.values).zip(keying_rules) {
+        let plan = &rules.rules[ri].window_plan;
+        if v.len() != plan.len() {
             return Err(SnapshotError::Corrupt(format!(
-                "key {} window count differs",
-                snap.key
+                "key {} has {} window values for {} aggregates",
+                snap.key,
+                v.len(),
+                plan.len()
             )));
         }
+        windows.push(
+            Windows::from_states(plan, w)
+                .map_err(|e| SnapshotError::Corrupt(format!("key {}: {e}", snap.key)))?,
+        );
     }
     if snap
         .timer
@@ -587,7 +595,7 @@ pub(super) fn decode_key_body(
     Ok(KeyState {
         key: snap.key,
         matchers,
-        windows: snap.windows,
+        windows,
         values: snap.values,
         timer: snap.timer,
         quiet: snap.quiet,

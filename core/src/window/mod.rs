@@ -10,7 +10,15 @@
 //! keeps three running sums and the time of the last update, a fixed size
 //! whatever the key's history.
 //!
+//! A rule's aggregates for one key are a [`Windows`], in which sliding
+//! windows share one log of the key's events ([`shared`]); a
+//! [`WindowState`] is one aggregate on its own, and the form every
+//! aggregate is stored in.
+//!
 //! Invariant: `update(t, v)` is called with non-decreasing `t`.
+
+pub mod shared;
+pub use shared::{Plan, Windows};
 
 use crate::event::{EventTime, Value, ValueKey};
 use crate::rules::WinFunc;
