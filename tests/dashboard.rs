@@ -31,6 +31,7 @@ rule big {
   payload { amount = b.amount }
 }
 rule small { severity low pattern { s: amount < 0 } }
+rule big_v2 { severity high score 25 mode shadow pattern { b: amount > 500 } }
 list blocked
 rule listed { severity medium pattern { l: card in blocked } }
 ";
@@ -44,7 +45,7 @@ fn browser() -> Browser {
         .path(Some(path.into()))
         .headless(true)
         // Tall enough for every panel at once (and the screenshots).
-        .window_size(Some((1280, 2300)))
+        .window_size(Some((1280, 2500)))
         // Root in CI: Chromium's sandbox refuses to run as root.
         .sandbox(false)
         .user_data_dir(Some(profile))
@@ -309,6 +310,38 @@ fn an_alert_produced_to_kafka_appears_on_the_dashboard() {
         saved.contains("amount > 200") && saved.contains("rule small"),
         "{saved}"
     );
+
+    // A shadow rule beside the live rule it may replace, over the same
+    // period: `big` also alerts on card-8's 300 (on card-7's partition, so
+    // not late there), the shadow `big_v2` does not.
+    produce(
+        &c,
+        &[Input {
+            key: Some("card-8".into()),
+            partition: Some(busy),
+            payload: Some(br#"{"card":"card-8","ts":1700000001000,"amount":300}"#.to_vec()),
+        }],
+    );
+    wait("#feed li[data-rule=\"big\"][data-key=\"card-8\"]");
+    wait("#rule-list tr[data-rule=\"big_v2\"]");
+    // Clicked from the page: the list is rebuilt every 10 s, and a row
+    // found before may be gone by the time a synthetic click lands.
+    js("document.querySelector('#rule-list tr[data-rule=\"big_v2\"]').click();");
+    wait("#compare-bar:not([hidden])");
+    js("{ document.getElementById('compare-with').value = 'big';\
+        document.getElementById('compare-bar').requestSubmit(); }");
+    wait_text("#compare-period", &|t| {
+        t.contains("1 keys alerted on by both")
+    });
+    // alerts, keys, keys alone, and which.
+    wait_text("#compare-rows tr[data-rule=\"big\"]", &|t| {
+        t.contains("live\t2\t2\t1\tcard-8")
+    });
+    wait_text("#compare-rows tr[data-rule=\"big_v2\"]", &|t| {
+        t.contains("shadow\t1\t1\t0")
+    });
+    wait("#compare-chart polyline[data-rule=\"big_v2\"]");
+    screenshot(&tab, "compare");
 
     drop(tab);
     drop(browser);

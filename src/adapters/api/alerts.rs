@@ -108,6 +108,67 @@ pub struct Filter {
     pub shadow: bool,
 }
 
+/// Round bucket widths for alerts over time: a minute to a week.
+const BUCKET_WIDTHS: [i64; 7] = [
+    60_000,
+    300_000,
+    900_000,
+    3_600_000,
+    21_600_000,
+    86_400_000,
+    604_800_000,
+];
+
+/// The narrowest round width that cuts `span` ms into fewer than `buckets`.
+fn bucket_width(span: i64, buckets: usize) -> i64 {
+    BUCKET_WIDTHS
+        .iter()
+        .copied()
+        .find(|w| span / w < buckets.max(1) as i64)
+        .unwrap_or(BUCKET_WIDTHS[BUCKET_WIDTHS.len() - 1])
+}
+
+/// One side of a [`Comparison`]: a rule's alerts over the period.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ComparedRule {
+    /// The rule.
+    pub rule: Arc<str>,
+    /// Its alerts are a shadow rule's.
+    pub shadow: bool,
+    /// Its alerts held in the period.
+    pub alerts: usize,
+    /// The distinct keys they are for.
+    pub keys: usize,
+    /// Keys it alerted on and the other rule did not, in the period.
+    pub only_keys: usize,
+    /// Some of those keys (the most recently alerted first).
+    pub only_sample: Vec<Arc<str>>,
+    /// Alerts per bucket, from [`Comparison::from`] rounded down.
+    pub counts: Vec<u32>,
+}
+
+/// Two rules' alerts over the same period of event time
+/// ([`AlertLog::compare`]): a shadow rule beside the live rule it may
+/// replace.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Comparison {
+    /// The period's start: `since`, or the first rule's first alert held.
+    pub from: EventTime,
+    /// Its end: the latest alert of either rule held.
+    pub to: EventTime,
+    /// A bucket's width (ms).
+    pub width: i64,
+    /// The first bucket's start.
+    pub start: EventTime,
+    /// The two rules, in the order asked.
+    pub rules: [ComparedRule; 2],
+    /// Keys both rules alerted on in the period.
+    pub keys_in_both: usize,
+}
+
+/// How many keys a comparison names per rule.
+const ONLY_SAMPLE: usize = 20;
+
 impl AlertLog {
     /// A log keeping the last `capacity` alerts.
     pub fn new(capacity: usize) -> Arc<AlertLog> {
@@ -197,28 +258,14 @@ impl AlertLog {
     /// of the alerts held into at most `buckets`; returns the width (ms)
     /// and, per rule, the counts of every bucket from the first alert's.
     pub fn timeline(&self, buckets: usize) -> (i64, Vec<RuleTimeline>) {
-        const WIDTHS: [i64; 7] = [
-            60_000,
-            300_000,
-            900_000,
-            3_600_000,
-            21_600_000,
-            86_400_000,
-            604_800_000,
-        ];
         let g = self.lock();
         let (Some(first), Some(last)) = (
             g.alerts.iter().map(|a| a.event_time).min(),
             g.alerts.iter().map(|a| a.event_time).max(),
         ) else {
-            return (WIDTHS[0], Vec::new());
+            return (BUCKET_WIDTHS[0], Vec::new());
         };
-        let span = last - first + 1;
-        let width = WIDTHS
-            .iter()
-            .copied()
-            .find(|w| span / w < buckets.max(1) as i64)
-            .unwrap_or(WIDTHS[WIDTHS.len() - 1]);
+        let width = bucket_width(last - first + 1, buckets);
         let start = first - first.rem_euclid(width);
         let n = ((last - start) / width + 1) as usize;
         let mut lines: Vec<RuleTimeline> = Vec::new();
@@ -244,6 +291,80 @@ impl AlertLog {
         }
         lines.sort_by(|a, b| (a.shadow, &a.rule).cmp(&(b.shadow, &b.rule)));
         (width, lines)
+    }
+
+    /// The alerts of rule `a` (a shadow rule's when `a.1`) beside those of
+    /// rule `b` over the same period of event time: from `since`, or else
+    /// from `a`'s first alert held (when a shadow rule began to alert), to
+    /// the latest of either. `None` when neither has an alert in it.
+    pub fn compare(
+        &self,
+        a: (&str, bool),
+        b: (&str, bool),
+        since: Option<EventTime>,
+        buckets: usize,
+    ) -> Option<Comparison> {
+        let g = self.lock();
+        let of = |r: (&str, bool), x: &LoggedAlert| x.shadow == r.1 && &*x.rule == r.0;
+        let first = |r: (&str, bool)| {
+            g.alerts
+                .iter()
+                .filter(|x| of(r, x))
+                .map(|x| x.event_time)
+                .min()
+        };
+        let from = since.or_else(|| first(a)).or_else(|| first(b))?;
+        let held = |r: (&str, bool)| {
+            g.alerts
+                .iter()
+                .filter(|x| of(r, x))
+                .filter(|x| x.event_time >= from)
+                .collect::<Vec<_>>()
+        };
+        let (xs, ys) = (held(a), held(b));
+        let to = xs.iter().chain(&ys).map(|x| x.event_time).max()?;
+        let width = bucket_width(to - from + 1, buckets);
+        let start = from - from.rem_euclid(width);
+        let n = ((to - start) / width + 1) as usize;
+        let keys = |v: &[&LoggedAlert]| -> hashbrown::HashSet<Arc<str>> {
+            v.iter().map(|x| x.key.clone()).collect()
+        };
+        let (kx, ky) = (keys(&xs), keys(&ys));
+        let summary = |r: (&str, bool),
+                       v: &[&LoggedAlert],
+                       mine: &hashbrown::HashSet<Arc<str>>,
+                       other: &hashbrown::HashSet<Arc<str>>| {
+            let mut counts = vec![0u32; n];
+            for x in v {
+                counts[((x.event_time - start) / width) as usize] += 1;
+            }
+            let mut sample: Vec<Arc<str>> = Vec::new();
+            for x in v.iter().rev() {
+                if !other.contains(&x.key) && !sample.contains(&x.key) {
+                    sample.push(x.key.clone());
+                    if sample.len() == ONLY_SAMPLE {
+                        break;
+                    }
+                }
+            }
+            ComparedRule {
+                rule: Arc::from(r.0),
+                shadow: r.1,
+                alerts: v.len(),
+                keys: mine.len(),
+                only_keys: mine.difference(other).count(),
+                only_sample: sample,
+                counts,
+            }
+        };
+        Some(Comparison {
+            from,
+            to,
+            width,
+            start,
+            keys_in_both: kx.intersection(&ky).count(),
+            rules: [summary(a, &xs, &kx, &ky), summary(b, &ys, &ky, &kx)],
+        })
     }
 
     /// Alerts held per rule, most first (ties by name): the live ones, or
@@ -574,5 +695,65 @@ mod tests {
         }
         assert_eq!(lines.len(), 2);
         assert!(AlertLog::new(5).timeline(48).1.is_empty());
+    }
+
+    #[test]
+    fn a_shadow_rule_is_compared_with_a_live_one_over_the_same_period() {
+        let all = alerts(200);
+        let log = AlertLog::new(1000);
+        // The shadow rule alerts on one of the three keys only.
+        for a in &all {
+            let shadow = &*a.rule == "huge";
+            if shadow && key_text(&a.key) != "c0" {
+                continue;
+            }
+            log.push_published(
+                Alert {
+                    shadow,
+                    ..a.clone()
+                }
+                .to_json_line()
+                .as_bytes(),
+            );
+        }
+        let c = log
+            .compare(("huge", true), ("big", false), None, 48)
+            .expect("both alerted");
+        let first_huge = all
+            .iter()
+            .filter(|a| &*a.rule == "huge" && key_text(&a.key) == "c0")
+            .map(|a| a.event_time)
+            .min()
+            .unwrap();
+        assert_eq!(c.from, first_huge);
+        let big_after = all
+            .iter()
+            .filter(|a| &*a.rule == "big" && a.event_time >= first_huge)
+            .count();
+        let [huge, big] = &c.rules;
+        assert!(huge.shadow && !big.shadow);
+        assert_eq!(big.alerts, big_after);
+        assert_eq!(big.counts.iter().sum::<u32>() as usize, big_after);
+        assert_eq!(huge.counts.iter().sum::<u32>() as usize, huge.alerts);
+        assert_eq!(huge.counts.len(), big.counts.len());
+        assert_eq!((huge.keys, big.keys, c.keys_in_both), (1, 3, 1));
+        assert_eq!((huge.only_keys, big.only_keys), (0, 2));
+        let mut only: Vec<&str> = big.only_sample.iter().map(|k| &**k).collect();
+        only.sort();
+        assert_eq!(only, ["c1", "c2"]);
+        // From a later time, fewer of each; a rule without alerts counts none.
+        let later = log
+            .compare(("huge", true), ("big", false), Some(150_000), 48)
+            .unwrap();
+        assert!(later.rules[1].alerts < big.alerts && later.from == 150_000);
+        let none = log
+            .compare(("absent", true), ("big", false), None, 48)
+            .unwrap();
+        assert_eq!(none.rules[0].alerts, 0);
+        assert_eq!(none.rules[1].only_keys, 3);
+        assert!(
+            log.compare(("absent", true), ("gone", false), None, 48)
+                .is_none()
+        );
     }
 }

@@ -298,3 +298,120 @@ impl Drop for Subscriber {
         self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+/// `GET /v1/rules/{name}/compare` parameters.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct CompareQuery {
+    /// The rule to compare with (a running rule's name).
+    with: Option<String>,
+    /// The period's start (RFC 3339); by default the first rule's first
+    /// alert held.
+    since: Option<String>,
+}
+
+/// One rule in a [`RuleComparison`].
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ComparedRuleView {
+    /// The rule.
+    pub rule: String,
+    /// `live` or `shadow`.
+    pub mode: String,
+    /// Its alerts held in the period.
+    pub alerts: usize,
+    /// The distinct keys they are for.
+    pub keys: usize,
+    /// Keys it alerted on in the period and the other rule did not.
+    pub only_keys: usize,
+    /// Some of those keys, the most recently alerted first (at most 20).
+    pub only_keys_sample: Vec<String>,
+    /// Alerts per bucket, from [`RuleComparison::start`].
+    pub counts: Vec<u32>,
+}
+
+/// Two rules' alerts over the same period of event time: a shadow rule
+/// beside the live rule it may replace, before promoting it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RuleComparison {
+    /// The period's start (RFC 3339).
+    pub from: String,
+    /// Its end: the latest alert of either rule held (RFC 3339).
+    pub to: String,
+    /// The first bucket's start (RFC 3339).
+    pub start: String,
+    /// A bucket's width in seconds.
+    pub bucket_seconds: i64,
+    /// The rule asked about, then the one it is compared with.
+    pub rules: Vec<ComparedRuleView>,
+    /// Keys both alerted on in the period.
+    pub keys_in_both: usize,
+}
+
+/// A rule's alerts beside another's over the same period of event time,
+/// among the alerts kept: counts, keys each alerted on alone, alerts per
+/// bucket. For a rule in `mode shadow`, the period starts by default at
+/// its first alert held.
+#[utoipa::path(get, path = "/v1/rules/{name}/compare",
+    params(("name" = String, Path, description = "rule name"), CompareQuery),
+    responses((status = 200, body = RuleComparison), (status = 400, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)),
+    security((), ("bearer" = [])))]
+pub(super) async fn compare_rules(
+    State(s): State<ApiState>,
+    name: Result<Path<String>, PathRejection>,
+    q: Result<Query<CompareQuery>, QueryRejection>,
+) -> Result<Json<RuleComparison>, ApiError> {
+    let name = checked_name(name)?;
+    let Query(q) = q?;
+    let Some(with) = q.with else {
+        return Err(ApiError::bad_request(
+            "say which rule to compare with: `?with=NAME`",
+        ));
+    };
+    let since = match &q.since {
+        Some(t) => Some(crate::event::parse_time_str(t).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "`since` must be an RFC 3339 time (2018-04-01T00:00:00Z), not `{t}`"
+            ))
+        })?),
+        None => None,
+    };
+    let rules = s.0.rules.current();
+    let running = |n: &str| {
+        rules
+            .def()
+            .rules
+            .iter()
+            .find(|r| r.name == n && !r.features)
+            .map(|r| r.shadow)
+            .ok_or_else(|| ApiError::not_found(format!("no running rule `{n}`")))
+    };
+    let a = (name.as_str(), running(&name)?);
+    let b = (with.as_str(), running(&with)?);
+    let mode = |shadow: bool| if shadow { "shadow" } else { "live" }.to_string();
+    let c = s.0.alerts.compare(a, b, since, 48).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "neither `{name}` nor `{with}` has an alert held in the period"
+        ))
+    })?;
+    Ok(Json(RuleComparison {
+        from: crate::event::format_time(c.from),
+        to: crate::event::format_time(c.to),
+        start: crate::event::format_time(c.start),
+        bucket_seconds: c.width / 1000,
+        keys_in_both: c.keys_in_both,
+        rules: c
+            .rules
+            .into_iter()
+            .map(|r| ComparedRuleView {
+                rule: r.rule.to_string(),
+                mode: mode(r.shadow),
+                alerts: r.alerts,
+                keys: r.keys,
+                only_keys: r.only_keys,
+                only_keys_sample: r.only_sample.iter().map(|k| k.to_string()).collect(),
+                counts: r.counts,
+            })
+            .collect(),
+    }))
+}

@@ -23,7 +23,9 @@ pub mod server;
 mod table_routes;
 
 use dashboard::*;
-pub use dashboard::{Dashboard, PartitionView, RiskyKey, RuleCount};
+pub use dashboard::{
+    ComparedRuleView, Dashboard, PartitionView, RiskyKey, RuleComparison, RuleCount,
+};
 pub use error::{ApiError, DiagnosticJson, ErrorBody, ErrorDetail};
 use guard::*;
 use list_routes::*;
@@ -597,13 +599,13 @@ impl utoipa::Modify for BearerAuth {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "tripline", description = "Risk scores, alerts and rules of a tripline service."),
-    paths(healthz, readyz, metrics, dashboard::dashboard, key_score, list_alerts, alert_deliveries, list_webhooks, rule_routes::list_rules, rule_routes::validate_rules, rule_routes::put_rule, rule_routes::delete_rule, rule_routes::promote_rule, rule_routes::get_rule, rule_routes::backtest_rules,
+    paths(healthz, readyz, metrics, dashboard::dashboard, dashboard::compare_rules, key_score, list_alerts, alert_deliveries, list_webhooks, rule_routes::list_rules, rule_routes::validate_rules, rule_routes::put_rule, rule_routes::delete_rule, rule_routes::promote_rule, rule_routes::get_rule, rule_routes::backtest_rules,
           list_routes::lists, list_routes::list, list_routes::add_entry, list_routes::remove_entry, list_routes::bulk_load, list_routes::export,
           table_routes::list_tables, table_routes::table_row, openapi_json),
     components(schemas(ErrorBody, ErrorDetail, DiagnosticJson, RuleInfo, ModelInfo, RuleList,
                         RuleChange, RuleSource, Validation, BacktestReport, BacktestRow, BacktestFigures, AlertPage, PendingRules, KeyScore, Healthy, Readiness,
                         WebhookList, EndpointView, Deliveries, DeliveryView,
-                        Dashboard, RuleCount, RiskyKey, PartitionView, Timeline, RuleSeries,
+                        Dashboard, RuleCount, RiskyKey, PartitionView, Timeline, RuleSeries, RuleComparison, ComparedRuleView,
                         ListsPage, ListSummary, ListView, ListEntryView, ListChangeView, AddEntry, BulkResult,
                         TablesPage, TableSummary, TableRowView, RowVersionView)),
     modifiers(&BearerAuth)
@@ -646,6 +648,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/rules", get(list_rules))
         .route("/metrics", get(metrics))
         .route("/v1/dashboard", get(dashboard::dashboard))
+        .route("/v1/rules/{name}/compare", get(dashboard::compare_rules))
         .route("/v1/alerts/stream", get(alert_stream))
         .route("/v1/lists", get(list_routes::lists))
         .route("/v1/lists/{name}", get(list_routes::list))
