@@ -10,8 +10,9 @@ labels arrive 7 days late), test on the week after, and drop from each test
 day the cards already known to be compromised (fraud seen in the training
 week or in the delay period up to the day before the test day minus the
 delay). Metrics: AUC ROC, average precision, and card precision@100 (the
-share of real frauds among the 100 cards ranked riskiest each day, averaged
-over the test days).
+share of compromised cards among the 100 cards ranked riskiest each day, a
+card found on one day left out of the later ones, averaged over the test
+days).
 
 Writes the random forest and the logistic regression as ONNX (with their
 input names in the metadata property `tripline.features`), a model card per
@@ -91,16 +92,25 @@ def split(y, day, card, train_start):
 
 
 def card_precision_at(k, scores, y, day, card):
-    """Mean over test days of the share of frauds among the k riskiest cards."""
+    """The handbook's card precision@k (`card_precision_top_k`): each test
+    day, the cards not found on an earlier day are ranked by their highest
+    score of the day; the share of the top k with a fraud that day is the
+    day's precision, and those cards count as found from the next day. The
+    mean over the days. Ties rank by card, as core/src/model/metrics.rs does."""
+    found = set()
     out = []
-    for d in np.unique(day):
+    for d in sorted(np.unique(day)):
         m = day == d
         per_card = {}
         for s, f, c in zip(scores[m], y[m], card[m]):
-            ps, pf = per_card.get(c, (0.0, 0))
+            if c in found:
+                continue
+            ps, pf = per_card.get(c, (float("-inf"), 0))
             per_card[c] = (max(ps, s), max(pf, f))
-        ranked = sorted(per_card.values(), key=lambda v: -v[0])[:k]
-        out.append(sum(f for _, f in ranked) / k)
+        ranked = sorted(per_card.items(), key=lambda kv: (-kv[1][0], kv[0]))[:k]
+        caught = [c for c, (_, f) in ranked if f]
+        out.append(len(caught) / k)
+        found.update(caught)
     return float(np.mean(out))
 
 

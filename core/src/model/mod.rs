@@ -16,6 +16,7 @@
 //! extend the window aggregates and live in `window`, so this module holds
 //! the models alone and is named after them.)
 
+pub mod metrics;
 mod trees;
 
 pub use trees::TreeEnsemble;
