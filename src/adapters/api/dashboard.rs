@@ -368,14 +368,7 @@ pub(super) async fn compare_rules(
             "say which rule to compare with: `?with=NAME`",
         ));
     };
-    let since = match &q.since {
-        Some(t) => Some(crate::event::parse_time_str(t).ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "`since` must be an RFC 3339 time (2018-04-01T00:00:00Z), not `{t}`"
-            ))
-        })?),
-        None => None,
-    };
+    let since = parse_since(q.since.as_deref())?;
     let rules = s.0.rules.current();
     let running = |n: &str| {
         rules

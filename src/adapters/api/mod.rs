@@ -449,6 +449,19 @@ async fn key_score(
     }))
 }
 
+/// A `since` query parameter: an RFC 3339 time, as epoch ms.
+fn parse_since(since: Option<&str>) -> Result<Option<crate::event::EventTime>, ApiError> {
+    since
+        .map(|t| {
+            crate::event::parse_time_str(t).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "`since` must be an RFC 3339 time (2018-04-01T00:00:00Z), not `{t}`"
+                ))
+            })
+        })
+        .transpose()
+}
+
 /// Recent alerts, newest first, paginated.
 #[utoipa::path(get, path = "/v1/alerts", params(AlertQuery),
     responses((status = 200, body = AlertPage), (status = 400, body = ErrorBody),
@@ -459,14 +472,7 @@ async fn list_alerts(
     q: Result<Query<AlertQuery>, QueryRejection>,
 ) -> Result<Json<AlertPage>, ApiError> {
     let Query(q) = q?;
-    let since = match &q.since {
-        Some(t) => Some(crate::event::parse_time_str(t).ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "`since` must be an RFC 3339 time (2018-04-01T00:00:00Z), not `{t}`"
-            ))
-        })?),
-        None => None,
-    };
+    let since = parse_since(q.since.as_deref())?;
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > s.0.config.max_page {
         return Err(ApiError::bad_request(format!(
