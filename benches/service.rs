@@ -195,10 +195,19 @@ fn latency(brokers: &str, count: usize) {
     }
     let mut sent: BTreeMap<u64, Instant> = BTreeMap::new();
     let mut lat_ms: Vec<f64> = Vec::new();
+    // (latency, event number, its send time from the first send): where
+    // the slowest ones fall tells a stall at the start from one in the run.
+    let mut slowest: Vec<(f64, u64, f64)> = Vec::new();
     let base: i64 = 1_700_000_000_000;
-    let mut next_send = now();
+    let start = now();
+    let mut next_send = start;
     let mut i = 0u64;
+    let progress = handle.progress();
+    let mut first_commit = None;
     while lat_ms.len() < count {
+        if first_commit.is_none() && get(&progress.records) > 0 {
+            first_commit = Some(start.elapsed().as_secs_f64());
+        }
         if i < count as u64 && now() >= next_send {
             let line = format!(r#"{{"k":"u{}","t":{},"n":{i}}}"#, i % 16, base + i as i64);
             sent.insert(i, now());
@@ -211,7 +220,9 @@ fn latency(brokers: &str, count: usize) {
                 serde_json::from_slice(m.payload().unwrap_or_default()).unwrap();
             let n = alert["matches"]["x"][0]["n"].as_u64().unwrap();
             if let Some(t) = sent.remove(&n) {
-                lat_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+                let ms = t.elapsed().as_secs_f64() * 1000.0;
+                lat_ms.push(ms);
+                slowest.push((ms, n, (t - start).as_secs_f64()));
             }
         }
     }
@@ -233,9 +244,25 @@ fn latency(brokers: &str, count: usize) {
         lat_ms[lat_ms.len() - 1]
     );
     println!("  a checkpoint takes {per_commit_ms:.1} ms on average (barrier and transaction)");
+    slowest.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let slowest: Vec<String> = slowest
+        .iter()
+        .take(5)
+        .map(|(ms, n, at)| format!("#{n} sent at {at:.2} s: {ms:.0} ms"))
+        .collect();
+    println!("  slowest: {}", slowest.join(", "));
+    println!(
+        "  the service's first commit at {:.2} s from the first send",
+        first_commit.unwrap_or(f64::NAN)
+    );
 }
 
 fn main() {
+    if std::env::var_os("TRIPLINE_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_env("TRIPLINE_LOG"))
+            .init();
+    }
     let events: usize = std::env::args()
         .skip(1)
         .find_map(|a| a.parse().ok())

@@ -54,12 +54,12 @@ impl Source for KafkaSource<'_> {
     fn pause(&self, topic: &str, partition: i32, pause: bool) -> Result<(), PortError> {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(topic, partition);
-        let r = if pause {
-            self.0.pause(&tpl)
-        } else {
-            self.0.resume(&tpl)
-        };
-        r.map_err(|e| port_error("pause", e))
+        if pause {
+            return self.0.pause(&tpl).map_err(|e| port_error("pause", e));
+        }
+        self.0.resume(&tpl).map_err(|e| port_error("pause", e))?;
+        self.wake(topic, partition);
+        Ok(())
     }
 
     fn seek(&self, topic: &str, partition: i32, offset: Option<i64>) -> Result<(), PortError> {
@@ -96,6 +96,48 @@ impl Source for KafkaSource<'_> {
         self.0
             .group_metadata()
             .ok_or_else(|| PortError::retry("group metadata", "no group metadata"))
+    }
+}
+
+impl KafkaSource<'_> {
+    /// Makes a resumed partition fetch at once. librdkafka's broker thread
+    /// learns of a resume only when it next wakes, which is up to a second
+    /// later (its longest sleep) when it has no other partition to fetch:
+    /// at start, every partition is paused while its state restores, and
+    /// the first alerts waited that second. A seek to the partition's own
+    /// position changes its fetch state, which wakes the thread. Best
+    /// effort: if the position cannot be had, the fetch starts late.
+    fn wake(&self, topic: &str, partition: i32) {
+        let position = match self.0.position() {
+            Ok(tpl) => tpl
+                .find_partition(topic, partition)
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                }),
+            Err(_) => None,
+        };
+        // Nothing consumed since the assignment: it starts where the group
+        // committed, or at the beginning (`auto.offset.reset` is earliest).
+        let position = match position {
+            Some(o) => Some(o),
+            None => match self.committed(&[(topic, partition)]) {
+                Ok(c) => c.into_iter().next().flatten(),
+                Err(e) => {
+                    tracing::debug!(topic, partition, error = %e, "no position to wake the fetch at");
+                    return;
+                }
+            },
+        };
+        // Offset 0 as an absolute position would leave the fetch state
+        // as it is (no wake); the beginning is the same place.
+        let offset = match position {
+            Some(o) if o > 0 => Offset::Offset(o),
+            _ => Offset::Beginning,
+        };
+        if let Err(e) = self.0.seek(topic, partition, offset, TXN_TIMEOUT) {
+            tracing::debug!(topic, partition, error = %e, "seek to wake the fetch failed");
+        }
     }
 }
 
