@@ -41,7 +41,11 @@ struct Run {
 
 fn run(brokers: &str, rate: u64, seconds: u64) -> Run {
     let partitions = 4;
-    let mut c = support::config(brokers, &format!("load-{rate}"), partitions);
+    // Topics and groups of their own per run: a rate measured twice must
+    // not read the first run's alerts (or resume from its offsets).
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let run = RUNS.fetch_add(1, Ordering::Relaxed);
+    let mut c = support::config(brokers, &format!("load-{rate}-{run}"), partitions);
     c.checkpoint.interval_ms = 100;
     kafka::ensure_topics(&c.kafka, brokers, &[&c.kafka.input_topic], partitions).unwrap();
     let rules = RuleSet::from_source(
