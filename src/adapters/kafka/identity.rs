@@ -96,6 +96,11 @@ impl Identity {
         })
     }
 
+    /// The generation recorded for this instance when it was opened.
+    pub fn generation(&self) -> Option<u64> {
+        self.generation
+    }
+
     /// The transactional id of `generation`.
     pub fn transactional_id(&self, generation: u64) -> String {
         format!("{}-{}.{generation}", self.kafka.group_id, self.instance)

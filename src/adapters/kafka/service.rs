@@ -186,6 +186,8 @@ pub fn start(
     tables: Arc<crate::tables::Tables>,
 ) -> Result<ServiceHandle, ServiceError> {
     let k = &config.kafka;
+    // The phases of a start are logged at debug level, timed by the log.
+    tracing::debug!(group = %k.group_id, "service starting");
     ensure_topics(
         k,
         &brokers,
@@ -226,6 +228,7 @@ pub fn start(
             &[("cleanup.policy", "compact")],
         )?;
     }
+    tracing::debug!("topics ready");
     let topology = Arc::new(topology);
     let progress = Arc::new(Progress::default());
     let pending_rules = PendingRules::default();
@@ -327,6 +330,7 @@ fn coordinate(
     // Fence before joining the group: whatever the previous process of this
     // instance left open is aborted before anyone reads past it.
     let identity = Identity::open(k, &brokers, &instance)?;
+    tracing::debug!(generation = ?identity.generation(), "producer registry read");
     identity.fence_previous()?;
     let local = if config.state.dir.as_os_str().is_empty() {
         None
