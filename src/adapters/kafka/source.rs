@@ -80,15 +80,11 @@ impl Source for KafkaSource<'_> {
             .map_err(|e| PortError::fatal("committed offsets", e))?;
         Ok(partitions
             .iter()
-            .map(
-                |&(topic, partition)| match committed.find_partition(topic, partition) {
-                    Some(e) => match e.offset() {
-                        Offset::Offset(o) => Some(o),
-                        _ => None,
-                    },
-                    None => None,
-                },
-            )
+            .map(|&(topic, partition)| {
+                committed
+                    .find_partition(topic, partition)
+                    .and_then(|e| absolute(e.offset()))
+            })
             .collect())
     }
 
@@ -96,6 +92,14 @@ impl Source for KafkaSource<'_> {
         self.0
             .group_metadata()
             .ok_or_else(|| PortError::retry("group metadata", "no group metadata"))
+    }
+}
+
+/// An offset that names a record (not a logical one: beginning, end, none).
+fn absolute(offset: Offset) -> Option<i64> {
+    match offset {
+        Offset::Offset(o) => Some(o),
+        _ => None,
     }
 }
 
@@ -111,10 +115,7 @@ impl KafkaSource<'_> {
         let position = match self.0.position() {
             Ok(tpl) => tpl
                 .find_partition(topic, partition)
-                .and_then(|e| match e.offset() {
-                    Offset::Offset(o) => Some(o),
-                    _ => None,
-                }),
+                .and_then(|e| absolute(e.offset())),
             Err(_) => None,
         };
         // Nothing consumed since the assignment: it starts where the group
