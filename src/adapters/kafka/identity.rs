@@ -26,8 +26,9 @@ use crate::config::KafkaConfig;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::message::{DeliveryResult, Message};
+use rdkafka::message::{BorrowedMessage, DeliveryResult, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use rdkafka::{Offset, TopicPartitionList};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -82,9 +83,13 @@ impl Identity {
             1,
             &[("cleanup.policy", "compact")],
         )?;
+        // Not idempotent: an idempotent producer first asks for a producer
+        // id, and librdkafka paces that request on a 500 ms timer, which
+        // the start paid twice. One record per start needs no ordering
+        // guarantee, and a retried duplicate records the same generation.
         let recorder = client_config(kafka, brokers)
-            .set("enable.idempotence", "true")
             .set("acks", "all")
+            .set("max.in.flight.requests.per.connection", "1")
             .create_with_context(Recorder::default())?;
         let generation = read_generation(kafka, brokers, &topic, instance)?;
         Ok(Identity {
@@ -191,7 +196,7 @@ impl ProducerContext for Recorder {
 }
 
 /// The last generation recorded for `instance`, reading the registry from
-/// its beginning to its end.
+/// its first record to its last.
 fn read_generation(
     kafka: &KafkaConfig,
     brokers: &str,
@@ -203,7 +208,17 @@ fn read_generation(
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .create_with_context(super::ToTheEnd)?;
-    reader.assign(&super::from_beginning(topic, [0])?)?;
+    // The bounds first: an empty registry (a first start) needs no read,
+    // and a read assigned at an absolute offset skips the offset lookup
+    // that `Offset::Beginning` costs (librdkafka paces it on a 500 ms
+    // timer).
+    let (low, high) = reader.fetch_watermarks(topic, 0, TIMEOUT)?;
+    if high <= low {
+        return Ok(None);
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Offset(low))?;
+    reader.assign(&tpl)?;
     let started = super::service::now();
     let mut generation = None;
     loop {
@@ -215,26 +230,28 @@ fn read_generation(
             Some(Err(KafkaError::PartitionEOF(_))) => break,
             Some(Err(e)) => return Err(e.into()),
             Some(Ok(m)) => {
-                if m.key() != Some(instance.as_bytes()) {
-                    continue;
+                let last = m.offset() + 1 >= high;
+                if m.key() == Some(instance.as_bytes()) {
+                    generation = Some(parse_generation(topic, &m)?);
                 }
-                let value = m.payload().unwrap_or_default();
-                let parsed = std::str::from_utf8(value)
-                    .ok()
-                    .and_then(|s| s.parse::<u64>().ok());
-                match parsed {
-                    Some(g) => generation = Some(g),
-                    None => {
-                        return Err(IdentityError::Damaged {
-                            topic: topic.to_string(),
-                            offset: m.offset(),
-                            value: String::from_utf8_lossy(value).into_owned(),
-                        });
-                    }
+                if last {
+                    break;
                 }
             }
         }
     }
     reader.unassign()?;
     Ok(generation)
+}
+
+fn parse_generation(topic: &str, m: &BorrowedMessage<'_>) -> Result<u64, IdentityError> {
+    let value = m.payload().unwrap_or_default();
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .ok_or_else(|| IdentityError::Damaged {
+            topic: topic.to_string(),
+            offset: m.offset(),
+            value: String::from_utf8_lossy(value).into_owned(),
+        })
 }
