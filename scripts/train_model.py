@@ -185,7 +185,46 @@ def day_name(start, days):
     return (start + dt.timedelta(days=int(days))).isoformat()
 
 
+def fit_main(argv):
+    """`train_model.py fit`: fits one model on a training set that
+    `tripline train` built (feature columns and `label`) and writes it as
+    ONNX. tripline scores and evaluates it itself."""
+    ap = argparse.ArgumentParser(prog="train_model.py fit")
+    ap.add_argument("--train", required=True, help="CSV: the inputs' columns and `label` (0/1)")
+    ap.add_argument("--kind", required=True, choices=["rf", "lr"])
+    ap.add_argument("--inputs", required=True, help="comma-separated input columns, in order")
+    ap.add_argument("--out", required=True, help="the ONNX file to write")
+    args = ap.parse_args(argv)
+    inputs = args.inputs.split(",")
+    with open(args.train, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        sys.exit(f"{args.train}: no rows")
+    missing = [c for c in inputs + ["label"] if c not in rows[0]]
+    if missing:
+        sys.exit(f"{args.train}: missing columns {missing}")
+    x = np.array([[float(r[c]) for c in inputs] for r in rows], dtype=np.float64)
+    y = np.array([int(r["label"]) for r in rows])
+    if len(set(y)) < 2:
+        sys.exit(f"{args.train}: the training set needs both frauds and genuine transactions")
+    est = LogisticRegression(**LR_PARAMS) if args.kind == "lr" else RandomForestClassifier(**RF_PARAMS)
+    m = fit(args.kind, est, x, y)
+    write_onnx(m, x, inputs, args.out)
+
+
+def write_onnx(m, x, inputs, path):
+    sample = x[:1].astype(np.float32)
+    onx = to_onnx(exported(m), sample, options={id(exported(m)): {"zipmap": False}},
+                  target_opset={"": 17, "ai.onnx.ml": 3})
+    meta = onx.metadata_props.add()
+    meta.key = "tripline.features"
+    meta.value = ",".join(inputs)
+    onnx.save_model(onx, str(path))
+
+
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "fit":
+        return fit_main(sys.argv[2:])
     ap = argparse.ArgumentParser()
     ap.add_argument("--features", required=True, help="CSV from `tripline replay --features`")
     ap.add_argument("--out", default="models", help="where models and cards go")
@@ -229,13 +268,7 @@ def main():
     check_rows = rng.choice(len(y), size=2000, replace=False)
     check_rows.sort()
     for name, (m, fold, inputs) in shipped.items():
-        sample = x[:1][:, columns(inputs)].astype(np.float32)
-        onx = to_onnx(exported(m), sample, options={id(exported(m)): {"zipmap": False}},
-                      target_opset={"": 17, "ai.onnx.ml": 3})
-        meta = onx.metadata_props.add()
-        meta.key = "tripline.features"
-        meta.value = ",".join(inputs)
-        onnx.save_model(onx, str(out / f"{name}.onnx"))
+        write_onnx(m, x[:1][:, columns(inputs)], inputs, out / f"{name}.onnx")
         card_path = out / f"{name}.md"
         card_path.write_text(model_card(name, m, fold, inputs, results[name], results["random"], args))
         print(f"wrote {out / (name + '.onnx')} and {card_path}")

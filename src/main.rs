@@ -6,6 +6,7 @@ use std::process::ExitCode;
 mod app;
 mod backtest_cmd;
 mod serve;
+mod train_cmd;
 
 // The engine allocates per event (the event, its text, match nodes); mimalloc's
 // thread-local free lists make that markedly cheaper than the system allocator.

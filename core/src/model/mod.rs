@@ -16,7 +16,9 @@
 //! extend the window aggregates and live in `window`, so this module holds
 //! the models alone and is named after them.)
 
+pub mod labels;
 pub mod metrics;
+pub mod training;
 mod trees;
 
 pub use trees::TreeEnsemble;
@@ -144,6 +146,12 @@ impl Model {
     /// The names of its inputs, in order.
     pub fn inputs(&self) -> &[String] {
         &self.inputs
+    }
+
+    /// Whether it is a tree ensemble (a forest or boosted trees); else a
+    /// graph tract runs, such as a linear model.
+    pub fn is_tree_ensemble(&self) -> bool {
+        matches!(self.eval, Eval::Trees(_))
     }
 
     /// A hash of the file, so that a changed model counts as a rule change.

@@ -1,0 +1,488 @@
+//! `tripline train`: a new version of a model from the feature log and the
+//! labels known at a given time, with its figures on held-out weeks beside
+//! the current model's, never overwriting the current one.
+//!
+//! The spans and the label rules are [`tripline::model::training`]'s. The
+//! fitting is the project's scikit-learn recipe (`scripts/train_model.py
+//! fit`, embedded in the binary and run with the Python named by `--python`);
+//! everything else — which rows, which labels, the scores and the metrics —
+//! happens here, with tripline's own evaluator, so the figures are those of
+//! the model as the service will run it.
+
+use anyhow::{Context, Result, bail, ensure};
+use hashbrown::HashMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use tripline::event::{EventTime, TimeFormat, epoch_to_millis, format_time, parse_time_str};
+use tripline::model::Model;
+use tripline::model::labels::Labels;
+use tripline::model::metrics::{self, Scored};
+use tripline::model::training::{self, DAY_MS, Plan, Row, Schedule, Split};
+
+/// The recipe, shipped inside the binary so a user's install can train.
+const RECIPE: &str = include_str!("../scripts/train_model.py");
+
+/// What `tripline train` was asked.
+pub struct TrainArgs {
+    pub features: PathBuf,
+    pub labels: PathBuf,
+    pub model: PathBuf,
+    pub as_of: Option<String>,
+    pub delay: i64,
+    pub train: i64,
+    pub test: i64,
+    pub id: String,
+    pub card: String,
+    pub time: String,
+    pub out: Option<PathBuf>,
+    pub python: String,
+    pub top_k: usize,
+}
+
+/// The feature log, column by column as training needs it.
+struct Log {
+    ids: Vec<String>,
+    times: Vec<EventTime>,
+    cards: Vec<i64>,
+    /// Row-major: `inputs` values per row.
+    values: Vec<f32>,
+    width: usize,
+}
+
+impl Log {
+    fn rows(&self) -> Vec<Row<'_>> {
+        (0..self.ids.len())
+            .map(|i| Row {
+                id: &self.ids[i],
+                time: self.times[i],
+                card: self.cards[i],
+            })
+            .collect()
+    }
+
+    fn row(&self, i: usize) -> &[f32] {
+        &self.values[i * self.width..(i + 1) * self.width]
+    }
+}
+
+fn read_log(path: &Path, a: &TrainArgs, inputs: &[String]) -> Result<Log> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut reader = csv::Reader::from_reader(std::io::BufReader::new(file));
+    let header = reader
+        .headers()
+        .with_context(|| format!("{}: no CSV header", path.display()))?
+        .clone();
+    let column = |name: &str, what: &str| {
+        header.iter().position(|h| h == name).with_context(|| {
+            format!(
+                "{}: no column `{name}` ({what}); the columns are {}",
+                path.display(),
+                header.iter().collect::<Vec<_>>().join(", ")
+            )
+        })
+    };
+    let id = column(&a.id, "the transaction id, --id")?;
+    let card = column(&a.card, "the card, --card")?;
+    let time = column(&a.time, "the event time, --time")?;
+    let input_cols = inputs
+        .iter()
+        .map(|f| column(f, "an input of the model"))
+        .collect::<Result<Vec<_>>>()?;
+    let mut cards: HashMap<String, i64> = HashMap::new();
+    let mut log = Log {
+        ids: Vec::new(),
+        times: Vec::new(),
+        cards: Vec::new(),
+        values: Vec::new(),
+        width: inputs.len(),
+    };
+    for (n, record) in reader.records().enumerate() {
+        // Line 1 is the header.
+        let line = n + 2;
+        let record = record.with_context(|| format!("{}:{line}", path.display()))?;
+        let field = |i: usize| record.get(i).unwrap_or("");
+        let t = parse_time(field(time)).with_context(|| {
+            format!(
+                "{}:{line}: `{}` in `{}` is not a time",
+                path.display(),
+                field(time),
+                a.time
+            )
+        })?;
+        log.ids.push(field(id).to_string());
+        log.times.push(t);
+        let next = cards.len() as i64;
+        log.cards
+            .push(*cards.entry(field(card).to_string()).or_insert(next));
+        for (&c, name) in input_cols.iter().zip(inputs) {
+            let v: f32 = field(c).parse().with_context(|| {
+                format!(
+                    "{}:{line}: `{}` in `{name}` is not a number",
+                    path.display(),
+                    field(c)
+                )
+            })?;
+            log.values.push(v);
+        }
+    }
+    ensure!(!log.ids.is_empty(), "{}: no rows", path.display());
+    Ok(log)
+}
+
+fn parse_time(s: &str) -> Option<EventTime> {
+    parse_time_str(s).or_else(|| {
+        s.parse::<f64>()
+            .ok()
+            .and_then(|n| epoch_to_millis(n, TimeFormat::Auto))
+    })
+}
+
+fn read_labels(path: &Path) -> Result<Labels> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut text = String::new();
+    if path.extension().is_some_and(|e| e == "gz") {
+        flate2::read::MultiGzDecoder::new(file).read_to_string(&mut text)
+    } else {
+        std::io::BufReader::new(file).read_to_string(&mut text)
+    }
+    .with_context(|| format!("cannot read {}", path.display()))?;
+    Labels::from_json_lines(&text).with_context(|| format!("{}", path.display()))
+}
+
+/// The day of an event time, as the metrics count days.
+fn day(t: EventTime) -> i64 {
+    t.div_euclid(DAY_MS)
+}
+
+fn date(t: EventTime) -> String {
+    format_time(t)[..10].to_string()
+}
+
+/// The last day of a span (its end is exclusive).
+fn span(w: &std::ops::Range<EventTime>) -> String {
+    format!("{} to {}", date(w.start), date(w.end - 1))
+}
+
+/// A model's figures on the test rows.
+#[derive(Clone, Copy)]
+struct Figures {
+    auc: Option<f64>,
+    ap: Option<f64>,
+    cp: f64,
+}
+
+fn evaluate(model: &Model, log: &Log, test: &[(usize, bool)], k: usize) -> Result<Figures> {
+    let mut scored = Vec::with_capacity(test.len());
+    for &(i, fraud) in test {
+        let score = model
+            .score(log.row(i))
+            .with_context(|| format!("the model failed to score row {}", i + 2))?;
+        scored.push(Scored {
+            day: day(log.times[i]),
+            card: log.cards[i],
+            score,
+            fraud,
+        });
+    }
+    Ok(Figures {
+        auc: metrics::auc_roc(&scored),
+        ap: metrics::average_precision(&scored),
+        cp: metrics::card_precision_at(&scored, k).1,
+    })
+}
+
+/// Writes the split's rows as the recipe's training CSV.
+fn write_training_set(
+    path: &Path,
+    log: &Log,
+    rows: &[(usize, bool)],
+    inputs: &[String],
+) -> Result<()> {
+    let mut w = csv::Writer::from_path(path)?;
+    let mut header: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    header.push("label");
+    w.write_record(&header)?;
+    let mut record = Vec::with_capacity(header.len());
+    for &(i, fraud) in rows {
+        record.clear();
+        record.extend(log.row(i).iter().map(|v| v.to_string()));
+        record.push(if fraud { "1" } else { "0" }.to_string());
+        w.write_record(&record)?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
+/// Fits one model with the recipe; returns it loaded by tripline.
+fn fit(a: &TrainArgs, dir: &Path, name: &str, kind: &str, inputs: &[String]) -> Result<Model> {
+    let script = dir.join("train_model.py");
+    let train = dir.join(format!("{name}.csv"));
+    let out = dir.join(format!("{name}.onnx"));
+    let output = Command::new(&a.python)
+        .arg(&script)
+        .args(["fit", "--kind", kind, "--inputs", &inputs.join(",")])
+        .arg("--train")
+        .arg(&train)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .with_context(|| format!("cannot run `{}` (set --python)", a.python))?;
+    if !output.status.success() {
+        bail!(
+            "the recipe failed ({}):\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim_end()
+        );
+    }
+    let bytes = std::fs::read(&out).with_context(|| format!("cannot read {}", out.display()))?;
+    Model::from_bytes(&bytes).with_context(|| format!("the fitted model {name} does not load"))
+}
+
+/// Checks the Python has what the recipe imports, with a message that
+/// says how to get it.
+fn check_python(python: &str) -> Result<()> {
+    let output = Command::new(python)
+        .args(["-c", "import sklearn, skl2onnx, onnx, numpy"])
+        .output()
+        .with_context(|| format!("cannot run `{python}`: name a Python 3 with --python"))?;
+    if !output.status.success() {
+        bail!(
+            "`{python}` cannot import scikit-learn, skl2onnx, onnx and numpy:\n{}\n\
+             install them (`{python} -m pip install scikit-learn skl2onnx onnx numpy`) \
+             or name a Python that has them with --python",
+            String::from_utf8_lossy(&output.stderr).trim_end()
+        );
+    }
+    Ok(())
+}
+
+/// The model's name without a version: `card_rf.2018-04-30.onnx` and
+/// `card_rf.onnx` are both `card_rf`.
+fn base_name(path: &Path) -> Result<String> {
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .with_context(|| format!("{}: no file name", path.display()))?;
+    Ok(match stem.rsplit_once('.') {
+        Some((base, version)) if jiff::civil::Date::strptime("%Y-%m-%d", version).is_ok() => {
+            base.to_string()
+        }
+        _ => stem.to_string(),
+    })
+}
+
+fn needs_both_classes(what: &str, split: &Split, rows: &[(usize, bool)]) -> Result<()> {
+    let frauds = rows.iter().filter(|r| r.1).count();
+    ensure!(
+        frauds > 0 && frauds < rows.len(),
+        "{what} ({}, labels known at {}) has {} transactions, {frauds} of them fraud: \
+         a model needs both; check --as-of, --delay, --train and that the labels match the log's ids",
+        span(&split.window),
+        format_time(split.labels_at),
+        rows.len()
+    );
+    Ok(())
+}
+
+fn fmt(v: Option<f64>) -> String {
+    v.map_or("—".into(), |v| format!("{v:.3}"))
+}
+
+/// Runs `tripline train`.
+pub fn train(a: &TrainArgs) -> Result<()> {
+    let current_bytes =
+        std::fs::read(&a.model).with_context(|| format!("cannot read {}", a.model.display()))?;
+    let current = Model::from_bytes(&current_bytes)
+        .with_context(|| format!("{} does not load", a.model.display()))?;
+    let inputs = current.inputs().to_vec();
+    let kind = if current.is_tree_ensemble() {
+        "rf"
+    } else {
+        "lr"
+    };
+    let name = base_name(&a.model)?;
+    let log = read_log(&a.features, a, &inputs)?;
+    let labels = read_labels(&a.labels)?;
+    let as_of = match &a.as_of {
+        Some(s) => parse_time(s).with_context(|| format!("--as-of `{s}` is not a time"))?,
+        // The end of the log's last day: spans then fall on whole days.
+        None => (day(log.times.iter().copied().max().unwrap_or(0)) + 1) * DAY_MS,
+    };
+    let schedule = Schedule {
+        as_of,
+        delay: a.delay,
+        train: a.train,
+        test: a.test,
+    };
+    let Plan {
+        train,
+        eval_train,
+        test,
+    } = schedule.plan().map_err(anyhow::Error::msg)?;
+    let out_dir = match &a.out {
+        Some(d) => d.clone(),
+        None => a.model.parent().map(Path::to_path_buf).unwrap_or_default(),
+    };
+    let version = date(as_of);
+    let onnx_path = out_dir.join(format!("{name}.{version}.onnx"));
+    let card_path = out_dir.join(format!("{name}.{version}.md"));
+    for p in [&onnx_path, &card_path] {
+        ensure!(
+            !p.exists(),
+            "{} exists: a version is never overwritten (move it away, or train --as-of another day)",
+            p.display()
+        );
+    }
+
+    let rows = log.rows();
+    let train_rows = training::labelled(&rows, &train, &labels);
+    let eval_rows = training::labelled(&rows, &eval_train, &labels);
+    let test_rows = training::test_rows(&rows, &test, &labels);
+    needs_both_classes("the training span", &train, &train_rows)?;
+    needs_both_classes("the evaluation's training span", &eval_train, &eval_rows)?;
+    needs_both_classes("the test span", &test, &test_rows)?;
+    check_python(&a.python)?;
+
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("train_model.py"), RECIPE)?;
+    write_training_set(&dir.path().join("new.csv"), &log, &train_rows, &inputs)?;
+    write_training_set(&dir.path().join("eval.csv"), &log, &eval_rows, &inputs)?;
+    eprintln!(
+        "training {name} ({kind}) on {} ({} transactions), evaluating on {}",
+        span(&train.window),
+        train_rows.len(),
+        span(&test.window)
+    );
+    let evaluation = fit(a, dir.path(), "eval", kind, &inputs)?;
+    let fresh = evaluate(&evaluation, &log, &test_rows, a.top_k)?;
+    let old = evaluate(&current, &log, &test_rows, a.top_k)?;
+    fit(a, dir.path(), "new", kind, &inputs)?;
+
+    std::fs::create_dir_all(&out_dir)?;
+    // Written beside the target, then renamed into place: a reader never
+    // sees half a model.
+    let staged = out_dir.join(format!(".{name}.{version}.onnx.tmp"));
+    std::fs::copy(dir.path().join("new.onnx"), &staged)?;
+    std::fs::rename(&staged, &onnx_path)?;
+    let card = model_card(&Card {
+        name: &name,
+        version: &version,
+        kind,
+        inputs: &inputs,
+        schedule: &schedule,
+        train: (&train, &train_rows),
+        eval_train: (&eval_train, &eval_rows),
+        test: (&test, &test_rows),
+        fresh,
+        old,
+        current: &a.model,
+        k: a.top_k,
+    });
+    let mut f = std::fs::File::create(&card_path)?;
+    f.write_all(card.as_bytes())?;
+    println!("wrote {} and {}", onnx_path.display(), card_path.display());
+    println!(
+        "on {}: the recipe AP {} CP@{} {:.3}; the current model AP {} CP@{} {:.3}",
+        span(&test.window),
+        fmt(fresh.ap),
+        a.top_k,
+        fresh.cp,
+        fmt(old.ap),
+        a.top_k,
+        old.cp
+    );
+    Ok(())
+}
+
+struct Card<'a> {
+    name: &'a str,
+    version: &'a str,
+    kind: &'a str,
+    inputs: &'a [String],
+    schedule: &'a Schedule,
+    train: (&'a Split, &'a [(usize, bool)]),
+    eval_train: (&'a Split, &'a [(usize, bool)]),
+    test: (&'a Split, &'a [(usize, bool)]),
+    fresh: Figures,
+    old: Figures,
+    current: &'a Path,
+    k: usize,
+}
+
+fn count(rows: &[(usize, bool)]) -> String {
+    format!(
+        "{} transactions, {} frauds",
+        rows.len(),
+        rows.iter().filter(|r| r.1).count()
+    )
+}
+
+fn model_card(c: &Card<'_>) -> String {
+    let kind = match c.kind {
+        "rf" => "random forest",
+        _ => "logistic regression",
+    };
+    let days = |ms: i64| format!("{} days", ms as f64 / DAY_MS as f64);
+    let mut s = format!(
+        "# Model card: `{}`, version {}\n\n\
+         A {kind} scoring the probability that a transaction is fraud, written by\n\
+         `tripline train` (the recipe of `scripts/train_model.py`). Do not edit by hand.\n\n\
+         - Trained on: {} ({}), labels as known at {}\n\
+         - Label delay allowed for: {}; training span {}\n\
+         - Retrained from: `{}`\n\n\
+         ## Inputs (in this order, ONNX metadata `tripline.features`)\n\n",
+        c.name,
+        c.version,
+        span(&c.train.0.window),
+        count(c.train.1),
+        format_time(c.train.0.labels_at),
+        days(c.schedule.delay),
+        days(c.schedule.train),
+        c.current.display(),
+    );
+    for (i, f) in c.inputs.iter().enumerate() {
+        s += &format!("{}. `{f}`\n", i + 1);
+    }
+    s += &format!(
+        "\n## Evaluation, held out\n\n\
+         The same recipe, trained on {} ({}) with the labels known at {}, tested on\n\
+         {} ({}; each day without the cards already known to be compromised), beside\n\
+         the current model on the same transactions. The current model may have been\n\
+         trained on part of the test span, which flatters it.\n\n\
+         | model | AUC ROC | AP | card precision@{} |\n|---|---|---|---|\n\
+         | this recipe | {} | {} | {:.3} |\n\
+         | current (`{}`) | {} | {} | {:.3} |\n",
+        span(&c.eval_train.0.window),
+        count(c.eval_train.1),
+        format_time(c.eval_train.0.labels_at),
+        span(&c.test.0.window),
+        count(c.test.1),
+        c.k,
+        fmt(c.fresh.auc),
+        fmt(c.fresh.ap),
+        c.fresh.cp,
+        c.current.display(),
+        fmt(c.old.auc),
+        fmt(c.old.ap),
+        c.old.cp,
+    );
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_suffix_is_not_part_of_the_name() {
+        assert_eq!(base_name(Path::new("m/card_rf.onnx")).unwrap(), "card_rf");
+        assert_eq!(
+            base_name(Path::new("m/card_rf.2018-04-30.onnx")).unwrap(),
+            "card_rf"
+        );
+        assert_eq!(base_name(Path::new("a.b.onnx")).unwrap(), "a.b");
+    }
+}

@@ -1,0 +1,241 @@
+//! `tripline train` as a user runs it: the bundled sample's features from
+//! `tripline replay --features`, labels that arrive days after their
+//! transactions, and the shipped card model retrained from them. Needs a
+//! Python with the recipe's packages: `scripts/prerequisites --tests` makes
+//! one (scripts/python-env), or name one in TRIPLINE_PYTHON.
+
+#[path = "support/cli.rs"]
+mod cli;
+
+use cli::{tripline, write};
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use tripline::event::{format_time, parse_time_str};
+use tripline::model::Model;
+
+const SAMPLE: &str = "examples/handbook-sample.jsonl.gz";
+const DAY: i64 = 86_400_000;
+
+fn python() -> String {
+    if let Ok(p) = std::env::var("TRIPLINE_PYTHON") {
+        return p;
+    }
+    let venv = std::env::var("TRIPLINE_VENV").map_or_else(
+        |_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/tripline-venv"),
+        PathBuf::from,
+    );
+    let p = venv.join("bin/python");
+    let ok = std::process::Command::new(&p)
+        .args(["-c", "import sklearn, skl2onnx, onnx, numpy"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "no Python with scikit-learn, skl2onnx, onnx and numpy at {}: run scripts/prerequisites --tests, or set TRIPLINE_PYTHON",
+        p.display()
+    );
+    p.display().to_string()
+}
+
+/// The sample's features, with the columns training reads.
+fn features(dir: &Path) -> String {
+    let path = dir.join("features.csv").display().to_string();
+    let (ok, _, err) = tripline(&[
+        "replay",
+        "--rules",
+        "rules/stream.tl",
+        "--rules",
+        "rules/features.tl",
+        "--events",
+        SAMPLE,
+        "--features",
+        &path,
+        "--with",
+        "TRANSACTION_ID,CUSTOMER_ID,TX_DATETIME,TX_AMOUNT",
+    ]);
+    assert!(ok, "{err}");
+    path
+}
+
+/// One label per fraud of the sample, known `delay(id)` after it.
+fn labels(dir: &Path, delay: impl Fn(i64) -> i64) -> String {
+    let gz = flate2::read::GzDecoder::new(std::fs::File::open(SAMPLE).unwrap());
+    let mut out = String::new();
+    for line in std::io::BufReader::new(gz).lines() {
+        let e: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+        if e["TX_FRAUD"] != 1 {
+            continue;
+        }
+        let id = e["TRANSACTION_ID"].as_i64().unwrap();
+        let t = parse_time_str(e["TX_DATETIME"].as_str().unwrap()).unwrap();
+        out += &format!(
+            "{{\"transaction_id\": {id}, \"fraud\": true, \"known_at\": \"{}\"}}\n",
+            format_time(t + delay(id))
+        );
+    }
+    write(dir, "labels.jsonl", &out)
+}
+
+fn model_in(dir: &Path) -> String {
+    let p = dir.join("card_rf.onnx");
+    std::fs::copy("models/card_rf.onnx", &p).unwrap();
+    p.display().to_string()
+}
+
+/// The sample's ten days: labels arrive within two days, the model trains
+/// on three and is evaluated on two.
+const SPANS: [&str; 6] = ["--delay", "2d", "--train", "3d", "--test", "2d"];
+
+#[test]
+fn a_new_version_is_written_with_its_card_and_never_over_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let features = features(dir.path());
+    let labels = labels(dir.path(), |id| DAY + id % 2 * DAY);
+    let model = model_in(dir.path());
+    let python = python();
+    let mut args = vec![
+        "train",
+        "--features",
+        &features,
+        "--labels",
+        &labels,
+        "--model",
+        &model,
+        "--python",
+        &python,
+    ];
+    args.extend(SPANS);
+    let (ok, out, err) = tripline(&args);
+    assert!(ok, "{err}");
+    // The sample ends on 2018-04-10: as of the next midnight, labels are
+    // complete up to two days before.
+    let new = dir.path().join("card_rf.2018-04-11.onnx");
+    let card = dir.path().join("card_rf.2018-04-11.md");
+    assert!(out.contains("wrote"), "{out}");
+
+    let current = Model::from_bytes(&std::fs::read(&model).unwrap()).unwrap();
+    let bytes = std::fs::read(&new).unwrap();
+    let fresh = Model::from_bytes(&bytes).unwrap();
+    assert_eq!(fresh.inputs(), current.inputs());
+    assert!(
+        fresh.is_tree_ensemble(),
+        "a forest is retrained as a forest"
+    );
+    assert_ne!(fresh.hash(), current.hash());
+
+    let text = std::fs::read_to_string(&card).unwrap();
+    for needle in [
+        "version 2018-04-11",
+        "Trained on: 2018-04-06 to 2018-04-08",
+        "labels as known at 2018-04-11T00:00:00Z",
+        // The evaluation's model knew only what was known when the test
+        // span began, and trained a delay before it.
+        "trained on 2018-04-02 to 2018-04-04",
+        "tested on\n2018-04-07 to 2018-04-08",
+        "| this recipe |",
+        "| current (",
+    ] {
+        assert!(text.contains(needle), "`{needle}` not in the card:\n{text}");
+    }
+
+    // Once more: the version exists, and stays as it was.
+    let (ok, _, err) = tripline(&args);
+    assert!(!ok);
+    assert!(err.contains("never overwritten"), "{err}");
+    assert_eq!(std::fs::read(&new).unwrap(), bytes);
+}
+
+#[test]
+fn a_label_known_after_the_training_time_is_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let features = features(dir.path());
+    // Every fraud becomes known 30 days later: after the sample's end, so
+    // none is known when training as of its end.
+    let labels = labels(dir.path(), |_| 30 * DAY);
+    let model = model_in(dir.path());
+    let mut args = vec![
+        "train",
+        "--features",
+        &features,
+        "--labels",
+        &labels,
+        "--model",
+        &model,
+        "--python",
+        "no-python-is-needed-to-refuse",
+    ];
+    args.extend(SPANS);
+    let (ok, _, err) = tripline(&args);
+    assert!(!ok);
+    assert!(
+        err.contains("the training span (2018-04-06 to 2018-04-08")
+            && err.contains(" 0 of them fraud"),
+        "{err}"
+    );
+    assert!(std::fs::read_dir(dir.path()).unwrap().all(|e| {
+        !e.unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains("2018-04-11")
+    }));
+}
+
+#[test]
+fn bad_input_is_named_before_anything_is_trained() {
+    let dir = tempfile::tempdir().unwrap();
+    let features = features(dir.path());
+    let model = model_in(dir.path());
+    let bad_labels = write(
+        dir.path(),
+        "bad.jsonl",
+        "{\"transaction_id\": 1, \"fraud\": true, \"known_at\": \"2018-04-03\"}\n{\"transaction_id\": 2, \"fraud\": \"maybe\", \"known_at\": \"2018-04-03\"}\n",
+    );
+    let run = |labels: &str, features: &str, extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--features",
+            features,
+            "--labels",
+            labels,
+            "--model",
+            &model,
+        ];
+        args.extend(extra);
+        tripline(&args)
+    };
+    let (ok, _, err) = run(&bad_labels, &features, &[]);
+    assert!(!ok);
+    assert!(
+        err.contains("bad.jsonl") && err.contains("line 2") && err.contains("`fraud`"),
+        "{err}"
+    );
+
+    let good_labels = labels(dir.path(), |_| DAY);
+    let (ok, _, err) = run(&good_labels, &features, &["--card", "CARD"]);
+    assert!(!ok);
+    assert!(
+        err.contains("no column `CARD`") && err.contains("CUSTOMER_ID"),
+        "{err}"
+    );
+
+    let no_amount = write(
+        dir.path(),
+        "f.csv",
+        "TRANSACTION_ID,CUSTOMER_ID,TX_DATETIME\n1,2,2018-04-01T00:00:00\n",
+    );
+    let (ok, _, err) = run(&good_labels, &no_amount, &[]);
+    assert!(!ok);
+    assert!(
+        err.contains("no column `TX_AMOUNT` (an input of the model)"),
+        "{err}"
+    );
+
+    let mut spans = SPANS.to_vec();
+    spans.extend(["--python", "/nonexistent/python"]);
+    let (ok, _, err) = run(&good_labels, &features, &spans);
+    assert!(!ok);
+    assert!(
+        err.contains("/nonexistent/python") && err.contains("--python"),
+        "{err}"
+    );
+}
