@@ -14,6 +14,10 @@ share of compromised cards among the 100 cards ranked riskiest each day, a
 card found on one day left out of the later ones, averaged over the test
 days).
 
+`train_model.py fit --train CSV --kind rf|lr --inputs A,B,... --out FILE`
+fits one model on a training set that `tripline train` built and writes
+it as ONNX; `tripline train` embeds this file and runs that mode.
+
 Writes the random forest and the logistic regression as ONNX (with their
 input names in the metadata property `tripline.features`), a model card per
 model, and `tests/data/model-check.csv`: feature rows with scikit-learn's own

@@ -274,6 +274,10 @@ fn base_name(path: &Path) -> Result<String> {
     })
 }
 
+fn both_classes(rows: &[(usize, bool)]) -> bool {
+    rows.iter().any(|r| r.1) && rows.iter().any(|r| !r.1)
+}
+
 fn needs_both_classes(what: &str, split: &Split, rows: &[(usize, bool)]) -> Result<()> {
     let frauds = rows.iter().filter(|r| r.1).count();
     ensure!(
@@ -342,24 +346,49 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     let eval_rows = training::labelled(&rows, &eval_train, &labels);
     let test_rows = training::test_rows(&rows, &test, &labels);
     needs_both_classes("the training span", &train, &train_rows)?;
-    needs_both_classes("the evaluation's training span", &eval_train, &eval_rows)?;
-    needs_both_classes("the test span", &test, &test_rows)?;
+    // Early in the data there is no span before the training one to
+    // evaluate the recipe on: the version is still trained, without it.
+    let evaluable = both_classes(&eval_rows) && both_classes(&test_rows);
     check_python(&a.python)?;
 
     let dir = tempfile::tempdir()?;
     std::fs::write(dir.path().join("train_model.py"), RECIPE)?;
     write_training_set(&dir.path().join("new.csv"), &log, &train_rows, &inputs)?;
-    write_training_set(&dir.path().join("eval.csv"), &log, &eval_rows, &inputs)?;
+    if evaluable {
+        write_training_set(&dir.path().join("eval.csv"), &log, &eval_rows, &inputs)?;
+    }
     eprintln!(
-        "training {name} ({kind}) on {} ({} transactions), evaluating on {}",
+        "training {name} ({kind}) on {} ({} transactions)",
         span(&train.window),
         train_rows.len(),
-        span(&test.window)
     );
-    let evaluation = fit(a, dir.path(), "eval", kind, &inputs)?;
-    let fresh = evaluate(&evaluation, &log, &test_rows, a.top_k)?;
-    let old = evaluate(&current, &log, &test_rows, a.top_k)?;
-    fit(a, dir.path(), "new", kind, &inputs)?;
+    let held_out = if evaluable {
+        let evaluation = fit(a, dir.path(), "eval", kind, &inputs)?;
+        Some((
+            evaluate(&evaluation, &log, &test_rows, a.top_k)?,
+            evaluate(&current, &log, &test_rows, a.top_k)?,
+        ))
+    } else {
+        None
+    };
+    let new = fit(a, dir.path(), "new", kind, &inputs)?;
+    // A backtest when the log already holds the span after `as_of` (the
+    // handbook's protocol: train, a delay, then the test week), with every
+    // label the file has.
+    let following = Split {
+        window: as_of..as_of + a.test,
+        labels_at: EventTime::MAX,
+    };
+    let last = log.times.iter().copied().max().unwrap_or(0);
+    let after_rows = training::test_rows(&rows, &following, &labels);
+    let after = if day(last) >= day(following.window.end - 1) && after_rows.iter().any(|r| r.1) {
+        Some((
+            evaluate(&new, &log, &after_rows, a.top_k)?,
+            evaluate(&current, &log, &after_rows, a.top_k)?,
+        ))
+    } else {
+        None
+    };
 
     std::fs::create_dir_all(&out_dir)?;
     // Written beside the target, then renamed into place: a reader never
@@ -376,24 +405,39 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         train: (&train, &train_rows),
         eval_train: (&eval_train, &eval_rows),
         test: (&test, &test_rows),
-        fresh,
-        old,
+        held_out,
+        following: (&following, &after_rows),
+        after,
         current: &a.model,
         k: a.top_k,
     });
     let mut f = std::fs::File::create(&card_path)?;
     f.write_all(card.as_bytes())?;
     println!("wrote {} and {}", onnx_path.display(), card_path.display());
-    println!(
-        "on {}: the recipe AP {} CP@{} {:.3}; the current model AP {} CP@{} {:.3}",
-        span(&test.window),
-        fmt(fresh.ap),
-        a.top_k,
-        fresh.cp,
-        fmt(old.ap),
-        a.top_k,
-        old.cp
-    );
+    if let Some((fresh, old)) = held_out {
+        println!(
+            "on {} (held out): the recipe AP {} CP@{} {:.3}; the current model AP {} CP@{} {:.3}",
+            span(&test.window),
+            fmt(fresh.ap),
+            a.top_k,
+            fresh.cp,
+            fmt(old.ap),
+            a.top_k,
+            old.cp
+        );
+    }
+    if let Some((new, old)) = after {
+        println!(
+            "on {} (after --as-of): the new model AP {} CP@{} {:.3}; the current model AP {} CP@{} {:.3}",
+            span(&following.window),
+            fmt(new.ap),
+            a.top_k,
+            new.cp,
+            fmt(old.ap),
+            a.top_k,
+            old.cp
+        );
+    }
     Ok(())
 }
 
@@ -406,8 +450,13 @@ struct Card<'a> {
     train: (&'a Split, &'a [(usize, bool)]),
     eval_train: (&'a Split, &'a [(usize, bool)]),
     test: (&'a Split, &'a [(usize, bool)]),
-    fresh: Figures,
-    old: Figures,
+    /// The recipe's evaluation model and the current model on the test
+    /// span, when there was a span to train the first on.
+    held_out: Option<(Figures, Figures)>,
+    following: (&'a Split, &'a [(usize, bool)]),
+    /// The new and the current model on the following span, when the log
+    /// holds it.
+    after: Option<(Figures, Figures)>,
     current: &'a Path,
     k: usize,
 }
@@ -446,29 +495,72 @@ fn model_card(c: &Card<'_>) -> String {
     for (i, f) in c.inputs.iter().enumerate() {
         s += &format!("{}. `{f}`\n", i + 1);
     }
+    s += "\n## Evaluation, held out\n\n";
+    match c.held_out {
+        Some((fresh, old)) => {
+            s += &format!(
+                "The same recipe, trained on {} ({}) with the labels known at {}, tested on\n\
+                 {} ({}; each day without the cards already known to be compromised), beside\n\
+                 the current model on the same transactions. The current model may have been\n\
+                 trained on part of the test span, which flatters it.\n\n\
+                 | model | AUC ROC | AP | card precision@{} |\n|---|---|---|---|\n\
+                 | this recipe | {} | {} | {:.3} |\n\
+                 | current (`{}`) | {} | {} | {:.3} |\n",
+                span(&c.eval_train.0.window),
+                count(c.eval_train.1),
+                format_time(c.eval_train.0.labels_at),
+                span(&c.test.0.window),
+                count(c.test.1),
+                c.k,
+                fmt(fresh.auc),
+                fmt(fresh.ap),
+                fresh.cp,
+                c.current.display(),
+                fmt(old.auc),
+                fmt(old.ap),
+                old.cp,
+            );
+        }
+        None => {
+            s += &format!(
+                "None: the recipe would train on {} ({}) and be tested on {} ({}),\n\
+                 and a model needs frauds and genuine transactions in both.\n",
+                span(&c.eval_train.0.window),
+                count(c.eval_train.1),
+                span(&c.test.0.window),
+                count(c.test.1),
+            );
+        }
+    }
     s += &format!(
-        "\n## Evaluation, held out\n\n\
-         The same recipe, trained on {} ({}) with the labels known at {}, tested on\n\
-         {} ({}; each day without the cards already known to be compromised), beside\n\
-         the current model on the same transactions. The current model may have been\n\
-         trained on part of the test span, which flatters it.\n\n\
-         | model | AUC ROC | AP | card precision@{} |\n|---|---|---|---|\n\
-         | this recipe | {} | {} | {:.3} |\n\
-         | current (`{}`) | {} | {} | {:.3} |\n",
-        span(&c.eval_train.0.window),
-        count(c.eval_train.1),
-        format_time(c.eval_train.0.labels_at),
-        span(&c.test.0.window),
-        count(c.test.1),
-        c.k,
-        fmt(c.fresh.auc),
-        fmt(c.fresh.ap),
-        c.fresh.cp,
-        c.current.display(),
-        fmt(c.old.auc),
-        fmt(c.old.ap),
-        c.old.cp,
+        "\n## The following span: {}\n\n",
+        span(&c.following.0.window)
     );
+    match c.after {
+        Some((new, old)) => {
+            s += &format!(
+                "A backtest: this version and the current model on the span after the training\n\
+                 time ({}; every label the file holds; each day without the cards already\n\
+                 known to be compromised).\n\n\
+                 | model | AUC ROC | AP | card precision@{} |\n|---|---|---|---|\n\
+                 | this version | {} | {} | {:.3} |\n\
+                 | current (`{}`) | {} | {} | {:.3} |\n",
+                count(c.following.1),
+                c.k,
+                fmt(new.auc),
+                fmt(new.ap),
+                new.cp,
+                c.current.display(),
+                fmt(old.auc),
+                fmt(old.ap),
+                old.cp,
+            );
+        }
+        None => {
+            s += "Not in the feature log (or no fraud labelled in it) when this version was\n\
+                  trained: its figures there come once the span's labels have arrived.\n";
+        }
+    }
     s
 }
 
