@@ -111,9 +111,10 @@ Writes <out>/<name>.<as-of date>.onnx and its model card <name>.<as-of date>.md;
 version is never overwritten. The recipe runs on a Python with scikit-learn, skl2onnx, onnx
 and numpy (--python, or TRIPLINE_PYTHON).")]
     Train {
-        /// The feature log: a CSV from `tripline replay --features` whose
-        /// columns include the transaction id, card, time and the model's
-        /// inputs.
+        /// The feature log: `tripline replay --features` output (.csv or
+        /// .jsonl), or the service's feature log topic read out as JSON lines
+        /// (.jsonl, .jsonl.gz; rows of one transaction are merged), with the
+        /// transaction id, card, time and the model's inputs.
         #[arg(long, value_name = "FILE")]
         features: PathBuf,
         /// Labels, one JSON object per line (`transaction_id`, `fraud`,

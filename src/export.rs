@@ -101,20 +101,20 @@ impl<W: Write> FeatureWriter<W> {
 
     /// Writes one row.
     pub fn write(&mut self, row: &FeatureRow) -> Result<(), ExportError> {
-        let record: serde_json::Value = if self.fields.is_empty() {
-            serde_json::Value::Null
-        } else {
-            // The decoder accepted the record, so it is a JSON object.
-            serde_json::from_str(&row.event.raw).unwrap_or(serde_json::Value::Null)
-        };
-        let copied = self.fields.iter().map(|(_, path)| {
-            path.0
-                .iter()
-                .try_fold(&record, |v, seg| v.get(seg.as_str()))
-                .unwrap_or(&serde_json::Value::Null)
-        });
         match &mut self.sink {
             Sink::Csv(w) => {
+                let record: serde_json::Value = if self.fields.is_empty() {
+                    serde_json::Value::Null
+                } else {
+                    // The decoder accepted the record, so it is a JSON object.
+                    serde_json::from_str(&row.event.raw).unwrap_or(serde_json::Value::Null)
+                };
+                let copied = self.fields.iter().map(|(_, path)| {
+                    path.0
+                        .iter()
+                        .try_fold(&record, |v, seg| v.get(seg.as_str()))
+                        .unwrap_or(&serde_json::Value::Null)
+                });
                 if !self.header_written {
                     let names = self.fields.iter().map(|(n, _)| n.as_str());
                     w.write_record(names.chain(self.columns.iter().map(|c| &**c)))?;
@@ -126,15 +126,9 @@ impl<W: Write> FeatureWriter<W> {
                 w.write_record(&self.cells)?;
             }
             Sink::Json(w) => {
-                let mut obj = serde_json::Map::with_capacity(self.fields.len() + row.values.len());
-                for ((name, _), v) in self.fields.iter().zip(copied) {
-                    obj.insert(name.clone(), v.clone());
-                }
-                for (name, v) in self.columns.iter().zip(&row.values) {
-                    obj.insert(name.to_string(), v.to_json());
-                }
                 self.line.clear();
-                serde_json::to_writer(&mut self.line, &obj).map_err(std::io::Error::from)?;
+                row.write_json(&self.fields, &self.columns, &mut self.line)
+                    .map_err(std::io::Error::from)?;
                 self.line.push(b'\n');
                 w.write_all(&self.line)?;
             }

@@ -11,7 +11,7 @@
 
 use anyhow::{Context, Result, bail, ensure};
 use hashbrown::HashMap;
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use tripline::event::{EventTime, TimeFormat, epoch_to_millis, format_time, parse_time_str};
@@ -51,6 +51,16 @@ struct Log {
 }
 
 impl Log {
+    fn new(width: usize) -> Log {
+        Log {
+            ids: Vec::new(),
+            times: Vec::new(),
+            cards: Vec::new(),
+            values: Vec::new(),
+            width,
+        }
+    }
+
     fn rows(&self) -> Vec<Row<'_>> {
         (0..self.ids.len())
             .map(|i| Row {
@@ -66,7 +76,106 @@ impl Log {
     }
 }
 
+/// Reads the feature log: CSV (`replay --features x.csv`), or JSON lines
+/// (`replay --features x.jsonl`, or the service's feature log topic read
+/// out), `.gz` allowed for the latter.
 fn read_log(path: &Path, a: &TrainArgs, inputs: &[String]) -> Result<Log> {
+    let name = path.to_string_lossy();
+    let name = name.strip_suffix(".gz").unwrap_or(&name);
+    if [".jsonl", ".json", ".ndjson"]
+        .iter()
+        .any(|e| name.ends_with(e))
+    {
+        return read_json_log(path, a, inputs);
+    }
+    read_csv_log(path, a, inputs)
+}
+
+/// A JSON value as the text labels compare ids by.
+fn id_text(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// JSON lines, one object per row. The service writes a row per event and
+/// keying (each shard its own features), so rows of one transaction id are
+/// merged: a later row's values fill in what earlier ones lacked.
+fn read_json_log(path: &Path, a: &TrainArgs, inputs: &[String]) -> Result<Log> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let reader: Box<dyn std::io::BufRead> = if path.extension().is_some_and(|e| e == "gz") {
+        Box::new(std::io::BufReader::new(flate2::read::MultiGzDecoder::new(
+            file,
+        )))
+    } else {
+        Box::new(std::io::BufReader::new(file))
+    };
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut cards: HashMap<String, i64> = HashMap::new();
+    let mut values: Vec<Option<f32>> = Vec::new();
+    let mut log = Log::new(inputs.len());
+    for (n, line) in reader.lines().enumerate() {
+        let line_no = n + 1;
+        let at = || format!("{}:{line_no}", path.display());
+        let line = line.with_context(at)?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let row: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&line).with_context(|| format!("{}: not a JSON object", at()))?;
+        let field = |name: &str, what: &str| {
+            row.get(name)
+                .and_then(id_text)
+                .with_context(|| format!("{}: no `{name}` ({what})", at()))
+        };
+        let id = field(&a.id, "the transaction id, --id")?;
+        let i = match index.get(&id) {
+            Some(&i) => i,
+            None => {
+                let t = field(&a.time, "the event time, --time")?;
+                let t = parse_time(&t)
+                    .with_context(|| format!("{}: `{t}` in `{}` is not a time", at(), a.time))?;
+                let card = field(&a.card, "the card, --card")?;
+                let next = cards.len() as i64;
+                log.cards.push(*cards.entry(card).or_insert(next));
+                log.times.push(t);
+                log.ids.push(id.clone());
+                values.extend(std::iter::repeat_n(None, inputs.len()));
+                index.insert(id, log.ids.len() - 1);
+                log.ids.len() - 1
+            }
+        };
+        for (j, name) in inputs.iter().enumerate() {
+            match row.get(name) {
+                None | Some(serde_json::Value::Null) => {}
+                // Through the text, as the CSV reader does: an f64 rounded
+                // to f32 can differ from the decimal rounded to f32.
+                Some(serde_json::Value::Number(v)) => {
+                    values[i * inputs.len() + j] = v.to_string().parse().ok();
+                }
+                Some(other) => bail!("{}: `{name}` is {other}, not a number", at()),
+            }
+        }
+    }
+    ensure!(!log.ids.is_empty(), "{}: no rows", path.display());
+    for (i, v) in values.into_iter().enumerate() {
+        let Some(v) = v else {
+            bail!(
+                "{}: transaction `{}` has no `{}` in any row (the model reads it)",
+                path.display(),
+                log.ids[i / inputs.len()],
+                inputs[i % inputs.len()]
+            );
+        };
+        log.values.push(v);
+    }
+    Ok(log)
+}
+
+fn read_csv_log(path: &Path, a: &TrainArgs, inputs: &[String]) -> Result<Log> {
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut reader = csv::Reader::from_reader(std::io::BufReader::new(file));
@@ -91,13 +200,7 @@ fn read_log(path: &Path, a: &TrainArgs, inputs: &[String]) -> Result<Log> {
         .map(|f| column(f, "an input of the model"))
         .collect::<Result<Vec<_>>>()?;
     let mut cards: HashMap<String, i64> = HashMap::new();
-    let mut log = Log {
-        ids: Vec::new(),
-        times: Vec::new(),
-        cards: Vec::new(),
-        values: Vec::new(),
-        width: inputs.len(),
-    };
+    let mut log = Log::new(inputs.len());
     for (n, record) in reader.records().enumerate() {
         // Line 1 is the header.
         let line = n + 2;

@@ -287,3 +287,100 @@ fn a_restore_reads_past_another_producers_open_transaction() {
     );
     assert!(end.is_some_and(|e| e >= 2), "read to the end: {end:?}");
 }
+
+/// The feature log holds every event's features exactly once per keying
+/// (the card shard's and the terminal shard's), with the copied fields,
+/// and merged by transaction they are what `replay --features` computes.
+#[test]
+fn the_feature_log_holds_each_events_features_once_as_replay_computes_them() {
+    let mut c = config("features");
+    let _files = TestFiles::of(&c);
+    c.feature_log.topic = format!("{}.features", c.kafka.group_id);
+    c.feature_log.fields = vec!["TRANSACTION_ID".into(), "TX_AMOUNT".into()];
+    let rules = shipped_rules();
+    kafka::ensure_topics(&c.kafka, &broker(), &[&c.kafka.input_topic], 4).unwrap();
+    let (input, lines) = sample_head_input(4, 5_000);
+    produce(&c, &input);
+    serve_until_caught_up(&c, rules.clone(), input.len() as u64);
+
+    // What replay computes, by transaction.
+    let mut engine = tripline::engine::Engine::new(rules.clone()).collect_features();
+    let mut out = tripline::engine::Outputs::default();
+    for (i, l) in lines.iter().enumerate() {
+        engine.on_event(
+            rules.decoder().decode(l.as_bytes(), i as u64).unwrap(),
+            &mut out,
+        );
+    }
+    engine.finish(&mut out);
+    let columns = rules.feature_columns();
+    let mut expected = std::collections::BTreeMap::new();
+    for row in &out.features {
+        let event: serde_json::Value = serde_json::from_str(&row.event.raw).unwrap();
+        let features: serde_json::Map<String, serde_json::Value> = columns
+            .iter()
+            .zip(&row.values)
+            .map(|(c, v)| (c.to_string(), v.to_json()))
+            .collect();
+        expected.insert(event["TRANSACTION_ID"].to_string(), (event, features));
+    }
+
+    let rows = read_committed(&c, &c.feature_log.topic);
+    let mut merged: std::collections::BTreeMap<String, (usize, serde_json::Map<_, _>)> =
+        std::collections::BTreeMap::new();
+    for (key, value, _) in &rows {
+        let row: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(value).unwrap();
+        let id = row["TRANSACTION_ID"].to_string();
+        let (event, _) = &expected[&id];
+        let card = match &event["CUSTOMER_ID"] {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        assert_eq!(
+            key.as_deref(),
+            Some(card.as_bytes()),
+            "keyed by the stream key"
+        );
+        for field in ["TRANSACTION_ID", "TX_AMOUNT", "CUSTOMER_ID", "TX_DATETIME"] {
+            assert_eq!(row[field], event[field], "{field} copied as it arrived");
+        }
+        let entry = merged.entry(id).or_default();
+        entry.0 += 1;
+        for (name, v) in row {
+            if columns.iter().any(|c| **c == *name) {
+                assert!(
+                    entry.1.insert(name.clone(), v).is_none(),
+                    "{name} written twice"
+                );
+            }
+        }
+    }
+    assert_eq!(merged.len(), expected.len(), "every event has rows");
+    for (id, (count, features)) in &merged {
+        assert_eq!(
+            *count, 2,
+            "transaction {id}: one row per keying (card, terminal)"
+        );
+        // Equal up to the rounding of a running sum, which depends on when
+        // old events leave the window (the shard's watermark, not replay's).
+        let want = &expected[id].1;
+        assert_eq!(
+            features.keys().collect::<Vec<_>>(),
+            want.keys().collect::<Vec<_>>(),
+            "transaction {id}"
+        );
+        for (name, v) in features {
+            let (a, b) = (v.as_f64(), want[name].as_f64());
+            let close = match (a, b) {
+                (Some(a), Some(b)) => (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0),
+                _ => v == &want[name],
+            };
+            assert!(
+                close,
+                "transaction {id}, {name}: {v} in the log, {} by replay",
+                want[name]
+            );
+        }
+    }
+}

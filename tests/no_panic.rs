@@ -143,6 +143,15 @@ proptest! {
         input.extend_from_slice(&bytes);
         let _ = rs.decoder().decode(&input, 0);
     }
+
+    #[test]
+    fn label_reader_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..300), prefix in prop::sample::select(vec!["", "{\"transaction_id\":", "{\"transaction_id\":1,\"fraud\":true,\"known_at\":", "{\"fraud\":1,\"known_at\":\"2018-"])) {
+        let mut input = prefix.as_bytes().to_vec();
+        input.extend_from_slice(&bytes);
+        if let Ok(labels) = tripline::model::labels::Labels::from_json_lines(&String::from_utf8_lossy(&input)) {
+            let _ = labels.fraud_at("1", i64::MAX);
+        }
+    }
 }
 
 proptest! {

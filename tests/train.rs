@@ -50,7 +50,12 @@ fn features(dir: &Path) -> String {
 }
 
 fn features_of(dir: &Path, events: &str) -> String {
-    let path = dir.join("features.csv").display().to_string();
+    features_to(dir, events, "features.csv")
+}
+
+/// `replay --features` of `events` into `dir/file` (.csv or .jsonl).
+fn features_to(dir: &Path, events: &str, file: &str) -> String {
+    let path = dir.join(file).display().to_string();
     let (ok, _, err) = tripline(&[
         "replay",
         "--rules",
@@ -328,4 +333,60 @@ fn a_weekly_retrain_beats_the_model_it_replaces_on_the_next_week() {
         // windows have filled; the first trained on days they had not.
         assert!(new_ap > old_ap && new_cp > old_cp, "{out}");
     }
+}
+
+/// The service's feature log has a row per event and keying (card features
+/// in one, terminal features in another): merged by transaction, it trains
+/// the very model the replay's one-row-per-event CSV trains.
+#[test]
+fn a_log_split_by_keying_trains_what_the_csv_trains() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = features(dir.path());
+    let whole = features_to(dir.path(), SAMPLE, "whole.jsonl");
+    let common = ["TRANSACTION_ID", "CUSTOMER_ID", "TX_DATETIME"];
+    let mut split = String::new();
+    for line in std::fs::read_to_string(&whole).unwrap().lines() {
+        let row: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line).unwrap();
+        let (terminal, card): (Vec<_>, Vec<_>) = row
+            .iter()
+            .filter(|(k, _)| !common.contains(&k.as_str()))
+            .partition(|(k, _)| k.starts_with("TERMINAL_ID_"));
+        for part in [terminal, card] {
+            let mut out: serde_json::Map<String, serde_json::Value> = common
+                .iter()
+                .map(|c| (c.to_string(), row[*c].clone()))
+                .collect();
+            out.extend(part.into_iter().map(|(k, v)| (k.clone(), v.clone())));
+            split += &serde_json::Value::Object(out).to_string();
+            split.push('\n');
+        }
+    }
+    let split = write(dir.path(), "split.jsonl", &split);
+    let labels = labels(dir.path(), |_| DAY);
+    let python = python();
+    let mut trained = Vec::new();
+    for (log, out) in [(csv.as_str(), "from-csv"), (split.as_str(), "from-split")] {
+        let out = dir.path().join(out);
+        let mut args = vec![
+            "train",
+            "--features",
+            log,
+            "--labels",
+            &labels,
+            "--model",
+            "models/fraud_rf.onnx",
+            "--out",
+            out.to_str().unwrap(),
+            "--python",
+            &python,
+        ];
+        args.extend(SPANS);
+        let (ok, _, err) = tripline(&args);
+        assert!(ok, "{log}: {err}");
+        trained.push(std::fs::read(out.join("fraud_rf.2018-04-11.onnx")).unwrap());
+    }
+    assert!(
+        trained[0] == trained[1],
+        "the two logs trained different models"
+    );
 }

@@ -43,6 +43,39 @@ impl Config {
                     .into(),
             );
         }
+        let f = &self.feature_log;
+        if !f.topic.is_empty() {
+            if let Err(e) = check_topic(&f.topic) {
+                p.push(format!("feature_log.topic `{}`: {e}", f.topic));
+            }
+            let others = [
+                &k.input_topic,
+                &k.alerts_topic,
+                &k.shadow_topic,
+                &k.dead_letter_topic,
+                &k.lists_topic,
+            ];
+            if others.contains(&&f.topic) {
+                p.push(
+                    "feature_log.topic must differ from the input, alerts, shadow, dead-letter and lists topics"
+                        .into(),
+                );
+            }
+            for field in &f.fields {
+                if crate::event::FieldPath::parse(field).is_none() {
+                    p.push(format!(
+                        "feature_log.fields: `{field}` is not a field path (e.g. `TRANSACTION_ID` or `card.id`)"
+                    ));
+                }
+            }
+            match crate::rules::parse_duration(&f.retention) {
+                Some(ms) if ms > 0 => {}
+                _ => p.push(format!(
+                    "feature_log.retention `{}` is not a duration (e.g. `90d`)",
+                    f.retention
+                )),
+            }
+        }
         if k.group_id.trim().is_empty() {
             p.push("kafka.group_id must not be empty".into());
         }

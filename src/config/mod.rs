@@ -46,6 +46,36 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     /// Logs, metrics and traces.
     pub telemetry: TelemetryConfig,
+    /// Every event's features, to a topic, for retraining models.
+    pub feature_log: FeatureLogConfig,
+}
+
+/// The feature log (see `docs/models.md`, Retraining): every event's
+/// features, as the rules computed them at its event time, written to a
+/// topic in the same transactions as the alerts.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct FeatureLogConfig {
+    /// The topic; empty (the default): no feature log.
+    pub topic: String,
+    /// Event fields each row copies beside the features (dotted paths):
+    /// the id labels name, and the fields models read that are not
+    /// features. The stream's key and time fields are always copied.
+    pub fields: Vec<String>,
+    /// How long the broker keeps rows (`retention.ms` of the topic when
+    /// tripline creates it), e.g. `90d`: longer than the history a model
+    /// trains on plus the label delay.
+    pub retention: String,
+}
+
+impl Default for FeatureLogConfig {
+    fn default() -> Self {
+        FeatureLogConfig {
+            topic: String::new(),
+            fields: Vec::new(),
+            retention: "90d".into(),
+        }
+    }
 }
 
 /// Logs, metrics and traces (see `docs/operations.md`).

@@ -113,6 +113,7 @@ impl<P: Ports> Coordinator<P> {
         let topology = self.topology.clone();
         let alerts_topic = self.settings.alerts_topic.clone();
         let shadow_topic = self.settings.shadow_topic.clone();
+        let feature_log = self.settings.feature_log.clone();
         for (id, out) in outputs {
             let (t, p) = *id;
             let source = topology.topics[t].name.as_str();
@@ -154,6 +155,21 @@ impl<P: Ports> Coordinator<P> {
                 };
                 let what = || format!("an event forwarded to `{to}`");
                 self.send_or_dead_letter(record, what, r, source, p)?;
+            }
+            if let Some(log) = &feature_log {
+                for r in &out.features {
+                    let record = Outgoing {
+                        topic: &log.topic,
+                        partition: None,
+                        key: Some(&r.key),
+                        value: Some(&r.value),
+                        headers: &[],
+                        changelog_of: None,
+                        span: None,
+                    };
+                    let what = || "a feature row".to_string();
+                    self.send_or_dead_letter(record, what, r, source, p)?;
+                }
             }
             for d in &out.dead_letters {
                 self.send_dead_letter(d, source, p)?;

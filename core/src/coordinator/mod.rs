@@ -92,6 +92,19 @@ pub struct Settings {
     /// The tables the rules look rows up in (shared with whoever reads
     /// their rows).
     pub tables: Arc<crate::tables::Tables>,
+    /// Where every event's features go, if anywhere.
+    pub feature_log: Option<FeatureLogSettings>,
+}
+
+/// The feature log: every event's features, produced in the checkpoint's
+/// transaction like the alerts, so it holds each event exactly once (per
+/// keying whose features it has) — what models are retrained from.
+#[derive(Debug, Clone)]
+pub struct FeatureLogSettings {
+    /// The topic.
+    pub topic: String,
+    /// The event fields each row copies beside the features (name, path).
+    pub fields: Arc<[(String, crate::event::FieldPath)]>,
 }
 
 /// What a shard's local state covers.

@@ -96,6 +96,8 @@ struct Recipe {
     tables: Arc<crate::tables::Tables>,
     /// With a local store and a memory budget: the shard's share.
     passivation_budget: Option<usize>,
+    /// With a feature log: the fields its rows copy.
+    feature_log: Option<Arc<[(String, crate::event::FieldPath)]>>,
 }
 
 impl Recipe {
@@ -109,6 +111,10 @@ impl Recipe {
         .with_output_limit(self.output_limit)
         .with_lists(self.lists.clone())
         .with_tables(self.tables.clone());
+        let shard = match &self.feature_log {
+            Some(fields) => shard.with_feature_log(fields.clone()),
+            None => shard,
+        };
         match (store, self.passivation_budget) {
             (Some(store), Some(budget)) => shard.with_passivation(Box::new(store.clone()), budget),
             _ => shard,
@@ -632,6 +638,7 @@ impl<P: Ports> Coordinator<P> {
             lists: self.settings.lists.clone(),
             tables: self.settings.tables.clone(),
             passivation_budget,
+            feature_log: self.settings.feature_log.as_ref().map(|f| f.fields.clone()),
         }
     }
 

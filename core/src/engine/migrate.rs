@@ -199,6 +199,7 @@ impl Engine {
             dirty: self.dirty.as_ref().map(|_| hashbrown::HashSet::new()),
             lists: self.lists.clone(),
             tables: self.tables.clone(),
+            collect_features: self.collect_features,
             ..Engine::new(rules.clone())
         };
         self.hand_over_passivation(&mut engine);

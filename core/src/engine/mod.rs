@@ -65,6 +65,40 @@ pub struct FeatureRow {
     pub values: Vec<Value>,
 }
 
+impl FeatureRow {
+    /// Writes this row to `out` as one JSON object: first the event fields
+    /// `fields` (name, path) as the record carried them, with their JSON
+    /// types (null when absent), then each feature of `columns`
+    /// ([`RuleSet::feature_columns`]) by name. The feature log's record, and
+    /// a line of `replay --features` as JSON lines.
+    pub fn write_json(
+        &self,
+        fields: &[(String, crate::event::FieldPath)],
+        columns: &[Arc<str>],
+        out: &mut Vec<u8>,
+    ) -> Result<(), serde_json::Error> {
+        let record: serde_json::Value = if fields.is_empty() {
+            serde_json::Value::Null
+        } else {
+            // The decoder accepted the record, so it is a JSON object.
+            serde_json::from_str(&self.event.raw).unwrap_or(serde_json::Value::Null)
+        };
+        let mut obj = serde_json::Map::with_capacity(fields.len() + self.values.len());
+        for (name, path) in fields {
+            let v = path
+                .0
+                .iter()
+                .try_fold(&record, |v, seg| v.get(seg.as_str()))
+                .unwrap_or(&serde_json::Value::Null);
+            obj.insert(name.clone(), v.clone());
+        }
+        for (name, v) in columns.iter().zip(&self.values) {
+            obj.insert(name.to_string(), v.to_json());
+        }
+        serde_json::to_writer(out, &obj)
+    }
+}
+
 /// What processing produced.
 #[derive(Debug, Default)]
 pub struct Outputs {

@@ -11,7 +11,7 @@ mod messages;
 mod output;
 
 use crate::engine::{Engine, Migration, Outputs, RuleSet};
-use crate::event::Value;
+use crate::event::{FieldPath, Value};
 use crate::state::{self, SnapshotError, StateStore};
 pub use messages::{Barrier, Forward, Record, Role, STREAM_HEADER, WatermarkMark};
 pub use output::{AlertRecord, DeadLetter, DeadLetterKind, OutRecord, ShardOutput};
@@ -57,6 +57,8 @@ pub struct Shard {
     /// The engine's count of alerts its rules' `suppress` held back, as
     /// of the last output.
     silenced_seen: u64,
+    /// With a feature log: the event fields each row copies (name, path).
+    feature_log: Option<Arc<[(String, FieldPath)]>>,
 }
 
 /// The default [`Shard::with_output_limit`]: below librdkafka's default
@@ -91,8 +93,22 @@ impl Shard {
             barriers: 0,
             output_limit: DEFAULT_OUTPUT_LIMIT,
             silenced_seen: 0,
+            feature_log: None,
         }
         .with_output_limit(DEFAULT_OUTPUT_LIMIT)
+    }
+
+    /// Writes every event's features to the feature log
+    /// ([`ShardOutput::features`]): one JSON object per event, keyed by the
+    /// event's stream key, with the event fields `fields` (name, path) and
+    /// the features this shard's rules compute (see
+    /// [`crate::engine::FeatureRow::write_json`]).
+    pub fn with_feature_log(mut self, fields: Arc<[(String, FieldPath)]>) -> Shard {
+        let placeholder = Engine::new(self.engine.rules().clone());
+        let engine = std::mem::replace(&mut self.engine, placeholder);
+        self.engine = engine.collect_features();
+        self.feature_log = Some(fields);
+        self
     }
 
     /// Bounds every record the shard produces (key and value) to `bytes`,
@@ -139,6 +155,7 @@ impl Shard {
             barriers,
             output_limit,
             silenced_seen,
+            feature_log,
         } = self;
         if let Some(bytes) = store.get(MARKS_KEY)? {
             // Marks mean the same under any rules: read whatever wrote them.
@@ -165,6 +182,7 @@ impl Shard {
             barriers,
             output_limit,
             silenced_seen,
+            feature_log,
         };
         shard.engine.limit_key_state(output_limit);
         if let Some(m) = shard.engine.take_migration() {
@@ -461,6 +479,38 @@ impl Shard {
     }
 
     fn collect(&mut self) {
+        if let Some(fields) = &self.feature_log {
+            let columns = self.engine.rules().feature_columns();
+            for row in self.outputs.features.drain(..) {
+                let key = self
+                    .rules
+                    .stream_key_slot()
+                    .and_then(|slot| row.event.fields.get(slot as usize))
+                    .map(|v| value_text(v).into_bytes())
+                    .unwrap_or_default();
+                let mut value = Vec::with_capacity(256);
+                if let Err(e) = row.write_json(fields, columns, &mut value) {
+                    tracing::error!(
+                        partition = self.partition,
+                        offset = row.event.seq,
+                        "feature row not written: {e}"
+                    );
+                    continue;
+                }
+                if key.len() + value.len() > self.output_limit {
+                    // A row is its fields and numbers: only copied fields
+                    // this large can make it so.
+                    tracing::error!(
+                        partition = self.partition,
+                        offset = row.event.seq,
+                        bytes = value.len(),
+                        "feature row over the output limit: not written (copy fewer or smaller fields)"
+                    );
+                    continue;
+                }
+                self.pending.features.push(OutRecord { key, value });
+            }
+        }
         for alert in self.outputs.alerts.drain(..) {
             let mut value = Vec::with_capacity(512);
             let key = value_text(&alert.key).into_bytes();

@@ -128,6 +128,9 @@ pub struct ShardOutput {
     pub alerts: Vec<AlertRecord>,
     /// Events for internal topics: (target, record).
     pub forwarded: Vec<(usize, OutRecord)>,
+    /// Feature log rows, keyed by the event's stream key (with a feature
+    /// log only; see [`super::Shard::with_feature_log`]).
+    pub features: Vec<OutRecord>,
     /// The shard's watermark.
     pub watermark: EventTime,
     /// Records that were not processed.
@@ -175,6 +178,7 @@ impl ShardOutput {
     pub fn absorb(&mut self, later: ShardOutput) {
         self.alerts.extend(later.alerts);
         self.forwarded.extend(later.forwarded);
+        self.features.extend(later.features);
         self.dead_letters.extend(later.dead_letters);
         self.state.extend(later.state);
         self.records += later.records;
@@ -191,11 +195,12 @@ impl ShardOutput {
         self.waiting_events = later.waiting_events;
     }
 
-    /// Nothing to produce: no alert, forwarded event, dead letter or state
-    /// change (records may have been processed).
+    /// Nothing to produce: no alert, forwarded event, feature row, dead
+    /// letter or state change (records may have been processed).
     pub fn produces_nothing(&self) -> bool {
         self.alerts.is_empty()
             && self.forwarded.is_empty()
+            && self.features.is_empty()
             && self.dead_letters.is_empty()
             && self.state.is_empty()
     }

@@ -113,6 +113,7 @@ fn scenario(rng: &mut fastrand::Rng) -> Scenario {
             alerts_topic: ALERTS.into(),
             shadow_topic: format!("{ALERTS}.shadow"),
             dead_letter_topic: DEAD.into(),
+            feature_log: None,
             batch_size: rng.usize(1..=4),
             // Small enough, with a local store, that keys are passivated.
             memory_budget_bytes: if local && rng.bool() { 2048 } else { 0 },

@@ -33,6 +33,7 @@ use crate::coordinator::{
     Clock, CoordError, Coordinator, Parts, Ports, Settings, SourceTopic, Topology, TopologyError,
 };
 use crate::engine::RuleSet;
+use crate::event::FieldPath;
 use crate::telemetry::events::Telemetry;
 use actix::{Arbiter, ArbiterHandle};
 use rdkafka::consumer::{Consumer, ConsumerGroupMetadata};
@@ -228,6 +229,18 @@ pub fn start(
             &[("cleanup.policy", "compact")],
         )?;
     }
+    if !config.feature_log.topic.is_empty() {
+        let retention = crate::rules::parse_duration(&config.feature_log.retention)
+            .unwrap_or(90 * 86_400_000)
+            .to_string();
+        ensure_topics_with(
+            k,
+            &brokers,
+            &[config.feature_log.topic.as_str()],
+            k.partitions,
+            &[("retention.ms", retention.as_str())],
+        )?;
+    }
     tracing::debug!("topics ready");
     let topology = Arc::new(topology);
     let progress = Arc::new(Progress::default());
@@ -289,14 +302,45 @@ fn run(
     })
 }
 
+/// The feature log's settings: its topic, and the fields its rows copy —
+/// the main stream's key and time, then the configured ones.
+fn feature_log(config: &Config, rules: &RuleSet) -> Option<crate::coordinator::FeatureLogSettings> {
+    let f = &config.feature_log;
+    if f.topic.is_empty() {
+        return None;
+    }
+    if rules.feature_columns().is_empty() {
+        tracing::warn!(
+            topic = %f.topic,
+            "feature_log: the rules define no `features` set, so its rows carry the copied fields only"
+        );
+    }
+    let mut fields: Vec<(String, FieldPath)> = Vec::new();
+    let stream = rules.def().streams.first();
+    let named = stream.into_iter().flat_map(|s| [&s.key, &s.time]).cloned();
+    let configured = f.fields.iter().filter_map(|name| FieldPath::parse(name));
+    for path in named.chain(configured) {
+        let name = path.to_string();
+        if !fields.iter().any(|(n, _)| *n == name) {
+            fields.push((name, path));
+        }
+    }
+    Some(crate::coordinator::FeatureLogSettings {
+        topic: f.topic.clone(),
+        fields: fields.into(),
+    })
+}
+
 /// The protocol's settings from the service's configuration.
 fn settings(
     config: &Config,
     lists: Arc<crate::lists::Lists>,
     tables: Arc<crate::tables::Tables>,
+    rules: &RuleSet,
 ) -> Settings {
     let k = &config.kafka;
     Settings {
+        feature_log: feature_log(config, rules),
         input_topic: k.input_topic.clone(),
         group: k.group_id.clone(),
         alerts_topic: k.alerts_topic.clone(),
@@ -353,7 +397,7 @@ fn coordinate(
         restorer: ThreadRestorer::default(),
     };
     let coordinator = Coordinator::new(
-        settings(&config, lists, tables),
+        settings(&config, lists, tables, &topology.rules),
         topology.clone(),
         parts,
         progress.clone(),
