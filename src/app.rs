@@ -110,54 +110,7 @@ enum Command {
 Writes <out>/<name>.<as-of date>.onnx and its model card <name>.<as-of date>.md; an existing
 version is never overwritten. The recipe runs on a Python with scikit-learn, skl2onnx, onnx
 and numpy (--python, or TRIPLINE_PYTHON).")]
-    Train {
-        /// The feature log: `tripline replay --features` output (.csv or
-        /// .jsonl), or the service's feature log topic read out as JSON lines
-        /// (.jsonl, .jsonl.gz; rows of one transaction are merged), with the
-        /// transaction id, card, time and the model's inputs.
-        #[arg(long, value_name = "FILE")]
-        features: PathBuf,
-        /// Labels, one JSON object per line (`transaction_id`, `fraud`,
-        /// `known_at`); `.gz` allowed.
-        #[arg(long, value_name = "FILE")]
-        labels: PathBuf,
-        /// The model to retrain: the new version has its inputs and kind
-        /// (a forest, or a linear model), and is compared with it.
-        #[arg(long, value_name = "FILE")]
-        model: PathBuf,
-        /// The time of the retraining: labels known after it are not read
-        /// (default: the end of the day of the feature log's last event).
-        #[arg(long, value_name = "TIME")]
-        as_of: Option<String>,
-        /// How long labels take to arrive: training ends this long before
-        /// `--as-of`.
-        #[arg(long, default_value = "7d")]
-        delay: String,
-        /// How much labelled history the model trains on.
-        #[arg(long, default_value = "7d")]
-        train: String,
-        /// The span the recipe and the current model are evaluated on.
-        #[arg(long, default_value = "7d")]
-        test: String,
-        /// The feature log's transaction-id column (labels name it).
-        #[arg(long, default_value = "TRANSACTION_ID")]
-        id: String,
-        /// The column an investigator checks by (card precision counts it).
-        #[arg(long, default_value = "CUSTOMER_ID")]
-        card: String,
-        /// The event-time column.
-        #[arg(long, default_value = "TX_DATETIME")]
-        time: String,
-        /// Where the new version goes (default: beside --model).
-        #[arg(long, value_name = "DIR")]
-        out: Option<PathBuf>,
-        /// The Python that runs the recipe.
-        #[arg(long, default_value = "python3")]
-        python: String,
-        /// Card precision counts the top k cards of each day.
-        #[arg(long, default_value_t = 100)]
-        top_k: usize,
-    },
+    Train(crate::train_cmd::TrainArgs),
     /// Score a candidate rule set against labelled history, beside the
     /// current rules: alerts, alerts per day, precision and recall per rule.
     #[command(after_help = "Examples:
@@ -485,44 +438,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             let reference = lists.load(&rs)?;
             replay(rs, &events, flush, features, reference)
         }
-        Command::Train {
-            features,
-            labels,
-            model,
-            as_of,
-            delay,
-            train,
-            test,
-            id,
-            card,
-            time,
-            out,
-            python,
-            top_k,
-        } => {
-            let span = |flag: &str, s: &str| {
-                parse_duration(s)
-                    .with_context(|| format!("--{flag} `{s}` is not a duration (e.g. 7d, 36h)"))
-            };
-            let python = std::env::var("TRIPLINE_PYTHON")
-                .ok()
-                .filter(|_| python == "python3")
-                .unwrap_or(python);
-            crate::train_cmd::train(&crate::train_cmd::TrainArgs {
-                features,
-                labels,
-                model,
-                as_of,
-                delay: span("delay", &delay)?,
-                train: span("train", &train)?,
-                test: span("test", &test)?,
-                id,
-                card,
-                time,
-                out,
-                python,
-                top_k,
-            })?;
+        Command::Train(args) => {
+            crate::train_cmd::train(&args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Backtest {

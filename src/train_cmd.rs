@@ -23,21 +23,62 @@ use tripline::model::training::{self, DAY_MS, Plan, Row, Schedule, Split};
 /// The recipe, shipped inside the binary so a user's install can train.
 const RECIPE: &str = include_str!("../scripts/train_model.py");
 
-/// What `tripline train` was asked.
+/// What `tripline train` is asked (its command-line arguments).
+#[derive(clap::Args, Debug)]
 pub struct TrainArgs {
+    /// The feature log: `tripline replay --features` output (.csv or
+    /// .jsonl), or the service's feature log topic read out as JSON lines
+    /// (.jsonl, .jsonl.gz; rows of one transaction are merged), with the
+    /// transaction id, card, time and the model's inputs.
+    #[arg(long, value_name = "FILE")]
     pub features: PathBuf,
+    /// Labels, one JSON object per line (`transaction_id`, `fraud`,
+    /// `known_at`); `.gz` allowed.
+    #[arg(long, value_name = "FILE")]
     pub labels: PathBuf,
+    /// The model to retrain: the new version has its inputs and kind
+    /// (a forest, or a linear model), and is compared with it.
+    #[arg(long, value_name = "FILE")]
     pub model: PathBuf,
+    /// The time of the retraining: labels known after it are not read
+    /// (default: the end of the day of the feature log's last event).
+    #[arg(long, value_name = "TIME")]
     pub as_of: Option<String>,
+    /// How long labels take to arrive: training ends this long before
+    /// `--as-of`.
+    #[arg(long, default_value = "7d", value_parser = duration)]
     pub delay: i64,
+    /// How much labelled history the model trains on.
+    #[arg(long, default_value = "7d", value_parser = duration)]
     pub train: i64,
+    /// The span the recipe and the current model are evaluated on.
+    #[arg(long, default_value = "7d", value_parser = duration)]
     pub test: i64,
+    /// The feature log's transaction-id column (labels name it).
+    #[arg(long, default_value = "TRANSACTION_ID")]
     pub id: String,
+    /// The column an investigator checks by (card precision counts it).
+    #[arg(long, default_value = "CUSTOMER_ID")]
     pub card: String,
+    /// The event-time column.
+    #[arg(long, default_value = "TX_DATETIME")]
     pub time: String,
+    /// Where the new version goes (default: beside --model).
+    #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// The Python that runs the recipe (at its default, TRIPLINE_PYTHON
+    /// when set).
+    #[arg(long, default_value = "python3")]
     pub python: String,
+    /// Card precision counts the top k cards of each day.
+    #[arg(long, default_value_t = 100)]
     pub top_k: usize,
+}
+
+/// A span argument (`7d`, `36h`) in milliseconds.
+fn duration(s: &str) -> Result<i64, String> {
+    tripline::rules::parse_duration(s)
+        .ok_or_else(|| format!("`{s}` is not a duration (e.g. 7d, 36h)"))
 }
 
 /// The feature log, column by column as training needs it.
@@ -320,11 +361,11 @@ fn write_training_set(
 }
 
 /// Fits one model with the recipe; returns it loaded by tripline.
-fn fit(a: &TrainArgs, dir: &Path, name: &str, kind: &str, inputs: &[String]) -> Result<Model> {
+fn fit(python: &str, dir: &Path, name: &str, kind: &str, inputs: &[String]) -> Result<Model> {
     let script = dir.join("train_model.py");
     let train = dir.join(format!("{name}.csv"));
     let out = dir.join(format!("{name}.onnx"));
-    let output = Command::new(&a.python)
+    let output = Command::new(python)
         .arg(&script)
         .args(["fit", "--kind", kind, "--inputs", &inputs.join(",")])
         .arg("--train")
@@ -332,7 +373,7 @@ fn fit(a: &TrainArgs, dir: &Path, name: &str, kind: &str, inputs: &[String]) -> 
         .arg("--out")
         .arg(&out)
         .output()
-        .with_context(|| format!("cannot run `{}` (set --python)", a.python))?;
+        .with_context(|| format!("cannot run `{python}` (set --python)"))?;
     if !output.status.success() {
         bail!(
             "the recipe failed ({}):\n{}",
@@ -394,12 +435,35 @@ fn needs_both_classes(what: &str, split: &Split, rows: &[(usize, bool)]) -> Resu
     Ok(())
 }
 
+/// `on SPAN (WHEN): the NAME AP a CP@k b; the current model AP c CP@k d`.
+fn figures_line(
+    window: &std::ops::Range<EventTime>,
+    when: &str,
+    (name, ours): (&str, Figures),
+    current: Figures,
+    k: usize,
+) -> String {
+    format!(
+        "on {} ({when}): the {name} AP {} CP@{k} {:.3}; the current model AP {} CP@{k} {:.3}",
+        span(window),
+        fmt(ours.ap),
+        ours.cp,
+        fmt(current.ap),
+        current.cp
+    )
+}
+
 fn fmt(v: Option<f64>) -> String {
     v.map_or("—".into(), |v| format!("{v:.3}"))
 }
 
 /// Runs `tripline train`.
 pub fn train(a: &TrainArgs) -> Result<()> {
+    // TRIPLINE_PYTHON names the Python when --python is left at its default.
+    let python = match std::env::var("TRIPLINE_PYTHON") {
+        Ok(p) if a.python == "python3" && !p.is_empty() => p,
+        _ => a.python.clone(),
+    };
     let current_bytes =
         std::fs::read(&a.model).with_context(|| format!("cannot read {}", a.model.display()))?;
     let current = Model::from_bytes(&current_bytes)
@@ -452,7 +516,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     // Early in the data there is no span before the training one to
     // evaluate the recipe on: the version is still trained, without it.
     let evaluable = both_classes(&eval_rows) && both_classes(&test_rows);
-    check_python(&a.python)?;
+    check_python(&python)?;
 
     let dir = tempfile::tempdir()?;
     std::fs::write(dir.path().join("train_model.py"), RECIPE)?;
@@ -466,7 +530,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         train_rows.len(),
     );
     let held_out = if evaluable {
-        let evaluation = fit(a, dir.path(), "eval", kind, &inputs)?;
+        let evaluation = fit(&python, dir.path(), "eval", kind, &inputs)?;
         Some((
             evaluate(&evaluation, &log, &test_rows, a.top_k)?,
             evaluate(&current, &log, &test_rows, a.top_k)?,
@@ -474,7 +538,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     } else {
         None
     };
-    let new = fit(a, dir.path(), "new", kind, &inputs)?;
+    let new = fit(&python, dir.path(), "new", kind, &inputs)?;
     // A backtest when the log already holds the span after `as_of` (the
     // handbook's protocol: train, a delay, then the test week), with every
     // label the file has.
@@ -518,28 +582,18 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     f.write_all(card.as_bytes())?;
     println!("wrote {} and {}", onnx_path.display(), card_path.display());
     if let Some((fresh, old)) = held_out {
-        println!(
-            "on {} (held out): the recipe AP {} CP@{} {:.3}; the current model AP {} CP@{} {:.3}",
-            span(&test.window),
-            fmt(fresh.ap),
-            a.top_k,
-            fresh.cp,
-            fmt(old.ap),
-            a.top_k,
-            old.cp
-        );
+        let line = figures_line(&test.window, "held out", ("recipe", fresh), old, a.top_k);
+        println!("{line}");
     }
     if let Some((new, old)) = after {
-        println!(
-            "on {} (after --as-of): the new model AP {} CP@{} {:.3}; the current model AP {} CP@{} {:.3}",
-            span(&following.window),
-            fmt(new.ap),
+        let line = figures_line(
+            &following.window,
+            "after --as-of",
+            ("new model", new),
+            old,
             a.top_k,
-            new.cp,
-            fmt(old.ap),
-            a.top_k,
-            old.cp
         );
+        println!("{line}");
     }
     Ok(())
 }

@@ -102,6 +102,28 @@ fn model_in(dir: &Path) -> String {
     p.display().to_string()
 }
 
+/// `tripline train` over these files, the sample's spans after.
+fn train_args<'a>(
+    features: &'a str,
+    labels: &'a str,
+    model: &'a str,
+    python: &'a str,
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "train",
+        "--features",
+        features,
+        "--labels",
+        labels,
+        "--model",
+        model,
+        "--python",
+        python,
+    ];
+    args.extend(SPANS);
+    args
+}
+
 /// The sample's ten days: labels arrive within two days, the model trains
 /// on three and is evaluated on two.
 const SPANS: [&str; 6] = ["--delay", "2d", "--train", "3d", "--test", "2d"];
@@ -113,18 +135,7 @@ fn a_new_version_is_written_with_its_card_and_never_over_another() {
     let labels = labels(dir.path(), |id| DAY + id % 2 * DAY);
     let model = model_in(dir.path());
     let python = python();
-    let mut args = vec![
-        "train",
-        "--features",
-        &features,
-        "--labels",
-        &labels,
-        "--model",
-        &model,
-        "--python",
-        &python,
-    ];
-    args.extend(SPANS);
+    let args = train_args(&features, &labels, &model, &python);
     let (ok, out, err) = tripline(&args);
     assert!(ok, "{err}");
     // The sample ends on 2018-04-10: as of the next midnight, labels are
@@ -173,18 +184,7 @@ fn a_label_known_after_the_training_time_is_not_read() {
     // none is known when training as of its end.
     let labels = labels(dir.path(), |_| 30 * DAY);
     let model = model_in(dir.path());
-    let mut args = vec![
-        "train",
-        "--features",
-        &features,
-        "--labels",
-        &labels,
-        "--model",
-        &model,
-        "--python",
-        "no-python-is-needed-to-refuse",
-    ];
-    args.extend(SPANS);
+    let args = train_args(&features, &labels, &model, "no-python-is-needed-to-refuse");
     let (ok, _, err) = tripline(&args);
     assert!(!ok);
     assert!(
