@@ -626,6 +626,24 @@ fn count(rows: &[(usize, bool)]) -> String {
     )
 }
 
+/// A model card's table: `ours` beside the current model.
+fn figures_table(c: &Card<'_>, (name, ours): (&str, Figures), current: Figures) -> String {
+    let row = |name: &str, f: Figures| {
+        format!(
+            "| {name} | {} | {} | {:.3} |\n",
+            fmt(f.auc),
+            fmt(f.ap),
+            f.cp
+        )
+    };
+    format!(
+        "| model | AUC ROC | AP | card precision@{} |\n|---|---|---|---|\n{}{}",
+        c.k,
+        row(name, ours),
+        row(&format!("current (`{}`)", c.current.display()), current)
+    )
+}
+
 fn model_card(c: &Card<'_>) -> String {
     let kind = match c.kind {
         "rf" => "random forest",
@@ -659,23 +677,13 @@ fn model_card(c: &Card<'_>) -> String {
                 "The same recipe, trained on {} ({}) with the labels known at {}, tested on\n\
                  {} ({}; each day without the cards already known to be compromised), beside\n\
                  the current model on the same transactions. The current model may have been\n\
-                 trained on part of the test span, which flatters it.\n\n\
-                 | model | AUC ROC | AP | card precision@{} |\n|---|---|---|---|\n\
-                 | this recipe | {} | {} | {:.3} |\n\
-                 | current (`{}`) | {} | {} | {:.3} |\n",
+                 trained on part of the test span, which flatters it.\n\n{}",
                 span(&c.eval_train.0.window),
                 count(c.eval_train.1),
                 format_time(c.eval_train.0.labels_at),
                 span(&c.test.0.window),
                 count(c.test.1),
-                c.k,
-                fmt(fresh.auc),
-                fmt(fresh.ap),
-                fresh.cp,
-                c.current.display(),
-                fmt(old.auc),
-                fmt(old.ap),
-                old.cp,
+                figures_table(c, ("this recipe", fresh), old),
             );
         }
         None => {
@@ -698,19 +706,9 @@ fn model_card(c: &Card<'_>) -> String {
             s += &format!(
                 "A backtest: this version and the current model on the span after the training\n\
                  time ({}; every label the file holds; each day without the cards already\n\
-                 known to be compromised).\n\n\
-                 | model | AUC ROC | AP | card precision@{} |\n|---|---|---|---|\n\
-                 | this version | {} | {} | {:.3} |\n\
-                 | current (`{}`) | {} | {} | {:.3} |\n",
+                 known to be compromised).\n\n{}",
                 count(c.following.1),
-                c.k,
-                fmt(new.auc),
-                fmt(new.ap),
-                new.cp,
-                c.current.display(),
-                fmt(old.auc),
-                fmt(old.ap),
-                old.cp,
+                figures_table(c, ("this version", new), old),
             );
         }
         None => {
