@@ -68,7 +68,13 @@ struct Api {
 }
 
 fn api(name: &str, config: ApiConfig, ready: bool) -> Api {
+    api_with(name, config, ready, |_| {})
+}
+
+/// [`api`], its rule files changed by `prepare` first.
+fn api_with(name: &str, config: ApiConfig, ready: bool, prepare: impl FnOnce(&Path)) -> Api {
     let dir = rules_dir(name);
+    prepare(&dir);
     let rules =
         tripline::files::load_rules(&[dir.as_path()], None, EngineOptions::default()).unwrap();
     let mut engine = Engine::new(rules.clone());
@@ -423,6 +429,81 @@ async fn rules_are_listed_validated_changed_and_deleted() {
     assert_eq!(
         (s, error_code(&j)),
         (StatusCode::BAD_REQUEST, "bad_request")
+    );
+}
+
+/// A model's candidate is listed beside it, and promoting it makes it the
+/// model: its declaration names the candidate's file, and nothing else in
+/// the file changes.
+#[tokio::test]
+async fn a_models_candidate_is_listed_and_promoted() {
+    const DECLARED: &str = "model card_rf from \"../models/card_rf.onnx\"";
+    let a = api_with("candidate", with_token(), true, |dir| {
+        let models = dir.parent().unwrap().join("models");
+        std::fs::copy(
+            models.join("card_rf.onnx"),
+            models.join("card_rf.next.onnx"),
+        )
+        .unwrap();
+        let file = dir.join("card_model.tl");
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(text.contains(DECLARED));
+        let text = text.replace(
+            DECLARED,
+            &format!("{DECLARED}\n  candidate \"../models/card_rf.next.onnx\" # on trial"),
+        );
+        std::fs::write(file, text).unwrap();
+    });
+    let before = std::fs::read_to_string(a.dir.join("card_model.tl")).unwrap();
+    let (_, list) = call(&a, "GET", "/v1/rules", None, "").await;
+    let model = &list["models"][0];
+    assert_eq!(model["name"], "card_rf");
+    assert!(
+        model["candidate"]["file"]
+            .as_str()
+            .unwrap()
+            .ends_with("card_rf.next.onnx"),
+        "{model}"
+    );
+    assert_eq!(model["candidate"]["inputs"], model["inputs"]);
+
+    let (s, j) = call(&a, "POST", "/v1/models/card_rf/promote", None, "").await;
+    assert_eq!(
+        (s, error_code(&j)),
+        (StatusCode::UNAUTHORIZED, "unauthorized")
+    );
+    let (s, j) = call(&a, "POST", "/v1/models/nothing/promote", Some(TOKEN), "").await;
+    assert_eq!((s, error_code(&j)), (StatusCode::NOT_FOUND, "not_found"));
+    let (s, j) = call(&a, "POST", "/v1/models/card_rf/promote", Some(TOKEN), "").await;
+    assert_eq!(s, StatusCode::OK, "{j}");
+    assert_eq!(j["file"], "card_model.tl");
+    let after = std::fs::read_to_string(a.dir.join("card_model.tl")).unwrap();
+    assert_eq!(
+        after,
+        before.replace(
+            "\"../models/card_rf.onnx\"\n  candidate \"../models/card_rf.next.onnx\"",
+            "\"../models/card_rf.next.onnx\""
+        )
+    );
+    assert!(after.contains("# on trial"), "comments stay");
+    assert_eq!(a.changes.load(Ordering::SeqCst), 1);
+    let (_, list) = call(&a, "GET", "/v1/rules", None, "").await;
+    let model = &list["models"][0];
+    assert!(
+        model["file"]
+            .as_str()
+            .unwrap()
+            .ends_with("card_rf.next.onnx")
+            && model["candidate"].is_null(),
+        "{model}"
+    );
+    assert_eq!(list["rule_set"], j["rule_set"]);
+    // Nothing left to promote.
+    let (s, j) = call(&a, "POST", "/v1/models/card_rf/promote", Some(TOKEN), "").await;
+    assert_eq!(
+        (s, error_code(&j)),
+        (StatusCode::CONFLICT, "conflict"),
+        "{j}"
     );
 }
 

@@ -231,3 +231,86 @@ fn the_service_refuses_models_that_read_another_keys_features() {
     let by_terminal = rules.for_key(Some(rules.keyings()[1].slot));
     assert!(by_terminal.def().models.is_empty());
 }
+
+/// A candidate scores every event beside its model, into its own column of
+/// the features, and changes no alert: the rules read the model alone.
+#[test]
+fn a_candidate_scores_beside_its_model_and_no_rule_reads_it() {
+    let text = std::fs::read_to_string("models/fraud.tl").unwrap();
+    let with = text.replace(
+        "model fraud_rf from \"fraud_rf.onnx\"",
+        "model fraud_rf from \"fraud_rf.onnx\"\n  candidate \"fraud_lr.onnx\"",
+    );
+    assert_ne!(with, text);
+    let run = |text: &str| {
+        let rules = rule_set(&[("models/fraud.tl", text)]).unwrap();
+        let mut engine = Engine::new(rules.clone()).collect_features();
+        let mut out = Outputs::default();
+        sample::replay_sample(&mut engine, 20_000, &mut out);
+        (rules, out)
+    };
+    let (plain, before) = run(&text);
+    let (rules, after) = run(&with);
+    let alerts = |o: &Outputs| -> Vec<(u64, String)> {
+        o.alerts
+            .iter()
+            .map(|a| (a.matches[0].1[0].seq, a.rule.to_string()))
+            .collect()
+    };
+    assert_eq!(alerts(&before), alerts(&after));
+    let columns = rules.feature_columns();
+    let col = |name: &str| {
+        columns
+            .iter()
+            .position(|c| &**c == name)
+            .unwrap_or_else(|| panic!("no column {name} in {columns:?}"))
+    };
+    assert_eq!(
+        &columns[..columns.len() - 1],
+        plain.feature_columns(),
+        "the candidate's column comes last"
+    );
+    let lr = tripline::files::load_model(Path::new("models/fraud_lr.onnx")).unwrap();
+    let amount = rules
+        .def()
+        .schema
+        .slot(&FieldPath::single("TX_AMOUNT"))
+        .unwrap();
+    let mut differ = 0;
+    for row in &after.features {
+        let x: Vec<f32> = lr
+            .inputs()
+            .iter()
+            .map(|i| match i.as_str() {
+                "TX_AMOUNT" => row.event.field(amount).as_f64().unwrap() as f32,
+                i => row.values[col(i)].as_f64().unwrap() as f32,
+            })
+            .collect();
+        let candidate = row.values[col("fraud_rf@candidate")].as_f64();
+        assert_eq!(candidate, lr.score(&x));
+        differ += usize::from(candidate != row.values[col("fraud_rf")].as_f64());
+    }
+    assert!(differ > after.features.len() / 2, "{differ}");
+}
+
+#[test]
+fn a_candidate_is_checked_as_its_model_is() {
+    let err = |text: &str| rule_set(&[("models/t.tl", text)]).unwrap_err();
+    let e = err("model m from \"fraud_rf.onnx\" candidate \"missing.onnx\"\n");
+    assert!(
+        e.contains("models/t.tl:1:40") && e.contains("cannot load model `m` from `missing.onnx`"),
+        "{e}"
+    );
+    let e = err("model m from \"fraud_rf.onnx\" candidate fraud_lr\n");
+    assert!(
+        e.contains("models/t.tl:1:40")
+            && e.contains("expected the candidate's model file as a string"),
+        "{e}"
+    );
+    // Its score is no field a rule may read.
+    let e = err(
+        "model m from \"fraud_rf.onnx\" candidate \"fraud_lr.onnx\"\n\
+         rule r { pattern { x: m@candidate > 0.5 } }\n",
+    );
+    assert!(e.contains("models/t.tl:2:"), "{e}");
+}

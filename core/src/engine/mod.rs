@@ -897,17 +897,19 @@ impl Engine {
             }
         }
         for m in &rules.def.models {
-            self.model_row.clear();
-            self.model_row
-                .extend(m.inputs.iter().map(|&s| match event.field(s) {
-                    Value::Num(n) => *n as f32,
-                    Value::Bool(b) => f32::from(u8::from(*b)),
-                    _ => f32::NAN,
-                }));
-            event.fields[m.slot as usize] = match m.model.score(&self.model_row) {
-                Some(v) if v.is_finite() => Value::Num(v),
-                _ => Value::Null,
-            };
+            for m in std::iter::once(m).chain(m.candidate.as_deref()) {
+                self.model_row.clear();
+                self.model_row
+                    .extend(m.inputs.iter().map(|&s| match event.field(s) {
+                        Value::Num(n) => *n as f32,
+                        Value::Bool(b) => f32::from(u8::from(*b)),
+                        _ => f32::NAN,
+                    }));
+                event.fields[m.slot as usize] = match m.model.score(&self.model_row) {
+                    Some(v) if v.is_finite() => Value::Num(v),
+                    _ => Value::Null,
+                };
+            }
         }
     }
 

@@ -116,8 +116,9 @@ pub struct RuleSet {
     pub(crate) decoders: Vec<Decoder>,
     /// Options it was built with.
     pub(crate) options: EngineOptions,
-    /// The features of every feature set, in definition order: the columns
-    /// of [`super::FeatureRow::values`].
+    /// The features of every feature set, in definition order, then the
+    /// score of each model and of its candidate: the columns of
+    /// [`super::FeatureRow::values`].
     pub(crate) feature_columns: Vec<Arc<str>>,
     /// The event slots of [`RuleSet::feature_columns`].
     pub(crate) feature_slots: Vec<crate::event::Slot>,
@@ -191,8 +192,9 @@ impl RuleSet {
         1 << self.def.stream_of(event)
     }
 
-    /// The features of every feature set, in definition order: the columns
-    /// of [`super::FeatureRow::values`].
+    /// The features of every feature set, in definition order, then the
+    /// score of each model and of its candidate: the columns of
+    /// [`super::FeatureRow::values`].
     pub fn feature_columns(&self) -> &[Arc<str>] {
         &self.feature_columns
     }
@@ -292,6 +294,16 @@ impl RuleSet {
             .collect();
         let derives =
             !feature_slots.is_empty() || !def.models.is_empty() || !def.lookups.is_empty();
+        // Model scores after the features, each candidate's beside its
+        // model's: what a trial compares once labels arrive.
+        if !feature_slots.is_empty() {
+            for m in &def.models {
+                for m in std::iter::once(m).chain(m.candidate.as_deref()) {
+                    feature_columns.push(Arc::from(m.name.as_str()));
+                    feature_slots.push(m.slot);
+                }
+            }
+        }
         RuleSet {
             def,
             rules,

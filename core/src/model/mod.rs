@@ -26,6 +26,11 @@ pub use trees::TreeEnsemble;
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
+/// What a model's name takes to name its candidate (`card_rf@candidate`):
+/// the feature log's column of the candidate's scores. Not an identifier,
+/// so no rule can read a candidate's score.
+pub const CANDIDATE_SUFFIX: &str = "@candidate";
+
 /// The metadata property that lists a model's inputs.
 pub const FEATURES_PROPERTY: &str = "tripline.features";
 

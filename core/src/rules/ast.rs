@@ -43,14 +43,17 @@ pub struct TableAst {
     pub topic: Option<(String, Span)>,
 }
 
-/// `model NAME from "PATH"`: a trained model whose score is readable as
-/// `NAME`.
+/// `model NAME from "PATH" [candidate "PATH"]`: a trained model whose
+/// score is readable as `NAME`, and the version on trial beside it.
 #[derive(Clone, Debug)]
 pub struct ModelAst {
     /// Its name.
     pub name: Ident,
     /// The ONNX file, relative to the file that declares it.
     pub path: (String, Span),
+    /// The candidate's ONNX file: scored on every event beside the model,
+    /// read by no rule, until it is promoted.
+    pub candidate: Option<(String, Span)>,
 }
 
 /// `stream NAME { key ..; time ..; ... }`.

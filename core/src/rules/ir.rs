@@ -546,6 +546,10 @@ pub struct ModelDef {
     pub inputs: Vec<Slot>,
     /// Slot its score is written to.
     pub slot: Slot,
+    /// The version on trial ([`crate::model::CANDIDATE_SUFFIX`] ends its
+    /// name): scored beside this one into a slot of its own that no rule
+    /// reads. Never has a candidate itself.
+    pub candidate: Option<Box<ModelDef>>,
 }
 
 /// One example: events in, alert counts out.

@@ -137,6 +137,7 @@ impl ApiError {
                 ApiError::new(StatusCode::CONFLICT, "conflict", m)
             }
             RuleChangeError::NotFound(n) => ApiError::not_found(format!("no rule `{n}`")),
+            RuleChangeError::NoModel(n) => ApiError::not_found(format!("no model `{n}`")),
             RuleChangeError::Io(m) => ApiError::internal(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",

@@ -35,8 +35,8 @@ pub use list_routes::{
 };
 use rule_routes::*;
 pub use rule_routes::{
-    BacktestFigures, BacktestReport, BacktestRow, ModelInfo, PendingRules, RuleChange, RuleInfo,
-    RuleList, RuleSource, Validation,
+    BacktestFigures, BacktestReport, BacktestRow, CandidateInfo, ModelInfo, PendingRules,
+    RuleChange, RuleInfo, RuleList, RuleSource, Validation,
 };
 pub use table_routes::{RowVersionView, TableRowView, TableSummary, TablesPage};
 
@@ -605,10 +605,10 @@ impl utoipa::Modify for BearerAuth {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "tripline", description = "Risk scores, alerts and rules of a tripline service."),
-    paths(healthz, readyz, metrics, dashboard::dashboard, dashboard::compare_rules, key_score, list_alerts, alert_deliveries, list_webhooks, rule_routes::list_rules, rule_routes::validate_rules, rule_routes::put_rule, rule_routes::delete_rule, rule_routes::promote_rule, rule_routes::get_rule, rule_routes::backtest_rules,
+    paths(healthz, readyz, metrics, dashboard::dashboard, dashboard::compare_rules, key_score, list_alerts, alert_deliveries, list_webhooks, rule_routes::list_rules, rule_routes::validate_rules, rule_routes::put_rule, rule_routes::delete_rule, rule_routes::promote_rule, rule_routes::promote_model, rule_routes::get_rule, rule_routes::backtest_rules,
           list_routes::lists, list_routes::list, list_routes::add_entry, list_routes::remove_entry, list_routes::bulk_load, list_routes::export,
           table_routes::list_tables, table_routes::table_row, openapi_json),
-    components(schemas(ErrorBody, ErrorDetail, DiagnosticJson, RuleInfo, ModelInfo, RuleList,
+    components(schemas(ErrorBody, ErrorDetail, DiagnosticJson, RuleInfo, ModelInfo, CandidateInfo, RuleList,
                         RuleChange, RuleSource, Validation, BacktestReport, BacktestRow, BacktestFigures, AlertPage, PendingRules, KeyScore, Healthy, Readiness,
                         WebhookList, EndpointView, Deliveries, DeliveryView,
                         Dashboard, RuleCount, RiskyKey, PartitionView, Timeline, RuleSeries, RuleComparison, ComparedRuleView,
@@ -673,6 +673,7 @@ pub fn router(state: ApiState) -> Router {
             put(put_rule).delete(delete_rule).get(get_rule),
         )
         .route("/v1/rules/{name}/promote", post(promote_rule))
+        .route("/v1/models/{name}/promote", post(promote_model))
         .route("/v1/lists/{name}/entries", post(list_routes::add_entry))
         .route(
             "/v1/lists/{name}/entries:bulk",

@@ -39,6 +39,19 @@ pub struct ModelInfo {
     pub file: String,
     /// Its inputs, in order.
     pub inputs: Vec<String>,
+    /// The version on trial beside it (`candidate "FILE"`): scored on
+    /// every event, read by no rule until promoted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<CandidateInfo>,
+}
+
+/// A model's candidate as listed.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct CandidateInfo {
+    /// Its file.
+    pub file: String,
+    /// Its inputs, in order.
+    pub inputs: Vec<String>,
 }
 
 /// The running rules.
@@ -103,6 +116,10 @@ pub(super) fn rule_list(rs: &RuleSet) -> RuleList {
                 name: m.name.clone(),
                 file: m.file.clone(),
                 inputs: m.model.inputs().to_vec(),
+                candidate: m.candidate.as_ref().map(|c| CandidateInfo {
+                    file: c.file.clone(),
+                    inputs: c.model.inputs().to_vec(),
+                }),
             })
             .collect(),
     }
@@ -324,6 +341,30 @@ pub(super) async fn promote_rule(
 ) -> Result<Json<RuleChange>, ApiError> {
     let name = checked_name(name)?;
     let w = compile(&s, move |store| store.promote(&name)).await?;
+    Ok(Json(RuleChange {
+        rule_set: format!("{:016x}", w.rules.def().hash),
+        created: false,
+        file: Some(s.0.rules.display_name(&w.file.display().to_string())),
+    }))
+}
+
+/// Promotes a model's candidate: its declaration's `candidate "NEXT"`
+/// becomes its file (`model NAME from "NEXT"`), so the rules read the
+/// candidate's scores from the checkpoint at which the service switches
+/// rules; rule state (partial matches, window aggregates) carries over.
+#[utoipa::path(post, path = "/v1/models/{name}/promote",
+    params(("name" = String, Path, description = "model name")),
+    responses((status = 200, body = RuleChange), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 400, body = ErrorBody),
+              (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(super) async fn promote_model(
+    State(s): State<ApiState>,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Json<RuleChange>, ApiError> {
+    let name = checked_name(name)?;
+    let w = compile(&s, move |store| store.promote_model(&name)).await?;
     Ok(Json(RuleChange {
         rule_set: format!("{:016x}", w.rules.def().hash),
         created: false,

@@ -53,6 +53,9 @@ pub enum RuleChangeError {
     /// No such rule.
     #[error("no rule `{0}`")]
     NotFound(String),
+    /// No such model.
+    #[error("no model `{0}`")]
+    NoModel(String),
     /// The files could not be read or written.
     #[error("{0}")]
     Io(String),
@@ -436,6 +439,49 @@ impl RuleStore {
         let target = path.clone();
         let files: Vec<_> = by_path.into_iter().flatten().collect();
         let rules = self.compile(&files, Some(&target))?;
+        write_atomically(&target, &promoted)?;
+        self.accept(rules.clone());
+        Ok(Written {
+            file: target,
+            created: false,
+            rules,
+        })
+    }
+
+    /// Promotes model `name`'s candidate: its declaration `model NAME from
+    /// "CURRENT" candidate "NEXT"` becomes `model NAME from "NEXT"` (nothing
+    /// else in its file changes), so the rules read the candidate's scores
+    /// from the checkpoint that switches rules on. Rule state carries over:
+    /// a model's file is not part of what any rule's state means.
+    pub fn promote_model(&self, name: &str) -> Result<Written, RuleChangeError> {
+        let _w = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut files: Vec<(PathBuf, String)> =
+            self.files_by_path()?.into_iter().flatten().collect();
+        let Some((i, decl)) = files.iter().enumerate().find_map(|(i, (_, text))| {
+            let (ast, _) = parse_file(0, text);
+            ast.models
+                .into_iter()
+                .find(|m| m.name.name == name)
+                .map(|m| (i, m))
+        }) else {
+            return Err(RuleChangeError::NoModel(name.to_string()));
+        };
+        let Some((_, next)) = decl.candidate else {
+            return Err(RuleChangeError::Conflict(format!(
+                "model `{name}` has no candidate to promote (declare one with `candidate \"FILE.onnx\"`)"
+            )));
+        };
+        let (path, text) = &mut files[i];
+        let (from, to) = (decl.path.1.start as usize, next.end as usize);
+        let promoted = format!(
+            "{}{}{}",
+            &text[..from],
+            &text[next.start as usize..to],
+            &text[to..]
+        );
+        *text = promoted.clone();
+        let target = path.clone();
+        let rules = self.compile(&files, None)?;
         write_atomically(&target, &promoted)?;
         self.accept(rules.clone());
         Ok(Written {

@@ -482,6 +482,9 @@ impl Compiler {
         // A retrained model is a rule change: alerts and migration see it.
         for m in &models {
             h.update(&m.model.hash().to_le_bytes());
+            if let Some(c) = &m.candidate {
+                h.update(&c.model.hash().to_le_bytes());
+            }
         }
         let origin = RuleOrigin {
             sources: files
@@ -688,88 +691,114 @@ impl Compiler {
                 {
                     continue;
                 }
-                let (path, span) = &m.path;
-                let file = base.join(path);
-                if let Some(dir) = &self.models_dir
-                    && self.untrusted.contains(id)
-                    && !lexically_within(&file, dir)
-                {
-                    self.errors.push(
-                        Diagnostic::error(
-                            *span,
-                            format!(
-                                "model `{}`: `{path}` is outside the models directory",
-                                m.name.name
-                            ),
-                        )
-                        .with_hint(
-                            "models are loaded only from the models directory (rules.models_dir)",
-                        ),
-                    );
+                let name = &m.name.name;
+                let Some(mut def) =
+                    self.load_model(*id, &base, name, &m.path, derived, visible, schema)
+                else {
                     continue;
-                }
-                let model = match self
-                    .models
-                    .read(&file)
-                    .and_then(|bytes| crate::model::Model::from_bytes(&bytes))
-                {
-                    Ok(model) => model,
-                    Err(e) => {
-                        // The path as the rule wrote it: the message tells
-                        // nothing of where the rule files live.
-                        let why = match e {
-                            crate::model::ModelError::Io { source, .. } => source.to_string(),
-                            e => e.to_string(),
-                        };
-                        self.errors.push(Diagnostic::error(
-                            *span,
-                            format!("cannot load model `{}` from `{path}`: {why}", m.name.name),
-                        ));
-                        continue;
-                    }
                 };
-                let mut inputs = Vec::new();
-                for input in model.inputs() {
-                    let problem = match (FieldPath::parse(input), derived.get(input)) {
-                        (None, _) => Some(format!("`{input}` is not a field name")),
-                        (_, Some((Derived::Model, _))) => Some(format!(
-                            "`{input}` is a model's score; models read features and fields"
-                        )),
-                        (Some(p), None) if !visible.iter().any(|s| s.may_hold(&p)) => {
-                            let names: Vec<String> =
-                                visible.iter().map(|s| format!("`{}`", s.name)).collect();
-                            Some(format!(
-                                "`{input}` is neither a feature nor a field of stream {}",
-                                names.join(" or ")
-                            ))
-                        }
-                        (Some(p), _) => {
-                            inputs.push(schema.intern(&p));
-                            None
-                        }
+                def.slot = schema.intern(&FieldPath::single(name));
+                if let Some(path) = &m.candidate {
+                    let Some(mut candidate) =
+                        self.load_model(*id, &base, name, path, derived, visible, schema)
+                    else {
+                        continue;
                     };
-                    if let Some(problem) = problem {
-                        let d = Diagnostic::error(
-                            *span,
-                            format!("model `{}` reads {problem}", m.name.name),
-                        );
-                        let cands: Vec<&str> = derived.keys().map(|s| s.as_str()).collect();
-                        self.errors.push(hint_closest(d, input, cands));
-                    }
+                    candidate.name = format!("{name}{}", crate::model::CANDIDATE_SUFFIX);
+                    candidate.slot = schema.intern(&FieldPath::single(&candidate.name));
+                    def.candidate = Some(Box::new(candidate));
                 }
-                if inputs.len() != model.inputs().len() {
-                    continue;
-                }
-                out.push(ModelDef {
-                    name: m.name.name.clone(),
-                    file: file.display().to_string(),
-                    slot: schema.intern(&FieldPath::single(&m.name.name)),
-                    model: Arc::new(model),
-                    inputs,
-                });
+                out.push(def);
             }
         }
         out
+    }
+
+    /// Loads one model file of model `name` (a path relative to `base`, the
+    /// declaring file's directory) and resolves its inputs; `None` after
+    /// reporting why it cannot run. Its slot is the caller's to set.
+    #[allow(clippy::too_many_arguments)]
+    fn load_model(
+        &mut self,
+        id: u32,
+        base: &Path,
+        name: &str,
+        (path, span): &(String, Span),
+        derived: &BTreeMap<String, (Derived, Span)>,
+        visible: &[StreamDef],
+        schema: &mut Schema,
+    ) -> Option<ModelDef> {
+        let file = base.join(path);
+        if let Some(dir) = &self.models_dir
+            && self.untrusted.contains(&id)
+            && !lexically_within(&file, dir)
+        {
+            self.errors.push(
+                Diagnostic::error(
+                    *span,
+                    format!("model `{name}`: `{path}` is outside the models directory"),
+                )
+                .with_hint("models are loaded only from the models directory (rules.models_dir)"),
+            );
+            return None;
+        }
+        let model = match self
+            .models
+            .read(&file)
+            .and_then(|bytes| crate::model::Model::from_bytes(&bytes))
+        {
+            Ok(model) => model,
+            Err(e) => {
+                // The path as the rule wrote it: the message tells
+                // nothing of where the rule files live.
+                let why = match e {
+                    crate::model::ModelError::Io { source, .. } => source.to_string(),
+                    e => e.to_string(),
+                };
+                self.errors.push(Diagnostic::error(
+                    *span,
+                    format!("cannot load model `{name}` from `{path}`: {why}"),
+                ));
+                return None;
+            }
+        };
+        let mut inputs = Vec::new();
+        for input in model.inputs() {
+            let problem = match (FieldPath::parse(input), derived.get(input)) {
+                (None, _) => Some(format!("`{input}` is not a field name")),
+                (_, Some((Derived::Model, _))) => Some(format!(
+                    "`{input}` is a model's score; models read features and fields"
+                )),
+                (Some(p), None) if !visible.iter().any(|s| s.may_hold(&p)) => {
+                    let names: Vec<String> =
+                        visible.iter().map(|s| format!("`{}`", s.name)).collect();
+                    Some(format!(
+                        "`{input}` is neither a feature nor a field of stream {}",
+                        names.join(" or ")
+                    ))
+                }
+                (Some(p), _) => {
+                    inputs.push(schema.intern(&p));
+                    None
+                }
+            };
+            if let Some(problem) = problem {
+                let d = Diagnostic::error(*span, format!("model `{name}` reads {problem}"));
+                let cands: Vec<&str> = derived.keys().map(|s| s.as_str()).collect();
+                self.errors.push(hint_closest(d, input, cands));
+            }
+        }
+        if inputs.len() != model.inputs().len() {
+            return None;
+        }
+        Some(ModelDef {
+            name: name.to_string(),
+            file: file.display().to_string(),
+            slot: 0,
+            model: Arc::new(model),
+            inputs,
+            candidate: None,
+        })
     }
 
     /// Every declared stream, the first declared (the main stream) first.

@@ -8,22 +8,32 @@ impl Parser {
         self.rule_block(false)
     }
 
-    /// `model NAME from "PATH"`.
+    /// `model NAME from "PATH" [candidate "PATH"]`.
     pub(super) fn model(&mut self) -> PResult<ModelAst> {
         self.bump();
         let name = self.ident("a model name")?;
         if !self.eat_kw("from") {
             return self.error("`from \"FILE.onnx\"`");
         }
+        let path = self.model_file("the model file as a string (`\"models/fraud.onnx\"`)")?;
+        let candidate = if self.eat_kw("candidate") {
+            Some(self.model_file(
+                "the candidate's model file as a string (`\"models/fraud.2018-04-24.onnx\"`)",
+            )?)
+        } else {
+            None
+        };
+        Some(ModelAst {
+            name,
+            path,
+            candidate,
+        })
+    }
+
+    fn model_file(&mut self, expected: &str) -> PResult<(String, Span)> {
         match self.peek().clone() {
-            Tok::Str(path) => {
-                let span = self.bump().span;
-                Some(ModelAst {
-                    name,
-                    path: (path, span),
-                })
-            }
-            _ => self.error("the model file as a string (`\"models/fraud.onnx\"`)"),
+            Tok::Str(path) => Some((path, self.bump().span)),
+            _ => self.error(expected),
         }
     }
 
