@@ -111,6 +111,22 @@ Writes <out>/<name>.<as-of date>.onnx and its model card <name>.<as-of date>.md;
 version is never overwritten. The recipe runs on a Python with scikit-learn, skl2onnx, onnx
 and numpy (--python, or TRIPLINE_PYTHON).")]
     Train(crate::train_cmd::TrainArgs),
+    /// Judge a model's candidate beside the running version on the
+    /// transactions both scored, once their labels have arrived; promote it
+    /// in the rule files when it ranks fraud better by the margin.
+    #[command(after_help = "Examples:
+  tripline replay -r rules -e transactions.jsonl.gz --features scores.csv \\
+      --with TRANSACTION_ID,CUSTOMER_ID,TX_DATETIME
+  tripline trial --features scores.csv --labels labels.jsonl --model card_rf
+  tripline trial --features scores.csv --labels labels.jsonl --model card_rf \\
+      --as-of 2018-05-08T00:00:00Z --delay 7d --margin 0.02 --rules rules --promote
+
+The rules declare the candidate beside the model (`model card_rf from \"card_rf.onnx\"
+candidate \"card_rf.next.onnx\"`), so the feature log holds both scores: columns card_rf and
+card_rf@candidate. Transactions younger than --delay are not judged; each day leaves out the
+cards already known to be compromised. The candidate wins when its average precision is at
+least --margin higher and its card precision@k no lower.")]
+    Trial(crate::trial_cmd::TrialArgs),
     /// Score a candidate rule set against labelled history, beside the
     /// current rules: alerts, alerts per day, precision and recall per rule.
     #[command(after_help = "Examples:
@@ -440,6 +456,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Train(args) => {
             crate::train_cmd::train(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Trial(args) => {
+            crate::trial_cmd::trial(&args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Backtest {

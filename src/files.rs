@@ -162,3 +162,16 @@ fn read_model_file(path: &Path) -> Result<Vec<u8>, ModelError> {
     }
     Ok(bytes)
 }
+
+/// Writes `text` to `path` through a temporary file and a rename, so that a
+/// reader (the rule files' watch) never reads half a file.
+pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("rule")
+    ));
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}

@@ -5,8 +5,10 @@ use std::process::ExitCode;
 
 mod app;
 mod backtest_cmd;
+mod feature_log;
 mod serve;
 mod train_cmd;
+mod trial_cmd;
 
 // The engine allocates per event (the event, its text, match nodes); mimalloc's
 // thread-local free lists make that markedly cheaper than the system allocator.

@@ -9,16 +9,16 @@
 //! happens here, with tripline's own evaluator, so the figures are those of
 //! the model as the service will run it.
 
+use crate::feature_log::{Columns, Incomplete, Log, parse_time, read_labels, read_log};
 use anyhow::{Context, Result, bail, ensure};
-use hashbrown::HashMap;
-use std::io::{BufRead, Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use tripline::event::{EventTime, TimeFormat, epoch_to_millis, format_time, parse_time_str};
+use tripline::event::{EventTime, format_time};
 use tripline::model::Model;
-use tripline::model::labels::Labels;
-use tripline::model::metrics::{self, Scored};
-use tripline::model::training::{self, DAY_MS, Plan, Row, Schedule, Split};
+use tripline::model::metrics::Scored;
+use tripline::model::training::{self, DAY_MS, Plan, Schedule, Split};
+use tripline::model::trial::Figures;
 
 /// The recipe, shipped inside the binary so a user's install can train.
 const RECIPE: &str = include_str!("../scripts/train_model.py");
@@ -54,15 +54,9 @@ pub struct TrainArgs {
     /// The span the recipe and the current model are evaluated on.
     #[arg(long, default_value = "7d", value_parser = duration)]
     pub test: i64,
-    /// The feature log's transaction-id column (labels name it).
-    #[arg(long, default_value = "TRANSACTION_ID")]
-    pub id: String,
-    /// The column an investigator checks by (card precision counts it).
-    #[arg(long, default_value = "CUSTOMER_ID")]
-    pub card: String,
-    /// The event-time column.
-    #[arg(long, default_value = "TX_DATETIME")]
-    pub time: String,
+    /// The feature log's columns.
+    #[command(flatten)]
+    pub columns: Columns,
     /// Where the new version goes (default: beside --model).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
@@ -76,224 +70,9 @@ pub struct TrainArgs {
 }
 
 /// A span argument (`7d`, `36h`) in milliseconds.
-fn duration(s: &str) -> Result<i64, String> {
+pub(crate) fn duration(s: &str) -> Result<i64, String> {
     tripline::rules::parse_duration(s)
         .ok_or_else(|| format!("`{s}` is not a duration (e.g. 7d, 36h)"))
-}
-
-/// The feature log, column by column as training needs it.
-struct Log {
-    ids: Vec<String>,
-    times: Vec<EventTime>,
-    cards: Vec<i64>,
-    /// Row-major: `inputs` values per row.
-    values: Vec<f32>,
-    width: usize,
-}
-
-impl Log {
-    fn new(width: usize) -> Log {
-        Log {
-            ids: Vec::new(),
-            times: Vec::new(),
-            cards: Vec::new(),
-            values: Vec::new(),
-            width,
-        }
-    }
-
-    fn rows(&self) -> Vec<Row<'_>> {
-        (0..self.ids.len())
-            .map(|i| Row {
-                id: &self.ids[i],
-                time: self.times[i],
-                card: self.cards[i],
-            })
-            .collect()
-    }
-
-    fn row(&self, i: usize) -> &[f32] {
-        &self.values[i * self.width..(i + 1) * self.width]
-    }
-}
-
-/// Reads the feature log: CSV (`replay --features x.csv`), or JSON lines
-/// (`replay --features x.jsonl`, or the service's feature log topic read
-/// out), `.gz` allowed for the latter.
-fn read_log(path: &Path, a: &TrainArgs, inputs: &[String]) -> Result<Log> {
-    let name = path.to_string_lossy();
-    let name = name.strip_suffix(".gz").unwrap_or(&name);
-    if [".jsonl", ".json", ".ndjson"]
-        .iter()
-        .any(|e| name.ends_with(e))
-    {
-        return read_json_log(path, a, inputs);
-    }
-    read_csv_log(path, a, inputs)
-}
-
-/// A JSON value as the text labels compare ids by.
-fn id_text(v: &serde_json::Value) -> Option<String> {
-    match v {
-        serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
-/// JSON lines, one object per row. The service writes a row per event and
-/// keying (each shard its own features), so rows of one transaction id are
-/// merged: a later row's values fill in what earlier ones lacked.
-fn read_json_log(path: &Path, a: &TrainArgs, inputs: &[String]) -> Result<Log> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let reader: Box<dyn std::io::BufRead> = if path.extension().is_some_and(|e| e == "gz") {
-        Box::new(std::io::BufReader::new(flate2::read::MultiGzDecoder::new(
-            file,
-        )))
-    } else {
-        Box::new(std::io::BufReader::new(file))
-    };
-    let mut index: HashMap<String, usize> = HashMap::new();
-    let mut cards: HashMap<String, i64> = HashMap::new();
-    let mut values: Vec<Option<f32>> = Vec::new();
-    let mut log = Log::new(inputs.len());
-    for (n, line) in reader.lines().enumerate() {
-        let line_no = n + 1;
-        let at = || format!("{}:{line_no}", path.display());
-        let line = line.with_context(at)?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let row: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(&line).with_context(|| format!("{}: not a JSON object", at()))?;
-        let field = |name: &str, what: &str| {
-            row.get(name)
-                .and_then(id_text)
-                .with_context(|| format!("{}: no `{name}` ({what})", at()))
-        };
-        let id = field(&a.id, "the transaction id, --id")?;
-        let i = match index.get(&id) {
-            Some(&i) => i,
-            None => {
-                let t = field(&a.time, "the event time, --time")?;
-                let t = parse_time(&t)
-                    .with_context(|| format!("{}: `{t}` in `{}` is not a time", at(), a.time))?;
-                let card = field(&a.card, "the card, --card")?;
-                let next = cards.len() as i64;
-                log.cards.push(*cards.entry(card).or_insert(next));
-                log.times.push(t);
-                log.ids.push(id.clone());
-                values.extend(std::iter::repeat_n(None, inputs.len()));
-                index.insert(id, log.ids.len() - 1);
-                log.ids.len() - 1
-            }
-        };
-        for (j, name) in inputs.iter().enumerate() {
-            match row.get(name) {
-                None | Some(serde_json::Value::Null) => {}
-                // Through the text, as the CSV reader does: an f64 rounded
-                // to f32 can differ from the decimal rounded to f32.
-                Some(serde_json::Value::Number(v)) => {
-                    values[i * inputs.len() + j] = v.to_string().parse().ok();
-                }
-                Some(other) => bail!("{}: `{name}` is {other}, not a number", at()),
-            }
-        }
-    }
-    ensure!(!log.ids.is_empty(), "{}: no rows", path.display());
-    for (i, v) in values.into_iter().enumerate() {
-        let Some(v) = v else {
-            bail!(
-                "{}: transaction `{}` has no `{}` in any row (the model reads it)",
-                path.display(),
-                log.ids[i / inputs.len()],
-                inputs[i % inputs.len()]
-            );
-        };
-        log.values.push(v);
-    }
-    Ok(log)
-}
-
-fn read_csv_log(path: &Path, a: &TrainArgs, inputs: &[String]) -> Result<Log> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut reader = csv::Reader::from_reader(std::io::BufReader::new(file));
-    let header = reader
-        .headers()
-        .with_context(|| format!("{}: no CSV header", path.display()))?
-        .clone();
-    let column = |name: &str, what: &str| {
-        header.iter().position(|h| h == name).with_context(|| {
-            format!(
-                "{}: no column `{name}` ({what}); the columns are {}",
-                path.display(),
-                header.iter().collect::<Vec<_>>().join(", ")
-            )
-        })
-    };
-    let id = column(&a.id, "the transaction id, --id")?;
-    let card = column(&a.card, "the card, --card")?;
-    let time = column(&a.time, "the event time, --time")?;
-    let input_cols = inputs
-        .iter()
-        .map(|f| column(f, "an input of the model"))
-        .collect::<Result<Vec<_>>>()?;
-    let mut cards: HashMap<String, i64> = HashMap::new();
-    let mut log = Log::new(inputs.len());
-    for (n, record) in reader.records().enumerate() {
-        // Line 1 is the header.
-        let line = n + 2;
-        let record = record.with_context(|| format!("{}:{line}", path.display()))?;
-        let field = |i: usize| record.get(i).unwrap_or("");
-        let t = parse_time(field(time)).with_context(|| {
-            format!(
-                "{}:{line}: `{}` in `{}` is not a time",
-                path.display(),
-                field(time),
-                a.time
-            )
-        })?;
-        log.ids.push(field(id).to_string());
-        log.times.push(t);
-        let next = cards.len() as i64;
-        log.cards
-            .push(*cards.entry(field(card).to_string()).or_insert(next));
-        for (&c, name) in input_cols.iter().zip(inputs) {
-            let v: f32 = field(c).parse().with_context(|| {
-                format!(
-                    "{}:{line}: `{}` in `{name}` is not a number",
-                    path.display(),
-                    field(c)
-                )
-            })?;
-            log.values.push(v);
-        }
-    }
-    ensure!(!log.ids.is_empty(), "{}: no rows", path.display());
-    Ok(log)
-}
-
-fn parse_time(s: &str) -> Option<EventTime> {
-    parse_time_str(s).or_else(|| {
-        s.parse::<f64>()
-            .ok()
-            .and_then(|n| epoch_to_millis(n, TimeFormat::Auto))
-    })
-}
-
-fn read_labels(path: &Path) -> Result<Labels> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut text = String::new();
-    if path.extension().is_some_and(|e| e == "gz") {
-        flate2::read::MultiGzDecoder::new(file).read_to_string(&mut text)
-    } else {
-        std::io::BufReader::new(file).read_to_string(&mut text)
-    }
-    .with_context(|| format!("cannot read {}", path.display()))?;
-    Labels::from_json_lines(&text).with_context(|| format!("{}", path.display()))
 }
 
 /// The day of an event time, as the metrics count days.
@@ -310,14 +89,6 @@ fn span(w: &std::ops::Range<EventTime>) -> String {
     format!("{} to {}", date(w.start), date(w.end - 1))
 }
 
-/// A model's figures on the test rows.
-#[derive(Clone, Copy)]
-struct Figures {
-    auc: Option<f64>,
-    ap: Option<f64>,
-    cp: f64,
-}
-
 fn evaluate(model: &Model, log: &Log, test: &[(usize, bool)], k: usize) -> Result<Figures> {
     let mut scored = Vec::with_capacity(test.len());
     for &(i, fraud) in test {
@@ -331,11 +102,7 @@ fn evaluate(model: &Model, log: &Log, test: &[(usize, bool)], k: usize) -> Resul
             fraud,
         });
     }
-    Ok(Figures {
-        auc: metrics::auc_roc(&scored),
-        ap: metrics::average_precision(&scored),
-        cp: metrics::card_precision_at(&scored, k).1,
-    })
+    Ok(Figures::of(&scored, k))
 }
 
 /// Writes the split's rows as the recipe's training CSV.
@@ -447,9 +214,9 @@ fn figures_line(
         "on {} ({when}): the {name} AP {} CP@{k} {:.3}; the current model AP {} CP@{k} {:.3}",
         span(window),
         fmt(ours.ap),
-        ours.cp,
+        ours.card_precision,
         fmt(current.ap),
-        current.cp
+        current.card_precision
     )
 }
 
@@ -475,7 +242,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         "lr"
     };
     let name = base_name(&a.model)?;
-    let log = read_log(&a.features, a, &inputs)?;
+    let log = read_log(&a.features, &a.columns, &inputs, Incomplete::Refuse)?;
     let labels = read_labels(&a.labels)?;
     let as_of = match &a.as_of {
         Some(s) => parse_time(s).with_context(|| format!("--as-of `{s}` is not a time"))?,
@@ -633,7 +400,7 @@ fn figures_table(c: &Card<'_>, (name, ours): (&str, Figures), current: Figures) 
             "| {name} | {} | {} | {:.3} |\n",
             fmt(f.auc),
             fmt(f.ap),
-            f.cp
+            f.card_precision
         )
     };
     format!(

@@ -250,6 +250,22 @@ fn bad_input_is_named_before_anything_is_trained() {
         "{err}"
     );
 
+    // A trial needs both versions' scores.
+    let (ok, _, err) = tripline(&[
+        "trial",
+        "--features",
+        &features,
+        "--labels",
+        &good_labels,
+        "--model",
+        "card_rf",
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("no column `card_rf` (a version's score)"),
+        "{err}"
+    );
+
     let mut spans = SPANS.to_vec();
     spans.extend(["--python", "/nonexistent/python"]);
     let (ok, _, err) = run(&good_labels, &features, &spans);
@@ -332,6 +348,99 @@ fn a_weekly_retrain_beats_the_model_it_replaces_on_the_next_week() {
         // On the month, the second version trains on days whose terminal
         // windows have filled; the first trained on days they had not.
         assert!(new_ap > old_ap && new_cp > old_cp, "{out}");
+    }
+
+    // The new version on trial beside the one it would replace: the rules
+    // score both on every event, the trial judges them on the week after
+    // the new one's training time once its labels are in, and promotes it
+    // in the rule file.
+    let rules = write(
+        dir.path(),
+        "fraud.tl",
+        &format!(
+            "model fraud_rf from \"fraud_rf.{first}.onnx\"\n  candidate \"fraud_rf.{second}.onnx\"\n\
+             rule likely_fraud {{\n  severity high\n  pattern {{ tx: fraud_rf >= 0.5 }}\n}}\n"
+        ),
+    );
+    let scores = dir.path().join("scores.csv").display().to_string();
+    let (ok, _, err) = tripline(&[
+        "replay",
+        "--rules",
+        "rules/stream.tl",
+        "--rules",
+        "rules/features.tl",
+        "--rules",
+        &rules,
+        "--events",
+        &events,
+        "--features",
+        &scores,
+        "--with",
+        "TRANSACTION_ID,CUSTOMER_ID,TX_DATETIME",
+    ]);
+    assert!(ok, "{err}");
+    // Judged: the span the training command backtested on, [second, second
+    // + test), with the labels known a delay later.
+    let delay_arg = spans[1];
+    let test_days = if month().is_some() { 7 } else { 2 };
+    let as_of = format_time(
+        parse_time_str(&format!("{second}T00:00:00Z")).unwrap()
+            + (test_days + delay_arg.trim_end_matches('d').parse::<i64>().unwrap()) * DAY,
+    );
+    let min_frauds = if month().is_some() { "50" } else { "1" };
+    let (ok, out, err) = tripline(&[
+        "trial",
+        "--features",
+        &scores,
+        "--labels",
+        &labels,
+        "--model",
+        "fraud_rf",
+        "--since",
+        second,
+        "--as-of",
+        &as_of,
+        "--delay",
+        delay_arg,
+        "--min-frauds",
+        min_frauds,
+        "--rules",
+        "rules/stream.tl",
+        "--rules",
+        "rules/features.tl",
+        "--rules",
+        &rules,
+        "--promote",
+    ]);
+    assert!(ok, "{err}");
+    let figures = |who: &str| -> (f64, f64) {
+        let line = out
+            .lines()
+            .find(|l| l.trim_start().starts_with(who))
+            .unwrap_or_else(|| panic!("no {who} line in:\n{out}"));
+        let nums: Vec<f64> = line.split(' ').filter_map(|w| w.parse().ok()).collect();
+        (nums[1], nums[2])
+    };
+    let (trial_old, trial_new) = (figures("running"), figures("candidate"));
+    // The trial reads the scores the engine computed while replaying; the
+    // training command scored the same days with the same models offline.
+    for (served, offline) in [(trial_new, (new_ap, new_cp)), (trial_old, (old_ap, old_cp))] {
+        assert!(
+            (served.0 - offline.0).abs() < 0.002 && (served.1 - offline.1).abs() < 0.002,
+            "trial {served:?} and train {offline:?}:\n{out}"
+        );
+    }
+    let promoted = out.contains("promote: the candidate ranks fraud better");
+    let text = std::fs::read_to_string(&rules).unwrap();
+    assert_eq!(
+        text.starts_with(&format!(
+            "model fraud_rf from \"fraud_rf.{second}.onnx\"\nrule"
+        )),
+        promoted,
+        "{out}\n{text}"
+    );
+    if month().is_some() {
+        assert!(promoted, "{out}");
     }
 }
 

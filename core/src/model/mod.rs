@@ -20,6 +20,7 @@ pub mod labels;
 pub mod metrics;
 pub mod training;
 mod trees;
+pub mod trial;
 
 pub use trees::TreeEnsemble;
 

@@ -5,6 +5,7 @@
 pub mod ast;
 mod check;
 mod diag;
+mod edit;
 pub mod ir;
 mod lexer;
 mod parser;
@@ -12,6 +13,7 @@ mod vocab;
 
 pub use check::{CompileError, Compiler, Limits, ModelFiles, ModelReader};
 pub use diag::{Diagnostic, Diagnostics, SourceMap, Span, suggest};
+pub use edit::{PromoteError, promote_candidate};
 pub use ir::*;
 pub use lexer::parse_duration;
 pub use parser::{parse_expr, parse_file};

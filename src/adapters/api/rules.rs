@@ -7,7 +7,7 @@
 
 use crate::engine::{EngineOptions, RuleSet};
 use crate::files::{compiler, rule_files};
-use crate::rules::{CompileError, StreamDef, parse_file};
+use crate::rules::{CompileError, StreamDef, parse_file, promote_candidate};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -457,28 +457,19 @@ impl RuleStore {
         let _w = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
         let mut files: Vec<(PathBuf, String)> =
             self.files_by_path()?.into_iter().flatten().collect();
-        let Some((i, decl)) = files.iter().enumerate().find_map(|(i, (_, text))| {
-            let (ast, _) = parse_file(0, text);
-            ast.models
-                .into_iter()
-                .find(|m| m.name.name == name)
-                .map(|m| (i, m))
-        }) else {
+        let mut found = None;
+        for (i, (_, text)) in files.iter().enumerate() {
+            if let Some(promoted) = promote_candidate(text, name)
+                .map_err(|e| RuleChangeError::Conflict(e.to_string()))?
+            {
+                found = Some((i, promoted));
+                break;
+            }
+        }
+        let Some((i, promoted)) = found else {
             return Err(RuleChangeError::NoModel(name.to_string()));
         };
-        let Some((_, next)) = decl.candidate else {
-            return Err(RuleChangeError::Conflict(format!(
-                "model `{name}` has no candidate to promote (declare one with `candidate \"FILE.onnx\"`)"
-            )));
-        };
         let (path, text) = &mut files[i];
-        let (from, to) = (decl.path.1.start as usize, next.end as usize);
-        let promoted = format!(
-            "{}{}{}",
-            &text[..from],
-            &text[next.start as usize..to],
-            &text[to..]
-        );
         *text = promoted.clone();
         let target = path.clone();
         let rules = self.compile(&files, None)?;
@@ -544,16 +535,7 @@ fn has_stream(text: &str) -> bool {
     !parse_file(0, text).0.streams.is_empty()
 }
 
-/// Writes through a temporary file and a rename, so the file watcher never
-/// reads half a rule.
 fn write_atomically(path: &Path, text: &str) -> Result<(), RuleChangeError> {
-    let io = |e: std::io::Error| RuleChangeError::Io(format!("{}: {e}", path.display()));
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("rule")
-    ));
-    std::fs::write(&tmp, text).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    crate::files::write_atomically(path, text)
+        .map_err(|e| RuleChangeError::Io(format!("{}: {e}", path.display())))
 }
