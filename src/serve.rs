@@ -100,6 +100,57 @@ impl RuleWatch {
     }
 }
 
+/// Starts judging model trials when `trial.labels_topic` is set: the
+/// feature log and the labels read back into the API's trials, each
+/// candidate promoted through the API's rule store when `trial.promote =
+/// "auto"` and it wins.
+fn start_trials(
+    config: &Config,
+    brokers: &str,
+    state: &ApiState,
+    rules: &RuleSet,
+) -> Result<Option<Worker>> {
+    let t = &config.trial;
+    if t.labels_topic.is_empty() {
+        return Ok(None);
+    }
+    let ms = |s: &str| tripline::rules::parse_duration(s).unwrap_or_default();
+    let Some(stream) = rules.def().streams.first() else {
+        return Ok(None);
+    };
+    let candidates = |rules: &RuleSet| -> Vec<(String, String)> {
+        rules
+            .def()
+            .models
+            .iter()
+            .filter_map(|m| Some((m.name.clone(), m.candidate.as_ref()?.file.clone())))
+            .collect()
+    };
+    let trials = Arc::new(tripline::adapters::trials::Trials::new(
+        t,
+        ms(&t.delay),
+        (stream.key.to_string(), stream.time.to_string()),
+        candidates(rules),
+    ));
+    state.set_trials(trials.clone());
+    let (current, promoting) = (state.clone(), state.clone());
+    let worker = kafka::trials::start(
+        config,
+        brokers,
+        trials,
+        Duration::from_millis(ms(&t.every).max(1) as u64),
+        Box::new(move || candidates(&current.rules().current())),
+        Box::new(move |model| {
+            promoting
+                .rules()
+                .promote_model(model)
+                .map(|w| w.file.display().to_string())
+                .map_err(|e| e.to_string())
+        }),
+    )?;
+    Ok(Some(worker))
+}
+
 /// `tripline serve`: runs until SIGINT or SIGTERM, then commits and leaves;
 /// rule file changes are picked up while it runs.
 pub fn serve(config: Config, rules: Arc<RuleSet>, source: RuleSource) -> Result<ExitCode> {
@@ -128,6 +179,8 @@ struct Service {
 struct Api {
     server: Worker,
     tail: Worker,
+    /// The reader of the feature log and labels that judges model trials.
+    trials: Option<Worker>,
 }
 
 impl Service {
@@ -155,6 +208,10 @@ impl Service {
             api.tail.stop();
             api.server.join().ok();
             api.tail.join().ok();
+            if let Some(t) = api.trials {
+                t.stop();
+                t.join().ok();
+            }
         }
         if let Some(w) = self.webhooks {
             w.stop();
@@ -273,6 +330,7 @@ impl Service {
                 config.api.alerts_kept,
                 Arc::new(move |json: &[u8]| feed.push_published(json)),
             )?;
+            let rules_now = rules.clone();
             let (state, server) = start_api(
                 &config,
                 &brokers,
@@ -292,8 +350,13 @@ impl Service {
             if let Some(w) = &webhooks {
                 state.set_webhooks(w.status());
             }
+            let trials = start_trials(&config, &brokers, &state, &rules_now)?;
             watch.api = Some(state);
-            api = Some(Api { server, tail });
+            api = Some(Api {
+                server,
+                tail,
+                trials,
+            });
         }
         Ok(Service {
             handle,

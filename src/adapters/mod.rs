@@ -5,5 +5,6 @@ pub mod api;
 pub mod kafka;
 pub mod local;
 pub mod table_store;
+pub mod trials;
 pub mod webhook;
 pub mod worker;

@@ -76,6 +76,52 @@ impl Config {
                 )),
             }
         }
+        let t = &self.trial;
+        if !t.labels_topic.is_empty() {
+            if let Err(e) = check_topic(&t.labels_topic) {
+                p.push(format!("trial.labels_topic `{}`: {e}", t.labels_topic));
+            }
+            if f.topic.is_empty() {
+                p.push(
+                    "trial.labels_topic needs feature_log.topic: trials are judged on the feature log's scores"
+                        .into(),
+                );
+            } else if t.labels_topic == f.topic {
+                p.push("trial.labels_topic must differ from feature_log.topic".into());
+            }
+            if self.api.listen.is_empty() {
+                p.push(
+                    "trial.labels_topic needs api.listen: trials are shown and promoted through the API's rule store"
+                        .into(),
+                );
+            }
+            if !f.fields.contains(&t.id_field) {
+                p.push(format!(
+                    "trial.id_field `{}` must be among feature_log.fields (labels name transactions by it)",
+                    t.id_field
+                ));
+            }
+        }
+        for (name, v) in [("delay", &t.delay), ("every", &t.every)] {
+            if crate::rules::parse_duration(v).is_none_or(|d| d < 0 || (name == "every" && d == 0))
+            {
+                p.push(format!(
+                    "trial.{name} `{v}` is not a duration (e.g. `7d`, `1m`)"
+                ));
+            }
+        }
+        if !t.margin.is_finite() || !(-1.0..=1.0).contains(&t.margin) {
+            p.push(format!("trial.margin {} must be -1..=1", t.margin));
+        }
+        if t.top_k == 0 || t.max_rows < 4 {
+            p.push("trial.top_k must be at least 1 and trial.max_rows at least 4".into());
+        }
+        if !["manual", "auto"].contains(&t.promote.as_str()) {
+            p.push(format!(
+                "trial.promote `{}` must be `manual` or `auto`",
+                t.promote
+            ));
+        }
         if k.group_id.trim().is_empty() {
             p.push("kafka.group_id must not be empty".into());
         }

@@ -48,6 +48,54 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// Every event's features, to a topic, for retraining models.
     pub feature_log: FeatureLogConfig,
+    /// Models' candidates judged in the service, from the feature log and
+    /// the labels topic.
+    pub trial: TrialConfig,
+}
+
+/// How the service judges a model's candidate (see `docs/models.md`,
+/// Promotion): it reads the feature log's rows (both versions' scores) and
+/// the labels topic, and judges each trial every `every`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct TrialConfig {
+    /// The topic labels arrive on (JSON objects: `transaction_id`, `fraud`,
+    /// `known_at`); empty (the default): the service judges no trial.
+    pub labels_topic: String,
+    /// The event field labels name transactions by; the feature log must
+    /// copy it (`feature_log.fields`).
+    pub id_field: String,
+    /// How long labels take to arrive: younger transactions are not judged.
+    pub delay: String,
+    /// How much higher the candidate's average precision must be.
+    pub margin: f64,
+    /// Labelled frauds needed before a verdict.
+    pub min_frauds: usize,
+    /// Card precision counts the top k keys of each day.
+    pub top_k: usize,
+    /// `manual`: promotion by `POST /v1/models/{name}/promote`; `auto`: the
+    /// service promotes a candidate as soon as its trial says so.
+    pub promote: String,
+    /// How often trials are judged.
+    pub every: String,
+    /// Rows kept per trial: past it, the oldest quarter goes.
+    pub max_rows: usize,
+}
+
+impl Default for TrialConfig {
+    fn default() -> Self {
+        TrialConfig {
+            labels_topic: String::new(),
+            id_field: "TRANSACTION_ID".into(),
+            delay: "7d".into(),
+            margin: 0.01,
+            min_frauds: 50,
+            top_k: 100,
+            promote: "manual".into(),
+            every: "1m".into(),
+            max_rows: 4_000_000,
+        }
+    }
 }
 
 /// The feature log (see `docs/models.md`, Retraining): every event's
@@ -852,6 +900,39 @@ mod tests {
         assert!(
             !format!("{secret:?}").contains("hunter2"),
             "secrets are not printed"
+        );
+    }
+
+    #[test]
+    fn trials_need_the_feature_log_the_api_and_sane_settings() {
+        let e = load(
+            "[api]\nlisten = \"\"\n[trial]\nlabels_topic = \"labels\"\ndelay = \"soon\"\n\
+             every = \"0s\"\nmargin = 2.0\ntop_k = 0\npromote = \"always\"",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        for problem in [
+            "trial.labels_topic needs feature_log.topic",
+            "trial.labels_topic needs api.listen",
+            "trial.id_field `TRANSACTION_ID` must be among feature_log.fields",
+            "trial.delay `soon` is not a duration",
+            "trial.every `0s` is not a duration",
+            "trial.margin 2 must be -1..=1",
+            "trial.top_k must be at least 1",
+            "trial.promote `always` must be `manual` or `auto`",
+        ] {
+            assert!(e.contains(problem), "{problem} not in {e}");
+        }
+        let c = load(
+            "[feature_log]\ntopic = \"features\"\nfields = [\"TRANSACTION_ID\"]\n\
+             [trial]\nlabels_topic = \"labels\"\npromote = \"auto\"",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            (c.trial.delay.as_str(), c.trial.promote.as_str()),
+            ("7d", "auto")
         );
     }
 

@@ -204,6 +204,105 @@ fn verdict(
     Verdict::Promote
 }
 
+/// The trials of a running service: each model's rows as the feature log
+/// brings them (both versions' scores), and the labels as they arrive. Its
+/// clock is the latest time it has seen, an event's or a label's, so a
+/// judgement reads what had arrived by then however fast the data is
+/// replayed.
+#[derive(Debug)]
+pub struct TrialBook {
+    trials: std::collections::BTreeMap<String, Vec<TrialRow>>,
+    cards: hashbrown::HashMap<String, i64>,
+    labels: Labels,
+    now: EventTime,
+    max_rows: usize,
+}
+
+impl TrialBook {
+    /// A book keeping at most `max_rows` rows per model: past it, the
+    /// oldest quarter goes (the trial then judges the latest rows).
+    pub fn new(max_rows: usize) -> TrialBook {
+        TrialBook {
+            trials: Default::default(),
+            cards: Default::default(),
+            labels: Labels::default(),
+            now: EventTime::MIN,
+            max_rows: max_rows.max(4),
+        }
+    }
+
+    /// A transaction both versions of `model` scored; `card` is its key.
+    /// Returns the rows dropped to make room (the oldest quarter, at the
+    /// bound), for the caller to report.
+    pub fn add(
+        &mut self,
+        model: &str,
+        id: String,
+        time: EventTime,
+        card: &str,
+        (current, candidate): (f64, f64),
+    ) -> usize {
+        let next = self.cards.len() as i64;
+        let card = match self.cards.get(card) {
+            Some(&c) => c,
+            None => *self.cards.entry(card.to_string()).or_insert(next),
+        };
+        self.now = self.now.max(time);
+        let rows = match self.trials.get_mut(model) {
+            Some(rows) => rows,
+            None => self.trials.entry(model.to_string()).or_default(),
+        };
+        let dropped = if rows.len() >= self.max_rows {
+            rows.drain(..self.max_rows / 4).len()
+        } else {
+            0
+        };
+        rows.push(TrialRow {
+            id,
+            time,
+            card,
+            current,
+            candidate,
+        });
+        dropped
+    }
+
+    /// A label as it arrives.
+    pub fn label(&mut self, label: super::labels::Label) {
+        self.now = self.now.max(label.known_at);
+        self.labels.insert(label);
+    }
+
+    /// The models with a trial under way.
+    pub fn models(&self) -> impl Iterator<Item = &str> {
+        self.trials.keys().map(String::as_str)
+    }
+
+    /// Ends `model`'s trial (promoted, or its candidate changed): its rows
+    /// go, the labels stay.
+    pub fn end(&mut self, model: &str) {
+        self.trials.remove(model);
+    }
+
+    /// The latest time seen.
+    pub fn now(&self) -> EventTime {
+        self.now
+    }
+
+    /// Labels received.
+    pub fn labels(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// `model`'s trial judged now, if it has one. Transactions are those
+    /// since the trial began (the book has no rows before it), so a card
+    /// compromised before counts only from its first fraud on trial.
+    pub fn judge(&self, model: &str, policy: &Policy) -> Option<Comparison> {
+        let rows = self.trials.get(model)?;
+        Some(compare(rows, &[], &self.labels, self.now, policy))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,6 +424,44 @@ mod tests {
             "{:?} {c:?}",
             c.verdict
         );
+    }
+
+    #[test]
+    fn the_book_judges_each_model_on_its_rows_at_the_latest_time_seen() {
+        let (rows, _) = trial();
+        let mut book = TrialBook::new(100);
+        assert!(book.judge("m", &policy()).is_none());
+        for r in &rows {
+            let card = format!("card-{}", r.card);
+            book.add("m", r.id.clone(), r.time, &card, (r.current, r.candidate));
+            book.add("other", r.id.clone(), r.time, &card, (0.5, 0.5));
+        }
+        let mut labels = Labels::default();
+        for id in [2, 4] {
+            fraud(&mut labels, id, T0 + 3 * DAY_MS);
+            book.label(Label {
+                transaction_id: id.to_string(),
+                fraud: true,
+                known_at: T0 + 3 * DAY_MS,
+            });
+        }
+        assert_eq!(book.now(), T0 + 3 * DAY_MS);
+        let by_book = book.judge("m", &policy()).unwrap();
+        assert_eq!(
+            by_book,
+            compare(&rows, &[], &labels, T0 + 3 * DAY_MS, &policy())
+        );
+        assert_eq!(by_book.verdict, Verdict::Promote);
+        assert_eq!(book.models().collect::<Vec<_>>(), ["m", "other"]);
+        book.end("m");
+        assert!(book.judge("m", &policy()).is_none());
+        // Past its bound, the oldest quarter goes.
+        let mut small = TrialBook::new(4);
+        let dropped: usize = (rows.iter().enumerate())
+            .map(|(i, r)| small.add("m", i.to_string(), r.time, "c", (0.0, 0.0)))
+            .sum();
+        assert_eq!((small.trials["m"].len(), dropped), (4, rows.len() - 4));
+        assert_eq!(small.trials["m"][0].id, "1");
     }
 
     #[test]

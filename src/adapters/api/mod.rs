@@ -36,7 +36,7 @@ pub use list_routes::{
 use rule_routes::*;
 pub use rule_routes::{
     BacktestFigures, BacktestReport, BacktestRow, CandidateInfo, ModelInfo, PendingRules,
-    RuleChange, RuleInfo, RuleList, RuleSource, Validation,
+    RuleChange, RuleInfo, RuleList, RuleSource, TrialFigures, TrialReport, Validation,
 };
 pub use table_routes::{RowVersionView, TableRowView, TableSummary, TablesPage};
 
@@ -195,6 +195,8 @@ struct Inner {
     /// The input's recent events, for the editor's backtest; without it,
     /// backtests are 503.
     history: std::sync::OnceLock<Arc<dyn History>>,
+    /// Model trials judged by the service; without them, none is shown.
+    trials: std::sync::OnceLock<Arc<crate::adapters::trials::Trials>>,
 }
 
 /// What the handlers share.
@@ -222,12 +224,19 @@ impl ApiState {
             lists: std::sync::OnceLock::new(),
             tables: std::sync::OnceLock::new(),
             history: std::sync::OnceLock::new(),
+            trials: std::sync::OnceLock::new(),
         }))
     }
 
     /// Backtests rule edits over `history` (`POST /v1/rules:backtest`).
     pub fn set_history(&self, history: Arc<dyn History>) {
         self.0.history.set(history).ok();
+    }
+
+    /// Shows `trials` (`/v1/models/{name}/trial`), and ends a trial when
+    /// its candidate is promoted through the API.
+    pub fn set_trials(&self, trials: Arc<crate::adapters::trials::Trials>) {
+        self.0.trials.set(trials).ok();
     }
 
     /// Serves `tables` (`/v1/tables`).
@@ -605,10 +614,10 @@ impl utoipa::Modify for BearerAuth {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "tripline", description = "Risk scores, alerts and rules of a tripline service."),
-    paths(healthz, readyz, metrics, dashboard::dashboard, dashboard::compare_rules, key_score, list_alerts, alert_deliveries, list_webhooks, rule_routes::list_rules, rule_routes::validate_rules, rule_routes::put_rule, rule_routes::delete_rule, rule_routes::promote_rule, rule_routes::promote_model, rule_routes::get_rule, rule_routes::backtest_rules,
+    paths(healthz, readyz, metrics, dashboard::dashboard, dashboard::compare_rules, key_score, list_alerts, alert_deliveries, list_webhooks, rule_routes::list_rules, rule_routes::validate_rules, rule_routes::put_rule, rule_routes::delete_rule, rule_routes::promote_rule, rule_routes::promote_model, rule_routes::model_trial, rule_routes::get_rule, rule_routes::backtest_rules,
           list_routes::lists, list_routes::list, list_routes::add_entry, list_routes::remove_entry, list_routes::bulk_load, list_routes::export,
           table_routes::list_tables, table_routes::table_row, openapi_json),
-    components(schemas(ErrorBody, ErrorDetail, DiagnosticJson, RuleInfo, ModelInfo, CandidateInfo, RuleList,
+    components(schemas(ErrorBody, ErrorDetail, DiagnosticJson, RuleInfo, ModelInfo, CandidateInfo, TrialReport, TrialFigures, RuleList,
                         RuleChange, RuleSource, Validation, BacktestReport, BacktestRow, BacktestFigures, AlertPage, PendingRules, KeyScore, Healthy, Readiness,
                         WebhookList, EndpointView, Deliveries, DeliveryView,
                         Dashboard, RuleCount, RiskyKey, PartitionView, Timeline, RuleSeries, RuleComparison, ComparedRuleView,
@@ -652,6 +661,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/alerts/{id}/deliveries", get(alert_deliveries))
         .route("/v1/webhooks", get(list_webhooks))
         .route("/v1/rules", get(list_rules))
+        .route("/v1/models/{name}/trial", get(model_trial))
         .route("/metrics", get(metrics))
         .route("/v1/dashboard", get(dashboard::dashboard))
         .route("/v1/rules/{name}/compare", get(dashboard::compare_rules))

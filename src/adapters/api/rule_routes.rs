@@ -364,12 +364,130 @@ pub(super) async fn promote_model(
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Json<RuleChange>, ApiError> {
     let name = checked_name(name)?;
-    let w = compile(&s, move |store| store.promote_model(&name)).await?;
+    let model = name.clone();
+    let w = compile(&s, move |store| store.promote_model(&model)).await?;
+    if let Some(trials) = s.0.trials.get() {
+        trials.end(&name);
+    }
     Ok(Json(RuleChange {
         rule_set: format!("{:016x}", w.rules.def().hash),
         created: false,
         file: Some(s.0.rules.display_name(&w.file.display().to_string())),
     }))
+}
+
+/// One version's figures in a trial.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct TrialFigures {
+    /// Area under the ROC curve (absent without both classes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auc: Option<f64>,
+    /// Average precision (absent without a fraud).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ap: Option<f64>,
+    /// Card precision@`top_k`, the mean over the days.
+    pub card_precision: f64,
+}
+
+/// A model's candidate on trial beside it, judged now.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct TrialReport {
+    /// The model.
+    pub model: String,
+    /// The first event time judged (absent: no transaction is a label
+    /// delay old yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// The end of the event times judged (exclusive): a label delay before
+    /// `labels_at`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+    /// Labels known at or before this time were read: the latest time the
+    /// trial has seen, an event's or a label's.
+    pub labels_at: String,
+    /// Transactions judged (cards known compromised left out).
+    pub transactions: usize,
+    /// Labelled frauds among them.
+    pub frauds: usize,
+    /// The version the rules read.
+    pub running: TrialFigures,
+    /// The candidate.
+    pub candidate: TrialFigures,
+    /// `promote`, `keep` or `wait`.
+    pub verdict: String,
+    /// Why, unless `promote`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// How much higher the candidate's average precision must be.
+    pub margin: f64,
+    /// Labelled frauds needed before a verdict.
+    pub min_frauds: usize,
+    /// Card precision counts the top k keys of each day.
+    pub top_k: usize,
+    /// The service promotes a winning candidate itself (`trial.promote =
+    /// "auto"`).
+    pub auto: bool,
+}
+
+impl From<crate::adapters::trials::TrialView> for TrialReport {
+    fn from(v: crate::adapters::trials::TrialView) -> TrialReport {
+        use crate::model::trial::Verdict;
+        let c = v.comparison;
+        let figures = |f: crate::model::trial::Figures| TrialFigures {
+            auc: f.auc,
+            ap: f.ap,
+            card_precision: f.card_precision,
+        };
+        let (verdict, reason) = match c.verdict {
+            Verdict::Promote => ("promote", None),
+            Verdict::Keep(why) => ("keep", Some(why)),
+            Verdict::Wait(why) => ("wait", Some(why)),
+        };
+        TrialReport {
+            model: v.model,
+            from: c
+                .window
+                .as_ref()
+                .map(|w| crate::event::format_time(w.start)),
+            until: c.window.as_ref().map(|w| crate::event::format_time(w.end)),
+            labels_at: crate::event::format_time(c.labels_at),
+            transactions: c.transactions,
+            frauds: c.frauds,
+            running: figures(c.current),
+            candidate: figures(c.candidate),
+            verdict: verdict.into(),
+            reason,
+            margin: v.policy.margin,
+            min_frauds: v.policy.min_frauds,
+            top_k: v.policy.top_k,
+            auto: v.auto,
+        }
+    }
+}
+
+/// A model's trial: its candidate beside it on the transactions both
+/// scored, by the labels that have arrived (needs `trial.labels_topic`).
+#[utoipa::path(get, path = "/v1/models/{name}/trial",
+    params(("name" = String, Path, description = "model name")),
+    responses((status = 200, body = TrialReport), (status = 404, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 400, body = ErrorBody)),
+    security((), ("bearer" = [])))]
+pub(super) async fn model_trial(
+    State(s): State<ApiState>,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Json<TrialReport>, ApiError> {
+    let name = checked_name(name)?;
+    let Some(trials) = s.0.trials.get() else {
+        return Err(ApiError::not_found(
+            "the service judges no trial: set trial.labels_topic (and feature_log.topic)",
+        ));
+    };
+    match trials.view(&name) {
+        Some(v) => Ok(Json(v.into())),
+        None => Err(ApiError::not_found(format!(
+            "no trial of model `{name}`: the feature log has brought no row with both its scores (is a candidate declared?)"
+        ))),
+    }
 }
 
 /// A rule's text, as its file has it.

@@ -17,6 +17,7 @@ pub mod shards;
 pub mod sink;
 mod source;
 pub mod tables;
+pub mod trials;
 mod watch;
 pub use crate::coordinator::topology;
 

@@ -241,6 +241,14 @@ pub fn start(
             &[("retention.ms", retention.as_str())],
         )?;
     }
+    if !config.trial.labels_topic.is_empty() {
+        ensure_topics(
+            k,
+            &brokers,
+            &[config.trial.labels_topic.as_str()],
+            k.partitions,
+        )?;
+    }
     tracing::debug!("topics ready");
     let topology = Arc::new(topology);
     let progress = Arc::new(Progress::default());

@@ -1,0 +1,244 @@
+//! A model's candidate on trial in the service, on a real Kafka-protocol
+//! broker (see `support/kafka.rs`): the rules declare the card model with a
+//! candidate, the service writes both scores to its feature log, reads them
+//! back with the labels topic, shows the trial on the API, and, with
+//! `trial.promote = "auto"`, promotes the candidate in the rule file once
+//! it wins; the running service then reads the candidate.
+
+#[path = "support/kafka.rs"]
+mod kafka_support;
+#[path = "support/serve.rs"]
+mod serve_support;
+
+use kafka_support::*;
+use serve_support::{Terminated, api_address, rules_member};
+use std::time::Duration;
+use tripline::event::{format_time, parse_time_str};
+
+const TOKEN: &str = "trial-token";
+
+/// A service running the card model with its twin as candidate, the
+/// handbook sample's head on its input and the sample's frauds on its labels
+/// topic (each known 12 hours after it), promoting by `promote`.
+struct Trial {
+    c: tripline::config::Config,
+    _files: TestFiles,
+    rules: std::path::PathBuf,
+    log: std::path::PathBuf,
+    features: String,
+    api: String,
+    member: Option<Terminated>,
+}
+
+impl Trial {
+    fn start(name: &str, promote: &str) -> Trial {
+        let c = config(name);
+        let files = TestFiles::of(&c);
+        let dir = std::env::temp_dir().join(format!("{}-rules", c.kafka.group_id));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["stream.tl", "features.tl"] {
+            std::fs::copy(format!("rules/{f}"), dir.join(f)).unwrap();
+        }
+        // The candidate is the card model's twin: the same scores, so with
+        // no margin it wins as soon as enough frauds are labelled.
+        let models = std::fs::canonicalize("models").unwrap();
+        std::fs::copy(models.join("card_rf.onnx"), dir.join("card_rf.next.onnx")).unwrap();
+        let rules = dir.join("card_model.tl");
+        std::fs::write(
+            &rules,
+            format!(
+                "model card_rf from \"{}\"\n  candidate \"card_rf.next.onnx\"\n\
+                 rule card_model {{\n  severity high\n  pattern {{ tx: card_rf >= 0.5 }}\n}}\n",
+                models.join("card_rf.onnx").display()
+            ),
+        )
+        .unwrap();
+        let features = format!("{}.features", c.kafka.group_id);
+        let labels = format!("{}.labels", c.kafka.group_id);
+
+        let (input, lines) = sample_head_input(c.kafka.partitions, 30_000);
+        tripline::adapters::kafka::ensure_topics(&c.kafka, &broker(), &[&c.kafka.input_topic], 4)
+            .unwrap();
+        tripline::adapters::kafka::ensure_topics(&c.kafka, &broker(), &[&labels], 1).unwrap();
+        let mut frauds = Vec::new();
+        for l in &lines {
+            let e: serde_json::Value = serde_json::from_str(l).unwrap();
+            if e["TX_FRAUD"] == 1 {
+                let t = parse_time_str(e["TX_DATETIME"].as_str().unwrap()).unwrap();
+                frauds.push(Input {
+                    key: None,
+                    partition: Some(0),
+                    payload: Some(
+                        format!(
+                            r#"{{"transaction_id":{},"fraud":true,"known_at":"{}"}}"#,
+                            e["TRANSACTION_ID"],
+                            format_time(t + 43_200_000)
+                        )
+                        .into_bytes(),
+                    ),
+                });
+            }
+        }
+        assert!(frauds.len() > 20, "{} frauds", frauds.len());
+        produce_to(&c, &labels, &frauds);
+
+        let log = std::env::temp_dir().join(format!("{}.log", c.kafka.group_id));
+        let state = std::env::temp_dir().join(format!("{}.state", c.kafka.group_id));
+        let member = Terminated(
+            rules_member(&c, &dir, &state, &log)
+                .env("TRIPLINE__API__TOKEN", TOKEN)
+                .env("TRIPLINE__FEATURE_LOG__TOPIC", &features)
+                .env("TRIPLINE__FEATURE_LOG__FIELDS", r#"["TRANSACTION_ID"]"#)
+                .env("TRIPLINE__TRIAL__LABELS_TOPIC", &labels)
+                .env("TRIPLINE__TRIAL__DELAY", "1d")
+                .env("TRIPLINE__TRIAL__MARGIN", "0")
+                .env("TRIPLINE__TRIAL__MIN_FRAUDS", "10")
+                .env("TRIPLINE__TRIAL__PROMOTE", promote)
+                .env("TRIPLINE__TRIAL__EVERY", "1s")
+                .spawn()
+                .expect("tripline serve starts"),
+        );
+        let api = format!("http://{}", api_address(&log));
+        let trial = Trial {
+            c,
+            _files: files,
+            rules,
+            log,
+            features,
+            api,
+            member: Some(member),
+        };
+        // Before any row: no trial to show.
+        let (status, body) = trial.call("GET", "/v1/models/card_rf/trial");
+        assert_eq!(status, 404, "{body}");
+        produce(&trial.c, &input);
+        trial
+    }
+
+    fn call(&self, method: &str, path: &str) -> (u16, serde_json::Value) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let url = format!("{}{path}", self.api);
+        let auth = format!("Bearer {TOKEN}");
+        let mut r = match method {
+            "POST" => agent.post(url).header("authorization", auth).send_empty(),
+            _ => agent.get(url).header("authorization", auth).call(),
+        }
+        .unwrap();
+        (r.status().as_u16(), r.body_mut().read_json().unwrap())
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The rule file once the candidate's declaration is gone from it and
+    /// the service has reloaded it.
+    fn promoted(&self) -> String {
+        let text = wait_progressing(
+            Duration::from_secs(120),
+            || {
+                let text = std::fs::read_to_string(&self.rules).unwrap();
+                let log_text = self.log_text();
+                let done = !text.contains("candidate") && log_text.contains("rules reloaded");
+                (log_text.len() as u64, done.then_some(text))
+            },
+            |_| self.log_text(),
+        );
+        assert!(
+            text.starts_with("model card_rf from \"card_rf.next.onnx\"\nrule card_model"),
+            "{text}"
+        );
+        let (_, listed) = self.call("GET", "/v1/rules");
+        let model = &listed["models"][0];
+        assert!(
+            model["file"]
+                .as_str()
+                .unwrap()
+                .ends_with("card_rf.next.onnx")
+                && model["candidate"].is_null(),
+            "{listed}"
+        );
+        // The trial is over.
+        let (status, _) = self.call("GET", "/v1/models/card_rf/trial");
+        assert_eq!(status, 404);
+        text
+    }
+
+    /// The feature log carried both scores, equal, on the card rows.
+    fn check_feature_log(&self) {
+        let rows = read_committed(&self.c, &self.features);
+        let both = rows
+            .iter()
+            .filter_map(|(_, v, _)| serde_json::from_slice::<serde_json::Value>(v).ok())
+            .filter(|r| r.get("card_rf@candidate").is_some_and(|v| !v.is_null()))
+            .inspect(|r| assert_eq!(r["card_rf"], r["card_rf@candidate"], "{r}"))
+            .count();
+        assert!(both > 1000, "{both} rows with both scores");
+    }
+}
+
+impl Drop for Trial {
+    fn drop(&mut self) {
+        drop(self.member.take());
+        let _ = std::fs::remove_dir_all(self.rules.parent().unwrap());
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+#[test]
+fn a_candidate_that_wins_its_trial_is_promoted_by_the_service() {
+    let t = Trial::start("trial", "auto");
+    t.promoted();
+    assert!(
+        t.log_text().contains("the candidate won and is promoted"),
+        "{}",
+        t.log_text()
+    );
+    t.check_feature_log();
+}
+
+#[test]
+fn a_manual_trial_shows_its_figures_and_waits_for_the_api() {
+    let t = Trial::start("trial-manual", "manual");
+    // The trial's judgement, once enough frauds are a label delay old.
+    let report = wait_progressing(
+        Duration::from_secs(120),
+        || {
+            let (status, body) = t.call("GET", "/v1/models/card_rf/trial");
+            let done = status == 200 && body["verdict"] == "promote";
+            (t.log_text().len() as u64, done.then_some(body))
+        },
+        |_| t.log_text(),
+    );
+    assert_eq!(report["model"], "card_rf");
+    assert_eq!(report["auto"], false);
+    assert!(report["frauds"].as_u64().unwrap() >= 10, "{report}");
+    assert!(
+        report["transactions"].as_u64().unwrap() > report["frauds"].as_u64().unwrap(),
+        "{report}"
+    );
+    // Twins: the same figures, every one of them there.
+    for figure in ["auc", "ap", "card_precision"] {
+        assert!(report["running"][figure].is_f64(), "{report}");
+        assert_eq!(
+            report["running"][figure], report["candidate"][figure],
+            "{report}"
+        );
+    }
+    assert!(report["from"].as_str().unwrap() < report["until"].as_str().unwrap());
+    // Manual: the service does not promote by itself.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        std::fs::read_to_string(&t.rules)
+            .unwrap()
+            .contains("candidate"),
+        "promoted without being asked"
+    );
+    let (status, body) = t.call("POST", "/v1/models/card_rf/promote");
+    assert_eq!(status, 200, "{body}");
+    t.promoted();
+    assert!(!t.log_text().contains("the candidate won and is promoted"));
+}
