@@ -9,15 +9,16 @@
 //! Needs `/usr/bin/chromium` (or `CHROMIUM` set to a Chromium binary); `.ci/run`
 //! installs it.
 
+#[path = "support/browser.rs"]
+mod browser_support;
 #[path = "support/kafka.rs"]
 mod kafka_support;
 #[path = "support/serve.rs"]
 mod serve_support;
 
-use headless_chrome::{Browser, LaunchOptions};
+use browser_support::browser;
 use kafka_support::*;
 use serve_support::Terminated;
-use std::ffi::OsStr;
 use std::process::Stdio;
 use std::time::Duration;
 use tripline::adapters::kafka;
@@ -37,28 +38,6 @@ rule listed { severity medium pattern { l: card in blocked } }
 ";
 
 const TOKEN: &str = "dashboard-test-token";
-
-fn browser() -> Browser {
-    let path = std::env::var_os("CHROMIUM").unwrap_or_else(|| "/usr/bin/chromium".into());
-    let profile = std::env::temp_dir().join(format!("tripline-chromium-{}", std::process::id()));
-    let options = LaunchOptions::default_builder()
-        .path(Some(path.into()))
-        .headless(true)
-        // Tall enough for every panel at once (and the screenshots).
-        .window_size(Some((1280, 2500)))
-        // Root in CI: Chromium's sandbox refuses to run as root.
-        .sandbox(false)
-        .user_data_dir(Some(profile))
-        .args(vec![
-            OsStr::new("--disable-gpu"),
-            OsStr::new("--disable-quic"),
-            OsStr::new("--disable-component-update"),
-        ])
-        .idle_browser_timeout(Duration::from_secs(120))
-        .build()
-        .unwrap();
-    Browser::new(options).expect("Chromium starts (install Debian's `chromium`)")
-}
 
 #[test]
 fn an_alert_produced_to_kafka_appears_on_the_dashboard() {

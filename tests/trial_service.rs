@@ -3,8 +3,12 @@
 //! candidate, the service writes both scores to its feature log, reads them
 //! back with the labels topic, shows the trial on the API, and, with
 //! `trial.promote = "auto"`, promotes the candidate in the rule file once
-//! it wins; the running service then reads the candidate.
+//! it wins; the running service then reads the candidate. With `"manual"`,
+//! the console's models panel (headless Chromium) shows the API's figures
+//! and promotes the candidate.
 
+#[path = "support/browser.rs"]
+mod browser_support;
 #[path = "support/kafka.rs"]
 mod kafka_support;
 #[path = "support/serve.rs"]
@@ -201,7 +205,7 @@ fn a_candidate_that_wins_its_trial_is_promoted_by_the_service() {
 }
 
 #[test]
-fn a_manual_trial_shows_its_figures_and_waits_for_the_api() {
+fn a_manual_trial_is_shown_by_the_api_and_the_console_and_promoted_from_it() {
     let t = Trial::start("trial-manual", "manual");
     // The trial's judgement, once enough frauds are a label delay old.
     let report = wait_progressing(
@@ -237,8 +241,44 @@ fn a_manual_trial_shows_its_figures_and_waits_for_the_api() {
             .contains("candidate"),
         "promoted without being asked"
     );
-    let (status, body) = t.call("POST", "/v1/models/card_rf/promote");
-    assert_eq!(status, 200, "{body}");
+    // The console shows both versions' figures and promotes the candidate
+    // (a write: it asks for the token).
+    let browser = browser_support::browser();
+    let tab = browser.new_tab().unwrap();
+    tab.navigate_to(&format!("{}/", t.api))
+        .unwrap()
+        .wait_until_navigated()
+        .unwrap();
+    let minute = Duration::from_secs(60);
+    let candidate = "#models tr[data-version=\"candidate\"]";
+    browser_support::wait_text(&tab, candidate, minute, &|t| t.contains("promote:"));
+    // The page's figures are the API's (rows may still be arriving: the
+    // page refreshes every 10 s).
+    let running_row = "#models tr[data-version=\"running\"]";
+    let shown = browser_support::wait_text(&tab, running_row, minute, &|shown| {
+        let (_, now) = t.call("GET", "/v1/models/card_rf/trial");
+        let ap = format!("{:.3}", now["running"]["ap"].as_f64().unwrap());
+        let auc = format!("{:.3}", now["candidate"]["auc"].as_f64().unwrap());
+        shown.starts_with("card_rf") && shown.contains(&ap) && shown.contains(&auc)
+    });
+    assert!(shown.contains("card_rf.onnx"), "{shown}");
+    let shown = browser_support::text_of(&tab, candidate);
+    assert!(shown.contains("card_rf.next.onnx"), "{shown}");
+    let js = |code: &str| tab.evaluate(code, false).unwrap();
+    js(&format!(
+        "document.getElementById('token-input').value = '{TOKEN}';\
+         document.getElementById('token').requestSubmit();"
+    ));
+    js(&format!(
+        "document.querySelector('{candidate} button').click()"
+    ));
+    browser_support::wait_text(&tab, "#model-result", minute, &|t| {
+        t.contains("card_rf now runs card_rf.next.onnx")
+    });
     t.promoted();
     assert!(!t.log_text().contains("the candidate won and is promoted"));
+    // Promoted: the model runs alone, with no trial.
+    browser_support::wait_text(&tab, "#models", minute, &|t| {
+        t.contains("no candidate") && !t.contains("promote:")
+    });
 }
