@@ -455,7 +455,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             replay(rs, &events, flush, features, reference)
         }
         Command::Train(args) => {
-            crate::train_cmd::train(&args)?;
+            crate::train_cmd::train(&args).map(drop)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Trial(args) => {

@@ -30,12 +30,21 @@ pub struct TrainArgs {
     /// .jsonl), or the service's feature log topic read out as JSON lines
     /// (.jsonl, .jsonl.gz; rows of one transaction are merged), with the
     /// transaction id, card, time and the model's inputs.
-    #[arg(long, value_name = "FILE")]
-    pub features: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "from_topics")]
+    pub features: Option<PathBuf>,
     /// Labels, one JSON object per line (`transaction_id`, `fraud`,
     /// `known_at`); `.gz` allowed.
-    #[arg(long, value_name = "FILE")]
-    pub labels: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "from_topics")]
+    pub labels: Option<PathBuf>,
+    /// Read the feature log and the labels from the service's topics
+    /// instead (`feature_log.topic` and `trial.labels_topic` of --config),
+    /// read_committed, up to their ends when the read begins.
+    #[arg(long, conflicts_with_all = ["features", "labels"])]
+    pub from_topics: bool,
+    /// The configuration that names the cluster and the topics (default:
+    /// ./tripline.toml if it exists; TRIPLINE__ overrides apply).
+    #[arg(long, value_name = "FILE", requires = "from_topics")]
+    pub config: Option<PathBuf>,
     /// The model to retrain: the new version has its inputs and kind
     /// (a forest, or a linear model), and is compared with it.
     #[arg(long, value_name = "FILE")]
@@ -67,6 +76,15 @@ pub struct TrainArgs {
     /// Card precision counts the top k cards of each day.
     #[arg(long, default_value_t = 100)]
     pub top_k: usize,
+    /// Declares the new version as the candidate of model NAME in the rule
+    /// files of --rules (`candidate "FILE"` in its declaration, in place of
+    /// an earlier one), if the rule set still compiles: a service running
+    /// them puts it on trial.
+    #[arg(long, value_name = "NAME", requires = "rules")]
+    pub declare: Option<String>,
+    /// The rule set's files or directories, as `replay --rules` takes them.
+    #[arg(long, short = 'r', value_name = "PATH")]
+    pub rules: Vec<PathBuf>,
 }
 
 /// A span argument (`7d`, `36h`) in milliseconds.
@@ -225,7 +243,85 @@ fn fmt(v: Option<f64>) -> String {
 }
 
 /// Runs `tripline train`.
-pub fn train(a: &TrainArgs) -> Result<()> {
+/// The service's feature log and labels topics read out into `dir` as
+/// JSON lines files, as `--features` and `--labels` take them.
+fn read_topics(config: Option<&Path>, dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    use tripline::adapters::kafka::history::read_topic;
+    let path = config.map(Path::to_path_buf).or_else(|| {
+        let default = PathBuf::from("tripline.toml");
+        default.exists().then_some(default)
+    });
+    let config = tripline::config::Config::load(path.as_deref())?;
+    let k = &config.kafka;
+    ensure!(
+        !k.brokers.is_empty(),
+        "kafka.brokers is empty: --from-topics reads the topics of a cluster (set it, or TRIPLINE__KAFKA__BROKERS)"
+    );
+    let mut out = Vec::new();
+    for (what, topic, file) in [
+        (
+            "feature_log.topic",
+            &config.feature_log.topic,
+            "features.jsonl",
+        ),
+        (
+            "trial.labels_topic",
+            &config.trial.labels_topic,
+            "labels.jsonl",
+        ),
+    ] {
+        ensure!(
+            !topic.is_empty(),
+            "{what} is empty: --from-topics reads the feature log and the labels from their topics"
+        );
+        let (values, _) = read_topic(k, &k.brokers, topic, None)?;
+        let path = dir.join(file);
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&path)?);
+        let mut bad = 0usize;
+        for v in &values {
+            // One record, one line: a record written over several lines
+            // is compacted; one that is not JSON is counted and left out
+            // (the topic keeps it; a file would be refused at its line).
+            if v.contains(&b'\n') {
+                match serde_json::from_slice::<serde_json::Value>(v) {
+                    Ok(json) => serde_json::to_writer(&mut w, &json)?,
+                    Err(_) => {
+                        bad += 1;
+                        continue;
+                    }
+                }
+            } else {
+                w.write_all(v)?;
+            }
+            w.write_all(b"\n")?;
+        }
+        w.flush()?;
+        eprintln!("read {} records of {topic}", values.len() - bad);
+        if bad > 0 {
+            eprintln!("warning: {bad} records of {topic} are not JSON and are left out");
+        }
+        out.push(path);
+    }
+    Ok((out.remove(0), out.remove(0)))
+}
+
+/// `dir`-relative `file` when both are under one root, else `file`
+/// absolute: how a rule file in `dir` names a model file.
+fn relative_to(dir: &Path, file: &Path) -> Result<String> {
+    let file = std::fs::canonicalize(file)?;
+    let dir = std::fs::canonicalize(dir)?;
+    let path = pathdiff::diff_paths(&file, &dir).unwrap_or(file);
+    let text = path.to_str().with_context(|| {
+        format!(
+            "{}: a model path in the rules must be UTF-8",
+            path.display()
+        )
+    })?;
+    Ok(text.to_string())
+}
+
+/// Runs `tripline train`; returns the new version's file.
+pub fn train(a: &TrainArgs) -> Result<PathBuf> {
     // TRIPLINE_PYTHON names the Python when --python is left at its default.
     let python = match std::env::var("TRIPLINE_PYTHON") {
         Ok(p) if a.python == "python3" && !p.is_empty() => p,
@@ -242,8 +338,14 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         "lr"
     };
     let name = base_name(&a.model)?;
-    let log = read_log(&a.features, &a.columns, &inputs, Incomplete::Refuse)?;
-    let labels = read_labels(&a.labels)?;
+    let read = tempfile::tempdir()?;
+    let (features, labels) = match (&a.features, &a.labels) {
+        (Some(f), Some(l)) => (f.clone(), l.clone()),
+        _ => read_topics(a.config.as_deref(), read.path())?,
+    };
+    let log = read_log(&features, &a.columns, &inputs, Incomplete::Refuse)?;
+    let labels = read_labels(&labels)?;
+    drop(read);
     let as_of = match &a.as_of {
         Some(s) => parse_time(s).with_context(|| format!("--as-of `{s}` is not a time"))?,
         // The end of the log's last day: spans then fall on whole days.
@@ -362,7 +464,24 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         );
         println!("{line}");
     }
-    Ok(())
+    if let Some(model) = &a.declare {
+        let file = crate::trial_cmd::rewrite_declaration(
+            &a.rules,
+            model,
+            "given its candidate",
+            |rules, text| {
+                let dir = rules.parent().unwrap_or(Path::new("."));
+                let candidate = relative_to(dir, &onnx_path)?;
+                Ok(tripline::rules::declare_candidate(text, model, &candidate))
+            },
+        )?;
+        println!(
+            "declared: {} runs {} on trial beside model `{model}`",
+            file.display(),
+            onnx_path.display()
+        );
+    }
+    Ok(onnx_path)
 }
 
 struct Card<'a> {

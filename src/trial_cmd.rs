@@ -99,9 +99,16 @@ fn report(name: &str, c: &Comparison, k: usize) -> String {
     )
 }
 
-/// Rewrites the declaration of `name` in the rule files under `paths`, if
-/// the rule set still compiles with it; the file changed.
-fn promote(paths: &[PathBuf], name: &str) -> Result<PathBuf> {
+/// Rewrites the declaration of model `name` in the rule files under
+/// `paths` by `edit` (the file's path and text; `Ok(None)` when the file
+/// does not declare the model), if the rule set still compiles with it
+/// (`what`: the change, for the error); the file changed.
+pub(crate) fn rewrite_declaration(
+    paths: &[PathBuf],
+    name: &str,
+    what: &str,
+    edit: impl Fn(&std::path::Path, &str) -> Result<Option<String>>,
+) -> Result<PathBuf> {
     let mut files = Vec::new();
     for p in paths {
         files.extend(
@@ -114,9 +121,7 @@ fn promote(paths: &[PathBuf], name: &str) -> Result<PathBuf> {
     for f in &files {
         let text =
             std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
-        if let Some(new) = tripline::rules::promote_candidate(&text, name)
-            .with_context(|| format!("{}", f.display()))?
-        {
+        if let Some(new) = edit(f, &text).with_context(|| format!("{}", f.display()))? {
             changed = Some((f.clone(), new));
             break;
         }
@@ -133,10 +138,18 @@ fn promote(paths: &[PathBuf], name: &str) -> Result<PathBuf> {
         }
     }
     c.compile()
-        .with_context(|| format!("the rules do not compile with model `{name}` promoted"))?;
+        .with_context(|| format!("the rules do not compile with model `{name}` {what}"))?;
     tripline::files::write_atomically(&file, &text)
         .with_context(|| format!("cannot write {}", file.display()))?;
     Ok(file)
+}
+
+/// Makes model `name`'s candidate the model in the rule files under
+/// `paths`; the file changed.
+fn promote(paths: &[PathBuf], name: &str) -> Result<PathBuf> {
+    rewrite_declaration(paths, name, "promoted", |_, text| {
+        Ok(tripline::rules::promote_candidate(text, name)?)
+    })
 }
 
 /// Runs `tripline trial`: prints the comparison, and promotes when asked

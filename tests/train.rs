@@ -2,10 +2,15 @@
 //! `tripline replay --features`, labels that arrive days after their
 //! transactions, and the shipped card model retrained from them. Needs a
 //! Python with the recipe's packages: `scripts/prerequisites --tests` makes
-//! one (scripts/python-env), or name one in TRIPLINE_PYTHON.
+//! one (scripts/python-env), or name one in TRIPLINE_PYTHON. Reading the
+//! service's topics needs a Kafka-protocol broker (see `support/kafka.rs`).
 
 #[path = "support/cli.rs"]
 mod cli;
+#[path = "support/kafka.rs"]
+mod kafka_support;
+#[path = "support/serve.rs"]
+mod serve_support;
 
 use cli::{tripline, write};
 use std::io::BufRead;
@@ -497,5 +502,114 @@ fn a_log_split_by_keying_trains_what_the_csv_trains() {
     assert!(
         trained[0] == trained[1],
         "the two logs trained different models"
+    );
+}
+
+/// `train --from-topics` reads the service's feature log and labels topics
+/// (read_committed; a record that is not JSON left out, with a warning),
+/// trains what the same rows in files train, and `--declare` puts the new
+/// version on trial in the rule file, by a path relative to it.
+#[test]
+fn a_version_trained_from_the_topics_is_declared_as_the_candidate() {
+    use kafka_support::{Input, TestFiles, config, produce_to};
+    let dir = tempfile::tempdir().unwrap();
+    let rows = features_to(dir.path(), SAMPLE, "rows.jsonl");
+    let labels = labels(dir.path(), |_| DAY);
+    let python = python();
+    let c = config("train-topics");
+    let _files = TestFiles::of(&c);
+    let (features_topic, labels_topic) = (
+        format!("{}.features", c.kafka.group_id),
+        format!("{}.labels", c.kafka.group_id),
+    );
+    let records = |path: &str, extra: &[&str]| -> Vec<Input> {
+        let text = std::fs::read_to_string(path).unwrap();
+        (text.lines().chain(extra.iter().copied()))
+            .map(|l| Input {
+                key: None,
+                partition: Some(0),
+                payload: Some(l.as_bytes().to_vec()),
+            })
+            .collect()
+    };
+    for topic in [&features_topic, &labels_topic] {
+        tripline::adapters::kafka::ensure_topics(&c.kafka, &kafka_support::broker(), &[topic], 1)
+            .unwrap();
+    }
+    produce_to(&c, &features_topic, &records(&rows, &[]));
+    // A label over two lines is read; one that is not JSON is left out.
+    let split_label = "{\"transaction_id\": 999999999,\n \"fraud\": false, \"known_at\": \"2018-04-02T00:00:00Z\"}";
+    produce_to(
+        &c,
+        &labels_topic,
+        &records(&labels, &[split_label, "not a\nlabel"]),
+    );
+
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    for f in ["stream.tl", "features.tl"] {
+        std::fs::copy(format!("rules/{f}"), rules.join(f)).unwrap();
+    }
+    let models = dir.path().join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    std::fs::copy("models/card_rf.onnx", models.join("card_rf.onnx")).unwrap();
+    let card = rules.join("card.tl");
+    std::fs::write(
+        &card,
+        "model card_rf from \"../models/card_rf.onnx\" # the card model\n\
+         rule card_model { severity high pattern { tx: card_rf >= 0.5 } }\n",
+    )
+    .unwrap();
+    let out = serve_support::tripline_command(&c, "train")
+        .env("TRIPLINE__FEATURE_LOG__TOPIC", &features_topic)
+        .env("TRIPLINE__FEATURE_LOG__FIELDS", r#"["TRANSACTION_ID"]"#)
+        .env("TRIPLINE__TRIAL__LABELS_TOPIC", &labels_topic)
+        .args(["--from-topics", "--model"])
+        .arg(models.join("card_rf.onnx"))
+        .args(["--python", &python, "--declare", "card_rf", "-r"])
+        .arg(&rules)
+        .args(SPANS)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("1 records of") && stderr.contains("not JSON"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("declared:"), "{stdout}");
+    assert_eq!(
+        std::fs::read_to_string(&card).unwrap(),
+        "model card_rf from \"../models/card_rf.onnx\"\n  candidate \"../models/card_rf.2018-04-11.onnx\" # the card model\n\
+         rule card_model { severity high pattern { tx: card_rf >= 0.5 } }\n"
+    );
+    let (ok, _, err) = tripline(&["check", "-r", rules.to_str().unwrap()]);
+    assert!(ok, "{err}");
+
+    // The same rows and labels as files train the same model.
+    let from_files = dir.path().join("from-files");
+    let mut args = vec![
+        "train",
+        "--features",
+        &rows,
+        "--labels",
+        &labels,
+        "--model",
+        "models/card_rf.onnx",
+        "--out",
+        from_files.to_str().unwrap(),
+        "--python",
+        &python,
+    ];
+    args.extend(SPANS);
+    let (ok, _, err) = tripline(&args);
+    assert!(ok, "{err}");
+    assert!(
+        std::fs::read(models.join("card_rf.2018-04-11.onnx")).unwrap()
+            == std::fs::read(from_files.join("card_rf.2018-04-11.onnx")).unwrap(),
+        "the topics trained another model than the files"
     );
 }

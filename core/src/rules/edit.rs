@@ -31,6 +31,46 @@ pub fn promote_candidate(text: &str, name: &str) -> Result<Option<String>, Promo
     )))
 }
 
+/// `file` as the rule language quotes it.
+fn quoted(file: &str) -> String {
+    let mut q = String::with_capacity(file.len() + 2);
+    q.push('"');
+    for c in file.chars() {
+        match c {
+            '"' | '\\' => {
+                q.push('\\');
+                q.push(c);
+            }
+            '\n' => q.push_str("\\n"),
+            '\t' => q.push_str("\\t"),
+            '\r' => q.push_str("\\r"),
+            c => q.push(c),
+        }
+    }
+    q.push('"');
+    q
+}
+
+/// `text` with model `name`'s declaration given the candidate `file`
+/// (`model NAME from "CURRENT" candidate "FILE"`), in place of the one it
+/// has; `None` if the file does not declare the model.
+pub fn declare_candidate(text: &str, name: &str, file: &str) -> Option<String> {
+    let (ast, _) = parse_file(0, text);
+    let decl = ast.models.into_iter().find(|m| m.name.name == name)?;
+    let file = quoted(file);
+    Some(match decl.candidate {
+        Some((_, at)) => format!(
+            "{}{file}{}",
+            &text[..at.start as usize],
+            &text[at.end as usize..]
+        ),
+        None => {
+            let at = decl.path.1.end as usize;
+            format!("{}\n  candidate {file}{}", &text[..at], &text[at..])
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -47,5 +87,24 @@ mod tests {
             promote_candidate("model m from \"a.onnx\"\n", "m"),
             Err(PromoteError::NoCandidate("m".into()))
         );
+    }
+
+    #[test]
+    fn a_candidate_is_declared_beside_the_model_or_replaces_the_one_it_has() {
+        let text = "model m from \"a.onnx\" # now\nrule r { pattern { x: m > 0.5 } }\n";
+        let declared = declare_candidate(text, "m", "v2/\"b\".onnx").unwrap();
+        assert_eq!(
+            declared,
+            "model m from \"a.onnx\"\n  candidate \"v2/\\\"b\\\".onnx\" # now\nrule r { pattern { x: m > 0.5 } }\n"
+        );
+        let (ast, errors) = parse_file(0, &declared);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(ast.models[0].candidate.as_ref().unwrap().0, "v2/\"b\".onnx");
+        let again = declare_candidate(&declared, "m", "c.onnx").unwrap();
+        assert_eq!(
+            again,
+            "model m from \"a.onnx\"\n  candidate \"c.onnx\" # now\nrule r { pattern { x: m > 0.5 } }\n"
+        );
+        assert_eq!(declare_candidate(text, "other", "c.onnx"), None);
     }
 }

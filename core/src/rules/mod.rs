@@ -13,7 +13,7 @@ mod vocab;
 
 pub use check::{CompileError, Compiler, Limits, ModelFiles, ModelReader};
 pub use diag::{Diagnostic, Diagnostics, SourceMap, Span, suggest};
-pub use edit::{PromoteError, promote_candidate};
+pub use edit::{PromoteError, declare_candidate, promote_candidate};
 pub use ir::*;
 pub use lexer::parse_duration;
 pub use parser::{parse_expr, parse_file};
