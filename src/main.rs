@@ -6,6 +6,7 @@ use std::process::ExitCode;
 mod app;
 mod backtest_cmd;
 mod feature_log;
+mod retrain;
 mod serve;
 mod train_cmd;
 mod trial_cmd;

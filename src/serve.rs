@@ -173,6 +173,8 @@ struct Service {
     lists: Worker,
     /// Reads the tables' topics into the tables the engines read.
     tables: Option<Worker>,
+    /// Retrains `train.models` on their schedule.
+    training: Option<Worker>,
 }
 
 /// The REST API's server and the reader that feeds it committed alerts.
@@ -201,6 +203,10 @@ impl Service {
     /// then the webhooks (what they have not delivered stays in their
     /// outbox for the next start). Returns how the service ended.
     fn stop(self) -> Result<()> {
+        // A training under way is killed: the next start runs it again.
+        if let Some(t) = &self.training {
+            t.stop();
+        }
         self.handle.stop();
         let ended = self.handle.join();
         if let Some(api) = self.api {
@@ -220,6 +226,9 @@ impl Service {
         self.lists.join().ok();
         if let Some(t) = self.tables {
             t.stop();
+            t.join().ok();
+        }
+        if let Some(t) = self.training {
             t.join().ok();
         }
         Ok(ended?)
@@ -358,6 +367,7 @@ impl Service {
                 trials,
             });
         }
+        let training = crate::retrain::start(&config)?;
         Ok(Service {
             handle,
             watch,
@@ -365,6 +375,7 @@ impl Service {
             webhooks,
             lists: lists_reader,
             tables: tables_reader,
+            training,
         })
     }
 }

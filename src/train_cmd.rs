@@ -47,8 +47,10 @@ pub struct TrainArgs {
     pub config: Option<PathBuf>,
     /// The model to retrain: the new version has its inputs and kind
     /// (a forest, or a linear model), and is compared with it.
-    #[arg(long, value_name = "FILE")]
-    pub model: PathBuf,
+    /// (Default, with --declare: the file the rules declare model NAME
+    /// from, the version running.)
+    #[arg(long, value_name = "FILE", required_unless_present = "declare")]
+    pub model: Option<PathBuf>,
     /// The time of the retraining: labels known after it are not read
     /// (default: the end of the day of the feature log's last event).
     #[arg(long, value_name = "TIME")]
@@ -305,6 +307,19 @@ fn read_topics(config: Option<&Path>, dir: &Path) -> Result<(PathBuf, PathBuf)> 
     Ok((out.remove(0), out.remove(0)))
 }
 
+/// The file the rule set of `paths` declares model `name` from.
+fn declared_model(paths: &[PathBuf], name: &str) -> Result<PathBuf> {
+    use tripline::files::AddPath;
+    let mut c = tripline::files::compiler();
+    for p in paths {
+        c.add_path(p);
+    }
+    let rules = c.compile().context("the rules of --rules do not compile")?;
+    let model = rules.models.iter().find(|m| m.name == name);
+    let model = model.with_context(|| format!("the rules of --rules declare no model `{name}`"))?;
+    Ok(PathBuf::from(&model.file))
+}
+
 /// `dir`-relative `file` when both are under one root, else `file`
 /// absolute: how a rule file in `dir` names a model file.
 fn relative_to(dir: &Path, file: &Path) -> Result<String> {
@@ -327,17 +342,22 @@ pub fn train(a: &TrainArgs) -> Result<PathBuf> {
         Ok(p) if a.python == "python3" && !p.is_empty() => p,
         _ => a.python.clone(),
     };
-    let current_bytes =
-        std::fs::read(&a.model).with_context(|| format!("cannot read {}", a.model.display()))?;
+    let model_path = match (&a.model, &a.declare) {
+        (Some(m), _) => m.clone(),
+        (None, Some(name)) => declared_model(&a.rules, name)?,
+        (None, None) => bail!("--model or --declare names the model to retrain"),
+    };
+    let current_bytes = std::fs::read(&model_path)
+        .with_context(|| format!("cannot read {}", model_path.display()))?;
     let current = Model::from_bytes(&current_bytes)
-        .with_context(|| format!("{} does not load", a.model.display()))?;
+        .with_context(|| format!("{} does not load", model_path.display()))?;
     let inputs = current.inputs().to_vec();
     let kind = if current.is_tree_ensemble() {
         "rf"
     } else {
         "lr"
     };
-    let name = base_name(&a.model)?;
+    let name = base_name(&model_path)?;
     let read = tempfile::tempdir()?;
     let (features, labels) = match (&a.features, &a.labels) {
         (Some(f), Some(l)) => (f.clone(), l.clone()),
@@ -364,7 +384,10 @@ pub fn train(a: &TrainArgs) -> Result<PathBuf> {
     } = schedule.plan().map_err(anyhow::Error::msg)?;
     let out_dir = match &a.out {
         Some(d) => d.clone(),
-        None => a.model.parent().map(Path::to_path_buf).unwrap_or_default(),
+        None => model_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default(),
     };
     let version = date(as_of);
     let onnx_path = out_dir.join(format!("{name}.{version}.onnx"));
@@ -444,7 +467,7 @@ pub fn train(a: &TrainArgs) -> Result<PathBuf> {
         held_out,
         following: (&following, &after_rows),
         after,
-        current: &a.model,
+        current: &model_path,
         k: a.top_k,
     });
     let mut f = std::fs::File::create(&card_path)?;

@@ -9,10 +9,13 @@
 mod cli;
 #[path = "support/kafka.rs"]
 mod kafka_support;
+#[path = "support/python.rs"]
+mod python_support;
 #[path = "support/serve.rs"]
 mod serve_support;
 
 use cli::{tripline, write};
+use python_support::python;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use tripline::event::{format_time, parse_time_str};
@@ -27,27 +30,6 @@ fn month() -> Option<PathBuf> {
         .map(|d| PathBuf::from(d).join("transactions_2018-04.jsonl.gz"))
 }
 const DAY: i64 = 86_400_000;
-
-fn python() -> String {
-    if let Ok(p) = std::env::var("TRIPLINE_PYTHON") {
-        return p;
-    }
-    let venv = std::env::var("TRIPLINE_VENV").map_or_else(
-        |_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/tripline-venv"),
-        PathBuf::from,
-    );
-    let p = venv.join("bin/python");
-    let ok = std::process::Command::new(&p)
-        .args(["-c", "import sklearn, skl2onnx, onnx, numpy"])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "no Python with scikit-learn, skl2onnx, onnx and numpy at {}: run scripts/prerequisites --tests, or set TRIPLINE_PYTHON",
-        p.display()
-    );
-    p.display().to_string()
-}
 
 /// The sample's features, with the columns training reads.
 fn features(dir: &Path) -> String {

@@ -5,12 +5,15 @@
 //! `trial.promote = "auto"`, promotes the candidate in the rule file once
 //! it wins; the running service then reads the candidate. With `"manual"`,
 //! the console's models panel (headless Chromium) shows the API's figures
-//! and promotes the candidate.
+//! and promotes the candidate. With `[train]`, the service retrains the
+//! model on its own feature log and labels and declares the new version.
 
 #[path = "support/browser.rs"]
 mod browser_support;
 #[path = "support/kafka.rs"]
 mod kafka_support;
+#[path = "support/python.rs"]
+mod python_support;
 #[path = "support/serve.rs"]
 mod serve_support;
 
@@ -281,4 +284,114 @@ fn a_manual_trial_is_shown_by_the_api_and_the_console_and_promoted_from_it() {
     browser_support::wait_text(&tab, "#models", minute, &|t| {
         t.contains("no candidate") && !t.contains("promote:")
     });
+}
+
+/// `[train]`: the service retrains the card model on its own feature log
+/// and the labels topic on schedule, writes the version with its card
+/// beside the running one, and declares it as the model's candidate in the
+/// rule file, which it then runs.
+#[test]
+fn the_service_retrains_a_model_on_schedule_and_declares_the_version() {
+    let c = config("retrain");
+    let _files = TestFiles::of(&c);
+    let dir = std::env::temp_dir().join(format!("{}-rules", c.kafka.group_id));
+    std::fs::create_dir_all(dir.join("models")).unwrap();
+    for f in ["stream.tl", "features.tl"] {
+        std::fs::copy(format!("rules/{f}"), dir.join(f)).unwrap();
+    }
+    std::fs::copy("models/card_rf.onnx", dir.join("models/card_rf.onnx")).unwrap();
+    let rules = dir.join("card_model.tl");
+    std::fs::write(
+        &rules,
+        "model card_rf from \"models/card_rf.onnx\"\n\
+         rule card_model {\n  severity high\n  pattern { tx: card_rf >= 0.5 }\n}\n",
+    )
+    .unwrap();
+    let features = format!("{}.features", c.kafka.group_id);
+    let labels = format!("{}.labels", c.kafka.group_id);
+    tripline::adapters::kafka::ensure_topics(&c.kafka, &broker(), &[&c.kafka.input_topic], 4)
+        .unwrap();
+    tripline::adapters::kafka::ensure_topics(&c.kafka, &broker(), &[&labels], 1).unwrap();
+    // The whole sample (ten days), each fraud labelled a day after it.
+    let lines = sample_lines();
+    let mut input = Vec::new();
+    let mut frauds = Vec::new();
+    for l in &lines {
+        let e: serde_json::Value = serde_json::from_str(l).unwrap();
+        input.push(Input {
+            key: Some(e["CUSTOMER_ID"].to_string()),
+            partition: None,
+            payload: Some(l.clone().into_bytes()),
+        });
+        if e["TX_FRAUD"] == 1 {
+            let t = parse_time_str(e["TX_DATETIME"].as_str().unwrap()).unwrap();
+            let label = format!(
+                r#"{{"transaction_id":{},"fraud":true,"known_at":"{}"}}"#,
+                e["TRANSACTION_ID"],
+                format_time(t + 86_400_000)
+            );
+            frauds.push(Input {
+                key: None,
+                partition: Some(0),
+                payload: Some(label.into_bytes()),
+            });
+        }
+    }
+    produce_to(&c, &labels, &frauds);
+
+    let log = std::env::temp_dir().join(format!("{}.log", c.kafka.group_id));
+    let state = std::env::temp_dir().join(format!("{}.state", c.kafka.group_id));
+    let _member = Terminated(
+        rules_member(&c, &dir, &state, &log)
+            .env("TRIPLINE__FEATURE_LOG__TOPIC", &features)
+            .env("TRIPLINE__FEATURE_LOG__FIELDS", r#"["TRANSACTION_ID"]"#)
+            .env("TRIPLINE__TRIAL__LABELS_TOPIC", &labels)
+            .env("TRIPLINE__TRAIN__MODELS", r#"["card_rf"]"#)
+            .env("TRIPLINE__TRAIN__EVERY", "3s")
+            .env("TRIPLINE__TRAIN__DELAY", "2d")
+            .env("TRIPLINE__TRAIN__SPAN", "3d")
+            .env("TRIPLINE__TRAIN__TEST", "2d")
+            .env("TRIPLINE__TRAIN__PYTHON", python_support::python())
+            .spawn()
+            .expect("tripline serve starts"),
+    );
+    let _ = api_address(&log);
+    produce(&c, &input);
+
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    // Trainings log every few seconds whether they succeed or not, so
+    // progress is no measure here: a fixed deadline is.
+    let deadline = now() + Duration::from_secs(300);
+    let declared = loop {
+        let text = std::fs::read_to_string(&rules).unwrap();
+        let version = text
+            .split_once("candidate \"models/")
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map(|(file, _)| file.to_string());
+        if let Some(v) = version.filter(|_| log_text().contains("rules reloaded")) {
+            break v;
+        }
+        let trainings: Vec<String> = log_text()
+            .lines()
+            .filter(|l| l.contains("train:"))
+            .map(String::from)
+            .collect();
+        assert!(
+            now() < deadline,
+            "no version declared in 300 s; trainings:\n{}",
+            trainings.join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        declared.starts_with("card_rf.2018-04-") && declared.ends_with(".onnx"),
+        "{declared}"
+    );
+    let card = dir.join("models").join(declared.replace(".onnx", ".md"));
+    assert!(card.exists(), "no model card {}", card.display());
+    let running = log_text();
+    assert!(running.contains("train: wrote"), "{running}");
+    drop(_member);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&log);
 }

@@ -122,6 +122,32 @@ impl Config {
                 t.promote
             ));
         }
+        let r = &self.train;
+        if !r.models.is_empty() {
+            if f.topic.is_empty() || t.labels_topic.is_empty() {
+                p.push(
+                    "train.models needs feature_log.topic and trial.labels_topic: versions are trained on the feature log and the labels"
+                        .into(),
+                );
+            }
+            if self.rules.paths.is_empty() {
+                p.push(
+                    "train.models needs rules.paths: a new version is declared in the rule files"
+                        .into(),
+                );
+            }
+        }
+        for (name, v) in [
+            ("every", &r.every),
+            ("delay", &r.delay),
+            ("span", &r.span),
+            ("test", &r.test),
+        ] {
+            if crate::rules::parse_duration(v).is_none_or(|d| d < 0 || (d == 0 && name != "delay"))
+            {
+                p.push(format!("train.{name} `{v}` is not a duration (e.g. `7d`)"));
+            }
+        }
         if k.group_id.trim().is_empty() {
             p.push("kafka.group_id must not be empty".into());
         }

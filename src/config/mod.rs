@@ -51,6 +51,49 @@ pub struct Config {
     /// Models' candidates judged in the service, from the feature log and
     /// the labels topic.
     pub trial: TrialConfig,
+    /// Models retrained on a schedule.
+    pub train: TrainConfig,
+    /// The file this configuration was read from (none: defaults and the
+    /// environment only).
+    #[serde(skip)]
+    pub file: Option<PathBuf>,
+}
+
+/// Models the service retrains on a schedule (see `docs/models.md`,
+/// Retraining): every `every`, `tripline train --from-topics --declare`
+/// for each, on the feature log and the labels topic.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct TrainConfig {
+    /// The models (names the rules declare) retrained; empty (the
+    /// default): none.
+    pub models: Vec<String>,
+    /// How often (wall clock); the first run is at the start.
+    pub every: String,
+    /// How long labels take to arrive (`train --delay`).
+    pub delay: String,
+    /// How much labelled history a version trains on (`train --train`).
+    pub span: String,
+    /// The span the recipe is evaluated on (`train --test`).
+    pub test: String,
+    /// The Python with the recipe's packages (`train --python`).
+    pub python: String,
+    /// Where new versions go; empty: beside the running version's file.
+    pub out: String,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            models: Vec::new(),
+            every: "7d".into(),
+            delay: "7d".into(),
+            span: "7d".into(),
+            test: "7d".into(),
+            python: "python3".into(),
+            out: String::new(),
+        }
+    }
 }
 
 /// How the service judges a model's candidate (see `docs/models.md`,
@@ -107,8 +150,9 @@ pub struct FeatureLogConfig {
     /// The topic; empty (the default): no feature log.
     pub topic: String,
     /// Event fields each row copies beside the features (dotted paths):
-    /// the id labels name, and the fields models read that are not
-    /// features. The stream's key and time fields are always copied.
+    /// the id labels name, say. The stream's key and time fields are always
+    /// copied, and so is every event field a model of the rules at start
+    /// reads that is not a feature.
     pub fields: Vec<String>,
     /// How long the broker keeps rows (`retention.ms` of the topic when
     /// tripline creates it), e.g. `90d`: longer than the history a model
@@ -591,7 +635,9 @@ impl Config {
             },
             None => (String::new(), "(defaults)".to_string()),
         };
-        Config::from_toml(&text, &name, std::env::vars())
+        let mut config = Config::from_toml(&text, &name, std::env::vars())?;
+        config.file = path.map(Path::to_path_buf);
+        Ok(config)
     }
 
     /// Parses TOML text, applies `env` overrides and validates.

@@ -311,7 +311,9 @@ fn run(
 }
 
 /// The feature log's settings: its topic, and the fields its rows copy —
-/// the main stream's key and time, then the configured ones.
+/// the main stream's key and time, the configured ones, then every event
+/// field a model reads that is not a feature (a version is trained on the
+/// log, so the log holds all of its inputs).
 fn feature_log(config: &Config, rules: &RuleSet) -> Option<crate::coordinator::FeatureLogSettings> {
     let f = &config.feature_log;
     if f.topic.is_empty() {
@@ -327,7 +329,14 @@ fn feature_log(config: &Config, rules: &RuleSet) -> Option<crate::coordinator::F
     let stream = rules.def().streams.first();
     let named = stream.into_iter().flat_map(|s| [&s.key, &s.time]).cloned();
     let configured = f.fields.iter().filter_map(|name| FieldPath::parse(name));
-    for path in named.chain(configured) {
+    let columns = rules.feature_columns();
+    let models = rules.def().models.iter();
+    let read = models
+        .flat_map(|m| std::iter::once(m).chain(m.candidate.as_deref()))
+        .flat_map(|m| m.model.inputs())
+        .filter(|input| !columns.iter().any(|c| **c == *input.as_str()))
+        .filter_map(|input| FieldPath::parse(input));
+    for path in named.chain(configured).chain(read) {
         let name = path.to_string();
         if !fields.iter().any(|(n, _)| *n == name) {
             fields.push((name, path));
