@@ -40,6 +40,12 @@ pub fn registry_topic(group: &str) -> String {
     format!("{group}.producers")
 }
 
+/// How the registry topic `topic` ([`registry_topic`]) is created: one
+/// partition, compacted.
+pub fn registry_spec(topic: &str) -> super::TopicSpec<'_> {
+    super::TopicSpec::new(topic, 1).with(&[("cleanup.policy", "compact")])
+}
+
 /// The generations of one member's transactional id.
 pub struct Identity {
     kafka: KafkaConfig,
@@ -72,17 +78,10 @@ pub enum IdentityError {
 }
 
 impl Identity {
-    /// Reads the generation recorded for `instance` (creating the registry
-    /// topic if needed).
+    /// Reads the generation recorded for `instance` in the registry topic,
+    /// which the caller has created ([`registry_spec`]).
     pub fn open(kafka: &KafkaConfig, brokers: &str, instance: &str) -> Result<Self, IdentityError> {
         let topic = registry_topic(&kafka.group_id);
-        super::ensure_topics_with(
-            kafka,
-            brokers,
-            &[&topic],
-            1,
-            &[("cleanup.policy", "compact")],
-        )?;
         // Not idempotent: an idempotent producer first asks for a producer
         // id, and librdkafka paces that request on a 500 ms timer, which
         // the start paid twice. One record per start needs no ordering

@@ -137,24 +137,66 @@ where
     }
 }
 
-/// The partition count of each topic that exists (`None` for the others).
+/// The cluster's topics and their partition counts, as one metadata
+/// request saw them.
+pub struct Topics(hashbrown::HashMap<String, usize>);
+
+impl Topics {
+    /// Fetches the metadata of every topic in one round trip.
+    pub fn fetch(kafka: &KafkaConfig, brokers: &str) -> Result<Topics, KafkaError> {
+        let probe: BaseConsumer = client_config(kafka, brokers).create()?;
+        let md = probe.fetch_metadata(None, ADMIN_TIMEOUT)?;
+        Ok(Topics(
+            md.topics()
+                .iter()
+                .filter(|m| m.error().is_none() && !m.partitions().is_empty())
+                .map(|m| (m.name().to_string(), m.partitions().len()))
+                .collect(),
+        ))
+    }
+
+    /// `topic`'s partition count, or `None` when it does not exist.
+    pub fn partitions(&self, topic: &str) -> Option<usize> {
+        self.0.get(topic).copied()
+    }
+}
+
+/// A topic to create when missing: its partitions and configuration (e.g.
+/// `cleanup.policy`).
+#[derive(Clone, Debug)]
+pub struct TopicSpec<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// Its partition count.
+    pub partitions: i32,
+    /// Its configuration.
+    pub configs: &'a [(&'a str, &'a str)],
+}
+
+impl<'a> TopicSpec<'a> {
+    /// A topic of `partitions` partitions, default configuration.
+    pub fn new(name: &'a str, partitions: i32) -> Self {
+        TopicSpec {
+            name,
+            partitions,
+            configs: &[],
+        }
+    }
+
+    /// The same topic with configuration `configs`.
+    pub fn with(self, configs: &'a [(&'a str, &'a str)]) -> Self {
+        TopicSpec { configs, ..self }
+    }
+}
+
+/// The partition counts of `topics` (`None` for one that does not exist).
 pub fn partition_counts(
     kafka: &KafkaConfig,
     brokers: &str,
     topics: &[&str],
 ) -> Result<Vec<Option<usize>>, KafkaError> {
-    let probe: BaseConsumer = client_config(kafka, brokers).create()?;
-    let md = probe.fetch_metadata(None, ADMIN_TIMEOUT)?;
-    Ok(topics
-        .iter()
-        .map(|t| {
-            md.topics()
-                .iter()
-                .find(|m| m.name() == *t && m.error().is_none())
-                .map(|m| m.partitions().len())
-                .filter(|n| *n > 0)
-        })
-        .collect())
+    let known = Topics::fetch(kafka, brokers)?;
+    Ok(topics.iter().map(|t| known.partitions(t)).collect())
 }
 
 /// Creates the topics that do not exist yet with `partitions` partitions and
@@ -176,18 +218,31 @@ pub fn ensure_topics_with(
     partitions: i32,
     configs: &[(&str, &str)],
 ) -> Result<(), KafkaError> {
-    let counts = partition_counts(kafka, brokers, topics)?;
-    let missing: Vec<NewTopic> = topics
+    let specs: Vec<TopicSpec<'_>> = topics
         .iter()
-        .zip(counts)
-        .filter(|(_, n)| n.is_none())
-        .map(|(t, _)| {
-            configs.iter().fold(
-                NewTopic::new(t, partitions, TopicReplication::Fixed(-1)),
-                |nt, (k, v)| nt.set(k, v),
-            )
-        })
+        .map(|t| TopicSpec::new(t, partitions).with(configs))
         .collect();
+    create_missing(kafka, brokers, &Topics::fetch(kafka, brokers)?, &specs)
+}
+
+/// Creates those of `specs` that `known` lacks, in one request (the
+/// broker's default replication). Existing topics are left alone.
+pub fn create_missing(
+    kafka: &KafkaConfig,
+    brokers: &str,
+    known: &Topics,
+    specs: &[TopicSpec<'_>],
+) -> Result<(), KafkaError> {
+    let mut missing: Vec<NewTopic> = Vec::new();
+    for spec in specs {
+        let new = !missing.iter().any(|m| m.name == spec.name);
+        if new && known.partitions(spec.name).is_none() {
+            missing.push(spec.configs.iter().fold(
+                NewTopic::new(spec.name, spec.partitions, TopicReplication::Fixed(-1)),
+                |nt, (k, v)| nt.set(k, v),
+            ));
+        }
+    }
     if missing.is_empty() {
         return Ok(());
     }

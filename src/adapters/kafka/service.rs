@@ -25,7 +25,7 @@ pub use super::shards::ShardDirectory;
 use super::sink::KafkaSink;
 use super::source::{Ctx, KafkaSource, Member, MemberConsumer, lock, record_of};
 use super::watch::{self, LoopState, Phase};
-use super::{ensure_topics, ensure_topics_with, partition_counts};
+use super::{TopicSpec, Topics, create_missing};
 use crate::adapters::local::{LocalError, LocalState};
 use crate::adapters::worker::{Stop, Worker, WorkerError};
 use crate::config::Config;
@@ -189,18 +189,13 @@ pub fn start(
     let k = &config.kafka;
     // The phases of a start are logged at debug level, timed by the log.
     tracing::debug!(group = %k.group_id, "service starting");
-    ensure_topics(
-        k,
-        &brokers,
-        &[&k.alerts_topic, &k.shadow_topic, &k.dead_letter_topic],
-        k.partitions,
-    )?;
+    // One metadata request and at most one creation for every topic the
+    // service uses: each request costs a client and a round trip at start.
+    let known = Topics::fetch(k, &brokers)?;
     let names = Topology::input_topics(&rules, &k.input_topic);
-    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let mut inputs = Vec::new();
-    let counts = partition_counts(k, &brokers, &refs)?;
-    for ((name, count), stream) in names.iter().zip(counts).zip(&rules.def().streams) {
-        let Some(partitions) = count else {
+    for (name, stream) in names.iter().zip(&rules.def().streams) {
+        let Some(partitions) = known.partitions(name) else {
             return Err(ServiceError::NoInputTopic {
                 topic: name.clone(),
                 stream: stream.name.clone(),
@@ -214,41 +209,38 @@ pub fn start(
     let topology =
         Topology::with_inputs(&k.group_id, rules, inputs).map_err(ServiceError::Unpartitionable)?;
     let sources = topology.internal_partitions();
-    let internal: Vec<&str> = topology.internal().collect();
+    let mut specs: Vec<TopicSpec<'_>> = [&k.alerts_topic, &k.shadow_topic, &k.dead_letter_topic]
+        .into_iter()
+        .map(|t| TopicSpec::new(t, k.partitions))
+        .collect();
     // Internal topics have the input's partition count, so one key field's
     // events spread as widely as the input's.
-    ensure_topics(k, &brokers, &internal, sources as i32)?;
+    specs.extend(
+        topology
+            .internal()
+            .map(|t| TopicSpec::new(t, sources as i32)),
+    );
     // A changelog has a partition per partition of its topic.
     for (i, plan) in topology.topics.iter().enumerate() {
         let partitions = topology.inputs.get(i).map_or(sources, |t| t.partitions);
-        ensure_topics_with(
-            k,
-            &brokers,
-            &[plan.changelog.as_str()],
-            partitions as i32,
-            &[("cleanup.policy", "compact")],
-        )?;
+        specs.push(
+            TopicSpec::new(&plan.changelog, partitions as i32)
+                .with(&[("cleanup.policy", "compact")]),
+        );
     }
+    let retention = crate::rules::parse_duration(&config.feature_log.retention)
+        .unwrap_or(90 * 86_400_000)
+        .to_string();
+    let retention = [("retention.ms", retention.as_str())];
     if !config.feature_log.topic.is_empty() {
-        let retention = crate::rules::parse_duration(&config.feature_log.retention)
-            .unwrap_or(90 * 86_400_000)
-            .to_string();
-        ensure_topics_with(
-            k,
-            &brokers,
-            &[config.feature_log.topic.as_str()],
-            k.partitions,
-            &[("retention.ms", retention.as_str())],
-        )?;
+        specs.push(TopicSpec::new(&config.feature_log.topic, k.partitions).with(&retention));
     }
     if !config.trial.labels_topic.is_empty() {
-        ensure_topics(
-            k,
-            &brokers,
-            &[config.trial.labels_topic.as_str()],
-            k.partitions,
-        )?;
+        specs.push(TopicSpec::new(&config.trial.labels_topic, k.partitions));
     }
+    let registry = super::identity::registry_topic(&k.group_id);
+    specs.push(super::identity::registry_spec(&registry));
+    create_missing(k, &brokers, &known, &specs)?;
     tracing::debug!("topics ready");
     let topology = Arc::new(topology);
     let progress = Arc::new(Progress::default());
