@@ -644,10 +644,37 @@ fn brokers_or_embedded(config: &Config) -> Result<String> {
 
 /// A topic `tripline topics` makes: its name, what it is, its partitions
 /// when created and its configuration.
-type TopicPlan = (String, String, i32, &'static [(&'static str, &'static str)]);
+struct TopicPlan {
+    name: String,
+    what: String,
+    partitions: i32,
+    configs: Vec<(&'static str, String)>,
+}
+
+impl TopicPlan {
+    fn new(name: &str, what: impl Into<String>, partitions: i32) -> Self {
+        TopicPlan {
+            name: name.to_string(),
+            what: what.into(),
+            partitions,
+            configs: Vec::new(),
+        }
+    }
+
+    fn compacted(self) -> Self {
+        self.with("cleanup.policy", "compact".into())
+    }
+
+    fn with(mut self, key: &'static str, value: String) -> Self {
+        self.configs.push((key, value));
+        self
+    }
+}
 
 /// `tripline topics`: creates the topics the service reads and writes that
-/// do not exist, and lists each with its partitions.
+/// do not exist, and lists each with its partitions. (The internal and
+/// changelog topics, whose partitions follow the inputs', are the
+/// service's to create.)
 pub fn create_topics(config: &Config, rules: &RuleSet) -> Result<ExitCode> {
     let k = &config.kafka;
     if k.brokers.is_empty() {
@@ -657,59 +684,68 @@ pub fn create_topics(config: &Config, rules: &RuleSet) -> Result<ExitCode> {
         );
     }
     reachable(config)?;
-    let compacted: &[(&str, &str)] = &[("cleanup.policy", "compact")];
     let mut plan: Vec<TopicPlan> = Vec::new();
     let inputs = tripline::coordinator::Topology::input_topics(rules, &k.input_topic);
-    for (topic, stream) in inputs.into_iter().zip(&rules.def().streams) {
-        plan.push((
-            topic,
-            format!("input of stream `{}`", stream.name),
-            k.partitions,
-            &[],
-        ));
+    for (topic, stream) in inputs.iter().zip(&rules.def().streams) {
+        let what = format!("input of stream `{}`", stream.name);
+        plan.push(TopicPlan::new(topic, what, k.partitions));
     }
-    plan.push((k.alerts_topic.clone(), "alerts".into(), k.partitions, &[]));
-    plan.push((
-        k.shadow_topic.clone(),
-        "shadow rules' alerts".into(),
+    plan.push(TopicPlan::new(&k.alerts_topic, "alerts", k.partitions));
+    plan.push(TopicPlan::new(
+        &k.shadow_topic,
+        "shadow rules' alerts",
         k.partitions,
-        &[],
     ));
-    plan.push((
-        k.dead_letter_topic.clone(),
-        "dead letters".into(),
+    plan.push(TopicPlan::new(
+        &k.dead_letter_topic,
+        "dead letters",
         k.partitions,
-        &[],
     ));
-    plan.push((
-        k.lists_topic.clone(),
-        "lists (compacted)".into(),
-        1,
-        compacted,
-    ));
+    plan.push(TopicPlan::new(&k.lists_topic, "lists (compacted)", 1).compacted());
     for t in &rules.def().tables {
-        plan.push((
-            t.topic.clone(),
-            format!("table `{}` (compacted)", t.spec.name),
-            1,
-            compacted,
+        let what = format!("table `{}` (compacted)", t.spec.name);
+        plan.push(TopicPlan::new(&t.topic, what, 1).compacted());
+    }
+    let f = &config.feature_log;
+    if !f.topic.is_empty() {
+        let retention = tripline::rules::parse_duration(&f.retention).unwrap_or(90 * 86_400_000);
+        let what = format!("feature log (retention {})", f.retention);
+        plan.push(
+            TopicPlan::new(&f.topic, what, k.partitions)
+                .with("retention.ms", retention.to_string()),
+        );
+    }
+    if !config.trial.labels_topic.is_empty() {
+        plan.push(TopicPlan::new(
+            &config.trial.labels_topic,
+            "labels",
+            k.partitions,
         ));
     }
-    let names: Vec<&str> = plan.iter().map(|p| p.0.as_str()).collect();
-    let before = kafka::partition_counts(k, &k.brokers, &names)?;
-    for ((topic, _, partitions, configs), existed) in plan.iter().zip(&before) {
-        if existed.is_none() {
-            kafka::ensure_topics_with(k, &k.brokers, &[topic], *partitions, configs)?;
-        }
+    if !config.webhooks.endpoints.is_empty() {
+        let topic = &config.webhooks.dead_letter_topic;
+        plan.push(TopicPlan::new(
+            topic,
+            "webhooks' dead letters",
+            k.partitions,
+        ));
     }
-    let after = kafka::partition_counts(k, &k.brokers, &names)?;
-    for (((topic, what, _, _), existed), now) in plan.iter().zip(&before).zip(&after) {
-        let state = match (existed, now) {
+    let before = kafka::Topics::fetch(k, &k.brokers)?;
+    let configs: Vec<Vec<(&str, &str)>> = (plan.iter())
+        .map(|p| p.configs.iter().map(|(k, v)| (*k, v.as_str())).collect())
+        .collect();
+    let specs: Vec<kafka::TopicSpec<'_>> = (plan.iter().zip(&configs))
+        .map(|(p, c)| kafka::TopicSpec::new(&p.name, p.partitions).with(c))
+        .collect();
+    kafka::create_missing(k, &k.brokers, &before, &specs)?;
+    let after = kafka::Topics::fetch(k, &k.brokers)?;
+    for p in &plan {
+        let state = match (before.partitions(&p.name), after.partitions(&p.name)) {
             (Some(n), _) => format!("exists, {n} partitions"),
             (None, Some(n)) => format!("created, {n} partitions"),
             (None, None) => "not created".to_string(),
         };
-        println!("{topic:<32} {what:<32} {state}");
+        println!("{:<32} {:<32} {state}", p.name, p.what);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -16,6 +16,7 @@ fn topics_creates_what_the_service_needs_once() {
     let _files = TestFiles::of(&c);
     let rules = std::env::temp_dir().join(format!("{}-rules.tl", c.kafka.group_id));
     let logins = format!("{}.logins", c.kafka.group_id);
+    let features = format!("{}.features", c.kafka.group_id);
     let profiles = format!("{}.profiles", c.kafka.group_id);
     std::fs::write(
         &rules,
@@ -32,6 +33,7 @@ fn topics_creates_what_the_service_needs_once() {
     let run = || {
         let out = serve_support::tripline_command(&c, "topics")
             .env("TRIPLINE__KAFKA__PARTITIONS", "3")
+            .env("TRIPLINE__FEATURE_LOG__TOPIC", &features)
             .env(
                 "TRIPLINE__RULES__PATHS",
                 serde_json::to_string(&[&rules]).unwrap(),
@@ -63,11 +65,16 @@ fn topics_creates_what_the_service_needs_once() {
         (&c.kafka.dead_letter_topic, "created, 3 partitions"),
         (&c.kafka.lists_topic, "created, 1 partitions"),
         (&profiles, "created, 1 partitions"),
+        (&features, "created, 3 partitions"),
     ] {
         assert!(line(&first, topic).ends_with(what), "{topic}: {first}");
     }
     assert!(
         line(&first, &profiles).contains("table `profiles` (compacted)"),
+        "{first}"
+    );
+    assert!(
+        line(&first, &features).contains("feature log (retention 90d)"),
         "{first}"
     );
     let again = run();
