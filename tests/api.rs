@@ -67,6 +67,15 @@ struct Api {
     changes: Arc<AtomicUsize>,
 }
 
+impl Drop for Api {
+    fn drop(&mut self) {
+        // rules_dir's root: the rules directory's parent, with the models.
+        if let Some(root) = self.dir.parent() {
+            let _ = std::fs::remove_dir_all(root);
+        }
+    }
+}
+
 fn api(name: &str, config: ApiConfig, ready: bool) -> Api {
     api_with(name, config, ready, |_| {})
 }
