@@ -354,8 +354,15 @@ pub fn train(a: &TrainArgs) -> Result<PathBuf> {
     let inputs = current.inputs().to_vec();
     let kind = if current.is_tree_ensemble() {
         "rf"
-    } else {
+    } else if current.is_linear() {
         "lr"
+    } else {
+        bail!(
+            "{} is neither a tree ensemble nor a linear model (its graph: {}): \
+             tripline train retrains those two kinds only",
+            model_path.display(),
+            current.operators().join(", ")
+        );
     };
     let name = base_name(&model_path)?;
     let read = tempfile::tempdir()?;

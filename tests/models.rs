@@ -77,6 +77,19 @@ fn the_logistic_regression_scores_as_scikit_learn_does() {
 }
 
 #[test]
+fn a_model_knows_its_kind() {
+    let load = |name: &str| tripline::files::load_model(Path::new(name)).unwrap();
+    let (forest, linear) = (load("models/fraud_rf.onnx"), load("models/fraud_lr.onnx"));
+    assert!(forest.is_tree_ensemble() && !forest.is_linear());
+    assert!(linear.is_linear() && !linear.is_tree_ensemble());
+    assert!(
+        (linear.operators().iter()).any(|o| o == "LinearClassifier"),
+        "{:?}",
+        linear.operators()
+    );
+}
+
+#[test]
 fn models_without_their_input_names_are_refused() {
     let mut bytes = std::fs::read("models/fraud_lr.onnx").unwrap();
     // Corrupt the property name: the model no longer says what it reads.

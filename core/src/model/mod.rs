@@ -64,6 +64,8 @@ pub struct Model {
     inputs: Vec<String>,
     hash: u64,
     eval: Eval,
+    /// Its graph's operators, in order (what `tripline train` retrains by).
+    operators: Vec<String>,
 }
 
 enum Eval {
@@ -146,6 +148,7 @@ impl Model {
             inputs,
             hash: xxhash_rust::xxh3::xxh3_64(bytes),
             eval,
+            operators: graph.node.iter().map(|n| n.op_type.clone()).collect(),
         })
     }
 
@@ -158,6 +161,26 @@ impl Model {
     /// graph tract runs, such as a linear model.
     pub fn is_tree_ensemble(&self) -> bool {
         matches!(self.eval, Eval::Trees(_))
+    }
+
+    /// Whether it is a linear model: one `LinearClassifier` or
+    /// `LinearRegressor`, with at most a normalizer and type plumbing
+    /// around it (what scikit-learn's linear models export to).
+    pub fn is_linear(&self) -> bool {
+        const LINEAR: [&str; 2] = ["LinearClassifier", "LinearRegressor"];
+        const AROUND: [&str; 5] = ["Normalizer", "ZipMap", "Identity", "Cast", "Sigmoid"];
+        let linear = self
+            .operators
+            .iter()
+            .filter(|o| LINEAR.contains(&o.as_str()));
+        linear.count() == 1
+            && (self.operators.iter())
+                .all(|o| LINEAR.contains(&o.as_str()) || AROUND.contains(&o.as_str()))
+    }
+
+    /// Its graph's operators, in order.
+    pub fn operators(&self) -> &[String] {
+        &self.operators
     }
 
     /// A hash of the file, so that a changed model counts as a rule change.
