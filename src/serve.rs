@@ -662,7 +662,7 @@ impl TopicPlan {
     }
 
     fn compacted(self) -> Self {
-        self.with("cleanup.policy", "compact".into())
+        (kafka::COMPACTED.iter()).fold(self, |p, (k, v)| p.with(k, v.to_string()))
     }
 
     fn with(mut self, key: &'static str, value: String) -> Self {
@@ -708,7 +708,7 @@ pub fn create_topics(config: &Config, rules: &RuleSet) -> Result<ExitCode> {
     }
     let f = &config.feature_log;
     if !f.topic.is_empty() {
-        let retention = tripline::rules::parse_duration(&f.retention).unwrap_or(90 * 86_400_000);
+        let retention = f.retention_ms();
         let what = format!("feature log (retention {})", f.retention);
         plan.push(
             TopicPlan::new(&f.topic, what, k.partitions)
@@ -1058,13 +1058,7 @@ fn produce_tables(config: &Config, brokers: &str, rules: &RuleSet, specs: &[Stri
         let Some(decl) = rules.def().tables.iter().find(|d| d.spec.name == name) else {
             continue;
         };
-        kafka::ensure_topics_with(
-            k,
-            brokers,
-            &[&decl.topic],
-            1,
-            &[("cleanup.policy", "compact")],
-        )?;
+        kafka::ensure_topics_with(k, brokers, &[&decl.topic], 1, kafka::COMPACTED)?;
         let text = std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
         let mut n = 0u64;
         for (i, line) in text
@@ -1111,13 +1105,7 @@ fn write_lists(
     }
     let n = entries.len();
     let k = &config.kafka;
-    kafka::ensure_topics_with(
-        k,
-        brokers,
-        &[&k.lists_topic],
-        1,
-        &[("cleanup.policy", "compact")],
-    )?;
+    kafka::ensure_topics_with(k, brokers, &[&k.lists_topic], 1, kafka::COMPACTED)?;
     let writer = kafka::lists::KafkaListWriter::new(config, brokers, Arc::new(Default::default()))?;
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -160,6 +160,14 @@ pub struct FeatureLogConfig {
     pub retention: String,
 }
 
+impl FeatureLogConfig {
+    /// `retention` in milliseconds (`retention.ms`); 90 days when it does
+    /// not parse (the configuration check refuses that first).
+    pub fn retention_ms(&self) -> i64 {
+        crate::rules::parse_duration(&self.retention).unwrap_or(90 * 86_400_000)
+    }
+}
+
 impl Default for FeatureLogConfig {
     fn default() -> Self {
         FeatureLogConfig {

@@ -43,7 +43,7 @@ pub fn registry_topic(group: &str) -> String {
 /// How the registry topic `topic` ([`registry_topic`]) is created: one
 /// partition, compacted.
 pub fn registry_spec(topic: &str) -> super::TopicSpec<'_> {
-    super::TopicSpec::new(topic, 1).with(&[("cleanup.policy", "compact")])
+    super::TopicSpec::new(topic, 1).with(super::COMPACTED)
 }
 
 /// The generations of one member's transactional id.

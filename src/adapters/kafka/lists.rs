@@ -30,13 +30,7 @@ fn record_key(entry: &ListEntry) -> Vec<u8> {
 /// keeps reading it on its own thread until the worker is stopped.
 pub fn follow(config: &Config, brokers: &str, lists: Arc<Lists>) -> Result<Worker, ServiceError> {
     let k = &config.kafka;
-    ensure_topics_with(
-        k,
-        brokers,
-        &[&k.lists_topic],
-        1,
-        &[("cleanup.policy", "compact")],
-    )?;
+    ensure_topics_with(k, brokers, &[&k.lists_topic], 1, super::COMPACTED)?;
     let apply = move |m: &rdkafka::message::BorrowedMessage<'_>| {
         let Some(value) = m.payload() else {
             return;

@@ -161,6 +161,10 @@ impl Topics {
     }
 }
 
+/// The configuration of a compacted topic (changelogs, the registry, lists,
+/// tables): the broker keeps the latest record of each key.
+pub const COMPACTED: &[(&str, &str)] = &[("cleanup.policy", "compact")];
+
 /// A topic to create when missing: its partitions and configuration (e.g.
 /// `cleanup.policy`).
 #[derive(Clone, Debug)]

@@ -223,14 +223,9 @@ pub fn start(
     // A changelog has a partition per partition of its topic.
     for (i, plan) in topology.topics.iter().enumerate() {
         let partitions = topology.inputs.get(i).map_or(sources, |t| t.partitions);
-        specs.push(
-            TopicSpec::new(&plan.changelog, partitions as i32)
-                .with(&[("cleanup.policy", "compact")]),
-        );
+        specs.push(TopicSpec::new(&plan.changelog, partitions as i32).with(super::COMPACTED));
     }
-    let retention = crate::rules::parse_duration(&config.feature_log.retention)
-        .unwrap_or(90 * 86_400_000)
-        .to_string();
+    let retention = config.feature_log.retention_ms().to_string();
     let retention = [("retention.ms", retention.as_str())];
     if !config.feature_log.topic.is_empty() {
         specs.push(TopicSpec::new(&config.feature_log.topic, k.partitions).with(&retention));

@@ -38,7 +38,7 @@ pub fn follow(
     let k = &config.kafka;
     let topics: Vec<String> = decls.iter().map(|d| d.topic.clone()).collect();
     let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-    ensure_topics_with(k, brokers, &names, 1, &[("cleanup.policy", "compact")])?;
+    ensure_topics_with(k, brokers, &names, 1, super::COMPACTED)?;
     let decls = decls.to_vec();
     let kept = tables.clone();
     let forget = tables.clone();
