@@ -116,24 +116,46 @@ impl Accum {
     }
 
     fn value(&self, func: WinFunc, counts_events: bool) -> Value {
-        let n = self.non_null as f64;
         match func {
-            WinFunc::Count if counts_events => Value::Num(self.count as f64),
-            WinFunc::Count => Value::Num(n),
             WinFunc::CountDistinct => Value::Num(self.distinct.len() as f64),
-            WinFunc::Sum => Value::Num(self.sum),
-            WinFunc::Avg if self.non_null == 0 => Value::Null,
-            WinFunc::Avg => Value::Num(self.sum / n),
-            WinFunc::Stddev if self.non_null == 0 => Value::Null,
-            WinFunc::Stddev => {
-                let mean = self.sum / n;
-                Value::Num((self.sum_sq / n - mean * mean).max(0.0).sqrt())
-            }
             WinFunc::Min => self.mins.front().map_or(Value::Null, |m| Value::Num(m.1)),
             WinFunc::Max => self.maxs.front().map_or(Value::Null, |m| Value::Num(m.1)),
-            // Read by the window, which knows the current value.
-            WinFunc::Novel | WinFunc::Zscore => Value::Null,
+            _ => sums_value(
+                func,
+                counts_events,
+                self.count,
+                self.non_null,
+                self.sum,
+                self.sum_sq,
+            ),
         }
+    }
+}
+
+/// The value of an aggregate computed from running sums: `count`, `sum`,
+/// `avg`, `stddev` over `count` events, `non_null` of them with a value.
+/// The others are read elsewhere (`novel` and `zscore` by the window,
+/// which knows the current value) and are null here.
+fn sums_value(
+    func: WinFunc,
+    counts_events: bool,
+    count: u64,
+    non_null: u64,
+    sum: f64,
+    sum_sq: f64,
+) -> Value {
+    let n = non_null as f64;
+    match func {
+        WinFunc::Count if counts_events => Value::Num(count as f64),
+        WinFunc::Count => Value::Num(n),
+        WinFunc::Sum => Value::Num(sum),
+        WinFunc::Avg | WinFunc::Stddev if non_null == 0 => Value::Null,
+        WinFunc::Avg => Value::Num(sum / n),
+        WinFunc::Stddev => {
+            let mean = sum / n;
+            Value::Num((sum_sq / n - mean * mean).max(0.0).sqrt())
+        }
+        _ => Value::Null,
     }
 }
 

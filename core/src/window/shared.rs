@@ -19,6 +19,8 @@
 use super::{Accum, Kind, WindowState};
 use crate::event::{EventTime, Value, ValueKey};
 use crate::rules::{CExpr, WinFunc, Window, WindowSpec};
+use smallvec::SmallVec;
+use std::borrow::Cow;
 use std::collections::VecDeque;
 
 /// How a rule's window aggregates are laid out: the distinct values they
@@ -30,6 +32,9 @@ pub struct Plan {
     aggs: Vec<AggPlan>,
     /// Columns kept in the log (those some sliding aggregate reads), in log order.
     logged: Vec<u16>,
+    /// The distinct `(len, ago)` of the sliding aggregates: aggregates
+    /// over the same window share its two cursors.
+    spans: Vec<(i64, i64)>,
     /// Some aggregate is a sliding window: the key's events are logged.
     logs: bool,
 }
@@ -44,6 +49,8 @@ struct AggPlan {
     slot: Option<u16>,
     /// `(len, ago)` for a sliding window.
     sliding: Option<(i64, i64)>,
+    /// Its place in [`Plan::spans`] (sliding aggregates only).
+    span: u16,
 }
 
 impl Plan {
@@ -86,12 +93,23 @@ impl Plan {
                 _ => None,
             };
             plan.logs |= sliding.is_some();
+            let span = match sliding {
+                Some(w) => match plan.spans.iter().position(|&x| x == w) {
+                    Some(i) => i as u16,
+                    None => {
+                        plan.spans.push(w);
+                        (plan.spans.len() - 1) as u16
+                    }
+                },
+                None => 0,
+            };
             plan.aggs.push(AggPlan {
                 func,
                 window,
                 col,
                 slot,
                 sliding,
+                span,
             });
         }
         plan
@@ -117,112 +135,386 @@ impl Plan {
 /// A rule's window aggregates for one key (see the module docs).
 #[derive(Clone, Debug, Default)]
 pub struct Windows {
-    /// Times of the logged events, oldest first.
-    times: VecDeque<EventTime>,
-    /// Their logged column values, `stride` per event.
-    vals: VecDeque<Value>,
-    stride: usize,
-    /// The log index of `times[0]`: indices grow with every logged event
+    /// The logged events, oldest first.
+    log: Log,
+    /// The log index of the oldest logged event: indices grow with every
+    /// logged event
     /// and are never reused, so cursors and min/max candidates name events.
     base: u64,
+    /// The sliding windows' cursors, one pair per distinct window.
+    spans: Vec<Span>,
     aggs: Vec<Agg>,
 }
 
 #[derive(Clone, Debug)]
 enum Agg {
     Sliding(Sliding),
-    Own(WindowState),
+    /// Boxed: the aggregates of a key are read on each of its events, and
+    /// a sliding one is a few words where a [`WindowState`] is a few
+    /// hundred bytes.
+    Own(Box<WindowState>),
 }
 
-/// A sliding aggregate over the log: events `lo..hi` are inside the window,
-/// `hi..` are newer than its end (it ends `ago` in the past).
+/// A sliding window over the log: events `lo..hi` are inside it, `hi..`
+/// are newer than its end (it ends `ago` in the past). The aggregates over
+/// the same window (`members`, by index) share its cursors, so an event
+/// enters and leaves a window once however many aggregates read it.
+#[derive(Clone, Debug)]
+struct Span {
+    len: i64,
+    ago: i64,
+    lo: u64,
+    hi: u64,
+    members: SmallVec<[u16; 4]>,
+}
+
+/// A sliding aggregate: its running value over its span's events.
 #[derive(Clone, Debug)]
 struct Sliding {
     func: WinFunc,
     counts_events: bool,
     slot: Option<u16>,
-    len: i64,
-    ago: i64,
-    lo: u64,
-    hi: u64,
+    span: u16,
     /// What its stored form numbers the event at log index `i`:
     /// `i + shift` (wrapping; an aggregate younger than the log numbers
     /// from its own start).
     shift: u64,
-    acc: Accum,
+    run: Running,
+}
+
+/// What a sliding aggregate keeps of the events inside its window: only
+/// what its function needs, since every key holds one per aggregate.
+#[derive(Clone, Debug)]
+enum Running {
+    /// `count(over …)`: the window's number of events, which the span's
+    /// cursors give.
+    Events,
+    /// `count(x)`, `sum`, `avg`, `stddev`: the non-null values' number,
+    /// sum and sum of squares.
+    Sums {
+        non_null: u64,
+        sum: f64,
+        sum_sq: f64,
+    },
+    /// `min`, `max` (their candidates), `count(distinct)`, `novel` (the
+    /// distinct values).
+    Full(Box<Accum>),
+}
+
+impl Running {
+    fn new(func: WinFunc, counts_events: bool) -> Running {
+        match func {
+            WinFunc::Count if counts_events => Running::Events,
+            WinFunc::CountDistinct | WinFunc::Novel | WinFunc::Min | WinFunc::Max => {
+                Running::Full(Box::default())
+            }
+            _ => Running::Sums {
+                non_null: 0,
+                sum: 0.0,
+                sum_sq: 0.0,
+            },
+        }
+    }
+
+    /// As [`Accum::add`].
+    fn add(&mut self, func: WinFunc, seq: u64, v: &Value) {
+        match self {
+            Running::Events => {}
+            Running::Sums {
+                non_null,
+                sum,
+                sum_sq,
+            } => {
+                if !v.is_null() {
+                    *non_null += 1;
+                    if let Some(x) = v.as_f64() {
+                        *sum += x;
+                        *sum_sq += x * x;
+                    }
+                }
+            }
+            Running::Full(a) => a.add(func, seq, v),
+        }
+    }
+
+    /// As [`Accum::remove`]; `left` is the number of events the window
+    /// holds without this one.
+    fn remove(&mut self, func: WinFunc, seq: u64, v: &Value, left: u64) {
+        match self {
+            Running::Events => {}
+            Running::Sums {
+                non_null,
+                sum,
+                sum_sq,
+            } => {
+                if v.is_null() {
+                    return;
+                }
+                *non_null = non_null.saturating_sub(1);
+                if let Some(x) = v.as_f64() {
+                    *sum -= x;
+                    *sum_sq -= x * x;
+                }
+                if left == 0 {
+                    *sum = 0.0;
+                    *sum_sq = 0.0;
+                }
+            }
+            Running::Full(a) => a.remove(func, seq, v),
+        }
+    }
+
+    /// The aggregate's value over a window of `count` events.
+    fn value(&self, func: WinFunc, counts_events: bool, count: u64) -> Value {
+        match self {
+            Running::Events => Value::Num(count as f64),
+            Running::Sums {
+                non_null,
+                sum,
+                sum_sq,
+            } => super::sums_value(func, counts_events, count, *non_null, *sum, *sum_sq),
+            Running::Full(a) => a.value(func, counts_events),
+        }
+    }
+
+    /// How many times the window holds `v` (`novel`).
+    fn distinct(&self, v: &Value) -> Option<u32> {
+        match self {
+            Running::Full(a) => a.distinct.get(&ValueKey::from(v)).copied(),
+            _ => None,
+        }
+    }
+
+    /// The stored form's accumulator over a window of `count` events.
+    fn to_accum(&self, count: u64) -> Accum {
+        match self {
+            Running::Events => Accum {
+                count,
+                non_null: count,
+                ..Accum::default()
+            },
+            Running::Sums {
+                non_null,
+                sum,
+                sum_sq,
+            } => Accum {
+                count,
+                non_null: *non_null,
+                sum: *sum,
+                sum_sq: *sum_sq,
+                ..Accum::default()
+            },
+            Running::Full(a) => (**a).clone(),
+        }
+    }
+
+    fn from_accum(func: WinFunc, counts_events: bool, acc: Accum) -> Running {
+        match Running::new(func, counts_events) {
+            Running::Events => Running::Events,
+            Running::Sums { .. } => Running::Sums {
+                non_null: acc.non_null,
+                sum: acc.sum,
+                sum_sq: acc.sum_sq,
+            },
+            Running::Full(_) => Running::Full(Box::new(acc)),
+        }
+    }
 }
 
 /// What an aggregate that counts events adds for each one.
 static EVENT: Value = Value::Bool(true);
 
-fn value_at(vals: &VecDeque<Value>, stride: usize, pos: usize, slot: Option<u16>) -> &Value {
-    match slot {
-        Some(s) => &vals[pos * stride + s as usize],
-        None => &EVENT,
+/// The bits that stand for a null column value in [`Log::words`]: a NaN
+/// payload no arithmetic produces (a number with these bits switches the
+/// log to [`Log::wide`], so no value is ever mistaken for another).
+const NULL: u64 = 0x7ff4_7269_706c_6e00;
+
+/// The logged events: each event's time and its logged column values in
+/// one run of words (the time, then each column's `f64` bits), so that a
+/// window's cursor reads an event's time and value from one cache line,
+/// and a key's month of amounts takes 16 bytes an event. Columns are
+/// numbers in the rules that matter for speed; the first value that is
+/// not (a string, an exact number's text) moves every column value to
+/// `wide`, which keeps [`Value`]s.
+#[derive(Clone, Debug, Default)]
+struct Log {
+    words: VecDeque<u64>,
+    /// Words per event: 1 + `cols`.
+    stride: usize,
+    cols: usize,
+    /// Column values, `cols` per event, once some value is not a number.
+    wide: Option<VecDeque<Value>>,
+}
+
+impl Log {
+    fn new(cols: usize) -> Log {
+        Log {
+            words: VecDeque::new(),
+            stride: 1 + cols,
+            cols,
+            wide: None,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.words.len() / self.stride
+    }
+
+    fn is_empty(&self) -> bool {
+        self.words.is_empty()
+    }
+
+    fn time(&self, pos: usize) -> EventTime {
+        self.words[pos * self.stride] as EventTime
+    }
+
+    /// The value of column `slot` (`None`: the event itself) of the event at `pos`.
+    fn value(&self, pos: usize, slot: Option<u16>) -> Cow<'_, Value> {
+        let Some(slot) = slot else {
+            return Cow::Borrowed(&EVENT);
+        };
+        if let Some(wide) = &self.wide {
+            return Cow::Borrowed(&wide[pos * self.cols + slot as usize]);
+        }
+        match self.words[pos * self.stride + 1 + slot as usize] {
+            NULL => Cow::Owned(Value::Null),
+            bits => Cow::Owned(Value::Num(f64::from_bits(bits))),
+        }
+    }
+
+    fn word(v: &Value) -> Option<u64> {
+        match v {
+            Value::Null => Some(NULL),
+            Value::Num(x) if x.to_bits() != NULL => Some(x.to_bits()),
+            _ => None,
+        }
+    }
+
+    /// Appends an event at `t` whose column values are `vals` (`cols` of them).
+    fn push<'a>(&mut self, t: EventTime, vals: impl Iterator<Item = &'a Value> + Clone) {
+        if self.wide.is_none() && vals.clone().any(|v| Log::word(v).is_none()) {
+            self.widen();
+        }
+        self.words.push_back(t as u64);
+        match &mut self.wide {
+            None => {
+                for v in vals {
+                    self.words.push_back(Log::word(v).unwrap_or(NULL));
+                }
+            }
+            Some(wide) => {
+                for v in vals {
+                    self.words.push_back(NULL);
+                    wide.push_back(v.clone());
+                }
+            }
+        }
+    }
+
+    fn widen(&mut self) {
+        let wide = (0..self.len())
+            .flat_map(|pos| (0..self.cols).map(move |c| (pos, c)))
+            .map(|(pos, c)| self.value(pos, Some(c as u16)).into_owned())
+            .collect();
+        self.wide = Some(wide);
+    }
+
+    /// Drops the oldest `n` events.
+    fn drop_front(&mut self, n: usize) {
+        self.words.drain(..n * self.stride);
+        if let Some(wide) = &mut self.wide {
+            wide.drain(..n * self.cols);
+        }
     }
 }
 
 impl Windows {
     /// Empty aggregates laid out by `plan`.
     pub fn new(plan: &Plan) -> Windows {
-        Windows {
-            times: VecDeque::new(),
-            vals: VecDeque::new(),
-            stride: plan.logged.len(),
-            base: 0,
-            aggs: plan
-                .aggs
-                .iter()
-                .map(|a| match a.sliding {
-                    Some((len, ago)) => Agg::Sliding(Sliding {
+        let mut spans: Vec<Span> = plan
+            .spans
+            .iter()
+            .map(|&(len, ago)| Span {
+                len,
+                ago,
+                lo: 0,
+                hi: 0,
+                members: SmallVec::new(),
+            })
+            .collect();
+        let aggs = plan
+            .aggs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| match a.sliding {
+                Some(_) => {
+                    spans[a.span as usize].members.push(i as u16);
+                    Agg::Sliding(Sliding {
                         func: a.func,
                         counts_events: a.col.is_none(),
                         slot: a.slot,
-                        len,
-                        ago,
-                        lo: 0,
-                        hi: 0,
+                        span: a.span,
                         shift: 1,
-                        acc: Accum::default(),
-                    }),
-                    None => Agg::Own(WindowState::new(a.func, &a.window, a.col.is_none())),
-                })
-                .collect(),
+                        run: Running::new(a.func, a.col.is_none()),
+                    })
+                }
+                None => Agg::Own(Box::new(WindowState::new(
+                    a.func,
+                    &a.window,
+                    a.col.is_none(),
+                ))),
+            })
+            .collect();
+        Windows {
+            log: Log::new(plan.logged.len()),
+            base: 0,
+            spans,
+            aggs,
         }
     }
 
     fn end(&self) -> u64 {
-        self.base + self.times.len() as u64
+        self.base + self.log.len() as u64
     }
 
     /// Moves every window to end at `now` (relative to its `ago`) and drops
     /// the logged events no window holds any more.
     pub fn advance(&mut self, now: EventTime) {
-        if self.times.is_empty() {
+        if self.log.is_empty() {
             return;
         }
         let (base, end) = (self.base, self.end());
         let mut keep_from = end;
-        for agg in &mut self.aggs {
-            let Agg::Sliding(s) = agg else { continue };
-            let upper = now.saturating_sub(s.ago);
-            while s.hi < end && self.times[(s.hi - base) as usize] <= upper {
-                let v = value_at(&self.vals, self.stride, (s.hi - base) as usize, s.slot);
-                s.acc.add(s.func, s.hi, v);
-                s.hi += 1;
+        let Windows {
+            log, spans, aggs, ..
+        } = self;
+        for span in spans.iter_mut() {
+            let upper = now.saturating_sub(span.ago);
+            while span.hi < end && log.time((span.hi - base) as usize) <= upper {
+                let pos = (span.hi - base) as usize;
+                for &m in &span.members {
+                    if let Agg::Sliding(s) = &mut aggs[m as usize] {
+                        s.run.add(s.func, span.hi, &log.value(pos, s.slot));
+                    }
+                }
+                span.hi += 1;
             }
-            let lower = upper.saturating_sub(s.len);
-            while s.lo < s.hi && self.times[(s.lo - base) as usize] <= lower {
-                let v = value_at(&self.vals, self.stride, (s.lo - base) as usize, s.slot);
-                s.acc.remove(s.func, s.lo, v);
-                s.lo += 1;
+            let lower = upper.saturating_sub(span.len);
+            while span.lo < span.hi && log.time((span.lo - base) as usize) <= lower {
+                let pos = (span.lo - base) as usize;
+                let left = span.hi - span.lo - 1;
+                for &m in &span.members {
+                    if let Agg::Sliding(s) = &mut aggs[m as usize] {
+                        s.run.remove(s.func, span.lo, &log.value(pos, s.slot), left);
+                    }
+                }
+                span.lo += 1;
             }
-            keep_from = keep_from.min(s.lo);
+            keep_from = keep_from.min(span.lo);
         }
         let drop = (keep_from - base) as usize;
         if drop > 0 {
-            self.times.drain(..drop);
-            self.vals.drain(..drop * self.stride);
+            self.log.drop_front(drop);
             self.base = keep_from;
         }
     }
@@ -232,21 +524,24 @@ impl Windows {
     pub fn update(&mut self, plan: &Plan, t: EventTime, cols: &[Value]) {
         if plan.logs {
             let at = self.end();
-            self.times.push_back(t);
-            for &c in &plan.logged {
-                self.vals
-                    .push_back(cols.get(c as usize).cloned().unwrap_or_default());
-            }
+            self.log.push(
+                t,
+                plan.logged
+                    .iter()
+                    .map(|&c| cols.get(c as usize).unwrap_or(&Value::Null)),
+            );
             let pos = (at - self.base) as usize;
-            for agg in &mut self.aggs {
-                if let Agg::Sliding(s) = agg
-                    && s.ago == 0
-                {
-                    // A window ending now holds the event at once.
-                    s.acc
-                        .add(s.func, at, value_at(&self.vals, self.stride, pos, s.slot));
-                    s.hi = at + 1;
+            for span in &mut self.spans {
+                if span.ago != 0 {
+                    continue;
                 }
+                // A window ending now holds the event at once.
+                for &m in &span.members {
+                    if let Agg::Sliding(s) = &mut self.aggs[m as usize] {
+                        s.run.add(s.func, at, &self.log.value(pos, s.slot));
+                    }
+                }
+                span.hi = at + 1;
             }
         }
         for (agg, a) in self.aggs.iter_mut().zip(&plan.aggs) {
@@ -265,32 +560,37 @@ impl Windows {
         for (agg, o) in self.aggs.iter().zip(out) {
             *o = match agg {
                 Agg::Own(w) => w.value(),
-                Agg::Sliding(s) if s.func == WinFunc::Novel => {
-                    // The newest event inside the window (it ends now).
-                    if s.hi > s.lo {
-                        let pos = (s.hi - 1 - self.base) as usize;
-                        let v = value_at(&self.vals, self.stride, pos, s.slot);
-                        if v.is_null() {
-                            Value::Null
+                Agg::Sliding(s) => {
+                    let span = &self.spans[s.span as usize];
+                    if s.func == WinFunc::Novel {
+                        // The newest event inside the window (it ends now).
+                        if span.hi > span.lo {
+                            let pos = (span.hi - 1 - self.base) as usize;
+                            let v = self.log.value(pos, s.slot);
+                            if v.is_null() {
+                                Value::Null
+                            } else {
+                                let seen = s.run.distinct(&v);
+                                Value::Num(if seen == Some(1) { 1.0 } else { 0.0 })
+                            }
                         } else {
-                            let seen = s.acc.distinct.get(&ValueKey::from(v)).copied();
-                            Value::Num(if seen == Some(1) { 1.0 } else { 0.0 })
+                            Value::Null
                         }
                     } else {
-                        Value::Null
+                        s.run.value(s.func, s.counts_events, span.hi - span.lo)
                     }
                 }
-                Agg::Sliding(s) => s.acc.value(s.func, s.counts_events),
             };
         }
     }
 
     /// Whether it holds nothing (safe to drop for an idle key).
     pub fn is_empty(&self) -> bool {
-        self.times.is_empty()
+        self.log.is_empty()
+            && self.spans.iter().all(|s| s.hi == s.lo)
             && self.aggs.iter().all(|a| match a {
                 Agg::Own(w) => w.is_empty(),
-                Agg::Sliding(s) => s.acc.count == 0,
+                Agg::Sliding(_) => true,
             })
     }
 
@@ -301,24 +601,25 @@ impl Windows {
         self.aggs
             .iter()
             .map(|agg| match agg {
-                Agg::Own(w) => w.clone(),
+                Agg::Own(w) => (**w).clone(),
                 Agg::Sliding(s) => {
+                    let span = &self.spans[s.span as usize];
                     let entry = |i: u64| {
                         let pos = (i - self.base) as usize;
                         (
-                            self.times[pos],
+                            self.log.time(pos),
                             i.wrapping_add(s.shift),
-                            value_at(&self.vals, self.stride, pos, s.slot).clone(),
+                            self.log.value(pos, s.slot).into_owned(),
                         )
                     };
                     let front = |i: u64, upto: u64| {
                         if i < upto {
-                            self.times[(i - self.base) as usize]
+                            self.log.time((i - self.base) as usize)
                         } else {
                             i64::MAX
                         }
                     };
-                    let mut acc = s.acc.clone();
+                    let mut acc = s.run.to_accum(span.hi - span.lo);
                     for m in acc.mins.iter_mut().chain(acc.maxs.iter_mut()) {
                         m.0 = m.0.wrapping_add(s.shift);
                     }
@@ -326,17 +627,17 @@ impl Windows {
                         func: s.func,
                         counts_events: s.counts_events,
                         kind: Kind::Sliding {
-                            len: s.len,
-                            ago: s.ago,
+                            len: span.len,
+                            ago: span.ago,
                         },
-                        pending: (s.hi..end).map(entry).collect(),
-                        active: (s.lo..s.hi).map(entry).collect(),
+                        pending: (span.hi..end).map(entry).collect(),
+                        active: (span.lo..span.hi).map(entry).collect(),
                         acc,
                         // The number of the newest event it has seen.
                         seq: end.wrapping_add(s.shift).wrapping_sub(1),
                         mark: None,
-                        pending_front: front(s.hi, end),
-                        active_front: front(s.lo, s.hi),
+                        pending_front: front(span.hi, end),
+                        active_front: front(span.lo, span.hi),
                     }
                 }
             })
@@ -347,7 +648,9 @@ impl Windows {
     /// state written when each aggregate kept its own events), laid out by
     /// `plan`. Every sliding window holds the latest of the key's events
     /// (those since it was created, or since its window's start), so their
-    /// events line up from the newest: the longest is the log.
+    /// events line up from the newest: the longest is the log. Aggregates
+    /// over one window share its cursors when they hold the same events
+    /// (an aggregate younger than its window holds fewer, and keeps its own).
     pub fn from_states(plan: &Plan, states: Vec<WindowState>) -> Result<Windows, String> {
         if states.len() != plan.aggs.len() {
             return Err(format!(
@@ -368,6 +671,7 @@ impl Windows {
         let mut times: Vec<Option<EventTime>> = vec![None; n];
         let mut vals: Vec<Value> = vec![Value::Null; n * stride];
         let mut aggs = Vec::with_capacity(states.len());
+        let mut spans: Vec<Span> = Vec::new();
         for (i, (w, a)) in states.into_iter().zip(&plan.aggs).enumerate() {
             let Some((len, ago)) = a.sliding else {
                 if matches!(w.kind, Kind::Sliding { .. }) {
@@ -375,7 +679,7 @@ impl Windows {
                         "window aggregate {i} is stored as a sliding window"
                     ));
                 }
-                aggs.push(Agg::Own(w));
+                aggs.push(Agg::Own(Box::new(w)));
                 continue;
             };
             if !matches!(w.kind, Kind::Sliding { .. }) {
@@ -414,27 +718,46 @@ impl Windows {
             for m in acc.mins.iter_mut().chain(acc.maxs.iter_mut()) {
                 m.0 = to_log(m.0)?;
             }
+            let (lo, hi) = (offset as u64, (offset + w.active.len()) as u64);
+            let span = match spans
+                .iter()
+                .position(|s| (s.len, s.ago, s.lo, s.hi) == (len, ago, lo, hi))
+            {
+                Some(k) => k,
+                None => {
+                    spans.push(Span {
+                        len,
+                        ago,
+                        lo,
+                        hi,
+                        members: SmallVec::new(),
+                    });
+                    spans.len() - 1
+                }
+            };
+            spans[span].members.push(i as u16);
+            let counts_events = a.col.is_none();
             aggs.push(Agg::Sliding(Sliding {
                 func: a.func,
-                counts_events: a.col.is_none(),
+                counts_events,
                 slot: a.slot,
-                len,
-                ago,
-                lo: offset as u64,
-                hi: (offset + w.active.len()) as u64,
+                span: span as u16,
                 shift,
-                acc,
+                run: Running::from_accum(a.func, counts_events, acc),
             }));
         }
-        let times: VecDeque<EventTime> = times.into_iter().map(Option::unwrap_or_default).collect();
+        let times: Vec<EventTime> = times.into_iter().map(Option::unwrap_or_default).collect();
         if times.iter().zip(times.iter().skip(1)).any(|(a, b)| a > b) {
             return Err("window events out of time order".to_string());
         }
+        let mut log = Log::new(stride);
+        for (pos, &t) in times.iter().enumerate() {
+            log.push(t, vals[pos * stride..(pos + 1) * stride].iter());
+        }
         Ok(Windows {
-            times,
-            vals: vals.into(),
-            stride,
+            log,
             base: 0,
+            spans,
             aggs,
         })
     }
@@ -489,16 +812,71 @@ mod tests {
     }
 
     /// The column values of event `i`: the second column has nulls and
-    /// repeats, for `count`, `novel` and `count(distinct)`.
+    /// repeats, for `count`, `novel` and `count(distinct)`, and from
+    /// event 200 on some strings (the log then keeps values as such).
     fn cols(i: i64) -> [Value; 2] {
         [
             Value::Num(((i * 37) % 23) as f64 + 0.5),
             if i % 7 == 3 {
                 Value::Null
+            } else if i >= 200 && i % 13 == 0 {
+                Value::from(format!("t{}", i % 3).as_str())
             } else {
                 Value::Num((i % 5) as f64)
             },
         ]
+    }
+
+    /// Numbers and nulls keep their exact bits in the numeric log, and a
+    /// value it cannot hold as a number moves the log to values, losing
+    /// nothing logged before.
+    #[test]
+    fn the_log_keeps_every_value_exactly() {
+        let odd = [
+            Value::Null,
+            Value::Num(-0.0),
+            Value::Num(f64::NAN),
+            Value::Num(f64::from_bits(NULL)),
+            Value::from("x"),
+            Value::Num(1e300),
+        ];
+        // The log widens at a different event each time round.
+        for turn in 0..odd.len() {
+            let mut log = Log::new(2);
+            let mut want = Vec::new();
+            for i in 0..odd.len() {
+                let v = &odd[(i + turn) % odd.len()];
+                let row = [Value::Num(i as f64), v.clone()];
+                log.push(i as i64, row.iter());
+                want.push(row);
+            }
+            assert!(log.wide.is_some(), "a string and the null bits widen it");
+            for (pos, row) in want.iter().enumerate() {
+                assert_eq!(log.time(pos), pos as i64);
+                for (c, v) in row.iter().enumerate() {
+                    let got = log.value(pos, Some(c as u16));
+                    match (v, &*got) {
+                        (Value::Num(a), Value::Num(b)) => assert_eq!(a.to_bits(), b.to_bits()),
+                        _ => assert_eq!(v, &*got),
+                    }
+                }
+            }
+        }
+        let mut log = Log::new(1);
+        for (i, v) in [Value::Num(-0.0), Value::Null, Value::Num(f64::NAN)]
+            .iter()
+            .enumerate()
+        {
+            log.push(i as i64, std::iter::once(v));
+        }
+        assert!(log.wide.is_none());
+        assert_eq!(
+            log.value(0, Some(0)).as_f64().map(f64::to_bits),
+            Some((-0.0f64).to_bits())
+        );
+        assert_eq!(*log.value(1, Some(0)), Value::Null);
+        log.drop_front(2);
+        assert_eq!((log.len(), log.time(0)), (1, 2));
     }
 
     /// The values of the plan's columns: `Lit(k)` stands for `c[k]`.
@@ -635,8 +1013,8 @@ mod tests {
             w.update(&plan, t, &[Value::Num(i as f64)]);
         }
         // 30 days of events at two a day, the newest included.
-        assert_eq!(w.times.len(), 60);
-        assert_eq!(w.vals.len(), 60);
+        assert_eq!(w.log.len(), 60);
+        assert_eq!(w.log.words.len(), 120);
         let mut got = vec![Value::Null; 6];
         w.values_into(&mut got);
         assert_eq!(got[0], Value::Num(2.0));
