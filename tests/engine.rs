@@ -55,6 +55,52 @@ fn quiet_keys_are_released_in_both_modes() {
     assert_eq!(run(true, "D"), (2, 0));
 }
 
+/// A partial match's deadline wakes its key as soon as the watermark passes
+/// it: a reported timeout or a trailing `not then` raises its alert then, and
+/// a partial match that times out with nothing to raise is let go, with its
+/// key, without waiting for the key's next event.
+#[test]
+fn deadlines_wake_their_key_when_the_watermark_passes() {
+    // (rule clauses, pattern, alerts of key 1 once time passed its window)
+    let cases = [
+        ("", r#"a: v == "A" then c: v == "C""#, 0),
+        ("report timeouts", r#"a: v == "A" then c: v == "C""#, 1),
+        ("", r#"a: v == "A" not then c: v == "C""#, 1),
+    ];
+    for (clauses, pattern, alerts) in cases {
+        let src = format!(
+            "stream s {{ key k time t time format epoch_ms }}\n\
+             rule r {{ within 100ms {clauses} pattern {{ {pattern} }} }}"
+        );
+        // Explicit partial matches (a lazily matched window is let go by
+        // the sweep: `quiet_keys_are_released_in_both_modes`).
+        let options = EngineOptions {
+            lazy_regular_rules: false,
+            ..EngineOptions::default()
+        };
+        let rs = RuleSet::from_source_with("w.tl", &src, None, options).unwrap();
+        let mut engine = Engine::new(rs.clone());
+        let mut out = Outputs::default();
+        let feed = |engine: &mut Engine, out: &mut Outputs, k: u32, t: i64, v: &str| {
+            let line = format!(r#"{{"k":{k},"t":{t},"v":"{v}"}}"#);
+            engine.on_event(rs.decoder().decode(line.as_bytes(), t as u64).unwrap(), out);
+        };
+        feed(&mut engine, &mut out, 1, 0, "A");
+        // Key 2 moves the watermark well past key 1's window.
+        feed(&mut engine, &mut out, 2, 500, "X");
+        assert_eq!(out.alerts.len(), alerts, "{clauses} {pattern}");
+        assert_eq!(engine.partial_matches(), 0, "{clauses} {pattern}");
+        // Key 2 holds nothing either, but only the sweep drops an idle key
+        // that was not woken.
+        assert_eq!(engine.key_count(), 1, "{clauses} {pattern}");
+        engine.sweep_idle_keys();
+        assert_eq!(engine.key_count(), 0, "{clauses} {pattern}");
+        // Nothing was held back: the end of input raises no more.
+        engine.finish(&mut out);
+        assert_eq!(out.alerts.len(), alerts, "{clauses} {pattern}");
+    }
+}
+
 fn ordered_alerts(lateness: &str, lines: &[String]) -> Vec<String> {
     let src = format!(
         r#"

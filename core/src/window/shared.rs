@@ -165,7 +165,40 @@ struct Span {
     ago: i64,
     lo: u64,
     hi: u64,
+    /// No cursor moves before this time (at or before the earliest time
+    /// one can): a key's events mostly leave and enter only some of its
+    /// windows, and [`Windows::advance`] skips the others without reading
+    /// the log, whose edges are cache misses.
+    due: EventTime,
     members: SmallVec<[u16; 4]>,
+}
+
+impl Span {
+    /// The earliest `now` at which an event at `t` enters the window (it
+    /// must be at or before `now - ago`), or at or before it.
+    fn entry_due(&self, t: EventTime) -> EventTime {
+        if t == EventTime::MIN || self.ago < 0 {
+            return EventTime::MIN;
+        }
+        t.saturating_add(self.ago)
+    }
+
+    /// The earliest `now` at which an event at `t` leaves the window (it
+    /// must be at or before `now - ago - len`), or at or before it.
+    fn exit_due(&self, t: EventTime) -> EventTime {
+        if t == EventTime::MIN || self.ago < 0 || self.len < 0 {
+            return EventTime::MIN;
+        }
+        t.saturating_add(self.len).saturating_add(self.ago)
+    }
+
+    /// Sets `due` from the times of the next events to enter and to leave
+    /// (`None`: there is none).
+    fn set_due(&mut self, entering: Option<EventTime>, leaving: Option<EventTime>) {
+        let entry = entering.map_or(EventTime::MAX, |t| self.entry_due(t));
+        let exit = leaving.map_or(EventTime::MAX, |t| self.exit_due(t));
+        self.due = entry.min(exit);
+    }
 }
 
 /// A sliding aggregate: its running value over its span's events.
@@ -439,6 +472,7 @@ impl Windows {
                 ago,
                 lo: 0,
                 hi: 0,
+                due: EventTime::MAX,
                 members: SmallVec::new(),
             })
             .collect();
@@ -489,9 +523,19 @@ impl Windows {
             log, spans, aggs, ..
         } = self;
         for span in spans.iter_mut() {
+            if now < span.due {
+                keep_from = keep_from.min(span.lo);
+                continue;
+            }
             let upper = now.saturating_sub(span.ago);
-            while span.hi < end && log.time((span.hi - base) as usize) <= upper {
+            let mut entering = None;
+            while span.hi < end {
                 let pos = (span.hi - base) as usize;
+                let t = log.time(pos);
+                if t > upper {
+                    entering = Some(t);
+                    break;
+                }
                 for &m in &span.members {
                     if let Agg::Sliding(s) = &mut aggs[m as usize] {
                         s.run.add(s.func, span.hi, &log.value(pos, s.slot));
@@ -500,8 +544,14 @@ impl Windows {
                 span.hi += 1;
             }
             let lower = upper.saturating_sub(span.len);
-            while span.lo < span.hi && log.time((span.lo - base) as usize) <= lower {
+            let mut leaving = None;
+            while span.lo < span.hi {
                 let pos = (span.lo - base) as usize;
+                let t = log.time(pos);
+                if t > lower {
+                    leaving = Some(t);
+                    break;
+                }
                 let left = span.hi - span.lo - 1;
                 for &m in &span.members {
                     if let Agg::Sliding(s) = &mut aggs[m as usize] {
@@ -510,6 +560,7 @@ impl Windows {
                 }
                 span.lo += 1;
             }
+            span.set_due(entering, leaving);
             keep_from = keep_from.min(span.lo);
         }
         let drop = (keep_from - base) as usize;
@@ -533,6 +584,10 @@ impl Windows {
             let pos = (at - self.base) as usize;
             for span in &mut self.spans {
                 if span.ago != 0 {
+                    if span.hi == at {
+                        // The next to enter.
+                        span.due = span.due.min(span.entry_due(t));
+                    }
                     continue;
                 }
                 // A window ending now holds the event at once.
@@ -540,6 +595,10 @@ impl Windows {
                     if let Agg::Sliding(s) = &mut self.aggs[m as usize] {
                         s.run.add(s.func, at, &self.log.value(pos, s.slot));
                     }
+                }
+                if span.lo == at {
+                    // The next to leave.
+                    span.due = span.due.min(span.exit_due(t));
                 }
                 span.hi = at + 1;
             }
@@ -730,6 +789,7 @@ impl Windows {
                         ago,
                         lo,
                         hi,
+                        due: EventTime::MIN,
                         members: SmallVec::new(),
                     });
                     spans.len() - 1
