@@ -111,7 +111,7 @@ pub fn inspect_key(
                         .def
                         .windows
                         .iter()
-                        .zip(&ks.values[local])
+                        .zip(ks.rule_values(rule))
                         .map(|(w, v)| json!({ "aggregate": format!("{:?}", w.func).to_lowercase(), "value": v.to_json() }))
                         .collect();
                     json!({
@@ -176,7 +176,7 @@ pub fn key_view(engine: &mut Engine, key: &str) -> Vec<Json> {
                         let scope = Scope {
                             event: &empty,
                             path: &[],
-                            windows: &ks.values[local],
+                            windows: ks.rule_values(rule),
                         };
                         features.insert(name.clone(), eval(e, scope).to_json());
                     }
@@ -187,7 +187,7 @@ pub fn key_view(engine: &mut Engine, key: &str) -> Vec<Json> {
                     "partial_match": !ks.matchers[local].is_idle(),
                     "next_deadline": ks.matchers[local].next_deadline().map(format_time),
                     "suppressed_until": ks.quiet.get(local).filter(|&&q| q != i64::MIN).map(|&q| format_time(q)),
-                    "windows": rule.def.windows.iter().zip(&ks.values[local])
+                    "windows": rule.def.windows.iter().zip(ks.rule_values(rule))
                         .map(|(w, v)| json!({ "aggregate": format!("{:?}", w.func).to_lowercase(), "value": v.to_json() }))
                         .collect::<Vec<_>>(),
                 }));

@@ -20,7 +20,6 @@ use super::{Engine, KeyCell, KeyState, Keying, RuleSet, earliest_deadline, is_id
 use crate::event::Event;
 use crate::pattern::MatcherState;
 use crate::pattern::matcher::EventTable;
-use crate::window::Windows;
 use hashbrown::HashMap;
 use std::sync::Arc;
 
@@ -71,7 +70,9 @@ pub struct Migration {
     /// Keys whose state moved to the new rule set.
     pub keys: usize,
     /// Per-key rule states reset because an event they held no longer
-    /// decodes under the new rules.
+    /// decodes under the new rules, and groups of window aggregates reset
+    /// because the kept aggregates had seen different events (a rule that
+    /// changed its streams, now grouped with others).
     pub reset_states: usize,
     /// Buffered events that no longer decode (arrival position — the
     /// record's offset in a service —, raw text, reason): for the
@@ -255,6 +256,12 @@ impl Engine {
                 // decode was dropped and reported).
                 let KeyCell::Live(ks) = cell else { continue };
                 let mut fresh = KeyState::fresh(&rules, keying, &ks.key);
+                // Window aggregates go over in their stored form, each with
+                // its own events, and are laid out again by the new rules'
+                // groups.
+                let (old_states, old_values) = ks.rule_windows(&old, &old.keyings[ok]);
+                let (fresh_states, fresh_values) = fresh.rule_windows(&rules, keying);
+                let (mut states, mut values) = (fresh_states.clone(), fresh_values.clone());
                 // Redecoded events, shared by the matchers that keep them.
                 let mut decoded: HashMap<*const Event, Option<Arc<Event>>> = HashMap::new();
                 for (local, source) in sources.iter().enumerate() {
@@ -272,33 +279,31 @@ impl Engine {
                                 None => migration.reset_states += 1,
                             }
                             carry_quiet(&ks, *ol, &mut fresh, local, &rules.rules[ri]);
-                            fresh.windows[local] = ks.windows[*ol].clone();
-                            fresh.values[local] = ks.values[*ol].clone();
+                            states[local] = old_states[*ol].clone();
+                            values[local] = old_values[*ol].clone();
                         }
                         Source::Windows(ol, map) => {
                             // The rule is the same one, changed: its
                             // suppression goes on too.
                             carry_quiet(&ks, *ol, &mut fresh, local, &rules.rules[ri]);
-                            // Kept aggregates go over in their stored
-                            // form, each with its own events, and are laid
-                            // out again by the new rule's plan.
-                            let kept = ks.windows[*ol].to_states();
-                            let mut states = fresh.windows[local].to_states();
-                            let mut values = fresh.values[local].clone();
                             for (wi, from) in map.iter().enumerate() {
                                 if let Some(j) = from {
-                                    states[wi] = kept[*j].clone();
-                                    values[wi] = ks.values[*ol][*j].clone();
+                                    states[local][wi] = old_states[*ol][*j].clone();
+                                    values[local][wi] = old_values[*ol][*j].clone();
                                 }
-                            }
-                            match Windows::from_states(&rules.rules[ri].window_plan, states) {
-                                Ok(w) => {
-                                    fresh.windows[local] = w;
-                                    fresh.values[local] = values;
-                                }
-                                Err(_) => migration.reset_states += 1,
                             }
                         }
+                    }
+                }
+                // A group whose kept aggregates do not line up (they saw
+                // other events) starts empty.
+                while let Err((g, _)) =
+                    fresh.set_rule_windows(&rules, keying, states.clone(), values.clone())
+                {
+                    migration.reset_states += 1;
+                    for &l in &keying.groups[g].members {
+                        states[l] = fresh_states[l].clone();
+                        values[l] = fresh_values[l].clone();
                     }
                 }
                 if let Some(d) = &mut engine.dirty {

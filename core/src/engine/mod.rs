@@ -25,7 +25,7 @@ use crate::pattern::eval::{Scope, eval};
 use crate::pattern::{MatcherState, Output, Scratch};
 use crate::rules::ir::LookupSource;
 use crate::time::{TimerQueue, WatermarkTracker};
-use crate::window::Windows;
+use crate::window::{WindowState, Windows};
 use hashbrown::HashMap;
 use smallvec::SmallVec;
 use std::collections::VecDeque;
@@ -143,7 +143,8 @@ struct KeyState {
     key: Value,
     /// Per rule of the keying: matcher state.
     matchers: Vec<MatcherState>,
-    /// Per rule of the keying: window aggregates and their current values.
+    /// Per window group of the keying ([`Keying::groups`]): the window
+    /// aggregates and their current values.
     windows: Vec<Windows>,
     values: Vec<Vec<Value>>,
     timer: Option<EventTime>,
@@ -171,19 +172,93 @@ impl KeyState {
                 .map(|&r| rules.rules[r].matcher.new_state())
                 .collect(),
             windows: keying
-                .rules
+                .groups
                 .iter()
-                .map(|&r| Windows::new(&rules.rules[r].window_plan))
+                .map(|g| Windows::new(&g.plan))
                 .collect(),
             values: keying
-                .rules
+                .groups
                 .iter()
-                .map(|&r| vec![Value::Null; rules.rules[r].def.windows.len()])
+                .map(|g| vec![Value::Null; g.plan.len()])
                 .collect(),
             timer: None,
             quiet: Vec::new(),
             written: 0,
             bytes: 0,
+        }
+    }
+
+    /// Its window aggregates in their stored form, per rule of the keying
+    /// (each aggregate with its own events: [`Windows::to_states`]), with
+    /// their current values.
+    fn rule_windows(
+        &self,
+        rules: &RuleSet,
+        keying: &Keying,
+    ) -> (Vec<Vec<WindowState>>, Vec<Vec<Value>>) {
+        let mut states = vec![Vec::new(); keying.rules.len()];
+        let mut values = vec![Vec::new(); keying.rules.len()];
+        for (g, group) in keying.groups.iter().enumerate() {
+            let mut all = self.windows[g].to_states().into_iter();
+            for &local in &group.members {
+                let rule = &rules.rules[keying.rules[local]];
+                states[local] = all.by_ref().take(rule.def.windows.len()).collect();
+                values[local] = self.rule_values(rule).to_vec();
+            }
+        }
+        (states, values)
+    }
+
+    /// Lays out window aggregates stored per rule of the keying (as
+    /// [`KeyState::rule_windows`] gives them) in the keying's groups. A group
+    /// whose aggregates do not line up is left as it was, and reported by
+    /// its index with the reason.
+    fn set_rule_windows(
+        &mut self,
+        rules: &RuleSet,
+        keying: &Keying,
+        mut states: Vec<Vec<WindowState>>,
+        mut values: Vec<Vec<Value>>,
+    ) -> Result<(), (usize, String)> {
+        self.windows
+            .resize_with(keying.groups.len(), Windows::default);
+        self.values.resize_with(keying.groups.len(), Vec::new);
+        for (g, group) in keying.groups.iter().enumerate() {
+            let mut all = Vec::with_capacity(group.plan.len());
+            let mut all_values = Vec::with_capacity(group.plan.len());
+            for &local in &group.members {
+                let rule = &rules.rules[keying.rules[local]];
+                let n = rule.def.windows.len();
+                let (s, v) = (
+                    std::mem::take(&mut states[local]),
+                    std::mem::take(&mut values[local]),
+                );
+                if s.len() != n || v.len() != n {
+                    return Err((
+                        g,
+                        format!(
+                            "rule {} has {} window aggregates and {} values stored for {n}",
+                            rule.name,
+                            s.len(),
+                            v.len()
+                        ),
+                    ));
+                }
+                all.extend(s);
+                all_values.extend(v);
+            }
+            self.windows[g] = Windows::from_states(&group.plan, all).map_err(|e| (g, e))?;
+            self.values[g] = all_values;
+        }
+        Ok(())
+    }
+
+    /// The current values of `rule`'s window aggregates (the rule is of
+    /// this key's keying).
+    fn rule_values(&self, rule: &CompiledRule) -> &[Value] {
+        match rule.windows {
+            Some(w) => &self.values[w.group][w.range()],
+            None => &[],
         }
     }
 }
@@ -753,17 +828,21 @@ impl Engine {
                 if rule.def.features || rule.streams & bit == 0 {
                     continue;
                 }
-                update_windows(rule, ks, local, &event);
+                update_windows(keying, rule, ks, &event);
                 self.matcher_out.clear();
                 rule.matcher.advance_time(
                     &mut ks.matchers[local],
                     event.time,
                     &mut self.matcher_out,
                 );
+                let values = match rule.windows {
+                    Some(w) => &ks.values[w.group][w.range()],
+                    None => &[][..],
+                };
                 let r = rule.matcher.process(
                     &mut ks.matchers[local],
                     &event,
-                    &ks.values[local],
+                    values,
                     &mut self.scratch,
                     &mut self.matcher_out,
                 );
@@ -863,7 +942,7 @@ impl Engine {
                     &key_value,
                 )
             };
-            for (local, &ri) in keying.rules.iter().enumerate() {
+            for &ri in &keying.rules {
                 let rule = &rules.rules[ri];
                 if !rule.def.features {
                     continue;
@@ -882,14 +961,14 @@ impl Engine {
                     }
                     continue;
                 };
-                update_windows(rule, ks, local, event);
+                update_windows(keying, rule, ks, event);
                 for ((_, e), &slot) in rule.def.payload.iter().zip(&rule.def.feature_slots) {
                     let v = eval(
                         e,
                         Scope {
                             event,
                             path: &[],
-                            windows: &ks.values[local],
+                            windows: ks.rule_values(rule),
                         },
                     );
                     event.fields[slot as usize] = v;
@@ -1004,12 +1083,14 @@ fn live_key<'a>(
     Some(ks)
 }
 
-/// Moves the rule's windows to the event and adds it to them.
-fn update_windows(rule: &CompiledRule, ks: &mut KeyState, local: usize, event: &Event) {
-    let plan = &rule.window_plan;
-    if plan.is_empty() {
+/// Moves `rule`'s window group to the event and adds it, if the group
+/// takes its events on this rule's turn.
+fn update_windows(keying: &Keying, rule: &CompiledRule, ks: &mut KeyState, event: &Event) {
+    let Some(w) = rule.windows.filter(|w| w.updates) else {
         return;
-    }
+    };
+    let g = w.group;
+    let plan = &keying.groups[g].plan;
     // Each value aggregated is evaluated once, however many windows read it.
     let cols: SmallVec<[Value; 4]> = plan
         .columns()
@@ -1025,10 +1106,10 @@ fn update_windows(rule: &CompiledRule, ks: &mut KeyState, local: usize, event: &
             )
         })
         .collect();
-    let ws = &mut ks.windows[local];
+    let ws = &mut ks.windows[g];
     ws.advance(event.time);
     ws.update(plan, event.time, &cols);
-    ws.values_into(&mut ks.values[local]);
+    ws.values_into(&mut ks.values[g]);
 }
 
 /// Whether the key holds nothing that later events could need, once event
@@ -1100,7 +1181,7 @@ fn emit(
                         Scope {
                             event: last,
                             path: &path,
-                            windows: &ks.values[local],
+                            windows: ks.rule_values(rule),
                         },
                     );
                     (Arc::from(name.as_str()), v)

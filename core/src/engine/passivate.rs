@@ -242,13 +242,13 @@ impl Engine {
         if self.batches >= p.last_freeze + FREEZE_AFTER {
             p.last_freeze = self.batches;
             let idle_upto = p.persisted.min(self.batches.saturating_sub(FREEZE_AFTER));
-            for keys in &mut self.keys {
+            for (keying, keys) in self.keys.iter_mut().enumerate() {
                 for cell in keys.values_mut() {
                     let KeyCell::Live(ks) = cell else { continue };
                     if ks.written > idle_upto {
                         continue;
                     }
-                    let frozen = KeyCell::Frozen(frozen_body(ks));
+                    let frozen = KeyCell::Frozen(frozen_body(&self.rules, keying, ks));
                     p.resident = p.resident.saturating_sub(ks.bytes as usize) + frozen.estimate();
                     *cell = frozen;
                     p.frozen += 1;

@@ -5,7 +5,7 @@
 use crate::event::{Decoder, Event, Slot};
 use crate::pattern::lazy::SymbolDfa;
 use crate::pattern::{Matcher, nfa};
-use crate::rules::{CompileError, Compiler, RuleDef, RuleSetDef, StreamDef};
+use crate::rules::{CompileError, Compiler, RuleDef, RuleSetDef, StreamDef, WindowSpec};
 use std::sync::Arc;
 
 /// The (stage, condition predicate) of a pattern that is one mandatory stage
@@ -67,8 +67,8 @@ pub struct CompiledRule {
     pub(crate) lookups: Vec<(Arc<str>, Slot)>,
     /// The streams it reads, a bit each.
     pub(crate) streams: u64,
-    /// How its window aggregates are laid out per key.
-    pub(crate) window_plan: crate::window::Plan,
+    /// Where its keying keeps its window aggregates (`None`: it has none).
+    pub(crate) windows: Option<RuleWindows>,
 }
 
 impl CompiledRule {
@@ -101,6 +101,133 @@ pub struct Keying {
     pub patterns: bool,
     /// The streams its rules read, a bit each.
     pub streams: u64,
+    /// Its rules' window aggregates, in groups kept together per key
+    /// (each rule's place: [`CompiledRule::windows`]).
+    pub(crate) groups: Vec<WindowGroup>,
+}
+
+/// The window aggregates of rules of one keying, kept together per key:
+/// one log of the key's events and one pair of cursors per distinct window
+/// (a feature set's `count(over 30d)` and a rule's `avg(amount over 30d)`
+/// move over the same events once). Rules share a group when their
+/// aggregates see the same events at the same point of an event's
+/// processing: they read the same streams, and none aggregates a value a
+/// feature set or a model derives (the group takes each event once, on its
+/// first rule's turn: a value derived later in that event's processing
+/// would differ from the rule's own turn). Feature sets come first: a rule's
+/// aggregates join a feature set's group when they can, since feature sets
+/// take each event first.
+#[derive(Debug)]
+pub(crate) struct WindowGroup {
+    /// The layout of its rules' aggregates, one rule's after another's.
+    pub(crate) plan: crate::window::Plan,
+    /// Its rules (by place in the keying), in the order of their aggregates.
+    pub(crate) members: Vec<usize>,
+}
+
+/// Where one rule's window aggregates are kept (see [`WindowGroup`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RuleWindows {
+    /// Its group, by index into [`Keying::groups`].
+    pub(crate) group: usize,
+    /// The place of its first aggregate among the group's.
+    pub(crate) offset: usize,
+    /// Its number of aggregates.
+    pub(crate) len: usize,
+    /// The group takes each event on this rule's turn: it is the group's
+    /// first rule to see the event.
+    pub(crate) updates: bool,
+}
+
+impl RuleWindows {
+    /// Its aggregates' places among the group's.
+    pub(crate) fn range(&self) -> std::ops::Range<usize> {
+        self.offset..self.offset + self.len
+    }
+}
+
+/// Lays out the window aggregates of `keying`'s rules in groups (see
+/// [`WindowGroup`]).
+fn window_groups(
+    def: &RuleSetDef,
+    rules: &[CompiledRule],
+    keying: &Keying,
+) -> (Vec<WindowGroup>, Vec<Option<RuleWindows>>) {
+    let derived: Vec<Slot> = def
+        .rules
+        .iter()
+        .filter(|r| r.features)
+        .flat_map(|r| r.feature_slots.iter().copied())
+        .chain(
+            def.models
+                .iter()
+                .flat_map(|m| std::iter::once(m).chain(m.candidate.as_deref()))
+                .map(|m| m.slot),
+        )
+        .collect();
+    // (streams, open to other rules) of each group.
+    let mut kinds: Vec<(u64, bool)> = Vec::new();
+    let mut members: Vec<Vec<usize>> = Vec::new();
+    let mut windows_of: Vec<Option<RuleWindows>> = vec![None; keying.rules.len()];
+    // Feature sets first: they take each event before the rules do.
+    let order = (0..keying.rules.len())
+        .filter(|&l| rules[keying.rules[l]].def.features)
+        .chain((0..keying.rules.len()).filter(|&l| !rules[keying.rules[l]].def.features));
+    for local in order {
+        let rule = &rules[keying.rules[local]];
+        if rule.def.windows.is_empty() {
+            continue;
+        }
+        let reads_derived = rule.def.windows.iter().any(|w| {
+            w.arg
+                .as_ref()
+                .is_some_and(|a| a.reads_slot(&|s| derived.contains(&s)))
+        });
+        // A feature set without features derives nothing, and the engine
+        // does not run its `derive` phase for it alone.
+        let idle_set = rule.def.features && rule.def.feature_slots.is_empty();
+        let open = !reads_derived && !idle_set;
+        let found = open
+            .then(|| {
+                kinds
+                    .iter()
+                    .position(|&(streams, o)| o && streams == rule.streams)
+            })
+            .flatten();
+        let group = match found {
+            Some(g) => g,
+            None => {
+                kinds.push((rule.streams, open));
+                members.push(Vec::new());
+                kinds.len() - 1
+            }
+        };
+        let offset = members[group]
+            .iter()
+            .map(|&l| rules[keying.rules[l]].def.windows.len())
+            .sum();
+        windows_of[local] = Some(RuleWindows {
+            group,
+            offset,
+            len: rule.def.windows.len(),
+            updates: members[group].is_empty(),
+        });
+        members[group].push(local);
+    }
+    let groups = members
+        .into_iter()
+        .map(|members| {
+            let specs: Vec<WindowSpec> = members
+                .iter()
+                .flat_map(|&l| rules[keying.rules[l]].def.windows.iter().cloned())
+                .collect();
+            WindowGroup {
+                plan: crate::window::Plan::new(&specs),
+                members,
+            }
+        })
+        .collect();
+    (groups, windows_of)
 }
 
 /// A compiled rule set.
@@ -223,6 +350,7 @@ impl RuleSet {
                         features: false,
                         patterns: false,
                         streams: 0,
+                        groups: Vec::new(),
                     });
                     keyings.len() - 1
                 }
@@ -261,9 +389,16 @@ impl RuleSet {
                     .map(|&i| (Arc::from(def.lookups[i].name.as_str()), def.lookups[i].slot))
                     .collect(),
                 streams,
-                window_plan: crate::window::Plan::new(&r.windows),
+                windows: None,
                 def: r.clone(),
             });
+        }
+        for k in &mut keyings {
+            let (groups, windows_of) = window_groups(&def, &rules, k);
+            k.groups = groups;
+            for (&ri, w) in k.rules.iter().zip(windows_of) {
+                rules[ri].windows = w;
+            }
         }
         let schema = Arc::new(def.schema.clone());
         // A stream's own key is required of its events; rules keyed by other

@@ -9,7 +9,7 @@ use crate::pattern::matcher::{EventTable, MatcherSnapshot, MatcherState};
 use crate::rules::RuleOrigin;
 use crate::state::{Change, SnapshotError, StateStore, decode, encode};
 use crate::time::WatermarkTracker;
-use crate::window::{WindowState, Windows};
+use crate::window::WindowState;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 use std::sync::Arc;
@@ -186,9 +186,9 @@ impl Engine {
         self.migration.take()
     }
 
-    fn key_value(&self, key: &ValueKey, cell: &KeyCell) -> Vec<u8> {
+    fn key_value(&self, keying: usize, key: &ValueKey, cell: &KeyCell) -> Vec<u8> {
         match cell {
-            KeyCell::Live(ks) => key_value(&self.rules, ks),
+            KeyCell::Live(ks) => key_value(&self.rules, keying, ks),
             KeyCell::Frozen(body) => frozen_value(&self.rules, key, body),
         }
     }
@@ -220,7 +220,7 @@ impl Engine {
         for (ki, keys) in self.keys.iter().enumerate() {
             for (key, ks) in keys {
                 // A put after the delete of the same key wins within the batch.
-                batch.push((key_bytes(ki as u32, key), Some(self.key_value(key, ks))));
+                batch.push((key_bytes(ki as u32, key), Some(self.key_value(ki, key, ks))));
             }
         }
         let bytes = batch
@@ -302,7 +302,7 @@ impl Engine {
                 for (ki, key) in keys {
                     let mut value = match self.keys[ki as usize].get_mut(&key) {
                         Some(KeyCell::Live(ks)) => {
-                            let v = key_value(&self.rules, ks);
+                            let v = key_value(&self.rules, ki as usize, ks);
                             Engine::written_size(&mut self.passive, ks, v.len());
                             Some(v)
                         }
@@ -323,7 +323,7 @@ impl Engine {
             None => {
                 for (ki, keys) in self.keys.iter().enumerate() {
                     for (key, ks) in keys {
-                        batch.push((key_bytes(ki as u32, key), Some(self.key_value(key, ks))));
+                        batch.push((key_bytes(ki as u32, key), Some(self.key_value(ki, key, ks))));
                     }
                 }
             }
@@ -448,21 +448,21 @@ impl Engine {
 }
 
 /// A key's store entry value.
-pub(super) fn key_value(rules: &RuleSet, ks: &KeyState) -> Vec<u8> {
-    let snap = key_snapshot(ks);
+pub(super) fn key_value(rules: &RuleSet, keying: usize, ks: &KeyState) -> Vec<u8> {
+    let snap = key_snapshot(rules, keying, ks);
     encode_key_snapshot(&snap, crate::state::header(rules.def.hash, 50))
 }
 
 /// A key's store entry value without its header, which is the same for
 /// every key (what frozen keys keep in memory).
-pub(super) fn key_body(ks: &KeyState) -> Vec<u8> {
-    encode_key_snapshot(&key_snapshot(ks), Vec::new())
+pub(super) fn key_body(rules: &RuleSet, keying: usize, ks: &KeyState) -> Vec<u8> {
+    encode_key_snapshot(&key_snapshot(rules, keying, ks), Vec::new())
 }
 
 /// What a frozen key keeps: its entry's body less the header and the key
 /// itself, which starts the body and which the key map already holds.
-pub(super) fn frozen_body(ks: &KeyState) -> Box<[u8]> {
-    let body = key_body(ks);
+pub(super) fn frozen_body(rules: &RuleSet, keying: usize, ks: &KeyState) -> Box<[u8]> {
+    let body = key_body(rules, keying, ks);
     let skip = encoded_key_len(&ks.key).min(body.len());
     body[skip..].into()
 }
@@ -496,7 +496,8 @@ fn encoded_key_len(key: &Value) -> usize {
     postcard::experimental::serialized_size(key).unwrap_or(0)
 }
 
-fn key_snapshot(ks: &KeyState) -> KeySnapshot {
+fn key_snapshot(rules: &RuleSet, keying: usize, ks: &KeyState) -> KeySnapshot {
+    let (windows, values) = ks.rule_windows(rules, &rules.keyings[keying]);
     let mut table = EventTable::default();
     let matchers = ks
         .matchers
@@ -507,8 +508,8 @@ fn key_snapshot(ks: &KeyState) -> KeySnapshot {
         key: ks.key.clone(),
         events: table.events.iter().map(|e| EventSnapshot::of(e)).collect(),
         matchers,
-        windows: ks.windows.iter().map(Windows::to_states).collect(),
-        values: ks.values.clone(),
+        windows,
+        values,
         timer: ks.timer,
         quiet: if ks.quiet.iter().any(|&q| q != i64::MIN) {
             ks.quiet.clone()
@@ -567,21 +568,15 @@ pub(super) fn decode_key_body(
                 .map_err(|e| SnapshotError::Corrupt(e.to_string()))?,
         );
     }
-    let mut windows = Vec::with_capacity(snap.windows.len());
-    for ((w, v), &ri) in snap.windows.into_iter().zip(&snap.values).zip(keying_rules) {
-        let plan = &rules.rules[ri].window_plan;
-        if v.len() != plan.len() {
+    for (v, &ri) in snap.values.iter().zip(keying_rules) {
+        let n = rules.rules[ri].def.windows.len();
+        if v.len() != n {
             return Err(SnapshotError::Corrupt(format!(
-                "key {} has {} window values for {} aggregates",
+                "key {} has {} window values for {n} aggregates",
                 snap.key,
                 v.len(),
-                plan.len()
             )));
         }
-        windows.push(
-            Windows::from_states(plan, w)
-                .map_err(|e| SnapshotError::Corrupt(format!("key {}: {e}", snap.key)))?,
-        );
     }
     if snap
         .timer
@@ -592,16 +587,20 @@ pub(super) fn decode_key_body(
             snap.key
         )));
     }
-    Ok(KeyState {
+    let keying = &rules.keyings[keying];
+    let mut ks = KeyState {
         key: snap.key,
         matchers,
-        windows,
-        values: snap.values,
+        windows: Vec::new(),
+        values: Vec::new(),
         timer: snap.timer,
         quiet: snap.quiet,
         written: 0,
         bytes: 0,
-    })
+    };
+    ks.set_rule_windows(rules, keying, snap.windows, snap.values)
+        .map_err(|(_, e)| SnapshotError::Corrupt(format!("key {}: {e}", ks.key)))?;
+    Ok(ks)
 }
 
 /// Checks that a stored entry (a checkpoint's or a changelog record's key
@@ -624,5 +623,77 @@ pub fn check_entry(key: &[u8], value: &[u8]) -> Result<(), SnapshotError> {
             "unknown entry {:?}",
             String::from_utf8_lossy(&key[..key.len().min(16)])
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Engine, Outputs};
+    use crate::state::MemoryStore;
+
+    const STREAM: &str = "stream s { key k time t time format epoch_ms }\n";
+    const FEATURES: &str = "features card {\n  n_1h = count(over 1h)\n  avg_1h = avg(v over 1h)\n  sum_1d = sum(v over 1d)\n}\n";
+    const SPIKE: &str =
+        "rule spike { pattern { e: v > 2 * avg(v over 1h) and count(over 1d) > 3 } }\n";
+    const LATE: &str = "rule late { pattern { e: max(v over 2h ending 30m ago) > 5 } }\n";
+
+    /// Per key, the stored window aggregates and values of `rule`, after a
+    /// run of events under the rules `src`.
+    fn stored(src: &str, rule: &str) -> Vec<(Value, Vec<u8>)> {
+        let rs = RuleSet::from_source("g.tl", src, None).expect("rules compile");
+        let mut engine = Engine::new(rs.clone());
+        let mut out = Outputs::default();
+        let mut x = 7u64;
+        let mut t = 0i64;
+        for seq in 0..600u64 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            t += ((x >> 33) % 600_000) as i64;
+            let (k, v) = ((x >> 20) % 5, (x >> 40) % 10);
+            let line = format!(r#"{{"k":{k},"t":{t},"v":{v}}}"#);
+            engine.on_event(rs.decoder().decode(line.as_bytes(), seq).unwrap(), &mut out);
+        }
+        let mut store = MemoryStore::default();
+        engine.checkpoint(&mut store).expect("checkpoint");
+        let keying = &rs.keyings[0];
+        let local = keying
+            .rules
+            .iter()
+            .position(|&r| &*rs.rules[r].name == rule)
+            .expect("the rule");
+        let mut keys: Vec<(Value, Vec<u8>)> = store
+            .scan_prefix(KEY_PREFIX)
+            .unwrap()
+            .into_iter()
+            .map(|(_, v)| {
+                let snap = decode_key_snapshot(crate::state::body(&v, rs.def.hash).unwrap())
+                    .expect("decodes");
+                let stored = (&snap.windows[local], &snap.values[local]);
+                (snap.key.clone(), postcard::to_allocvec(&stored).unwrap())
+            })
+            .collect();
+        keys.sort_by(|a, b| a.0.sort_order(&b.0));
+        keys
+    }
+
+    /// Rules whose window aggregates share a group store them exactly as
+    /// each would alone: the stored form does not depend on the grouping.
+    #[test]
+    fn grouped_windows_are_stored_as_each_rule_alone() {
+        let together = format!("{STREAM}{FEATURES}{SPIKE}{LATE}");
+        let rs = RuleSet::from_source("g.tl", &together, None).unwrap();
+        assert_eq!(rs.keyings[0].groups.len(), 1, "one group for the three");
+        // A rule aggregating a derived value (a feature) keeps a group of
+        // its own: a group takes each event before the features are written.
+        let derived = format!("{together}rule busy {{ pattern {{ e: avg(n_1h over 1h) > 3 }} }}\n");
+        let rs = RuleSet::from_source("g.tl", &derived, None).unwrap();
+        assert_eq!(rs.keyings[0].groups.len(), 2);
+        for (rule, alone) in [("card", FEATURES), ("spike", SPIKE), ("late", LATE)] {
+            let grouped = stored(&together, rule);
+            assert_eq!(grouped.len(), 5);
+            assert_eq!(grouped, stored(&format!("{STREAM}{alone}"), rule), "{rule}");
+        }
     }
 }

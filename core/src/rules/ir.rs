@@ -656,6 +656,13 @@ pub struct RuleOrigin {
 }
 
 impl CExpr {
+    /// Whether it reads some field slot for which `of` holds.
+    pub fn reads_slot(&self, of: &dyn Fn(Slot) -> bool) -> bool {
+        let mut found = false;
+        self.clone().visit_slots(&mut |s| found |= of(*s));
+        found
+    }
+
     /// Calls `f` on every field slot the expression reads, in a fixed
     /// structural order.
     fn visit_slots(&mut self, f: &mut dyn FnMut(&mut Slot)) {

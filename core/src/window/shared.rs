@@ -1,4 +1,6 @@
-//! One rule's window aggregates for one key, laid out for the hot path: the
+//! A group of window aggregates for one key (one rule's, or those of
+//! several rules of a keying that see the same events: see the engine's
+//! `WindowGroup`), laid out for the hot path: the
 //! sliding windows (`over 7d`, `over 30d ending 7d ago`) share one log of
 //! the key's events instead of each keeping its own copy, and every value
 //! they aggregate (a column: `TX_AMOUNT` in `avg(TX_AMOUNT over 1d)`) is
