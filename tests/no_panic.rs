@@ -1,5 +1,6 @@
 //! The entry points the fuzz targets drive, on random input in every test run:
-//! the rule compiler and the event decoder return errors, never panic.
+//! the rule compiler, the event decoder, and the readers of labels, list
+//! files, table rows and the configuration return errors, never panic.
 
 use proptest::prelude::*;
 use tripline::engine::{Engine, Outputs, RuleSet};
@@ -142,6 +143,46 @@ proptest! {
         let mut input = prefix.as_bytes().to_vec();
         input.extend_from_slice(&bytes);
         let _ = rs.decoder().decode(&input, 0);
+    }
+
+    #[test]
+    fn list_file_readers_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300), prefix in prop::sample::select(vec!["", "value,from,until,op\n", "value\n1,", "{\"list\":\"blocked\",\"value\":", "value,from\n1,2018-"])) {
+        use tripline::list_files::{CsvDefaults, parse_list_csv, parse_list_file};
+        let mut input = prefix.as_bytes().to_vec();
+        input.extend_from_slice(&bytes);
+        let text = String::from_utf8_lossy(&input);
+        if let Ok(entries) = parse_list_csv("blocked", &text, &CsvDefaults::default()) {
+            let lists = tripline::lists::Lists::new();
+            for e in entries {
+                lists.put(e);
+            }
+            let _ = lists.contains("blocked", &tripline::event::Value::Num(1.0), i64::MAX);
+        }
+        let _ = parse_list_file("blocked", std::path::Path::new("b.jsonl"), &text);
+    }
+
+    #[test]
+    fn table_rows_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300), prefix in prop::sample::select(vec!["", "{\"card\":", "{\"card\":1,\"UPDATED_AT\":", "{\"card\":\"1\",\"UPDATED_AT\":\"2018-", "{\"card\":1,\"UPDATED_AT\":1,\"home\":"])) {
+        let rs = RuleSet::from_source(
+            "t.tl",
+            "stream s { key card time ts }\ntable profiles { key card time UPDATED_AT }\nrule abroad { pattern { tx: country != profiles.home } }",
+            None,
+        ).expect("compiles");
+        let mut input = prefix.as_bytes().to_vec();
+        input.extend_from_slice(&bytes);
+        let tables = tripline::tables::Tables::new();
+        let _ = tables.load(&rs.def().tables[0].spec, &String::from_utf8_lossy(&input));
+        let home = tripline::event::FieldPath::parse("home").expect("a path");
+        let _ = tables.get("profiles", &tripline::event::Value::Num(1.0), i64::MAX, &home);
+    }
+
+    #[test]
+    fn config_reader_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..300), prefix in prop::sample::select(vec!["", "[kafka]\n", "[kafka]\nbrokers = ", "[rules]\nmax_alerts_per_event = ", "[state]\ndir = \"", "[[webhooks]]\nname = "]), env in prop::option::of(("TRIPLINE__[A-Z_]{1,30}", ".{0,12}"))) {
+        let mut input = prefix.as_bytes().to_vec();
+        input.extend_from_slice(&bytes);
+        if let Err(e) = tripline::config::Config::from_toml(&String::from_utf8_lossy(&input), "p.toml", env) {
+            prop_assert!(!e.problems.is_empty());
+        }
     }
 
     #[test]

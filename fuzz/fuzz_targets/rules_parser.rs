@@ -14,7 +14,10 @@ fuzz_target!(|data: &[u8]| {
             let rs = tripline::engine::RuleSet::build(def, Default::default());
             let mut engine = tripline::engine::Engine::new(rs.clone());
             let mut out = tripline::engine::Outputs::default();
-            for (i, line) in [r#"{"k":1,"t":1,"v":1}"#, r#"{"k":1,"t":2,"v":"x"}"#].iter().enumerate() {
+            for (i, line) in [r#"{"k":1,"t":1,"v":1}"#, r#"{"k":1,"t":2,"v":"x"}"#]
+                .iter()
+                .enumerate()
+            {
                 if let Ok(ev) = rs.decoder().decode(line.as_bytes(), i as u64) {
                     engine.on_event(ev, &mut out);
                 }
