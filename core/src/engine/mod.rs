@@ -256,10 +256,17 @@ impl KeyState {
     /// The current values of `rule`'s window aggregates (the rule is of
     /// this key's keying).
     fn rule_values(&self, rule: &CompiledRule) -> &[Value] {
-        match rule.windows {
-            Some(w) => &self.values[w.group][w.range()],
-            None => &[],
-        }
+        group_values(&self.values, rule)
+    }
+}
+
+/// `rule`'s slice of its group's values, out of a key's `values` (a
+/// function of the field alone, so the key's matchers can be borrowed at
+/// the same time).
+fn group_values<'a>(values: &'a [Vec<Value>], rule: &CompiledRule) -> &'a [Value] {
+    match rule.windows {
+        Some(w) => &values[w.group][w.range()],
+        None => &[],
     }
 }
 
@@ -835,14 +842,10 @@ impl Engine {
                     event.time,
                     &mut self.matcher_out,
                 );
-                let values = match rule.windows {
-                    Some(w) => &ks.values[w.group][w.range()],
-                    None => &[][..],
-                };
                 let r = rule.matcher.process(
                     &mut ks.matchers[local],
                     &event,
-                    values,
+                    group_values(&ks.values, rule),
                     &mut self.scratch,
                     &mut self.matcher_out,
                 );
