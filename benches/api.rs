@@ -194,7 +194,7 @@ fn main() {
         .create()
         .unwrap();
 
-    let (_serve, api) = serve(&c);
+    let (served, api) = serve(&c);
     // Ready: partitions assigned and restored; consumption has begun.
     let agent = ureq::Agent::new_with_defaults();
     let started = now();
@@ -238,4 +238,6 @@ fn main() {
         (after - before) as f64 / wall
     );
     report("after catching up", &idle, seconds);
+    drop(served);
+    std::fs::remove_dir_all(&c.state.dir).ok();
 }

@@ -124,6 +124,7 @@ fn throughput(brokers: &str, events: usize) {
     let barrier_s = get(&p.barrier_micros) as f64 / 1e6;
     handle.stop();
     handle.join().unwrap();
+    std::fs::remove_dir_all(&c.state.dir).ok();
 
     println!(
         "throughput: {events} events ({bytes} bytes) over {partitions} partitions, checkpoint every {} ms",
@@ -230,6 +231,7 @@ fn latency(brokers: &str, count: usize) {
     let per_commit_ms = get(&p.checkpoint_micros) as f64 / 1e3 / get(&p.commits).max(1) as f64;
     handle.stop();
     handle.join().unwrap();
+    std::fs::remove_dir_all(&c.state.dir).ok();
     lat_ms.sort_by(f64::total_cmp);
     let q = |p: f64| lat_ms[((lat_ms.len() - 1) as f64 * p) as usize];
     println!(

@@ -104,6 +104,7 @@ fn child(brokers: &str, events: usize, on: bool) {
     let (wall, cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
     handle.stop();
     handle.join().unwrap();
+    std::fs::remove_dir_all(&c.state.dir).ok();
     println!(
         "RESULT {} {}",
         events as f64 / wall,
