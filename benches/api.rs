@@ -138,6 +138,7 @@ fn wrk(api: &str, seconds: u64, connections: u64) -> Load {
         ])
         .output()
         .expect("wrk (apt-get install wrk)");
+    std::fs::remove_file(&script).ok();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let mut load = Load {
         requests: 0,

@@ -2,7 +2,7 @@
 //! the way the service writes it (engine change batches and a position per
 //! shard), run as the binary an operator runs.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use tripline::adapters::local::{LocalState, Position};
 use tripline::engine::{Engine, Outputs, RuleSet};
@@ -14,17 +14,15 @@ rule big_spend { pattern { a: amount > 100 and sum(amount over 1h) > 500 } }
 rule pair { within 10m report timeouts pattern { a: amount > 50 then b: amount > 50 } }
 "#;
 
-fn fresh_dir(name: &str) -> PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("tripline-state-cli-{}-{name}", std::process::id()));
-    std::fs::remove_dir_all(&dir).ok();
-    dir
-}
-
 /// A data directory with one shard `tx/3` holding cards `c1` (three
-/// events, 30+40+60) and `c2` (one, 70), at input offset 4.
-fn data_dir(name: &str) -> PathBuf {
-    let dir = fresh_dir(name);
+/// events, 30+40+60) and `c2` (one, 70), at input offset 4. Removed when
+/// dropped.
+fn data_dir(name: &str) -> tempfile::TempDir {
+    let temp = tempfile::Builder::new()
+        .prefix(&format!("tripline-state-cli-{name}-"))
+        .tempdir()
+        .expect("a temporary directory");
+    let dir = temp.path();
     let rs = RuleSet::from_source("r.tl", RULES, None).expect("compiles");
     let mut engine = Engine::new(rs.clone()).track_changes();
     let mut out = Outputs::default();
@@ -42,7 +40,7 @@ fn data_dir(name: &str) -> PathBuf {
             .expect("decodes");
         engine.on_event(ev, &mut out);
     }
-    let local = LocalState::open(&dir).expect("opens");
+    let local = LocalState::open(dir).expect("opens");
     let mut store = local.shard("tx", 3).expect("shard");
     store.write(engine.take_changes()).expect("writes");
     store
@@ -51,7 +49,7 @@ fn data_dir(name: &str) -> PathBuf {
             changelog: 2,
         })
         .expect("position");
-    dir
+    temp
 }
 
 fn tripline(args: &[&str], dir: &Path) -> Output {
@@ -85,8 +83,9 @@ fn json_lines(out: &Output) -> Vec<serde_json::Value> {
 
 #[test]
 fn inspect_summarises_each_shard() {
-    let dir = data_dir("summary");
-    let lines = ok_json(&["state", "inspect"], &dir);
+    let temp = data_dir("summary");
+    let dir = temp.path();
+    let lines = ok_json(&["state", "inspect"], dir);
     assert_eq!(lines.len(), 1, "{lines:?}");
     let s = &lines[0];
     assert_eq!(s["shard"], "tx/3");
@@ -102,8 +101,9 @@ fn inspect_summarises_each_shard() {
 
 #[test]
 fn inspect_shows_one_keys_windows_and_partial_matches() {
-    let dir = data_dir("key");
-    let lines = ok_json(&["state", "inspect", "--key", "c1"], &dir);
+    let temp = data_dir("key");
+    let dir = temp.path();
+    let lines = ok_json(&["state", "inspect", "--key", "c1"], dir);
     assert_eq!(lines.len(), 1, "{lines:?}");
     let k = &lines[0]["key_state"];
     assert_eq!(lines[0]["shard"], "tx/3");
@@ -124,11 +124,12 @@ fn inspect_shows_one_keys_windows_and_partial_matches() {
 
 #[test]
 fn inspect_of_an_unknown_key_or_shard_fails_clearly() {
-    let dir = data_dir("unknown");
-    let out = tripline(&["state", "inspect", "--key", "nobody"], &dir);
+    let temp = data_dir("unknown");
+    let dir = temp.path();
+    let out = tripline(&["state", "inspect", "--key", "nobody"], dir);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no state for key `nobody`"));
-    let out = tripline(&["state", "inspect", "--shard", "tx/9"], &dir);
+    let out = tripline(&["state", "inspect", "--shard", "tx/9"], dir);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no shard `tx/9`"));
     let out = tripline(&["state", "inspect"], &dir.join("missing"));
@@ -138,16 +139,17 @@ fn inspect_of_an_unknown_key_or_shard_fails_clearly() {
 
 #[test]
 fn compact_keeps_the_state() {
-    let dir = data_dir("compact");
-    let before = json_lines(&tripline(&["state", "inspect", "--key", "c2"], &dir));
-    let out = tripline(&["state", "compact"], &dir);
+    let temp = data_dir("compact");
+    let dir = temp.path();
+    let before = json_lines(&tripline(&["state", "inspect", "--key", "c2"], dir));
+    let out = tripline(&["state", "compact"], dir);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("compacted"));
-    let after = json_lines(&tripline(&["state", "inspect", "--key", "c2"], &dir));
+    let after = json_lines(&tripline(&["state", "inspect", "--key", "c2"], dir));
     assert_eq!(before, after);
     assert_eq!(after[0]["key_state"]["key"], "c2");
 }
