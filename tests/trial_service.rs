@@ -254,7 +254,11 @@ fn a_manual_trial_is_shown_by_the_api_and_the_console_and_promoted_from_it() {
         .unwrap();
     let minute = Duration::from_secs(60);
     let candidate = "#models tr[data-version=\"candidate\"]";
-    browser_support::wait_text(&tab, candidate, minute, &|t| t.contains("promote:"));
+    // Compared in lower case: the verdict is styled upper case, which the
+    // rendered text follows once the page's styles apply.
+    browser_support::wait_text(&tab, candidate, minute, &|t| {
+        t.to_lowercase().contains("promote:")
+    });
     // The page's figures are the API's (rows may still be arriving: the
     // page refreshes every 10 s).
     let running_row = "#models tr[data-version=\"running\"]";
@@ -282,6 +286,7 @@ fn a_manual_trial_is_shown_by_the_api_and_the_console_and_promoted_from_it() {
     assert!(!t.log_text().contains("the candidate won and is promoted"));
     // Promoted: the model runs alone, with no trial.
     browser_support::wait_text(&tab, "#models", minute, &|t| {
+        let t = t.to_lowercase();
         t.contains("no candidate") && !t.contains("promote:")
     });
 }
