@@ -733,8 +733,9 @@ impl Engine {
                 continue;
             }
             ks.timer = None;
-            for (local, &ri) in rules.keyings[keying as usize].rules.iter().enumerate() {
-                let rule = &rules.rules[ri];
+            let timed = &rules.keyings[keying as usize].timed;
+            for &local in timed {
+                let rule = &rules.rules[rules.keyings[keying as usize].rules[local]];
                 self.matcher_out.clear();
                 rule.matcher
                     .advance_time(&mut ks.matchers[local], at, &mut self.matcher_out);
@@ -752,7 +753,7 @@ impl Engine {
             // After advancing to `at` no deadline can be at or before it. One
             // that is (state restored from a damaged snapshot) would fire
             // again at once, forever: the key's state is dropped instead.
-            let next = earliest_deadline(ks);
+            let next = earliest_timed_deadline(ks, timed);
             if let Some((n, local)) = next
                 && n <= at
             {
@@ -837,11 +838,13 @@ impl Engine {
                 }
                 update_windows(keying, rule, ks, &event);
                 self.matcher_out.clear();
-                rule.matcher.advance_time(
-                    &mut ks.matchers[local],
-                    event.time,
-                    &mut self.matcher_out,
-                );
+                if rule.matcher.keeps_state() {
+                    rule.matcher.advance_time(
+                        &mut ks.matchers[local],
+                        event.time,
+                        &mut self.matcher_out,
+                    );
+                }
                 let r = rule.matcher.process(
                     &mut ks.matchers[local],
                     &event,
@@ -868,7 +871,8 @@ impl Engine {
                     rules.options.max_alerts_per_event,
                 );
             }
-            Self::schedule(ki, &key, ks, earliest_deadline(ks), &mut self.timers);
+            let next = earliest_timed_deadline(ks, &keying.timed);
+            Self::schedule(ki, &key, ks, next, &mut self.timers);
         }
         let rules = &*self.rules;
         if self.collect_features && !rules.feature_slots.is_empty() {
@@ -1054,6 +1058,15 @@ fn earliest_deadline(ks: &KeyState) -> Option<(EventTime, usize)> {
         .iter()
         .enumerate()
         .filter_map(|(i, m)| m.next_deadline().map(|n| (n, i)))
+        .min()
+}
+
+/// [`earliest_deadline`] among the matchers that can have one (the
+/// keying's [`Keying::timed`]), without reading the others' state.
+fn earliest_timed_deadline(ks: &KeyState, timed: &[usize]) -> Option<(EventTime, usize)> {
+    timed
+        .iter()
+        .filter_map(|&i| ks.matchers[i].next_deadline().map(|n| (n, i)))
         .min()
 }
 

@@ -104,6 +104,9 @@ pub struct Keying {
     /// Its rules' window aggregates, in groups kept together per key
     /// (each rule's place: [`CompiledRule::windows`]).
     pub(crate) groups: Vec<WindowGroup>,
+    /// The places in `rules` of the patterns whose matchers keep state
+    /// ([`Matcher::keeps_state`]): only theirs can have a deadline.
+    pub(crate) timed: Vec<usize>,
 }
 
 /// The window aggregates of rules of one keying, kept together per key:
@@ -351,6 +354,7 @@ impl RuleSet {
                         patterns: false,
                         streams: 0,
                         groups: Vec::new(),
+                        timed: Vec::new(),
                     });
                     keyings.len() - 1
                 }
@@ -394,6 +398,12 @@ impl RuleSet {
             });
         }
         for k in &mut keyings {
+            k.timed = (0..k.rules.len())
+                .filter(|&local| {
+                    let r = &rules[k.rules[local]];
+                    !r.def.features && r.matcher.keeps_state()
+                })
+                .collect();
             let (groups, windows_of) = window_groups(&def, &rules, k);
             k.groups = groups;
             for (&ri, w) in k.rules.iter().zip(windows_of) {

@@ -429,6 +429,12 @@ impl Matcher {
         self
     }
 
+    /// Whether its per-key state can hold partial matches, and so
+    /// deadlines: a single-stage pattern's never does.
+    pub fn keeps_state(&self) -> bool {
+        self.single.is_none()
+    }
+
     /// Runs lazily with `dfa` (see [`super::lazy`]).
     pub fn with_lazy(mut self, dfa: Option<SymbolDfa>) -> Matcher {
         self.lazy = dfa.map(Arc::new);
