@@ -27,7 +27,6 @@ use crate::rules::ir::LookupSource;
 use crate::time::{TimerQueue, WatermarkTracker};
 use crate::window::{WindowState, Windows};
 use hashbrown::HashMap;
-use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -348,6 +347,8 @@ pub struct Engine {
     collect_features: bool,
     /// A model's input row, reused.
     model_row: Vec<f32>,
+    /// The column values a window group aggregates, for the event at hand.
+    cols: Vec<Value>,
     /// The wall clock (epoch ms) where there is one ([`Engine::set_clock`]).
     clock: Option<i64>,
     /// The wall-clock time the latest event time seen last moved.
@@ -398,6 +399,7 @@ impl Engine {
             passive: None,
             collect_features: false,
             model_row: Vec::new(),
+            cols: Vec::new(),
             clock: None,
             advanced_at: None,
             arrived_at: None,
@@ -836,7 +838,7 @@ impl Engine {
                 if rule.def.features || rule.streams & bit == 0 {
                     continue;
                 }
-                update_windows(keying, rule, ks, &event);
+                update_windows(keying, rule, ks, &event, &mut self.cols);
                 self.matcher_out.clear();
                 if rule.matcher.keeps_state() {
                     rule.matcher.advance_time(
@@ -968,7 +970,7 @@ impl Engine {
                     }
                     continue;
                 };
-                update_windows(keying, rule, ks, event);
+                update_windows(keying, rule, ks, event, &mut self.cols);
                 for ((_, e), &slot) in rule.def.payload.iter().zip(&rule.def.feature_slots) {
                     let v = eval(
                         e,
@@ -1101,30 +1103,34 @@ fn live_key<'a>(
 
 /// Moves `rule`'s window group to the event and adds it, if the group
 /// takes its events on this rule's turn.
-fn update_windows(keying: &Keying, rule: &CompiledRule, ks: &mut KeyState, event: &Event) {
+fn update_windows(
+    keying: &Keying,
+    rule: &CompiledRule,
+    ks: &mut KeyState,
+    event: &Event,
+    cols: &mut Vec<Value>,
+) {
     let Some(w) = rule.windows.filter(|w| w.updates) else {
         return;
     };
     let g = w.group;
     let plan = &keying.groups[g].plan;
-    // Each value aggregated is evaluated once, however many windows read it.
-    let cols: SmallVec<[Value; 4]> = plan
-        .columns()
-        .iter()
-        .map(|c| {
-            eval(
-                c,
-                Scope {
-                    event,
-                    path: &[],
-                    windows: &[],
-                },
-            )
-        })
-        .collect();
+    // Each value aggregated is evaluated once, however many windows read
+    // it, into a buffer the engine keeps (no allocation or copy per event).
+    cols.clear();
+    cols.extend(plan.columns().iter().map(|c| {
+        eval(
+            c,
+            Scope {
+                event,
+                path: &[],
+                windows: &[],
+            },
+        )
+    }));
     let ws = &mut ks.windows[g];
     ws.advance(event.time);
-    ws.update(plan, event.time, &cols);
+    ws.update(plan, event.time, cols);
     ws.values_into(&mut ks.values[g]);
 }
 
