@@ -772,7 +772,7 @@ impl Engine {
                 continue;
             }
             Self::schedule(keying as usize, &key, ks, next, &mut self.timers);
-            if is_idle(ks, now) {
+            if is_idle_timed(ks, timed, now) {
                 self.drop_key(keying as usize, &key);
             }
         }
@@ -1143,6 +1143,16 @@ fn is_idle(ks: &KeyState, now: EventTime) -> bool {
         && ks.matchers.iter().all(|m| m.is_idle())
         && ks.windows.iter().all(|w| w.is_empty())
         && ks.quiet.iter().all(|&q| q <= now)
+}
+
+/// [`is_idle`] reading only the matcher states that can hold anything (the
+/// keying's [`Keying::timed`]), and the key's own fields before the
+/// windows: what a deadline asks of a key that is mostly not idle.
+fn is_idle_timed(ks: &KeyState, timed: &[usize], now: EventTime) -> bool {
+    ks.timer.is_none()
+        && ks.quiet.iter().all(|&q| q <= now)
+        && timed.iter().all(|&i| ks.matchers[i].is_idle())
+        && ks.windows.iter().all(|w| w.is_empty())
 }
 
 /// Raises the alerts of `produced`, at most `budget` of them: one event
