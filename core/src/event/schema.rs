@@ -51,15 +51,18 @@ pub struct Schema {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct TrieNode {
     pub(crate) slot: Option<Slot>,
-    pub(crate) children: Vec<(CompactString, TrieNode)>,
+    /// The children's names, apart from the children: finding a record's
+    /// key scans them (every key of every record), and a plain `str`
+    /// compares its length first without decoding a compact
+    /// representation.
+    names: Vec<Box<str>>,
+    children: Vec<TrieNode>,
 }
 
 impl TrieNode {
     pub(crate) fn child(&self, name: &str) -> Option<&TrieNode> {
-        self.children
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, c)| c)
+        let i = self.names.iter().position(|n| **n == *name)?;
+        self.children.get(i)
     }
 }
 
@@ -73,14 +76,15 @@ impl Schema {
         self.paths.push(path.clone());
         let mut node = &mut self.root;
         for seg in &path.0 {
-            let idx = match node.children.iter().position(|(n, _)| n == seg) {
+            let idx = match node.names.iter().position(|n| **n == **seg) {
                 Some(i) => i,
                 None => {
-                    node.children.push((seg.clone(), TrieNode::default()));
+                    node.names.push(Box::from(seg.as_str()));
+                    node.children.push(TrieNode::default());
                     node.children.len() - 1
                 }
             };
-            node = &mut node.children[idx].1;
+            node = &mut node.children[idx];
         }
         node.slot = Some(slot);
         slot
