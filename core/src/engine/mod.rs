@@ -755,7 +755,7 @@ impl Engine {
             // After advancing to `at` no deadline can be at or before it. One
             // that is (state restored from a damaged snapshot) would fire
             // again at once, forever: the key's state is dropped instead.
-            let next = earliest_timed_deadline(ks, timed);
+            let next = earliest_deadline_among(ks, timed.iter().copied());
             if let Some((n, local)) = next
                 && n <= at
             {
@@ -772,7 +772,7 @@ impl Engine {
                 continue;
             }
             Self::schedule(keying as usize, &key, ks, next, &mut self.timers);
-            if is_idle_timed(ks, timed, now) {
+            if is_idle_among(ks, timed.iter().copied(), now) {
                 self.drop_key(keying as usize, &key);
             }
         }
@@ -873,7 +873,7 @@ impl Engine {
                     rules.options.max_alerts_per_event,
                 );
             }
-            let next = earliest_timed_deadline(ks, &keying.timed);
+            let next = earliest_deadline_among(ks, keying.timed.iter().copied());
             Self::schedule(ki, &key, ks, next, &mut self.timers);
         }
         let rules = &*self.rules;
@@ -1056,19 +1056,19 @@ const SWEEP_EVERY: u32 = 1 << 16;
 /// The key's earliest deadline and the index (within its keying) of the
 /// rule it belongs to.
 fn earliest_deadline(ks: &KeyState) -> Option<(EventTime, usize)> {
-    ks.matchers
-        .iter()
-        .enumerate()
-        .filter_map(|(i, m)| m.next_deadline().map(|n| (n, i)))
-        .min()
+    earliest_deadline_among(ks, 0..ks.matchers.len())
 }
 
-/// [`earliest_deadline`] among the matchers that can have one (the
-/// keying's [`Keying::timed`]), without reading the others' state.
-fn earliest_timed_deadline(ks: &KeyState, timed: &[usize]) -> Option<(EventTime, usize)> {
-    timed
-        .iter()
-        .filter_map(|&i| ks.matchers[i].next_deadline().map(|n| (n, i)))
+/// [`earliest_deadline`] among the matchers at places `among` in the
+/// keying. Per event and deadline, the keying's [`Keying::timed`]: only
+/// their matchers can have one, and the others' state is not read.
+fn earliest_deadline_among(
+    ks: &KeyState,
+    among: impl IntoIterator<Item = usize>,
+) -> Option<(EventTime, usize)> {
+    among
+        .into_iter()
+        .filter_map(|i| ks.matchers[i].next_deadline().map(|n| (n, i)))
         .min()
 }
 
@@ -1139,19 +1139,17 @@ fn update_windows(
 /// `suppress` period running past `now` (every later alert is at or after
 /// it).
 fn is_idle(ks: &KeyState, now: EventTime) -> bool {
-    ks.timer.is_none()
-        && ks.matchers.iter().all(|m| m.is_idle())
-        && ks.windows.iter().all(|w| w.is_empty())
-        && ks.quiet.iter().all(|&q| q <= now)
+    is_idle_among(ks, 0..ks.matchers.len(), now)
 }
 
-/// [`is_idle`] reading only the matcher states that can hold anything (the
-/// keying's [`Keying::timed`]), and the key's own fields before the
-/// windows: what a deadline asks of a key that is mostly not idle.
-fn is_idle_timed(ks: &KeyState, timed: &[usize], now: EventTime) -> bool {
+/// [`is_idle`] reading only the matcher states at places `among` (after a
+/// deadline, the keying's [`Keying::timed`], the only ones that can hold
+/// anything), and the key's own fields before the windows: what a deadline
+/// asks of a key that is mostly not idle.
+fn is_idle_among(ks: &KeyState, among: impl IntoIterator<Item = usize>, now: EventTime) -> bool {
     ks.timer.is_none()
         && ks.quiet.iter().all(|&q| q <= now)
-        && timed.iter().all(|&i| ks.matchers[i].is_idle())
+        && among.into_iter().all(|i| ks.matchers[i].is_idle())
         && ks.windows.iter().all(|w| w.is_empty())
 }
 
