@@ -86,7 +86,11 @@ pub fn api_address(log: &std::path::Path) -> String {
         let text = std::fs::read_to_string(log).unwrap_or_default();
         if let Some(at) = text.find("REST API listening on http://") {
             let rest = &text[at + "REST API listening on http://".len()..];
-            return rest.lines().next().unwrap().trim().to_string();
+            // Only a whole line: the log may be read while the service is
+            // still writing it, and half an address does not resolve.
+            if let Some((address, _)) = rest.split_once('\n') {
+                return address.trim().to_string();
+            }
         }
         assert!(
             started.elapsed() < Duration::from_secs(60),
