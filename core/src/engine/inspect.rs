@@ -172,11 +172,12 @@ pub fn key_view(engine: &mut Engine, key: &str) -> Vec<Json> {
             for (local, &ri) in keying.rules.iter().enumerate() {
                 let rule = &rules.rules[ri];
                 if rule.def.features {
+                    let values = ks.rule_values(rule);
                     for (name, e) in &rule.def.payload {
                         let scope = Scope {
                             event: &empty,
                             path: &[],
-                            windows: ks.rule_values(rule),
+                            windows: &values,
                         };
                         features.insert(name.clone(), eval(e, scope).to_json());
                     }

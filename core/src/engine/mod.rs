@@ -143,9 +143,11 @@ struct KeyState {
     /// Per rule of the keying: matcher state.
     matchers: Vec<MatcherState>,
     /// Per window group of the keying ([`Keying::groups`]): the window
-    /// aggregates and their current values.
+    /// aggregates. Their values are computed when read
+    /// ([`Windows::values_into`], into a buffer the engine keeps) rather
+    /// than kept per key: a key's state is then a few cache lines smaller,
+    /// and those lines are the cache misses of the hot path.
     windows: Vec<Windows>,
-    values: Vec<Vec<Value>>,
     timer: Option<EventTime>,
     /// Per rule of the keying, for rules with `suppress`: the event time
     /// before which its alerts for this key are not raised (`i64::MIN`:
@@ -175,11 +177,6 @@ impl KeyState {
                 .iter()
                 .map(|g| Windows::new(&g.plan))
                 .collect(),
-            values: keying
-                .groups
-                .iter()
-                .map(|g| vec![Value::Null; g.plan.len()])
-                .collect(),
             timer: None,
             quiet: Vec::new(),
             written: 0,
@@ -202,7 +199,7 @@ impl KeyState {
             for &local in &group.members {
                 let rule = &rules.rules[keying.rules[local]];
                 states[local] = all.by_ref().take(rule.def.windows.len()).collect();
-                values[local] = self.rule_values(rule).to_vec();
+                values[local] = self.rule_values(rule);
             }
         }
         (states, values)
@@ -211,60 +208,66 @@ impl KeyState {
     /// Lays out window aggregates stored per rule of the keying (as
     /// [`KeyState::rule_windows`] gives them) in the keying's groups. A group
     /// whose aggregates do not line up is left as it was, and reported by
-    /// its index with the reason.
+    /// its index with the reason. The stored values are checked for their
+    /// number only: values are computed from the aggregates when read.
     fn set_rule_windows(
         &mut self,
         rules: &RuleSet,
         keying: &Keying,
         mut states: Vec<Vec<WindowState>>,
-        mut values: Vec<Vec<Value>>,
+        values: Vec<Vec<Value>>,
     ) -> Result<(), (usize, String)> {
         self.windows
             .resize_with(keying.groups.len(), Windows::default);
-        self.values.resize_with(keying.groups.len(), Vec::new);
         for (g, group) in keying.groups.iter().enumerate() {
             let mut all = Vec::with_capacity(group.plan.len());
-            let mut all_values = Vec::with_capacity(group.plan.len());
             for &local in &group.members {
                 let rule = &rules.rules[keying.rules[local]];
                 let n = rule.def.windows.len();
-                let (s, v) = (
-                    std::mem::take(&mut states[local]),
-                    std::mem::take(&mut values[local]),
-                );
-                if s.len() != n || v.len() != n {
+                let s = std::mem::take(&mut states[local]);
+                let v = values.get(local).map_or(0, Vec::len);
+                if s.len() != n || v != n {
                     return Err((
                         g,
                         format!(
                             "rule {} has {} window aggregates and {} values stored for {n}",
                             rule.name,
                             s.len(),
-                            v.len()
+                            v
                         ),
                     ));
                 }
                 all.extend(s);
-                all_values.extend(v);
             }
             self.windows[g] = Windows::from_states(&group.plan, all).map_err(|e| (g, e))?;
-            self.values[g] = all_values;
         }
         Ok(())
     }
 
     /// The current values of `rule`'s window aggregates (the rule is of
-    /// this key's keying).
-    fn rule_values(&self, rule: &CompiledRule) -> &[Value] {
-        group_values(&self.values, rule)
+    /// this key's keying), in a vector of their own: for reading state
+    /// outside the hot path (snapshots, inspection).
+    fn rule_values(&self, rule: &CompiledRule) -> Vec<Value> {
+        let mut buf = Vec::new();
+        group_values(&self.windows, rule, &mut buf).to_vec()
     }
 }
 
-/// `rule`'s slice of its group's values, out of a key's `values` (a
-/// function of the field alone, so the key's matchers can be borrowed at
-/// the same time).
-fn group_values<'a>(values: &'a [Vec<Value>], rule: &CompiledRule) -> &'a [Value] {
+/// `rule`'s window values, computed from its group's aggregates in a key's
+/// `windows` into `buf` (a function of the field alone, so the key's
+/// matchers can be borrowed at the same time).
+fn group_values<'a>(
+    windows: &[Windows],
+    rule: &CompiledRule,
+    buf: &'a mut Vec<Value>,
+) -> &'a [Value] {
     match rule.windows {
-        Some(w) => &values[w.group][w.range()],
+        Some(w) => {
+            let ws = &windows[w.group];
+            buf.resize(ws.aggregates(), Value::Null);
+            ws.values_into(buf);
+            &buf[w.range()]
+        }
         None => &[],
     }
 }
@@ -349,6 +352,8 @@ pub struct Engine {
     model_row: Vec<f32>,
     /// The column values a window group aggregates, for the event at hand.
     cols: Vec<Value>,
+    /// The window values of the rule being evaluated (see [`KeyState::windows`]).
+    window_values: Vec<Value>,
     /// The wall clock (epoch ms) where there is one ([`Engine::set_clock`]).
     clock: Option<i64>,
     /// The wall-clock time the latest event time seen last moved.
@@ -400,6 +405,7 @@ impl Engine {
             collect_features: false,
             model_row: Vec::new(),
             cols: Vec::new(),
+            window_values: Vec::new(),
             clock: None,
             advanced_at: None,
             arrived_at: None,
@@ -741,9 +747,15 @@ impl Engine {
                 self.matcher_out.clear();
                 rule.matcher
                     .advance_time(&mut ks.matchers[local], at, &mut self.matcher_out);
+                let windows: &[Value] = if self.matcher_out.is_empty() {
+                    &[]
+                } else {
+                    group_values(&ks.windows, rule, &mut self.window_values)
+                };
                 emit(
                     rule,
                     ks,
+                    windows,
                     local,
                     at,
                     &mut self.matcher_out,
@@ -839,6 +851,7 @@ impl Engine {
                     continue;
                 }
                 update_windows(keying, rule, ks, &event, &mut self.cols);
+                let windows = group_values(&ks.windows, rule, &mut self.window_values);
                 self.matcher_out.clear();
                 if rule.matcher.keeps_state() {
                     rule.matcher.advance_time(
@@ -850,7 +863,7 @@ impl Engine {
                 let r = rule.matcher.process(
                     &mut ks.matchers[local],
                     &event,
-                    group_values(&ks.values, rule),
+                    windows,
                     &mut self.scratch,
                     &mut self.matcher_out,
                 );
@@ -865,6 +878,7 @@ impl Engine {
                 emit(
                     rule,
                     ks,
+                    windows,
                     local,
                     event.time,
                     &mut self.matcher_out,
@@ -971,13 +985,14 @@ impl Engine {
                     continue;
                 };
                 update_windows(keying, rule, ks, event, &mut self.cols);
+                let windows = group_values(&ks.windows, rule, &mut self.window_values);
                 for ((_, e), &slot) in rule.def.payload.iter().zip(&rule.def.feature_slots) {
                     let v = eval(
                         e,
                         Scope {
                             event,
                             path: &[],
-                            windows: ks.rule_values(rule),
+                            windows,
                         },
                     );
                     event.fields[slot as usize] = v;
@@ -1131,7 +1146,6 @@ fn update_windows(
     let ws = &mut ks.windows[g];
     ws.advance(event.time);
     ws.update(plan, event.time, cols);
-    ws.values_into(&mut ks.values[g]);
 }
 
 /// Whether the key holds nothing that later events could need, once event
@@ -1162,6 +1176,7 @@ fn is_idle_among(ks: &KeyState, among: impl IntoIterator<Item = usize>, now: Eve
 fn emit(
     rule: &CompiledRule,
     ks: &mut KeyState,
+    windows: &[Value],
     local: usize,
     at: EventTime,
     produced: &mut Vec<Output>,
@@ -1211,7 +1226,7 @@ fn emit(
                         Scope {
                             event: last,
                             path: &path,
-                            windows: ks.rule_values(rule),
+                            windows,
                         },
                     );
                     (Arc::from(name.as_str()), v)

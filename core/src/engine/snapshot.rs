@@ -592,7 +592,6 @@ pub(super) fn decode_key_body(
         key: snap.key,
         matchers,
         windows: Vec::new(),
-        values: Vec::new(),
         timer: snap.timer,
         quiet: snap.quiet,
         written: 0,

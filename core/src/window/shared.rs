@@ -616,6 +616,11 @@ impl Windows {
         }
     }
 
+    /// The number of aggregates (of values [`Windows::values_into`] writes).
+    pub fn aggregates(&self) -> usize {
+        self.aggs.len()
+    }
+
     /// Writes each aggregate's current value into `out` (one per aggregate).
     pub fn values_into(&self, out: &mut [Value]) {
         for (agg, o) in self.aggs.iter().zip(out) {
