@@ -146,8 +146,9 @@ struct KeyState {
     /// aggregates. Their values are computed when read
     /// ([`Windows::values_into`], into a buffer the engine keeps) rather
     /// than kept per key: a key's state is then a few cache lines smaller,
-    /// and those lines are the cache misses of the hot path.
-    windows: Vec<Windows>,
+    /// and those lines are the cache misses of the hot path. Inline for
+    /// one group (most keyings have one), in the key's own allocation.
+    windows: smallvec::SmallVec<[Windows; 1]>,
     timer: Option<EventTime>,
     /// Per rule of the keying, for rules with `suppress`: the event time
     /// before which its alerts for this key are not raised (`i64::MIN`:

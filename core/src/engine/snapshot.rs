@@ -591,7 +591,7 @@ pub(super) fn decode_key_body(
     let mut ks = KeyState {
         key: snap.key,
         matchers,
-        windows: Vec::new(),
+        windows: smallvec::SmallVec::new(),
         timer: snap.timer,
         quiet: snap.quiet,
         written: 0,
