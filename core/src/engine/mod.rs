@@ -250,7 +250,8 @@ impl KeyState {
     /// outside the hot path (snapshots, inspection).
     fn rule_values(&self, rule: &CompiledRule) -> Vec<Value> {
         let mut buf = Vec::new();
-        group_values(&self.windows, rule, &mut buf).to_vec()
+        group_values(&self.windows, rule, &mut buf);
+        buf
     }
 }
 
@@ -264,10 +265,10 @@ fn group_values<'a>(
 ) -> &'a [Value] {
     match rule.windows {
         Some(w) => {
-            let ws = &windows[w.group];
-            buf.resize(ws.aggregates(), Value::Null);
-            ws.values_into(buf);
-            &buf[w.range()]
+            // Only the rule's own aggregates: a group's others are other rules'.
+            buf.resize(w.range().len(), Value::Null);
+            windows[w.group].values_of(w.range(), buf);
+            buf
         }
         None => &[],
     }

@@ -616,14 +616,16 @@ impl Windows {
         }
     }
 
-    /// The number of aggregates (of values [`Windows::values_into`] writes).
-    pub fn aggregates(&self) -> usize {
-        self.aggs.len()
-    }
-
     /// Writes each aggregate's current value into `out` (one per aggregate).
     pub fn values_into(&self, out: &mut [Value]) {
-        for (agg, o) in self.aggs.iter().zip(out) {
+        self.values_of(0..self.aggs.len(), out);
+    }
+
+    /// Writes the current values of the aggregates at places `range` into
+    /// `out` (one per aggregate): a rule reads its own of a group's.
+    pub fn values_of(&self, range: std::ops::Range<usize>, out: &mut [Value]) {
+        let aggs = self.aggs.get(range).unwrap_or_default();
+        for (agg, o) in aggs.iter().zip(out) {
             *o = match agg {
                 Agg::Own(w) => w.value(),
                 Agg::Sliding(s) => {
