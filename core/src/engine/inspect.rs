@@ -111,7 +111,7 @@ pub fn inspect_key(
                         .def
                         .windows
                         .iter()
-                        .zip(ks.rule_values(rule))
+                        .zip(ks.rule_values(keying, rule))
                         .map(|(w, v)| json!({ "aggregate": format!("{:?}", w.func).to_lowercase(), "value": v.to_json() }))
                         .collect();
                     json!({
@@ -172,7 +172,7 @@ pub fn key_view(engine: &mut Engine, key: &str) -> Vec<Json> {
             for (local, &ri) in keying.rules.iter().enumerate() {
                 let rule = &rules.rules[ri];
                 if rule.def.features {
-                    let values = ks.rule_values(rule);
+                    let values = ks.rule_values(keying, rule);
                     for (name, e) in &rule.def.payload {
                         let scope = Scope {
                             event: &empty,
@@ -188,7 +188,7 @@ pub fn key_view(engine: &mut Engine, key: &str) -> Vec<Json> {
                     "partial_match": !ks.matchers[local].is_idle(),
                     "next_deadline": ks.matchers[local].next_deadline().map(format_time),
                     "suppressed_until": ks.quiet.get(local).filter(|&&q| q != i64::MIN).map(|&q| format_time(q)),
-                    "windows": rule.def.windows.iter().zip(ks.rule_values(rule))
+                    "windows": rule.def.windows.iter().zip(ks.rule_values(keying, rule))
                         .map(|(w, v)| json!({ "aggregate": format!("{:?}", w.func).to_lowercase(), "value": v.to_json() }))
                         .collect::<Vec<_>>(),
                 }));

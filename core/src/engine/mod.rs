@@ -144,7 +144,7 @@ struct KeyState {
     matchers: Vec<MatcherState>,
     /// Per window group of the keying ([`Keying::groups`]): the window
     /// aggregates. Their values are computed when read
-    /// ([`Windows::values_into`], into a buffer the engine keeps) rather
+    /// ([`Windows::values_of`], into a buffer the engine keeps) rather
     /// than kept per key: a key's state is then a few cache lines smaller,
     /// and those lines are the cache misses of the hot path. Inline for
     /// one group (most keyings have one), in the key's own allocation.
@@ -196,11 +196,11 @@ impl KeyState {
         let mut states = vec![Vec::new(); keying.rules.len()];
         let mut values = vec![Vec::new(); keying.rules.len()];
         for (g, group) in keying.groups.iter().enumerate() {
-            let mut all = self.windows[g].to_states().into_iter();
+            let mut all = self.windows[g].to_states(&group.plan).into_iter();
             for &local in &group.members {
                 let rule = &rules.rules[keying.rules[local]];
                 states[local] = all.by_ref().take(rule.def.windows.len()).collect();
-                values[local] = self.rule_values(rule);
+                values[local] = self.rule_values(keying, rule);
             }
         }
         (states, values)
@@ -248,9 +248,9 @@ impl KeyState {
     /// The current values of `rule`'s window aggregates (the rule is of
     /// this key's keying), in a vector of their own: for reading state
     /// outside the hot path (snapshots, inspection).
-    fn rule_values(&self, rule: &CompiledRule) -> Vec<Value> {
+    fn rule_values(&self, keying: &Keying, rule: &CompiledRule) -> Vec<Value> {
         let mut buf = Vec::new();
-        group_values(&self.windows, rule, &mut buf);
+        group_values(keying, &self.windows, rule, &mut buf);
         buf
     }
 }
@@ -259,6 +259,7 @@ impl KeyState {
 /// `windows` into `buf` (a function of the field alone, so the key's
 /// matchers can be borrowed at the same time).
 fn group_values<'a>(
+    keying: &Keying,
     windows: &[Windows],
     rule: &CompiledRule,
     buf: &'a mut Vec<Value>,
@@ -267,7 +268,7 @@ fn group_values<'a>(
         Some(w) => {
             // Only the rule's own aggregates: a group's others are other rules'.
             buf.resize(w.range().len(), Value::Null);
-            windows[w.group].values_of(w.range(), buf);
+            windows[w.group].values_of(&keying.groups[w.group].plan, w.range(), buf);
             buf
         }
         None => &[],
@@ -752,7 +753,12 @@ impl Engine {
                 let windows: &[Value] = if self.matcher_out.is_empty() {
                     &[]
                 } else {
-                    group_values(&ks.windows, rule, &mut self.window_values)
+                    group_values(
+                        &rules.keyings[keying as usize],
+                        &ks.windows,
+                        rule,
+                        &mut self.window_values,
+                    )
                 };
                 emit(
                     rule,
@@ -853,7 +859,7 @@ impl Engine {
                     continue;
                 }
                 update_windows(keying, rule, ks, &event, &mut self.cols);
-                let windows = group_values(&ks.windows, rule, &mut self.window_values);
+                let windows = group_values(keying, &ks.windows, rule, &mut self.window_values);
                 self.matcher_out.clear();
                 if rule.matcher.keeps_state() {
                     rule.matcher.advance_time(
@@ -987,7 +993,7 @@ impl Engine {
                     continue;
                 };
                 update_windows(keying, rule, ks, event, &mut self.cols);
-                let windows = group_values(&ks.windows, rule, &mut self.window_values);
+                let windows = group_values(keying, &ks.windows, rule, &mut self.window_values);
                 for ((_, e), &slot) in rule.def.payload.iter().zip(&rule.def.feature_slots) {
                     let v = eval(
                         e,
@@ -1146,7 +1152,7 @@ fn update_windows(
         )
     }));
     let ws = &mut ks.windows[g];
-    ws.advance(event.time);
+    ws.advance(plan, event.time);
     ws.update(plan, event.time, cols);
 }
 

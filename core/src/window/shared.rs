@@ -10,6 +10,13 @@
 //! running accumulator. The fraud handbook's six card features keep one log
 //! of (time, amount) rather than six deques of events.
 //!
+//! What every key's aggregates share — their functions, windows, columns,
+//! which aggregates move with which cursors — is the [`Plan`], made once
+//! per rule set; a key keeps only what changes: the cursors and the
+//! running sums, inline in its state, so that a key's window state is a
+//! few adjacent cache lines (a `count(over …)` keeps nothing of its own:
+//! its cursors give it).
+//!
 //! Tumbling, session and decay windows keep no events (or only their
 //! min/max candidates) and stay [`WindowState`]s of their own.
 //!
@@ -37,6 +44,11 @@ pub struct Plan {
     /// The distinct `(len, ago)` of the sliding aggregates: aggregates
     /// over the same window share its two cursors.
     spans: Vec<(i64, i64)>,
+    /// Per span: the aggregates over it.
+    members: Vec<SmallVec<[u16; 4]>>,
+    /// The number of [`Place::Sums`] and of [`Place::Boxed`].
+    sums: usize,
+    boxed: usize,
     /// Some aggregate is a sliding window: the key's events are logged.
     logs: bool,
 }
@@ -53,6 +65,29 @@ struct AggPlan {
     sliding: Option<(i64, i64)>,
     /// Its place in [`Plan::spans`] (sliding aggregates only).
     span: u16,
+    /// Where a key keeps its running state.
+    place: Place,
+}
+
+impl AggPlan {
+    fn counts_events(&self) -> bool {
+        self.col.is_none()
+    }
+}
+
+/// Where a key keeps an aggregate's running state: only what its function
+/// needs, since every key holds one per aggregate.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Place {
+    /// `count(over …)`: the window's number of events, which its cursors
+    /// give; nothing of its own.
+    Events,
+    /// `count(x)`, `sum`, `avg`, `stddev`: [`Windows::sums`].
+    Sums(u16),
+    /// [`Windows::boxed`]: a sliding `min`, `max` (their candidates),
+    /// `count(distinct)` or `novel` (the distinct values), or a window of
+    /// another kind.
+    Boxed(u16),
 }
 
 impl Plan {
@@ -83,7 +118,7 @@ impl Plan {
             };
             cols.push((s.func, s.window.clone(), col, sliding));
         }
-        for (func, window, col, sliding) in cols {
+        for (i, (func, window, col, sliding)) in cols.into_iter().enumerate() {
             let slot = match (sliding, col) {
                 (Some(_), Some(c)) => Some(match plan.logged.iter().position(|&x| x == c) {
                     Some(i) => i as u16,
@@ -97,13 +132,32 @@ impl Plan {
             plan.logs |= sliding.is_some();
             let span = match sliding {
                 Some(w) => match plan.spans.iter().position(|&x| x == w) {
-                    Some(i) => i as u16,
+                    Some(k) => k,
                     None => {
                         plan.spans.push(w);
-                        (plan.spans.len() - 1) as u16
+                        plan.members.push(SmallVec::new());
+                        plan.spans.len() - 1
                     }
                 },
                 None => 0,
+            };
+            if sliding.is_some() {
+                plan.members[span].push(i as u16);
+            }
+            let place = match (sliding, func) {
+                (Some(_), WinFunc::Count) if col.is_none() => Place::Events,
+                (
+                    Some(_),
+                    WinFunc::CountDistinct | WinFunc::Novel | WinFunc::Min | WinFunc::Max,
+                )
+                | (None, _) => {
+                    plan.boxed += 1;
+                    Place::Boxed((plan.boxed - 1) as u16)
+                }
+                (Some(_), _) => {
+                    plan.sums += 1;
+                    Place::Sums((plan.sums - 1) as u16)
+                }
             };
             plan.aggs.push(AggPlan {
                 func,
@@ -111,7 +165,8 @@ impl Plan {
                 col,
                 slot,
                 sliding,
-                span,
+                span: span as u16,
+                place,
             });
         }
         plan
@@ -134,7 +189,8 @@ impl Plan {
     }
 }
 
-/// A rule's window aggregates for one key (see the module docs).
+/// A group's window aggregates for one key (see the module docs), laid
+/// out by its [`Plan`], which every call passes.
 #[derive(Clone, Debug, Default)]
 pub struct Windows {
     /// The logged events, oldest first.
@@ -143,28 +199,40 @@ pub struct Windows {
     /// logged event
     /// and are never reused, so cursors and min/max candidates name events.
     base: u64,
-    /// The sliding windows' cursors, one pair per distinct window.
-    spans: Vec<Span>,
-    aggs: Vec<Agg>,
+    /// The sliding windows' cursors: one per [`Plan::spans`], in its order
+    /// (unless `irregular`).
+    cursors: SmallVec<[Cursor; 3]>,
+    /// The running sums of the [`Place::Sums`] aggregates.
+    sums: SmallVec<[Sums; 3]>,
+    /// The [`Place::Boxed`] aggregates.
+    boxed: Box<[Boxed]>,
+    /// What the stored form numbers the event at log index `i`: `i +
+    /// shift` (wrapping; unless `irregular`).
+    shift: u64,
+    /// Restored aggregates that started at different times (a rule change
+    /// kept some and added others): until their events age out, they
+    /// number events differently, and those over one window hold
+    /// different events, so need cursors of their own.
+    irregular: Option<Box<Irregular>>,
 }
 
+/// Per aggregate, where the plan's shared layout does not hold.
 #[derive(Clone, Debug)]
-enum Agg {
-    Sliding(Sliding),
-    /// Boxed: the aggregates of a key are read on each of its events, and
-    /// a sliding one is a few words where a [`WindowState`] is a few
-    /// hundred bytes.
-    Own(Box<WindowState>),
+struct Irregular {
+    /// Per cursor, its window in [`Plan::spans`].
+    span: Vec<u16>,
+    /// Its cursor (sliding aggregates only).
+    cursor: Vec<u16>,
+    /// Its [`Windows::shift`].
+    shift: Vec<u64>,
 }
 
 /// A sliding window over the log: events `lo..hi` are inside it, `hi..`
 /// are newer than its end (it ends `ago` in the past). The aggregates over
-/// the same window (`members`, by index) share its cursors, so an event
-/// enters and leaves a window once however many aggregates read it.
-#[derive(Clone, Debug)]
-struct Span {
-    len: i64,
-    ago: i64,
+/// the same window share its cursors, so an event enters and leaves a
+/// window once however many aggregates read it.
+#[derive(Clone, Copy, Debug)]
+struct Cursor {
     lo: u64,
     hi: u64,
     /// No cursor moves before this time (at or before the earliest time
@@ -172,188 +240,71 @@ struct Span {
     /// windows, and [`Windows::advance`] skips the others without reading
     /// the log, whose edges are cache misses.
     due: EventTime,
-    members: SmallVec<[u16; 4]>,
 }
 
-impl Span {
-    /// The earliest `now` at which an event at `t` enters the window (it
-    /// must be at or before `now - ago`), or at or before it.
-    fn entry_due(&self, t: EventTime) -> EventTime {
-        if t == EventTime::MIN || self.ago < 0 {
-            return EventTime::MIN;
-        }
-        t.saturating_add(self.ago)
+/// The earliest `now` at which an event at `t` enters a window `(len,
+/// ago)` (it must be at or before `now - ago`), or at or before it.
+fn entry_due((_, ago): (i64, i64), t: EventTime) -> EventTime {
+    if t == EventTime::MIN || ago < 0 {
+        return EventTime::MIN;
     }
-
-    /// The earliest `now` at which an event at `t` leaves the window (it
-    /// must be at or before `now - ago - len`), or at or before it.
-    fn exit_due(&self, t: EventTime) -> EventTime {
-        if t == EventTime::MIN || self.ago < 0 || self.len < 0 {
-            return EventTime::MIN;
-        }
-        t.saturating_add(self.len).saturating_add(self.ago)
-    }
-
-    /// Sets `due` from the times of the next events to enter and to leave
-    /// (`None`: there is none).
-    fn set_due(&mut self, entering: Option<EventTime>, leaving: Option<EventTime>) {
-        let entry = entering.map_or(EventTime::MAX, |t| self.entry_due(t));
-        let exit = leaving.map_or(EventTime::MAX, |t| self.exit_due(t));
-        self.due = entry.min(exit);
-    }
+    t.saturating_add(ago)
 }
 
-/// A sliding aggregate: its running value over its span's events.
-#[derive(Clone, Debug)]
-struct Sliding {
-    func: WinFunc,
-    counts_events: bool,
-    slot: Option<u16>,
-    span: u16,
-    /// What its stored form numbers the event at log index `i`:
-    /// `i + shift` (wrapping; an aggregate younger than the log numbers
-    /// from its own start).
-    shift: u64,
-    run: Running,
-}
-
-/// What a sliding aggregate keeps of the events inside its window: only
-/// what its function needs, since every key holds one per aggregate.
-#[derive(Clone, Debug)]
-enum Running {
-    /// `count(over …)`: the window's number of events, which the span's
-    /// cursors give.
-    Events,
-    /// `count(x)`, `sum`, `avg`, `stddev`: the non-null values' number,
-    /// sum and sum of squares.
-    Sums {
-        non_null: u64,
-        sum: f64,
-        sum_sq: f64,
-    },
-    /// `min`, `max` (their candidates), `count(distinct)`, `novel` (the
-    /// distinct values).
-    Full(Box<Accum>),
-}
-
-impl Running {
-    fn new(func: WinFunc, counts_events: bool) -> Running {
-        match func {
-            WinFunc::Count if counts_events => Running::Events,
-            WinFunc::CountDistinct | WinFunc::Novel | WinFunc::Min | WinFunc::Max => {
-                Running::Full(Box::default())
-            }
-            _ => Running::Sums {
-                non_null: 0,
-                sum: 0.0,
-                sum_sq: 0.0,
-            },
-        }
+/// The earliest `now` at which an event at `t` leaves a window `(len,
+/// ago)` (it must be at or before `now - ago - len`), or at or before it.
+fn exit_due((len, ago): (i64, i64), t: EventTime) -> EventTime {
+    if t == EventTime::MIN || ago < 0 || len < 0 {
+        return EventTime::MIN;
     }
+    t.saturating_add(len).saturating_add(ago)
+}
 
+/// The non-null values' number, sum and sum of squares over a window.
+#[derive(Clone, Copy, Debug, Default)]
+struct Sums {
+    non_null: u64,
+    sum: f64,
+    sum_sq: f64,
+}
+
+impl Sums {
     /// As [`Accum::add`].
-    fn add(&mut self, func: WinFunc, seq: u64, v: &Value) {
-        match self {
-            Running::Events => {}
-            Running::Sums {
-                non_null,
-                sum,
-                sum_sq,
-            } => {
-                if !v.is_null() {
-                    *non_null += 1;
-                    if let Some(x) = v.as_f64() {
-                        *sum += x;
-                        *sum_sq += x * x;
-                    }
-                }
+    fn add(&mut self, v: &Value) {
+        if !v.is_null() {
+            self.non_null += 1;
+            if let Some(x) = v.as_f64() {
+                self.sum += x;
+                self.sum_sq += x * x;
             }
-            Running::Full(a) => a.add(func, seq, v),
         }
     }
 
     /// As [`Accum::remove`]; `left` is the number of events the window
     /// holds without this one.
-    fn remove(&mut self, func: WinFunc, seq: u64, v: &Value, left: u64) {
-        match self {
-            Running::Events => {}
-            Running::Sums {
-                non_null,
-                sum,
-                sum_sq,
-            } => {
-                if v.is_null() {
-                    return;
-                }
-                *non_null = non_null.saturating_sub(1);
-                if let Some(x) = v.as_f64() {
-                    *sum -= x;
-                    *sum_sq -= x * x;
-                }
-                if left == 0 {
-                    *sum = 0.0;
-                    *sum_sq = 0.0;
-                }
-            }
-            Running::Full(a) => a.remove(func, seq, v),
+    fn remove(&mut self, v: &Value, left: u64) {
+        if v.is_null() {
+            return;
+        }
+        self.non_null = self.non_null.saturating_sub(1);
+        if let Some(x) = v.as_f64() {
+            self.sum -= x;
+            self.sum_sq -= x * x;
+        }
+        if left == 0 {
+            self.sum = 0.0;
+            self.sum_sq = 0.0;
         }
     }
+}
 
-    /// The aggregate's value over a window of `count` events.
-    fn value(&self, func: WinFunc, counts_events: bool, count: u64) -> Value {
-        match self {
-            Running::Events => Value::Num(count as f64),
-            Running::Sums {
-                non_null,
-                sum,
-                sum_sq,
-            } => super::sums_value(func, counts_events, count, *non_null, *sum, *sum_sq),
-            Running::Full(a) => a.value(func, counts_events),
-        }
-    }
-
-    /// How many times the window holds `v` (`novel`).
-    fn distinct(&self, v: &Value) -> Option<u32> {
-        match self {
-            Running::Full(a) => a.distinct.get(&ValueKey::from(v)).copied(),
-            _ => None,
-        }
-    }
-
-    /// The stored form's accumulator over a window of `count` events.
-    fn to_accum(&self, count: u64) -> Accum {
-        match self {
-            Running::Events => Accum {
-                count,
-                non_null: count,
-                ..Accum::default()
-            },
-            Running::Sums {
-                non_null,
-                sum,
-                sum_sq,
-            } => Accum {
-                count,
-                non_null: *non_null,
-                sum: *sum,
-                sum_sq: *sum_sq,
-                ..Accum::default()
-            },
-            Running::Full(a) => (**a).clone(),
-        }
-    }
-
-    fn from_accum(func: WinFunc, counts_events: bool, acc: Accum) -> Running {
-        match Running::new(func, counts_events) {
-            Running::Events => Running::Events,
-            Running::Sums { .. } => Running::Sums {
-                non_null: acc.non_null,
-                sum: acc.sum,
-                sum_sq: acc.sum_sq,
-            },
-            Running::Full(_) => Running::Full(Box::new(acc)),
-        }
-    }
+/// An aggregate kept apart from the inline state.
+#[derive(Clone, Debug)]
+enum Boxed {
+    /// A sliding aggregate's accumulator (its log index numbers events).
+    Full(Box<Accum>),
+    /// A window of another kind.
+    Own(Box<WindowState>),
 }
 
 /// What an aggregate that counts events adds for each one.
@@ -375,24 +326,29 @@ const NULL: u64 = 0x7ff4_7269_706c_6e00;
 struct Log {
     words: VecDeque<u64>,
     /// Words per event: 1 + `cols`.
-    stride: usize,
-    cols: usize,
-    /// Column values, `cols` per event, once some value is not a number.
-    wide: Option<VecDeque<Value>>,
+    stride: u32,
+    cols: u32,
+    /// Column values, `cols` per event, once some value is not a number
+    /// (boxed: rare, and every key's state holds the field).
+    #[expect(
+        clippy::box_collection,
+        reason = "a pointer where a deque is four words, in every key's state"
+    )]
+    wide: Option<Box<VecDeque<Value>>>,
 }
 
 impl Log {
     fn new(cols: usize) -> Log {
         Log {
             words: VecDeque::new(),
-            stride: 1 + cols,
-            cols,
+            stride: 1 + cols as u32,
+            cols: cols as u32,
             wide: None,
         }
     }
 
     fn len(&self) -> usize {
-        self.words.len() / self.stride
+        self.words.len() / self.stride as usize
     }
 
     fn is_empty(&self) -> bool {
@@ -400,7 +356,7 @@ impl Log {
     }
 
     fn time(&self, pos: usize) -> EventTime {
-        self.words[pos * self.stride] as EventTime
+        self.words[pos * self.stride as usize] as EventTime
     }
 
     /// The value of column `slot` (`None`: the event itself) of the event at `pos`.
@@ -409,9 +365,9 @@ impl Log {
             return Cow::Borrowed(&EVENT);
         };
         if let Some(wide) = &self.wide {
-            return Cow::Borrowed(&wide[pos * self.cols + slot as usize]);
+            return Cow::Borrowed(&wide[pos * self.cols as usize + slot as usize]);
         }
-        match self.words[pos * self.stride + 1 + slot as usize] {
+        match self.words[pos * self.stride as usize + 1 + slot as usize] {
             NULL => Cow::Owned(Value::Null),
             bits => Cow::Owned(Value::Num(f64::from_bits(bits))),
         }
@@ -451,14 +407,39 @@ impl Log {
             .flat_map(|pos| (0..self.cols).map(move |c| (pos, c)))
             .map(|(pos, c)| self.value(pos, Some(c as u16)).into_owned())
             .collect();
-        self.wide = Some(wide);
+        self.wide = Some(Box::new(wide));
     }
 
     /// Drops the oldest `n` events.
     fn drop_front(&mut self, n: usize) {
-        self.words.drain(..n * self.stride);
+        self.words.drain(..n * self.stride as usize);
         if let Some(wide) = &mut self.wide {
-            wide.drain(..n * self.cols);
+            wide.drain(..n * self.cols as usize);
+        }
+    }
+}
+
+/// The window of cursor `k` in [`Plan::spans`].
+#[inline]
+fn window_of(plan: &Plan, irregular: Option<&Irregular>, k: usize) -> (i64, i64) {
+    plan.spans[irregular.map_or(k, |x| x.span[k] as usize)]
+}
+
+/// Calls `f` with each aggregate over cursor `k`.
+#[inline]
+fn for_members(plan: &Plan, irregular: Option<&Irregular>, k: usize, mut f: impl FnMut(usize)) {
+    match irregular {
+        None => {
+            for &m in &plan.members[k] {
+                f(m as usize);
+            }
+        }
+        Some(x) => {
+            for (m, a) in plan.aggs.iter().enumerate() {
+                if a.sliding.is_some() && x.cursor[m] as usize == k {
+                    f(m);
+                }
+            }
         }
     }
 }
@@ -466,46 +447,34 @@ impl Log {
 impl Windows {
     /// Empty aggregates laid out by `plan`.
     pub fn new(plan: &Plan) -> Windows {
-        let mut spans: Vec<Span> = plan
-            .spans
-            .iter()
-            .map(|&(len, ago)| Span {
-                len,
-                ago,
+        let cursors = (0..plan.spans.len())
+            .map(|_| Cursor {
                 lo: 0,
                 hi: 0,
                 due: EventTime::MAX,
-                members: SmallVec::new(),
             })
             .collect();
-        let aggs = plan
+        let boxed = plan
             .aggs
             .iter()
-            .enumerate()
-            .map(|(i, a)| match a.sliding {
-                Some(_) => {
-                    spans[a.span as usize].members.push(i as u16);
-                    Agg::Sliding(Sliding {
-                        func: a.func,
-                        counts_events: a.col.is_none(),
-                        slot: a.slot,
-                        span: a.span,
-                        shift: 1,
-                        run: Running::new(a.func, a.col.is_none()),
-                    })
-                }
-                None => Agg::Own(Box::new(WindowState::new(
+            .filter(|a| matches!(a.place, Place::Boxed(_)))
+            .map(|a| match a.sliding {
+                Some(_) => Boxed::Full(Box::default()),
+                None => Boxed::Own(Box::new(WindowState::new(
                     a.func,
                     &a.window,
-                    a.col.is_none(),
+                    a.counts_events(),
                 ))),
             })
             .collect();
         Windows {
             log: Log::new(plan.logged.len()),
             base: 0,
-            spans,
-            aggs,
+            cursors,
+            sums: smallvec::smallvec![Sums::default(); plan.sums],
+            boxed,
+            shift: 1,
+            irregular: None,
         }
     }
 
@@ -513,57 +482,97 @@ impl Windows {
         self.base + self.log.len() as u64
     }
 
+    /// The cursor of sliding aggregate `i`.
+    fn cursor_of(&self, plan: &Plan, i: usize) -> &Cursor {
+        let k = match &self.irregular {
+            None => plan.aggs[i].span as usize,
+            Some(x) => x.cursor[i] as usize,
+        };
+        &self.cursors[k]
+    }
+
+    /// What aggregate `i`'s stored form adds to a log index.
+    fn shift_of(&self, i: usize) -> u64 {
+        self.irregular.as_ref().map_or(self.shift, |x| x.shift[i])
+    }
+
     /// Moves every window to end at `now` (relative to its `ago`) and drops
     /// the logged events no window holds any more.
-    pub fn advance(&mut self, now: EventTime) {
+    pub fn advance(&mut self, plan: &Plan, now: EventTime) {
         if self.log.is_empty() {
             return;
         }
         let (base, end) = (self.base, self.end());
         let mut keep_from = end;
         let Windows {
-            log, spans, aggs, ..
+            log,
+            cursors,
+            sums,
+            boxed,
+            irregular,
+            ..
         } = self;
-        for span in spans.iter_mut() {
-            if now < span.due {
-                keep_from = keep_from.min(span.lo);
+        let irregular = irregular.as_deref();
+        for (k, cur) in cursors.iter_mut().enumerate() {
+            if now < cur.due {
+                keep_from = keep_from.min(cur.lo);
                 continue;
             }
-            let upper = now.saturating_sub(span.ago);
+            let window = window_of(plan, irregular, k);
+            let (len, ago) = window;
+            let upper = now.saturating_sub(ago);
             let mut entering = None;
-            while span.hi < end {
-                let pos = (span.hi - base) as usize;
+            while cur.hi < end {
+                let pos = (cur.hi - base) as usize;
                 let t = log.time(pos);
                 if t > upper {
                     entering = Some(t);
                     break;
                 }
-                for &m in &span.members {
-                    if let Agg::Sliding(s) = &mut aggs[m as usize] {
-                        s.run.add(s.func, span.hi, &log.value(pos, s.slot));
+                let seq = cur.hi;
+                for_members(plan, irregular, k, |m| {
+                    let a = &plan.aggs[m];
+                    match a.place {
+                        Place::Events => {}
+                        Place::Sums(j) => sums[j as usize].add(&log.value(pos, a.slot)),
+                        Place::Boxed(j) => {
+                            if let Boxed::Full(acc) = &mut boxed[j as usize] {
+                                acc.add(a.func, seq, &log.value(pos, a.slot));
+                            }
+                        }
                     }
-                }
-                span.hi += 1;
+                });
+                cur.hi += 1;
             }
-            let lower = upper.saturating_sub(span.len);
+            let lower = upper.saturating_sub(len);
             let mut leaving = None;
-            while span.lo < span.hi {
-                let pos = (span.lo - base) as usize;
+            while cur.lo < cur.hi {
+                let pos = (cur.lo - base) as usize;
                 let t = log.time(pos);
                 if t > lower {
                     leaving = Some(t);
                     break;
                 }
-                let left = span.hi - span.lo - 1;
-                for &m in &span.members {
-                    if let Agg::Sliding(s) = &mut aggs[m as usize] {
-                        s.run.remove(s.func, span.lo, &log.value(pos, s.slot), left);
+                let left = cur.hi - cur.lo - 1;
+                let seq = cur.lo;
+                for_members(plan, irregular, k, |m| {
+                    let a = &plan.aggs[m];
+                    match a.place {
+                        Place::Events => {}
+                        Place::Sums(j) => sums[j as usize].remove(&log.value(pos, a.slot), left),
+                        Place::Boxed(j) => {
+                            if let Boxed::Full(acc) = &mut boxed[j as usize] {
+                                acc.remove(a.func, seq, &log.value(pos, a.slot));
+                            }
+                        }
                     }
-                }
-                span.lo += 1;
+                });
+                cur.lo += 1;
             }
-            span.set_due(entering, leaving);
-            keep_from = keep_from.min(span.lo);
+            let entry = entering.map_or(EventTime::MAX, |t| entry_due(window, t));
+            let exit = leaving.map_or(EventTime::MAX, |t| exit_due(window, t));
+            cur.due = entry.min(exit);
+            keep_from = keep_from.min(cur.lo);
         }
         let drop = (keep_from - base) as usize;
         if drop > 0 {
@@ -584,29 +593,48 @@ impl Windows {
                     .map(|&c| cols.get(c as usize).unwrap_or(&Value::Null)),
             );
             let pos = (at - self.base) as usize;
-            for span in &mut self.spans {
-                if span.ago != 0 {
-                    if span.hi == at {
+            let Windows {
+                log,
+                cursors,
+                sums,
+                boxed,
+                irregular,
+                ..
+            } = self;
+            let irregular = irregular.as_deref();
+            for (k, cur) in cursors.iter_mut().enumerate() {
+                let window = window_of(plan, irregular, k);
+                if window.1 != 0 {
+                    if cur.hi == at {
                         // The next to enter.
-                        span.due = span.due.min(span.entry_due(t));
+                        cur.due = cur.due.min(entry_due(window, t));
                     }
                     continue;
                 }
                 // A window ending now holds the event at once.
-                for &m in &span.members {
-                    if let Agg::Sliding(s) = &mut self.aggs[m as usize] {
-                        s.run.add(s.func, at, &self.log.value(pos, s.slot));
+                for_members(plan, irregular, k, |m| {
+                    let a = &plan.aggs[m];
+                    match a.place {
+                        Place::Events => {}
+                        Place::Sums(j) => sums[j as usize].add(&log.value(pos, a.slot)),
+                        Place::Boxed(j) => {
+                            if let Boxed::Full(acc) = &mut boxed[j as usize] {
+                                acc.add(a.func, at, &log.value(pos, a.slot));
+                            }
+                        }
                     }
-                }
-                if span.lo == at {
+                });
+                if cur.lo == at {
                     // The next to leave.
-                    span.due = span.due.min(span.exit_due(t));
+                    cur.due = cur.due.min(exit_due(window, t));
                 }
-                span.hi = at + 1;
+                cur.hi = at + 1;
             }
         }
-        for (agg, a) in self.aggs.iter_mut().zip(&plan.aggs) {
-            if let Agg::Own(w) = agg {
+        for a in &plan.aggs {
+            if let (None, Place::Boxed(j)) = (a.sliding, a.place)
+                && let Boxed::Own(w) = &mut self.boxed[j as usize]
+            {
                 let v = match a.col {
                     Some(c) => cols.get(c as usize).cloned().unwrap_or_default(),
                     None => Value::Bool(true),
@@ -616,97 +644,141 @@ impl Windows {
         }
     }
 
-    /// Writes each aggregate's current value into `out` (one per aggregate).
-    pub fn values_into(&self, out: &mut [Value]) {
-        self.values_of(0..self.aggs.len(), out);
-    }
-
     /// Writes the current values of the aggregates at places `range` into
     /// `out` (one per aggregate): a rule reads its own of a group's.
-    pub fn values_of(&self, range: std::ops::Range<usize>, out: &mut [Value]) {
-        let aggs = self.aggs.get(range).unwrap_or_default();
-        for (agg, o) in aggs.iter().zip(out) {
-            *o = match agg {
-                Agg::Own(w) => w.value(),
-                Agg::Sliding(s) => {
-                    let span = &self.spans[s.span as usize];
-                    if s.func == WinFunc::Novel {
+    pub fn values_of(&self, plan: &Plan, range: std::ops::Range<usize>, out: &mut [Value]) {
+        for (i, o) in range.zip(out) {
+            let Some(a) = plan.aggs.get(i) else {
+                break;
+            };
+            if a.sliding.is_none() {
+                *o = match &self.boxed.get(Self::boxed_index(a)) {
+                    Some(Boxed::Own(w)) => w.value(),
+                    _ => Value::Null,
+                };
+                continue;
+            }
+            let cur = self.cursor_of(plan, i);
+            let count = cur.hi - cur.lo;
+            *o = match a.place {
+                Place::Events => Value::Num(count as f64),
+                Place::Sums(j) => {
+                    let s = &self.sums[j as usize];
+                    let counts = a.counts_events();
+                    super::sums_value(a.func, counts, count, s.non_null, s.sum, s.sum_sq)
+                }
+                Place::Boxed(j) => {
+                    let Boxed::Full(acc) = &self.boxed[j as usize] else {
+                        *o = Value::Null;
+                        continue;
+                    };
+                    if a.func == WinFunc::Novel {
                         // The newest event inside the window (it ends now).
-                        if span.hi > span.lo {
-                            let pos = (span.hi - 1 - self.base) as usize;
-                            let v = self.log.value(pos, s.slot);
+                        if cur.hi > cur.lo {
+                            let pos = (cur.hi - 1 - self.base) as usize;
+                            let v = self.log.value(pos, a.slot);
                             if v.is_null() {
                                 Value::Null
                             } else {
-                                let seen = s.run.distinct(&v);
+                                let seen = acc.distinct.get(&ValueKey::from(&*v)).copied();
                                 Value::Num(if seen == Some(1) { 1.0 } else { 0.0 })
                             }
                         } else {
                             Value::Null
                         }
                     } else {
-                        s.run.value(s.func, s.counts_events, span.hi - span.lo)
+                        acc.value(a.func, a.counts_events())
                     }
                 }
             };
         }
     }
 
+    fn boxed_index(a: &AggPlan) -> usize {
+        match a.place {
+            Place::Boxed(j) => j as usize,
+            _ => usize::MAX,
+        }
+    }
+
     /// Whether it holds nothing (safe to drop for an idle key).
     pub fn is_empty(&self) -> bool {
         self.log.is_empty()
-            && self.spans.iter().all(|s| s.hi == s.lo)
-            && self.aggs.iter().all(|a| match a {
-                Agg::Own(w) => w.is_empty(),
-                Agg::Sliding(_) => true,
+            && self.cursors.iter().all(|c| c.hi == c.lo)
+            && self.boxed.iter().all(|b| match b {
+                Boxed::Own(w) => w.is_empty(),
+                Boxed::Full(_) => true,
             })
     }
 
     /// The aggregates as stored: each a [`WindowState`] holding its own
     /// events, exactly as if it had always kept them.
-    pub fn to_states(&self) -> Vec<WindowState> {
+    pub fn to_states(&self, plan: &Plan) -> Vec<WindowState> {
         let end = self.end();
-        self.aggs
+        plan.aggs
             .iter()
-            .map(|agg| match agg {
-                Agg::Own(w) => (**w).clone(),
-                Agg::Sliding(s) => {
-                    let span = &self.spans[s.span as usize];
-                    let entry = |i: u64| {
-                        let pos = (i - self.base) as usize;
-                        (
-                            self.log.time(pos),
-                            i.wrapping_add(s.shift),
-                            self.log.value(pos, s.slot).into_owned(),
-                        )
+            .enumerate()
+            .map(|(i, a)| {
+                let Some((len, ago)) = a.sliding else {
+                    return match self.boxed.get(Self::boxed_index(a)) {
+                        Some(Boxed::Own(w)) => (**w).clone(),
+                        _ => WindowState::new(a.func, &a.window, a.counts_events()),
                     };
-                    let front = |i: u64, upto: u64| {
-                        if i < upto {
-                            self.log.time((i - self.base) as usize)
-                        } else {
-                            i64::MAX
+                };
+                let cur = self.cursor_of(plan, i);
+                let shift = self.shift_of(i);
+                let entry = |i: u64| {
+                    let pos = (i - self.base) as usize;
+                    (
+                        self.log.time(pos),
+                        i.wrapping_add(shift),
+                        self.log.value(pos, a.slot).into_owned(),
+                    )
+                };
+                let front = |i: u64, upto: u64| {
+                    if i < upto {
+                        self.log.time((i - self.base) as usize)
+                    } else {
+                        i64::MAX
+                    }
+                };
+                let count = cur.hi - cur.lo;
+                let mut acc = match a.place {
+                    Place::Events => Accum {
+                        count,
+                        non_null: count,
+                        ..Accum::default()
+                    },
+                    Place::Sums(j) => {
+                        let s = &self.sums[j as usize];
+                        Accum {
+                            count,
+                            non_null: s.non_null,
+                            sum: s.sum,
+                            sum_sq: s.sum_sq,
+                            ..Accum::default()
                         }
-                    };
-                    let mut acc = s.run.to_accum(span.hi - span.lo);
-                    for m in acc.mins.iter_mut().chain(acc.maxs.iter_mut()) {
-                        m.0 = m.0.wrapping_add(s.shift);
                     }
-                    WindowState {
-                        func: s.func,
-                        counts_events: s.counts_events,
-                        kind: Kind::Sliding {
-                            len: span.len,
-                            ago: span.ago,
-                        },
-                        pending: (span.hi..end).map(entry).collect(),
-                        active: (span.lo..span.hi).map(entry).collect(),
-                        acc,
-                        // The number of the newest event it has seen.
-                        seq: end.wrapping_add(s.shift).wrapping_sub(1),
-                        mark: None,
-                        pending_front: front(span.hi, end),
-                        active_front: front(span.lo, span.hi),
-                    }
+                    Place::Boxed(j) => match &self.boxed[j as usize] {
+                        Boxed::Full(acc) => (**acc).clone(),
+                        Boxed::Own(_) => Accum::default(),
+                    },
+                };
+                for m in acc.mins.iter_mut().chain(acc.maxs.iter_mut()) {
+                    m.0 = m.0.wrapping_add(shift);
+                }
+                WindowState {
+                    func: a.func,
+                    counts_events: a.counts_events(),
+                    kind: Kind::Sliding { len, ago },
+                    pending: (cur.hi..end).map(entry).collect(),
+                    active: (cur.lo..cur.hi).map(entry).collect(),
+                    acc,
+                    // The number of the newest event it has seen.
+                    seq: end.wrapping_add(shift).wrapping_sub(1),
+                    mark: None,
+                    pending_front: front(cur.hi, end),
+                    active_front: front(cur.lo, cur.hi),
                 }
             })
             .collect()
@@ -738,8 +810,12 @@ impl Windows {
             .unwrap_or(0);
         let mut times: Vec<Option<EventTime>> = vec![None; n];
         let mut vals: Vec<Value> = vec![Value::Null; n * stride];
-        let mut aggs = Vec::with_capacity(states.len());
-        let mut spans: Vec<Span> = Vec::new();
+        let mut cursors: SmallVec<[Cursor; 3]> = SmallVec::new();
+        let mut cursor_span: Vec<u16> = Vec::new();
+        let mut sums: SmallVec<[Sums; 3]> = smallvec::smallvec![Sums::default(); plan.sums];
+        let mut boxed = Vec::with_capacity(plan.boxed);
+        let mut cursor_of = vec![0u16; plan.aggs.len()];
+        let mut shifts = vec![None; plan.aggs.len()];
         for (i, (w, a)) in states.into_iter().zip(&plan.aggs).enumerate() {
             let Some((len, ago)) = a.sliding else {
                 if matches!(w.kind, Kind::Sliding { .. }) {
@@ -747,7 +823,7 @@ impl Windows {
                         "window aggregate {i} is stored as a sliding window"
                     ));
                 }
-                aggs.push(Agg::Own(Box::new(w)));
+                boxed.push(Boxed::Own(Box::new(w)));
                 continue;
             };
             if !matches!(w.kind, Kind::Sliding { .. }) {
@@ -787,33 +863,34 @@ impl Windows {
                 m.0 = to_log(m.0)?;
             }
             let (lo, hi) = (offset as u64, (offset + w.active.len()) as u64);
-            let span = match spans
-                .iter()
-                .position(|s| (s.len, s.ago, s.lo, s.hi) == (len, ago, lo, hi))
+            let k = match (cursors.iter().zip(&cursor_span))
+                .position(|(c, &s)| (s, c.lo, c.hi) == (a.span, lo, hi))
             {
                 Some(k) => k,
                 None => {
-                    spans.push(Span {
-                        len,
-                        ago,
+                    cursors.push(Cursor {
                         lo,
                         hi,
                         due: EventTime::MIN,
-                        members: SmallVec::new(),
                     });
-                    spans.len() - 1
+                    cursor_span.push(a.span);
+                    cursors.len() - 1
                 }
             };
-            spans[span].members.push(i as u16);
-            let counts_events = a.col.is_none();
-            aggs.push(Agg::Sliding(Sliding {
-                func: a.func,
-                counts_events,
-                slot: a.slot,
-                span: span as u16,
-                shift,
-                run: Running::from_accum(a.func, counts_events, acc),
-            }));
+            debug_assert_eq!(plan.spans[a.span as usize], (len, ago));
+            cursor_of[i] = k as u16;
+            shifts[i] = Some(shift);
+            match a.place {
+                Place::Events => {}
+                Place::Sums(j) => {
+                    sums[j as usize] = Sums {
+                        non_null: acc.non_null,
+                        sum: acc.sum,
+                        sum_sq: acc.sum_sq,
+                    }
+                }
+                Place::Boxed(_) => boxed.push(Boxed::Full(Box::new(acc))),
+            }
         }
         let times: Vec<EventTime> = times.into_iter().map(Option::unwrap_or_default).collect();
         if times.iter().zip(times.iter().skip(1)).any(|(a, b)| a > b) {
@@ -823,11 +900,27 @@ impl Windows {
         for (pos, &t) in times.iter().enumerate() {
             log.push(t, vals[pos * stride..(pos + 1) * stride].iter());
         }
+        // The plan's layout holds when every window has one cursor, in the
+        // plan's order, and every aggregate numbers events alike.
+        let shift = shifts.iter().flatten().next().copied().unwrap_or(1);
+        let regular = cursors.len() == plan.spans.len()
+            && (plan.aggs.iter().zip(&cursor_of)).all(|(a, &k)| a.sliding.is_none() || k == a.span)
+            && shifts.iter().flatten().all(|&s| s == shift);
+        let irregular = (!regular).then(|| {
+            Box::new(Irregular {
+                span: cursor_span,
+                cursor: cursor_of,
+                shift: shifts.iter().map(|s| s.unwrap_or(shift)).collect(),
+            })
+        });
         Ok(Windows {
             log,
             base: 0,
-            spans,
-            aggs,
+            cursors,
+            sums,
+            boxed: boxed.into_boxed_slice(),
+            shift,
+            irregular,
         })
     }
 }
@@ -985,20 +1078,21 @@ mod tests {
             for i in 0..400 {
                 t += rng.i64(0..6);
                 let c = cols(i);
-                shared.advance(t);
+                shared.advance(&plan, t);
                 shared.update(&plan, t, &plan_cols(&plan, &c));
                 step_reference(&mut alone, &specs, t, &c);
-                shared.values_into(&mut got);
+                shared.values_of(&plan, 0..specs.len(), &mut got);
                 let want: Vec<Value> = alone.iter().map(WindowState::value).collect();
                 assert_eq!(got, want, "seed {seed} event {i}: {specs:?}");
                 if i % 37 == 0 {
                     assert_eq!(
-                        encoded(&shared.to_states()),
+                        encoded(&shared.to_states(&plan)),
                         encoded(&alone),
                         "seed {seed} event {i}"
                     );
                     // Restored from the stored form, it goes on alike.
-                    shared = Windows::from_states(&plan, shared.to_states()).expect("restores");
+                    shared =
+                        Windows::from_states(&plan, shared.to_states(&plan)).expect("restores");
                 }
                 assert_eq!(shared.is_empty(), alone.iter().all(WindowState::is_empty));
             }
@@ -1032,15 +1126,15 @@ mod tests {
                 if i == 250 {
                     shared = Some(Windows::from_states(&plan, alone.clone()).expect("lines up"));
                 } else if let Some(w) = &mut shared {
-                    w.advance(t);
+                    w.advance(&plan, t);
                     w.update(&plan, t, &plan_cols(&plan, &c));
                 }
                 if let Some(w) = &shared {
-                    w.values_into(&mut got);
+                    w.values_of(&plan, 0..got.len(), &mut got);
                     let want: Vec<Value> = alone.iter().map(WindowState::value).collect();
                     assert_eq!(got, want, "seed {seed} event {i}: {specs:?} {starts:?}");
                     assert_eq!(
-                        encoded(&w.to_states()),
+                        encoded(&w.to_states(&plan)),
                         encoded(&alone),
                         "seed {seed} event {i}"
                     );
@@ -1078,14 +1172,14 @@ mod tests {
         let mut w = Windows::new(&plan);
         for i in 0..100 {
             let t = i * day / 2;
-            w.advance(t);
+            w.advance(&plan, t);
             w.update(&plan, t, &[Value::Num(i as f64)]);
         }
         // 30 days of events at two a day, the newest included.
         assert_eq!(w.log.len(), 60);
         assert_eq!(w.log.words.len(), 120);
         let mut got = vec![Value::Null; 6];
-        w.values_into(&mut got);
+        w.values_of(&plan, 0..got.len(), &mut got);
         assert_eq!(got[0], Value::Num(2.0));
         assert_eq!(got[1], Value::Num(98.5));
         assert_eq!(got[4], Value::Num(60.0));
