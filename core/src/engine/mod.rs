@@ -1045,6 +1045,9 @@ impl Engine {
         let mut freed = 0usize;
         for (keying, keys) in self.keys.iter_mut().enumerate() {
             let rules = &self.rules.keyings[keying].rules;
+            let lazy = rules
+                .iter()
+                .any(|&ri| self.rules.rules[ri].matcher.is_lazy());
             let dirty = &mut self.dirty;
             keys.retain(|key, cell| {
                 // A frozen key held state when frozen; its next event or
@@ -1052,6 +1055,13 @@ impl Engine {
                 let Some(ks) = cell.live_mut() else {
                     return true;
                 };
+                // Window content keeps a key whatever its matchers hold, and
+                // is asked first: it sits in the key's own allocation, where
+                // the matchers are another (a sweep reads every key, and
+                // most keys of a keying with windows hold some).
+                if !lazy && ks.windows.iter().any(|w| !w.is_empty()) {
+                    return true;
+                }
                 for (local, &ri) in rules.iter().enumerate() {
                     self.rules.rules[ri]
                         .matcher

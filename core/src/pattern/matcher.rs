@@ -435,6 +435,11 @@ impl Matcher {
         self.single.is_none()
     }
 
+    /// Whether it runs lazily (keeps its window's events for the DFA).
+    pub fn is_lazy(&self) -> bool {
+        self.lazy.is_some()
+    }
+
     /// Runs lazily with `dfa` (see [`super::lazy`]).
     pub fn with_lazy(mut self, dfa: Option<SymbolDfa>) -> Matcher {
         self.lazy = dfa.map(Arc::new);
