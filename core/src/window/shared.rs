@@ -444,6 +444,35 @@ fn for_members(plan: &Plan, irregular: Option<&Irregular>, k: usize, mut f: impl
     }
 }
 
+/// Adds the logged event at `pos` (log index `seq`) to sliding aggregate
+/// `a`'s running state, or removes it when `left` (the events its window
+/// holds without it) is given.
+#[inline]
+fn running(
+    a: &AggPlan,
+    sums: &mut [Sums],
+    boxed: &mut [Boxed],
+    log: &Log,
+    pos: usize,
+    seq: u64,
+    left: Option<u64>,
+) {
+    match (a.place, left) {
+        (Place::Events, _) => {}
+        (Place::Sums(j), None) => sums[j as usize].add(&log.value(pos, a.slot)),
+        (Place::Sums(j), Some(left)) => sums[j as usize].remove(&log.value(pos, a.slot), left),
+        (Place::Boxed(j), _) => {
+            if let Boxed::Full(acc) = &mut boxed[j as usize] {
+                let v = log.value(pos, a.slot);
+                match left {
+                    None => acc.add(a.func, seq, &v),
+                    Some(_) => acc.remove(a.func, seq, &v),
+                }
+            }
+        }
+    }
+}
+
 impl Windows {
     /// Empty aggregates laid out by `plan`.
     pub fn new(plan: &Plan) -> Windows {
@@ -531,16 +560,7 @@ impl Windows {
                 }
                 let seq = cur.hi;
                 for_members(plan, irregular, k, |m| {
-                    let a = &plan.aggs[m];
-                    match a.place {
-                        Place::Events => {}
-                        Place::Sums(j) => sums[j as usize].add(&log.value(pos, a.slot)),
-                        Place::Boxed(j) => {
-                            if let Boxed::Full(acc) = &mut boxed[j as usize] {
-                                acc.add(a.func, seq, &log.value(pos, a.slot));
-                            }
-                        }
-                    }
+                    running(&plan.aggs[m], sums, boxed, log, pos, seq, None);
                 });
                 cur.hi += 1;
             }
@@ -556,16 +576,7 @@ impl Windows {
                 let left = cur.hi - cur.lo - 1;
                 let seq = cur.lo;
                 for_members(plan, irregular, k, |m| {
-                    let a = &plan.aggs[m];
-                    match a.place {
-                        Place::Events => {}
-                        Place::Sums(j) => sums[j as usize].remove(&log.value(pos, a.slot), left),
-                        Place::Boxed(j) => {
-                            if let Boxed::Full(acc) = &mut boxed[j as usize] {
-                                acc.remove(a.func, seq, &log.value(pos, a.slot));
-                            }
-                        }
-                    }
+                    running(&plan.aggs[m], sums, boxed, log, pos, seq, Some(left));
                 });
                 cur.lo += 1;
             }
@@ -613,16 +624,7 @@ impl Windows {
                 }
                 // A window ending now holds the event at once.
                 for_members(plan, irregular, k, |m| {
-                    let a = &plan.aggs[m];
-                    match a.place {
-                        Place::Events => {}
-                        Place::Sums(j) => sums[j as usize].add(&log.value(pos, a.slot)),
-                        Place::Boxed(j) => {
-                            if let Boxed::Full(acc) = &mut boxed[j as usize] {
-                                acc.add(a.func, at, &log.value(pos, a.slot));
-                            }
-                        }
-                    }
+                    running(&plan.aggs[m], sums, boxed, log, pos, at, None);
                 });
                 if cur.lo == at {
                     // The next to leave.
