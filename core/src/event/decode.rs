@@ -134,7 +134,15 @@ impl Decoder {
         }
         let text = std::str::from_utf8(bytes).map_err(|e| DecodeError::NotUtf8(e.valid_up_to()))?;
         let text = text.trim_end_matches(['\n', '\r']);
-        let mut fields: SmallVec<[Value; 4]> = SmallVec::from_elem(Value::Null, self.schema.len());
+        // Collected rather than `from_elem`, which clones a `Null` per slot
+        // (a match on the value each time); past the inline four, the
+        // vector's buffer is taken as it is.
+        let width = self.schema.len();
+        let mut fields: SmallVec<[Value; 4]> = if width <= 4 {
+            SmallVec::from_elem(Value::Null, width)
+        } else {
+            SmallVec::from_vec((0..width).map(|_| Value::Null).collect())
+        };
         let mut nested: u64 = 0;
         let mut de = serde_json::Deserializer::from_str(text);
         let top = ObjectSeed {

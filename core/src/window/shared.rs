@@ -51,6 +51,8 @@ pub struct Plan {
     boxed: usize,
     /// Some aggregate is a sliding window: the key's events are logged.
     logs: bool,
+    /// Some aggregate is a window of another kind ([`Boxed::Own`]).
+    owns: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -130,6 +132,7 @@ impl Plan {
                 _ => None,
             };
             plan.logs |= sliding.is_some();
+            plan.owns |= sliding.is_none();
             let span = match sliding {
                 Some(w) => match plan.spans.iter().position(|&x| x == w) {
                     Some(k) => k,
@@ -632,6 +635,9 @@ impl Windows {
                 }
                 cur.hi = at + 1;
             }
+        }
+        if !plan.owns {
+            return;
         }
         for a in &plan.aggs {
             if let (None, Place::Boxed(j)) = (a.sliding, a.place)
