@@ -3,14 +3,16 @@
 //! each checkpoint — begin a transaction, produce a few records, add the
 //! consumer's offsets (`send_offsets_to_transaction`), wait until every
 //! record is acknowledged, commit — every 100 ms, while another producer
-//! writes 200 input records a second. No engine, shard, state or actor
-//! runs, so a slow call here is the broker's or the client's.
+//! writes input records (200 a second unless told). No engine, shard, state
+//! or actor runs, so a slow call here is the broker's or the client's.
 //!
-//! `cargo bench --bench txn [-- SECONDS [BUSY [PARTITIONS]]]` (default
-//! 60 s; `BUSY` threads spin meanwhile, to see whether the calls slow when
-//! the machine's cores are taken; the input and output topics have
+//! `cargo bench --bench txn [-- SECONDS [BUSY [PARTITIONS [RATE]]]]`
+//! (default 60 s; `BUSY` threads spin meanwhile, to see whether the calls
+//! slow when the machine's cores are taken; the input and output topics have
 //! `PARTITIONS` partitions, default 1, and every transaction writes to each
-//! and adds each's offset, as a service member holding them all does).
+//! and adds each's offset, as a service member holding them all does; the
+//! input is written at `RATE` records a second, default 200, so that the
+//! member also fetches while the transactions run).
 //! Uses the broker at `KAFKA_BOOTSTRAP`, else an embedded one.
 
 #[path = "support/kafka.rs"]
@@ -53,26 +55,30 @@ fn main() {
     let seconds = args.first().copied().unwrap_or(60);
     let busy = args.get(1).copied().unwrap_or(0);
     let partitions = args.get(2).copied().unwrap_or(1).max(1) as i32;
+    let rate = args.get(3).copied().unwrap_or(200);
     let brokers = match std::env::var("KAFKA_BOOTSTRAP") {
         Ok(b) if !b.is_empty() => b,
         _ => kafka::broker::start("127.0.0.1:0")
             .expect("embedded broker")
             .to_string(),
     };
-    println!("broker {brokers}, {seconds} s, {busy} busy threads, {partitions} partitions");
+    println!(
+        "broker {brokers}, {seconds} s, {busy} busy threads, {partitions} partitions, input {rate}/s"
+    );
     let c = support::config(&brokers, "txn", partitions);
     let (input, output) = (c.kafka.input_topic.clone(), c.kafka.alerts_topic.clone());
     kafka::ensure_topics(&c.kafka, &brokers, &[&input, &output], partitions).expect("topics");
 
     let done = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
-    // The input: 20 records every 100 ms, as the latency bench's 200/s.
+    // The input, a tenth of a second's records at a time.
+    let per_tick = (rate / 10).max(1);
     let feeder = support::producer(&c);
     let (flag, topic) = (done.clone(), input.clone());
     threads.push(std::thread::spawn(move || {
         let mut n = 0u64;
         while !flag.load(Ordering::Relaxed) {
-            for _ in 0..20 {
+            for _ in 0..per_tick {
                 n += 1;
                 let key = (n % 100).to_string();
                 support::send(&feeder, &topic, &key, &format!("{{\"n\":{n}}}"));
@@ -128,10 +134,12 @@ fn main() {
     let start = now();
     let mut tick = start;
     let mut txns = Vec::new();
+    let mut read = 0u64;
     while start.elapsed() < Duration::from_secs(seconds) {
         tick += INTERVAL;
         while let Some(Ok(m)) = consumer.poll(tick.saturating_duration_since(now())) {
             next.insert(m.partition(), m.offset() + 1);
+            read += 1;
         }
         let mut phases = [Duration::ZERO; 5];
         let at = start.elapsed();
@@ -177,6 +185,7 @@ fn main() {
         t.join().ok();
     }
     consumer.unsubscribe();
+    println!("{read} input records read while timing");
     report(&txns);
 }
 
