@@ -108,14 +108,6 @@ impl ChangelogReader for KafkaChangelog {
         from: &[(i32, Option<i64>)],
         visit: &mut dyn FnMut(ChangelogEvent<'_>) -> Result<(), CoordError>,
     ) -> Result<(), CoordError> {
-        // End-of-partition events carry no topic, so one reader per topic.
-        let reader: BaseConsumer<ToTheEnd> = client_config(&self.kafka, &self.brokers)
-            .set("group.id", format!("{}-restore", self.kafka.group_id))
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed")
-            .set("enable.partition.eof", "true")
-            .create_with_context(ToTheEnd)
-            .map_err(kafka("changelog reader"))?;
         // The log's end as it stands, open transactions included: asked as
         // read_committed, the broker would answer the last stable offset.
         let ends_reader: BaseConsumer = client_config(&self.kafka, &self.brokers)
@@ -124,11 +116,13 @@ impl ChangelogReader for KafkaChangelog {
             .map_err(kafka("changelog offsets"))?;
         let mut tpl = TopicPartitionList::new();
         let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut empty = true;
         for &(p, start) in from {
             let (lo, hi) = ends_reader
                 .fetch_watermarks(changelog, p, TXN_TIMEOUT)
                 .map_err(kafka("changelog offsets"))?;
             ends.insert(p, hi);
+            empty &= lo >= hi;
             let start = match start {
                 None => Offset::Beginning,
                 Some(x) if (lo..=hi).contains(&x) => Offset::Offset(x),
@@ -140,6 +134,24 @@ impl ChangelogReader for KafkaChangelog {
             tpl.add_partition_offset(changelog, p, start)
                 .map_err(kafka("changelog assign"))?;
         }
+        if empty {
+            // No record to read, so none of an open transaction to wait
+            // for: a member's first start, on new changelogs, ends here
+            // without a reader (a client, its connection and a fetch to the
+            // end: about a tenth of a second before the first commit).
+            for (&p, &end) in &ends {
+                visit(ChangelogEvent::End(p, end))?;
+            }
+            return Ok(());
+        }
+        // End-of-partition events carry no topic, so one reader per topic.
+        let reader: BaseConsumer<ToTheEnd> = client_config(&self.kafka, &self.brokers)
+            .set("group.id", format!("{}-restore", self.kafka.group_id))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "true")
+            .create_with_context(ToTheEnd)
+            .map_err(kafka("changelog reader"))?;
         let patience = RESTORE_TIMEOUT.max(
             Duration::from_millis(self.kafka.transaction_timeout_ms) + Duration::from_secs(10),
         );
