@@ -392,7 +392,7 @@ fn coordinate(
         directory,
     );
     let parts = Parts::<KafkaPorts> {
-        sink: KafkaSink::new(identity)?,
+        sink: KafkaSink::starting(identity).map_err(|e| ServiceError::Thread(e.to_string()))?,
         changelog: KafkaChangelog::new(k.clone(), brokers.clone()),
         local,
         shards,

@@ -7,7 +7,7 @@
 //! [`Fault::Refused`](crate::coordinator::Fault::Refused), anything else
 //! fails the checkpoint, which is aborted and retried.
 
-use super::identity::Identity;
+use super::identity::{Identity, IdentityError};
 use crate::coordinator::{Outgoing, PortError, ShardId, TxSink};
 use crate::telemetry;
 use rdkafka::consumer::ConsumerGroupMetadata;
@@ -18,6 +18,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// How long one transactional call (init, offsets, commit, abort) may take.
@@ -79,15 +80,47 @@ impl ProducerContext for Deliveries {
 
 /// The sink: a transactional producer and the identity it came from.
 pub struct KafkaSink {
-    producer: TxProducer,
-    identity: Identity,
+    /// Both, once [`KafkaSink::ready`] has them.
+    ready: Option<(TxProducer, Identity)>,
+    /// The thread making them, until then.
+    starting: Option<JoinHandle<Result<(TxProducer, Identity), IdentityError>>>,
 }
 
 impl KafkaSink {
-    /// A sink writing with `identity`'s next producer.
-    pub fn new(mut identity: Identity) -> Result<KafkaSink, super::identity::IdentityError> {
-        let producer = identity.next_producer()?;
-        Ok(KafkaSink { producer, identity })
+    /// A sink writing with `identity`'s next producer, which a thread
+    /// records and initialises meanwhile (two round trips to the broker,
+    /// 0.15–0.2 s): the member joins its group and restores its state
+    /// without waiting for them. The previous generation is fenced already
+    /// ([`Identity::fence_previous`]), so nothing is read past what it left
+    /// open; the first call to the sink waits for the producer.
+    pub fn starting(mut identity: Identity) -> std::io::Result<KafkaSink> {
+        let starting = std::thread::Builder::new()
+            .name("tripline-producer".into())
+            .spawn(move || Ok((identity.next_producer()?, identity)))?;
+        Ok(KafkaSink {
+            ready: None,
+            starting: Some(starting),
+        })
+    }
+
+    /// The producer and its identity, waiting for the start if it runs.
+    fn ready(&mut self) -> Result<(&mut TxProducer, &mut Identity), PortError> {
+        if let Some(starting) = self.starting.take() {
+            let made = starting
+                .join()
+                .map_err(|_| PortError::fatal("producer identity", "its start panicked"))?
+                .map_err(|e| PortError::fatal("producer identity", e))?;
+            self.ready = Some(made);
+        }
+        match &mut self.ready {
+            Some((producer, identity)) => Ok((producer, identity)),
+            None => Err(PortError::fatal("producer identity", "no producer")),
+        }
+    }
+
+    /// The producer (see [`KafkaSink::ready`]).
+    fn producer(&mut self) -> Result<&mut TxProducer, PortError> {
+        Ok(self.ready()?.0)
     }
 }
 
@@ -114,10 +147,11 @@ impl TxSink for KafkaSink {
     type Group = ConsumerGroupMetadata;
 
     fn begin(&mut self) -> Result<(), PortError> {
-        self.producer
+        let producer = self.producer()?;
+        producer
             .begin_transaction()
             .map_err(|e| port_error("begin transaction", e))?;
-        self.producer.context().take();
+        producer.context().take();
         Ok(())
     }
 
@@ -150,13 +184,14 @@ impl TxSink for KafkaSink {
             }
             record = record.headers(headers);
         }
+        let producer = self.producer()?;
         loop {
-            match self.producer.send(record) {
+            match producer.send(record) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
                     // Serving delivery reports is what frees the queue.
-                    self.producer.poll(Duration::from_millis(5));
+                    producer.poll(Duration::from_millis(5));
                 }
                 Err((e, _)) => return Err(port_error("send", e)),
             }
@@ -173,7 +208,7 @@ impl TxSink for KafkaSink {
             tpl.add_partition_offset(topic, partition, Offset::Offset(next))
                 .map_err(|e| port_error("send offsets", e))?;
         }
-        self.producer
+        self.producer()?
             .send_offsets_to_transaction(&tpl, group, TXN_TIMEOUT)
             .map_err(|e| port_error("send offsets", e))
     }
@@ -184,23 +219,25 @@ impl TxSink for KafkaSink {
     /// them out.)
     fn deliver(&mut self) -> Result<(), PortError> {
         let started = super::service::now();
-        while self.producer.in_flight_count() > 0 {
+        let producer = self.producer()?;
+        while producer.in_flight_count() > 0 {
             if started.elapsed() > TXN_TIMEOUT {
                 return Err(port_error(
                     "deliver",
                     KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut),
                 ));
             }
-            self.producer.poll(Duration::from_millis(1));
+            producer.poll(Duration::from_millis(1));
         }
         Ok(())
     }
 
     fn commit(&mut self) -> Result<BTreeMap<ShardId, i64>, PortError> {
-        self.producer
+        let producer = self.producer()?;
+        producer
             .commit_transaction(TXN_TIMEOUT)
             .map_err(|e| port_error("commit", e))?;
-        Ok(self.producer.context().take())
+        Ok(producer.context().take())
     }
 
     /// librdkafka waits for the records in flight to be acknowledged or
@@ -209,13 +246,14 @@ impl TxSink for KafkaSink {
     /// it stopped) with polls between them.
     fn abort(&mut self) -> Result<(), PortError> {
         let started = super::service::now();
+        let producer = self.producer()?;
         loop {
-            match self.producer.abort_transaction(Duration::from_millis(100)) {
+            match producer.abort_transaction(Duration::from_millis(100)) {
                 Ok(()) => return Ok(()),
                 Err(KafkaError::Transaction(e))
                     if e.is_retriable() && started.elapsed() < TXN_TIMEOUT =>
                 {
-                    self.producer.poll(Duration::from_millis(10));
+                    producer.poll(Duration::from_millis(10));
                 }
                 Err(e) => return Err(PortError::fatal("abort", e)),
             }
@@ -223,8 +261,8 @@ impl TxSink for KafkaSink {
     }
 
     fn renew(&mut self) -> Result<(), PortError> {
-        self.producer = self
-            .identity
+        let (producer, identity) = self.ready()?;
+        *producer = identity
             .next_producer()
             .map_err(|e| PortError::fatal("producer identity", e))?;
         Ok(())
