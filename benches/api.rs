@@ -179,12 +179,7 @@ fn main() {
         .unwrap_or(1_500_000);
     let seconds = env_or("WRK_SECONDS", 10);
     let connections = env_or("WRK_CONNECTIONS", 8);
-    let brokers = match std::env::var("KAFKA_BOOTSTRAP") {
-        Ok(b) if !b.is_empty() => b,
-        _ => kafka::broker::start("127.0.0.1:0")
-            .expect("embedded broker")
-            .to_string(),
-    };
+    let brokers = support::brokers();
     let c = support::config(&brokers, "api", PARTITIONS);
     kafka::ensure_topics(&c.kafka, &brokers, &[&c.kafka.input_topic], PARTITIONS).unwrap();
     eprintln!("producing {events} events");

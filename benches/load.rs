@@ -203,12 +203,7 @@ fn main() {
     } else {
         vec![2_000, 5_000, 10_000, 20_000, 40_000, 80_000]
     };
-    let brokers = match std::env::var("KAFKA_BOOTSTRAP") {
-        Ok(b) if !b.is_empty() => b,
-        _ => kafka::broker::start("127.0.0.1:0")
-            .expect("embedded broker")
-            .to_string(),
-    };
+    let brokers = support::brokers();
     println!(
         "broker {brokers}; {seconds} s per rate, {KEYS} keys, 4 partitions, checkpoint every 100 ms, lateness 0"
     );

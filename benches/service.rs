@@ -269,12 +269,7 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(1_000_000);
-    let brokers = match std::env::var("KAFKA_BOOTSTRAP") {
-        Ok(b) if !b.is_empty() => b,
-        _ => kafka::broker::start("127.0.0.1:0")
-            .expect("embedded broker")
-            .to_string(),
-    };
+    let brokers = support::brokers();
     println!("broker {brokers}");
     if events > 0 {
         throughput(&brokers, events);

@@ -172,12 +172,7 @@ fn main() {
         emit_child(m == "emit-on");
         return;
     }
-    let brokers = match std::env::var("KAFKA_BOOTSTRAP") {
-        Ok(b) if !b.is_empty() => b,
-        _ => kafka::broker::start("127.0.0.1:0")
-            .expect("embedded broker")
-            .to_string(),
-    };
+    let brokers = support::brokers();
     if let Some(mode) = mode {
         child(&brokers, events, mode == "on");
         return;

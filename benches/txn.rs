@@ -56,12 +56,7 @@ fn main() {
     let busy = args.get(1).copied().unwrap_or(0);
     let partitions = args.get(2).copied().unwrap_or(1).max(1) as i32;
     let rate = args.get(3).copied().unwrap_or(200);
-    let brokers = match std::env::var("KAFKA_BOOTSTRAP") {
-        Ok(b) if !b.is_empty() => b,
-        _ => kafka::broker::start("127.0.0.1:0")
-            .expect("embedded broker")
-            .to_string(),
-    };
+    let brokers = support::brokers();
     println!(
         "broker {brokers}, {seconds} s, {busy} busy threads, {partitions} partitions, input {rate}/s"
     );

@@ -11,6 +11,16 @@ use std::time::{Duration, Instant};
 use tripline::adapters::kafka;
 use tripline::config::Config;
 
+/// The broker at `KAFKA_BOOTSTRAP`, else an embedded one.
+pub fn brokers() -> String {
+    match std::env::var("KAFKA_BOOTSTRAP") {
+        Ok(b) if !b.is_empty() => b,
+        _ => kafka::broker::start("127.0.0.1:0")
+            .expect("embedded broker")
+            .to_string(),
+    }
+}
+
 /// A configuration whose group and topics are named after the bench `name`
 /// and this process, so runs can share a broker.
 pub fn config(brokers: &str, name: &str, partitions: i32) -> Config {
