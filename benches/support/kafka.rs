@@ -54,8 +54,17 @@ pub fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: &str
 /// Produces `events` of the synthetic stream over `keys` keys to the input
 /// topic, each keyed by its own key, and waits until all are written.
 pub fn produce_stream(c: &Config, events: usize, keys: u64) {
+    produce_part(c, events, keys, 0..events);
+}
+
+/// Produces the events at `part` of that stream (the same events, in the
+/// same order, as [`produce_stream`] at those positions).
+pub fn produce_part(c: &Config, events: usize, keys: u64, part: std::ops::Range<usize>) {
     let p = producer(c);
-    for line in stream::lines(events, keys, 7) {
+    for line in stream::lines(events, keys, 7)
+        .skip(part.start)
+        .take(part.len())
+    {
         let key = line.split(&[':', ','][..]).nth(1).unwrap_or("0");
         send(&p, &c.kafka.input_topic, key, &line);
     }
