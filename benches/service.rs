@@ -35,11 +35,23 @@ use tripline::adapters::kafka::{self, service};
 use tripline::engine::{EngineOptions, RuleSet};
 
 /// `KAFKA_CLIENT=key=value,…`: librdkafka settings for the service's
-/// clients, to compare them (e.g. `fetch.queue.backoff.ms=1000`).
+/// clients, to compare them (e.g. `fetch.queue.backoff.ms=1000`); an item
+/// without `=` continues the previous value (`debug=protocol,eos`).
 fn client_settings(c: &mut tripline::config::Config) {
-    for kv in std::env::var("KAFKA_CLIENT").unwrap_or_default().split(',') {
-        if let Some((k, v)) = kv.split_once('=') {
-            c.kafka.client.insert(k.into(), v.into());
+    let mut last: Option<String> = None;
+    for item in std::env::var("KAFKA_CLIENT").unwrap_or_default().split(',') {
+        match (item.split_once('='), &last) {
+            (Some((k, v)), _) => {
+                c.kafka.client.insert(k.into(), v.into());
+                last = Some(k.into());
+            }
+            (None, Some(k)) if !item.is_empty() => {
+                if let Some(v) = c.kafka.client.get_mut(k) {
+                    v.push(',');
+                    v.push_str(item);
+                }
+            }
+            _ => {}
         }
     }
 }
@@ -194,39 +206,79 @@ fn latency(brokers: &str, count: usize) {
     {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let mut sent: BTreeMap<u64, Instant> = BTreeMap::new();
-    let mut lat_ms: Vec<f64> = Vec::new();
-    // (latency, event number, its send time from the first send): where
-    // the slowest ones fall tells a stall at the start from one in the run.
-    let mut slowest: Vec<(f64, u64, f64)> = Vec::new();
+    let probe = std::env::var_os("LATENCY_PROBE").map(|_| Probe::start(k, brokers));
+    // The first event also waits for what the start has left to do (the
+    // state's restore, the transactional producer, the first fetch): it is
+    // timed on its own, and the percentiles start after its alert.
     let base: i64 = 1_700_000_000_000;
+    let event = |i: u64| {
+        let key = format!("u{}", i % 16);
+        let line = format!(r#"{{"k":"{key}","t":{},"n":{i}}}"#, base + i as i64);
+        (key, line)
+    };
+    let alert_number = |m: &rdkafka::message::BorrowedMessage<'_>| {
+        let alert: serde_json::Value =
+            serde_json::from_slice(m.payload().unwrap_or_default()).unwrap();
+        alert["matches"]["x"][0]["n"].as_u64().unwrap()
+    };
+    let first_sent = now();
+    let (key, line) = event(0);
+    support::send(&p, &k.input_topic, &key, &line);
+    loop {
+        assert!(
+            first_sent.elapsed() < Duration::from_secs(60),
+            "no first alert"
+        );
+        if let Some(Ok(m)) = reader.poll(Duration::from_millis(1))
+            && alert_number(&m) == 0
+        {
+            break;
+        }
+    }
+    let first_ms = first_sent.elapsed().as_secs_f64() * 1000.0;
+    // The probe's own start (its first fetch) is not what it is there to see.
+    while probe
+        .as_ref()
+        .is_some_and(|p| !p.started.load(Ordering::Relaxed))
+    {
+        assert!(
+            first_sent.elapsed() < Duration::from_secs(60),
+            "the probe reads nothing"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+
+    // Each event's send, on the monotonic clock and in epoch ms (to compare
+    // with the alert record's timestamp, the time the service produced it).
+    let mut sent: BTreeMap<u64, (Instant, i64)> = BTreeMap::new();
+    let mut lat_ms: Vec<f64> = Vec::new();
+    // (latency, event number, its send time from the first send, ms from
+    // the send until the service produced the alert): where the slowest
+    // ones fall, and the split between the service's side and the commit
+    // and the reader's.
+    let mut slowest: Vec<(f64, u64, f64, i64)> = Vec::new();
     let start = now();
     let mut next_send = start;
-    let mut i = 0u64;
-    let progress = handle.progress();
-    let mut first_commit = None;
+    let mut i = 1u64;
     while lat_ms.len() < count {
-        if first_commit.is_none() && get(&progress.records) > 0 {
-            first_commit = Some(start.elapsed().as_secs_f64());
-        }
-        if i < count as u64 && now() >= next_send {
-            let line = format!(r#"{{"k":"u{}","t":{},"n":{i}}}"#, i % 16, base + i as i64);
-            sent.insert(i, now());
-            support::send(&p, &k.input_topic, &format!("u{}", i % 16), &line);
+        if i <= count as u64 && now() >= next_send {
+            let (key, line) = event(i);
+            sent.insert(i, (now(), epoch_ms()));
+            support::send(&p, &k.input_topic, &key, &line);
             i += 1;
             next_send += Duration::from_millis(5);
         }
         if let Some(Ok(m)) = reader.poll(Duration::from_millis(1)) {
-            let alert: serde_json::Value =
-                serde_json::from_slice(m.payload().unwrap_or_default()).unwrap();
-            let n = alert["matches"]["x"][0]["n"].as_u64().unwrap();
-            if let Some(t) = sent.remove(&n) {
+            let n = alert_number(&m);
+            if let Some((t, at_ms)) = sent.remove(&n) {
                 let ms = t.elapsed().as_secs_f64() * 1000.0;
                 lat_ms.push(ms);
-                slowest.push((ms, n, (t - start).as_secs_f64()));
+                let produced = m.timestamp().to_millis().map_or(-1, |p| p - at_ms);
+                slowest.push((ms, n, (t - start).as_secs_f64(), produced));
             }
         }
     }
+    let probe = probe.map(Probe::stop);
     let p = handle.progress();
     let per_commit_ms = get(&p.checkpoint_micros) as f64 / 1e3 / get(&p.commits).max(1) as f64;
     handle.stop();
@@ -250,13 +302,86 @@ fn latency(brokers: &str, count: usize) {
     let slowest: Vec<String> = slowest
         .iter()
         .take(5)
-        .map(|(ms, n, at)| format!("#{n} sent at {at:.2} s: {ms:.0} ms"))
+        .map(|(ms, n, at, produced)| {
+            format!("#{n} sent at {at:.2} s: {ms:.0} ms (alert produced at {produced} ms)")
+        })
         .collect();
     println!("  slowest: {}", slowest.join(", "));
     println!(
-        "  the service's first commit at {:.2} s from the first send",
-        first_commit.unwrap_or(f64::NAN)
+        "  the first event, sent once the service held its partition (not in the percentiles): {first_ms:.0} ms"
     );
+    if let Some((late, worst, at)) = probe {
+        println!(
+            "  probe (a read_committed consumer of the input beside the service): {late} records read more than 120 ms after their send, the latest {worst} ms (offset {at})"
+        );
+    }
+}
+
+/// `LATENCY_PROBE=1`: a read_committed consumer of the input beside the
+/// service, counting the records it reads late (the record's timestamp is
+/// its send time): whether a plain consumer of the same broker, in the same
+/// run, sees records late when the service does.
+struct Probe {
+    /// It has read the first event (which it does not count).
+    started: Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(u64, i64, i64)>,
+}
+
+impl Probe {
+    fn start(k: &tripline::config::KafkaConfig, brokers: &str) -> Probe {
+        let consumer: BaseConsumer = kafka::client_config(k, brokers)
+            .set("group.id", format!("{}-probe", k.group_id))
+            .set("isolation.level", "read_committed")
+            .set("fetch.wait.max.ms", "10")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        consumer
+            .assign(&kafka::from_beginning(&k.input_topic, [0]).unwrap())
+            .unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, first) = (stop.clone(), started.clone());
+        let thread = std::thread::spawn(move || {
+            // (records late, the latest's ms and offset)
+            let (mut late, mut worst, mut at) = (0, 0, -1);
+            while !flag.load(Ordering::Relaxed) {
+                if let Some(Ok(m)) = consumer.poll(Duration::from_millis(10)) {
+                    if m.offset() == 0 {
+                        first.store(true, Ordering::Relaxed);
+                        continue;
+                    }
+                    let ms = epoch_ms() - m.timestamp().to_millis().unwrap_or(0);
+                    if ms > 120 {
+                        late += 1;
+                        if ms > worst {
+                            (worst, at) = (ms, m.offset());
+                        }
+                    }
+                }
+            }
+            (late, worst, at)
+        });
+        Probe {
+            started,
+            stop,
+            thread,
+        }
+    }
+
+    fn stop(self) -> (u64, i64, i64) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+/// The wall clock in ms since the epoch, as Kafka record timestamps are.
+#[allow(clippy::disallowed_methods)]
+fn epoch_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn main() {
