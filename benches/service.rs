@@ -8,8 +8,9 @@
 //!    timed from produce to the alert being readable by a read_committed
 //!    consumer.
 //!
-//! `cargo bench --bench service [-- EVENTS]` (default 1000000 events, 0
-//! for the latency run alone;
+//! `cargo bench --bench service [-- EVENTS [fraud]]` (default 1000000
+//! events, 0 for the latency run alone; `fraud`: the handbook's transactions
+//! and the shipped rules instead of the synthetic stream;
 //! `CHECKPOINT_MS` sets the throughput run's checkpoint interval,
 //! `KAFKA_CLIENT=key=value,…` librdkafka settings of the service). Rates are
 //! given from the start (group join, and for the service its topics,
@@ -24,7 +25,7 @@ mod support;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{DefaultProducerContext, ThreadedProducer};
+use rdkafka::producer::{DefaultProducerContext, Producer, ThreadedProducer};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -61,7 +62,60 @@ fn get(counter: &AtomicU64) -> u64 {
     counter.load(Ordering::Relaxed)
 }
 
-fn throughput(brokers: &str, events: usize) {
+/// What the throughput run reads, and the rules it runs.
+#[derive(Clone, Copy, PartialEq)]
+enum Workload {
+    /// The synthetic A/B/C stream over 10 k keys, benches/abc_10m.tl.
+    Synthetic,
+    /// The handbook's card transactions, the shipped rules (rules/: 15
+    /// windowed features, a 100-tree forest, 5 rules, terminal features
+    /// keyed through an internal topic).
+    Fraud,
+}
+
+impl Workload {
+    fn rules(self) -> Arc<RuleSet> {
+        let path = match self {
+            Workload::Synthetic => "benches/abc_10m.tl",
+            Workload::Fraud => "rules",
+        };
+        tripline::files::load_rules(&[Path::new(path)], None, EngineOptions::default()).unwrap()
+    }
+
+    fn produce(self, c: &tripline::config::Config, events: usize) {
+        match self {
+            Workload::Synthetic => support::produce_stream(c, events, 10_000),
+            Workload::Fraud => produce_handbook(c, events),
+        }
+    }
+}
+
+/// Produces `events` transactions: the bundled handbook sample (10 days,
+/// 95,815 transactions) as many times over as needed, each copy 10 days
+/// after the previous one with its transactions renumbered, keyed by card.
+fn produce_handbook(c: &tripline::config::Config, events: usize) {
+    use std::io::Read;
+    let mut text = String::new();
+    let file = std::fs::File::open("examples/handbook-sample.jsonl.gz").expect("the sample");
+    flate2::read::GzDecoder::new(file)
+        .read_to_string(&mut text)
+        .expect("gunzip");
+    let sample: Vec<&str> = text.lines().collect();
+    let p = support::producer(c);
+    for i in 0..events {
+        let copy = (i / sample.len()) as i64;
+        let mut tx: serde_json::Value = serde_json::from_str(sample[i % sample.len()]).unwrap();
+        let at: jiff::civil::DateTime = tx["TX_DATETIME"].as_str().unwrap().parse().unwrap();
+        let at = at.checked_add(jiff::Span::new().days(10 * copy)).unwrap();
+        tx["TX_DATETIME"] = at.to_string().into();
+        tx["TRANSACTION_ID"] = (i as u64).into();
+        let key = tx["CUSTOMER_ID"].to_string();
+        support::send(&p, &c.kafka.input_topic, &key, &tx.to_string());
+    }
+    p.flush(Duration::from_secs(120)).unwrap();
+}
+
+fn throughput(brokers: &str, events: usize, workload: Workload) {
     let partitions = 4;
     let mut c = support::config(brokers, "throughput", partitions);
     if let Ok(ms) = std::env::var("CHECKPOINT_MS") {
@@ -69,7 +123,7 @@ fn throughput(brokers: &str, events: usize) {
     }
     client_settings(&mut c);
     kafka::ensure_topics(&c.kafka, brokers, &[&c.kafka.input_topic], partitions).unwrap();
-    support::produce_stream(&c, events, 10_000);
+    workload.produce(&c, events);
 
     // The no-op consumer: a group member that reads every record and commits
     // nothing, read_committed like the service.
@@ -95,12 +149,7 @@ fn throughput(brokers: &str, events: usize) {
     noop.unsubscribe();
     drop(noop);
 
-    let rules = tripline::files::load_rules(
-        &[Path::new("benches/abc_10m.tl")],
-        None,
-        EngineOptions::default(),
-    )
-    .unwrap();
+    let rules = workload.rules();
     let (t0, cpu0) = (now(), cpu_seconds());
     let handle = service::start(
         c.clone(),
@@ -139,7 +188,11 @@ fn throughput(brokers: &str, events: usize) {
     std::fs::remove_dir_all(&c.state.dir).ok();
 
     println!(
-        "throughput: {events} events ({bytes} bytes) over {partitions} partitions, checkpoint every {} ms",
+        "throughput: {events} events ({bytes} bytes) over {partitions} partitions, {}, checkpoint every {} ms",
+        match workload {
+            Workload::Synthetic => "the synthetic A, B+, C stream and rule",
+            Workload::Fraud => "handbook transactions and the shipped rules",
+        },
         c.checkpoint.interval_ms
     );
     println!(
@@ -394,10 +447,15 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(1_000_000);
+    let workload = if std::env::args().any(|a| a == "fraud") {
+        Workload::Fraud
+    } else {
+        Workload::Synthetic
+    };
     let brokers = support::brokers();
     println!("broker {brokers}");
     if events > 0 {
-        throughput(&brokers, events);
+        throughput(&brokers, events, workload);
     }
     latency(&brokers, 2000);
 }
