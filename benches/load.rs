@@ -16,7 +16,6 @@
 #[path = "support/kafka.rs"]
 mod support;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, Producer};
 use std::sync::Arc;
@@ -79,16 +78,8 @@ fn run(brokers: &str, rate: u64, seconds: u64) -> Run {
     let warm = Arc::new(AtomicBool::new(false));
     let reader = {
         let (sent, done, warm) = (sent.clone(), done.clone(), warm.clone());
-        let consumer: BaseConsumer = kafka::client_config(k, brokers)
-            .set("group.id", format!("{}-reader", k.group_id))
-            .set("isolation.level", "read_committed")
-            .set("fetch.wait.max.ms", "1")
-            .set("enable.auto.commit", "false")
-            .create()
-            .unwrap();
-        consumer
-            .assign(&kafka::from_beginning(&k.alerts_topic, 0..partitions).unwrap())
-            .unwrap();
+        let consumer =
+            support::assigned_reader(k, brokers, "reader", &k.alerts_topic, 0..partitions, 1);
         std::thread::spawn(move || {
             let mut lat_ms = Vec::with_capacity(sent.len());
             while lat_ms.len() < sent.len() && !done.load(Ordering::Relaxed) {

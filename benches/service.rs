@@ -243,16 +243,7 @@ fn latency(brokers: &str, count: usize) {
     .unwrap();
     let k = &c.kafka;
     kafka::ensure_topics(k, brokers, &[&k.alerts_topic], 1).unwrap();
-    let reader: BaseConsumer = kafka::client_config(k, brokers)
-        .set("group.id", format!("{}-reader", k.group_id))
-        .set("isolation.level", "read_committed")
-        .set("fetch.wait.max.ms", "1")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    reader
-        .assign(&kafka::from_beginning(&k.alerts_topic, [0]).unwrap())
-        .unwrap();
+    let reader = support::assigned_reader(k, brokers, "reader", &k.alerts_topic, [0], 1);
     let p: ThreadedProducer<DefaultProducerContext> = kafka::client_config(k, brokers)
         .set("linger.ms", "0")
         .create()
@@ -390,16 +381,7 @@ struct Probe {
 
 impl Probe {
     fn start(k: &tripline::config::KafkaConfig, brokers: &str) -> Probe {
-        let consumer: BaseConsumer = kafka::client_config(k, brokers)
-            .set("group.id", format!("{}-probe", k.group_id))
-            .set("isolation.level", "read_committed")
-            .set("fetch.wait.max.ms", "10")
-            .set("enable.auto.commit", "false")
-            .create()
-            .unwrap();
-        consumer
-            .assign(&kafka::from_beginning(&k.input_topic, [0]).unwrap())
-            .unwrap();
+        let consumer = support::assigned_reader(k, brokers, "probe", &k.input_topic, [0], 10);
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (flag, first) = (stop.clone(), started.clone());

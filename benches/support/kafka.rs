@@ -6,6 +6,7 @@
 #[path = "stream.rs"]
 mod stream;
 
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use std::time::{Duration, Instant};
 use tripline::adapters::kafka;
@@ -36,6 +37,30 @@ pub fn config(brokers: &str, name: &str, partitions: i32) -> Config {
     c.kafka.max_poll_interval_ms = 30_000;
     c.state.dir = std::env::temp_dir().join(format!("{}.state", c.kafka.group_id));
     c
+}
+
+/// A read_committed consumer of `partitions` of `topic` from their
+/// beginning, in a group of its own (`<group>-<name>`, committing nothing),
+/// asking the broker to hold an empty fetch for `wait_ms`.
+pub fn assigned_reader(
+    k: &tripline::config::KafkaConfig,
+    brokers: &str,
+    name: &str,
+    topic: &str,
+    partitions: impl IntoIterator<Item = i32>,
+    wait_ms: u32,
+) -> BaseConsumer {
+    let consumer: BaseConsumer = kafka::client_config(k, brokers)
+        .set("group.id", format!("{}-{name}", k.group_id))
+        .set("isolation.level", "read_committed")
+        .set("fetch.wait.max.ms", wait_ms.to_string())
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer
+        .assign(&kafka::from_beginning(topic, partitions).expect("partitions"))
+        .expect("assign");
+    consumer
 }
 
 /// A producer batching for throughput, with room for a large backlog.
