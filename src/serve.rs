@@ -348,17 +348,21 @@ impl Service {
                 &watch.source,
                 log,
                 listener,
+                |state| {
+                    let writer =
+                        kafka::lists::KafkaListWriter::new(&config, &brokers, lists.clone())?;
+                    state.set_lists(lists, Arc::new(writer));
+                    state.set_tables(tables);
+                    state.set_history(Arc::new(kafka::history::KafkaHistory {
+                        config: config.kafka.clone(),
+                        brokers: brokers.clone(),
+                    }));
+                    if let Some(w) = &webhooks {
+                        state.set_webhooks(w.status());
+                    }
+                    Ok(())
+                },
             )?;
-            let writer = kafka::lists::KafkaListWriter::new(&config, &brokers, lists.clone())?;
-            state.set_lists(lists, Arc::new(writer));
-            state.set_tables(tables);
-            state.set_history(Arc::new(kafka::history::KafkaHistory {
-                config: config.kafka.clone(),
-                brokers: brokers.clone(),
-            }));
-            if let Some(w) = &webhooks {
-                state.set_webhooks(w.status());
-            }
             let trials = start_trials(&config, &brokers, &state, &rules_now)?;
             watch.api = Some(state);
             api = Some(Api {
@@ -540,6 +544,10 @@ fn allowed_hosts(a: &tripline::config::ApiSettings) -> Vec<String> {
 
 /// Starts the REST API on its own thread, on the bound `listener`; it
 /// serves until the returned worker is stopped.
+/// Builds the API's state, lets `prepare` give it what the handlers read
+/// (lists, tables, history, webhooks), then serves: a request that arrives
+/// as soon as the API listens finds them there, not a 404.
+#[allow(clippy::too_many_arguments)]
 fn start_api(
     config: &Config,
     brokers: &str,
@@ -548,6 +556,7 @@ fn start_api(
     source: &RuleSource,
     log: Arc<AlertLog>,
     listener: std::net::TcpListener,
+    prepare: impl FnOnce(&ApiState) -> Result<()>,
 ) -> Result<(ApiState, Worker)> {
     let a = &config.api;
     let addr = listener.local_addr()?;
@@ -590,6 +599,7 @@ fn start_api(
         }),
         Arc::new(ServiceHealth(handle.progress().clone())),
     );
+    prepare(&state)?;
     let app = router(state.clone());
     let server = Worker::spawn("tripline-api", move |stop| {
         let rt = match tokio::runtime::Builder::new_multi_thread()
