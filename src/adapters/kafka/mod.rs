@@ -87,15 +87,6 @@ pub fn group_member_config(kafka: &KafkaConfig, brokers: &str, group: &str) -> C
     if kafka.static_membership {
         c.set("group.instance.id", instance_name(kafka));
     }
-    if !kafka.client.contains_key("heartbeat.interval.ms") {
-        // A member learns of a rebalance from a heartbeat's answer: at
-        // librdkafka's default (3 s) a member that joins waits up to that
-        // long for the others to give partitions up. A tenth of the session
-        // timeout (which heartbeats must beat) hands over sooner for one
-        // small request per member and interval.
-        let ms = (kafka.session_timeout_ms / 10).clamp(100, 3000);
-        c.set("heartbeat.interval.ms", ms.to_string());
-    }
     c
 }
 

@@ -440,6 +440,15 @@ fn member_consumer(
 ) -> Result<MemberConsumer, ServiceError> {
     let k = &config.kafka;
     let mut consumer_config = super::group_member_config(k, brokers, &k.group_id);
+    if !k.client.contains_key("heartbeat.interval.ms") {
+        // A member learns of a rebalance from a heartbeat's answer: at
+        // librdkafka's default (3 s) a member that joins waits up to that
+        // long for the others to give partitions up. A tenth of the session
+        // timeout (which heartbeats must beat) hands over sooner for one
+        // small request per member and interval.
+        let ms = (k.session_timeout_ms / 10).clamp(100, 3000);
+        consumer_config.set("heartbeat.interval.ms", ms.to_string());
+    }
     // Other instances find this one's REST API through the group (owners.rs).
     let base_id = k.client.get("client.id").map_or("tripline", String::as_str);
     consumer_config.set(
