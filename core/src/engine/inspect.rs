@@ -4,8 +4,8 @@
 //! running rules changed).
 
 use super::snapshot::{
-    BUFFER_PREFIX, KEY_PREFIX, META_KEY, Meta, RULES_KEY, StoredRules, decode_key_snapshot,
-    decode_key_state, key_bytes,
+    BUFFER_PREFIX, KEY_PREFIX, LOG_PREFIX, META_KEY, Meta, RULES_KEY, StoredRules,
+    decode_key_state, key_bytes, key_snapshot,
 };
 use super::{Engine, RuleSet, earliest_deadline};
 use crate::event::{Event, Value, ValueKey, format_time};
@@ -61,6 +61,12 @@ pub fn summary(store: &impl StateStore, models: &ModelReader) -> Result<Json, Sn
         buffered += 1;
         Ok(())
     })?;
+    let mut logged = 0u64;
+    store.for_each_prefix(LOG_PREFIX, &mut |_, v| {
+        logged += 1;
+        key_bytes_total += v.len() as u64;
+        Ok(())
+    })?;
     Ok(json!({
         "rule_set": format!("{hash:016x}"),
         "rules": rules.rules.iter().map(|r| r.name.to_string()).collect::<Vec<_>>(),
@@ -69,6 +75,7 @@ pub fn summary(store: &impl StateStore, models: &ModelReader) -> Result<Json, Sn
         "alerts": meta.as_ref().map(|m| m.stats.2),
         "keys": keys,
         "key_bytes": key_bytes_total,
+        "log_chunks": logged,
         "buffered_events": buffered,
     }))
 }
@@ -99,8 +106,9 @@ pub fn inspect_key(
             let Some(bytes) = store.get(&key_bytes(ki as u32, &ValueKey::from(k)))? else {
                 continue;
             };
-            let ks = decode_key_state(&rules, ki, &bytes)?;
-            let raw = decode_key_snapshot(crate::state::body(&bytes, rules.def.hash)?)?;
+            let ks = decode_key_state(&rules, ki, &bytes, Some(store))?;
+            // The whole state, the window events stored apart included.
+            let raw = key_snapshot(&rules, ki, &ks, true);
             let per_rule: Vec<Json> = keying
                 .rules
                 .iter()

@@ -240,9 +240,16 @@ impl Engine {
         }
         let mut old_keys = self.keys;
         if let Some(d) = &mut engine.dirty {
-            // Every stored key is rewritten (new encoding) or deleted.
+            // Every stored key is rewritten (new encoding) or deleted, and
+            // so are its logged events: the new rules number their logs
+            // afresh.
             for (ki, keys) in old_keys.iter().enumerate() {
                 d.extend(keys.keys().map(|k| (ki as u32, k.clone())));
+                for (key, cell) in keys {
+                    if let KeyCell::Live(ks) = cell {
+                        super::snapshot::forget_rows(&mut engine.log_deletes, ki, key, ks);
+                    }
+                }
             }
         }
         for ki in 0..rules.keyings.len() {
@@ -259,8 +266,8 @@ impl Engine {
                 // Window aggregates go over in their stored form, each with
                 // its own events, and are laid out again by the new rules'
                 // groups.
-                let (old_states, old_values) = ks.rule_windows(&old, &old.keyings[ok]);
-                let (fresh_states, fresh_values) = fresh.rule_windows(&rules, keying);
+                let (old_states, old_values) = ks.rule_windows(&old, &old.keyings[ok], true);
+                let (fresh_states, fresh_values) = fresh.rule_windows(&rules, keying, true);
                 let (mut states, mut values) = (fresh_states.clone(), fresh_values.clone());
                 // Redecoded events, shared by the matchers that keep them.
                 let mut decoded: HashMap<*const Event, Option<Arc<Event>>> = HashMap::new();
@@ -298,7 +305,7 @@ impl Engine {
                 // A group whose kept aggregates do not line up (they saw
                 // other events) starts empty.
                 while let Err((g, _)) =
-                    fresh.set_rule_windows(&rules, keying, states.clone(), values.clone())
+                    fresh.set_rule_windows(&rules, keying, states.clone(), values.clone(), None)
                 {
                     migration.reset_states += 1;
                     for &l in &keying.groups[g].members {

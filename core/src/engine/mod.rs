@@ -192,11 +192,12 @@ impl KeyState {
         &self,
         rules: &RuleSet,
         keying: &Keying,
+        events: bool,
     ) -> (Vec<Vec<WindowState>>, Vec<Vec<Value>>) {
         let mut states = vec![Vec::new(); keying.rules.len()];
         let mut values = vec![Vec::new(); keying.rules.len()];
         for (g, group) in keying.groups.iter().enumerate() {
-            let mut all = self.windows[g].to_states(&group.plan).into_iter();
+            let mut all = self.windows[g].to_states(&group.plan, events).into_iter();
             for &local in &group.members {
                 let rule = &rules.rules[keying.rules[local]];
                 states[local] = all.by_ref().take(rule.def.windows.len()).collect();
@@ -211,12 +212,16 @@ impl KeyState {
     /// whose aggregates do not line up is left as it was, and reported by
     /// its index with the reason. The stored values are checked for their
     /// number only: values are computed from the aggregates when read.
+    /// With `logs` (per group: where its log ends, which rows the store
+    /// holds, and the rows read back for a group stored without its
+    /// events), each group's log gets its stored numbering.
     fn set_rule_windows(
         &mut self,
         rules: &RuleSet,
         keying: &Keying,
         mut states: Vec<Vec<WindowState>>,
         values: Vec<Vec<Value>>,
+        logs: Option<(&[snapshot::GroupLog], &[snapshot::GroupRows])>,
     ) -> Result<(), (usize, String)> {
         self.windows
             .resize_with(keying.groups.len(), Windows::default);
@@ -240,7 +245,23 @@ impl KeyState {
                 }
                 all.extend(s);
             }
-            self.windows[g] = Windows::from_states(&group.plan, all).map_err(|e| (g, e))?;
+            let log = logs.and_then(|(l, rows)| Some((l.get(g)?, rows.get(g)?)));
+            if let Some((log, rows)) = log
+                && let Some(cursors) = &log.cursors
+            {
+                Windows::refill(&group.plan, &mut all, log.end, cursors, rows)
+                    .map_err(|e| (g, e))?;
+            }
+            let mut w = Windows::from_states(&group.plan, all).map_err(|e| (g, e))?;
+            if let Some((log, _)) = log {
+                let n = w.log_range().1;
+                if n > log.end {
+                    return Err((g, format!("{n} logged events end at index {}", log.end)));
+                }
+                w.rebase(log.end - n);
+                w.set_stored(log.stored);
+            }
+            self.windows[g] = w;
         }
         Ok(())
     }
@@ -367,6 +388,10 @@ pub struct Engine {
     state_limit: Option<usize>,
     /// Keys reset for their state's size, to report.
     reset_keys: Vec<RuleError>,
+    /// The stored rows of logged events (see [`snapshot`]) of keys dropped
+    /// since the last [`Engine::take_changes`], which deletes them: per
+    /// key and window group, a range of log indices.
+    log_deletes: Vec<snapshot::RowRange>,
     /// The lists the rules look values up in.
     lists: Arc<crate::lists::Lists>,
     /// The tables the rules look rows up in.
@@ -414,6 +439,7 @@ impl Engine {
             arrived_at: None,
             state_limit: None,
             reset_keys: Vec::new(),
+            log_deletes: Vec::new(),
             lists: Arc::default(),
             tables: Arc::default(),
             processed_to: EventTime::MIN,
@@ -1049,6 +1075,7 @@ impl Engine {
                 .iter()
                 .any(|&ri| self.rules.rules[ri].matcher.is_lazy());
             let dirty = &mut self.dirty;
+            let log_deletes = &mut self.log_deletes;
             keys.retain(|key, cell| {
                 // A frozen key held state when frozen; its next event or
                 // timer decides whether it still does.
@@ -1070,6 +1097,7 @@ impl Engine {
                 let keep = !is_idle(ks, processed_to);
                 if !keep {
                     freed += ks.bytes as usize;
+                    snapshot::forget_rows(log_deletes, keying, key, ks);
                     if let Some(d) = dirty.as_mut() {
                         d.insert((keying as u32, key.clone()));
                     }

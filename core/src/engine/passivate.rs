@@ -136,7 +136,7 @@ impl Passivation {
         let was = body.len() + FROZEN_OVERHEAD;
         // Its change is persisted: `written` stays 0, as for a key read
         // back from the store.
-        match decode_key_body(rules, keying, &thawed_body(key, body)) {
+        match decode_key_body(rules, keying, &thawed_body(key, body), None) {
             Ok(mut ks) => {
                 ks.bytes = self.resize(was as u32, body.len() + HEADER_LEN + KEY_OVERHEAD);
                 *cell = KeyCell::live(ks);
@@ -324,9 +324,10 @@ impl Engine {
         if *n == 0 {
             p.cold.remove(&h);
         }
-        match decode_key_state(&self.rules, keying, &bytes) {
+        match decode_key_state(&self.rules, keying, &bytes, Some(&*p.store)) {
             Ok(mut ks) => {
-                ks.bytes = p.resize(0, bytes.len() + KEY_OVERHEAD);
+                let logs: usize = ks.windows.iter().map(|w| w.log_bytes()).sum();
+                ks.bytes = p.resize(0, bytes.len() + logs + KEY_OVERHEAD);
                 ks.written = 0;
                 p.loads += 1;
                 self.keys[keying].insert(key.clone(), KeyCell::live(ks));
@@ -360,9 +361,10 @@ impl Engine {
         let mut revived: Vec<(usize, ValueKey, KeyState)> = Vec::new();
         // Only keys recorded as evicted: the store may still hold keys
         // dropped since its last write, whose deletion is not stored yet.
+        let rows: &dyn StateStore = &**store;
         let scan = store.for_each_prefix(super::snapshot::KEY_PREFIX, &mut |k, v| {
             let keying = super::snapshot::keying_of(k, rules.keyings.len())?;
-            let mut ks = decode_key_state(&rules, keying, v)?;
+            let mut ks = decode_key_state(&rules, keying, v, Some(rows))?;
             let key = ValueKey::from(&ks.key);
             if keys[keying].contains_key(&key) {
                 return Ok(());
@@ -375,7 +377,8 @@ impl Engine {
             if *n == 0 {
                 cold.remove(&h);
             }
-            ks.bytes = (v.len() + KEY_OVERHEAD) as u32;
+            let logs: usize = ks.windows.iter().map(|w| w.log_bytes()).sum();
+            ks.bytes = (v.len() + logs + KEY_OVERHEAD) as u32;
             ks.written = 0;
             revived.push((keying, key, ks));
             Ok(())
@@ -399,9 +402,22 @@ impl Engine {
 
     /// Drops a resident key's state.
     pub(super) fn drop_key(&mut self, keying: usize, key: &ValueKey) {
-        if let Some(cell) = self.keys[keying].remove(key)
-            && let Some(p) = &mut self.passive
-        {
+        let Some(cell) = self.keys[keying].remove(key) else {
+            return;
+        };
+        let live = match &cell {
+            KeyCell::Live(ks) => Some(std::borrow::Cow::Borrowed(&**ks)),
+            // Its stored rows are in its body.
+            KeyCell::Frozen(body) => {
+                decode_key_body(&self.rules, keying, &thawed_body(key, body), None)
+                    .ok()
+                    .map(std::borrow::Cow::Owned)
+            }
+        };
+        if let Some(ks) = live {
+            super::snapshot::forget_rows(&mut self.log_deletes, keying, key, &ks);
+        }
+        if let Some(p) = &mut self.passive {
             p.release(cell.estimate());
             if matches!(cell, KeyCell::Frozen(_)) {
                 p.frozen -= 1;
@@ -423,7 +439,7 @@ impl Engine {
         let Some(p) = &mut self.passive else {
             return Some(KeyCell::live(ks));
         };
-        let frozen = freeze_stored(&ks, bytes);
+        let frozen = freeze_stored(&self.rules, keying, &ks, bytes);
         let need = frozen.len() + FROZEN_OVERHEAD;
         if p.resident + need <= p.budget {
             p.resident += need;

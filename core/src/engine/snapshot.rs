@@ -2,6 +2,15 @@
 //! entry for engine-wide state (watermark, events waiting for it, counters)
 //! and one per key (each rule's partial matches and window aggregates, with
 //! the key's matched events stored once).
+//!
+//! A key's sliding windows log its events (a card's month of amounts), and
+//! those rows are entries of their own, in chunks of [`CHUNK`] events (`l/`,
+//! by key, window group and chunk), rather than part of the key's entry: a
+//! checkpoint writes the chunk its new events fall in and deletes the
+//! chunks no window holds an event of any more, so what it writes grows
+//! with the events it covers, not with the length of the windows. The key's
+//! entry says where its log ends and which events the store holds
+//! ([`GroupLog`]).
 
 use super::{Engine, EngineStats, KeyCell, KeyState, RuleError, RuleSet};
 use crate::event::{Event, MAX_EVENT_TIME_MS, Value, ValueKey};
@@ -9,7 +18,7 @@ use crate::pattern::matcher::{EventTable, MatcherSnapshot, MatcherState};
 use crate::rules::RuleOrigin;
 use crate::state::{Change, SnapshotError, StateStore, decode, encode};
 use crate::time::WatermarkTracker;
-use crate::window::WindowState;
+use crate::window::{LogRow, WindowState};
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 use std::sync::Arc;
@@ -23,6 +32,33 @@ pub(super) const KEY_PREFIX: &[u8] = b"k/";
 /// only those that arrived or left since the last one), keyed by
 /// `(time, seq)` in an order-preserving encoding.
 pub(super) const BUFFER_PREFIX: &[u8] = b"b/";
+/// A chunk of a key's window group's log: `l/`, the keying and key as in
+/// the key's entry, then the group (`u16`) and the chunk's number (`u64`,
+/// its log indices divided by [`CHUNK`]), big endian, so a key's chunks are
+/// one range in log order. The value is a [`LogChunk`] without a header
+/// (the key's entry has one).
+pub(super) const LOG_PREFIX: &[u8] = b"l/";
+
+/// A range of log indices `lo..hi` of one window group (`group`) of a key
+/// of a keying (`keying`): the rows to delete when the key goes.
+pub(super) type RowRange = (u32, ValueKey, u16, u64, u64);
+
+/// A window group's stored rows read back, with their log indices.
+pub(super) type GroupRows = Vec<(u64, LogRow)>;
+
+/// Where a window group's log stands, in a key's entry.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub(super) struct GroupLog {
+    /// The log index after its newest event.
+    pub(super) end: u64,
+    /// The log indices `lo..hi` whose rows the store holds.
+    pub(super) stored: (u64, u64),
+    /// Per aggregate, the log indices inside its window
+    /// ([`Windows::agg_cursors`]) when the entry leaves the events out
+    /// (they are the stored rows); `None` when it holds them (what a frozen
+    /// key keeps in memory).
+    pub(super) cursors: Option<Vec<(u64, u64)>>,
+}
 
 #[derive(Serialize, Deserialize)]
 pub(super) struct EventSnapshot {
@@ -95,18 +131,26 @@ pub(super) struct KeySnapshot {
     /// this key are suppressed (`i64::MIN`: none); empty when none is.
     #[serde(skip)]
     quiet: Vec<i64>,
+    /// Per window group of the keying: where its log stands; empty when
+    /// no group has logged an event.
+    #[serde(skip)]
+    logs: Vec<GroupLog>,
 }
 
 /// A key's stored body: [`KeySnapshot`]'s fields, then its running
-/// suppressions if there are any.
+/// suppressions if there are any or its logs are given, then its logs if
+/// any group has logged an event (state without either is written as it
+/// was before, and such state reads unchanged).
 fn encode_key_snapshot(snap: &KeySnapshot, out: Vec<u8>) -> Vec<u8> {
     // A postcard Vec writer cannot fail on these derive-only types.
-    let out = postcard::to_extend(snap, out).unwrap_or_default();
-    if snap.quiet.is_empty() {
-        out
-    } else {
-        postcard::to_extend(&snap.quiet, out).unwrap_or_default()
+    let mut out = postcard::to_extend(snap, out).unwrap_or_default();
+    if !snap.quiet.is_empty() || !snap.logs.is_empty() {
+        out = postcard::to_extend(&snap.quiet, out).unwrap_or_default();
     }
+    if !snap.logs.is_empty() {
+        out = postcard::to_extend(&snap.logs, out).unwrap_or_default();
+    }
+    out
 }
 
 /// Reads a body written by [`encode_key_snapshot`].
@@ -114,8 +158,13 @@ pub(super) fn decode_key_snapshot(body: &[u8]) -> Result<KeySnapshot, SnapshotEr
     let (mut snap, rest): (KeySnapshot, &[u8]) =
         postcard::take_from_bytes(body).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
     if !rest.is_empty() {
-        snap.quiet = crate::state::decode_body(rest)?;
-        if snap.quiet.len() != snap.matchers.len() {
+        let (quiet, rest): (Vec<i64>, &[u8]) =
+            postcard::take_from_bytes(rest).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
+        snap.quiet = quiet;
+        if !rest.is_empty() {
+            snap.logs = crate::state::decode_body(rest)?;
+        }
+        if !snap.quiet.is_empty() && snap.quiet.len() != snap.matchers.len() {
             return Err(SnapshotError::Corrupt(format!(
                 "key {} has suppressions for {} rules and state for {}",
                 snap.key,
@@ -136,11 +185,173 @@ fn buffer_key(time: i64, seq: u64) -> Vec<u8> {
 }
 
 pub(super) fn key_bytes(keying: u32, key: &ValueKey) -> Vec<u8> {
-    let mut k = KEY_PREFIX.to_vec();
+    keyed(KEY_PREFIX, keying, key, 0)
+}
+
+/// `prefix`, the keying and the key (whose postcard encoding is prefix
+/// free), with room for `more` bytes.
+fn keyed(prefix: &[u8], keying: u32, key: &ValueKey, more: usize) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + 4 + 16 + more);
+    k.extend_from_slice(prefix);
     k.extend_from_slice(&keying.to_be_bytes());
     // postcard of a ValueKey cannot fail (derive-only, written to a Vec).
-    k.extend(postcard::to_allocvec(key).unwrap_or_default());
+    postcard::to_extend(key, k).unwrap_or_default()
+}
+
+/// The logged events of a key's window group are stored in chunks of this
+/// many consecutive log indices: a checkpoint rewrites the chunk its new
+/// events fall in (and any after it) rather than writing a record per
+/// event, and deletes a chunk once no window holds any of its events.
+pub(super) const CHUNK: u64 = 32;
+
+/// A chunk of a window group's log as its entry holds it: the log index of
+/// its first row, then its rows. The rows are those the log held when the
+/// chunk was written, from the chunk's start or the log's oldest event.
+#[derive(Serialize, Deserialize)]
+pub(super) struct LogChunk {
+    first: u64,
+    rows: Vec<LogRow>,
+}
+
+/// The start of every chunk entry of a key.
+fn rows_prefix(keying: u32, key: &ValueKey) -> Vec<u8> {
+    keyed(LOG_PREFIX, keying, key, 10)
+}
+
+/// The entry of chunk `c` of group `group`, after its key's
+/// [`rows_prefix`].
+fn chunk_key(prefix: &[u8], group: u16, c: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + 10);
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(&group.to_be_bytes());
+    k.extend_from_slice(&c.to_be_bytes());
     k
+}
+
+/// The chunks holding log indices `lo..hi` (none when the range is empty).
+fn chunks((lo, hi): (u64, u64)) -> std::ops::Range<u64> {
+    if lo >= hi {
+        return 0..0;
+    }
+    lo / CHUNK..(hi - 1) / CHUNK + 1
+}
+
+/// Records the stored rows of `ks` (of keying `keying`) for deletion: the
+/// key is dropped, or rewritten under other rules.
+pub(super) fn forget_rows(to: &mut Vec<RowRange>, keying: usize, key: &ValueKey, ks: &KeyState) {
+    for (g, w) in ks.windows.iter().enumerate() {
+        let (lo, hi) = w.stored();
+        if lo < hi {
+            to.push((keying as u32, key.clone(), g as u16, lo, hi));
+        }
+    }
+}
+
+/// Appends to `batch` the chunk entries that bring the store's rows of `ks`
+/// to its logs' events: the chunks its new events fall in written, those
+/// holding no event a window holds deleted; then each log's events are the
+/// stored ones.
+fn write_rows(batch: &mut Vec<Change>, keying: u32, key: &ValueKey, ks: &mut KeyState) {
+    let mut prefix: Option<Vec<u8>> = None;
+    for (g, w) in ks.windows.iter_mut().enumerate() {
+        let (lo, hi) = w.stored();
+        let (base, end) = w.log_range();
+        let (old, new) = (chunks((lo, hi)), chunks((base, end)));
+        // Chunks holding new events, or not stored yet.
+        let from = if old.is_empty() { 0 } else { hi / CHUNK };
+        let write = if end > hi || old.is_empty() {
+            new.start.max(from)..new.end
+        } else {
+            0..0
+        };
+        let gone = old.clone().filter(|c| !new.contains(c));
+        if write.is_empty() && gone.clone().next().is_none() {
+            w.set_stored((base, end));
+            continue;
+        }
+        let prefix = prefix.get_or_insert_with(|| rows_prefix(keying, key));
+        for c in gone {
+            batch.push((chunk_key(prefix, g as u16, c), None));
+        }
+        for c in write {
+            let first = (c * CHUNK).max(base);
+            let chunk = LogChunk {
+                first,
+                rows: (first..((c + 1) * CHUNK).min(end))
+                    .map(|i| w.row(i))
+                    .collect(),
+            };
+            // postcard of a chunk cannot fail (derive-only, written to a Vec).
+            let value = postcard::to_allocvec(&chunk).unwrap_or_default();
+            batch.push((chunk_key(prefix, g as u16, c), Some(value)));
+        }
+        w.set_stored((base, end));
+    }
+}
+
+/// Appends the deletes of the chunks holding `ranges` to `batch`.
+fn delete_rows(batch: &mut Vec<Change>, ranges: Vec<RowRange>) {
+    for (keying, key, g, lo, hi) in ranges {
+        let prefix = rows_prefix(keying, &key);
+        for c in chunks((lo, hi)) {
+            batch.push((chunk_key(&prefix, g, c), None));
+        }
+    }
+}
+
+/// The rows a key's entry leaves out, per window group, read from
+/// `store`: `logs` says which; `None` when it leaves none out.
+fn read_rows(
+    store: Option<&dyn StateStore>,
+    keying: usize,
+    key: &Value,
+    logs: &[GroupLog],
+) -> Result<Option<Vec<GroupRows>>, SnapshotError> {
+    if logs.iter().all(|l| l.cursors.is_none()) {
+        return Ok(None);
+    }
+    let Some(store) = store else {
+        return Err(SnapshotError::Corrupt(format!(
+            "key {key} keeps its logged events in a store, and none was given"
+        )));
+    };
+    let prefix = rows_prefix(keying as u32, &ValueKey::from(key));
+    let mut rows: Vec<GroupRows> = vec![Vec::new(); logs.len()];
+    store.for_each_prefix(&prefix, &mut |k, v| {
+        let at = &k[prefix.len().min(k.len())..];
+        if at.len() != 10 {
+            return Err(SnapshotError::Corrupt(format!("bad log chunk entry {k:?}")));
+        }
+        let g = u16::from_be_bytes([at[0], at[1]]) as usize;
+        let (Some(group), Some(log)) = (rows.get_mut(g), logs.get(g)) else {
+            return Err(SnapshotError::Corrupt(format!(
+                "key {key} has logged events of window group {g}, and {} groups",
+                logs.len()
+            )));
+        };
+        let chunk: LogChunk = crate::state::decode_body(v)?;
+        if chunk.first > MAX_LOG_INDEX || chunk.rows.len() as u64 > CHUNK {
+            return Err(SnapshotError::Corrupt(format!(
+                "key {key}: a bad log chunk"
+            )));
+        }
+        // Events before the log's oldest stay in a chunk until it goes.
+        let lo = log.stored.0;
+        group.extend((chunk.first..).zip(chunk.rows).filter(|(i, _)| *i >= lo));
+        Ok(())
+    })?;
+    for (g, (log, got)) in logs.iter().zip(&rows).enumerate() {
+        let (lo, hi) = log.stored;
+        let whole =
+            got.len() as u64 == hi - lo && (got.iter().zip(lo..)).all(|((i, _), want)| *i == want);
+        if !whole || (log.cursors.is_some() && hi != log.end) {
+            return Err(SnapshotError::Corrupt(format!(
+                "key {key}: window group {g} has {} stored events for indices {lo}..{hi}",
+                got.len()
+            )));
+        }
+    }
+    Ok(Some(rows))
 }
 
 impl Engine {
@@ -186,29 +397,28 @@ impl Engine {
         self.migration.take()
     }
 
-    fn key_value(&self, keying: usize, key: &ValueKey, cell: &KeyCell) -> Vec<u8> {
-        match cell {
-            KeyCell::Live(ks) => key_value(&self.rules, keying, ks),
-            KeyCell::Frozen(body) => frozen_value(&self.rules, key, body),
-        }
-    }
-
     /// Writes the whole engine state to `store` in one batch, replacing what
     /// was there. Returns the number of bytes written. Refused while keys
-    /// are passivated (their state is in the passivation store only).
-    pub fn checkpoint(&self, store: &mut impl StateStore) -> Result<usize, SnapshotError> {
+    /// are passivated (their state is in the passivation store only);
+    /// frozen keys are decoded (their stored rows are rewritten).
+    pub fn checkpoint(&mut self, store: &mut impl StateStore) -> Result<usize, SnapshotError> {
         if self.has_cold_keys() {
             return Err(SnapshotError::Store(
                 "a full checkpoint of an engine with passivated keys: use take_changes".into(),
             ));
         }
+        self.revive_all();
+        if let Some(e) = self.take_state_error() {
+            return Err(e);
+        }
         let mut batch: Vec<Change> = Vec::new();
-        for (k, _) in store.scan_prefix(KEY_PREFIX)? {
-            batch.push((k, None));
+        for prefix in [KEY_PREFIX, BUFFER_PREFIX, LOG_PREFIX] {
+            for (k, _) in store.scan_prefix(prefix)? {
+                batch.push((k, None));
+            }
         }
-        for (k, _) in store.scan_prefix(BUFFER_PREFIX)? {
-            batch.push((k, None));
-        }
+        // Every row goes in again (after the deletes, so the puts win).
+        self.log_deletes.clear();
         batch.push(self.meta_entry());
         batch.push(self.rules_entry());
         for e in &self.buffer {
@@ -217,10 +427,18 @@ impl Engine {
                 Some(encode(self.rules.def.hash, &EventSnapshot::of(e))),
             ));
         }
-        for (ki, keys) in self.keys.iter().enumerate() {
-            for (key, ks) in keys {
+        for (ki, keys) in self.keys.iter_mut().enumerate() {
+            for (key, cell) in keys {
                 // A put after the delete of the same key wins within the batch.
-                batch.push((key_bytes(ki as u32, key), Some(self.key_value(ki, key, ks))));
+                let KeyCell::Live(ks) = cell else { continue };
+                for w in &mut ks.windows {
+                    w.set_stored((0, 0));
+                }
+                write_rows(&mut batch, ki as u32, key, ks);
+                batch.push((
+                    key_bytes(ki as u32, key),
+                    Some(key_value(&self.rules, ki, ks)),
+                ));
             }
         }
         let bytes = batch
@@ -266,10 +484,15 @@ impl Engine {
     /// [`Engine::track_changes`]) as a store batch: the engine-wide entry,
     /// a put for each key that changed and a delete for each key that was
     /// dropped. Applied in order to the store that held the previous
-    /// state, it gives the store [`Engine::checkpoint`] would write. Without
+    /// state, it gives the entries [`Engine::checkpoint`] would write (a
+    /// chunk of a key's log may still hold events older than its windows',
+    /// which a restore ignores), and a store that restores the same. Without
     /// tracking, the whole state (with no deletes).
     pub fn take_changes(&mut self) -> Vec<Change> {
         let mut batch = vec![self.meta_entry()];
+        // Before any row is written: a key dropped, then seen again, logs
+        // its events from index 0 once more.
+        delete_rows(&mut batch, std::mem::take(&mut self.log_deletes));
         if !self.rules_stored {
             batch.push(self.rules_entry());
             self.rules_stored = true;
@@ -302,8 +525,10 @@ impl Engine {
                 for (ki, key) in keys {
                     let mut value = match self.keys[ki as usize].get_mut(&key) {
                         Some(KeyCell::Live(ks)) => {
+                            write_rows(&mut batch, ki, &key, ks);
                             let v = key_value(&self.rules, ki as usize, ks);
-                            Engine::written_size(&mut self.passive, ks, v.len());
+                            let logs: usize = ks.windows.iter().map(|w| w.log_bytes()).sum();
+                            Engine::written_size(&mut self.passive, ks, v.len() + logs);
                             Some(v)
                         }
                         Some(KeyCell::Frozen(body)) => Some(frozen_value(&self.rules, &key, body)),
@@ -321,13 +546,26 @@ impl Engine {
                 self.dirty = Some(dirty);
             }
             None => {
-                for (ki, keys) in self.keys.iter().enumerate() {
-                    for (key, ks) in keys {
-                        batch.push((key_bytes(ki as u32, key), Some(self.key_value(ki, key, ks))));
+                for (ki, keys) in self.keys.iter_mut().enumerate() {
+                    for (key, cell) in keys {
+                        let value = match cell {
+                            KeyCell::Live(ks) => {
+                                // The whole state, every row included.
+                                for w in &mut ks.windows {
+                                    w.set_stored((0, 0));
+                                }
+                                write_rows(&mut batch, ki as u32, key, ks);
+                                key_value(&self.rules, ki, ks)
+                            }
+                            KeyCell::Frozen(body) => frozen_value(&self.rules, key, body),
+                        };
+                        batch.push((key_bytes(ki as u32, key), Some(value)));
                     }
                 }
             }
         }
+        // The rows of keys reset for their size just now.
+        delete_rows(&mut batch, std::mem::take(&mut self.log_deletes));
         self.batches += 1;
         batch
     }
@@ -431,9 +669,10 @@ impl Engine {
             silenced: 0,
         };
         let keyings = rules.keyings.len();
+        let rows: &dyn StateStore = store;
         store.for_each_prefix(KEY_PREFIX, &mut |k, v| {
             let keying = keying_of(k, keyings)?;
-            let ks = decode_key_state(&rules, keying, v)?;
+            let ks = decode_key_state(&rules, keying, v, Some(rows))?;
             let key = ValueKey::from(&ks.key);
             if let Some(t) = ks.timer {
                 engine.timers.insert(t, (keying as u32, key.clone()));
@@ -447,16 +686,17 @@ impl Engine {
     }
 }
 
-/// A key's store entry value.
+/// A key's store entry value, without its logged events: the store holds
+/// them as rows of their own, written by [`write_rows`] first.
 pub(super) fn key_value(rules: &RuleSet, keying: usize, ks: &KeyState) -> Vec<u8> {
-    let snap = key_snapshot(rules, keying, ks);
+    let snap = key_snapshot(rules, keying, ks, false);
     encode_key_snapshot(&snap, crate::state::header(rules.def.hash, 50))
 }
 
-/// A key's store entry value without its header, which is the same for
-/// every key (what frozen keys keep in memory).
+/// A key's encoded state, its logged events included, without the header
+/// every entry shares (what frozen keys keep in memory).
 pub(super) fn key_body(rules: &RuleSet, keying: usize, ks: &KeyState) -> Vec<u8> {
-    encode_key_snapshot(&key_snapshot(rules, keying, ks), Vec::new())
+    encode_key_snapshot(&key_snapshot(rules, keying, ks, true), Vec::new())
 }
 
 /// What a frozen key keeps: its entry's body less the header and the key
@@ -478,8 +718,17 @@ pub(super) fn frozen_value(rules: &RuleSet, key: &ValueKey, frozen: &[u8]) -> Ve
     with_key(out, key, frozen)
 }
 
-/// A stored entry's value (header and body) as a frozen key keeps it.
-pub(super) fn freeze_stored(ks: &KeyState, value: &[u8]) -> Box<[u8]> {
+/// A stored entry's value (header and body) as a frozen key keeps it,
+/// decoded as `ks`: the value itself unless it leaves logged events out.
+pub(super) fn freeze_stored(
+    rules: &RuleSet,
+    keying: usize,
+    ks: &KeyState,
+    value: &[u8],
+) -> Box<[u8]> {
+    if ks.windows.iter().any(|w| w.stored().0 < w.stored().1) {
+        return frozen_body(rules, keying, ks);
+    }
     let skip = crate::state::HEADER_LEN + encoded_key_len(&ks.key);
     value.get(skip..).unwrap_or_default().into()
 }
@@ -496,8 +745,37 @@ fn encoded_key_len(key: &Value) -> usize {
     postcard::experimental::serialized_size(key).unwrap_or(0)
 }
 
-fn key_snapshot(rules: &RuleSet, keying: usize, ks: &KeyState) -> KeySnapshot {
-    let (windows, values) = ks.rule_windows(rules, &rules.keyings[keying]);
+/// A key's state as stored: with its logged events (`events`), or without
+/// them, when its logs' rows are the stored ones.
+pub(super) fn key_snapshot(
+    rules: &RuleSet,
+    keying: usize,
+    ks: &KeyState,
+    events: bool,
+) -> KeySnapshot {
+    let (windows, values) = ks.rule_windows(rules, &rules.keyings[keying], events);
+    let groups = &rules.keyings[keying].groups;
+    let logs = if ks
+        .windows
+        .iter()
+        .any(|w| w.log_range().1 != 0 || w.stored() != (0, 0))
+    {
+        ks.windows
+            .iter()
+            .zip(groups)
+            .map(|(w, group)| {
+                let end = w.log_range().1;
+                let logged = end != 0 || w.stored() != (0, 0);
+                GroupLog {
+                    end,
+                    stored: w.stored(),
+                    cursors: (logged && !events).then(|| w.agg_cursors(&group.plan)),
+                }
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let mut table = EventTable::default();
     let matchers = ks
         .matchers
@@ -516,6 +794,7 @@ fn key_snapshot(rules: &RuleSet, keying: usize, ks: &KeyState) -> KeySnapshot {
         } else {
             Vec::new()
         },
+        logs,
     }
 }
 
@@ -532,19 +811,46 @@ pub(super) fn decode_key_state(
     rules: &RuleSet,
     keying: usize,
     v: &[u8],
+    store: Option<&dyn StateStore>,
 ) -> Result<KeyState, SnapshotError> {
-    decode_key_body(rules, keying, crate::state::body(v, rules.def.hash)?)
+    decode_key_body(rules, keying, crate::state::body(v, rules.def.hash)?, store)
 }
 
+/// Log indices past this are corrupt state: a key would have to log a
+/// million events a second for a hundred thousand years to reach it, and
+/// below it no index arithmetic overflows.
+const MAX_LOG_INDEX: u64 = 1 << 62;
+
 /// A key's state from its entry's body ([`key_body`]), checked against
-/// `rules`.
+/// `rules`; the logged events it leaves out are read from `store`.
 pub(super) fn decode_key_body(
     rules: &RuleSet,
     keying: usize,
     body: &[u8],
+    store: Option<&dyn StateStore>,
 ) -> Result<KeyState, SnapshotError> {
     let slots = rules.def.schema.len();
     let snap = decode_key_snapshot(body)?;
+    if !snap.logs.is_empty() && snap.logs.len() != rules.keyings[keying].groups.len() {
+        return Err(SnapshotError::Corrupt(format!(
+            "key {} has logs for {} window groups, the rules have {}",
+            snap.key,
+            snap.logs.len(),
+            rules.keyings[keying].groups.len()
+        )));
+    }
+    if snap.logs.iter().any(|l| {
+        l.end > MAX_LOG_INDEX
+            || l.stored.1 > MAX_LOG_INDEX
+            || l.stored.0 > l.stored.1
+            || l.cursors.iter().flatten().any(|c| c.1 > MAX_LOG_INDEX)
+    }) {
+        return Err(SnapshotError::Corrupt(format!(
+            "key {} has a log index out of range",
+            snap.key
+        )));
+    }
+    let rows = read_rows(store, keying, &snap.key, &snap.logs)?;
     let keying_rules = &rules.keyings[keying].rules;
     if snap.matchers.len() != keying_rules.len()
         || snap.windows.len() != keying_rules.len()
@@ -597,7 +903,10 @@ pub(super) fn decode_key_body(
         written: 0,
         bytes: 0,
     };
-    ks.set_rule_windows(rules, keying, snap.windows, snap.values)
+    let no_rows = vec![Vec::new(); snap.logs.len()];
+    let logs = (!snap.logs.is_empty())
+        .then(|| (snap.logs.as_slice(), rows.as_deref().unwrap_or(&no_rows)));
+    ks.set_rule_windows(rules, keying, snap.windows, snap.values, logs)
         .map_err(|(_, e)| SnapshotError::Corrupt(format!("key {}: {e}", ks.key)))?;
     Ok(ks)
 }
@@ -607,6 +916,9 @@ pub(super) fn decode_key_body(
 /// decodes as the kind of entry its key names. Consistency with the rules
 /// is checked on restore; this lets a reader name the record at fault.
 pub fn check_entry(key: &[u8], value: &[u8]) -> Result<(), SnapshotError> {
+    if key.starts_with(LOG_PREFIX) {
+        return crate::state::decode_body::<LogChunk>(value).map(drop);
+    }
     let hash = crate::state::header_hash(value)?;
     if key == META_KEY {
         decode::<Meta>(value, hash).map(drop)
@@ -667,8 +979,9 @@ mod tests {
             .unwrap()
             .into_iter()
             .map(|(_, v)| {
-                let snap = decode_key_snapshot(crate::state::body(&v, rs.def.hash).unwrap())
-                    .expect("decodes");
+                // With its logged events, read back from their rows.
+                let ks = decode_key_state(&rs, 0, &v, Some(&store)).expect("decodes");
+                let snap = key_snapshot(&rs, 0, &ks, true);
                 let stored = (&snap.windows[local], &snap.values[local]);
                 (snap.key.clone(), postcard::to_allocvec(&stored).unwrap())
             })

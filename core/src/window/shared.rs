@@ -23,7 +23,11 @@
 //! Stored state keeps the form it had when every aggregate was a
 //! [`WindowState`] with its own events ([`Windows::to_states`],
 //! [`Windows::from_states`]): checkpoints written before and after read
-//! alike, and the encoding is what it was byte for byte.
+//! alike. A checkpoint may leave the events out of that form and store the
+//! log's rows apart, one entry per logged event ([`Windows::row`]), so that
+//! it writes only the rows logged since the last one; [`Windows::refill`]
+//! puts them back before [`Windows::from_states`], and [`Windows::rebase`]
+//! gives the log its stored numbering again.
 
 use super::{Accum, Kind, WindowState};
 use crate::event::{EventTime, Value, ValueKey};
@@ -217,6 +221,20 @@ pub struct Windows {
     /// number events differently, and those over one window hold
     /// different events, so need cursors of their own.
     irregular: Option<Box<Irregular>>,
+    /// The log indices `lo..hi` whose rows the store holds as entries of
+    /// their own (see the module docs): what the next checkpoint need not
+    /// write again, or must delete.
+    stored: (u64, u64),
+}
+
+/// One logged event as a store entry holds it: its time and its logged
+/// column values, in the plan's log order.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LogRow {
+    /// The event's time.
+    pub time: EventTime,
+    /// Its logged column values.
+    pub values: Vec<Value>,
 }
 
 /// Per aggregate, where the plan's shared layout does not hold.
@@ -507,11 +525,95 @@ impl Windows {
             boxed,
             shift: 1,
             irregular: None,
+            stored: (0, 0),
         }
     }
 
     fn end(&self) -> u64 {
         self.base + self.log.len() as u64
+    }
+
+    /// The log indices of the logged events: `base..end`.
+    pub fn log_range(&self) -> (u64, u64) {
+        (self.base, self.end())
+    }
+
+    /// The log indices whose rows the store holds as entries of their own.
+    pub fn stored(&self) -> (u64, u64) {
+        self.stored
+    }
+
+    /// Records that the store holds the rows of log indices `lo..hi`.
+    pub fn set_stored(&mut self, range: (u64, u64)) {
+        self.stored = range;
+    }
+
+    /// The row of the logged event at log index `i` (within
+    /// [`Windows::log_range`]).
+    pub fn row(&self, i: u64) -> LogRow {
+        let pos = (i - self.base) as usize;
+        LogRow {
+            time: self.log.time(pos),
+            values: (0..self.log.cols)
+                .map(|c| self.log.value(pos, Some(c as u16)).into_owned())
+                .collect(),
+        }
+    }
+
+    /// The bytes the log holds in memory.
+    pub fn log_bytes(&self) -> usize {
+        self.log.words.len() * 8
+            + self
+                .log
+                .wide
+                .as_ref()
+                .map_or(0, |w| w.len() * std::mem::size_of::<Value>())
+    }
+
+    /// Per aggregate, the log indices `lo..hi` of the events inside its
+    /// window (`(0, 0)` for a window of another kind): with
+    /// [`Windows::log_range`], where its stored form's events are, when
+    /// [`Windows::to_states`] leaves them out.
+    pub fn agg_cursors(&self, plan: &Plan) -> Vec<(u64, u64)> {
+        plan.aggs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| match a.sliding {
+                Some(_) => {
+                    let c = self.cursor_of(plan, i);
+                    (c.lo, c.hi)
+                }
+                None => (0, 0),
+            })
+            .collect()
+    }
+
+    /// Renumbers the log so that its oldest event has index `base` (what
+    /// [`Windows::from_states`] gives starts at 0): the stored form's
+    /// numbering of events does not change.
+    pub fn rebase(&mut self, base: u64) {
+        let d = base.wrapping_sub(self.base);
+        if d == 0 {
+            return;
+        }
+        self.base = base;
+        for c in &mut self.cursors {
+            c.lo = c.lo.wrapping_add(d);
+            c.hi = c.hi.wrapping_add(d);
+        }
+        for b in self.boxed.iter_mut() {
+            if let Boxed::Full(acc) = b {
+                for m in acc.mins.iter_mut().chain(acc.maxs.iter_mut()) {
+                    m.0 = m.0.wrapping_add(d);
+                }
+            }
+        }
+        self.shift = self.shift.wrapping_sub(d);
+        if let Some(x) = &mut self.irregular {
+            for s in &mut x.shift {
+                *s = s.wrapping_sub(d);
+            }
+        }
     }
 
     /// The cursor of sliding aggregate `i`.
@@ -720,8 +822,10 @@ impl Windows {
     }
 
     /// The aggregates as stored: each a [`WindowState`] holding its own
-    /// events, exactly as if it had always kept them.
-    pub fn to_states(&self, plan: &Plan) -> Vec<WindowState> {
+    /// events, exactly as if it had always kept them; without `events`,
+    /// their events are left out (the store keeps the log's rows apart:
+    /// see [`Windows::refill`]).
+    pub fn to_states(&self, plan: &Plan, events: bool) -> Vec<WindowState> {
         let end = self.end();
         plan.aggs
             .iter()
@@ -779,8 +883,16 @@ impl Windows {
                     func: a.func,
                     counts_events: a.counts_events(),
                     kind: Kind::Sliding { len, ago },
-                    pending: (cur.hi..end).map(entry).collect(),
-                    active: (cur.lo..cur.hi).map(entry).collect(),
+                    pending: if events {
+                        (cur.hi..end).map(entry).collect()
+                    } else {
+                        VecDeque::new()
+                    },
+                    active: if events {
+                        (cur.lo..cur.hi).map(entry).collect()
+                    } else {
+                        VecDeque::new()
+                    },
                     acc,
                     // The number of the newest event it has seen.
                     seq: end.wrapping_add(shift).wrapping_sub(1),
@@ -929,7 +1041,76 @@ impl Windows {
             boxed: boxed.into_boxed_slice(),
             shift,
             irregular,
+            stored: (0, 0),
         })
+    }
+
+    /// Puts back the events [`Windows::to_states`] left out of `states`
+    /// (laid out by `plan`): each sliding aggregate's are the `rows` from
+    /// its cursor's `lo` (in `cursors`, as [`Windows::agg_cursors`] gave
+    /// them) to `end`, those from `hi` on not yet inside its window.
+    /// `rows` are the log's rows with their indices, contiguous and ending
+    /// at `end`.
+    pub fn refill(
+        plan: &Plan,
+        states: &mut [WindowState],
+        end: u64,
+        cursors: &[(u64, u64)],
+        rows: &[(u64, LogRow)],
+    ) -> Result<(), String> {
+        if states.len() != plan.aggs.len() || cursors.len() != plan.aggs.len() {
+            return Err(format!(
+                "{} window aggregates and {} cursors stored, the rule has {}",
+                states.len(),
+                cursors.len(),
+                plan.aggs.len()
+            ));
+        }
+        let first = end.wrapping_sub(rows.len() as u64);
+        if first > end
+            || (rows.iter().enumerate()).any(|(k, (i, _))| *i != first.wrapping_add(k as u64))
+        {
+            return Err("the logged events are not contiguous".into());
+        }
+        for (i, r) in rows {
+            if r.values.len() != plan.logged.len() {
+                return Err(format!(
+                    "logged event {i} has {} values for {} columns",
+                    r.values.len(),
+                    plan.logged.len()
+                ));
+            }
+        }
+        for (i, (w, a)) in states.iter_mut().zip(&plan.aggs).enumerate() {
+            if a.sliding.is_none() {
+                continue;
+            }
+            let (lo, hi) = cursors[i];
+            if !(first <= lo && lo <= hi && hi <= end) {
+                return Err(format!(
+                    "window aggregate {i} holds events {lo}..{hi}, the log {first}..{end}"
+                ));
+            }
+            if !matches!(w.kind, Kind::Sliding { .. }) {
+                return Err(format!(
+                    "window aggregate {i} is not stored as a sliding window"
+                ));
+            }
+            let newest = w.seq;
+            let entry = |j: u64| {
+                let row = &rows[(j - first) as usize].1;
+                let v = match a.slot {
+                    Some(s) => row.values[s as usize].clone(),
+                    None => EVENT.clone(),
+                };
+                (row.time, newest.wrapping_sub(end - 1 - j), v)
+            };
+            w.active = (lo..hi).map(entry).collect();
+            w.pending = (hi..end).map(entry).collect();
+            w.active_front = w.active.front().map_or(i64::MAX, |e| e.0);
+            w.pending_front = w.pending.front().map_or(i64::MAX, |e| e.0);
+        }
+        Ok(())
     }
 }
 
@@ -1071,6 +1252,23 @@ mod tests {
         }
     }
 
+    /// `w` stored without its events, restored from its log's rows: the
+    /// same log indices and the same stored form.
+    fn restored_from_rows(plan: &Plan, w: &Windows) -> Windows {
+        let (base, end) = w.log_range();
+        let rows: Vec<(u64, LogRow)> = (base..end).map(|i| (i, w.row(i))).collect();
+        let mut states = w.to_states(plan, false);
+        Windows::refill(plan, &mut states, end, &w.agg_cursors(plan), &rows).expect("refills");
+        let mut back = Windows::from_states(plan, states).expect("restores");
+        back.rebase(end - back.log_range().1);
+        assert_eq!(back.log_range().1, end);
+        assert_eq!(
+            encoded(&back.to_states(plan, true)),
+            encoded(&w.to_states(plan, true))
+        );
+        back
+    }
+
     /// The shared log gives every aggregate the value it had with its own
     /// events, and stores exactly what it stored then, event after event.
     #[test]
@@ -1094,13 +1292,18 @@ mod tests {
                 assert_eq!(got, want, "seed {seed} event {i}: {specs:?}");
                 if i % 37 == 0 {
                     assert_eq!(
-                        encoded(&shared.to_states(&plan)),
+                        encoded(&shared.to_states(&plan, true)),
                         encoded(&alone),
                         "seed {seed} event {i}"
                     );
-                    // Restored from the stored form, it goes on alike.
-                    shared =
-                        Windows::from_states(&plan, shared.to_states(&plan)).expect("restores");
+                    // Restored from the stored form, with its events or
+                    // from its rows, it goes on alike.
+                    shared = if i % 74 == 0 {
+                        Windows::from_states(&plan, shared.to_states(&plan, true))
+                            .expect("restores")
+                    } else {
+                        restored_from_rows(&plan, &shared)
+                    };
                 }
                 assert_eq!(shared.is_empty(), alone.iter().all(WindowState::is_empty));
             }
@@ -1142,7 +1345,7 @@ mod tests {
                     let want: Vec<Value> = alone.iter().map(WindowState::value).collect();
                     assert_eq!(got, want, "seed {seed} event {i}: {specs:?} {starts:?}");
                     assert_eq!(
-                        encoded(&w.to_states(&plan)),
+                        encoded(&w.to_states(&plan, true)),
                         encoded(&alone),
                         "seed {seed} event {i}"
                     );
