@@ -310,6 +310,13 @@ fn read_rows(
     if logs.iter().all(|l| l.cursors.is_none()) {
         return Ok(None);
     }
+    if logs
+        .iter()
+        .all(|l| l.cursors.is_none() || l.stored.0 == l.stored.1)
+    {
+        // Every log it leaves out is empty.
+        return Ok(Some(vec![Vec::new(); logs.len()]));
+    }
     let Some(store) = store else {
         return Err(SnapshotError::Corrupt(format!(
             "key {key} keeps its logged events in a store, and none was given"
@@ -726,7 +733,11 @@ pub(super) fn freeze_stored(
     ks: &KeyState,
     value: &[u8],
 ) -> Box<[u8]> {
-    if ks.windows.iter().any(|w| w.stored().0 < w.stored().1) {
+    if ks
+        .windows
+        .iter()
+        .any(|w| w.log_range().1 != 0 || w.stored() != (0, 0))
+    {
         return frozen_body(rules, keying, ks);
     }
     let skip = crate::state::HEADER_LEN + encoded_key_len(&ks.key);
