@@ -16,6 +16,10 @@
 #[path = "support/kafka.rs"]
 mod support;
 
+// The allocator the `tripline` binary runs with: the figures are the service's as shipped.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, Producer};
 use std::sync::Arc;

@@ -1035,6 +1035,14 @@ impl EngineState {
         // immediately), 1 = read_committed (never sees past the earliest
         // still-open transaction).
         let read_committed = req.isolation_level == 1;
+        // Bytes left of the response's limit (`MaxBytes`). As in Kafka, a
+        // partition gets at most its `PartitionMaxBytes` and the response at
+        // most `MaxBytes`, except that a partition's first batch comes
+        // whatever its size, so that a consumer always progresses: the
+        // partitions of a backlog are read in step, a few batches each per
+        // fetch, not one whole backlog after another.
+        let mut response_left =
+            if req.max_bytes > 0 { req.max_bytes as usize } else { usize::MAX };
 
         for topic in &req.topics {
             let mut topic_res = FetchableTopicResponse::default();
@@ -1095,8 +1103,17 @@ impl EngineState {
                             });
                             if let Some(start) = start {
                                 let mut out = Vec::new();
+                                let partition_left = if partition.partition_max_bytes > 0 {
+                                    partition.partition_max_bytes as usize
+                                } else {
+                                    usize::MAX
+                                };
+                                let limit = partition_left.min(response_left);
                                 for (base, batch) in &part_state.record_batches[start..] {
                                     if *base >= visible_up_to {
+                                        break;
+                                    }
+                                    if !out.is_empty() && out.len() + batch.len() > limit {
                                         break;
                                     }
                                     // Real Kafka includes an aborted batch's
@@ -1118,6 +1135,7 @@ impl EngineState {
                                     }
                                 }
                                 if !out.is_empty() {
+                                    response_left = response_left.saturating_sub(out.len());
                                     part_res.records = Some(bytes::Bytes::from(out));
                                 }
                             }
