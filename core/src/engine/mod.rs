@@ -185,6 +185,13 @@ impl KeyState {
         }
     }
 
+    /// The bytes its windows' logs hold in memory, which its stored entry
+    /// leaves out (the log is stored in chunks of its own): its memory
+    /// estimate adds them to the entry's size.
+    fn log_bytes(&self) -> usize {
+        self.windows.iter().map(Windows::log_bytes).sum()
+    }
+
     /// Its window aggregates in their stored form, per rule of the keying
     /// (each aggregate with its own events: [`Windows::to_states`]), with
     /// their current values.

@@ -326,8 +326,7 @@ impl Engine {
         }
         match decode_key_state(&self.rules, keying, &bytes, Some(&*p.store)) {
             Ok(mut ks) => {
-                let logs: usize = ks.windows.iter().map(|w| w.log_bytes()).sum();
-                ks.bytes = p.resize(0, bytes.len() + logs + KEY_OVERHEAD);
+                ks.bytes = p.resize(0, bytes.len() + ks.log_bytes() + KEY_OVERHEAD);
                 ks.written = 0;
                 p.loads += 1;
                 self.keys[keying].insert(key.clone(), KeyCell::live(ks));
@@ -377,8 +376,7 @@ impl Engine {
             if *n == 0 {
                 cold.remove(&h);
             }
-            let logs: usize = ks.windows.iter().map(|w| w.log_bytes()).sum();
-            ks.bytes = (v.len() + logs + KEY_OVERHEAD) as u32;
+            ks.bytes = (v.len() + ks.log_bytes() + KEY_OVERHEAD) as u32;
             ks.written = 0;
             revived.push((keying, key, ks));
             Ok(())

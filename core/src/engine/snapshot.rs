@@ -534,8 +534,7 @@ impl Engine {
                         Some(KeyCell::Live(ks)) => {
                             write_rows(&mut batch, ki, &key, ks);
                             let v = key_value(&self.rules, ki as usize, ks);
-                            let logs: usize = ks.windows.iter().map(|w| w.log_bytes()).sum();
-                            Engine::written_size(&mut self.passive, ks, v.len() + logs);
+                            Engine::written_size(&mut self.passive, ks, v.len() + ks.log_bytes());
                             Some(v)
                         }
                         Some(KeyCell::Frozen(body)) => Some(frozen_value(&self.rules, &key, body)),
