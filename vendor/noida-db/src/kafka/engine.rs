@@ -1041,8 +1041,9 @@ impl EngineState {
         // whatever its size, so that a consumer always progresses: the
         // partitions of a backlog are read in step, a few batches each per
         // fetch, not one whole backlog after another.
-        let mut response_left =
-            if req.max_bytes > 0 { req.max_bytes as usize } else { usize::MAX };
+        // A limit of zero or less is none.
+        let limit_of = |n: i32| usize::try_from(n).ok().filter(|&n| n > 0).unwrap_or(usize::MAX);
+        let mut response_left = limit_of(req.max_bytes);
 
         for topic in &req.topics {
             let mut topic_res = FetchableTopicResponse::default();
@@ -1103,12 +1104,8 @@ impl EngineState {
                             });
                             if let Some(start) = start {
                                 let mut out = Vec::new();
-                                let partition_left = if partition.partition_max_bytes > 0 {
-                                    partition.partition_max_bytes as usize
-                                } else {
-                                    usize::MAX
-                                };
-                                let limit = partition_left.min(response_left);
+                                let limit =
+                                    limit_of(partition.partition_max_bytes).min(response_left);
                                 for (base, batch) in &part_state.record_batches[start..] {
                                     if *base >= visible_up_to {
                                         break;
