@@ -5,6 +5,7 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -933,6 +934,9 @@ fn feature_writer(rs: &RuleSet, path: &Path, with: Vec<String>) -> Result<Featur
     )?)
 }
 
+/// How many records `replay` reads ahead to warm their state together.
+const WARM_AHEAD: usize = 32;
+
 fn replay(
     rs: Arc<RuleSet>,
     events: &[String],
@@ -957,7 +961,34 @@ fn replay(
     // Wall-clock time only for the throughput summary, never for processing.
     #[allow(clippy::disallowed_methods)]
     let started = Instant::now();
-    while let Some(m) = input.next(rs.decoders()).context("reading events")? {
+    // Records are read a few at a time and the engine warms their state
+    // before processing them one by one (see `Engine::warm`). A read error
+    // ends the input after the records read before it are processed.
+    let mut ahead = VecDeque::with_capacity(WARM_AHEAD);
+    let mut failed = None;
+    loop {
+        if ahead.is_empty() {
+            if let Some(e) = failed.take() {
+                return Err(anyhow::Error::from(e).context("reading events"));
+            }
+            while ahead.len() < WARM_AHEAD {
+                match input.next(rs.decoders()) {
+                    Ok(Some(m)) => ahead.push_back(m),
+                    Ok(None) => break,
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            engine.warm(ahead.iter().filter_map(|m| m.event.as_ref().ok()));
+        }
+        let Some(m) = ahead.pop_front() else {
+            if let Some(e) = failed.take() {
+                return Err(anyhow::Error::from(e).context("reading events"));
+            }
+            break;
+        };
         match m.event {
             Ok(event) => engine.on_event(event, &mut outputs),
             Err(ref e) => {

@@ -1,6 +1,7 @@
 //! Engine behaviour not covered by the matcher tests: memory is released for
 //! keys that went quiet, in both matching modes; records in through
-//! `Engine::on_record`.
+//! `Engine::on_record`; warming a batch's state (`Engine::warm`) changes
+//! no output.
 
 use tripline::engine::{Engine, EngineOptions, Outputs, RuleSet};
 use tripline::event::DecodeError;
@@ -322,4 +323,59 @@ fn advance_after_is_checked() {
         error.contains("q.tl:1:") && error.contains("advance after 30s"),
         "{error}"
     );
+}
+
+/// The alerts (as JSON lines) and feature rows of the shipped rules over the
+/// handbook sample's first `n` events, with each batch of `warm` events'
+/// state warmed first (`Engine::warm`, as `replay` does) when `warm > 0`.
+fn shipped_rules_output(n: usize, warm: usize) -> (Vec<String>, Vec<String>) {
+    use std::io::Read;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let rules = root.join("rules");
+    let rs = tripline::files::load_rules(&[rules.as_path()], None, Default::default()).unwrap();
+    let f = std::fs::File::open(root.join("examples/handbook-sample.jsonl.gz")).unwrap();
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(f)
+        .read_to_string(&mut text)
+        .unwrap();
+    let events: Vec<_> = text
+        .lines()
+        .take(n)
+        .enumerate()
+        .map(|(i, l)| rs.decoder().decode(l.as_bytes(), i as u64).unwrap())
+        .collect();
+    let mut engine = Engine::new(rs).collect_features();
+    let mut out = Outputs::default();
+    for batch in events.chunks(warm.max(1)) {
+        if warm > 0 {
+            engine.warm(batch);
+        }
+        for e in batch {
+            engine.on_event(e.clone(), &mut out);
+        }
+    }
+    engine.finish(&mut out);
+    let alerts = out.alerts.iter().map(|a| a.to_json_line()).collect();
+    let features = out
+        .features
+        .iter()
+        .map(|r| format!("{} {:?}", r.event.seq, r.values))
+        .collect();
+    (alerts, features)
+}
+
+#[test]
+fn warming_the_next_events_state_changes_no_output() {
+    let (alerts, features) = shipped_rules_output(60_000, 0);
+    assert!(
+        alerts.len() > 10,
+        "the sample raises alerts: {}",
+        alerts.len()
+    );
+    assert_eq!(features.len(), 60_000);
+    for warm in [1, 7, 32] {
+        let (a, f) = shipped_rules_output(60_000, warm);
+        assert_eq!(a, alerts, "alerts with batches of {warm}");
+        assert_eq!(f, features, "features with batches of {warm}");
+    }
 }

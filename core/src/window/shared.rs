@@ -533,6 +533,36 @@ impl Windows {
         self.base + self.log.len() as u64
     }
 
+    /// Reads the cursors and sums (see [`Windows::warm_logs`]).
+    pub fn warm_entry(&self) -> u64 {
+        let mut acc = self.base ^ self.log.words.len() as u64;
+        for cur in &self.cursors {
+            acc ^= cur.due as u64;
+        }
+        acc ^ self.sums.len() as u64
+    }
+
+    /// Reads the words [`Windows::advance`] and [`Windows::update`] will
+    /// read first for an event at `now` — each due cursor's edges and the
+    /// log's end — ahead of that event, so that their cache misses overlap
+    /// with other keys' (see `Engine::warm`). Returns a value made of them,
+    /// for the caller to keep from being optimised away.
+    pub fn warm_logs(&self, now: EventTime) -> u64 {
+        let words = &self.log.words;
+        let stride = self.log.stride as usize;
+        let at = |i: u64| {
+            let pos = i.wrapping_sub(self.base) as usize * stride;
+            words.get(pos).copied().unwrap_or(0)
+        };
+        let mut acc = at(self.end().wrapping_sub(1));
+        for cur in &self.cursors {
+            if now >= cur.due {
+                acc ^= at(cur.lo) ^ at(cur.hi);
+            }
+        }
+        acc
+    }
+
     /// The log indices of the logged events: `base..end`.
     pub fn log_range(&self) -> (u64, u64) {
         (self.base, self.end())
