@@ -232,7 +232,7 @@ impl Engine {
                 raw: e.raw.clone(),
             })
         };
-        for e in &self.buffer {
+        for e in self.buffer.iter() {
             match redecode(e) {
                 Ok(e) => engine.buffer_insert(Arc::new(e)),
                 Err(why) => migration.rejected.push((e.seq, e.raw.clone(), why)),

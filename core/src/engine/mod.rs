@@ -13,6 +13,7 @@ mod migrate;
 mod passivate;
 mod ruleset;
 mod snapshot;
+mod waiting;
 
 pub use alert::{Alert, AlertKind};
 pub use migrate::{Migration, RuleChange};
@@ -28,7 +29,6 @@ use crate::time::{TimerQueue, WatermarkTracker};
 use crate::window::{WindowState, Windows};
 use hashbrown::HashMap;
 use smallvec::SmallVec;
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 /// A rule that failed for one key (its state was trimmed; processing goes on).
@@ -373,9 +373,8 @@ impl KeyCell {
 pub struct Engine {
     rules: Arc<RuleSet>,
     keys: Vec<HashMap<ValueKey, KeyCell>>,
-    /// Events waiting for the watermark, sorted by (time, arrival). Input is
-    /// mostly in order, so a deque with rare mid-insertions beats a tree.
-    buffer: VecDeque<Arc<Event>>,
+    /// Events waiting for the watermark, in processing order.
+    buffer: waiting::Waiting,
     watermark: WatermarkTracker,
     timers: TimerQueue<(u32, ValueKey)>,
     scratch: Scratch,
@@ -393,6 +392,15 @@ pub struct Engine {
     /// The next [`Engine::take_changes`] rewrites every buffered event (the
     /// rule set changed, so their stored encoding is stale).
     rewrite_buffer: bool,
+    /// When changes are tracked: the buffered events the store does not
+    /// hold yet, by (time, seq), for the next [`Engine::take_changes`] to
+    /// write. It and `released_buffer` make a checkpoint's buffer work
+    /// proportional to what changed, not to what waits (a terminal's
+    /// shard may hold tens of thousands of events for a slow partition).
+    unstored_buffer: HashMap<(EventTime, u64), Arc<Event>>,
+    /// When changes are tracked: stored buffered events released since the
+    /// last [`Engine::take_changes`], for it to delete.
+    released_buffer: Vec<(EventTime, u64)>,
     /// The store holds the rules entry of the current rules.
     rules_stored: bool,
     /// What the restore that made this engine migrated.
@@ -446,7 +454,7 @@ impl Engine {
             .unwrap_or(0);
         Engine {
             keys: rules.keyings.iter().map(|_| HashMap::new()).collect(),
-            buffer: VecDeque::new(),
+            buffer: waiting::Waiting::default(),
             watermark: WatermarkTracker::new(1, lateness, 0),
             timers: TimerQueue::default(),
             scratch: Scratch::default(),
@@ -457,6 +465,8 @@ impl Engine {
             dirty: None,
             stored_buffer: Default::default(),
             rewrite_buffer: false,
+            unstored_buffer: HashMap::new(),
+            released_buffer: Vec::new(),
             rules_stored: false,
             migration: None,
             batches: 0,
@@ -735,19 +745,11 @@ impl Engine {
     /// Buffers `event` in processing order ([`RuleSet::event_order`], then
     /// arrival).
     fn buffer_insert(&mut self, event: Arc<Event>) {
-        let rules = &self.rules;
-        let before = |b: &Arc<Event>| {
-            rules
-                .event_order(b, &event)
-                .then(b.seq.cmp(&event.seq))
-                .is_le()
-        };
-        if self.buffer.back().is_none_or(before) {
-            self.buffer.push_back(event);
-        } else {
-            let at = self.buffer.partition_point(before);
-            self.buffer.insert(at, event);
+        let id = (event.time, event.seq);
+        if self.dirty.is_some() && !self.stored_buffer.contains(&id) {
+            self.unstored_buffer.insert(id, event.clone());
         }
+        self.buffer.insert(&self.rules, event);
     }
 
     /// Moves the watermark to `w` (from outside: idle inputs, end of input).
@@ -796,10 +798,13 @@ impl Engine {
 
     fn release(&mut self, frontier: EventTime, out: &mut Outputs) {
         let upto = self.release_upto(frontier);
-        while self.buffer.front().is_some_and(|e| e.time <= upto) {
-            let Some(ev) = self.buffer.pop_front() else {
-                break;
-            };
+        while let Some(ev) = self.buffer.pop_due(&self.rules, upto) {
+            if self.dirty.is_some() {
+                let id = (ev.time, ev.seq);
+                if self.unstored_buffer.remove(&id).is_none() && self.stored_buffer.remove(&id) {
+                    self.released_buffer.push(id);
+                }
+            }
             self.fire_timers(ev.time, out);
             self.dispatch(ev, out);
         }

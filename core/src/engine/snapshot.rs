@@ -428,7 +428,7 @@ impl Engine {
         self.log_deletes.clear();
         batch.push(self.meta_entry());
         batch.push(self.rules_entry());
-        for e in &self.buffer {
+        for e in self.buffer.iter() {
             batch.push((
                 buffer_key(e.time, e.seq),
                 Some(encode(self.rules.def.hash, &EventSnapshot::of(e))),
@@ -487,6 +487,46 @@ impl Engine {
         self.drop_key(keying as usize, key);
     }
 
+    /// The buffered events' part of [`Engine::take_changes`]: a delete for
+    /// each stored event since released, a put for each new one (or for
+    /// every one, after a rule change or without tracking).
+    fn buffer_changes(&mut self, batch: &mut Vec<Change>) {
+        let hash = self.rules.def.hash;
+        let put = |e: &Event| {
+            (
+                buffer_key(e.time, e.seq),
+                Some(encode(hash, &EventSnapshot::of(e))),
+            )
+        };
+        // Released since the last batch (and so no longer in `stored_buffer`).
+        for (time, seq) in self.released_buffer.drain(..) {
+            batch.push((buffer_key(time, seq), None));
+        }
+        if self.dirty.is_some() && !self.rewrite_buffer {
+            let mut new: Vec<_> = self.unstored_buffer.drain().collect();
+            // Sorted, so the same changes always give the same batch.
+            new.sort_unstable_by_key(|(id, _)| *id);
+            for (id, e) in new {
+                batch.push(put(&e));
+                self.stored_buffer.insert(id);
+            }
+            return;
+        }
+        let now: std::collections::BTreeSet<(i64, u64)> =
+            self.buffer.iter().map(|e| (e.time, e.seq)).collect();
+        for gone in self.stored_buffer.difference(&now) {
+            batch.push((buffer_key(gone.0, gone.1), None));
+        }
+        for e in self.buffer.iter() {
+            if self.rewrite_buffer || !self.stored_buffer.contains(&(e.time, e.seq)) {
+                batch.push(put(e));
+            }
+        }
+        self.stored_buffer = now;
+        self.rewrite_buffer = false;
+        self.unstored_buffer.clear();
+    }
+
     /// The changes since the last call (or since tracking began, see
     /// [`Engine::track_changes`]) as a store batch: the engine-wide entry,
     /// a put for each key that changed and a delete for each key that was
@@ -504,21 +544,7 @@ impl Engine {
             batch.push(self.rules_entry());
             self.rules_stored = true;
         }
-        let now: std::collections::BTreeSet<(i64, u64)> =
-            self.buffer.iter().map(|e| (e.time, e.seq)).collect();
-        for gone in self.stored_buffer.difference(&now) {
-            batch.push((buffer_key(gone.0, gone.1), None));
-        }
-        for e in &self.buffer {
-            if self.rewrite_buffer || !self.stored_buffer.contains(&(e.time, e.seq)) {
-                batch.push((
-                    buffer_key(e.time, e.seq),
-                    Some(encode(self.rules.def.hash, &EventSnapshot::of(e))),
-                ));
-            }
-        }
-        self.stored_buffer = now;
-        self.rewrite_buffer = false;
+        self.buffer_changes(&mut batch);
         match self.dirty.take() {
             Some(mut dirty) => {
                 let mut keys: Vec<(u32, ValueKey)> = dirty.drain().collect();
