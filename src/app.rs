@@ -5,7 +5,6 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -14,7 +13,7 @@ use std::time::Instant;
 use tripline::adapters::local::LocalState;
 use tripline::config::Config;
 use tripline::engine::{Engine, EngineOptions, Outputs, RuleSet, inspect};
-use tripline::event::{FieldPath, Merged, MergedLines, TimeFormat, format_time};
+use tripline::event::{Batched, FieldPath, Merged, MergedLines, TimeFormat, format_time};
 use tripline::export::{FeatureFormat, FeatureWriter};
 use tripline::rules::{CompileError, StreamDef, parse_duration};
 use tripline::telemetry::Telemetry;
@@ -934,8 +933,9 @@ fn feature_writer(rs: &RuleSet, path: &Path, with: Vec<String>) -> Result<Featur
     )?)
 }
 
-/// How many records `replay` reads ahead to warm their state together.
-const WARM_AHEAD: usize = 32;
+/// How many records `replay` and `backtest` read ahead to warm their
+/// state together.
+pub(crate) const WARM_AHEAD: usize = 32;
 
 fn replay(
     rs: Arc<RuleSet>,
@@ -944,7 +944,7 @@ fn replay(
     mut features: Option<FeatureFile>,
     (lists, tables): Reference,
 ) -> Result<ExitCode> {
-    let mut input = open_stream_inputs(&rs, events)?;
+    let input = open_stream_inputs(&rs, events)?;
     let stdout = std::io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
     let mut err = std::io::stderr().lock();
@@ -961,34 +961,15 @@ fn replay(
     // Wall-clock time only for the throughput summary, never for processing.
     #[allow(clippy::disallowed_methods)]
     let started = Instant::now();
-    // Records are read a few at a time and the engine warms their state
-    // before processing them one by one (see `Engine::warm`). A read error
-    // ends the input after the records read before it are processed.
-    let mut ahead = VecDeque::with_capacity(WARM_AHEAD);
-    let mut failed = None;
-    loop {
-        if ahead.is_empty() {
-            if let Some(e) = failed.take() {
-                return Err(anyhow::Error::from(e).context("reading events"));
-            }
-            while ahead.len() < WARM_AHEAD {
-                match input.next(rs.decoders()) {
-                    Ok(Some(m)) => ahead.push_back(m),
-                    Ok(None) => break,
-                    Err(e) => {
-                        failed = Some(e);
-                        break;
-                    }
-                }
-            }
-            engine.warm(ahead.iter().filter_map(|m| m.event.as_ref().ok()));
-        }
-        let Some(m) = ahead.pop_front() else {
-            if let Some(e) = failed.take() {
-                return Err(anyhow::Error::from(e).context("reading events"));
-            }
-            break;
-        };
+    // Records are read a batch at a time and the engine warms their state
+    // before taking them one by one (see `Engine::warm`).
+    let mut input = Batched::new(input, WARM_AHEAD);
+    while let Some(m) = input
+        .next(rs.decoders(), |batch| {
+            engine.warm(batch.iter().filter_map(|m| m.event.as_ref().ok()));
+        })
+        .context("reading events")?
+    {
         match m.event {
             Ok(event) => engine.on_event(event, &mut outputs),
             Err(ref e) => {

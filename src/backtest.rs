@@ -126,6 +126,12 @@ impl Backtest {
         Ok(())
     }
 
+    /// Reads the state that taking `events` will read first, ahead of
+    /// taking them (see [`Engine::warm`]).
+    pub fn warm<'e>(&self, events: impl IntoIterator<Item = &'e Event>) {
+        self.engine.warm(events);
+    }
+
     /// Runs one decoded event, of any of the rule set's streams.
     pub fn take(&mut self, event: Event) {
         self.days.insert(event.time.div_euclid(DAY_MS));

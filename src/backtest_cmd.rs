@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use tripline::backtest::{Backtest, Report, RuleScore};
 use tripline::engine::RuleSet;
-use tripline::event::MergedLines;
+use tripline::event::{Batched, MergedLines};
 
 /// Counts the bytes read through it (the compressed ones, for a `.gz`
 /// file), for the progress bar.
@@ -157,12 +157,19 @@ pub fn backtest(
             .with_tables(tables.clone());
         (rs, b)
     });
-    let mut input = MergedLines::new(inputs);
+    // Read a batch at a time, the candidate's state warmed before its
+    // events are taken (see `Engine::warm`).
+    let mut input = Batched::new(MergedLines::new(inputs), crate::app::WARM_AHEAD);
     let mut invalid = 0u64;
     let mut outside = 0u64;
     let mut repeated = crate::app::Repeated::default();
     let mut n = 0u64;
-    while let Some(m) = input.next(candidate.decoders()).context("reading events")? {
+    while let Some(m) = input
+        .next(candidate.decoders(), |batch| {
+            cand.warm(batch.iter().filter_map(|m| m.event.as_ref().ok()));
+        })
+        .context("reading events")?
+    {
         n += 1;
         let event = match m.event {
             Ok(event) => event,

@@ -6,6 +6,7 @@
 //! contents (as the service's does once the watermark has passed).
 
 use super::{DecodeError, Decoder, Event, EventLines};
+use std::collections::VecDeque;
 use std::io::{self, BufRead};
 
 /// One record of a [`MergedLines`].
@@ -103,6 +104,63 @@ impl<R: BufRead> MergedLines<R> {
     }
 }
 
+/// A [`MergedLines`] read a batch of records at a time, so that a caller
+/// can look at the next records before taking them one by one (`replay`
+/// and `backtest` have the engine warm their state: `Engine::warm`). A read
+/// error comes after the records read before it.
+pub struct Batched<R> {
+    lines: MergedLines<R>,
+    batch: VecDeque<Merged>,
+    size: usize,
+    failed: Option<io::Error>,
+}
+
+impl<R: BufRead> Batched<R> {
+    /// Reads `lines` `size` records at a time (at least one).
+    pub fn new(lines: MergedLines<R>, size: usize) -> Batched<R> {
+        Batched {
+            lines,
+            batch: VecDeque::with_capacity(size.max(1)),
+            size: size.max(1),
+            failed: None,
+        }
+    }
+
+    /// The next record; `fresh` sees each batch as it is read, before its
+    /// first record is taken.
+    pub fn next(
+        &mut self,
+        decoders: &[Decoder],
+        fresh: impl FnOnce(&VecDeque<Merged>),
+    ) -> io::Result<Option<Merged>> {
+        if self.batch.is_empty() {
+            if let Some(e) = self.failed.take() {
+                return Err(e);
+            }
+            while self.batch.len() < self.size {
+                match self.lines.next(decoders) {
+                    Ok(Some(m)) => self.batch.push_back(m),
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            if self.batch.is_empty() {
+                return self.failed.take().map_or(Ok(None), Err);
+            }
+            fresh(&self.batch);
+        }
+        Ok(self.batch.pop_front())
+    }
+
+    /// The lines read so far (see [`MergedLines::lines`]).
+    pub fn lines(&self) -> u64 {
+        self.lines.lines()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,5 +207,42 @@ mod tests {
             ]
         );
         assert_eq!(m.lines(), 6);
+    }
+
+    /// Three good lines, then a read error.
+    struct Failing(&'static [u8]);
+
+    impl io::Read for Failing {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.0.is_empty() {
+                return Err(io::Error::other("disk gone"));
+            }
+            let n = buf.len().min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn batches_give_every_record_in_order_and_an_error_after_those_read_before_it() {
+        let text = "{\"k\":1,\"t\":1}\n{\"k\":1,\"t\":2}\n{\"k\":1,\"t\":3}\n";
+        let d = decoders();
+        for size in [1, 2, 5] {
+            let lines = MergedLines::new(vec![(0, io::BufReader::new(Failing(text.as_bytes())))]);
+            let mut b = Batched::new(lines, size);
+            let (mut times, mut batches) = (Vec::new(), Vec::new());
+            let end = loop {
+                match b.next(&d, |batch| batches.push(batch.len())) {
+                    Ok(Some(m)) => times.push(m.event.unwrap().time),
+                    Ok(None) => break None,
+                    Err(e) => break Some(e.to_string()),
+                }
+            };
+            assert_eq!(times, [1, 2, 3], "batches of {size}");
+            assert_eq!(end.as_deref(), Some("disk gone"), "batches of {size}");
+            assert_eq!(batches.iter().sum::<usize>(), 3, "batches of {size}");
+            assert!(batches.iter().all(|&n| n <= size), "batches of {size}");
+        }
     }
 }

@@ -15,7 +15,7 @@ mod value;
 
 pub use decode::{DecodeError, Decoder, MAX_KEY_BYTES};
 pub use lines::EventLines;
-pub use merge::{Merged, MergedLines};
+pub use merge::{Batched, Merged, MergedLines};
 pub use schema::{FieldPath, Schema, Slot};
 pub use timefmt::{
     EventTime, MAX_EVENT_TIME_MS, TimeFormat, epoch_to_millis, format_time, parse_time_str,
