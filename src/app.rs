@@ -966,7 +966,7 @@ fn replay(
     let mut input = Batched::new(input, WARM_AHEAD);
     while let Some(m) = input
         .next(rs.decoders(), |batch| {
-            engine.warm(batch.iter().filter_map(|m| m.event.as_ref().ok()));
+            engine.warm(batch.iter().filter_map(|m| m.event.as_deref().ok()));
         })
         .context("reading events")?
     {

@@ -132,8 +132,10 @@ impl Backtest {
         self.engine.warm(events);
     }
 
-    /// Runs one decoded event, of any of the rule set's streams.
-    pub fn take(&mut self, event: Event) {
+    /// Runs one decoded event (owned or shared), of any of the rule set's
+    /// streams.
+    pub fn take(&mut self, event: impl Into<Arc<Event>>) {
+        let event = event.into();
         self.days.insert(event.time.div_euclid(DAY_MS));
         if is_labelled(event.raw.as_bytes(), &self.label) {
             let stream = self.rules.def().stream_of(&event);

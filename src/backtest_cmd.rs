@@ -166,7 +166,7 @@ pub fn backtest(
     let mut n = 0u64;
     while let Some(m) = input
         .next(candidate.decoders(), |batch| {
-            cand.warm(batch.iter().filter_map(|m| m.event.as_ref().ok()));
+            cand.warm(batch.iter().filter_map(|m| m.event.as_deref().ok()));
         })
         .context("reading events")?
     {

@@ -649,14 +649,16 @@ impl Engine {
         Ok(())
     }
 
-    /// Takes one event. Late events go to `out.late`.
-    pub fn on_event(&mut self, event: Event, out: &mut Outputs) {
+    /// Takes one event (owned, or already shared). Late events go to
+    /// `out.late`.
+    pub fn on_event(&mut self, event: impl Into<Arc<Event>>, out: &mut Outputs) {
+        let event = event.into();
         if self.watermark.is_late(event.time) {
             self.stats.late += 1;
             out.late.push(LateEvent {
                 watermark: self.watermark.current(),
                 future_limit: None,
-                event,
+                event: Arc::unwrap_or_clone(event),
             });
             return;
         }
@@ -668,7 +670,7 @@ impl Engine {
             out.late.push(LateEvent {
                 watermark: self.watermark.current(),
                 future_limit: Some(limit),
-                event,
+                event: Arc::unwrap_or_clone(event),
             });
             return;
         }
@@ -682,7 +684,6 @@ impl Engine {
             self.watermark.observe(0, event.time, 0)
         };
         let frontier = w.saturating_add(1);
-        let event = Arc::new(event);
         if self.buffer.is_empty() && event.time <= self.release_upto(frontier) {
             // Deadlines up to the event's time fire first, as on the buffered path.
             self.fire_timers(event.time, out);

@@ -8,6 +8,7 @@
 use super::{DecodeError, Decoder, Event, EventLines};
 use std::collections::VecDeque;
 use std::io::{self, BufRead};
+use std::sync::Arc;
 
 /// One record of a [`MergedLines`].
 #[derive(Debug)]
@@ -18,14 +19,14 @@ pub struct Merged {
     pub line: u64,
     /// The event, or why the record is not one. Records that do not decode
     /// come out as soon as they are read: they have no time to wait for.
-    pub event: Result<Event, DecodeError>,
+    pub event: Result<Arc<Event>, DecodeError>,
 }
 
 struct Input<R> {
     stream: u16,
     lines: EventLines<R>,
     /// Its next event, read ahead.
-    head: Option<(u64, Event)>,
+    head: Option<(u64, Arc<Event>)>,
     done: bool,
 }
 
@@ -68,7 +69,10 @@ impl<R: BufRead> MergedLines<R> {
                 None => Err(DecodeError::UnknownStream(input.stream)),
             };
             match decoded {
-                Ok(e) => input.head = Some((n, e)),
+                // Shared from here on: the engine keeps events in an `Arc`,
+                // and a pointer moves through the batch where an event would
+                // be copied at every step.
+                Ok(e) => input.head = Some((n, Arc::new(e))),
                 Err(e) => {
                     return Ok(Some(Merged {
                         stream: input.stream,
