@@ -705,8 +705,7 @@ impl Engine {
     /// the next link, so the misses of different events are in flight
     /// together (a few latencies per batch instead of a few per event).
     pub fn warm<'e>(&self, events: impl IntoIterator<Item = &'e Event>) {
-        let mut found: SmallVec<[(&KeyState, EventTime); 128]> = SmallVec::new();
-        let mut latest = EventTime::MIN;
+        let mut found: SmallVec<[(&KeyState, EventTime); 64]> = SmallVec::new();
         for event in events {
             let bit = self.rules.stream_bit(event);
             for (ki, keying) in self.rules.keyings.iter().enumerate() {
@@ -720,15 +719,6 @@ impl Engine {
                 if let Some(KeyCell::Live(ks)) = self.keys[ki].get(&ValueKey::from(key_value)) {
                     found.push((ks, event.time));
                 }
-            }
-            latest = latest.max(event.time);
-        }
-        // The keys whose deadlines the batch's events pass: a deadline fires
-        // on a key no event of the batch names (a partial match runs out on
-        // a card that has gone quiet), whose state is as cold.
-        for (at, (ki, key)) in self.timers.due_near_front(latest, WARM_TIMERS) {
-            if let Some(KeyCell::Live(ks)) = self.keys[*ki as usize].get(key) {
-                found.push((ks, *at));
             }
         }
         let mut acc = 0u64;
@@ -1194,11 +1184,6 @@ impl Engine {
         }
     }
 }
-
-/// Places at the front of the timer queue that [`Engine::warm`] looks at
-/// for deadlines its batch will pass (a sequential read of this many
-/// entries, against a cache miss or more per deadline it finds).
-const WARM_TIMERS: usize = 256;
 
 /// Events between sweeps of idle key state.
 const SWEEP_EVERY: u32 = 1 << 16;

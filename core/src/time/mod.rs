@@ -172,38 +172,11 @@ impl<K: Ord + Clone> TimerQueue<K> {
     pub fn is_empty(&self) -> bool {
         self.heap.is_empty()
     }
-
-    /// Timers due at or before `w` among the first `n` places of the queue's
-    /// storage, in no particular order: the earliest timers sit near its
-    /// front, so this finds most of those about to fire without a walk over
-    /// them all (for warming their owners' state ahead of firing).
-    pub fn due_near_front(&self, w: EventTime, n: usize) -> impl Iterator<Item = &(EventTime, K)> {
-        let front = &self.heap.as_slice()[..n.min(self.heap.len())];
-        front
-            .iter()
-            .map(|Reverse(e)| e)
-            .filter(move |(t, _)| *t <= w)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn timers_due_near_the_front_are_due_and_queued() {
-        let mut q = TimerQueue::default();
-        for (i, t) in [50, 10, 40, 20, 30, 60, 70].into_iter().enumerate() {
-            q.insert(t, i);
-        }
-        let mut near: Vec<_> = q.due_near_front(35, 64).copied().collect();
-        near.sort();
-        assert_eq!(near, [(10, 1), (20, 3), (30, 4)]);
-        // Only the first places are read; the earliest is always first.
-        let front: Vec<_> = q.due_near_front(35, 1).copied().collect();
-        assert_eq!(front, [(10, 1)]);
-        assert_eq!(q.due_near_front(5, 64).count(), 0);
-    }
 
     #[test]
     fn watermark_is_min_over_active_inputs_and_monotonic() {
