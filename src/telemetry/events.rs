@@ -89,6 +89,7 @@ impl Observer for Telemetry {
             produced_ms = e.produced.as_secs_f64() * 1000.0,
             offsets_ms = e.offsets.as_secs_f64() * 1000.0,
             delivered_ms = e.delivered.as_secs_f64() * 1000.0,
+            commit_ms = e.commit.as_secs_f64() * 1000.0,
             ms = e.total.as_secs_f64() * 1000.0,
             "checkpoint committed"
         );

@@ -29,14 +29,20 @@ impl<P: Ports> Coordinator<P> {
     /// the rest of the interval's. The outputs are kept for the
     /// checkpoint's bookkeeping. On error the caller rewinds.
     pub fn flush<S: Source>(&mut self, src: &S) -> Result<(), CoordError> {
-        self.timed(|c| {
+        let started = self.clock.now();
+        let result = self.timed(|c| {
             let outputs = c.ask_shards(src, Barrier::Flush)?;
             c.produce(&outputs)?;
             for (id, out) in outputs {
                 c.flushed.entry(id).or_default().absorb(out);
             }
             Ok(())
-        })
+        });
+        let took = self.clock.now().saturating_sub(started);
+        self.progress
+            .flush_micros
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        result
     }
 
     /// Runs a part of checkpointing, counting the time it takes.
@@ -314,9 +320,14 @@ impl<P: Ports> Coordinator<P> {
         self.sink.deliver()?;
         let delivered = self.clock.now().saturating_sub(started);
         let ends = self.sink.commit()?;
+        let commit = self.clock.now().saturating_sub(started);
         self.txn_open = false;
         self.progress.checkpoint_outcome(None);
         self.write_local(&outputs, &ends);
+        self.progress.local_micros.fetch_add(
+            (self.clock.now().saturating_sub(started) - commit).as_micros() as u64,
+            Ordering::Relaxed,
+        );
         let mut committed = CheckpointCommitted {
             partitions: outputs
                 .iter()
@@ -343,6 +354,7 @@ impl<P: Ports> Coordinator<P> {
             produced,
             offsets: offsets_done,
             delivered,
+            commit,
             total: self.clock.now().saturating_sub(started),
             committed_ms: self.clock.epoch_ms(),
             ..CheckpointCommitted::default()

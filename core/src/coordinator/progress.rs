@@ -66,6 +66,10 @@ pub struct Progress {
     pub checkpoint_micros: AtomicU64,
     /// Of that, waiting for the shards.
     pub barrier_micros: AtomicU64,
+    /// Of that, producing the shards' output ahead of the barrier.
+    pub flush_micros: AtomicU64,
+    /// Of that, writing the local copy of the state after the commit.
+    pub local_micros: AtomicU64,
     /// Per partition held: consumer lag and watermark, for telemetry.
     pub partition_figures: Mutex<BTreeMap<(String, i32), PartitionFigures>>,
 }

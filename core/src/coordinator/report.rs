@@ -64,7 +64,9 @@ pub struct CheckpointCommitted<'a> {
     pub offsets: Duration,
     /// Until every record was acknowledged by the brokers.
     pub delivered: Duration,
-    /// Until the commit.
+    /// Until the transaction committed (its alerts readable from then on).
+    pub commit: Duration,
+    /// Until the commit and the local copy of the state written.
     pub total: Duration,
     /// The commit's wall-clock time, epoch ms.
     pub committed_ms: i64,
