@@ -248,6 +248,48 @@ mod tests {
     }
 
     #[test]
+    fn alerts_a_quiet_input_raises_are_committed_with_their_state() {
+        let rules = RuleSet::from_source(
+            "t.tl",
+            r#"stream s { key card time ts time format epoch_ms lateness 5s advance after 1s }
+               rule big { pattern { b: amount > 600 } }"#,
+            None,
+        )
+        .unwrap();
+        let t = 1_700_000_000_000i64;
+        use tripline_core::state::StateStore;
+        let mut store = tripline_core::state::MemoryStore::default();
+        let mut s = Shard::standalone(0, rules.clone());
+        s.process_batch_at(
+            vec![rec(0, &format!(r#"{{"card":"c1","ts":{t},"amount":650}}"#))],
+            t,
+        );
+        let first = s.take_output();
+        assert!(first.alerts.is_empty(), "the event waits for its lateness");
+        store.write(first.state).unwrap();
+        // The input stays quiet: event time moves with the clock, the event
+        // is released and alerts, with no record in this checkpoint.
+        s.tick(t + 10_000);
+        let second = s.take_output();
+        assert_eq!((second.records, second.alerts.len()), (0, 1));
+        store.write(second.state).unwrap();
+        // A member restored from what was committed does not raise it again
+        // when a later event moves event time past it.
+        let mut restored = Shard::standalone(0, rules).restored(&store).unwrap();
+        restored.process_batch_at(
+            vec![rec(
+                1,
+                &format!(r#"{{"card":"c2","ts":{},"amount":1}}"#, t + 20_000),
+            )],
+            t + 20_000,
+        );
+        restored.tick(t + 40_000);
+        let again = restored.take_output();
+        assert_eq!(again.records, 1);
+        assert_eq!(again.alerts.len(), 0, "the alert was committed once");
+    }
+
+    #[test]
     fn late_events_are_dead_lettered_with_their_text() {
         let mut s = Shard::standalone(0, rules());
         s.process(rec(0, r#"{"card":"c1","ts":5000,"amount":1}"#));

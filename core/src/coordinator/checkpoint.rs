@@ -324,10 +324,14 @@ impl<P: Ports> Coordinator<P> {
         self.txn_open = false;
         self.progress.checkpoint_outcome(None);
         self.write_local(&outputs, &ends);
-        self.progress.local_micros.fetch_add(
-            (self.clock.now().saturating_sub(started) - commit).as_micros() as u64,
-            Ordering::Relaxed,
-        );
+        let local = self
+            .clock
+            .now()
+            .saturating_sub(started)
+            .saturating_sub(commit);
+        self.progress
+            .local_micros
+            .fetch_add(local.as_micros() as u64, Ordering::Relaxed);
         let mut committed = CheckpointCommitted {
             partitions: outputs
                 .iter()

@@ -57,6 +57,9 @@ pub struct Shard {
     /// The engine's count of alerts its rules' `suppress` held back, as
     /// of the last output.
     silenced_seen: u64,
+    /// The clock moved event time on since the last output ([`Shard::tick`]):
+    /// the state changed with no record to say so.
+    ticked: bool,
     /// With a feature log: the event fields each row copies (name, path).
     feature_log: Option<Arc<[(String, FieldPath)]>>,
 }
@@ -93,6 +96,7 @@ impl Shard {
             barriers: 0,
             output_limit: DEFAULT_OUTPUT_LIMIT,
             silenced_seen: 0,
+            ticked: false,
             feature_log: None,
         }
         .with_output_limit(DEFAULT_OUTPUT_LIMIT)
@@ -155,6 +159,7 @@ impl Shard {
             barriers,
             output_limit,
             silenced_seen,
+            ticked,
             feature_log,
         } = self;
         if let Some(bytes) = store.get(MARKS_KEY)? {
@@ -182,6 +187,7 @@ impl Shard {
             barriers,
             output_limit,
             silenced_seen,
+            ticked,
             feature_log,
         };
         shard.engine.limit_key_state(output_limit);
@@ -288,6 +294,7 @@ impl Shard {
     /// it releases is in that checkpoint's output.
     pub fn tick(&mut self, clock_ms: i64) {
         if self.engine.advance_with_clock(clock_ms, &mut self.outputs) {
+            self.ticked = true;
             self.collect();
         }
     }
@@ -431,7 +438,10 @@ impl Shard {
         out.silenced = silenced.saturating_sub(self.silenced_seen);
         self.silenced_seen = silenced;
         out.state_error = self.engine.take_state_error();
-        if out.records > 0 || self.engine.needs_checkpoint() {
+        // A tick's alerts go with the state that raised them (events
+        // released, deadlines fired, the watermark): committed without it,
+        // a restore would release and raise them once more.
+        if out.records > 0 || std::mem::take(&mut self.ticked) || self.engine.needs_checkpoint() {
             out.state = self.engine.take_changes();
             for e in self.engine.take_reset_keys() {
                 out.rule_errors += 1;
