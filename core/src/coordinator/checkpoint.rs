@@ -12,6 +12,7 @@ use crate::shard::{
 };
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 /// The header that marks a watermark record in an internal topic.
 pub const MARK_HEADER: &str = "tripline.watermark";
@@ -20,7 +21,7 @@ impl<P: Ports> Coordinator<P> {
     /// Commits everything processed so far in one transaction. On error
     /// the caller rewinds with [`Coordinator::recover`].
     pub fn checkpoint<S: Source<Group = P::Group>>(&mut self, src: &S) -> Result<(), CoordError> {
-        self.timed(|c| c.commit_processed(src))
+        self.timed(|c| c.commit_processed(src)).0
     }
 
     /// Produces the shards' output so far into the transaction (beginning
@@ -29,8 +30,7 @@ impl<P: Ports> Coordinator<P> {
     /// the rest of the interval's. The outputs are kept for the
     /// checkpoint's bookkeeping. On error the caller rewinds.
     pub fn flush<S: Source>(&mut self, src: &S) -> Result<(), CoordError> {
-        let started = self.clock.now();
-        let result = self.timed(|c| {
+        let (result, took) = self.timed(|c| {
             let outputs = c.ask_shards(src, Barrier::Flush)?;
             c.produce(&outputs)?;
             for (id, out) in outputs {
@@ -38,25 +38,25 @@ impl<P: Ports> Coordinator<P> {
             }
             Ok(())
         });
-        let took = self.clock.now().saturating_sub(started);
         self.progress
             .flush_micros
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
         result
     }
 
-    /// Runs a part of checkpointing, counting the time it takes.
+    /// Runs a part of checkpointing, counting the time it takes; returns
+    /// that time too.
     fn timed(
         &mut self,
         f: impl FnOnce(&mut Self) -> Result<(), CoordError>,
-    ) -> Result<(), CoordError> {
+    ) -> (Result<(), CoordError>, Duration) {
         let started = self.clock.now();
         let result = f(self);
         let took = self.clock.now().saturating_sub(started);
         self.progress
             .checkpoint_micros
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
-        result
+        (result, took)
     }
 
     /// Hands everything polled to the shards and asks each for its output
