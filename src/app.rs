@@ -16,6 +16,7 @@ use tripline::engine::{Engine, EngineOptions, Outputs, RuleSet, inspect};
 use tripline::event::{Batched, FieldPath, Merged, MergedLines, TimeFormat, format_time};
 use tripline::export::{FeatureFormat, FeatureWriter};
 use tripline::rules::{CompileError, StreamDef, parse_duration};
+use tripline::state::StateStore;
 use tripline::telemetry::Telemetry;
 
 /// Real-time complex-event processing and fraud detection.
@@ -617,9 +618,21 @@ fn state_inspect(dir: &Path, key: Option<&str>, only: Option<&str>) -> Result<Ex
                 let position = store.position().map_err(shard_err)?;
                 let summary =
                     inspect::summary(&store, &tripline::files::disk_models()).map_err(shard_err)?;
+                let covered = store
+                    .get(tripline_core::shard::INPUT_KEY)
+                    .map_err(shard_err)?
+                    .map(|b| {
+                        tripline::state::decode::<tripline_core::shard::InputCut>(
+                            &b,
+                            tripline::state::header_hash(&b)?,
+                        )
+                    })
+                    .transpose()
+                    .map_err(shard_err)?;
                 let line = serde_json::json!({
                     "shard": name,
                     "input_offset": position.map(|p| p.input),
+                    "covered_offset": covered.map(|c| c.next),
                     "changelog_offset": position.map(|p| p.changelog),
                     "sst_bytes": store.sst_bytes(),
                     "state": summary,

@@ -1,12 +1,13 @@
 //! `tripline state inspect|compact` on a real RocksDB data directory written
-//! the way the service writes it (engine change batches and a position per
+//! the way the service writes it (a shard's output state and a position per
 //! shard), run as the binary an operator runs.
 
 use std::path::Path;
 use std::process::{Command, Output};
 use tripline::adapters::local::{LocalState, Position};
-use tripline::engine::{Engine, Outputs, RuleSet};
+use tripline::engine::RuleSet;
 use tripline::state::StateStore;
+use tripline_core::shard::{Record, Shard};
 
 const RULES: &str = r#"
 stream tx { key card time ts time format epoch_ms lateness 0ms }
@@ -24,8 +25,7 @@ fn data_dir(name: &str) -> tempfile::TempDir {
         .expect("a temporary directory");
     let dir = temp.path();
     let rs = RuleSet::from_source("r.tl", RULES, None).expect("compiles");
-    let mut engine = Engine::new(rs.clone()).track_changes();
-    let mut out = Outputs::default();
+    let mut shard = Shard::standalone(3, rs);
     let events = [
         ("c1", 30, 1_000),
         ("c1", 40, 2_000),
@@ -34,15 +34,11 @@ fn data_dir(name: &str) -> tempfile::TempDir {
     ];
     for (i, (card, amount, ts)) in events.iter().enumerate() {
         let line = format!(r#"{{"card":"{card}","amount":{amount},"ts":{ts}}}"#);
-        let ev = rs
-            .decoder()
-            .decode(line.as_bytes(), i as u64)
-            .expect("decodes");
-        engine.on_event(ev, &mut out);
+        shard.process(Record::data(i as i64, None, Some(line.into_bytes())));
     }
     let local = LocalState::open(dir).expect("opens");
     let mut store = local.shard("tx", 3).expect("shard");
-    store.write(engine.take_changes()).expect("writes");
+    store.write(shard.take_output().state).expect("writes");
     store
         .set_position(Position {
             input: 4,
@@ -90,6 +86,7 @@ fn inspect_summarises_each_shard() {
     let s = &lines[0];
     assert_eq!(s["shard"], "tx/3");
     assert_eq!(s["input_offset"], 4);
+    assert_eq!(s["covered_offset"], 4);
     assert_eq!(s["changelog_offset"], 2);
     assert_eq!(s["state"]["keys"], 2);
     assert_eq!(s["state"]["events"], 4);

@@ -388,7 +388,11 @@ impl<P: Ports> Coordinator<P> {
                     if let Some(next) = out.next_offset {
                         f.committed_offset = Some(next);
                     }
-                    f.all_committed = out.next_offset.is_some() && out.next_offset == polled_to;
+                    if let Some(covered) = out.covered_offset {
+                        f.covered_offset = Some(covered);
+                    }
+                    f.all_committed =
+                        out.covered_offset.is_some() && out.covered_offset == polled_to;
                 });
         }
         for mark in marks {

@@ -116,6 +116,7 @@ impl Progress {
                 end_offset: None,
                 fetched_all: false,
                 committed_offset: None,
+                covered_offset: None,
                 all_committed: false,
                 watermark_ms: None,
                 partial_matches: None,

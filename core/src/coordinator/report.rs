@@ -114,8 +114,13 @@ pub struct PartitionFigures {
     pub end_offset: Option<i64>,
     /// Whether the consumer had fetched to that end.
     pub fetched_all: bool,
-    /// The offset the last checkpoint committed (`None`: none yet).
+    /// The offset the last checkpoint committed (`None`: none yet): that of
+    /// the earliest event still waiting for the watermark, or else
+    /// `covered_offset`.
     pub committed_offset: Option<i64>,
+    /// The offset after the last record the last checkpoint covered
+    /// (`None`: none yet).
+    pub covered_offset: Option<i64>,
     /// Whether that checkpoint covered every record polled.
     pub all_committed: bool,
     /// The shard's watermark in epoch milliseconds (`None`: none yet).
@@ -127,10 +132,15 @@ pub struct PartitionFigures {
 }
 
 impl PartitionFigures {
-    /// Records between the committed offset and the partition's end
-    /// (`None`: one of them is not known yet).
+    /// Records between what the last checkpoint covered and the
+    /// partition's end (`None`: one of them is not known yet). Events
+    /// waiting for the watermark are not lag: they were read and are held
+    /// for it.
     pub fn lag(&self) -> Option<i64> {
-        let (end, committed) = (self.end_offset?, self.committed_offset?);
+        let (end, committed) = (
+            self.end_offset?,
+            self.covered_offset.or(self.committed_offset)?,
+        );
         // Fetched to the end and all of it committed: what remains between
         // the offset and the end are transaction markers, not records.
         Some(if self.fetched_all && self.all_committed {

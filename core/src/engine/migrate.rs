@@ -197,6 +197,7 @@ impl Engine {
         };
         let mut engine = Engine {
             external_watermark: self.external_watermark,
+            waiting_in_input: self.waiting_in_input,
             dirty: self.dirty.as_ref().map(|_| hashbrown::HashSet::new()),
             lists: self.lists.clone(),
             tables: self.tables.clone(),

@@ -401,6 +401,9 @@ pub struct Engine {
     /// When changes are tracked: stored buffered events released since the
     /// last [`Engine::take_changes`], for it to delete.
     released_buffer: Vec<(EventTime, u64)>,
+    /// The waiting events are left out of the changes: the caller's input
+    /// holds them (see [`Engine::waiting_from_input`]).
+    waiting_in_input: bool,
     /// The store holds the rules entry of the current rules.
     rules_stored: bool,
     /// What the restore that made this engine migrated.
@@ -467,6 +470,7 @@ impl Engine {
             rewrite_buffer: false,
             unstored_buffer: HashMap::new(),
             released_buffer: Vec::new(),
+            waiting_in_input: false,
             rules_stored: false,
             migration: None,
             batches: 0,
@@ -552,6 +556,30 @@ impl Engine {
     pub fn track_changes(mut self) -> Engine {
         self.dirty = Some(hashbrown::HashSet::new());
         self
+    }
+
+    /// Leaves the events waiting for the watermark out of
+    /// [`Engine::take_changes`] (and deletes those a store restored from
+    /// holds): the caller keeps its input from the earliest waiting event
+    /// on ([`Engine::earliest_waiting`]) and, after a restore, takes the
+    /// events of that input after [`Engine::release_bound`] again. Most
+    /// events wait across a checkpoint where the watermark comes from
+    /// upstream; in the state each was written, then deleted.
+    pub fn waiting_from_input(mut self) -> Engine {
+        self.waiting_in_input = true;
+        self
+    }
+
+    /// The input position (`seq`) of the earliest waiting event.
+    pub fn earliest_waiting(&self) -> Option<u64> {
+        self.buffer.iter().map(|e| e.seq).min()
+    }
+
+    /// The latest event time the engine has processed through: every
+    /// event it took at or before it has been processed (or refused), every
+    /// later one it took waits.
+    pub fn release_bound(&self) -> EventTime {
+        self.release_upto(self.watermark.current().saturating_add(1))
     }
 
     /// An engine whose watermark moves only by [`Engine::advance_watermark`]:
@@ -640,13 +668,19 @@ impl Engine {
         out: &mut Outputs,
         before: impl FnOnce(&Event, bool),
     ) -> Result<(), DecodeError> {
-        let Some(decoder) = self.rules.decoder_for(stream) else {
-            return Err(DecodeError::UnknownStream(stream));
-        };
-        let event = decoder.decode(bytes, seq)?;
+        let event = self.decode(stream, bytes, seq)?;
         before(&event, self.refuses_event(&event));
         self.on_event(event, out);
         Ok(())
+    }
+
+    /// Decodes one input record of stream `stream` (see
+    /// [`Engine::on_record`]) without taking it.
+    pub fn decode(&self, stream: u16, bytes: &[u8], seq: u64) -> Result<Event, DecodeError> {
+        let Some(decoder) = self.rules.decoder_for(stream) else {
+            return Err(DecodeError::UnknownStream(stream));
+        };
+        decoder.decode(bytes, seq)
     }
 
     /// Takes one event (owned, or already shared). Late events go to
@@ -747,7 +781,7 @@ impl Engine {
     /// arrival).
     fn buffer_insert(&mut self, event: Arc<Event>) {
         let id = (event.time, event.seq);
-        if self.dirty.is_some() && !self.stored_buffer.contains(&id) {
+        if self.dirty.is_some() && !self.waiting_in_input && !self.stored_buffer.contains(&id) {
             self.unstored_buffer.insert(id, event.clone());
         }
         self.buffer.insert(&self.rules, event);

@@ -502,6 +502,15 @@ impl Engine {
         for (time, seq) in self.released_buffer.drain(..) {
             batch.push((buffer_key(time, seq), None));
         }
+        if self.waiting_in_input {
+            // What a store written otherwise holds goes.
+            for (time, seq) in std::mem::take(&mut self.stored_buffer) {
+                batch.push((buffer_key(time, seq), None));
+            }
+            self.unstored_buffer.clear();
+            self.rewrite_buffer = false;
+            return;
+        }
         if self.dirty.is_some() && !self.rewrite_buffer {
             let mut new: Vec<_> = self.unstored_buffer.drain().collect();
             // Sorted, so the same changes always give the same batch.
@@ -640,6 +649,7 @@ impl Engine {
         let mut this = self;
         let prior = Engine {
             external_watermark: this.external_watermark,
+            waiting_in_input: this.waiting_in_input,
             dirty: this.dirty.as_ref().map(|_| hashbrown::HashSet::new()),
             lists: this.lists.clone(),
             tables: this.tables.clone(),

@@ -24,6 +24,31 @@ pub const PARTIALS_EVERY: u64 = 32;
 /// The state entry holding an internal shard's latest source marks.
 pub const MARKS_KEY: &[u8] = b"w";
 
+/// The state entry holding the shard's [`InputCut`].
+pub const INPUT_KEY: &[u8] = b"i";
+
+/// Where the shard's input stood at the state's cut. The events waiting
+/// for the watermark are not in the state: the committed input offset
+/// stays at the earliest of them, and a shard restored from the state
+/// reads its input again from there. Of the records before `next`, it
+/// takes again those that were waiting: the ones that decode, were not
+/// refused (`refused`) and come after `bound` ([`Engine::release_bound`]);
+/// everything else they did (forwarded copies, dead letters, watermark
+/// marks, processed events) is in the state and the outputs already.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct InputCut {
+    /// The input offset committed with the state (the earliest waiting
+    /// event's, or `next`).
+    pub from: u64,
+    /// The offset after the last record the state covers.
+    pub next: u64,
+    /// The latest event time processed through.
+    pub bound: i64,
+    /// Records from the committed offset on that were refused (malformed,
+    /// future, failed), although they may decode to a later time.
+    pub refused: Vec<u64>,
+}
+
 /// Checks that `value` decodes as the shard state entry `key` names: the
 /// engine's entries and the shard's own (its source marks). A changelog
 /// record that fails this is corrupt, and restoring from it would lose
@@ -31,6 +56,8 @@ pub const MARKS_KEY: &[u8] = b"w";
 pub fn check_entry(key: &[u8], value: &[u8]) -> Result<(), SnapshotError> {
     if key == MARKS_KEY {
         state::decode::<Vec<Option<WatermarkMark>>>(value, state::header_hash(value)?).map(drop)
+    } else if key == INPUT_KEY {
+        state::decode::<InputCut>(value, state::header_hash(value)?).map(drop)
     } else {
         crate::engine::check_entry(key, value)
     }
@@ -62,6 +89,12 @@ pub struct Shard {
     ticked: bool,
     /// With a feature log: the event fields each row copies (name, path).
     feature_log: Option<Arc<[(String, FieldPath)]>>,
+    /// The cut the shard was restored at: the records before its `next`
+    /// are read again for their waiting events only.
+    restored_at: Option<InputCut>,
+    /// Offsets of refused records from the committed offset on (see
+    /// [`InputCut::refused`]).
+    refused: std::collections::BTreeSet<u64>,
 }
 
 /// The default [`Shard::with_output_limit`]: below librdkafka's default
@@ -78,9 +111,16 @@ impl Shard {
         role: Role,
     ) -> Shard {
         let (engine, marks) = match &role {
-            Role::Source { .. } => (Engine::new(engine_rules).track_changes(), Vec::new()),
+            Role::Source { .. } => (
+                Engine::new(engine_rules)
+                    .track_changes()
+                    .waiting_from_input(),
+                Vec::new(),
+            ),
             Role::Internal { sources } => (
-                Engine::with_external_watermark(engine_rules).track_changes(),
+                Engine::with_external_watermark(engine_rules)
+                    .track_changes()
+                    .waiting_from_input(),
                 vec![None; *sources],
             ),
         };
@@ -98,6 +138,8 @@ impl Shard {
             silenced_seen: 0,
             ticked: false,
             feature_log: None,
+            restored_at: None,
+            refused: Default::default(),
         }
         .with_output_limit(DEFAULT_OUTPUT_LIMIT)
     }
@@ -161,7 +203,21 @@ impl Shard {
             silenced_seen,
             ticked,
             feature_log,
+            restored_at: _,
+            refused: _,
         } = self;
+        // What the cut means is the same under any rules: read whatever wrote it.
+        let restored_at = match store.get(INPUT_KEY)? {
+            Some(bytes) => Some(state::decode::<InputCut>(
+                &bytes,
+                state::header_hash(&bytes)?,
+            )?),
+            None => None,
+        };
+        let refused = restored_at
+            .as_ref()
+            .map(|c| c.refused.iter().copied().collect())
+            .unwrap_or_default();
         if let Some(bytes) = store.get(MARKS_KEY)? {
             // Marks mean the same under any rules: read whatever wrote them.
             let stored: Vec<Option<WatermarkMark>> =
@@ -189,6 +245,8 @@ impl Shard {
             silenced_seen,
             ticked,
             feature_log,
+            restored_at,
+            refused,
         };
         shard.engine.limit_key_state(output_limit);
         if let Some(m) = shard.engine.take_migration() {
@@ -293,6 +351,10 @@ impl Shard {
     /// [`Engine::advance_with_clock`]). Called at checkpoints, so that what
     /// it releases is in that checkpoint's output.
     pub fn tick(&mut self, clock_ms: i64) {
+        if self.reading_again() {
+            // Not before every event that waited at the cut waits again.
+            return;
+        }
         if self.engine.advance_with_clock(clock_ms, &mut self.outputs) {
             self.ticked = true;
             self.collect();
@@ -301,8 +363,15 @@ impl Shard {
 
     /// Processes one record.
     pub fn process(&mut self, mut record: Record) {
-        self.pending.records += 1;
         self.pending.next_offset = Some(record.offset + 1);
+        if let Some(cut) = &self.restored_at
+            && (record.offset as u64) < cut.next
+        {
+            let cut = (cut.bound, self.refused.contains(&(record.offset as u64)));
+            self.take_again(record, cut);
+            return;
+        }
+        self.pending.records += 1;
         let span = record.span.take();
         let _entered = span.as_ref().map(tracing::Span::enter);
         self.cause = (record.timestamp_ms, span.clone());
@@ -311,7 +380,9 @@ impl Shard {
             self.on_mark(mark);
             return;
         }
+        let stream = stream_of(&self.role, &self.engine, &record);
         let Some(payload) = record.payload else {
+            self.refused.insert(record.offset as u64);
             self.dead_letter(
                 DeadLetterKind::Malformed,
                 "record has no value".into(),
@@ -329,16 +400,6 @@ impl Shard {
             output_limit,
             ..
         } = self;
-        // A stream's topic holds that stream's events; an internal topic
-        // those of every stream its rules read, each marked with its stream
-        // (unmarked: the main stream's, as before rule sets had several).
-        let stream = match (&*role, &record.stream) {
-            (Role::Source { stream, .. }, _) => *stream,
-            (Role::Internal { .. }, None) => 0,
-            (Role::Internal { .. }, Some(name)) => {
-                engine.rules().def().stream_index(name).unwrap_or(u16::MAX)
-            }
-        };
         // Empty, without allocating, but for events too large to forward.
         let mut too_large = Vec::new();
         let processed = catch_unwind(AssertUnwindSafe(|| {
@@ -387,6 +448,7 @@ impl Shard {
         match processed {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
+                self.refused.insert(record.offset as u64);
                 self.dead_letter(
                     DeadLetterKind::Malformed,
                     e.to_string(),
@@ -397,6 +459,7 @@ impl Shard {
                 return;
             }
             Err(_) => {
+                self.refused.insert(record.offset as u64);
                 tracing::error!(
                     partition = self.partition,
                     offset = record.offset,
@@ -411,6 +474,46 @@ impl Shard {
                 );
             }
         }
+        self.collect();
+    }
+
+    /// Whether records the restored state covers are still to be read
+    /// again (see [`InputCut`]).
+    fn reading_again(&self) -> bool {
+        self.restored_at.as_ref().is_some_and(|cut| {
+            let read_to = self.pending.next_offset.map_or(cut.from, |n| n as u64);
+            read_to < cut.next
+        })
+    }
+
+    /// A record the state's cut covers, read again after a restore: it is
+    /// taken again only if it was waiting at the cut (`cut`: the bound the
+    /// engine had processed through, and whether the record was refused).
+    /// Everything else it did is in the state and the committed outputs.
+    fn take_again(&mut self, record: Record, (bound, refused): (i64, bool)) {
+        let (None, Some(payload), false) = (record.mark, &record.payload, refused) else {
+            return;
+        };
+        let stream = stream_of(&self.role, &self.engine, &record);
+        let Ok(event) = self.engine.decode(stream, payload, record.offset as u64) else {
+            return;
+        };
+        if event.time <= bound {
+            return;
+        }
+        let Shard {
+            engine, outputs, ..
+        } = self;
+        let taken = catch_unwind(AssertUnwindSafe(|| engine.on_event(event, outputs)));
+        if taken.is_err() {
+            tracing::error!(
+                partition = self.partition,
+                offset = record.offset,
+                "internal error while taking a waiting event again; it was skipped"
+            );
+        }
+        // It was refused or taken the first time; it is neither again.
+        self.outputs.late.clear();
         self.collect();
     }
 
@@ -431,7 +534,18 @@ impl Shard {
         let next = self.pending.next_offset;
         let mut out = std::mem::take(&mut self.pending);
         self.pending.next_offset = next;
-        out.next_offset = next;
+        // The input is committed up to the earliest waiting event: the
+        // state leaves the waiting events out (see [`InputCut`]).
+        // Midway through reading again, the state still covers the cut.
+        out.covered_offset = next.max(self.restored_at.as_ref().map(|c| c.next as i64));
+        out.next_offset = next.map(|n| {
+            self.engine
+                .earliest_waiting()
+                .map_or(n, |w| n.min(w as i64))
+        });
+        if let Some(committed) = out.next_offset {
+            self.refused = self.refused.split_off(&(committed as u64));
+        }
         out.watermark = self.engine.watermark();
         out.waiting_events = self.engine.buffered() as u64;
         let silenced = self.engine.stats().silenced;
@@ -447,10 +561,24 @@ impl Shard {
                 out.rule_errors += 1;
                 tracing::error!(partition = self.partition, rules = %e.rule, key = %e.key, "{}", e.message);
             }
+            let hash = self.engine.rules().def.hash;
             if !self.marks.is_empty() {
-                let hash = self.engine.rules().def.hash;
                 out.state
                     .push((MARKS_KEY.to_vec(), Some(state::encode(hash, &self.marks))));
+            }
+            let from = out
+                .next_offset
+                .map(|n| n as u64)
+                .or(self.restored_at.as_ref().map(|c| c.from));
+            if let (Some(from), Some(next)) = (from, out.covered_offset) {
+                let cut = InputCut {
+                    from,
+                    next: next as u64,
+                    bound: self.engine.release_bound(),
+                    refused: self.refused.iter().copied().collect(),
+                };
+                out.state
+                    .push((INPUT_KEY.to_vec(), Some(state::encode(hash, &cut))));
             }
         }
         out.batch = self.engine.batches();
@@ -542,6 +670,9 @@ impl Shard {
             });
         }
         for late in self.outputs.late.drain(..) {
+            if late.future_limit.is_some() {
+                self.refused.insert(late.event.seq);
+            }
             let time = crate::event::format_time(late.event.time);
             let (kind, reason) = match late.future_limit {
                 None => (
@@ -608,10 +739,147 @@ impl Shard {
     }
 }
 
+/// The stream of `record`'s event: a stream's topic holds that stream's
+/// events; an internal topic those of every stream its rules read, each
+/// marked with its stream (unmarked: the main stream's, as before rule sets
+/// had several).
+fn stream_of(role: &Role, engine: &Engine, record: &Record) -> u16 {
+    match (role, &record.stream) {
+        (Role::Source { stream, .. }, _) => *stream,
+        (Role::Internal { .. }, None) => 0,
+        (Role::Internal { .. }, Some(name)) => {
+            engine.rules().def().stream_index(name).unwrap_or(u16::MAX)
+        }
+    }
+}
+
 /// The text of a key value as a record key: strings without quotes.
 pub fn value_text(v: &Value) -> String {
     match v {
         Value::Str(s) => s.to_string(),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::MemoryStore;
+
+    const RULES: &str = r#"
+        stream s { key k time t time format epoch_ms lateness 500ms skew 1s }
+        rule pair { within 1s pattern { a: v == 0 then b: v == 1 } }
+        rule seven { pattern { a: v == 7 } }
+    "#;
+
+    fn rec(offset: i64, k: &str, t: i64, v: i64) -> Record {
+        let json = format!(r#"{{"k":"{k}","t":{t},"v":{v}}}"#);
+        Record::data(offset, None, Some(json.into_bytes()))
+    }
+
+    fn input() -> Vec<Record> {
+        vec![
+            rec(0, "z", 1200, 0),
+            rec(1, "x", 1000, 0),
+            Record::data(2, None, Some(b"{".to_vec())),
+            // Further than `skew` past the latest time (1200) now; not after
+            // the restore, when the latest is 1600.
+            rec(3, "y", 2300, 7),
+            rec(4, "x", 1010, 1),
+            rec(5, "q", 1600, 0),
+            // After the cut.
+            rec(6, "z", 1210, 1),
+            rec(7, "r", 2000, 0),
+            rec(8, "r", 3000, 0),
+        ]
+    }
+
+    fn alerts(out: &ShardOutput) -> Vec<(String, String)> {
+        out.alerts
+            .iter()
+            .map(|a| {
+                let key = String::from_utf8_lossy(&a.record.key).into_owned();
+                (a.rule.to_string(), key)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn waiting_events_stay_in_the_input_and_are_taken_again_once() {
+        let rules = RuleSet::from_source("t.tl", RULES, None).unwrap();
+        let mut a = Shard::standalone(0, rules.clone());
+        let mut records = input();
+        let after: Vec<Record> = records.split_off(6);
+        for r in records {
+            a.process(r);
+        }
+        let cut = a.take_output();
+        assert_eq!(alerts(&cut), [("pair".to_string(), "x".to_string())]);
+        assert_eq!(cut.dead_letters.len(), 2, "{:?}", cut.dead_letters);
+        // `z` (offset 0) and `q` wait: the input is committed at `z`, and the
+        // state holds neither.
+        assert_eq!((cut.next_offset, cut.covered_offset), (Some(0), Some(6)));
+        assert!(
+            !cut.state.iter().any(|(k, _)| k.starts_with(b"b/")),
+            "waiting events in the state"
+        );
+        let mut store = MemoryStore::default();
+        store.write(cut.state).unwrap();
+
+        // The uninterrupted shard goes on; one restored from the cut reads
+        // its input again from the committed offset.
+        for r in after.iter().cloned() {
+            a.process(r);
+        }
+        let want = a.take_output();
+        let mut b = Shard::standalone(0, rules).restored(&store).unwrap();
+        for r in input() {
+            b.process(r);
+        }
+        let got = b.take_output();
+        assert_eq!(alerts(&want), [("pair".to_string(), "z".to_string())]);
+        assert_eq!(alerts(&got), alerts(&want));
+        assert!(got.dead_letters.is_empty(), "{:?}", got.dead_letters);
+        assert_eq!(got.records, want.records);
+        assert_eq!(
+            (got.next_offset, got.covered_offset),
+            (want.next_offset, want.covered_offset)
+        );
+        let entry = |out: &ShardOutput| {
+            out.state
+                .iter()
+                .find(|(k, _)| k == INPUT_KEY)
+                .and_then(|(_, v)| v.clone())
+        };
+        assert_eq!(entry(&got), entry(&want));
+    }
+
+    #[test]
+    fn the_clock_moves_event_time_only_once_the_waiting_events_are_read_again() {
+        let rules = RuleSet::from_source(
+            "t.tl",
+            r#"stream s { key k time t time format epoch_ms lateness 500ms advance after 1s }
+               rule seven { pattern { a: v == 7 } }"#,
+            None,
+        )
+        .unwrap();
+        let mut a = Shard::standalone(0, rules.clone());
+        a.process_batch_at(vec![rec(0, "x", 1000, 7)], 10_000);
+        let cut = a.take_output();
+        assert_eq!((cut.next_offset, cut.covered_offset), (Some(0), Some(1)));
+        let mut store = MemoryStore::default();
+        store.write(cut.state).unwrap();
+
+        let mut b = Shard::standalone(0, rules).restored(&store).unwrap();
+        // Moved now, event time would pass `x` before it waits again, and
+        // `x` would be late.
+        b.tick(60_000);
+        b.tick(90_000);
+        assert!(b.take_output().alerts.is_empty());
+        b.process_batch_at(vec![rec(0, "x", 1000, 7)], 90_000);
+        b.tick(95_000);
+        let out = b.take_output();
+        assert_eq!(alerts(&out), [("seven".to_string(), "x".to_string())]);
+        assert_eq!(out.next_offset, Some(1));
     }
 }

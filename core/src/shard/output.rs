@@ -135,8 +135,13 @@ pub struct ShardOutput {
     pub watermark: EventTime,
     /// Records that were not processed.
     pub dead_letters: Vec<DeadLetter>,
-    /// The offset after the last record processed (`None`: none yet).
+    /// The offset to commit (`None`: none yet): that of the earliest event
+    /// still waiting for the watermark, which the state leaves to the input
+    /// (see [`super::InputCut`]), or else `covered_offset`.
     pub next_offset: Option<i64>,
+    /// The offset after the last record the output covers (`None`: none
+    /// yet).
+    pub covered_offset: Option<i64>,
     /// Records processed since the last barrier.
     pub records: u64,
     /// Of these, watermark marks.
@@ -187,6 +192,7 @@ impl ShardOutput {
         self.silenced += later.silenced;
         self.watermark = later.watermark;
         self.next_offset = later.next_offset.or(self.next_offset);
+        self.covered_offset = later.covered_offset.or(self.covered_offset);
         self.batch = later.batch;
         self.state_error = later.state_error.or(self.state_error.take());
         self.passivation = later.passivation;
