@@ -1,7 +1,7 @@
 //! Local state on disk: one RocksDB database per member data directory,
 //! one column family per shard (`<topic>/<partition>`), written once per
 //! checkpoint in a single `WriteBatch`, after that checkpoint's Kafka
-//! transaction has committed.
+//! transaction has committed, by a thread of its own ([`LocalWriter`]).
 //!
 //! The changelog topics stay the source of truth; the local copy is a cache
 //! of them, so that a restart need not read a partition's whole changelog.
@@ -14,14 +14,14 @@
 //! changelog records are whole values per key, so re-applying a suffix in
 //! order gives the same state however far back it starts.
 
-use crate::coordinator::{LocalShard, LocalStore, PortError};
+use crate::coordinator::{LocalShard, LocalStore, LocalWrite, PortError};
 use crate::state::{Change, Entry, EntryVisitor, SnapshotError, StateStore};
 use rocksdb::{
     BoundColumnFamily, DBWithThreadMode, Direction, IteratorMode, MultiThreaded, Options,
     WriteBatch, WriteOptions,
 };
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 type Db = DBWithThreadMode<MultiThreaded>;
 
@@ -277,16 +277,136 @@ impl ShardStore {
     }
 }
 
-impl LocalStore for LocalState {
+/// Writes a [`LocalState`]'s checkpoint batches on a thread of its own,
+/// in order: the coordinator's thread queues a batch and goes back to
+/// polling, where writing it there (RocksDB's memtable inserts of every
+/// change) held the loop for milliseconds per checkpoint. At most
+/// [`QUEUED_BATCHES`] wait; a checkpoint beyond that waits for room. What
+/// is queued is written before the writer is dropped.
+pub struct LocalWriter {
+    state: LocalState,
+    jobs: Option<std::sync::mpsc::SyncSender<Job>>,
+    done: Arc<(Mutex<Written>, Condvar)>,
+    queued: u64,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Batches a [`LocalWriter`] holds before [`LocalStore::commit`] waits.
+pub const QUEUED_BATCHES: usize = 2;
+
+type Job = (u64, Vec<LocalWrite<ShardStore>>);
+
+#[derive(Default)]
+struct Written {
+    last: u64,
+    error: Option<String>,
+}
+
+impl std::fmt::Debug for LocalWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalWriter")
+            .field("state", &self.state)
+            .field("queued", &self.queued)
+            .finish()
+    }
+}
+
+impl LocalWriter {
+    /// Starts the writer of `state`.
+    pub fn start(state: LocalState) -> std::io::Result<LocalWriter> {
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(QUEUED_BATCHES);
+        let done: Arc<(Mutex<Written>, Condvar)> = Arc::default();
+        let thread = std::thread::Builder::new()
+            .name("tripline-local".into())
+            .spawn({
+                let state = state.clone();
+                let done = done.clone();
+                move || {
+                    for (n, writes) in queue {
+                        let (lock, changed) = &*done;
+                        if lock
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .error
+                            .is_some()
+                        {
+                            // Nothing after a failed batch: the copy would
+                            // skip its changes yet claim a later position.
+                            continue;
+                        }
+                        let result =
+                            state.commit(writes.iter().map(|(store, changes, position)| {
+                                (store, changes.as_slice(), *position)
+                            }));
+                        let mut w = lock.lock().unwrap_or_else(PoisonError::into_inner);
+                        match result {
+                            Ok(()) => w.last = n,
+                            Err(e) => w.error = Some(e.to_string()),
+                        }
+                        changed.notify_all();
+                    }
+                }
+            })?;
+        Ok(LocalWriter {
+            state,
+            jobs: Some(jobs),
+            done,
+            queued: 0,
+            thread: Some(thread),
+        })
+    }
+
+    /// The database written to.
+    pub fn state(&self) -> &LocalState {
+        &self.state
+    }
+
+    fn outcome(w: &Written) -> Result<u64, PortError> {
+        match &w.error {
+            Some(e) => Err(PortError::retry("local store", e)),
+            None => Ok(w.last),
+        }
+    }
+}
+
+impl LocalStore for LocalWriter {
     type Shard = ShardStore;
 
     fn shard(&self, topic: &str, partition: i32) -> Result<ShardStore, PortError> {
-        LocalState::shard(self, topic, partition).map_err(|e| PortError::retry("local store", e))
+        LocalState::shard(&self.state, topic, partition)
+            .map_err(|e| PortError::retry("local store", e))
     }
 
-    fn commit(&self, writes: &[(&ShardStore, &[Change], Position)]) -> Result<(), PortError> {
-        LocalState::commit(self, writes.iter().copied())
-            .map_err(|e| PortError::retry("local store", e))
+    fn commit(&mut self, writes: Vec<LocalWrite<ShardStore>>) -> Result<u64, PortError> {
+        let gone = || PortError::retry("local store", "its writer thread is gone");
+        let jobs = self.jobs.as_ref().ok_or_else(gone)?;
+        jobs.send((self.queued + 1, writes)).map_err(|_| gone())?;
+        self.queued += 1;
+        Ok(self.queued)
+    }
+
+    fn written(&mut self) -> Result<u64, PortError> {
+        let w = self.done.0.lock().unwrap_or_else(PoisonError::into_inner);
+        Self::outcome(&w)
+    }
+
+    fn flush(&mut self) -> Result<u64, PortError> {
+        let (lock, changed) = &*self.done;
+        let mut w = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        while w.last < self.queued && w.error.is_none() {
+            w = changed.wait(w).unwrap_or_else(PoisonError::into_inner);
+        }
+        Self::outcome(&w)
+    }
+}
+
+impl Drop for LocalWriter {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread once it has written the rest.
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -363,6 +483,34 @@ impl StateStore for ShardStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_writer_writes_batches_in_order_and_the_rest_when_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = LocalState::open(dir.path()).unwrap();
+        let store = state.shard("t", 0).unwrap();
+        let mut writer = LocalWriter::start(state).unwrap();
+        let batch = |value: &str, input: i64| {
+            let change = (b"k".to_vec(), Some(value.as_bytes().to_vec()));
+            let position = Position {
+                input,
+                changelog: input,
+            };
+            vec![(store.clone(), vec![change], position)]
+        };
+        assert_eq!(writer.commit(batch("a", 1)).unwrap(), 1);
+        assert_eq!(writer.commit(batch("b", 2)).unwrap(), 2);
+        assert_eq!(writer.flush().unwrap(), 2);
+        assert_eq!(writer.written().unwrap(), 2);
+        assert_eq!(store.get(b"k").unwrap().as_deref(), Some(&b"b"[..]));
+        assert_eq!(store.position().unwrap().map(|p| p.input), Some(2));
+        for n in 3..=6 {
+            writer.commit(batch(&n.to_string(), n)).unwrap();
+        }
+        drop(writer);
+        assert_eq!(store.get(b"k").unwrap().as_deref(), Some(&b"6"[..]));
+        assert_eq!(store.position().unwrap().map(|p| p.input), Some(6));
+    }
 
     #[test]
     fn positions_round_trip_and_reject_garbage() {

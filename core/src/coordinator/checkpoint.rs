@@ -4,7 +4,9 @@
 //! the state changes to the local store; and the rewind after a checkpoint
 //! that failed.
 
-use super::ports::{Clock, Fault, LocalStore, Observer, Outgoing, Ports, Shards, Source, TxSink};
+use super::ports::{
+    Clock, Fault, LocalStore, Observer, Outgoing, PortError, Ports, Shards, Source, TxSink,
+};
 use super::report::{AlertCommit, CheckpointCommitted, CheckpointFailed, PartitionCommit};
 use super::{CoordError, Coordinator, ShardId};
 use crate::shard::{
@@ -260,6 +262,7 @@ impl<P: Ports> Coordinator<P> {
     }
 
     fn commit_processed<S: Source<Group = P::Group>>(&mut self, src: &S) -> Result<(), CoordError> {
+        self.report_written();
         let mut outputs = self.ask_shards(src, Barrier::Checkpoint)?;
         let started = self.clock.now();
         self.produce(&outputs)?;
@@ -323,7 +326,7 @@ impl<P: Ports> Coordinator<P> {
         let commit = self.clock.now().saturating_sub(started);
         self.txn_open = false;
         self.progress.checkpoint_outcome(None);
-        self.write_local(&outputs, &ends);
+        self.write_local(&mut outputs, &ends);
         let local = self
             .clock
             .now()
@@ -462,14 +465,20 @@ impl<P: Ports> Coordinator<P> {
     }
 
     /// Copies a committed checkpoint's state changes to the local store,
-    /// with the positions they bring each shard to, and lets the shards
-    /// passivate what is now stored.
-    fn write_local(&mut self, outputs: &[(ShardId, ShardOutput)], ends: &BTreeMap<ShardId, i64>) {
+    /// with the positions they bring each shard to (the store writes them
+    /// away from this thread); the shards may passivate what is stored
+    /// once it is written ([`Coordinator::report_written`]).
+    fn write_local(
+        &mut self,
+        outputs: &mut [(ShardId, ShardOutput)],
+        ends: &BTreeMap<ShardId, i64>,
+    ) {
         if self.local.is_none() {
             return;
         }
-        let mut moved = vec![false; outputs.len()];
-        for (i, (id, out)) in outputs.iter().enumerate() {
+        let mut writes = Vec::new();
+        let mut stored = Vec::new();
+        for (id, out) in outputs.iter_mut() {
             let Some(slot) = self.slots.get_mut(id) else {
                 continue;
             };
@@ -480,39 +489,71 @@ impl<P: Ports> Coordinator<P> {
             if let Some(next) = out.next_offset {
                 slot.position.input = next;
             }
-            moved[i] = slot.position != before || !out.state.is_empty();
-        }
-        let writes: Vec<_> = outputs
-            .iter()
-            .zip(moved.iter().copied())
-            .filter(|(_, m)| *m)
-            .filter_map(|((id, out), _)| {
-                let slot = self.slots.get(id)?;
-                Some((slot.store.as_ref()?, out.state.as_slice(), slot.position))
-            })
-            .collect();
-        let written = match &self.local {
-            Some(local) => local.commit(&writes),
-            None => Ok(()),
-        };
-        drop(writes);
-        if let Err(e) = written {
-            // Committed all the same: a restart reads more changelog. Later
-            // batches are not written either: the copy would skip this
-            // one's changes yet claim a later position.
-            tracing::error!(
-                "local state not updated, and no longer written by this process \
-                 (a restart reads the changelog from its last position): {e}"
-            );
-            self.local = None;
-            return;
-        }
-        let budget = self.shard_budget(0);
-        for ((id, out), _) in outputs.iter().zip(&moved).filter(|(_, m)| **m) {
-            if self.slots.get(id).is_some_and(|s| s.store.is_some()) {
-                self.shards.persisted(*id, out.batch, budget);
+            if slot.position == before && out.state.is_empty() {
+                continue;
+            }
+            if let Some(store) = &slot.store {
+                writes.push((store.clone(), std::mem::take(&mut out.state), slot.position));
+                stored.push((*id, out.batch));
             }
         }
+        if writes.is_empty() {
+            return;
+        }
+        let committed = match &mut self.local {
+            Some(local) => local.commit(writes),
+            None => return,
+        };
+        match committed {
+            Ok(n) => self.unwritten.push_back((n, stored)),
+            Err(e) => self.local_failed(&e),
+        }
+        self.report_written();
+    }
+
+    /// Tells the shards which of their batches the local store has written
+    /// since the last call, so that they may passivate what it holds.
+    pub(super) fn report_written(&mut self) {
+        let Some(local) = &mut self.local else {
+            return;
+        };
+        let written = match local.written() {
+            Ok(n) => n,
+            Err(e) => return self.local_failed(&e),
+        };
+        let budget = self.shard_budget(0);
+        while self.unwritten.front().is_some_and(|(n, _)| *n <= written) {
+            let (_, stored) = self.unwritten.pop_front().expect("a front");
+            for (id, batch) in stored {
+                if self.slots.get(&id).is_some_and(|s| s.store.is_some()) {
+                    self.shards.persisted(id, batch, budget);
+                }
+            }
+        }
+    }
+
+    /// Waits until the local store has written every batch committed (a
+    /// restore reads it), then reports them written.
+    pub(super) fn flush_local(&mut self) {
+        if let Some(local) = &mut self.local
+            && let Err(e) = local.flush()
+        {
+            return self.local_failed(&e);
+        }
+        self.report_written();
+    }
+
+    /// A local write failed: the checkpoint committed all the same (a
+    /// restart reads more changelog). Later batches are not written
+    /// either: the copy would skip this one's changes yet claim a later
+    /// position.
+    fn local_failed(&mut self, e: &PortError) {
+        tracing::error!(
+            "local state not updated, and no longer written by this process \
+             (a restart reads the changelog from its last position): {e}"
+        );
+        self.local = None;
+        self.unwritten.clear();
     }
 
     /// After a failed checkpoint: abort the transaction and rewind every

@@ -50,8 +50,8 @@ pub mod topology;
 
 pub use checkpoint::MARK_HEADER;
 pub use ports::{
-    ChangelogEvent, ChangelogReader, Clock, Fault, LocalShard, LocalStore, Observer, Outgoing,
-    PortError, Ports, Restorer, ShardId, Shards, Source, TxSink,
+    ChangelogEvent, ChangelogReader, Clock, Fault, LocalShard, LocalStore, LocalWrite, Observer,
+    Outgoing, PortError, Ports, Restorer, ShardId, Shards, Source, TxSink,
 };
 pub use progress::Progress;
 pub use report::RulesReload;
@@ -204,6 +204,9 @@ pub struct Coordinator<P: Ports> {
     changelog: P::Changelog,
     /// The local store, if there is one (dropped if a write to it fails).
     local: Option<P::Local>,
+    /// Local batches committed and not known written yet: each batch's
+    /// number and the shard batches it stores (see [`Shards::persisted`]).
+    unwritten: std::collections::VecDeque<(u64, Vec<(ShardId, u64)>)>,
     shards: P::Shards,
     clock: P::Clock,
     observer: P::Observer,
@@ -262,6 +265,7 @@ impl<P: Ports> Coordinator<P> {
             sink: parts.sink,
             changelog: parts.changelog,
             local: parts.local,
+            unwritten: Default::default(),
             shards: parts.shards,
             clock: parts.clock,
             observer: parts.observer,

@@ -215,14 +215,29 @@ pub trait LocalShard: StateStore + Clone + Send + 'static {
     fn clear(&mut self) -> Result<(), SnapshotError>;
 }
 
-/// The local copy of the state (a cache of the changelogs).
+/// One shard's part of a [`LocalStore::commit`]: its changes and the
+/// position they bring it to.
+pub type LocalWrite<S> = (S, Vec<Change>, Position);
+
+/// The local copy of the state (a cache of the changelogs). Writes may
+/// land after [`LocalStore::commit`] returns (away from the coordinator's
+/// thread), in the order they were committed; reads of the copy wait for
+/// them ([`LocalStore::flush`]) or for [`LocalStore::written`] to say so.
 pub trait LocalStore {
     /// One shard's part.
     type Shard: LocalShard;
     /// Shard `partition` of `topic`, created empty if need be.
     fn shard(&self, topic: &str, partition: i32) -> Result<Self::Shard, PortError>;
-    /// Writes each shard's changes and position in one atomic batch.
-    fn commit(&self, writes: &[(&Self::Shard, &[Change], Position)]) -> Result<(), PortError>;
+    /// Queues each shard's changes and position, to be written in one
+    /// atomic batch after those committed before; returns the batch's
+    /// number (1 for the first, then on).
+    fn commit(&mut self, writes: Vec<LocalWrite<Self::Shard>>) -> Result<u64, PortError>;
+    /// The number of the last batch written (0: none yet); an error once
+    /// a batch failed (no later one is written).
+    fn written(&mut self) -> Result<u64, PortError>;
+    /// Waits until every batch committed is written; as
+    /// [`LocalStore::written`].
+    fn flush(&mut self) -> Result<u64, PortError>;
 }
 
 /// The running shards.

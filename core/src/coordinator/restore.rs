@@ -586,6 +586,8 @@ impl<P: Ports> Coordinator<P> {
         if ids.is_empty() {
             return Ok(());
         }
+        // The job reads the local copy: every write queued goes first.
+        self.flush_local();
         let seq = self.next_job;
         self.next_job += 1;
         let budget = (self.settings.memory_budget_bytes > 0 && self.local.is_some())

@@ -280,6 +280,8 @@ impl Sim {
             local: self.scenario.local.then(|| SimLocal {
                 link: link.clone(),
                 disk,
+                queued: Default::default(),
+                committed: 0,
             }),
             shards: SimShards {
                 inner: shards.clone(),

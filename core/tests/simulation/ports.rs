@@ -11,8 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tripline_core::coordinator::report::{CheckpointCommitted, CheckpointFailed, RulesReload};
 use tripline_core::coordinator::{
-    ChangelogEvent, ChangelogReader, Clock, CoordError, LocalShard, LocalStore, Observer, Outgoing,
-    PortError, Ports, Position, RestoreDone, RestoreJob, Restorer, ShardId, Shards, Source, TxSink,
+    ChangelogEvent, ChangelogReader, Clock, CoordError, LocalShard, LocalStore, LocalWrite,
+    Observer, Outgoing, PortError, Ports, Position, RestoreDone, RestoreJob, Restorer, ShardId,
+    Shards, Source, TxSink,
 };
 use tripline_core::engine::RuleSet;
 use tripline_core::shard::{Barrier, Record, Shard, ShardOutput};
@@ -433,6 +434,10 @@ impl LocalShard for SimLocalShard {
 pub struct SimLocal {
     pub link: Rc<Link>,
     pub disk: Arc<Mutex<Disk>>,
+    /// Batches committed and not written yet (lost if the member dies).
+    pub queued: VecDeque<Vec<LocalWrite<SimLocalShard>>>,
+    /// Batches committed.
+    pub committed: u64,
 }
 
 impl LocalStore for SimLocal {
@@ -446,14 +451,38 @@ impl LocalStore for SimLocal {
         })
     }
 
-    fn commit(&self, writes: &[(&SimLocalShard, &[Change], Position)]) -> Result<(), PortError> {
+    /// Queued: a batch is written at the next call after the one that
+    /// queued it, or at a flush, as a writer thread behind would.
+    fn commit(&mut self, writes: Vec<LocalWrite<SimLocalShard>>) -> Result<u64, PortError> {
         self.link.call("local write")?;
-        for (store, changes, position) in writes {
-            let mut s = (*store).clone();
-            s.write(changes.to_vec()).expect("memory");
-            s.set_position(*position).expect("memory");
+        self.queued.push_back(writes);
+        self.committed += 1;
+        Ok(self.committed)
+    }
+
+    fn written(&mut self) -> Result<u64, PortError> {
+        while self.queued.len() > 1 {
+            self.write_one();
         }
-        Ok(())
+        Ok(self.committed - self.queued.len() as u64)
+    }
+
+    fn flush(&mut self) -> Result<u64, PortError> {
+        while !self.queued.is_empty() {
+            self.write_one();
+        }
+        Ok(self.committed)
+    }
+}
+
+impl SimLocal {
+    fn write_one(&mut self) {
+        if let Some(writes) = self.queued.pop_front() {
+            for (mut store, changes, position) in writes {
+                store.write(changes).expect("memory");
+                store.set_position(position).expect("memory");
+            }
+        }
     }
 }
 

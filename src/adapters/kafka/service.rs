@@ -26,7 +26,7 @@ use super::sink::KafkaSink;
 use super::source::{Ctx, KafkaSource, Member, MemberConsumer, lock, record_of};
 use super::watch::{self, LoopState, Phase};
 use super::{TopicSpec, Topics, create_missing};
-use crate::adapters::local::{LocalError, LocalState};
+use crate::adapters::local::{LocalError, LocalState, LocalWriter};
 use crate::adapters::worker::{Stop, Worker, WorkerError};
 use crate::config::Config;
 use crate::coordinator::{
@@ -57,7 +57,7 @@ impl Ports for KafkaPorts {
     type Group = ConsumerGroupMetadata;
     type Sink = KafkaSink;
     type Changelog = KafkaChangelog;
-    type Local = LocalState;
+    type Local = LocalWriter;
     type Shards = ActorShards;
     type Clock = WallClock;
     type Observer = Telemetry;
@@ -383,7 +383,10 @@ fn coordinate(
     let local = if config.state.dir.as_os_str().is_empty() {
         None
     } else {
-        Some(LocalState::open(&config.state.dir)?)
+        Some(
+            LocalWriter::start(LocalState::open(&config.state.dir)?)
+                .map_err(|e| ServiceError::Thread(e.to_string()))?,
+        )
     };
     let shards = ActorShards::new(
         arbiters,
