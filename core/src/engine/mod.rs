@@ -575,6 +575,12 @@ impl Engine {
         self.buffer.iter().map(|e| e.seq).min()
     }
 
+    /// The latest event time seen on time (`None`: none, or the watermark
+    /// comes from upstream).
+    pub fn latest_seen(&self) -> Option<EventTime> {
+        self.watermark.max_seen()
+    }
+
     /// The latest event time the engine has processed through: every
     /// event it took at or before it has been processed (or refused), every
     /// later one it took waits.

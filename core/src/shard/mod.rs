@@ -31,10 +31,12 @@ pub const INPUT_KEY: &[u8] = b"i";
 /// for the watermark are not in the state: the committed input offset
 /// stays at the earliest of them, and a shard restored from the state
 /// reads its input again from there. Of the records before `next`, it
-/// takes again those that were waiting: the ones that decode, were not
-/// refused (`refused`) and come after `bound` ([`Engine::release_bound`]);
-/// everything else they did (forwarded copies, dead letters, watermark
-/// marks, processed events) is in the state and the outputs already.
+/// takes again those that were waiting: the ones that decode, come after
+/// `bound` ([`Engine::release_bound`]) and not after `latest`, and were not
+/// refused (`refused`); everything else they did (forwarded copies, dead
+/// letters, watermark marks, processed events) is in the state and the
+/// outputs already. A record that did not decode is not listed: it does
+/// not decode again.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InputCut {
     /// The input offset committed with the state (the earliest waiting
@@ -44,8 +46,11 @@ pub struct InputCut {
     pub next: u64,
     /// The latest event time processed through.
     pub bound: i64,
-    /// Records from the committed offset on that were refused (malformed,
-    /// future, failed), although they may decode to a later time.
+    /// The latest event time taken (`None`: the watermark comes from
+    /// upstream, which refused what it would).
+    pub latest: Option<i64>,
+    /// Records from the committed offset on that decode to a time in
+    /// `bound..=latest` yet were refused (future when they came, or failed).
     pub refused: Vec<u64>,
 }
 
@@ -92,9 +97,9 @@ pub struct Shard {
     /// The cut the shard was restored at: the records before its `next`
     /// are read again for their waiting events only.
     restored_at: Option<InputCut>,
-    /// Offsets of refused records from the committed offset on (see
-    /// [`InputCut::refused`]).
-    refused: std::collections::BTreeSet<u64>,
+    /// Records refused from the committed offset on, by offset, with
+    /// their event time (`i64::MIN`: unknown); see [`InputCut::refused`].
+    refused: std::collections::BTreeMap<u64, i64>,
 }
 
 /// The default [`Shard::with_output_limit`]: below librdkafka's default
@@ -216,7 +221,7 @@ impl Shard {
         };
         let refused = restored_at
             .as_ref()
-            .map(|c| c.refused.iter().copied().collect())
+            .map(|c| c.refused.iter().map(|&o| (o, i64::MIN)).collect())
             .unwrap_or_default();
         if let Some(bytes) = store.get(MARKS_KEY)? {
             // Marks mean the same under any rules: read whatever wrote them.
@@ -367,7 +372,11 @@ impl Shard {
         if let Some(cut) = &self.restored_at
             && (record.offset as u64) < cut.next
         {
-            let cut = (cut.bound, self.refused.contains(&(record.offset as u64)));
+            let cut = (
+                cut.bound,
+                cut.latest,
+                self.refused.contains_key(&(record.offset as u64)),
+            );
             self.take_again(record, cut);
             return;
         }
@@ -382,7 +391,6 @@ impl Shard {
         }
         let stream = stream_of(&self.role, &self.engine, &record);
         let Some(payload) = record.payload else {
-            self.refused.insert(record.offset as u64);
             self.dead_letter(
                 DeadLetterKind::Malformed,
                 "record has no value".into(),
@@ -448,7 +456,6 @@ impl Shard {
         match processed {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                self.refused.insert(record.offset as u64);
                 self.dead_letter(
                     DeadLetterKind::Malformed,
                     e.to_string(),
@@ -459,7 +466,7 @@ impl Shard {
                 return;
             }
             Err(_) => {
-                self.refused.insert(record.offset as u64);
+                self.refused.insert(record.offset as u64, i64::MIN);
                 tracing::error!(
                     partition = self.partition,
                     offset = record.offset,
@@ -487,10 +494,12 @@ impl Shard {
     }
 
     /// A record the state's cut covers, read again after a restore: it is
-    /// taken again only if it was waiting at the cut (`cut`: the bound the
-    /// engine had processed through, and whether the record was refused).
-    /// Everything else it did is in the state and the committed outputs.
-    fn take_again(&mut self, record: Record, (bound, refused): (i64, bool)) {
+    /// taken again only if it was waiting at the cut (`cut`: the time the
+    /// engine had processed through, the latest it had taken, and whether
+    /// the record was refused). Everything else it did is in the state and
+    /// the committed outputs.
+    fn take_again(&mut self, record: Record, cut: (i64, Option<i64>, bool)) {
+        let (bound, latest, refused) = cut;
         let (None, Some(payload), false) = (record.mark, &record.payload, refused) else {
             return;
         };
@@ -498,7 +507,7 @@ impl Shard {
         let Ok(event) = self.engine.decode(stream, payload, record.offset as u64) else {
             return;
         };
-        if event.time <= bound {
+        if event.time <= bound || latest.is_some_and(|l| event.time > l) {
             return;
         }
         let Shard {
@@ -571,11 +580,19 @@ impl Shard {
                 .map(|n| n as u64)
                 .or(self.restored_at.as_ref().map(|c| c.from));
             if let (Some(from), Some(next)) = (from, out.covered_offset) {
+                let latest = self.engine.latest_seen();
                 let cut = InputCut {
                     from,
                     next: next as u64,
                     bound: self.engine.release_bound(),
-                    refused: self.refused.iter().copied().collect(),
+                    latest,
+                    // Those after the latest time are told apart by it.
+                    refused: self
+                        .refused
+                        .iter()
+                        .filter(|(_, t)| latest.is_none_or(|l| **t <= l))
+                        .map(|(o, _)| *o)
+                        .collect(),
                 };
                 out.state
                     .push((INPUT_KEY.to_vec(), Some(state::encode(hash, &cut))));
@@ -671,7 +688,7 @@ impl Shard {
         }
         for late in self.outputs.late.drain(..) {
             if late.future_limit.is_some() {
-                self.refused.insert(late.event.seq);
+                self.refused.insert(late.event.seq, late.event.time);
             }
             let time = crate::event::format_time(late.event.time);
             let (kind, reason) = match late.future_limit {
@@ -767,7 +784,7 @@ mod tests {
     use crate::state::MemoryStore;
 
     const RULES: &str = r#"
-        stream s { key k time t time format epoch_ms lateness 500ms skew 1s }
+        stream s { key k time t time format epoch_ms lateness 2s skew 1s }
         rule pair { within 1s pattern { a: v == 0 then b: v == 1 } }
         rule seven { pattern { a: v == 7 } }
     "#;
@@ -777,21 +794,31 @@ mod tests {
         Record::data(offset, None, Some(json.into_bytes()))
     }
 
+    /// Before the cut (offsets 0 to 8), then after it.
     fn input() -> Vec<Record> {
-        vec![
-            rec(0, "z", 1200, 0),
-            rec(1, "x", 1000, 0),
-            Record::data(2, None, Some(b"{".to_vec())),
-            // Further than `skew` past the latest time (1200) now; not after
-            // the restore, when the latest is 1600.
-            rec(3, "y", 2300, 7),
-            rec(4, "x", 1010, 1),
-            rec(5, "q", 1600, 0),
-            // After the cut.
-            rec(6, "z", 1210, 1),
-            rec(7, "r", 2000, 0),
-            rec(8, "r", 3000, 0),
-        ]
+        let events = [
+            ("z", 1200, 0),
+            ("x", 1000, 0),
+            ("", 0, 0),
+            // Further than `skew` past the latest time (1200) when they
+            // come; `y` no longer by the cut, when the latest is 3100, `u`
+            // only after a restore, when `skew` past it (4100) is later.
+            ("y", 2300, 7),
+            ("u", 3500, 7),
+            ("x", 1010, 1),
+            ("q", 1600, 0),
+            ("w", 2500, 0),
+            ("w", 3100, 0),
+            ("z", 1210, 1),
+            ("r", 4000, 0),
+            ("r", 5000, 0),
+            ("r", 6000, 0),
+        ];
+        let record = |(o, &(k, t, v)): (usize, &(&str, i64, i64))| match k {
+            "" => Record::data(o as i64, None, Some(b"{".to_vec())),
+            _ => rec(o as i64, k, t, v),
+        };
+        events.iter().enumerate().map(record).collect()
     }
 
     fn alerts(out: &ShardOutput) -> Vec<(String, String)> {
@@ -809,20 +836,26 @@ mod tests {
         let rules = RuleSet::from_source("t.tl", RULES, None).unwrap();
         let mut a = Shard::standalone(0, rules.clone());
         let mut records = input();
-        let after: Vec<Record> = records.split_off(6);
+        let after: Vec<Record> = records.split_off(9);
         for r in records {
             a.process(r);
         }
         let cut = a.take_output();
         assert_eq!(alerts(&cut), [("pair".to_string(), "x".to_string())]);
-        assert_eq!(cut.dead_letters.len(), 2, "{:?}", cut.dead_letters);
-        // `z` (offset 0) and `q` wait: the input is committed at `z`, and the
-        // state holds neither.
-        assert_eq!((cut.next_offset, cut.covered_offset), (Some(0), Some(6)));
+        assert_eq!(cut.dead_letters.len(), 3, "{:?}", cut.dead_letters);
+        // `z` (offset 0), `q` and `w` wait: the input is committed at `z`,
+        // and the state holds none of them.
+        assert_eq!((cut.next_offset, cut.covered_offset), (Some(0), Some(9)));
         assert!(
             !cut.state.iter().any(|(k, _)| k.starts_with(b"b/")),
             "waiting events in the state"
         );
+        // Only `y` is listed as refused: the malformed record does not
+        // decode again, and `u` is after the latest time taken.
+        let (_, entry) = cut.state.iter().find(|(k, _)| k == INPUT_KEY).unwrap();
+        let entry = entry.as_deref().unwrap();
+        let stored: InputCut = state::decode(entry, state::header_hash(entry).unwrap()).unwrap();
+        assert_eq!((stored.refused, stored.latest), (vec![3], Some(3100)));
         let mut store = MemoryStore::default();
         store.write(cut.state).unwrap();
 
