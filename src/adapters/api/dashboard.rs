@@ -53,7 +53,8 @@ pub struct PartitionView {
     pub topic: String,
     /// The partition.
     pub partition: i32,
-    /// Records between the committed offset and the partition's end.
+    /// Records between what the last checkpoint covered and the
+    /// partition's end (events waiting for the watermark are not lag).
     pub lag: Option<i64>,
     /// Wall clock minus the partition's watermark.
     pub watermark_delay_seconds: Option<f64>,
