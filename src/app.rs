@@ -16,7 +16,6 @@ use tripline::engine::{Engine, EngineOptions, Outputs, RuleSet, inspect};
 use tripline::event::{Batched, FieldPath, Merged, MergedLines, TimeFormat, format_time};
 use tripline::export::{FeatureFormat, FeatureWriter};
 use tripline::rules::{CompileError, StreamDef, parse_duration};
-use tripline::state::StateStore;
 use tripline::telemetry::Telemetry;
 
 /// Real-time complex-event processing and fraud detection.
@@ -618,17 +617,7 @@ fn state_inspect(dir: &Path, key: Option<&str>, only: Option<&str>) -> Result<Ex
                 let position = store.position().map_err(shard_err)?;
                 let summary =
                     inspect::summary(&store, &tripline::files::disk_models()).map_err(shard_err)?;
-                let covered = store
-                    .get(tripline_core::shard::INPUT_KEY)
-                    .map_err(shard_err)?
-                    .map(|b| {
-                        tripline::state::decode::<tripline_core::shard::InputCut>(
-                            &b,
-                            tripline::state::header_hash(&b)?,
-                        )
-                    })
-                    .transpose()
-                    .map_err(shard_err)?;
+                let covered = tripline_core::shard::InputCut::stored(&store).map_err(shard_err)?;
                 let line = serde_json::json!({
                     "shard": name,
                     "input_offset": position.map(|p| p.input),

@@ -54,6 +54,17 @@ pub struct InputCut {
     pub refused: Vec<u64>,
 }
 
+impl InputCut {
+    /// The cut `store` holds, if any. What it means is the same under any
+    /// rules: it is read whatever rules wrote it.
+    pub fn stored(store: &impl StateStore) -> Result<Option<InputCut>, SnapshotError> {
+        match store.get(INPUT_KEY)? {
+            Some(bytes) => Ok(Some(state::decode(&bytes, state::header_hash(&bytes)?)?)),
+            None => Ok(None),
+        }
+    }
+}
+
 /// Checks that `value` decodes as the shard state entry `key` names: the
 /// engine's entries and the shard's own (its source marks). A changelog
 /// record that fails this is corrupt, and restoring from it would lose
@@ -211,14 +222,7 @@ impl Shard {
             restored_at: _,
             refused: _,
         } = self;
-        // What the cut means is the same under any rules: read whatever wrote it.
-        let restored_at = match store.get(INPUT_KEY)? {
-            Some(bytes) => Some(state::decode::<InputCut>(
-                &bytes,
-                state::header_hash(&bytes)?,
-            )?),
-            None => None,
-        };
+        let restored_at = InputCut::stored(store)?;
         let refused = restored_at
             .as_ref()
             .map(|c| c.refused.iter().map(|&o| (o, i64::MIN)).collect())
