@@ -7,10 +7,11 @@ use headless_chrome::{Browser, LaunchOptions, Tab};
 use std::ffi::OsStr;
 use std::time::Duration;
 
-/// A headless Chromium with a profile of its own, which goes with it.
+/// A headless Chromium with a directory of its own (profile and temporary
+/// files), which goes with it.
 pub struct Chromium {
     browser: Option<Browser>,
-    profile: std::path::PathBuf,
+    dir: std::path::PathBuf,
 }
 
 impl std::ops::Deref for Chromium {
@@ -22,16 +23,18 @@ impl std::ops::Deref for Chromium {
 
 impl Drop for Chromium {
     fn drop(&mut self) {
-        // The process first: it writes to its profile until it ends.
+        // The process first: it writes to its directory until it ends.
         drop(self.browser.take());
-        let _ = std::fs::remove_dir_all(&self.profile);
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
 /// Starts Chromium.
 pub fn browser() -> Chromium {
     let path = std::env::var_os("CHROMIUM").unwrap_or_else(|| "/usr/bin/chromium".into());
-    let profile = std::env::temp_dir().join(format!("tripline-chromium-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("tripline-chromium-{}", std::process::id()));
+    let tmp = dir.join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
     let options = LaunchOptions::default_builder()
         .path(Some(path.into()))
         .headless(true)
@@ -39,7 +42,12 @@ pub fn browser() -> Chromium {
         .window_size(Some((1280, 2500)))
         // Root in CI: Chromium's sandbox refuses to run as root.
         .sandbox(false)
-        .user_data_dir(Some(profile.clone()))
+        .user_data_dir(Some(dir.join("profile")))
+        // Chromium keeps its singleton socket in a directory of TMPDIR, which
+        // it removes only on a clean exit; the browser is killed.
+        .process_envs(Some(
+            [("TMPDIR".to_string(), tmp.display().to_string())].into(),
+        ))
         .args(vec![
             OsStr::new("--disable-gpu"),
             OsStr::new("--disable-quic"),
@@ -52,7 +60,7 @@ pub fn browser() -> Chromium {
         browser: Some(
             Browser::new(options).expect("Chromium starts (install Debian's `chromium`)"),
         ),
-        profile,
+        dir,
     }
 }
 
