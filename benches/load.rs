@@ -10,8 +10,11 @@
 //! (default 10 s at 2k, 5k, 10k, 20k, 40k and 80k events/s). Each result is
 //! also printed as a CSV line starting `load,` that
 //! `scripts/plot-performance` turns into `docs/performance.png`.
-//! `LOAD_TRACE=1` prints every alert's produce time and latency (ms) to
-//! stderr, to see when slow alerts happen.
+//! `LOAD_TRACE=1` prints every alert's produce time (ms since the Unix
+//! epoch) and latency (ms) to
+//! stderr, to see when slow alerts happen; `TRIPLINE_LOG` (as for the
+//! service, e.g. `tripline::telemetry=debug` for each checkpoint's timings)
+//! turns the service's logs on.
 
 #[path = "support/kafka.rs"]
 mod support;
@@ -75,6 +78,14 @@ fn run(brokers: &str, rate: u64, seconds: u64) -> Run {
     let flagged = total.div_ceil(10) as usize;
     // The reader's and the producer's one clock.
     let clock_zero = now();
+    // The same moment on the system clock, so that traces line up with the
+    // service's log lines.
+    #[allow(clippy::disallowed_methods)]
+    let epoch_zero_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        * 1000.0;
     let start = clock_zero;
     // Nanoseconds after `start` at which each flagged event was produced.
     let sent: Arc<Vec<AtomicU64>> = Arc::new((0..flagged).map(|_| AtomicU64::new(0)).collect());
@@ -84,31 +95,26 @@ fn run(brokers: &str, rate: u64, seconds: u64) -> Run {
         let (sent, done, warm) = (sent.clone(), done.clone(), warm.clone());
         let consumer =
             support::assigned_reader(k, brokers, "reader", &k.alerts_topic, 0..partitions, 1);
+        // The reader only notes when each alert arrived: decoding them as they
+        // come would delay the later alerts of a transaction by the time spent
+        // on the earlier ones, which is the bench's time, not the service's.
         std::thread::spawn(move || {
-            let mut lat_ms = Vec::with_capacity(sent.len());
-            while lat_ms.len() < sent.len() && !done.load(Ordering::Relaxed) {
+            let mut arrived: Vec<(u64, Vec<u8>)> = Vec::with_capacity(sent.len());
+            let mut warmed = false;
+            while arrived.len() < sent.len() && !done.load(Ordering::Relaxed) {
                 let Some(Ok(m)) = consumer.poll(Duration::from_millis(10)) else {
                     continue;
                 };
                 let got = start.elapsed().as_nanos() as u64;
-                let alert: serde_json::Value =
-                    serde_json::from_slice(m.payload().unwrap_or_default()).unwrap();
-                let n = alert["matches"]["x"][0]["n"].as_u64().unwrap() as usize;
-                if n as u64 == WARM_UP {
-                    warm.store(true, Ordering::Release);
+                let payload = m.payload().unwrap_or_default();
+                if !warmed {
+                    warmed = alert_n(payload) == WARM_UP;
+                    warm.store(warmed, Ordering::Release);
                     continue;
                 }
-                let at = sent[n / 10].load(Ordering::Acquire);
-                lat_ms.push((got.saturating_sub(at)) as f64 / 1e6);
-                if std::env::var_os("LOAD_TRACE").is_some() {
-                    eprintln!(
-                        "trace {} {:.1}",
-                        at / 1_000_000,
-                        (got.saturating_sub(at)) as f64 / 1e6
-                    );
-                }
+                arrived.push((got, payload.to_vec()));
             }
-            lat_ms
+            arrived
         })
     };
     let producer = support::producer(&c);
@@ -171,7 +177,20 @@ fn run(brokers: &str, rate: u64, seconds: u64) -> Run {
         std::thread::sleep(Duration::from_millis(10));
     }
     done.store(true, Ordering::Relaxed);
-    let mut lat = reader.join().unwrap();
+    let trace = std::env::var_os("LOAD_TRACE").is_some();
+    let mut lat: Vec<f64> = reader
+        .join()
+        .unwrap()
+        .iter()
+        .map(|(got, payload)| {
+            let at = sent[(alert_n(payload) / 10) as usize].load(Ordering::Acquire);
+            let ms = got.saturating_sub(at) as f64 / 1e6;
+            if trace {
+                eprintln!("trace {:.1} {ms:.1}", epoch_zero_ms + at as f64 / 1e6);
+            }
+            ms
+        })
+        .collect();
     handle.stop();
     handle.join().unwrap();
     std::fs::remove_dir_all(&c.state.dir).ok();
@@ -187,6 +206,12 @@ fn run(brokers: &str, rate: u64, seconds: u64) -> Run {
     }
 }
 
+/// The `n` of the event an alert of the `flagged` rule matched.
+fn alert_n(payload: &[u8]) -> u64 {
+    let alert: serde_json::Value = serde_json::from_slice(payload).unwrap();
+    alert["matches"]["x"][0]["n"].as_u64().unwrap()
+}
+
 fn main() {
     let numbers: Vec<u64> = std::env::args()
         .skip(1)
@@ -198,6 +223,9 @@ fn main() {
     } else {
         vec![2_000, 5_000, 10_000, 20_000, 40_000, 80_000]
     };
+    if std::env::var_os("TRIPLINE_LOG").is_some() {
+        tripline::telemetry::init_logs(false);
+    }
     let brokers = support::brokers();
     println!(
         "broker {brokers}; {seconds} s per rate, {KEYS} keys, 4 partitions, checkpoint every 100 ms, lateness 0"
