@@ -196,6 +196,7 @@ fn throughput(brokers: &str, events: usize, workload: Workload) {
     let checkpoint_s = get(&p.checkpoint_micros) as f64 / 1e6;
     let barrier_s = get(&p.barrier_micros) as f64 / 1e6;
     let flush_s = get(&p.flush_micros) as f64 / 1e6;
+    let flush_wait_s = get(&p.flush_wait_micros) as f64 / 1e6;
     let local_s = get(&p.local_micros) as f64 / 1e6;
     handle.stop();
     handle.join().unwrap();
@@ -225,7 +226,7 @@ fn throughput(brokers: &str, events: usize, workload: Workload) {
         100.0 * steady / noop_steady
     );
     println!(
-        "  serve's {wall:.2} s: {startup:.2} s to its first commit (topics, transactions, group join, restore), checkpoints {checkpoint_s:.2} s ({commits} commits; of that, producing ahead of the barrier {flush_s:.2} s, waiting for the shards {barrier_s:.2} s, writing local state {local_s:.2} s), {pauses} partition pauses for backpressure"
+        "  serve's {wall:.2} s: {startup:.2} s to its first commit (topics, transactions, group join, restore), checkpoints {checkpoint_s:.2} s ({commits} commits; of that, producing ahead of the barrier {flush_s:.2} s (waiting for the shards to reach it {flush_wait_s:.2} s), waiting for the shards at the barrier {barrier_s:.2} s, writing local state {local_s:.2} s), {pauses} partition pauses for backpressure"
     );
 }
 

@@ -74,12 +74,12 @@ impl<P: Ports> Coordinator<P> {
         let ids = self.held();
         let started = self.clock.now();
         let answers = self.shards.barrier(&ids, barrier);
-        if barrier == Barrier::Checkpoint {
-            let took = self.clock.now().saturating_sub(started);
-            self.progress
-                .barrier_micros
-                .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
-        }
+        let took = self.clock.now().saturating_sub(started);
+        let waited = match barrier {
+            Barrier::Checkpoint => &self.progress.barrier_micros,
+            Barrier::Flush => &self.progress.flush_wait_micros,
+        };
+        waited.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
         let mut outputs: Vec<(ShardId, ShardOutput)> = Vec::with_capacity(answers.len());
         for (id, a) in ids.into_iter().zip(answers) {
             let Some(mut out) = a else {

@@ -68,6 +68,9 @@ pub struct Progress {
     pub barrier_micros: AtomicU64,
     /// Of that, producing the shards' output ahead of the barrier.
     pub flush_micros: AtomicU64,
+    /// Of the flush, waiting for the shards to reach it: to work through
+    /// the records handed to them before it.
+    pub flush_wait_micros: AtomicU64,
     /// Of that, writing the local copy of the state after the commit.
     pub local_micros: AtomicU64,
     /// Per partition held: consumer lag and watermark, for telemetry.
