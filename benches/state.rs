@@ -12,7 +12,11 @@
 //!    memory, and with a memory budget (most keys left passivated);
 //! 4. throughput with N active keys: events spread over all of them, in
 //!    memory, and passivating to RocksDB under a budget of 1/8 of the keys'
-//!    memory with a checkpoint every 100 k events.
+//!    memory with a checkpoint every 100 k events;
+//! 5. checkpoint encoding on the fraud workload: the bundled handbook
+//!    sample under the shipped rules (`rules/`), the changes taken every
+//!    2,000 events (what a shard encodes at each checkpoint), in ms and
+//!    bytes.
 //!
 //! `cargo bench --bench state [-- KEYS]` (default 1000000 keys). Single
 //! thread; figures are per core.
@@ -263,4 +267,40 @@ fn main() {
     drop(pstore);
     drop(local);
     std::fs::remove_dir_all(&dir).ok();
+
+    // 5. Checkpoint encoding on the fraud workload.
+    let fraud = tripline::files::load_rules(&[Path::new("rules")], None, EngineOptions::default())
+        .expect("the shipped rules compile");
+    let sample = std::fs::File::open("examples/handbook-sample.jsonl.gz").expect("the sample");
+    let lines = std::io::BufRead::lines(std::io::BufReader::new(flate2::read::GzDecoder::new(
+        sample,
+    )));
+    let mut engine = Engine::new(fraud).track_changes();
+    let (mut encode_ms, mut bytes, mut entries, mut takes, mut events) = (0.0, 0, 0, 0, 0u64);
+    for (i, line) in lines.enumerate() {
+        let line = line.expect("the sample reads");
+        engine
+            .on_record(0, line.as_bytes(), i as u64, &mut out, |_, _| {})
+            .expect("the sample decodes");
+        out = Outputs::default();
+        events += 1;
+        if events.is_multiple_of(2_000) {
+            let t = now();
+            let batch = engine.take_changes();
+            encode_ms += t.elapsed().as_secs_f64() * 1e3;
+            bytes += batch
+                .iter()
+                .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+                .sum::<usize>();
+            entries += batch.len();
+            takes += 1;
+        }
+    }
+    println!(
+        "checkpoint encoding, the shipped rules over the handbook sample ({events} events, changes \
+         taken every 2000): {encode_ms:.0} ms for {takes} checkpoints, {entries} entries, {:.1} MB \
+         ({:.0} MB/s)",
+        bytes as f64 / 1e6,
+        bytes as f64 / 1e3 / encode_ms.max(1e-9)
+    );
 }

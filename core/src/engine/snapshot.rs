@@ -18,7 +18,7 @@ use crate::pattern::matcher::{EventTable, MatcherSnapshot, MatcherState};
 use crate::rules::RuleOrigin;
 use crate::state::{Change, SnapshotError, StateStore, decode, encode};
 use crate::time::WatermarkTracker;
-use crate::window::{LogRow, WindowState};
+use crate::window::{LogRow, Rows, WindowState};
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 use std::sync::Arc;
@@ -213,6 +213,14 @@ pub(super) struct LogChunk {
     rows: Vec<LogRow>,
 }
 
+/// A [`LogChunk`] as a checkpoint writes it, its rows borrowed from the
+/// log: the same bytes, without a `Vec` per row.
+#[derive(Serialize)]
+struct LogChunkOut<'a> {
+    first: u64,
+    rows: Rows<'a>,
+}
+
 /// The start of every chunk entry of a key.
 fn rows_prefix(keying: u32, key: &ValueKey) -> Vec<u8> {
     keyed(LOG_PREFIX, keying, key, 10)
@@ -275,14 +283,16 @@ fn write_rows(batch: &mut Vec<Change>, keying: u32, key: &ValueKey, ks: &mut Key
         }
         for c in write {
             let first = (c * CHUNK).max(base);
-            let chunk = LogChunk {
+            let last = ((c + 1) * CHUNK).min(end);
+            let chunk = LogChunkOut {
                 first,
-                rows: (first..((c + 1) * CHUNK).min(end))
-                    .map(|i| w.row(i))
-                    .collect(),
+                rows: w.rows(first, last),
             };
-            // postcard of a chunk cannot fail (derive-only, written to a Vec).
-            let value = postcard::to_allocvec(&chunk).unwrap_or_default();
+            // A row is its time and a few numbers: sized for that, the
+            // buffer seldom grows.
+            let room = 12 + (last - first) as usize * (10 + 9 * w.log_cols());
+            // postcard into a Vec cannot fail on these types.
+            let value = postcard::to_extend(&chunk, Vec::with_capacity(room)).unwrap_or_default();
             batch.push((chunk_key(prefix, g as u16, c), Some(value)));
         }
         w.set_stored((base, end));
@@ -731,8 +741,22 @@ impl Engine {
 /// A key's store entry value, without its logged events: the store holds
 /// them as rows of their own, written by [`write_rows`] first.
 pub(super) fn key_value(rules: &RuleSet, keying: usize, ks: &KeyState) -> Vec<u8> {
+    thread_local! {
+        /// Where entries are encoded before their one allocation of the
+        /// right size: encoded into a fresh `Vec`, an entry of a few
+        /// hundred bytes grew it three or four times.
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
     let snap = key_snapshot(rules, keying, ks, false);
-    encode_key_snapshot(&snap, crate::state::header(rules.def.hash, 50))
+    SCRATCH.with_borrow_mut(|scratch| {
+        let mut buf = std::mem::take(scratch);
+        buf.clear();
+        crate::state::push_header(&mut buf, rules.def.hash);
+        let buf = encode_key_snapshot(&snap, buf);
+        let value = buf.as_slice().to_vec();
+        *scratch = buf;
+        value
+    })
 }
 
 /// A key's encoded state, its logged events included, without the header

@@ -66,10 +66,15 @@ pub fn encode<T: Serialize>(ruleset_hash: u64, value: &T) -> Vec<u8> {
 /// bytes to be appended: what [`encode`] writes before the body.
 pub fn header(ruleset_hash: u64, body_len: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + body_len);
+    push_header(&mut out, ruleset_hash);
+    out
+}
+
+/// Appends the header for `ruleset_hash` to `out`.
+pub fn push_header(out: &mut Vec<u8>, ruleset_hash: u64) {
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&ruleset_hash.to_le_bytes());
-    out
 }
 
 #[cold]

@@ -18,7 +18,7 @@
 //! Invariant: `update(t, v)` is called with non-decreasing `t`.
 
 pub mod shared;
-pub use shared::{LogRow, Plan, Windows};
+pub use shared::{LogRow, Plan, Rows, Windows};
 
 use crate::event::{EventTime, Value, ValueKey};
 use crate::rules::WinFunc;
