@@ -738,6 +738,9 @@ impl Engine {
     }
 }
 
+/// The most encoding buffer a thread keeps between key entries.
+const SCRATCH_KEPT: usize = 64 << 10;
+
 /// A key's store entry value, without its logged events: the store holds
 /// them as rows of their own, written by [`write_rows`] first.
 pub(super) fn key_value(rules: &RuleSet, keying: usize, ks: &KeyState) -> Vec<u8> {
@@ -754,7 +757,10 @@ pub(super) fn key_value(rules: &RuleSet, keying: usize, ks: &KeyState) -> Vec<u8
         crate::state::push_header(&mut buf, rules.def.hash);
         let buf = encode_key_snapshot(&snap, buf);
         let value = buf.as_slice().to_vec();
-        *scratch = buf;
+        // Kept for the next entry, unless one large key made it large.
+        if buf.capacity() <= SCRATCH_KEPT {
+            *scratch = buf;
+        }
         value
     })
 }
