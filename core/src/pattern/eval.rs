@@ -212,9 +212,9 @@ fn func(f: Func, args: &[CExpr], s: Scope<'_>) -> Value {
         }
         Func::Coalesce => args
             .iter()
-            .map(|a| eval(a, s))
+            .map(|a| operand(a, s))
             .find(|v| !v.is_null())
-            .unwrap_or(Value::Null),
+            .map_or(Value::Null, Cow::into_owned),
         Func::Contains => str2(args, s, |a, b| a.contains(b)),
         Func::StartsWith => str2(args, s, |a, b| a.starts_with(b)),
         Func::EndsWith => str2(args, s, |a, b| a.ends_with(b)),
@@ -239,11 +239,12 @@ fn func(f: Func, args: &[CExpr], s: Scope<'_>) -> Value {
         }),
         Func::EventTime => Value::Num(s.event.time as f64),
         Func::If => {
-            if holds(&args[0], s) {
-                eval(&args[1], s)
+            let branch = if holds(&args[0], s) {
+                &args[1]
             } else {
-                eval(&args[2], s)
-            }
+                &args[2]
+            };
+            operand(branch, s).into_owned()
         }
     }
 }
