@@ -57,10 +57,23 @@ pub(crate) struct TrieNode {
     /// representation.
     names: Vec<Box<str>>,
     children: Vec<TrieNode>,
+    /// Bit `n` set when a name is `n` bytes long (`n` < 63; bit 63 stands
+    /// for every longer name): most keys a record carries that the rules
+    /// do not read are told apart by their length alone, before any name
+    /// is looked at.
+    lengths: u64,
+}
+
+/// A name's bit in [`TrieNode::lengths`].
+fn length_bit(name: &str) -> u64 {
+    1 << name.len().min(63)
 }
 
 impl TrieNode {
     pub(crate) fn child(&self, name: &str) -> Option<&TrieNode> {
+        if self.lengths & length_bit(name) == 0 {
+            return None;
+        }
         let i = self.names.iter().position(|n| **n == *name)?;
         self.children.get(i)
     }
@@ -79,6 +92,7 @@ impl Schema {
             let idx = match node.names.iter().position(|n| **n == **seg) {
                 Some(i) => i,
                 None => {
+                    node.lengths |= length_bit(seg);
                     node.names.push(Box::from(seg.as_str()));
                     node.children.push(TrieNode::default());
                     node.children.len() - 1
@@ -108,5 +122,38 @@ impl Schema {
     /// The path of a slot.
     pub fn path(&self, slot: Slot) -> &FieldPath {
         &self.paths[slot as usize]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_is_found_by_its_name_whatever_its_length() {
+        // Lengths around the length mask's last bit, which stands for every
+        // name of 63 bytes or more.
+        let lengths = [0, 1, 2, 11, 31, 62, 63, 64, 70, 200];
+        let mut schema = Schema::default();
+        for &n in &lengths {
+            for c in ['a', 'b'] {
+                schema.intern(&FieldPath::single(&c.to_string().repeat(n)));
+            }
+        }
+        let root = &schema.root;
+        for &n in &lengths {
+            for c in ['a', 'b'] {
+                let name = c.to_string().repeat(n);
+                let node = root.child(&name).expect("an interned name is found");
+                let slot = node.slot.expect("a leaf has a slot");
+                assert_eq!(schema.path(slot), &FieldPath::single(&name));
+            }
+            if n > 0 {
+                assert!(root.child(&"c".repeat(n)).is_none(), "same length, other name");
+            }
+        }
+        for n in [3, 10, 65, 199, 201] {
+            assert!(root.child(&"a".repeat(n)).is_none(), "length {n} was not interned");
+        }
     }
 }
