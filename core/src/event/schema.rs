@@ -51,31 +51,61 @@ pub struct Schema {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct TrieNode {
     pub(crate) slot: Option<Slot>,
-    /// The children's names, apart from the children: finding a record's
-    /// key scans them (every key of every record), and a plain `str`
-    /// compares its length first without decoding a compact
-    /// representation.
+    /// The children's names, apart from the children, shortest first:
+    /// finding a record's key (every key of every record) compares it only
+    /// with the names of its length, so a schema holding many names
+    /// (features, scores) costs a record's keys no more than one with few.
+    /// A plain `str` compares without decoding a compact representation.
     names: Vec<Box<str>>,
     children: Vec<TrieNode>,
-    /// Bit `n` set when a name is `n` bytes long (`n` < 63; bit 63 stands
-    /// for every longer name): most keys a record carries that the rules
-    /// do not read are told apart by their length alone, before any name
-    /// is looked at.
+    /// Bit `n` set when a name is `n` bytes long, for `n` < 63; bit 63
+    /// stands for every longer name (a name's *length class*): most keys a
+    /// record carries that the rules do not read are told apart by their
+    /// length alone.
     lengths: u64,
+    /// Where each length class starts in `names` (64 entries once a name
+    /// is added).
+    first: Vec<u16>,
 }
 
-/// A name's bit in [`TrieNode::lengths`].
-fn length_bit(name: &str) -> u64 {
-    1 << name.len().min(63)
+/// A name's length class (see [`TrieNode::lengths`]).
+fn length_class(name: &str) -> usize {
+    name.len().min(63)
 }
 
 impl TrieNode {
     pub(crate) fn child(&self, name: &str) -> Option<&TrieNode> {
-        if self.lengths & length_bit(name) == 0 {
+        let class = length_class(name);
+        if self.lengths & (1 << class) == 0 {
             return None;
         }
-        let i = self.names.iter().position(|n| **n == *name)?;
-        self.children.get(i)
+        // Sorted by length: from the class's first name on, those not
+        // longer than `name` are the ones of its length (of its class for
+        // the longest, which the comparison then tells apart).
+        let mut i = usize::from(*self.first.get(class)?);
+        while let Some(n) = self.names.get(i) {
+            if n.len() > name.len() {
+                break;
+            }
+            if **n == *name {
+                return self.children.get(i);
+            }
+            i += 1;
+        }
+        None
+    }
+
+    /// Adds child `name`, keeping the names sorted by length; returns its
+    /// index.
+    fn add(&mut self, name: &str) -> usize {
+        let at = self.names.partition_point(|n| n.len() <= name.len());
+        self.names.insert(at, Box::from(name));
+        self.children.insert(at, TrieNode::default());
+        self.lengths |= 1 << length_class(name);
+        self.first = (0..64)
+            .map(|class| self.names.partition_point(|n| length_class(n) < class) as u16)
+            .collect();
+        at
     }
 }
 
@@ -91,12 +121,7 @@ impl Schema {
         for seg in &path.0 {
             let idx = match node.names.iter().position(|n| **n == **seg) {
                 Some(i) => i,
-                None => {
-                    node.lengths |= length_bit(seg);
-                    node.names.push(Box::from(seg.as_str()));
-                    node.children.push(TrieNode::default());
-                    node.children.len() - 1
-                }
+                None => node.add(seg),
             };
             node = &mut node.children[idx];
         }
@@ -149,11 +174,17 @@ mod tests {
                 assert_eq!(schema.path(slot), &FieldPath::single(&name));
             }
             if n > 0 {
-                assert!(root.child(&"c".repeat(n)).is_none(), "same length, other name");
+                assert!(
+                    root.child(&"c".repeat(n)).is_none(),
+                    "same length, other name"
+                );
             }
         }
         for n in [3, 10, 65, 199, 201] {
-            assert!(root.child(&"a".repeat(n)).is_none(), "length {n} was not interned");
+            assert!(
+                root.child(&"a".repeat(n)).is_none(),
+                "length {n} was not interned"
+            );
         }
     }
 }
