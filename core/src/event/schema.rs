@@ -75,6 +75,11 @@ fn length_class(name: &str) -> usize {
 
 impl TrieNode {
     pub(crate) fn child(&self, name: &str) -> Option<&TrieNode> {
+        self.children.get(self.find(name)?)
+    }
+
+    /// The index of child `name`.
+    fn find(&self, name: &str) -> Option<usize> {
         let class = length_class(name);
         if self.lengths & (1 << class) == 0 {
             return None;
@@ -88,7 +93,7 @@ impl TrieNode {
                 break;
             }
             if **n == *name {
-                return self.children.get(i);
+                return Some(i);
             }
             i += 1;
         }
@@ -119,7 +124,7 @@ impl Schema {
         self.paths.push(path.clone());
         let mut node = &mut self.root;
         for seg in &path.0 {
-            let idx = match node.names.iter().position(|n| **n == **seg) {
+            let idx = match node.find(seg) {
                 Some(i) => i,
                 None => node.add(seg),
             };
