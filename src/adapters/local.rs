@@ -192,12 +192,7 @@ impl LocalState {
                 dir: self.dir.clone(),
                 error: e,
             })?;
-            for (k, v) in changes {
-                match v {
-                    Some(v) => batch.put_cf(&cf, k, v),
-                    None => batch.delete_cf(&cf, k),
-                }
-            }
+            add_in_key_order(&mut batch, &cf, changes);
             batch.put_cf(&cf, POSITION_KEY, encode_position(position));
         }
         // The changelog holds what a lost write held: no fsync per checkpoint.
@@ -428,6 +423,23 @@ impl LocalShard for ShardStore {
     }
 }
 
+/// Adds one shard's `changes` to `batch` sorted by key, changes to the
+/// same key in their order (a stable sort): the batch means the same, and
+/// RocksDB inserts each key into the memtable's skip list from where the
+/// previous one went, where in the engine's order (a key's log rows, then
+/// its entry, under another prefix) each insert searched the list from its
+/// top. A checkpoint's write took about as long as its encoding.
+fn add_in_key_order(batch: &mut WriteBatch, cf: &Arc<BoundColumnFamily<'_>>, changes: &[Change]) {
+    let mut order: Vec<&Change> = changes.iter().collect();
+    order.sort_by(|a, b| a.0.cmp(&b.0));
+    for (k, v) in order {
+        match v {
+            Some(v) => batch.put_cf(cf, k, v),
+            None => batch.delete_cf(cf, k),
+        }
+    }
+}
+
 fn store_error(e: rocksdb::Error) -> SnapshotError {
     SnapshotError::Store(e.to_string())
 }
@@ -441,12 +453,7 @@ impl StateStore for ShardStore {
     fn write(&mut self, batch: Vec<Change>) -> Result<(), SnapshotError> {
         let cf = self.handle()?;
         let mut b = WriteBatch::default();
-        for (k, v) in batch {
-            match v {
-                Some(v) => b.put_cf(&cf, k, v),
-                None => b.delete_cf(&cf, k),
-            }
-        }
+        add_in_key_order(&mut b, &cf, &batch);
         self.state.db.write(b).map_err(store_error)
     }
 
@@ -510,6 +517,46 @@ mod tests {
         drop(writer);
         assert_eq!(store.get(b"k").unwrap().as_deref(), Some(&b"6"[..]));
         assert_eq!(store.position().unwrap().map(|p| p.input), Some(6));
+    }
+
+    #[test]
+    fn a_batch_written_in_key_order_keeps_each_keys_changes_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = LocalState::open(dir.path()).unwrap();
+        let mut store = state.shard("t", 0).unwrap();
+        let put = |k: &str, v: &str| (k.as_bytes().to_vec(), Some(v.as_bytes().to_vec()));
+        let delete = |k: &str| (k.as_bytes().to_vec(), None);
+        // Out of key order, and each of `a`, `b` and `c` changed twice: the
+        // later change to a key wins, however the keys are sorted.
+        store
+            .write(vec![
+                put("c", "1"),
+                put("b", "1"),
+                delete("c"),
+                put("a", "1"),
+                delete("b"),
+                put("b", "2"),
+                put("a", "2"),
+                put("d", "1"),
+            ])
+            .unwrap();
+        let got = |k: &str| store.get(k.as_bytes()).unwrap();
+        assert_eq!(got("a").as_deref(), Some(&b"2"[..]));
+        assert_eq!(got("b").as_deref(), Some(&b"2"[..]));
+        assert_eq!(got("c"), None);
+        assert_eq!(got("d").as_deref(), Some(&b"1"[..]));
+        // The same through a checkpoint's commit, a delete last this time.
+        let changes = vec![put("e", "1"), put("a", "3"), delete("e")];
+        let position = Position {
+            input: 1,
+            changelog: 1,
+        };
+        state
+            .commit([(&store, changes.as_slice(), position)])
+            .unwrap();
+        assert_eq!(got("a").as_deref(), Some(&b"3"[..]));
+        assert_eq!(got("e"), None);
+        assert_eq!(store.position().unwrap().map(|p| p.input), Some(1));
     }
 
     #[test]
