@@ -47,6 +47,9 @@ impl Value {
     /// significant digits, which `f64` tells apart), else the text as a
     /// [`Value::NumText`]. `None` when `text` is not a JSON number.
     pub fn exact_number(text: &str) -> Option<Value> {
+        if let Some(n) = short_integer(text) {
+            return Some(Value::Num(n as f64));
+        }
         if !is_json_number(text) {
             return None;
         }
@@ -164,6 +167,27 @@ impl Value {
 
 /// Whether `text` is a number in JSON's grammar (no `+`, no leading zeros,
 /// digits around the point), which Rust's float parser is more lenient about.
+/// `text` as an integer of at most 15 digits, in JSON's form (no leading
+/// zero, no `+`), read in one pass: most key fields are such integers, and
+/// below 10^15 (< 2^53) the `f64` of an integer stands for it alone.
+fn short_integer(text: &str) -> Option<i64> {
+    let (negative, digits) = match text.as_bytes() {
+        [b'-', rest @ ..] => (true, rest),
+        all => (false, all),
+    };
+    if digits.is_empty() || digits.len() > 15 || (digits.len() > 1 && digits[0] == b'0') {
+        return None;
+    }
+    let mut n = 0i64;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n = n * 10 + i64::from(d - b'0');
+    }
+    Some(if negative { -n } else { n })
+}
+
 fn is_json_number(text: &str) -> bool {
     let b = text.strip_prefix('-').unwrap_or(text).as_bytes();
     let int_len = b.iter().take_while(|c| c.is_ascii_digit()).count();
@@ -372,8 +396,39 @@ mod tests {
         assert_eq!(num("1e400"), Value::NumText("1e400".into()));
         assert!(num("1.00000000000000000001").as_f64() == Some(1.0));
         assert!(num("9007199254740993").partial_order(&Value::Num(1.0)) == Some(Ordering::Greater));
+        // Short integers (read in one pass) as the general reading has them.
+        for (text, n) in [
+            ("0", 0.0),
+            ("-0", 0.0),
+            ("7", 7.0),
+            ("-42", -42.0),
+            ("999999999999999", 999_999_999_999_999.0),
+            ("-999999999999999", -999_999_999_999_999.0),
+            ("1000000000000000", 1e15),
+            ("9007199254740991", 9_007_199_254_740_991.0),
+        ] {
+            let v = num(text);
+            assert!(
+                matches!(v, Value::Num(x) if x == n && x.is_sign_positive() == (n >= 0.0)),
+                "{text}: {v:?}"
+            );
+        }
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..10_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let n = (x % 2_000_000_000_000_000) as i64 - 1_000_000_000_000_000;
+            let scaled = n / 10i64.pow((x >> 60) as u32 % 16);
+            assert_eq!(
+                num(&scaled.to_string()),
+                Value::Num(scaled as f64),
+                "{scaled}"
+            );
+        }
         for bad in [
-            "", "-", "01", "1.", ".5", "+1", "1e", "inf", "NaN", "1_0", " 1",
+            "", "-", "01", "-01", "00", "1.", ".5", "+1", "1e", "inf", "NaN", "1_0", " 1", "1 ",
+            "--1", "1-",
         ] {
             assert_eq!(Value::exact_number(bad), None, "{bad:?}");
         }
