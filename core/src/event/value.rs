@@ -165,8 +165,6 @@ impl Value {
     }
 }
 
-/// Whether `text` is a number in JSON's grammar (no `+`, no leading zeros,
-/// digits around the point), which Rust's float parser is more lenient about.
 /// `text` as an integer of at most 15 digits, in JSON's form (no leading
 /// zero, no `+`), read in one pass: most key fields are such integers, and
 /// below 10^15 (< 2^53) the `f64` of an integer stands for it alone.
@@ -188,6 +186,8 @@ fn short_integer(text: &str) -> Option<i64> {
     Some(if negative { -n } else { n })
 }
 
+/// Whether `text` is a number in JSON's grammar (no `+`, no leading zeros,
+/// digits around the point), which Rust's float parser is more lenient about.
 fn is_json_number(text: &str) -> bool {
     let b = text.strip_prefix('-').unwrap_or(text).as_bytes();
     let int_len = b.iter().take_while(|c| c.is_ascii_digit()).count();
