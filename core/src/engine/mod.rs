@@ -24,7 +24,6 @@ pub use snapshot::check_entry;
 use crate::event::{DecodeError, Event, EventTime, Value, ValueKey};
 use crate::pattern::eval::{Scope, eval};
 use crate::pattern::{MatcherState, Output, Scratch};
-use crate::rules::CExpr;
 use crate::rules::ir::LookupSource;
 use crate::time::{TimerQueue, WatermarkTracker};
 use crate::window::{WindowState, Windows};
@@ -1060,7 +1059,7 @@ impl Engine {
     fn derive(&mut self, rules: &RuleSet, event: &mut Event) {
         let width = rules.def.schema.len();
         if event.fields.len() < width {
-            event.fields.resize(width, Value::Null);
+            event.fields.resize_with(width, || Value::Null);
         }
         // Lookups first: features and models may read them.
         for l in &rules.def.lookups {
@@ -1135,20 +1134,12 @@ impl Engine {
                 };
                 update_windows(keying, rule, ks, event, &mut self.cols);
                 let windows = group_values(keying, &ks.windows, rule, &mut self.window_values);
-                for ((_, e), &slot) in rule.def.payload.iter().zip(&rule.def.feature_slots) {
-                    // Most features are a window's value: copied without a
-                    // call to the evaluator, whose frame costs more than that.
-                    let v = match e {
-                        CExpr::Window(i) => windows.get(*i as usize).cloned().unwrap_or_default(),
-                        _ => eval(
-                            e,
-                            Scope {
-                                event,
-                                path: &[],
-                                windows,
-                            },
-                        ),
-                    };
+                for (f, &slot) in rule.features.iter().zip(&rule.def.feature_slots) {
+                    let v = f.eval(Scope {
+                        event,
+                        path: &[],
+                        windows,
+                    });
                     event.fields[slot as usize] = v;
                 }
             }

@@ -3,6 +3,7 @@
 //! (`Arc`) by every key and swapped whole on reload.
 
 use crate::event::{Decoder, Event, Slot};
+use crate::pattern::eval::Flat;
 use crate::pattern::lazy::SymbolDfa;
 use crate::pattern::{Matcher, nfa};
 use crate::rules::{CompileError, Compiler, RuleDef, RuleSetDef, StreamDef, WindowSpec};
@@ -69,6 +70,9 @@ pub struct CompiledRule {
     pub(crate) streams: u64,
     /// Where its keying keeps its window aggregates (`None`: it has none).
     pub(crate) windows: Option<RuleWindows>,
+    /// A feature set's features in their flat form (see [`Flat`]), in
+    /// [`RuleDef::payload`] order; empty for a rule.
+    pub(crate) features: Vec<Flat>,
 }
 
 impl CompiledRule {
@@ -394,6 +398,11 @@ impl RuleSet {
                     .collect(),
                 streams,
                 windows: None,
+                features: if r.features {
+                    r.payload.iter().map(|(_, e)| Flat::new(e)).collect()
+                } else {
+                    Vec::new()
+                },
                 def: r.clone(),
             });
         }
