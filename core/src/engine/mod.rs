@@ -22,7 +22,7 @@ pub use ruleset::{CompiledRule, EngineOptions, Keying, RuleSet};
 pub use snapshot::check_entry;
 
 use crate::event::{DecodeError, Event, EventTime, Value, ValueKey};
-use crate::pattern::eval::{Scope, eval};
+use crate::pattern::eval::{Flat, Leaf, Scope, eval};
 use crate::pattern::{MatcherState, Output, Scratch};
 use crate::rules::ir::LookupSource;
 use crate::time::{TimerQueue, WatermarkTracker};
@@ -1135,11 +1135,18 @@ impl Engine {
                 update_windows(keying, rule, ks, event, &mut self.cols);
                 let windows = group_values(keying, &ks.windows, rule, &mut self.window_values);
                 for (f, &slot) in rule.features.iter().zip(&rule.def.feature_slots) {
-                    let v = f.eval(Scope {
-                        event,
-                        path: &[],
-                        windows,
-                    });
+                    // Most features are a window's value: copied here, without
+                    // the call, whose frame costs more than the copy.
+                    let v = match f {
+                        Flat::Leaf(Leaf::Window(i)) => {
+                            windows.get(*i as usize).cloned().unwrap_or_default()
+                        }
+                        _ => f.eval(Scope {
+                            event,
+                            path: &[],
+                            windows,
+                        }),
+                    };
                     event.fields[slot as usize] = v;
                 }
             }
