@@ -1,6 +1,8 @@
 //! Expression evaluation over an event, the partial match it would extend,
-//! and the key's window aggregates. Total: never panics; type mismatches and
-//! missing values evaluate to null (false in a condition).
+//! and the key's window aggregates, and [`Flat`], the form feature sets'
+//! common expressions are evaluated in without recursion. Total: never
+//! panics; type mismatches and missing values evaluate to null (false in a
+//! condition).
 
 use crate::event::{Event, Value};
 use crate::rules::{AggFunc, CExpr, Func, MatchAgg, StageId};
