@@ -7,6 +7,7 @@
 
 use anyhow::Result;
 use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -53,9 +54,18 @@ fn tail(text: &str, n: usize) -> String {
 
 /// Runs `exe args` to its end, or kills it when the service stops; its
 /// outcome goes to the log.
+///
+/// The training writes large temporary files (a copy of the feature log,
+/// the training set) and runs Python: it runs in a process group of its
+/// own with `TMPDIR` set to a directory this function owns, so that a stop
+/// mid-training kills the Python as well and leaves no file behind.
 fn run(exe: &Path, args: &[OsString], name: &str, stop: &Stop) {
-    let (Ok(out), Ok(err)) = (tempfile::tempfile(), tempfile::tempfile()) else {
-        tracing::warn!(model = name, "train: no temporary file for its output");
+    let work = tempfile::Builder::new().prefix("tripline-train-").tempdir();
+    let (Ok(work), Ok(out), Ok(err)) = (work, tempfile::tempfile(), tempfile::tempfile()) else {
+        tracing::warn!(
+            model = name,
+            "train: no temporary directory or file to run it in"
+        );
         return;
     };
     let (Ok(out_w), Ok(err_w)) = (out.try_clone(), err.try_clone()) else {
@@ -63,6 +73,8 @@ fn run(exe: &Path, args: &[OsString], name: &str, stop: &Stop) {
     };
     let child = Command::new(exe)
         .args(args)
+        .env("TMPDIR", work.path())
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(out_w)
         .stderr(err_w)
@@ -79,7 +91,8 @@ fn run(exe: &Path, args: &[OsString], name: &str, stop: &Stop) {
         match child.try_wait() {
             Ok(Some(status)) => break status,
             Ok(None) if stop.requested() => {
-                let _ = child.kill();
+                let group = rustix::process::Pid::from_child(&child);
+                let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
                 let _ = child.wait();
                 tracing::info!(model = name, "train: stopped with the service");
                 return;

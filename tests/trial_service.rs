@@ -6,7 +6,9 @@
 //! it wins; the running service then reads the candidate. With `"manual"`,
 //! the console's models panel (headless Chromium) shows the API's figures
 //! and promotes the candidate. With `[train]`, the service retrains the
-//! model on its own feature log and labels and declares the new version.
+//! model on its own feature log and labels and declares the new version;
+//! stopped mid-training, it leaves neither the training's Python nor its
+//! files behind.
 
 #[path = "support/browser.rs"]
 mod browser_support;
@@ -291,100 +293,137 @@ fn a_manual_trial_is_shown_by_the_api_and_the_console_and_promoted_from_it() {
     });
 }
 
+/// A service retraining the card model every 3 s with `python` on its own
+/// feature log and a labels topic holding the whole sample's frauds (each
+/// known a day after it), its temporary files under `tmp`.
+struct Retraining {
+    _files: TestFiles,
+    dir: std::path::PathBuf,
+    rules: std::path::PathBuf,
+    log: std::path::PathBuf,
+    member: Option<Terminated>,
+}
+
+impl Retraining {
+    fn start(name: &str, python: &str, tmp: &std::path::Path) -> Retraining {
+        let c = config(name);
+        let files = TestFiles::of(&c);
+        let dir = std::env::temp_dir().join(format!("{}-rules", c.kafka.group_id));
+        std::fs::create_dir_all(dir.join("models")).unwrap();
+        for f in ["stream.tl", "features.tl"] {
+            std::fs::copy(format!("rules/{f}"), dir.join(f)).unwrap();
+        }
+        std::fs::copy("models/card_rf.onnx", dir.join("models/card_rf.onnx")).unwrap();
+        let rules = dir.join("card_model.tl");
+        std::fs::write(
+            &rules,
+            "model card_rf from \"models/card_rf.onnx\"\n\
+             rule card_model {\n  severity high\n  pattern { tx: card_rf >= 0.5 }\n}\n",
+        )
+        .unwrap();
+        let features = format!("{}.features", c.kafka.group_id);
+        let labels = format!("{}.labels", c.kafka.group_id);
+        tripline::adapters::kafka::ensure_topics(&c.kafka, &broker(), &[&c.kafka.input_topic], 4)
+            .unwrap();
+        tripline::adapters::kafka::ensure_topics(&c.kafka, &broker(), &[&labels], 1).unwrap();
+        let lines = sample_lines();
+        let mut input = Vec::new();
+        let mut frauds = Vec::new();
+        for l in &lines {
+            let e: serde_json::Value = serde_json::from_str(l).unwrap();
+            input.push(Input {
+                key: Some(e["CUSTOMER_ID"].to_string()),
+                partition: None,
+                payload: Some(l.clone().into_bytes()),
+            });
+            if e["TX_FRAUD"] == 1 {
+                let t = parse_time_str(e["TX_DATETIME"].as_str().unwrap()).unwrap();
+                let label = format!(
+                    r#"{{"transaction_id":{},"fraud":true,"known_at":"{}"}}"#,
+                    e["TRANSACTION_ID"],
+                    format_time(t + 86_400_000)
+                );
+                frauds.push(Input {
+                    key: None,
+                    partition: Some(0),
+                    payload: Some(label.into_bytes()),
+                });
+            }
+        }
+        produce_to(&c, &labels, &frauds);
+
+        let log = std::env::temp_dir().join(format!("{}.log", c.kafka.group_id));
+        let state = std::env::temp_dir().join(format!("{}.state", c.kafka.group_id));
+        let member = Terminated(
+            rules_member(&c, &dir, &state, &log)
+                .env("TMPDIR", tmp)
+                .env("TRIPLINE__FEATURE_LOG__TOPIC", &features)
+                .env("TRIPLINE__FEATURE_LOG__FIELDS", r#"["TRANSACTION_ID"]"#)
+                .env("TRIPLINE__TRIAL__LABELS_TOPIC", &labels)
+                .env("TRIPLINE__TRAIN__MODELS", r#"["card_rf"]"#)
+                .env("TRIPLINE__TRAIN__EVERY", "3s")
+                .env("TRIPLINE__TRAIN__DELAY", "2d")
+                .env("TRIPLINE__TRAIN__SPAN", "3d")
+                .env("TRIPLINE__TRAIN__TEST", "2d")
+                .env("TRIPLINE__TRAIN__PYTHON", python)
+                .spawn()
+                .expect("tripline serve starts"),
+        );
+        let _ = api_address(&log);
+        produce(&c, &input);
+        Retraining {
+            _files: files,
+            dir,
+            rules,
+            log,
+            member: Some(member),
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The log's lines about trainings.
+    fn trainings(&self) -> String {
+        let text = self.log_text();
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains("train:")).collect();
+        lines.join("\n")
+    }
+}
+
+impl Drop for Retraining {
+    fn drop(&mut self) {
+        drop(self.member.take());
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
 /// `[train]`: the service retrains the card model on its own feature log
 /// and the labels topic on schedule, writes the version with its card
 /// beside the running one, and declares it as the model's candidate in the
 /// rule file, which it then runs.
 #[test]
 fn the_service_retrains_a_model_on_schedule_and_declares_the_version() {
-    let c = config("retrain");
-    let _files = TestFiles::of(&c);
-    let dir = std::env::temp_dir().join(format!("{}-rules", c.kafka.group_id));
-    std::fs::create_dir_all(dir.join("models")).unwrap();
-    for f in ["stream.tl", "features.tl"] {
-        std::fs::copy(format!("rules/{f}"), dir.join(f)).unwrap();
-    }
-    std::fs::copy("models/card_rf.onnx", dir.join("models/card_rf.onnx")).unwrap();
-    let rules = dir.join("card_model.tl");
-    std::fs::write(
-        &rules,
-        "model card_rf from \"models/card_rf.onnx\"\n\
-         rule card_model {\n  severity high\n  pattern { tx: card_rf >= 0.5 }\n}\n",
-    )
-    .unwrap();
-    let features = format!("{}.features", c.kafka.group_id);
-    let labels = format!("{}.labels", c.kafka.group_id);
-    tripline::adapters::kafka::ensure_topics(&c.kafka, &broker(), &[&c.kafka.input_topic], 4)
-        .unwrap();
-    tripline::adapters::kafka::ensure_topics(&c.kafka, &broker(), &[&labels], 1).unwrap();
-    // The whole sample (ten days), each fraud labelled a day after it.
-    let lines = sample_lines();
-    let mut input = Vec::new();
-    let mut frauds = Vec::new();
-    for l in &lines {
-        let e: serde_json::Value = serde_json::from_str(l).unwrap();
-        input.push(Input {
-            key: Some(e["CUSTOMER_ID"].to_string()),
-            partition: None,
-            payload: Some(l.clone().into_bytes()),
-        });
-        if e["TX_FRAUD"] == 1 {
-            let t = parse_time_str(e["TX_DATETIME"].as_str().unwrap()).unwrap();
-            let label = format!(
-                r#"{{"transaction_id":{},"fraud":true,"known_at":"{}"}}"#,
-                e["TRANSACTION_ID"],
-                format_time(t + 86_400_000)
-            );
-            frauds.push(Input {
-                key: None,
-                partition: Some(0),
-                payload: Some(label.into_bytes()),
-            });
-        }
-    }
-    produce_to(&c, &labels, &frauds);
-
-    let log = std::env::temp_dir().join(format!("{}.log", c.kafka.group_id));
-    let state = std::env::temp_dir().join(format!("{}.state", c.kafka.group_id));
-    let _member = Terminated(
-        rules_member(&c, &dir, &state, &log)
-            .env("TRIPLINE__FEATURE_LOG__TOPIC", &features)
-            .env("TRIPLINE__FEATURE_LOG__FIELDS", r#"["TRANSACTION_ID"]"#)
-            .env("TRIPLINE__TRIAL__LABELS_TOPIC", &labels)
-            .env("TRIPLINE__TRAIN__MODELS", r#"["card_rf"]"#)
-            .env("TRIPLINE__TRAIN__EVERY", "3s")
-            .env("TRIPLINE__TRAIN__DELAY", "2d")
-            .env("TRIPLINE__TRAIN__SPAN", "3d")
-            .env("TRIPLINE__TRAIN__TEST", "2d")
-            .env("TRIPLINE__TRAIN__PYTHON", python_support::python())
-            .spawn()
-            .expect("tripline serve starts"),
-    );
-    let _ = api_address(&log);
-    produce(&c, &input);
-
-    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let tmp = tempfile::tempdir().unwrap();
+    let t = Retraining::start("retrain", &python_support::python(), tmp.path());
     // Trainings log every few seconds whether they succeed or not, so
     // progress is no measure here: a fixed deadline is.
     let deadline = now() + Duration::from_secs(300);
     let declared = loop {
-        let text = std::fs::read_to_string(&rules).unwrap();
+        let text = std::fs::read_to_string(&t.rules).unwrap();
         let version = text
             .split_once("candidate \"models/")
             .and_then(|(_, rest)| rest.split_once('"'))
             .map(|(file, _)| file.to_string());
-        if let Some(v) = version.filter(|_| log_text().contains("rules reloaded")) {
+        if let Some(v) = version.filter(|_| t.log_text().contains("rules reloaded")) {
             break v;
         }
-        let trainings: Vec<String> = log_text()
-            .lines()
-            .filter(|l| l.contains("train:"))
-            .map(String::from)
-            .collect();
         assert!(
             now() < deadline,
             "no version declared in 300 s; trainings:\n{}",
-            trainings.join("\n")
+            t.trainings()
         );
         std::thread::sleep(Duration::from_millis(200));
     };
@@ -392,11 +431,78 @@ fn the_service_retrains_a_model_on_schedule_and_declares_the_version() {
         declared.starts_with("card_rf.2018-04-") && declared.ends_with(".onnx"),
         "{declared}"
     );
-    let card = dir.join("models").join(declared.replace(".onnx", ".md"));
+    let card = t.dir.join("models").join(declared.replace(".onnx", ".md"));
     assert!(card.exists(), "no model card {}", card.display());
-    let running = log_text();
+    let running = t.log_text();
     assert!(running.contains("train: wrote"), "{running}");
-    drop(_member);
-    let _ = std::fs::remove_dir_all(&dir);
-    let _ = std::fs::remove_file(&log);
+}
+
+/// A service stopped in the middle of a retraining stops the training's
+/// Python with it and leaves none of the training's temporary files (a
+/// copy of the feature log, the training set) behind.
+#[test]
+fn a_service_stopped_mid_training_leaves_no_process_or_file_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    // A Python that fits for ever: it says its pid, then sleeps in its place.
+    let started = work.path().join("fitting");
+    let python = work.path().join("python");
+    std::fs::write(
+        &python,
+        format!(
+            "#!/bin/sh\ncase \"$*\" in *train_model.py*) echo $$ > '{}'; exec sleep 600 ;; esac\n\
+             exec '{}' \"$@\"\n",
+            started.display(),
+            python_support::python()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&python, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut t = Retraining::start("retrain-stop", python.to_str().unwrap(), tmp.path());
+    let deadline = now() + Duration::from_secs(300);
+    let pid = loop {
+        let said = std::fs::read_to_string(&started).unwrap_or_default();
+        if said.ends_with('\n') {
+            break said.trim().to_string();
+        }
+        assert!(
+            now() < deadline,
+            "no fit started in 300 s; trainings:\n{}",
+            t.trainings()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    assert!(
+        !left.is_empty(),
+        "the training keeps its files under TMPDIR"
+    );
+
+    drop(t.member.take());
+    let alive = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            // A zombie (state Z) has ended: only its parent has yet to reap it.
+            .is_ok_and(|s| {
+                s.rsplit_once(')')
+                    .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            })
+    };
+    let gone = now() + Duration::from_secs(10);
+    while alive() && now() < gone {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !alive(),
+        "the training's Python ({pid}) outlives the service"
+    );
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert!(
+        t.log_text().contains("train: stopped with the service"),
+        "{}",
+        t.trainings()
+    );
 }
