@@ -24,6 +24,25 @@ use serve_support::{Terminated, api_address, rules_member};
 use std::time::Duration;
 use tripline::event::{format_time, parse_time_str};
 
+/// The label a fraud team would send for handbook transaction `e` if it is
+/// a fraud: known `delay_ms` after the transaction.
+fn fraud_label(e: &serde_json::Value, delay_ms: i64) -> Option<Input> {
+    if e["TX_FRAUD"] != 1 {
+        return None;
+    }
+    let t = parse_time_str(e["TX_DATETIME"].as_str().unwrap()).unwrap();
+    let label = format!(
+        r#"{{"transaction_id":{},"fraud":true,"known_at":"{}"}}"#,
+        e["TRANSACTION_ID"],
+        format_time(t + delay_ms)
+    );
+    Some(Input {
+        key: None,
+        partition: Some(0),
+        payload: Some(label.into_bytes()),
+    })
+}
+
 const TOKEN: &str = "trial-token";
 
 /// A service running the card model with its twin as candidate, the
@@ -69,25 +88,9 @@ impl Trial {
         tripline::adapters::kafka::ensure_topics(&c.kafka, &broker(), &[&c.kafka.input_topic], 4)
             .unwrap();
         tripline::adapters::kafka::ensure_topics(&c.kafka, &broker(), &[&labels], 1).unwrap();
-        let mut frauds = Vec::new();
-        for l in &lines {
-            let e: serde_json::Value = serde_json::from_str(l).unwrap();
-            if e["TX_FRAUD"] == 1 {
-                let t = parse_time_str(e["TX_DATETIME"].as_str().unwrap()).unwrap();
-                frauds.push(Input {
-                    key: None,
-                    partition: Some(0),
-                    payload: Some(
-                        format!(
-                            r#"{{"transaction_id":{},"fraud":true,"known_at":"{}"}}"#,
-                            e["TRANSACTION_ID"],
-                            format_time(t + 43_200_000)
-                        )
-                        .into_bytes(),
-                    ),
-                });
-            }
-        }
+        let frauds: Vec<Input> = (lines.iter())
+            .filter_map(|l| fraud_label(&serde_json::from_str(l).unwrap(), 43_200_000))
+            .collect();
         assert!(frauds.len() > 20, "{} frauds", frauds.len());
         produce_to(&c, &labels, &frauds);
 
@@ -336,19 +339,7 @@ impl Retraining {
                 partition: None,
                 payload: Some(l.clone().into_bytes()),
             });
-            if e["TX_FRAUD"] == 1 {
-                let t = parse_time_str(e["TX_DATETIME"].as_str().unwrap()).unwrap();
-                let label = format!(
-                    r#"{{"transaction_id":{},"fraud":true,"known_at":"{}"}}"#,
-                    e["TRANSACTION_ID"],
-                    format_time(t + 86_400_000)
-                );
-                frauds.push(Input {
-                    key: None,
-                    partition: Some(0),
-                    payload: Some(label.into_bytes()),
-                });
-            }
+            frauds.extend(fraud_label(&e, 86_400_000));
         }
         produce_to(&c, &labels, &frauds);
 
